@@ -1,0 +1,22 @@
+# Two entry points (README): `make app` and `make test`. Both create .venv and install the pinned set first.
+PY := .venv/bin/python
+
+.venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt -e .
+	touch $@
+
+app: .venv/.installed
+	$(PY) app.py
+
+# Debian's chromium drives the browser tests; never a downloaded browser.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: .venv/.installed browser
+	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
+
+.PHONY: app test browser

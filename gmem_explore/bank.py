@@ -1,0 +1,289 @@
+"""MemoryBank: the external memory of GMem, N snippets of dimension D with optional frequency, labels and
+thumbnails of their source images.
+
+Rows may be stored unnormalised and in fp16 (640,000 x 768 fp16 = 0.98 GB); every snippet handed to a model is
+L2-normalised in float32 at use, as in the released code. Files are safetensors, written atomically and opened
+memory-mapped, so the released bank opens at once and is never held twice.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .safefiles import load_tensors, save_tensors
+
+MIX_METHODS = ("lerp", "slerp", "concat", "mask")
+CHOOSE_STRATEGIES = ("frequency", "uniform")
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows in float32; a zero row stays zero instead of becoming NaN."""
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def check_snippets(snippets: torch.Tensor, dim: int, what: str = "snippets") -> torch.Tensor:
+    """A (N, dim) finite float tensor, or an error that says what is wrong and how to fix it."""
+    snippets = torch.as_tensor(snippets)
+    if snippets.ndim == 1:
+        snippets = snippets[None]
+    if snippets.ndim != 2 or snippets.shape[1] != dim:
+        raise ValueError(f"{what} must have shape (N, {dim}); got {tuple(snippets.shape)}. "
+                         f"Use snippets from this bank or from the encoder the model was trained with.")
+    if not snippets.is_floating_point():
+        raise ValueError(f"{what} must be floating point; got {snippets.dtype}")
+    if not torch.isfinite(snippets).all():
+        bad = (~torch.isfinite(snippets)).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"{what} contain NaN or infinite values in rows {bad[:10]}; replace those rows.")
+    return snippets
+
+
+def cumulative_frequency(freq: torch.Tensor | None, n: int) -> torch.Tensor:
+    """float64 CDF over rows; uniform when there are no frequencies."""
+    if freq is None:
+        return torch.arange(1, n + 1, dtype=torch.float64) / n
+    p = freq.double()
+    return torch.cumsum(p / p.sum(), 0)
+
+
+def index_from_noise(noise: torch.Tensor, freq: torch.Tensor | None, num_rows: int | None = None) -> torch.Tensor:
+    """The released snippet choice: a deterministic function of each sample's initial noise.
+
+    m = mean(z) * sqrt(numel(z)) is ~N(0, 1) for Gaussian z, u = Phi(m) is ~U(0, 1), and the row is the first k
+    with cumsum(freq / sum(freq))[k] > u: rows are drawn with probability proportional to freq.
+    `noise` is one sample (C, H, W) or a batch (B, C, H, W); returns one index per sample (shape (B,)).
+    """
+    noise = torch.as_tensor(noise)
+    if noise.ndim == 3:
+        noise = noise[None]
+    n = num_rows if freq is None else len(freq)
+    if not n:
+        raise ValueError("index_from_noise needs a non-empty bank (freq or num_rows)")
+    flat = noise.reshape(noise.shape[0], -1).double()
+    m = flat.mean(dim=1) * math.sqrt(flat.shape[1])
+    u = 0.5 * (1 + torch.erf(m / math.sqrt(2)))
+    cdf = cumulative_frequency(freq.cpu() if freq is not None else None, n)
+    return torch.searchsorted(cdf, u.cpu(), right=True).clamp_max(n - 1)
+
+
+def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", seed: int = 0) -> torch.Tensor:
+    """Mix two snippets (or two batches of them); weight 0 gives a, 1 gives b; the result has unit norm.
+
+    lerp: straight line; slerp: great circle; concat: the first (1 - weight) of the dimensions from a and the
+    rest from b (weight 0.5 is the v2 code's half-and-half); mask: each dimension from b with probability
+    `weight`, by a seeded random mask.
+    """
+    if method not in MIX_METHODS:
+        raise ValueError(f"Unknown mixing method {method!r}; choose one of {MIX_METHODS}")
+    if not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"weight must lie in [0, 1]; got {weight}")
+    a, b = normalize(a), normalize(b)
+    if a.shape != b.shape:
+        raise ValueError(f"snippets to mix must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+    w = float(weight)
+    if method == "lerp":
+        out = (1 - w) * a + w * b
+    elif method == "slerp":
+        cos = (a * b).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+        omega = torch.arccos(cos)
+        sin = torch.sin(omega)
+        near = sin.abs() < 1e-6  # parallel vectors: slerp degenerates to lerp
+        safe = torch.where(near, torch.ones_like(sin), sin)
+        out = torch.where(near, (1 - w) * a + w * b,
+                          (torch.sin((1 - w) * omega) * a + torch.sin(w * omega) * b) / safe)
+    elif method == "concat":
+        split = round((1 - w) * a.shape[-1])
+        out = torch.cat([a[..., :split], b[..., split:]], dim=-1)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        take_b = torch.rand(a.shape[-1], generator=g) < w
+        out = torch.where(take_b, b, a)
+    return normalize(out)
+
+
+class MemoryBank:
+    """N snippets (rows) of dimension D with optional per-row frequency, integer labels and thumbnails."""
+
+    def __init__(self, rows, freq=None, labels=None, label_names=None, thumbnails=None, meta=None):
+        rows = torch.as_tensor(rows)
+        if rows.ndim != 2:
+            raise ValueError(f"bank rows must be a 2-D (N, D) matrix; got shape {tuple(rows.shape)}")
+        if not rows.is_floating_point():
+            raise ValueError(f"bank rows must be floating point; got {rows.dtype}")
+        self.rows = rows
+        self.freq = None if freq is None else torch.as_tensor(freq).double()
+        self.labels = None if labels is None else torch.as_tensor(labels).long()
+        self.label_names = list(label_names) if label_names is not None else None
+        self.thumbnails = None if thumbnails is None else torch.as_tensor(thumbnails)
+        self.meta = dict(meta or {})
+        self.validate()
+
+    # ---- shape and checks -------------------------------------------------------------------------------
+    def __len__(self):
+        return self.rows.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.rows.shape[1]
+
+    def __repr__(self):
+        extras = [name for name in ("freq", "labels", "thumbnails") if getattr(self, name) is not None]
+        return f"MemoryBank({len(self)} rows x {self.dim}, {self.rows.dtype}, with {extras or 'rows only'})"
+
+    def validate(self, check_values: bool = False) -> None:
+        """Shapes always; values (NaN, negative frequency) when asked, since that touches every page."""
+        n = len(self)
+        if self.freq is not None and self.freq.shape != (n,):
+            raise ValueError(f"freq must have one entry per row ({n}); got shape {tuple(self.freq.shape)}")
+        if self.freq is not None and (self.freq < 0).any():
+            raise ValueError("freq must be non-negative (it counts how often each row is drawn)")
+        if self.freq is not None and n and not self.freq.sum() > 0:
+            raise ValueError("freq sums to zero: no row could ever be drawn; use uniform choice or fix freq")
+        if self.labels is not None and self.labels.shape != (n,):
+            raise ValueError(f"labels must have one entry per row ({n}); got shape {tuple(self.labels.shape)}")
+        if self.thumbnails is not None and (self.thumbnails.ndim != 4 or self.thumbnails.shape[0] != n
+                                            or self.thumbnails.shape[-1] != 3 or self.thumbnails.dtype != torch.uint8):
+            raise ValueError(f"thumbnails must be uint8 (N={n}, H, W, 3); got {tuple(self.thumbnails.shape)} {self.thumbnails.dtype}")
+        if check_values:
+            for start in range(0, n, 65536):
+                chunk = self.rows[start:start + 65536]
+                if not torch.isfinite(chunk).all():
+                    raise ValueError(f"bank rows hold NaN or infinite values (first bad chunk at row {start})")
+
+    def _check_index(self, indices) -> torch.Tensor:
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        if len(self) == 0:
+            raise IndexError("the bank is empty: add rows first")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"row index out of range: the bank has rows 0..{len(self) - 1}; got {idx.tolist()[:10]}")
+        return idx
+
+    # ---- reading --------------------------------------------------------------------------------------
+    def snippets(self, indices) -> torch.Tensor:
+        """Normalised float32 snippets of the given rows, ready for the model."""
+        return normalize(self.rows[self._check_index(indices)])
+
+    def label_of(self, index: int) -> str | None:
+        if self.labels is None:
+            return None
+        label = int(self.labels[index])
+        return self.label_names[label] if self.label_names and 0 <= label < len(self.label_names) else str(label)
+
+    def choose(self, n: int, strategy: str = "frequency", generator: torch.Generator | None = None) -> torch.Tensor:
+        """n row indices drawn with replacement, uniformly or proportionally to freq."""
+        if strategy not in CHOOSE_STRATEGIES:
+            raise ValueError(f"Unknown choice strategy {strategy!r}; choose one of {CHOOSE_STRATEGIES} (or use from_noise)")
+        if len(self) == 0:
+            raise IndexError("the bank is empty: add rows first")
+        if strategy == "frequency" and self.freq is not None:
+            return torch.multinomial(self.freq.float(), n, replacement=True, generator=generator)
+        return torch.randint(len(self), (n,), generator=generator)
+
+    def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """The released rule: rows chosen from the initial noise by frequency."""
+        return index_from_noise(noise, self.freq, len(self))
+
+    def nearest(self, query: torch.Tensor, k: int = 5, chunk: int = 131072) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k rows by cosine similarity to each query: (indices (Q, k), similarities (Q, k)).
+
+        Chunked so that 640,000 rows never need a second full-size copy in float32."""
+        query = normalize(check_snippets(query, self.dim, "query"))
+        k = min(int(k), len(self))
+        if k < 1:
+            raise ValueError("nearest needs k >= 1 and a non-empty bank")
+        best_s = torch.full((query.shape[0], 0), -2.0)
+        best_i = torch.zeros((query.shape[0], 0), dtype=torch.long)
+        for start in range(0, len(self), chunk):
+            sims = query @ normalize(self.rows[start:start + chunk]).T
+            s, i = sims.topk(min(k, sims.shape[1]), dim=1)
+            best_s, order = torch.cat([best_s, s], 1).topk(k, dim=1)
+            best_i = torch.cat([best_i, i + start], 1).gather(1, order)
+        return best_i, best_s
+
+    # ---- editing (in place; use copy() for a private edited copy) ---------------------------------------
+    def copy(self) -> "MemoryBank":
+        clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        return MemoryBank(self.rows.clone(), clone(self.freq), clone(self.labels), self.label_names,
+                          clone(self.thumbnails), dict(self.meta))
+
+    def add(self, rows, freq=None, labels=None, thumbnails=None) -> torch.Tensor:
+        """Append rows; returns their indices. Missing extras get freq = mean freq, label -1, blank thumbnail."""
+        rows = check_snippets(rows, self.dim, "new rows").to(self.rows.dtype)
+        n_new = rows.shape[0]
+        first = len(self)
+        if self.freq is not None:
+            fill = self.freq.mean() if len(self.freq) else torch.tensor(1.0, dtype=torch.float64)
+            extra = torch.full((n_new,), float(fill), dtype=torch.float64) if freq is None else torch.as_tensor(freq).double().reshape(n_new)
+            self.freq = torch.cat([self.freq, extra])
+        if self.labels is not None:
+            extra = torch.full((n_new,), -1) if labels is None else torch.as_tensor(labels).long().reshape(n_new)
+            self.labels = torch.cat([self.labels, extra])
+        if self.thumbnails is not None:
+            extra = torch.full((n_new, *self.thumbnails.shape[1:]), 255, dtype=torch.uint8) if thumbnails is None \
+                else torch.as_tensor(thumbnails).to(torch.uint8).reshape(n_new, *self.thumbnails.shape[1:])
+            self.thumbnails = torch.cat([self.thumbnails, extra])
+        self.rows = torch.cat([self.rows, rows])
+        self.validate()
+        return torch.arange(first, first + n_new)
+
+    def replace(self, index: int, row, thumbnail=None, label=None) -> None:
+        """Overwrite one row (and optionally its thumbnail and label)."""
+        i = int(self._check_index([index])[0])
+        row = check_snippets(row, self.dim, "replacement row")[0]
+        self.rows = self.rows.clone() if not self.rows.is_contiguous() else self.rows
+        self.rows[i] = row.to(self.rows.dtype)
+        if thumbnail is not None and self.thumbnails is not None:
+            self.thumbnails[i] = torch.as_tensor(thumbnail).to(torch.uint8).reshape(self.thumbnails.shape[1:])
+        if label is not None and self.labels is not None:
+            self.labels[i] = int(label)
+
+    def remove(self, indices) -> None:
+        idx = self._check_index(indices)
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[idx] = False
+        self.rows = self.rows[keep]
+        for name in ("freq", "labels", "thumbnails"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[keep])
+
+    # ---- files ----------------------------------------------------------------------------------------
+    def save(self, path, dtype: torch.dtype | None = None) -> None:
+        """Atomic safetensors write (the old file survives any failure). dtype=torch.float16 halves the size."""
+        tensors = {"rows": self.rows.to(dtype) if dtype else self.rows}
+        for name in ("freq", "labels", "thumbnails"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        meta = {"format": "gmem-explore-bank-1", "label_names": self.label_names, **self.meta}
+        save_tensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path, mmap: bool = True) -> "MemoryBank":
+        tensors, meta = load_tensors(path, mmap=mmap)
+        if "rows" not in tensors:
+            raise ValueError(f"{path} is not a memory bank file: it has no 'rows' tensor (found {sorted(tensors)})")
+        meta.pop("format", None)
+        label_names = meta.pop("label_names", None)
+        return cls(tensors["rows"], tensors.get("freq"), tensors.get("labels"), label_names,
+                   tensors.get("thumbnails"), meta)
+
+    def stats(self) -> dict:
+        """Size, dimension, norms and frequency summary (computed in chunks)."""
+        norms = torch.cat([self.rows[s:s + 65536].float().norm(dim=1) for s in range(0, len(self), 65536)]) \
+            if len(self) else torch.zeros(0)
+        out = {"rows": len(self), "dim": self.dim, "dtype": str(self.rows.dtype).removeprefix("torch."),
+               "norm_mean": float(norms.mean()) if len(norms) else 0.0,
+               "norm_min": float(norms.min()) if len(norms) else 0.0,
+               "zero_rows": int((norms == 0).sum())}
+        if self.freq is not None and len(self):
+            out.update(freq_total=float(self.freq.sum()), freq_min=float(self.freq.min()), freq_max=float(self.freq.max()))
+        if self.labels is not None and self.label_names:
+            out["groups"] = {name: int((self.labels == i).sum()) for i, name in enumerate(self.label_names)}
+        return out
+
+
+def load_bank(path) -> MemoryBank:
+    return MemoryBank.load(Path(path))

@@ -1,0 +1,1 @@
+"""Subcommands of the `gmem` command line (see gmem_explore/cli.py)."""

@@ -1,0 +1,206 @@
+"""GMemPipeline: model + memory bank + autoencoder (+ snippet encoder) -> images, with everything that was used.
+
+    pipe = GMemPipeline.from_pretrained()            # the embedded default, no download
+    out = pipe.generate(8, seeds=range(8))           # rows chosen from the noise by frequency (released rule)
+    out.grid().save("grid.png"); out.indices, out.seeds
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .autoencoders import PixelSpace, SDVAE
+from .bank import MemoryBank, check_snippets, mix, normalize
+from .checkpoint import Checkpoint, load_checkpoint
+from .sampling import StepInfo, initial_noise, make_generators, sample
+from .viz import image_grid, to_pil
+
+CHOICES = ("noise", "frequency", "uniform")
+MAX_SEED = 2**63 - 1
+MAX_IMAGES = 100_000  # per call; larger runs belong to `gmem sample`, which shards and resumes
+
+
+@dataclass
+class Generation:
+    """Images (uint8, N x H x W x 3) and what made them: bank rows (None for explicit snippets), seeds, snippets."""
+
+    images: torch.Tensor
+    seeds: list[int]
+    indices: list[int | None]
+    snippets: torch.Tensor
+    settings: dict = field(default_factory=dict)
+
+    def pil(self, scale: int = 1):
+        return to_pil(self.images, scale)
+
+    def grid(self, nrow: int | None = None, scale: int = 1):
+        return image_grid(self.images, nrow=nrow, scale=scale)
+
+    def __len__(self):
+        return len(self.seeds)
+
+
+def check_seeds(seeds, n: int | None) -> list[int]:
+    if seeds is None:
+        return [secrets.randbelow(2**31) for _ in range(n or 0)]
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise ValueError(f"seeds must be integers in [0, 2^63 - 1]; got {s!r}")
+    if n is not None and len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} images; give one seed per image or none")
+    return seeds
+
+
+class GMemPipeline:
+    def __init__(self, model, bank: MemoryBank, autoencoder=None, encoder=None, sampler: dict | None = None,
+                 info: dict | None = None, device="cpu"):
+        self.model = model.to(device).eval()
+        self.bank = bank
+        self.autoencoder = autoencoder or PixelSpace(model.config.input_size)
+        self.encoder = encoder
+        self.sampler = dict(sampler or {"method": "sde", "steps": 250})
+        self.info = dict(info or {})
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, device="cpu", **autoencoder_kwargs) -> "GMemPipeline":
+        ae_cfg = ckpt.autoencoder
+        if ae_cfg.get("type", "pixels") == "pixels":
+            autoencoder = PixelSpace(ckpt.model.config.input_size)
+        elif ae_cfg["type"] == "sd-vae":
+            kwargs = {"image_size": ae_cfg.get("image_size", 256), "device": device, **autoencoder_kwargs}
+            if ae_cfg.get("source") and "source" not in kwargs:
+                kwargs["source"] = ae_cfg["source"]
+            autoencoder = SDVAE(**kwargs)
+        else:
+            raise ValueError(f"Unknown autoencoder type {ae_cfg['type']!r} in the checkpoint config")
+        return cls(ckpt.model, ckpt.bank, autoencoder, ckpt.encoder, ckpt.sampler, ckpt.info, device)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | None = None, device="cpu", **kwargs) -> "GMemPipeline":
+        """A named checkpoint ("emoji-32", the default; "gmem-v1-xl") or a local checkpoint folder."""
+        from .hub import resolve_checkpoint  # hub imports huggingface_hub lazily
+
+        folder = resolve_checkpoint(name_or_path, **kwargs)
+        return cls.from_checkpoint(load_checkpoint(folder, device=device), device=device)
+
+    # ---- snippets ---------------------------------------------------------------------------------------
+    @property
+    def snippet_dim(self) -> int:
+        return self.model.config.snippet_dim
+
+    def snippets_from_images(self, images) -> torch.Tensor:
+        """Snippets of new images (uint8 N x H x W x 3 or PIL images) through the pipeline's encoder."""
+        if self.encoder is None:
+            raise RuntimeError("This checkpoint has no snippet encoder; pass snippets or bank rows instead")
+        return normalize(self.encoder.encode(images))
+
+    def mix(self, a, b, weight: float, method: str = "slerp", seed: int = 0) -> torch.Tensor:
+        return mix(a, b, weight, method, seed)
+
+    # ---- generation -------------------------------------------------------------------------------------
+    def generate(
+        self,
+        n: int | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+        snippets: torch.Tensor | None = None,
+        seeds: Sequence[int] | int | None = None,
+        choose: str = "noise",
+        method: str | None = None,
+        steps: int | None = None,
+        guidance: float = 1.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        batch_size: int = 64,
+        callback: Callable[[StepInfo, int, int], None] | None = None,
+        progress: bool = False,
+    ) -> Generation:
+        """Generate n images; or one per bank row in `indices`; or one per row of `snippets`.
+
+        Seeds (one per image; random when omitted, and always returned) fix the initial noise and the SDE noise.
+        `choose` picks rows when neither indices nor snippets are given: "noise" (the released rule, rows by
+        frequency from the initial noise), "frequency" or "uniform" (seeded by the image's seed).
+        `callback(step_info, first_image_of_batch, total_images)` runs after every sampler step.
+        """
+        given = [x is not None for x in (indices, snippets)]
+        if sum(given) > 1:
+            raise ValueError("give either indices or snippets, not both")
+        if choose not in CHOICES:
+            raise ValueError(f"Unknown choice {choose!r}; choose one of {CHOICES}")
+        if indices is not None:
+            indices = [int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()]
+            self.bank._check_index(indices)
+            count = len(indices)
+        elif snippets is not None:
+            snippets = normalize(check_snippets(snippets, self.snippet_dim))
+            count = snippets.shape[0]
+        else:
+            if n is None and seeds is not None:
+                n = 1 if isinstance(seeds, int) else len(list(seeds))
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"n (number of images) must be a positive integer; got {n!r}")
+            count = n
+        if n is not None and count != n:
+            raise ValueError(f"n={n} disagrees with the {count} indices/snippets given")
+        if count > MAX_IMAGES:
+            raise ValueError(f"{count} images in one call is too many (max {MAX_IMAGES}); use `gmem sample`")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        seeds = check_seeds(seeds, count)
+        method = method or self.sampler.get("method", "sde")
+        steps = steps or self.sampler.get("steps", 250)
+
+        images, used_idx, used_snip = [], [], []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=count * steps, desc="sampling", unit="step")
+        for start in range(0, count, batch_size):
+            stop = min(start + batch_size, count)
+            gens = make_generators(seeds[start:stop], self.device)
+            noise = initial_noise(gens, self.autoencoder.latent_shape(), self.device)
+            if snippets is not None:
+                batch_idx, batch_snip = [None] * (stop - start), snippets[start:stop]
+            else:
+                if indices is not None:
+                    rows = torch.tensor(indices[start:stop])
+                elif choose == "noise":
+                    rows = self.bank.from_noise(noise.cpu())
+                else:
+                    rows = torch.cat([self.bank.choose(1, choose, torch.Generator().manual_seed(s)) for s in seeds[start:stop]])
+                batch_idx, batch_snip = rows.tolist(), self.bank.snippets(rows)
+
+            def step_callback(info, _start=start, _n=stop - start):
+                if bar is not None:
+                    bar.update(_n)
+                if callback is not None:
+                    callback(info, _start, count)
+
+            latents = sample(self.model, noise, batch_snip.to(self.device), method=method, steps=steps,
+                             generators=gens, guidance=guidance, guidance_interval=guidance_interval,
+                             callback=step_callback)
+            images.append(self.autoencoder.decode(latents))
+            used_idx += batch_idx
+            used_snip.append(batch_snip.cpu())
+        if bar is not None:
+            bar.close()
+        settings = {"method": method, "steps": steps, "guidance": guidance, "guidance_interval": tuple(guidance_interval),
+                    "choose": choose}
+        return Generation(torch.cat(images), seeds, used_idx, torch.cat(used_snip), settings)
+
+    def decode_preview(self, info: StepInfo) -> torch.Tensor:
+        """uint8 images of a step's denoised estimate, for live previews."""
+        return self.autoencoder.decode(info.denoised.float())
+
+    def interpolate(self, a, b, k: int = 8, method: str = "slerp", seed: int = 0, **generate_kwargs) -> Generation:
+        """k images from snippet a to snippet b (bank rows or vectors), all from the same seed."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 256:
+            raise ValueError(f"k (number of frames) must be an integer in [2, 256]; got {k!r}")
+        a = self.bank.snippets([a]) if isinstance(a, int) else normalize(check_snippets(a, self.snippet_dim))
+        b = self.bank.snippets([b]) if isinstance(b, int) else normalize(check_snippets(b, self.snippet_dim))
+        frames = torch.cat([mix(a, b, w, method, seed) for w in torch.linspace(0, 1, k).tolist()])
+        return self.generate(snippets=frames, seeds=[seed] * k, **generate_kwargs)

@@ -1,0 +1,109 @@
+"""Writing and reading our own files safely: atomic replace, safetensors only, memory-mapped reads.
+
+A file we write is first written to a temporary file in the same folder, flushed to disk, then renamed over
+the target (os.replace is atomic on POSIX and Windows): a crash leaves either the old file or the new one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Atomic safetensors write; metadata values are JSON-encoded strings."""
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_bytes_atomic(path, safetensors_bytes(clean, metadata=meta))
+
+
+def read_header(path) -> tuple[dict, dict, int]:
+    """(tensor entries, metadata, data offset) of a safetensors file, with clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is not a safetensors file (only {size} bytes): it is empty or truncated.")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100_000_000):
+            raise ValueError(f"{path} is not a valid safetensors file (header length {n} exceeds the file): truncated or not safetensors.")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path} is not a valid safetensors file (unreadable header).") from None
+    meta_raw = header.pop("__metadata__", {}) or {}
+    metadata = {}
+    for k, v in meta_raw.items():
+        try:
+            metadata[k] = json.loads(v)
+        except (TypeError, json.JSONDecodeError):
+            metadata[k] = v
+    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"{path} is truncated: it holds {size} bytes but its header describes {8 + n + end}.")
+    return header, metadata, 8 + n
+
+
+def load_tensors(path, mmap: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata. With mmap=True the tensors are copy-on-write views of the mapped file: pages are
+    read only when touched, so a 2 GB bank opens at once and is never held twice."""
+    header, metadata, offset = read_header(path)
+    size = Path(path).stat().st_size
+    out = {}
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size) if mmap and size else None
+    raw = None if storage is not None else Path(path).read_bytes()
+    for name, entry in header.items():
+        dtype = DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+        start, stop = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+        count = stop - start
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if count != itemsize * int(torch.tensor(shape).prod().item() if shape else 1):
+            raise ValueError(f"{path}: tensor {name!r} has {count} bytes but shape {shape} needs more or fewer")
+        begin = offset + start
+        if storage is not None and begin % itemsize == 0:
+            t = torch.empty(0, dtype=dtype).set_(storage, begin // itemsize, shape)
+        else:
+            src = raw if raw is not None else Path(path).read_bytes()
+            t = torch.frombuffer(bytearray(src[begin:offset + stop]), dtype=dtype).reshape(shape) if count else torch.empty(shape, dtype=dtype)
+        out[name] = t
+    return out, metadata

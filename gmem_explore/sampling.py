@@ -1,0 +1,155 @@
+"""Samplers for the linear interpolant x_t = (1 - t) x + t eps (t = 1 noise, t = 0 data), velocity v = eps - x.
+
+One signature for all of them (k-diffusion style):
+
+    sample(model, noise, snippets, method="sde", steps=250, generators=None, guidance=1.0,
+           guidance_interval=(0.0, 1.0), callback=None) -> final state
+
+`model` is any callable model(x, t, snippet) -> velocity. Randomness comes from one torch.Generator per image
+(the SDE's per-step noise is drawn up front from that image's generator), so an image does not depend on the
+batch it was sampled in or on the number of GPUs. `callback(StepInfo)` runs after every step: progress bars,
+live previews and cancellation (raise) all hang off it.
+
+The released recipes (GMem v1, samplers/samplers.py):
+- "sde": Euler-Maruyama on linspace(1, 0.04, N) then 0; g(t)^2 = 2t; drift v - 0.5 g^2 s with the score
+  s = -((1 - t) v + x_t) / t; the last step (0.04 -> 0) is deterministic. N network evaluations.
+- "euler": Euler on linspace(1, 0, N + 1). N evaluations.
+- "heun": Euler plus Heun's correction on every step but the last. 2N - 1 evaluations.
+State is kept in float64 as in the reference; the model runs in its own dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+METHODS = ("sde", "euler", "heun")
+MAX_STEPS = 5000  # beyond this a typo is likelier than a wish; 250 is the released setting
+SDE_LAST_T = 0.04  # the released SDE grid stops its noisy steps here
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each step."""
+
+    step: int  # steps done so far (1..total)
+    total: int
+    t: float  # time reached by this step
+    x: torch.Tensor  # current state
+    denoised: torch.Tensor  # estimate of the clean sample, x_t - t v (for previews)
+
+
+def time_grid(method: str, steps: int) -> torch.Tensor:
+    """The float64 times visited, from 1 down to 0 (length steps + 1)."""
+    check_method_and_steps(method, steps)
+    if method == "sde":
+        return torch.cat([torch.linspace(1.0, SDE_LAST_T, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+def evaluations(method: str, steps: int) -> int:
+    """Network evaluations per image (without guidance)."""
+    return 2 * steps - 1 if method == "heun" else steps
+
+
+def check_method_and_steps(method: str, steps) -> None:
+    if method not in METHODS:
+        raise ValueError(f"Unknown sampler {method!r}; choose one of {METHODS}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}]; got {steps!r} (the released SDE uses 250)")
+
+
+def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
+    """v - 0.5 g^2 s with g^2 = 2t and s = -((1 - t) v + x) / t; it simplifies to (2 - t) v + x."""
+    return (2.0 - t) * v + x
+
+
+def make_generators(seeds: Sequence[int], device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], device=None) -> torch.Tensor:
+    """One standard normal tensor of `shape` per generator: the first draw of each image's generator."""
+    device = device or generators[0].device
+    return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
+
+
+def _model_dtype(model) -> torch.dtype:
+    try:
+        return next(model.parameters()).dtype
+    except (AttributeError, StopIteration):
+        return torch.float32
+
+
+@torch.no_grad()
+def sample(
+    model: Callable,
+    noise: torch.Tensor,
+    snippets: torch.Tensor,
+    method: str = "sde",
+    steps: int = 250,
+    generators: Sequence[torch.Generator] | None = None,
+    guidance: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    callback: Callable[[StepInfo], None] | None = None,
+    state_dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Integrate from t = 1 (noise) to t = 0; returns the final state in float32."""
+    check_method_and_steps(method, steps)
+    if noise.ndim < 2:
+        raise ValueError(f"noise must be batched (N, C, H, W); got shape {tuple(noise.shape)}")
+    n = noise.shape[0]
+    if snippets.ndim != 2 or snippets.shape[0] != n:
+        raise ValueError(f"snippets must have shape ({n}, D), one per noise sample; got {tuple(snippets.shape)}")
+    if not torch.isfinite(snippets).all():
+        raise ValueError("snippets contain NaN or infinite values; choose other rows or re-encode the image")
+    if not torch.isfinite(noise).all():
+        raise ValueError("noise contains NaN or infinite values")
+    if not guidance >= 0 or guidance != guidance:
+        raise ValueError(f"guidance must be a number >= 0 (1 means none); got {guidance}")
+    lo, hi = guidance_interval
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance_interval must satisfy 0 <= low <= high <= 1; got {guidance_interval}")
+    if generators is not None and len(generators) != n:
+        raise ValueError(f"need one generator per image: {n} images, {len(generators)} generators")
+
+    dtype = _model_dtype(model)
+    grid = time_grid(method, steps)
+    snippets = snippets.to(device=noise.device, dtype=dtype)
+    zeros = torch.zeros_like(snippets)
+    ones = torch.ones(n, device=noise.device, dtype=dtype)
+
+    def velocity(x, t: float):
+        t_vec = ones * t
+        if guidance != 1.0 and lo <= t <= hi:
+            both = model(torch.cat([x, x]).to(dtype), torch.cat([t_vec, t_vec]), torch.cat([snippets, zeros]))
+            cond, uncond = both.to(state_dtype).chunk(2)
+            return uncond + guidance * (cond - uncond)
+        return model(x.to(dtype), t_vec, snippets).to(state_dtype)
+
+    sde_noise = None
+    if method == "sde" and steps > 1:
+        gens = generators if generators is not None else make_generators(torch.randint(0, 2**62, (n,)).tolist(), noise.device)
+        sde_noise = torch.stack([torch.randn((steps - 1, *noise.shape[1:]), generator=g, device=noise.device) for g in gens])
+
+    x = noise.to(state_dtype)
+    for i in range(steps):
+        t_cur, t_next = float(grid[i]), float(grid[i + 1])
+        dt = t_next - t_cur
+        v = velocity(x, t_cur)
+        denoised = x - t_cur * v
+        if method == "sde":
+            x = x + sde_drift(v, x, t_cur) * dt
+            if i < steps - 1:  # every step but the last adds noise: sqrt(2t) * sqrt(|dt|) * eps
+                x = x + (2.0 * t_cur * abs(dt)) ** 0.5 * sde_noise[:, i].to(state_dtype)
+        else:
+            x_euler = x + dt * v
+            if method == "heun" and i < steps - 1:
+                v_next = velocity(x_euler, t_next)
+                x = x + dt * 0.5 * (v + v_next)
+            else:
+                x = x_euler
+        if callback is not None:
+            callback(StepInfo(i + 1, steps, t_next, x, denoised))
+    return x.float()

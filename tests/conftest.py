@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models and banks (a few thousand parameters, 8x8 pixels) so every test runs in seconds."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a network
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from gmem_explore import GMemPipeline, MemoryBank, build_model  # noqa: E402
+from gmem_explore.autoencoders import PixelSpace  # noqa: E402
+
+TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, encoder_depth=1,
+            projector_dim=32, repa_dim=16, snippet_dim=16)
+
+
+def randomize(model, seed=0, std=0.05):
+    """A fresh SiT predicts exactly zero (adaLN-Zero init); give every weight a value so outputs depend on input."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "pos_embed":
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return randomize(build_model(**TINY)).eval()
+
+
+@pytest.fixture
+def tiny_bank():
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randn(20, 16, generator=g)
+    freq = torch.arange(1, 21).double()
+    thumbs = torch.randint(0, 256, (20, 8, 8, 3), generator=g, dtype=torch.uint8)
+    labels = torch.arange(20) % 3
+    return MemoryBank(rows, freq, labels, ["a", "b", "c"], thumbs)
+
+
+@pytest.fixture
+def tiny_pipeline(tiny_model, tiny_bank):
+    return GMemPipeline(tiny_model, tiny_bank, PixelSpace(8), sampler={"method": "euler", "steps": 4})
