@@ -1,0 +1,105 @@
+"""Turning whatever a user hands us (a path, bytes, a PIL image, an array) into RGB uint8, or a clear error.
+
+Transparent images are composited over white (emoji and logos have transparent backgrounds; black would
+change their meaning), palette / 16-bit / CMYK / greyscale images are converted, animated images give their
+first frame, and images too small or too large to be sensible are refused before they are decoded in full.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 40_000_000  # about 6300 x 6300; a decompression bomb beyond this is refused, not decoded
+MAX_BYTES = 50 * 1024 * 1024  # uploads larger than 50 MB are refused
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says why and what to do."""
+
+
+def open_image(source) -> Image.Image:
+    """A PIL image from a path, bytes, file object, PIL image, numpy array or uint8 tensor (H, W, 3)."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, torch.Tensor):
+        source = source.cpu().numpy()
+    if isinstance(source, np.ndarray):
+        return array_to_image(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"No image file at {path}")
+        if path.stat().st_size > MAX_BYTES:
+            raise ImageError(f"{path.name} is {path.stat().st_size >> 20} MB; images over {MAX_BYTES >> 20} MB are refused")
+        source = path.read_bytes()
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) > MAX_BYTES:
+            raise ImageError(f"the upload is {len(source) >> 20} MB; images over {MAX_BYTES >> 20} MB are refused")
+        source = io.BytesIO(source)
+    try:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        img = Image.open(source)
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise ImageError(f"the image is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are accepted. Resize it first.")
+        img.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"the image has more than {MAX_PIXELS:,} pixels; resize it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"the file is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP...): {e}") from None
+    return img
+
+
+def array_to_image(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1:
+            arr = (arr * 255).round().astype(np.uint8)
+        elif np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 255:
+            arr = arr.astype(np.uint8)
+        else:
+            raise ImageError(f"image arrays must be uint8 in [0, 255] or floats in [0, 1]; got {arr.dtype}")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return Image.fromarray(arr, "RGBA" if arr.shape[-1] == 4 else "RGB")
+
+
+def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """RGB, alpha composited over `background`; first frame of animations; EXIF rotation applied."""
+    if getattr(img, "is_animated", False):
+        img.seek(0)
+    if img.width == 0 or img.height == 0:
+        raise ImageError("the image has no pixels (0 width or height)")
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray((arr / top * 255).round().clip(0, 255).astype(np.uint8))
+    if img.mode == "P" or img.mode == "PA" or img.mode == "LA" or "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        base = Image.new("RGBA", img.size, (*background, 255))
+        return Image.alpha_composite(base, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(source, size: int | None = None) -> torch.Tensor:
+    """uint8 (H, W, 3); resized to size x size (centre-cropped to square, bicubic antialiased) when size is given."""
+    img = to_rgb(open_image(source))
+    if size is not None:
+        img = ImageOps.fit(img, (size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+
+
+def load_batch(sources, size: int) -> torch.Tensor:
+    """uint8 (N, size, size, 3) from a list of images of any kind."""
+    return torch.stack([load_rgb(s, size) for s in sources])
