@@ -1,0 +1,135 @@
+"""The notebooks: helper widgets exercised by calling their callbacks, every notebook executed in fast mode,
+outputs stripped in git, and JupyterLab serving /lab."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gmem_explore import notebook as nbh
+from gmem_explore import notebook_remix as remix
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+class FakeEncoder:
+    """A deterministic 16-d snippet encoder for the tiny pipeline: the image's mean colour, tiled."""
+
+    dim = 16
+
+    def encode(self, images):
+        x = torch.as_tensor(np.asarray(images)).float().reshape(len(images), -1, 3).mean(1) / 255
+        return torch.cat([x, 1 - x, x * x, torch.ones(len(x), 7)], dim=1)
+
+
+@pytest.fixture
+def pipe(tiny_pipeline):
+    tiny_pipeline.encoder = FakeEncoder()
+    return tiny_pipeline
+
+
+# ---- helpers, called the way the widgets call them ------------------------------------------------------------
+def test_fast_mode_reads_the_environment(monkeypatch):
+    for value, expected in [("1", True), ("yes", True), ("0", False), ("", False), ("false", False)]:
+        monkeypatch.setenv("GMEM_FAST", value)
+        assert nbh.fast_mode() is expected
+    monkeypatch.delenv("GMEM_FAST")
+    assert nbh.fast_mode() is False
+
+
+def test_bank_explorer_callbacks(pipe):
+    coords = torch.stack([torch.arange(20.0), torch.arange(20.0) % 5], dim=1)
+    ex = nbh.BankExplorer(pipe, coords, steps=2, k=3)
+    assert ex.generate() is None and "select rows first" in ex.status.value
+    assert ex.select_region((2.0, 6.0), (0.0, 4.0)) == [2, 3, 4, 5, 6]
+    assert len(ex.neighbours[0]) == 3 and 2 not in ex.neighbours[0].tolist()
+    gen = ex.generate()
+    assert gen.indices == [2, 3, 4, 5, 6] and gen.seeds == [0] * 5 and gen.images.shape == (5, 8, 8, 3)
+    assert ex.select_rows("7, 9 11") == [7, 9, 11]
+    assert ex.select_rows("7, x") == [7, 9, 11] and "integers" in ex.status.value
+    assert ex.select_rows([3, 99]) == [7, 9, 11] and "outside the bank" in ex.status.value
+    assert ex.select_group("b") == [i for i in range(20) if i % 3 == 1]
+    ex.color_by.value = "frequency"  # redraws the map through the observer
+    fig = ex.map_figure()
+    assert len(fig.axes) == 2  # the scatter and its frequency colour bar
+    # the widgets drive the same callbacks
+    ex.rows_text.value = "0 1"
+    assert ex.selection == [0, 1]
+    ex.generate_button.click()
+    assert ex.generation.indices == [0, 1]
+
+
+def test_explorer_on_a_subsampled_map_only_selects_mapped_rows(pipe):
+    rows = torch.tensor([1, 5, 9])
+    ex = nbh.BankExplorer(pipe, torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]), rows=rows, steps=2)
+    assert ex.select_region((0.5, 2.5), (0.5, 2.5)) == [5, 9]
+    with pytest.raises(ValueError, match="3 map points but 2 row indices"):
+        nbh.BankExplorer(pipe, torch.zeros(3, 2), rows=[1, 2])
+
+
+def test_bank_figures_and_neighbour_agreement(pipe, tiny_bank):
+    fig = nbh.frequency_figure(tiny_bank)
+    assert len(fig.axes) == 2 and nbh.figure_png(fig).startswith(b"\x89PNG")
+    agreement = nbh.neighbour_agreement(tiny_bank, k=3)
+    assert set(agreement) == {"a", "b", "c"}
+    for score, chance, count in agreement.values():
+        assert 0 <= score <= 1 and 0 < chance < 1 and count in (6, 7)
+    # rows that are copies of their group's centre agree perfectly
+    centres = torch.eye(16)[:3]
+    clustered = type(tiny_bank)(centres[torch.arange(12) % 3] + 0.01 * torch.randn(12, 16), labels=torch.arange(12) % 3,
+                                label_names=["x", "y", "z"])
+    assert all(score == 1.0 for score, _, _ in nbh.neighbour_agreement(clustered, k=3).values())
+    assert nbh.group_similarity_figure(clustered).axes
+    with pytest.raises(ValueError, match="labels"):
+        nbh.neighbour_agreement(type(tiny_bank)(torch.randn(4, 16)))
+
+
+def test_swap_changes_only_the_edited_copy(pipe):
+    red = np.zeros((20, 20, 3), np.uint8)
+    red[..., 0] = 255
+    original = pipe.bank.rows[4].clone()
+    before, after, edited = remix.swap_and_compare(pipe, 4, red, seeds=[1, 2], steps=3)
+    assert torch.equal(pipe.bank.rows[4], original)  # the original bank is untouched
+    assert torch.allclose(edited.bank.snippets([4]), pipe.snippets_from_images(red[None]), atol=1e-6)
+    assert edited.bank.thumbnails[4, 0, 0].tolist() == [255, 0, 0]
+    assert before.seeds == after.seeds == [1, 2] and not torch.equal(before.images, after.images)
+    assert remix.swap_figure(pipe, edited, 4, before, after).axes
+    pipe.encoder = None
+    with pytest.raises(RuntimeError, match="no snippet encoder"):
+        remix.swap_row(pipe, 4, red)
+
+
+def test_mixing_grid_and_seed_sweep_share_seeds(pipe):
+    weights = (0.0, 0.5, 1.0)
+    gen = remix.mixing_grid(pipe, 0, 1, weights, seed=7, steps=2)
+    assert len(gen) == 12 and set(gen.seeds) == {7}
+    # weight 0 is row a for every method, so those four images are identical
+    firsts = gen.images[::3]
+    assert all(torch.equal(firsts[0], f) for f in firsts[1:])
+    assert remix.mixing_figure(gen, weights).axes
+    sweep = remix.seed_sweep(pipe, 0, pipe.bank.rows[1], seeds=[3, 4], frames=3, steps=2)
+    assert sweep.seeds == [3, 3, 3, 4, 4, 4]
+    assert remix.seed_sweep_figure(sweep, [3, 4], 3).axes
+
+
+def test_interpolator_precomputes_and_slider_only_shows(pipe, monkeypatch):
+    ip = remix.Interpolator(pipe, a=0, b=5, frames=4, steps=2)
+    assert ip.show_frame(0) is None and "Compute" in ip.status.value
+    ip.compute_button.click()
+    assert len(ip.generation) == 4 and ip.generation.seeds == [0] * 4 and ip.slider.max == 3
+    calls = []
+    monkeypatch.setattr(pipe, "generate", lambda *a, **k: calls.append(1))
+    ip.slider.value = 3  # dragging the slider shows a stored frame and never generates
+    assert calls == []
+    assert torch.equal(ip.show_frame(3), ip.generation.images[3])
+    assert torch.equal(ip.show_frame(99), ip.generation.images[3])

@@ -1,0 +1,127 @@
+"""GMemPipeline and our checkpoint folder: generation by count, rows or snippets; seeds; files; the CLI."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gmem_explore import Checkpoint, GMemPipeline, load_checkpoint, save_checkpoint
+from gmem_explore.cli import main as gmem
+
+
+def test_generate_by_count_returns_what_was_used(tiny_pipeline):
+    out = tiny_pipeline.generate(5, seeds=[1, 2, 3, 4, 5])
+    assert out.images.shape == (5, 8, 8, 3) and out.images.dtype == torch.uint8
+    assert out.seeds == [1, 2, 3, 4, 5] and len(out.indices) == 5
+    assert torch.allclose(out.snippets, tiny_pipeline.bank.snippets(out.indices))
+    # the released rule: rows follow from the initial noise of each seed
+    again = tiny_pipeline.generate(seeds=[3])
+    assert again.indices == [out.indices[2]] and torch.equal(again.images[0], out.images[2])
+
+
+def test_random_seeds_are_returned_and_reproduce(tiny_pipeline):
+    first = tiny_pipeline.generate(2)
+    assert all(isinstance(s, int) for s in first.seeds)
+    replay = tiny_pipeline.generate(2, seeds=first.seeds)
+    assert torch.equal(first.images, replay.images)
+
+
+def test_same_seed_same_image_at_batch_size_1_and_8(tiny_pipeline):
+    seeds = list(range(8))
+    a = tiny_pipeline.generate(8, seeds=seeds, method="sde", steps=4, batch_size=8)
+    b = tiny_pipeline.generate(8, seeds=seeds, method="sde", steps=4, batch_size=1)
+    assert a.indices == b.indices
+    assert (a.images.int() - b.images.int()).abs().max() <= 1  # float32 kernels may round one step apart
+    assert len({bytes(im.numpy()) for im in a.images}) == 8
+
+
+def test_rows_and_snippets_drive_generation(tiny_pipeline):
+    by_row = tiny_pipeline.generate(indices=[4, 4, 9], seeds=[0, 0, 0])
+    assert by_row.indices == [4, 4, 9]
+    assert torch.equal(by_row.images[0], by_row.images[1]) and not torch.equal(by_row.images[0], by_row.images[2])
+    snip = tiny_pipeline.bank.snippets([9]) * 3  # unnormalised on purpose: the pipeline normalises
+    by_snip = tiny_pipeline.generate(snippets=snip, seeds=[0])
+    assert by_snip.indices == [None] and torch.equal(by_snip.images[0], by_row.images[2])
+
+
+def test_choose_strategies_are_seeded(tiny_pipeline):
+    a = tiny_pipeline.generate(6, seeds=range(6), choose="uniform")
+    b = tiny_pipeline.generate(6, seeds=range(6), choose="uniform")
+    assert a.indices == b.indices
+
+
+def test_interpolation_uses_one_seed_and_ends_on_the_rows(tiny_pipeline):
+    strip = tiny_pipeline.interpolate(2, 7, k=5, method="slerp", seed=3)
+    ends = tiny_pipeline.generate(indices=[2, 7], seeds=[3, 3])
+    assert strip.seeds == [3] * 5 and strip.images.shape[0] == 5
+    assert (strip.images[0].int() - ends.images[0].int()).abs().max() <= 1
+    assert (strip.images[-1].int() - ends.images[1].int()).abs().max() <= 1
+
+
+def test_callback_and_previews(tiny_pipeline):
+    seen = []
+    tiny_pipeline.generate(3, seeds=range(3), steps=3, batch_size=2,
+                           callback=lambda info, start, total: seen.append((info.step, start, total)))
+    assert seen == [(1, 0, 3), (2, 0, 3), (3, 0, 3), (1, 2, 3), (2, 2, 3), (3, 2, 3)]
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(n=0), ValueError, "positive integer"),
+    (dict(n=2, seeds=[1]), ValueError, "2 images"),
+    (dict(n=1, seeds=[-1]), ValueError, "seeds must be integers"),
+    (dict(n=1, seeds=[2**64]), ValueError, "seeds must be integers"),
+    (dict(indices=[99]), IndexError, "rows 0..19"),
+    (dict(snippets=torch.randn(2, 768)), ValueError, r"\(N, 16\)"),
+    (dict(snippets=torch.full((1, 16), float("nan"))), ValueError, "NaN"),
+    (dict(n=1, choose="best"), ValueError, "Unknown choice"),
+    (dict(n=1, method="ddpm"), ValueError, "Unknown sampler"),
+    (dict(n=1, steps=-1), ValueError, "steps must be"),
+    (dict(n=10**7), ValueError, "too many"),
+    (dict(indices=[1], snippets=torch.randn(1, 16)), ValueError, "not both"),
+])
+def test_bad_requests_are_explained(tiny_pipeline, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tiny_pipeline.generate(**kwargs)
+
+
+def test_checkpoint_folder_round_trip(tmp_path, tiny_pipeline):
+    ckpt = Checkpoint(tiny_pipeline.model, tiny_pipeline.bank, {"type": "pixels"}, None,
+                      {"method": "euler", "steps": 3}, {"name": "tiny"})
+    save_checkpoint(tmp_path / "ck", ckpt)
+    back = load_checkpoint(tmp_path / "ck")
+    assert back.info["name"] == "tiny" and back.sampler == {"method": "euler", "steps": 3}
+    pipe = GMemPipeline.from_pretrained(str(tmp_path / "ck"))
+    assert torch.equal(pipe.generate(seeds=[5, 6]).images, tiny_pipeline.generate(seeds=[5, 6], steps=3).images)
+
+
+def test_damaged_checkpoints_are_explained(tmp_path, tiny_pipeline):
+    folder = tmp_path / "ck"
+    save_checkpoint(folder, Checkpoint(tiny_pipeline.model, tiny_pipeline.bank))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        load_checkpoint(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_checkpoint(folder)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="neither a known checkpoint name"):
+        GMemPipeline.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_gmem_sample_writes_a_grid_and_its_record(tmp_path, tiny_pipeline):
+    save_checkpoint(tmp_path / "ck", Checkpoint(tiny_pipeline.model, tiny_pipeline.bank, sampler={"method": "euler", "steps": 2}))
+    out = tmp_path / "grid.png"
+    assert gmem(["sample", "--checkpoint", str(tmp_path / "ck"), "--n", "4", "--seed", "10", "--out", str(out)]) == 0
+    from PIL import Image
+    assert Image.open(out).size == (2 + 2 * 10, 2 + 2 * 10)  # 2x2 grid of 8 px images with 2 px padding
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["seeds"] == [10, 11, 12, 13] and len(record["rows"]) == 4
+    assert gmem(["sample", "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 1
+
+
+def test_gmem_help_explains_itself():
+    result = subprocess.run([sys.executable, "-m", "gmem_explore", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "sample" in result.stdout and "emoji-32" in result.stdout
