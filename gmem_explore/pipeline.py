@@ -118,6 +118,7 @@ class GMemPipeline:
         batch_size: int = 64,
         callback: Callable[[StepInfo, int, int], None] | None = None,
         progress: bool = False,
+        fast: bool | str | None = None,
     ) -> Generation:
         """Generate n images; or one per bank row in `indices`; or one per row of `snippets`.
 
@@ -125,6 +126,7 @@ class GMemPipeline:
         `choose` picks rows when neither indices nor snippets are given: "noise" (the released rule, rows by
         frequency from the initial noise), "frequency" or "uniform" (seeded by the image's seed).
         `callback(step_info, first_image_of_batch, total_images)` runs after every sampler step.
+        `fast`: the fast sampling path (see sampling.sample; None = on CUDA only).
         """
         given = [x is not None for x in (indices, snippets)]
         if sum(given) > 1:
@@ -182,7 +184,7 @@ class GMemPipeline:
 
             latents = sample(self.model, noise, batch_snip.to(self.device), method=method, steps=steps,
                              generators=gens, guidance=guidance, guidance_interval=guidance_interval,
-                             callback=step_callback)
+                             callback=step_callback, fast=fast)
             images.append(self.autoencoder.decode(latents))
             used_idx += batch_idx
             used_snip.append(batch_snip.cpu())
