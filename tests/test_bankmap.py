@@ -60,6 +60,7 @@ def test_large_bank_is_subsampled_with_indices():
     assert torch.equal(subsample_indices(10, 30), torch.arange(10))
 
 
+@pytest.mark.slow  # numba compiles UMAP on first use: 10-50 s on 2 busy cores
 def test_umap_map_small_bank(tmp_path):
     coords = embed_2d(make_bank(n=40), "umap", cache_dir=tmp_path)
     assert coords.shape == (40, 2) and torch.isfinite(coords).all()
