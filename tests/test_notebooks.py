@@ -103,7 +103,7 @@ def test_swap_changes_only_the_edited_copy(pipe):
     assert torch.allclose(edited.bank.snippets([4]), pipe.snippets_from_images(red[None]), atol=1e-6)
     assert edited.bank.thumbnails[4, 0, 0].tolist() == [255, 0, 0]
     assert before.seeds == after.seeds == [1, 2] and not torch.equal(before.images, after.images)
-    assert remix.swap_figure(pipe, edited, 4, before, after).axes
+    assert remix.swap_figure(pipe, edited, 4, before, after).size[0] > 3 * 64
     pipe.encoder = None
     with pytest.raises(RuntimeError, match="no snippet encoder"):
         remix.swap_row(pipe, 4, red)
@@ -116,10 +116,10 @@ def test_mixing_grid_and_seed_sweep_share_seeds(pipe):
     # weight 0 is row a for every method, so those four images are identical
     firsts = gen.images[::3]
     assert all(torch.equal(firsts[0], f) for f in firsts[1:])
-    assert remix.mixing_figure(gen, weights).axes
+    assert remix.mixing_figure(gen, weights).size[1] > 4 * 64  # four rows, one per method
     sweep = remix.seed_sweep(pipe, 0, pipe.bank.rows[1], seeds=[3, 4], frames=3, steps=2)
     assert sweep.seeds == [3, 3, 3, 4, 4, 4]
-    assert remix.seed_sweep_figure(sweep, [3, 4], 3).axes
+    assert remix.seed_sweep_figure(sweep, [3, 4], 3).size[1] > 2 * 64
 
 
 def test_interpolator_precomputes_and_slider_only_shows(pipe, monkeypatch):

@@ -1,0 +1,294 @@
+"""Helpers behind notebooks/*.ipynb: the fast-mode switch, figures, and the bank explorer widget.
+
+The notebooks stay short: every figure and widget lives here, in code that the tests call directly.
+Widget callbacks are plain methods (`select_region`, `select_rows`, `generate`, `compute`, `show_frame`, ...) that
+store what they produced on the object (`selection`, `generation`, `frames`), so a test exercises exactly what a
+click does, without a browser.
+
+    from gmem_explore.notebook import fast_mode, BankExplorer
+    FAST = fast_mode()            # GMEM_FAST=1: few images, few steps (what the test suite runs)
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from .bank import MemoryBank, normalize
+from .bankmap import scatter_figure, subsample_indices
+from .pipeline import Generation, GMemPipeline
+
+MAX_SHOWN = 32  # thumbnails / generations per selection: more is unreadable in a notebook cell
+
+
+def fast_mode() -> bool:
+    """True when the environment variable GMEM_FAST is set to anything but 0/false/no (the tests set 1)."""
+    return os.environ.get("GMEM_FAST", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def with_bank(pipe: GMemPipeline, bank: MemoryBank) -> GMemPipeline:
+    """The same model, autoencoder and encoder with another bank (the original pipeline is untouched)."""
+    return GMemPipeline(pipe.model, bank, pipe.autoencoder, pipe.encoder, pipe.sampler, pipe.info, pipe.device)
+
+
+def figure_png(fig) -> bytes:
+    """PNG bytes of a matplotlib Figure (figures here are built without pyplot: no global state, no window)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
+
+
+def show(obj, out=None):
+    """Display a Figure (as PNG), a PIL image or anything else, into an ipywidgets Output when given."""
+    from IPython import get_ipython
+    from IPython.display import Image, display
+
+    if get_ipython() is None:  # plain Python (tests calling callbacks): nothing can show it, skip the PNG encode
+        return
+    if hasattr(obj, "savefig"):
+        obj = Image(data=figure_png(obj), format="png")
+    if out is None:
+        display(obj)
+        return
+    with out:
+        display(obj)
+
+
+def labelled_grid(images: torch.Tensor, titles: Sequence[str], ncols: int, cell: int = 72):
+    """A PIL image: the images upscaled (nearest) to about `cell` pixels, a caption under each, ncols per row.
+
+    Drawn with PIL rather than matplotlib: a 32-image grid takes milliseconds instead of a second of subplots."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = torch.as_tensor(images)
+    n, h, w, _ = images.shape
+    scale = max(1, cell // max(h, w))
+    cw, chh, caption, pad = w * scale, h * scale, 14, 4
+    width = max(cw, 64)
+    nrows = max(1, -(-n // ncols))
+    canvas = Image.new("RGB", (ncols * (width + pad) + pad, nrows * (chh + caption + pad) + pad), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=10)
+    for i, (img, title) in enumerate(zip(images, titles)):
+        r, c = divmod(i, ncols)
+        x, y = pad + c * (width + pad), pad + r * (chh + caption + pad)
+        tile = Image.fromarray(img.numpy()).resize((cw, chh), Image.NEAREST)
+        canvas.paste(tile, (x + (width - cw) // 2, y))
+        draw.text((x, y + chh + 1), str(title)[: width // 6], fill="black", font=font)
+    return canvas
+
+
+# ---- bank figures ------------------------------------------------------------------------------------------
+def frequency_figure(bank: MemoryBank):
+    """Histogram of per-row frequency and the share of draws taken by the most frequent rows."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3), dpi=90)
+    left, right = fig.subplots(1, 2)
+    if bank.freq is None:
+        left.text(0.5, 0.5, "this bank has no frequencies:\nrows are drawn uniformly", ha="center", va="center")
+        right.axis("off")
+        return fig
+    freq = bank.freq.float()
+    left.hist(freq.numpy(), bins=50, color="tab:blue")
+    left.set(title=f"frequency of {len(bank):,} rows", xlabel="freq (how often the row is drawn)", ylabel="rows")
+    if freq.max() > 0 and freq.max() / max(float(freq[freq > 0].min()), 1e-12) > 100:
+        left.set_yscale("log")
+    share = torch.cumsum(freq.sort(descending=True).values, 0) / freq.sum()
+    x = torch.arange(1, len(freq) + 1).float() / len(freq)
+    right.plot(x.numpy(), share.numpy())
+    right.plot([0, 1], [0, 1], ls=":", color="grey", label="uniform")
+    right.set(title="share of draws vs share of rows", xlabel="most frequent fraction of rows", ylabel="fraction of draws")
+    right.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def neighbour_agreement(bank: MemoryBank, k: int = 10, queries: int = 2000, seed: int = 0) -> dict:
+    """How rows cluster by group: the fraction of each row's k nearest neighbours (cosine, snippet space)
+    that share its group, per group, against chance (the group's share of the bank).
+
+    Uses at most `queries` rows as queries (2,000 x 640,000 similarities take a few seconds) so it scales to the
+    released bank. Returns {group: (agreement, chance, rows)}; needs labels.
+    """
+    if bank.labels is None:
+        raise ValueError("neighbour_agreement needs a bank with labels (groups); this bank has none")
+    q = subsample_indices(len(bank), queries, seed)
+    idx, _ = bank.nearest(bank.rows[q].float(), k=k + 1)
+    idx = idx[:, 1:]  # drop the row itself
+    same = (bank.labels[idx] == bank.labels[q][:, None]).float().mean(1)
+    out = {}
+    for g in bank.labels[q].unique().tolist():
+        name = bank.label_names[g] if bank.label_names and 0 <= g < len(bank.label_names) else str(g)
+        members = bank.labels[q] == g
+        out[name] = (float(same[members].mean()), float((bank.labels == g).float().mean()), int((bank.labels == g).sum()))
+    return out
+
+
+def group_similarity_figure(bank: MemoryBank):
+    """Mean cosine similarity between group centroids: which groups the encoder keeps apart."""
+    from matplotlib.figure import Figure
+
+    if bank.labels is None:
+        raise ValueError("group_similarity_figure needs a bank with labels (groups)")
+    groups = bank.labels.unique().tolist()
+    rows = normalize(bank.rows)
+    centroids = normalize(torch.stack([rows[bank.labels == g].mean(0) for g in groups]))
+    sim = (centroids @ centroids.T).numpy()
+    names = [bank.label_names[g] if bank.label_names and 0 <= g < len(bank.label_names) else str(g) for g in groups]
+    fig = Figure(figsize=(5.5, 4.5), dpi=90)
+    ax = fig.subplots()
+    im = ax.imshow(sim, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    fig.colorbar(im, ax=ax, label="cosine of group centroids")
+    fig.tight_layout()
+    return fig
+
+
+# ---- the explorer widget -----------------------------------------------------------------------------------
+class BankExplorer:
+    """Select bank rows on a 2-D map (a region, a list of rows or a group); see their thumbnails, generations and
+    nearest neighbours. `coords[i]` is the map position of bank row `rows[i]`.
+
+    The map is a static matplotlib figure, so selection is by region sliders, a row list or a group; every
+    control has continuous_update=False, and generation waits for the Generate button.
+    """
+
+    def __init__(self, pipe: GMemPipeline, coords, rows=None, steps: int = 50, seed: int = 0, k: int = 8):
+        import ipywidgets as W
+
+        self.pipe, self.bank = pipe, pipe.bank
+        self.coords = torch.as_tensor(coords).float()
+        self.rows = torch.arange(len(self.coords)) if rows is None else torch.as_tensor(rows).long()
+        if len(self.rows) != len(self.coords):
+            raise ValueError(f"{len(self.coords)} map points but {len(self.rows)} row indices")
+        self.steps, self.k = steps, k
+        self.selection: list[int] = []
+        self.generation: Generation | None = None
+        self.neighbours: tuple[torch.Tensor, torch.Tensor] | None = None
+        lo, hi = self.coords.min(0).values.tolist(), self.coords.max(0).values.tolist()
+        opts = dict(continuous_update=False, readout_format=".1f", layout=W.Layout(width="420px"))
+        self.x_range = W.FloatRangeSlider(value=(lo[0], hi[0]), min=lo[0], max=hi[0], step=(hi[0] - lo[0]) / 200 or 0.01,
+                                          description="map x", **opts)
+        self.y_range = W.FloatRangeSlider(value=(lo[1], hi[1]), min=lo[1], max=hi[1], step=(hi[1] - lo[1]) / 200 or 0.01,
+                                          description="map y", **opts)
+        self.color_by = W.Dropdown(options=["group", "frequency"], value="group", description="colour by")
+        self.rows_text = W.Text(placeholder="rows, e.g. 3, 17, 256", description="rows", continuous_update=False)
+        groups = ["(any)"] + (list(self.bank.label_names) if self.bank.label_names else [])
+        self.group = W.Dropdown(options=groups, value="(any)", description="group")
+        self.seed = W.IntText(value=seed, description="seed")
+        self.generate_button = W.Button(description="Generate", button_style="primary")
+        self.map_out, self.thumbs_out, self.gen_out, self.nn_out = (W.Output() for _ in range(4))
+        self.status = W.HTML()
+        for w in (self.x_range, self.y_range):
+            w.observe(lambda _: self.select_region(self.x_range.value, self.y_range.value), names="value")
+        self.color_by.observe(lambda _: self.draw_map(), names="value")
+        self.rows_text.observe(lambda change: self.select_rows(change["new"]), names="value")
+        self.group.observe(lambda change: self.select_group(change["new"]), names="value")
+        self.generate_button.on_click(lambda _: self.generate())
+        self.widget = W.VBox([
+            W.HBox([self.color_by, self.group]), self.x_range, self.y_range,
+            W.HBox([self.rows_text, self.seed, self.generate_button]), self.status,
+            W.HBox([self.map_out, W.VBox([W.HTML("<b>selected rows</b>"), self.thumbs_out,
+                                          W.HTML("<b>generations (one per selected row)</b>"), self.gen_out])]),
+            W.HTML("<b>nearest neighbours of the first selected row</b>"), self.nn_out])
+        self._box = None
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+        self.draw_map()
+
+    # each callback below is what one control does; tests call them directly
+    def map_figure(self):
+        """The map coloured by the dropdown's choice, selected rows ringed in red, the region as a dashed box."""
+        from matplotlib.patches import Rectangle
+
+        if self.color_by.value == "frequency" and self.bank.freq is not None:
+            colour = self.bank.freq[self.rows].float()
+        elif self.bank.labels is not None:
+            colour = self.bank.labels[self.rows]
+        else:
+            colour = None
+        position = {r: i for i, r in enumerate(self.rows.tolist())}
+        ringed = [position[r] for r in self.selection[:MAX_SHOWN] if r in position]
+        fig = scatter_figure(self.coords, colour, self.bank.label_names, ringed,
+                             title=f"{len(self.coords):,} of {len(self.bank):,} rows, coloured by {self.color_by.value}")
+        if self._box is not None:
+            (x0, x1), (y0, y1) = self._box
+            fig.axes[0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", ls="--"))
+        return fig
+
+    def draw_map(self):
+        self.map_out.clear_output(wait=True)
+        show(self.map_figure(), self.map_out)
+
+    def select_region(self, x: tuple[float, float], y: tuple[float, float]) -> list[int]:
+        """Rows whose map position lies in the box x[0]..x[1] by y[0]..y[1]."""
+        inside = ((self.coords[:, 0] >= x[0]) & (self.coords[:, 0] <= x[1]) &
+                  (self.coords[:, 1] >= y[0]) & (self.coords[:, 1] <= y[1]))
+        self._box = (tuple(x), tuple(y))
+        return self._select(self.rows[inside].tolist(), f"{int(inside.sum())} rows in the region")
+
+    def select_rows(self, rows) -> list[int]:
+        """A list of row indices, or text such as "3, 17 256"; bad input gives a message, not a crash."""
+        if isinstance(rows, str):
+            try:
+                rows = [int(r) for r in rows.replace(",", " ").split()]
+            except ValueError:
+                self.status.value = f"<span style='color:red'>rows must be integers separated by commas; got {rows!r}</span>"
+                return self.selection
+        bad = [r for r in rows if not 0 <= r < len(self.bank)]
+        if bad:
+            self.status.value = f"<span style='color:red'>rows {bad[:5]} are outside the bank (0..{len(self.bank) - 1})</span>"
+            return self.selection
+        self._box = None
+        return self._select(list(rows), f"{len(rows)} rows typed")
+
+    def select_group(self, name: str) -> list[int]:
+        """The mapped rows of one group."""
+        if name == "(any)" or self.bank.labels is None:
+            return self.selection
+        g = list(self.bank.label_names).index(name)
+        self._box = None
+        return self._select(self.rows[self.bank.labels[self.rows] == g].tolist(), f"group {name}")
+
+    def _select(self, rows: list[int], what: str) -> list[int]:
+        self.selection = rows
+        shown = rows[:MAX_SHOWN]
+        self.status.value = f"{what}; showing {len(shown)} of {len(rows)}"
+        self.thumbs_out.clear_output(wait=True)
+        self.gen_out.clear_output(wait=True)
+        if shown and self.bank.thumbnails is not None:
+            titles = [f"{r} {self.bank.label_of(r) or ''}" for r in shown]
+            show(labelled_grid(self.bank.thumbnails[shown], titles, ncols=8), self.thumbs_out)
+        if shown:
+            self.nearest(shown[0])
+        self.draw_map()
+        return rows
+
+    def nearest(self, row: int):
+        """The k rows most similar (cosine) to `row`, itself excluded: (indices, similarities)."""
+        idx, sim = self.bank.nearest(self.bank.rows[row].float(), k=self.k + 1)
+        keep = idx[0] != row
+        self.neighbours = (idx[0][keep][:self.k], sim[0][keep][:self.k])
+        self.nn_out.clear_output(wait=True)
+        if self.bank.thumbnails is not None:
+            titles = [f"{i} cos {s:.2f}" for i, s in zip(*(t.tolist() for t in self.neighbours))]
+            show(labelled_grid(self.bank.thumbnails[self.neighbours[0]], titles, ncols=self.k), self.nn_out)
+        return self.neighbours
+
+    def generate(self) -> Generation | None:
+        """One image per selected row (at most MAX_SHOWN), all from the seed in the seed box."""
+        shown = self.selection[:MAX_SHOWN]
+        if not shown:
+            self.status.value = "select rows first (a region, a group or a list), then Generate"
+            return None
+        self.generation = self.pipe.generate(indices=shown, seeds=[int(self.seed.value)] * len(shown), steps=self.steps)
+        self.gen_out.clear_output(wait=True)
+        show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=8), self.gen_out)
+        return self.generation

@@ -1,0 +1,153 @@
+"""Helpers behind notebooks/02_remix.ipynb: swap a bank row for a new image, interpolate, compare mixing methods.
+
+Everything generates with explicit seeds, so "before" and "after" differ only by the snippet, and every frame of
+an interpolation shares one seed (the noise is the same, only the memory changes).
+
+    before, after, edited = swap_and_compare(pipe, row=12, image="my.png", seeds=range(4))
+    Interpolator(pipe, a=12, b=40)           # precomputes the frames on "Compute"; the slider only shows them
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .bank import MIX_METHODS, check_snippets, mix, normalize
+from .images import load_rgb
+from .notebook import labelled_grid, show, with_bank
+from .pipeline import Generation, GMemPipeline
+
+
+def _snippet(pipe: GMemPipeline, x) -> torch.Tensor:
+    """A bank row index or a snippet vector -> one normalised snippet (1, D)."""
+    if isinstance(x, int):
+        return pipe.bank.snippets([x])
+    return normalize(check_snippets(torch.as_tensor(x), pipe.snippet_dim))
+
+
+# ---- swap a row ----------------------------------------------------------------------------------------------
+def swap_row(pipe: GMemPipeline, row: int, image) -> tuple[GMemPipeline, torch.Tensor]:
+    """A new pipeline whose bank has `row` replaced by the snippet of `image` (path, PIL, array); the original
+    pipeline and bank are untouched (the bank is copied: for the released 640k bank that is 1 GB in fp16).
+    Returns (edited pipeline, the new snippet (1, D))."""
+    if pipe.encoder is None:
+        raise RuntimeError("this checkpoint has no snippet encoder, so new images cannot become snippets; "
+                           "use the default model or a checkpoint saved with its encoder")
+    bank = pipe.bank.copy()
+    bank._check_index([row])
+    size = bank.thumbnails.shape[1] if bank.thumbnails is not None else 64
+    picture = load_rgb(image, size)
+    snippet = pipe.snippets_from_images(picture[None])
+    bank.replace(row, snippet[0], thumbnail=picture)
+    return with_bank(pipe, bank), snippet
+
+
+def swap_and_compare(pipe: GMemPipeline, row: int, image, seeds: Sequence[int] = (0, 1, 2, 3), steps: int | None = None):
+    """Generations of `row` before and after the swap, with the same seeds: (before, after, edited pipeline)."""
+    seeds = list(seeds)
+    before = pipe.generate(indices=[row] * len(seeds), seeds=seeds, steps=steps)
+    edited, _ = swap_row(pipe, row, image)
+    after = edited.generate(indices=[row] * len(seeds), seeds=seeds, steps=steps)
+    return before, after, edited
+
+
+def swap_figure(pipe: GMemPipeline, edited: GMemPipeline, row: int, before: Generation, after: Generation):
+    """Row thumbnail then its generations, before (top) and after (bottom); columns share a seed."""
+    old = pipe.bank.thumbnails[row] if pipe.bank.thumbnails is not None else before.images[0]
+    new = edited.bank.thumbnails[row] if edited.bank.thumbnails is not None else after.images[0]
+    images = torch.stack([_fit(old, before.images[0]), *before.images, _fit(new, before.images[0]), *after.images])
+    titles = ([f"row {row} before"] + [f"seed {s}" for s in before.seeds] +
+              [f"row {row} after"] + [f"seed {s}" for s in after.seeds])
+    return labelled_grid(images, titles, ncols=len(before) + 1)
+
+
+def _fit(image: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Resize a thumbnail to the generated images' size so they share one grid."""
+    if image.shape == like.shape:
+        return image
+    return load_rgb(image.numpy(), like.shape[0])
+
+
+# ---- mixing ----------------------------------------------------------------------------------------------------
+def mixing_grid(pipe: GMemPipeline, a, b, weights: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), seed: int = 0,
+                methods: Sequence[str] = MIX_METHODS, steps: int | None = None) -> Generation:
+    """One image per (method, weight), row-major, all from `seed`: the four mixing methods side by side."""
+    sa, sb = _snippet(pipe, a), _snippet(pipe, b)
+    snippets = torch.cat([mix(sa, sb, w, m, seed) for m in methods for w in weights])
+    return pipe.generate(snippets=snippets, seeds=[seed] * len(snippets), steps=steps)
+
+
+def mixing_figure(gen: Generation, weights: Sequence[float], methods: Sequence[str] = MIX_METHODS):
+    titles = [f"{m} w={w:g}" for m in methods for w in weights]
+    return labelled_grid(gen.images, titles, ncols=len(weights))
+
+
+def seed_sweep(pipe: GMemPipeline, a, b, seeds: Sequence[int] = (0, 1, 2), frames: int = 5, method: str = "slerp",
+               steps: int | None = None) -> Generation:
+    """Interpolations from a to b, one row per seed; within a row every frame has the same seed."""
+    sa, sb = _snippet(pipe, a), _snippet(pipe, b)
+    weights = torch.linspace(0, 1, frames).tolist()
+    snippets = torch.cat([mix(sa, sb, w, method, s) for s in seeds for w in weights])
+    return pipe.generate(snippets=snippets, seeds=[s for s in seeds for _ in weights], steps=steps)
+
+
+def seed_sweep_figure(gen: Generation, seeds: Sequence[int], frames: int):
+    weights = torch.linspace(0, 1, frames).tolist()
+    titles = [f"seed {s} w={w:.2f}" for s in seeds for w in weights]
+    return labelled_grid(gen.images, titles, ncols=frames)
+
+
+# ---- the interpolation widget ------------------------------------------------------------------------------------
+class Interpolator:
+    """Two bank rows, a method, a seed and a frame count; "Compute" generates every frame once, and the slider only
+    shows precomputed frames, so dragging never runs the sampler."""
+
+    def __init__(self, pipe: GMemPipeline, a: int = 0, b: int = 1, frames: int = 9, method: str = "slerp",
+                 seed: int = 0, steps: int | None = None):
+        import ipywidgets as W
+
+        self.pipe, self.steps = pipe, steps
+        self.generation: Generation | None = None
+        n = len(pipe.bank)
+        self.a = W.BoundedIntText(value=a, min=0, max=n - 1, description="row a")
+        self.b = W.BoundedIntText(value=b, min=0, max=n - 1, description="row b")
+        self.method = W.Dropdown(options=list(MIX_METHODS), value=method, description="method")
+        self.seed = W.IntText(value=seed, description="seed")
+        self.frames = W.BoundedIntText(value=frames, min=2, max=64, description="frames")
+        self.compute_button = W.Button(description="Compute frames", button_style="primary")
+        self.slider = W.IntSlider(value=0, min=0, max=frames - 1, description="frame", disabled=True)
+        self.frame_out, self.strip_out, self.status = W.Output(), W.Output(), W.HTML()
+        self.compute_button.on_click(lambda _: self.compute())
+        self.slider.observe(lambda change: self.show_frame(change["new"]), names="value")
+        self.widget = W.VBox([W.HBox([self.a, self.b, self.method]), W.HBox([self.seed, self.frames, self.compute_button]),
+                              self.status, self.slider, W.HBox([self.frame_out, self.strip_out])])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def compute(self) -> Generation:
+        """Generate all frames (one sampler run, one seed) and enable the slider."""
+        k = int(self.frames.value)
+        self.status.value = f"generating {k} frames..."
+        self.generation = self.pipe.interpolate(int(self.a.value), int(self.b.value), k=k, method=self.method.value,
+                                                seed=int(self.seed.value), steps=self.steps)
+        self.weights = torch.linspace(0, 1, k).tolist()
+        self.slider.max, self.slider.disabled = k - 1, False
+        self.strip_out.clear_output(wait=True)
+        show(self.generation.grid(nrow=k, scale=2), self.strip_out)
+        self.status.value = f"{k} frames from row {self.a.value} to row {self.b.value}, {self.method.value}, seed {self.seed.value}"
+        self.show_frame(min(self.slider.value, k - 1))
+        return self.generation
+
+    def show_frame(self, i: int):
+        """Display precomputed frame i (no generation); returns it, or None before Compute."""
+        if self.generation is None:
+            self.status.value = "press Compute frames first"
+            return None
+        i = max(0, min(int(i), len(self.generation) - 1))
+        frame = self.generation.images[i]
+        self.frame_out.clear_output(wait=True)
+        show(labelled_grid(frame[None], [f"frame {i}, weight {self.weights[i]:.2f}"], ncols=1, cell=160), self.frame_out)
+        return frame
