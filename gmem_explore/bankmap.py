@@ -83,6 +83,26 @@ def umap_2d(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.from_numpy(out).float()
 
 
+def _plan(bank, method, cache_dir, max_rows, seed):
+    rows = _rows_of(bank)
+    idx = subsample_indices(rows.shape[0], max_rows, seed)
+    chosen = rows if len(idx) == rows.shape[0] else rows[idx]
+    if chosen.shape[0] < MIN_UMAP_ROWS:
+        method = "pca"
+    params = {"seed": seed, **(UMAP_PARAMS if method == "umap" else {})}
+    path = None
+    if cache_dir is not False:
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        path = folder / f"{method}-{cache_key(chosen, method, params)}.safetensors"
+    return rows, idx, chosen, method, params, path
+
+
+def is_cached(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000, seed: int = 0) -> bool:
+    """Whether embed_2d with these arguments would read its cache instead of fitting (UMAP takes a while)."""
+    path = _plan(bank, method, cache_dir, max_rows, seed)[-1]
+    return path is not None and path.is_file()
+
+
 def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000, seed: int = 0,
              return_indices: bool = False):
     """float32 (M, 2) coordinates of a bank's rows (M = min(N, max_rows)); with return_indices, (coords, rows).
@@ -94,24 +114,14 @@ def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000,
         raise ValueError(f"Unknown map method {method!r}; choose one of {METHODS}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
         raise ValueError(f"max_rows must be an integer >= 2; got {max_rows!r}")
-    rows = _rows_of(bank)
-    idx = subsample_indices(rows.shape[0], max_rows, seed)
-    chosen = rows if len(idx) == rows.shape[0] else rows[idx]
-    if chosen.shape[0] < MIN_UMAP_ROWS:
-        method = "pca"
-    params = {"seed": seed, **(UMAP_PARAMS if method == "umap" else {})}
-
-    path = None
-    if cache_dir is not False:
-        path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        path = path / f"{method}-{cache_key(chosen, method, params)}.safetensors"
-        if path.is_file():
-            try:
-                coords = load_tensors(path, mmap=False)[0]["coords"]
-                if coords.shape == (len(idx), 2):
-                    return (coords, idx) if return_indices else coords
-            except (ValueError, OSError, KeyError):
-                pass  # a damaged cache file is simply refitted and rewritten
+    rows, idx, chosen, method, params, path = _plan(bank, method, cache_dir, max_rows, seed)
+    if path is not None and path.is_file():
+        try:
+            coords = load_tensors(path, mmap=False)[0]["coords"]
+            if coords.shape == (len(idx), 2):
+                return (coords, idx) if return_indices else coords
+        except (ValueError, OSError, KeyError):
+            pass  # a damaged cache file is simply refitted and rewritten
 
     x = normalize(chosen)
     if not torch.isfinite(x).all():

@@ -94,3 +94,13 @@ def test_scatter_figure_groups_and_frequency():
     assert labels == ["added", "x", "y"]
     fig = scatter_figure(coords, color_by=torch.logspace(0, 4, 30).double())
     assert len(fig.axes) == 2  # the map and its colour bar
+
+
+def test_is_cached(tmp_path):
+    from gmem_explore.bankmap import is_cached
+
+    bank = make_bank()
+    assert not is_cached(bank, "pca", cache_dir=tmp_path)
+    embed_2d(bank, "pca", cache_dir=tmp_path)
+    assert is_cached(bank, "pca", cache_dir=tmp_path)
+    assert not is_cached(bank, "pca", cache_dir=False)
