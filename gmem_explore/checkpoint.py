@@ -65,8 +65,10 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
     folder = Path(folder)
     config = read_config(folder)
     model = GMemSiT(ModelConfig.from_dict(config["model"]))
-    state, _ = load_tensors(folder / "model.safetensors", mmap=False)
+    # Memory-mapped: the weights are copied once into the model, never held twice (2.7 GB for SiT-XL/2).
+    state, _ = load_tensors(folder / "model.safetensors", mmap=True)
     load_network_state(model, state)
+    del state
     model.to(device).eval()
     bank = MemoryBank.load(folder / "bank.safetensors")
     if bank.dim != model.config.snippet_dim:
@@ -75,7 +77,10 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
     if config.get("encoder"):
         from .encoders import encoder_from_config  # the encoder module is only needed when one is present
 
-        enc_state, _ = load_tensors(folder / "encoder.safetensors", mmap=False)
+        # encoder.safetensors exists only for encoders whose weights we trained; a DINOv2 config names its
+        # source instead and is loaded lazily, so a converted official checkpoint loads offline.
+        enc_path = folder / "encoder.safetensors"
+        enc_state = load_tensors(enc_path, mmap=False)[0] if enc_path.is_file() else None
         encoder = encoder_from_config(config["encoder"], enc_state)
     info = {k: v for k, v in config.items() if k not in {"format", "model", "autoencoder", "encoder", "sampler"}}
     return Checkpoint(model, bank, config.get("autoencoder") or {"type": "pixels"}, encoder,

@@ -1,30 +1,152 @@
 """Named checkpoints and where their files come from.
 
 - "emoji-32": the embedded default, shipped inside the package (gmem_explore/weights/emoji-32), no download.
+- "gmem-v1-xl": the released GMem v1 SiT-XL/2 (Hugging Face `Tangentone/GMem`, 4.7 GB .pth), downloaded with
+  huggingface_hub (revision pinnable, HF_HOME / HF_HUB_CACHE honoured, HF_HUB_OFFLINE honoured), checked, and
+  converted once into a pickle-free folder beside the downloaded file (official.py), then reused.
 - a local folder in our checkpoint format (see checkpoint.py).
+- a local released-format .pth file (e.g. the official file copied from elsewhere): converted once, then reused.
 """
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 WEIGHTS = Path(__file__).parent / "weights"
 DEFAULT_NAME = "emoji-32"
 EMBEDDED = {"emoji-32": WEIGHTS / "emoji-32"}
+# name -> where the released file lives on the Hub
+HUB = {"gmem-v1-xl": {"repo_id": "Tangentone/GMem", "filename": "GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth",
+                      "size": "4.7 GB"}}
+PTH_SUFFIXES = (".pth", ".pt")
+
+
+class CheckpointUnavailable(OSError):
+    """The file is neither cached nor reachable; the message says how to get it."""
 
 
 def available() -> list[str]:
-    return sorted(EMBEDDED)
+    return sorted(EMBEDDED) + sorted(HUB)
 
 
-def resolve_checkpoint(name_or_path: str | None = None, **kwargs) -> Path:
-    """A local checkpoint folder for a name or a path."""
-    name = name_or_path or DEFAULT_NAME
+def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None = None, cache_dir=None,
+                       bank_dtype: str = "fp16", progress: bool = True, model_overrides: dict | None = None,
+                       **kwargs) -> Path:
+    """A local checkpoint folder for a name or a path (downloading and converting the released model once).
+
+    `model_overrides` (keywords of build_model on top of SiT-XL/2) describe a released-format .pth of another
+    size; the tests use it for a tiny model in the official layout."""
+    if kwargs:
+        raise TypeError(f"resolve_checkpoint got unknown options {sorted(kwargs)}")
+    name = str(name_or_path or DEFAULT_NAME)
     if name in EMBEDDED:
         folder = EMBEDDED[name]
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"The embedded checkpoint {name!r} is missing from {folder}; reinstall gmem-explore")
         return folder
+    if name in HUB:
+        from .official import ensure_converted
+
+        return ensure_converted(download(name, revision=revision, cache_dir=cache_dir), bank_dtype,
+                                progress=progress, model_overrides=model_overrides)
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    raise ValueError(f"{name_or_path!r} is neither a known checkpoint name {available()} nor a checkpoint folder")
+    if path.is_file() and path.suffix in PTH_SUFFIXES:
+        from .official import ensure_converted
+
+        return ensure_converted(path, bank_dtype, progress=progress, model_overrides=model_overrides)
+    raise ValueError(f"{name_or_path!r} is neither a known checkpoint name {available()}, a checkpoint folder, "
+                     f"nor a released-format .pth file")
+
+
+def is_offline() -> bool:
+    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it only once, at import)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is not None:
+        return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache_dir() -> Path:
+    """HF_HUB_CACHE, else HF_HOME/hub, else huggingface_hub's default; read at call time."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def how_to_get(name: str, why: str) -> str:
+    spec = HUB[name]
+    return (
+        f"{name}: {why}. The file is {spec['repo_id']}/{spec['filename']} ({spec['size']}). Either\n"
+        f"  1. download it where a network exists:\n"
+        f"       huggingface-cli download {spec['repo_id']} {spec['filename']} --local-dir DIR\n"
+        f"     copy it here and pass its path instead of the name, e.g.\n"
+        f"       gmem sample-fid --checkpoint DIR/{spec['filename']}   or   "
+        f"GMemPipeline.from_pretrained('DIR/{spec['filename']}')\n"
+        f"     (`gmem convert DIR/{spec['filename']} OUT/` makes a pickle-free folder once); or\n"
+        f"  2. copy a Hugging Face cache that holds it and set HF_HOME (or HF_HUB_CACHE) to it "
+        f"(looked in: {hub_cache_dir()})."
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the Hub endpoint: without it huggingface_hub retries for ~25 s before failing."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=None) -> Path:
+    """The local path of a Hub checkpoint file: from the cache when it is there (offline, or pinned to a commit,
+    or the Hub is unreachable), else downloaded and its size (and sha256, for LFS files) checked."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    spec = HUB[name]
+    cache_dir = Path(cache_dir) if cache_dir else hub_cache_dir()
+    cached = try_to_load_from_cache(spec["repo_id"], spec["filename"], cache_dir=cache_dir, revision=revision)
+    cached = Path(cached) if isinstance(cached, str) else None
+    pinned = revision is not None and len(revision) == 40  # a commit hash never changes: no need to ask the Hub
+    if cached is not None and (pinned or is_offline()):
+        return cached
+    if is_offline():
+        raise CheckpointUnavailable(how_to_get(name, f"HF_HUB_OFFLINE is set and revision {revision or 'main'!r} "
+                                                     f"is not in the Hugging Face cache"))
+    if not hub_reachable():
+        if cached is not None:
+            return cached
+        raise CheckpointUnavailable(how_to_get(name, "the Hugging Face Hub is unreachable and the file is not cached"))
+    try:
+        path = Path(hf_hub_download(spec["repo_id"], spec["filename"], revision=revision, cache_dir=cache_dir))
+    except Exception as e:  # network errors, a missing revision, a full disk: all end here with the how-to
+        raise CheckpointUnavailable(how_to_get(name, f"the download failed ({type(e).__name__}: {e})")) from e
+    verify_download(path, spec["repo_id"], spec["filename"], revision)
+    return path
+
+
+def verify_download(path: Path, repo_id: str, filename: str, revision: str | None) -> None:
+    """Size against the Hub's metadata (cheap). The sha256 (the LFS etag, which is also the blob's name in the
+    cache) is checked once, when the file is converted (official.ensure_converted), since it reads 4.7 GB."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision))
+    except Exception:  # metadata is a check, not a requirement: the sha256 check at conversion still applies
+        return
+    size = path.stat().st_size
+    if meta.size is not None and meta.size != size:
+        raise CheckpointUnavailable(f"{path} has {size} bytes but the Hub says {meta.size}: the download is "
+                                    f"incomplete or corrupt. Delete it and run again.")

@@ -1,0 +1,183 @@
+"""Tools for big memory banks (the released one: 640,000 x 768): statistics, nearest-row search, and low-rank
+(SVD) compression with its reconstruction error.
+
+Everything works in chunks of 65,536 rows, so a memory-mapped fp16 bank is never expanded whole to float32
+(that would be 1.97 GB on top of the map). Rows are compared as the model sees them: L2-normalised.
+
+    stats = statistics(bank)                         # JSON-able dict
+    idx, sim = nearest_rows(bank, [12, 99], k=8)     # rows most similar to rows 12 and 99 (themselves excluded)
+    low = compress(bank, rank=64)                    # as the v2 code keeps; low.report has the errors
+    low.save("bank-r64.safetensors"); LowRankBank.load(...).to_bank()
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .bank import MemoryBank, check_snippets, normalize
+from .safefiles import load_tensors, save_tensors
+
+CHUNK = 65536
+
+
+def _chunks(n: int, chunk: int = CHUNK):
+    for start in range(0, n, chunk):
+        yield start, min(start + chunk, n)
+
+
+def statistics(bank: MemoryBank, sample: int = 4096, seed: int = 0) -> dict:
+    """Size, norms, frequency concentration and how similar rows are (estimated on `sample` random rows)."""
+    n, d = len(bank), bank.dim
+    out = {"rows": n, "dim": d, "dtype": str(bank.rows.dtype).removeprefix("torch."),
+           "megabytes": round(bank.rows.numel() * bank.rows.element_size() / 2**20, 1)}
+    if n == 0:
+        return out
+    norms = torch.cat([bank.rows[a:b].float().norm(dim=1) for a, b in _chunks(n)])
+    finite = torch.isfinite(norms)
+    out.update(norm_mean=float(norms[finite].mean()), norm_std=float(norms[finite].std()) if finite.sum() > 1 else 0.0,
+               norm_min=float(norms[finite].min()), norm_max=float(norms[finite].max()),
+               zero_rows=int((norms == 0).sum()), nonfinite_rows=int((~finite).sum()))
+    if bank.freq is not None:
+        p = bank.freq / bank.freq.sum()
+        nz = p[p > 0]
+        top = max(1, n // 100)
+        out.update(freq_total=float(bank.freq.sum()), freq_min=float(bank.freq.min()), freq_max=float(bank.freq.max()),
+                   never_drawn_rows=int((bank.freq == 0).sum()),
+                   # exp(entropy): how many equally likely rows the frequencies amount to (n if uniform)
+                   effective_rows=float(torch.exp(-(nz * nz.log()).sum())),
+                   top_1pct_share=float(p.sort(descending=True).values[:top].sum()))
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(n, generator=g)[:min(sample, n)].sort().values
+    x = normalize(bank.rows[pick])
+    sims = x @ x.T
+    m = len(pick)
+    if m > 1:
+        off = sims[~torch.eye(m, dtype=torch.bool)].reshape(m, m - 1)
+        out.update(sample_rows=m, mean_cosine=float(off.mean()),
+                   mean_nearest_cosine=float(off.max(dim=1).values.mean()),
+                   # norm of the mean direction: 0 for directions spread evenly, 1 if all rows point one way
+                   mean_direction_norm=float(x.mean(0).norm()))
+    return out
+
+
+def nearest_rows(bank: MemoryBank, queries, k: int = 8, device="cpu", chunk: int = CHUNK,
+                 exclude_self: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k rows by cosine similarity: (indices (Q, k), similarities (Q, k)), best first.
+
+    `queries` are row indices (a list / 1-D integer tensor; each row itself is excluded unless exclude_self is
+    False) or snippets (Q, D). On a GPU the bank streams through in chunks (fp16 matmuls when the bank is fp16)."""
+    device = torch.device(device)
+    q_tensor = torch.as_tensor(queries)
+    self_rows = None
+    if not q_tensor.is_floating_point():
+        self_rows = bank._check_index(q_tensor).to(device)
+        q = bank.snippets(self_rows.cpu())
+    else:
+        q = normalize(check_snippets(q_tensor, bank.dim, "query"))
+    want = min(int(k), len(bank) - (1 if self_rows is not None and exclude_self else 0))
+    if want < 1:
+        raise ValueError("nearest_rows needs k >= 1 and a bank with more rows than that")
+    dtype = bank.rows.dtype if device.type == "cuda" and bank.rows.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    q = q.to(device, dtype)
+    best_s = torch.full((q.shape[0], 0), -2.0, device=device)
+    best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=device)
+    for a, b in _chunks(len(bank), chunk):
+        rows = normalize(bank.rows[a:b].to(device)).to(dtype)
+        sims = (q @ rows.T).float()
+        if self_rows is not None and exclude_self:
+            inside = (self_rows >= a) & (self_rows < b)
+            sims[inside.nonzero().flatten(), (self_rows[inside] - a)] = -3.0  # below any cosine
+        s, i = sims.topk(min(want, sims.shape[1]), dim=1)
+        best_s, order = torch.cat([best_s, s], 1).topk(min(want, best_s.shape[1] + s.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + a], 1).gather(1, order)
+    return best_i.cpu(), best_s.cpu()
+
+
+@dataclass
+class LowRankBank:
+    """rows ~= coeffs @ basis + mean (of the L2-normalised rows): N x r + r x D numbers instead of N x D."""
+
+    coeffs: torch.Tensor  # (N, r)
+    basis: torch.Tensor  # (r, D), orthonormal rows
+    mean: torch.Tensor  # (D,)
+    freq: torch.Tensor | None = None
+    report: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return self.coeffs.shape[0]
+
+    def rows(self, indices=None) -> torch.Tensor:
+        c = self.coeffs if indices is None else self.coeffs[torch.as_tensor(indices, dtype=torch.long)]
+        return c.float() @ self.basis.float() + self.mean.float()
+
+    def to_bank(self, dtype=torch.float16) -> MemoryBank:
+        """A full MemoryBank of the reconstructed rows (for sampling with a compressed bank)."""
+        rows = torch.empty(len(self), self.basis.shape[1], dtype=dtype)
+        for a, b in _chunks(len(self)):
+            rows[a:b] = self.rows(torch.arange(a, b)).to(dtype)
+        return MemoryBank(rows, self.freq, meta={"low_rank": self.report.get("rank")})
+
+    def save(self, path) -> None:
+        tensors = {"coeffs": self.coeffs, "basis": self.basis, "mean": self.mean}
+        if self.freq is not None:
+            tensors["freq"] = self.freq
+        save_tensors(path, tensors, {"format": "gmem-explore-lowrank-bank-1", "report": self.report})
+
+    @classmethod
+    def load(cls, path) -> "LowRankBank":
+        tensors, meta = load_tensors(path)
+        if meta.get("format") != "gmem-explore-lowrank-bank-1":
+            raise ValueError(f"{path} is not a low-rank bank file (format {meta.get('format')!r})")
+        return cls(tensors["coeffs"], tensors["basis"], tensors["mean"], tensors.get("freq"), meta.get("report", {}))
+
+
+def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu",
+             coeff_dtype: torch.dtype = torch.float16) -> LowRankBank:
+    """Best rank-r approximation (truncated SVD, via the D x D Gram matrix in float64) of the normalised rows,
+    with its error: relative Frobenius norm ||X - X_r|| / ||X|| and the mean / min cosine between each row and
+    its reconstruction (what matters to the model, which renormalises)."""
+    n, d = len(bank), bank.dim
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d:
+        raise ValueError(f"rank must be an integer in [1, {d}]; got {rank!r}")
+    if n == 0:
+        raise ValueError("cannot compress an empty bank")
+    device = torch.device(device)
+    mean = torch.zeros(d, dtype=torch.float64, device=device)
+    if center:
+        for a, b in _chunks(n):
+            mean += normalize(bank.rows[a:b].to(device)).double().sum(0)
+        mean /= n
+    gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+    total = 0.0
+    for a, b in _chunks(n):
+        x = normalize(bank.rows[a:b].to(device)).double() - mean
+        gram += x.T @ x
+        total += float((x * x).sum())
+    eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
+    basis = eigvecs[:, -rank:].flip(1).T.contiguous()  # (r, D), largest first
+    kept = float(eigvals[-rank:].clamp_min(0).sum() / eigvals.clamp_min(0).sum()) if total > 0 else 1.0
+    coeffs = torch.empty(n, rank, dtype=coeff_dtype)
+    err2 = norm2 = cos_sum = 0.0
+    cos_min = 1.0
+    basis_f = basis.float()
+    for a, b in _chunks(n):
+        x = normalize(bank.rows[a:b].to(device))
+        c = (x - mean.float()) @ basis_f.T
+        coeffs[a:b] = c.to(coeff_dtype).cpu()
+        recon = c.to(coeff_dtype).float() @ basis_f + mean.float()  # what a reader of the stored file gets
+        err2 += float(((x - recon) ** 2).sum())
+        norm2 += float((x * x).sum())
+        cos = torch.nn.functional.cosine_similarity(x, recon, dim=1)
+        cos_sum += float(cos.sum())
+        cos_min = min(cos_min, float(cos.min()))
+    full_bytes = n * d * 2
+    small_bytes = n * rank * coeff_dtype.itemsize + rank * d * 4 + d * 4
+    report = {"rank": rank, "rows": n, "dim": d, "centered": center,
+              "relative_frobenius_error": math.sqrt(err2 / max(norm2, 1e-30)),
+              "mean_cosine": cos_sum / n, "min_cosine": cos_min, "variance_kept": kept,
+              "megabytes_fp16_full": round(full_bytes / 2**20, 1), "megabytes_compressed": round(small_bytes / 2**20, 1),
+              "compression_ratio": round(full_bytes / small_bytes, 2)}
+    return LowRankBank(coeffs, basis_f.cpu(), mean.float().cpu(),
+                       None if bank.freq is None else bank.freq.clone(), report)

@@ -1,0 +1,37 @@
+"""Convert the released GMem v1 .pth into a pickle-free checkpoint folder (safetensors + config.json).
+
+The .pth is read with torch.load(weights_only=True) (a pickle carrying code is refused), memory-mapped, and
+written tensor by tensor, so the 640,000 x 768 bank is never held twice in memory. The folder then loads
+memory-mapped with `gmem sample --checkpoint OUT` or GMemPipeline.from_pretrained("OUT").
+
+Examples:
+  gmem convert GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth gmem-v1-xl/
+  gmem convert GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth gmem-v1-xl-fp32/ --bank-dtype fp32
+"""
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(p):
+    p.add_argument("source", help="the released .pth file (dict with network, memorybank, memoryfreq)")
+    p.add_argument("out", help="new checkpoint folder (must not exist or be empty)")
+    p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default="fp16",
+                   help="bank precision: fp16 (0.98 GB, default) or fp32 (1.97 GB, bit-exact)")
+    p.add_argument("--model", default="SiT-XL/2", help="model size of the network (default SiT-XL/2, the release)")
+    p.add_argument("--model-config", default=None,
+                   help="JSON of build_model keywords on top of --model, for released-format files of other sizes")
+    p.add_argument("--sha256", default=None, help="expected sha256 of the source file (checked before converting)")
+
+
+def run(args) -> int:
+    from gmem_explore.official import convert_official
+
+    try:
+        overrides = json.loads(args.model_config) if args.model_config else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model-config is not valid JSON: {e}") from None
+    out = convert_official(args.source, args.out, bank_dtype=args.bank_dtype, model=args.model,
+                           model_overrides=overrides, sha256=args.sha256, progress=True)
+    print(f"wrote {out} (config.json, model.safetensors, bank.safetensors)")
+    return 0

@@ -1,0 +1,55 @@
+"""Sample many images for FID (PNGs + the ADM evaluator's .npz), on one process or many; resumable.
+
+Defaults are the released GMem v1 recipe: checkpoint gmem-v1-xl, 250-step SDE, rows chosen from the noise by
+frequency, no guidance, 50,000 images, seeds 0..49999 (image i uses seed --seed + i). Images go to OUT/<seed>.png;
+a restart skips finished seeds; OUT.npz (arr_0: uint8 N x 256 x 256 x 3, in seed order) is written at the end.
+
+Examples:
+  # the released scripts/sample-gmem-xl.sh: 8 GPUs x 64 images per batch, 50,000 samples, 250-step SDE
+  torchrun --nproc_per_node 8 -m gmem_explore sample-fid --out samples/gmem-xl --batch-size 64
+  # one GPU (same images, 8x longer)
+  gmem sample-fid --out samples/gmem-xl --batch-size 64
+  # accelerate works too
+  accelerate launch --num_processes 8 -m gmem_explore sample-fid --out samples/gmem-xl
+  # a local copy of the released file, no network
+  gmem sample-fid --checkpoint ~/GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth --out samples/gmem-xl
+"""
+from __future__ import annotations
+
+
+def add_arguments(p):
+    p.add_argument("--checkpoint", default="gmem-v1-xl",
+                   help="checkpoint name, folder or released .pth file (default: gmem-v1-xl, the released model)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a named checkpoint")
+    p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default="fp16",
+                   help="bank precision of the converted checkpoint (fp16 halves the 1.97 GB bank)")
+    p.add_argument("--out", required=True, help="folder for the PNGs (created; reused to resume)")
+    p.add_argument("--num", type=int, default=50_000, help="number of images (default 50000, as for FID-50K)")
+    p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch on each process (default 64)")
+    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's, 250 for gmem-v1-xl)")
+    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
+                   help="how bank rows are picked (noise: the released rule, by frequency from the initial noise)")
+    p.add_argument("--precision", choices=["tf32", "fp32", "bf16"], default="tf32",
+                   help="tf32: fp32 weights with TF32 matmuls, the reference's setting; bf16 is faster, not identical")
+    p.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK when a GPU exists, else cpu")
+    p.add_argument("--npz", default="auto", help="path of the .npz (default: OUT.npz)")
+    p.add_argument("--no-npz", action="store_true", help="only write PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from gmem_explore.sharded import dist_env, run as run_sharded
+
+    kwargs = {"bank_dtype": args.bank_dtype}
+    if args.revision:
+        kwargs["revision"] = args.revision
+    npz = run_sharded(args.checkpoint, args.out, num=args.num, base_seed=args.seed, batch_size=args.batch_size,
+                      method=args.method, steps=args.steps, choose=args.choose, precision=args.precision,
+                      device=args.device, npz=None if args.no_npz else args.npz, progress=not args.no_progress,
+                      **kwargs)
+    rank, world, _ = dist_env()
+    if rank == 0:
+        print(f"{args.num} images in {args.out}" + (f"; evaluator file {npz}" if npz else ""))
+    return 0

@@ -1,0 +1,240 @@
+"""The released GMem v1 checkpoint: read the .pth safely, check it strictly, convert it to our folder format.
+
+The file `GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth` (Hugging Face `Tangentone/GMem`) is one torch.save dict:
+    network     the SiT-XL/2 state_dict (names match gmem_explore/model.py, so it loads strictly)
+    memorybank  (640000, 768) float snippets
+    memoryfreq  (640000,) how often each row is drawn
+It is a pickle, so it is read only with torch.load(weights_only=True): a pickle that carries code is refused
+before anything runs. It is read memory-mapped (mmap=True), and conversion streams tensor by tensor, slice by
+slice (safetensors_stream.py), so the 1.97 GB bank is never held twice: the process's own memory stays near
+one 64 MB slice plus the small tensors; the rest is reclaimable page cache (benchmarks/convert_memory.py).
+
+    gmem convert GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth gmem-v1-xl/      # or, in Python:
+    convert_official("....pth", "gmem-v1-xl/", bank_dtype="fp16")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from .checkpoint import FORMAT
+from .model import build_model, load_network_state, model_config
+from .safefiles import write_bytes_atomic
+from .safetensors_stream import write_streaming
+
+OFFICIAL_REPO = "Tangentone/GMem"
+OFFICIAL_FILE = "GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth"
+OFFICIAL_MODEL = "SiT-XL/2"
+OFFICIAL_KEYS = ("network", "memorybank", "memoryfreq")
+AUTOENCODER = {"type": "sd-vae", "image_size": 256, "source": "stabilityai/sd-vae-ft-mse"}
+ENCODER = {"type": "dinov2", "source": "facebook/dinov2-base", "image_size": 224, "dim": 768}
+SAMPLER = {"method": "sde", "steps": 250}  # the released recipe: 250-step Euler-Maruyama, no guidance
+BANK_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+class UnsafeCheckpointError(ValueError):
+    """The pickle asks to import or call something that is not plain tensor data."""
+
+
+def load_official(path, mmap: bool = True) -> dict:
+    """The released dict {network, memorybank, memoryfreq}, read with weights_only=True (memory-mapped when
+    the file is in torch's zip format). Raises UnsafeCheckpointError for code-carrying pickles and
+    ValueError for files that are not the released layout."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No such checkpoint file: {path}")
+    try:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            raw = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("\n\n")[1].strip() if "\n\n" in str(e) else str(e).splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"Refused to load {path}: it is a pickle that asks to run code or build objects that are not plain "
+            f"tensors ({reason}). Nothing from it was executed. The released GMem checkpoint holds only tensors; "
+            f"this file is something else or has been tampered with: download it again from {OFFICIAL_REPO}."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"Could not read {path} as a torch checkpoint ({e}). The file is truncated or damaged: "
+                         f"delete it and download {OFFICIAL_FILE} again.") from None
+    return check_official_dict(raw, path)
+
+
+def check_official_dict(raw, path="checkpoint") -> dict:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds a {type(raw).__name__}, not the released dict with keys {list(OFFICIAL_KEYS)}")
+    missing = [k for k in OFFICIAL_KEYS if k not in raw]
+    if missing:
+        raise ValueError(f"{path} is not a released GMem v1 checkpoint: keys {missing} are missing "
+                         f"(found {sorted(map(str, raw))}; expected {list(OFFICIAL_KEYS)})")
+    network = raw["network"]
+    if not isinstance(network, dict) or not all(isinstance(v, torch.Tensor) for v in network.values()):
+        raise ValueError(f"{path}: 'network' must be a state_dict of tensors")
+    if network and all(k.startswith("module.") for k in network):  # saved from a DDP wrapper
+        network = {k.removeprefix("module."): v for k, v in network.items()}
+    bank, freq = raw["memorybank"], raw["memoryfreq"]
+    if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or not bank.is_floating_point():
+        raise ValueError(f"{path}: 'memorybank' must be a 2-D float tensor (rows x 768); got "
+                         f"{getattr(bank, 'shape', type(bank).__name__)}")
+    freq = torch.as_tensor(freq).reshape(-1) if isinstance(freq, torch.Tensor) else freq
+    if not isinstance(freq, torch.Tensor) or freq.shape != (bank.shape[0],):
+        raise ValueError(f"{path}: 'memoryfreq' must hold one count per bank row ({bank.shape[0]}); got "
+                         f"{getattr(freq, 'shape', type(freq).__name__)}")
+    return {"network": network, "memorybank": bank, "memoryfreq": freq}
+
+
+def check_network(network: dict, model: str | None = OFFICIAL_MODEL, **overrides):
+    """Strict check of the state_dict against build_model(model, **overrides) without allocating weights
+    (built on the meta device); the error names missing, unexpected and mis-shaped keys."""
+    with torch.device("meta"):
+        skeleton = build_model(model, **overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": exactly what we want here
+        load_network_state(skeleton, network)
+    return skeleton.config
+
+
+def official_model(raw: dict, model: str | None = OFFICIAL_MODEL, **overrides):
+    """An eval-mode GMemSiT with the released weights, loaded strictly."""
+    net = build_model(model, **overrides)
+    load_network_state(net, raw["network"])
+    return net.eval()
+
+
+def file_sha256(path, progress: bool = False) -> str:
+    h = hashlib.sha256()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=Path(path).stat().st_size, unit="B", unit_scale=True, desc="sha256")
+    with open(path, "rb") as f:
+        while block := f.read(16 << 20):
+            h.update(block)
+            if bar is not None:
+                bar.update(len(block))
+    if bar is not None:
+        bar.close()
+    return h.hexdigest()
+
+
+def expected_sha256_from_cache(path) -> str | None:
+    """In a Hugging Face cache, snapshots/<rev>/<file> links to blobs/<etag>; for LFS files the etag IS the
+    sha256 of the content, so the cache itself tells us what the file must hash to (offline too)."""
+    target = Path(path).resolve()
+    name = target.name
+    if target.parent.name == "blobs" and len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+        return name
+    return None
+
+
+def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFFICIAL_MODEL,
+                     model_overrides: dict | None = None, autoencoder: dict | None = None,
+                     encoder: dict | None = None, sha256: str | None = None, info: dict | None = None,
+                     progress: bool = False) -> Path:
+    """Convert the released .pth into a checkpoint folder (config.json, model.safetensors, bank.safetensors).
+
+    The folder is assembled in a temporary sibling and renamed into place, so `out` either does not exist or
+    is complete. `sha256`, when given (or known from the HF cache), is checked before anything is written.
+    """
+    if bank_dtype not in BANK_DTYPES:
+        raise ValueError(f"bank_dtype must be one of {sorted(BANK_DTYPES)}; got {bank_dtype!r}")
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if (out / "config.json").exists():
+        raise FileExistsError(f"{out} already holds a checkpoint; delete it or choose another folder")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
+    sha256 = sha256 or expected_sha256_from_cache(src)
+    if sha256:
+        actual = file_sha256(src, progress)
+        if actual != sha256.lower():
+            raise ValueError(f"{src} is corrupt: its sha256 is {actual} but the Hub says {sha256}. "
+                             f"Delete it and download it again.")
+    raw = load_official(src)
+    overrides = dict(model_overrides or {})
+    config = check_network(raw["network"], model, **overrides)
+    if raw["memorybank"].shape[1] != config.snippet_dim:
+        raise ValueError(f"{src}: bank rows have {raw['memorybank'].shape[1]} dimensions but the model's "
+                         f"condition_projection expects {config.snippet_dim}")
+
+    # DINOv2-B/14 made the released bank; a bank of another width (a tiny test model) has no known encoder.
+    default_encoder = ENCODER if config.snippet_dim == ENCODER["dim"] else None
+    # SD-VAE latents have 4 channels at 1/8 of the image side; a 3-channel model works on pixels.
+    default_autoencoder = {**AUTOENCODER, "image_size": config.input_size * 8} if config.in_channels == 4 \
+        else {"type": "pixels"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            total = sum(t.numel() * t.element_size() for t in raw["network"].values()) + \
+                raw["memorybank"].numel() * BANK_DTYPES[bank_dtype].itemsize
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="converting")
+        step = bar.update if bar is not None else None
+        write_streaming(work / "model.safetensors", raw["network"], progress=step)
+        raw["network"] = None  # drop the mapping of the network before the bank is streamed
+        bank_meta = {"format": "gmem-explore-bank-1", "label_names": None,
+                     "origin": f"{OFFICIAL_REPO}/{src.name} memorybank (unnormalised; normalised at use)"}
+        write_streaming(work / "bank.safetensors", {"rows": raw["memorybank"], "freq": raw["memoryfreq"]},
+                        dtypes={"rows": BANK_DTYPES[bank_dtype]}, metadata=bank_meta, progress=step)
+        if bar is not None:
+            bar.close()
+        full = {"format": FORMAT, "model": config.to_dict(), "autoencoder": autoencoder or default_autoencoder,
+                "encoder": encoder if encoder is not None else default_encoder, "sampler": dict(SAMPLER),
+                "name": "gmem-v1-xl" if model == OFFICIAL_MODEL and not overrides else src.stem,
+                "source": {"repo": OFFICIAL_REPO, "file": src.name, "bytes": src.stat().st_size,
+                           "sha256": sha256, "bank_dtype": bank_dtype},
+                "license": "MIT (GMem weights, Tangentone/GMem)", **(info or {})}
+        write_bytes_atomic(work / "config.json", json.dumps(full, indent=2).encode())
+        if out.exists():
+            out.rmdir()  # empty (checked above); rename needs the name free
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out
+
+
+def converted_folder_for(src, bank_dtype: str = "fp16") -> Path:
+    """Where the cached conversion of `src` lives: beside the file (inside the HF snapshot folder, so deleting
+    that revision from the cache deletes it too), or under ~/.cache/gmem-explore when that is read-only."""
+    src = Path(src).expanduser()
+    beside = src.parent / f"{src.stem}.gmem-explore-{bank_dtype}"
+    if os.access(src.parent, os.W_OK):
+        return beside
+    cache = Path(os.environ.get("GMEM_CACHE", Path.home() / ".cache" / "gmem-explore"))
+    return cache / "converted" / f"{src.stem}-{src.stat().st_size}-{bank_dtype}"
+
+
+def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **convert_kwargs) -> Path:
+    """Convert once, then reuse: the cached folder is valid while its recorded source size matches.
+    A file lock makes concurrent callers (e.g. 8 torchrun ranks) convert once and wait for each other."""
+    src = Path(src).expanduser()
+    if not src.is_file():
+        raise FileNotFoundError(f"No such checkpoint file: {src}")
+    out = converted_folder_for(src, bank_dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # Windows: no flock; concurrent conversions are still atomic, just duplicated
+            pass
+        if (out / "config.json").is_file():
+            recorded = json.loads((out / "config.json").read_text()).get("source", {})
+            if recorded.get("bytes") == src.stat().st_size:
+                return out
+            shutil.rmtree(out)  # the source changed (re-download): convert again
+        return convert_official(src, out, bank_dtype, progress=progress, **convert_kwargs)

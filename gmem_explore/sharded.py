@@ -1,0 +1,219 @@
+"""Sampling at scale: 50,000 images for FID on one process or many, sharded by seed, resumable.
+
+Image i of a run uses seed `base + i` (its initial noise, its bank row under the released rule, and its SDE
+noise all come from that seed), and process `rank` of `world` makes the images with i % world == rank. So the
+images do not depend on the number of processes, the batch size or restarts. Each image is written as
+OUT/<seed>.png (atomically, with its seed and bank row in a PNG text chunk); a restarted run skips seeds whose
+PNG exists. When every image is there, rank 0 streams them, in seed order, into the .npz the ADM evaluator
+(openai/guided-diffusion evaluations/evaluator.py) reads: `arr_0`, uint8, (N, H, W, 3).
+
+Launch with torchrun or accelerate (they set RANK / WORLD_SIZE / LOCAL_RANK; one process per GPU):
+    torchrun --nproc_per_node 8 -m gmem_explore sample-fid --out samples/gmem-xl
+    accelerate launch --num_processes 8 -m gmem_explore sample-fid --out samples/gmem-xl
+The processes only meet at two barriers (after rank 0 has downloaded / converted the checkpoint, and before
+the .npz), over gloo, so no GPU-to-GPU link is needed and CPU runs (the tests) use the same code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+from .safefiles import atomic_path, write_bytes_atomic
+
+PRECISIONS = ("tf32", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What makes an image what it is; a resumed run must use the same (checked against OUT/run.json)."""
+
+    checkpoint: str
+    method: str
+    steps: int
+    choose: str
+    precision: str
+    guidance: float = 1.0
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as set by torchrun / accelerate launch; (0, 1, 0) for a plain process."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+
+
+class Group:
+    """A gloo process group when world > 1 (only barriers travel over it), nothing otherwise."""
+
+    def __init__(self, world: int):
+        self.active = world > 1
+        if self.active:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                # ranks may wait long for each other (conversion, uneven resumes): allow hours, not minutes
+                dist.init_process_group("gloo", timeout=timedelta(hours=12))
+
+    def barrier(self):
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self):
+        if self.active:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def shard(num: int, base_seed: int, rank: int, world: int) -> list[int]:
+    """The seeds of process `rank`: base + i for every i < num with i % world == rank."""
+    return [base_seed + i for i in range(rank, num, world)]
+
+
+def png_path(out_dir, seed: int) -> Path:
+    return Path(out_dir) / f"{seed:06d}.png"
+
+
+def save_png(path: Path, image: np.ndarray, info: dict) -> None:
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("gmem", json.dumps(info))
+    with atomic_path(path) as tmp:
+        Image.fromarray(image, "RGB").save(tmp, format="PNG", pnginfo=meta)
+
+
+def png_info(path) -> dict:
+    with Image.open(path) as img:
+        return json.loads(img.text.get("gmem", "{}"))
+
+
+def count_pngs(out_dir) -> int:
+    return sum(1 for e in os.scandir(out_dir) if e.name.endswith(".png") and not e.name.startswith("."))
+
+
+def check_settings(out_dir: Path, settings: RunSettings) -> None:
+    record = out_dir / "run.json"
+    if record.is_file():
+        old = json.loads(record.read_text())
+        if old != asdict(settings):
+            diff = {k: (old.get(k), v) for k, v in asdict(settings).items() if old.get(k) != v}
+            raise ValueError(f"{out_dir} holds images made with other settings {diff} (old, new); resuming would mix "
+                             f"them. Use another --out folder or the same settings.")
+
+
+def sample_seeds(pipe, out_dir: Path, seeds: list[int], settings: RunSettings, batch_size: int, num: int,
+                 show_progress: bool) -> int:
+    """Make the images of `seeds` that are not on disk yet; returns how many were written."""
+    todo = [s for s in seeds if not png_path(out_dir, s).exists()]
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=num, initial=count_pngs(out_dir), unit="img", desc="sampling (all ranks)", smoothing=0.05)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        out = pipe.generate(seeds=batch, choose=settings.choose, method=settings.method, steps=settings.steps,
+                            guidance=settings.guidance, batch_size=len(batch))
+        images = out.images.numpy()
+        for seed, row, image in zip(out.seeds, out.indices, images):
+            save_png(png_path(out_dir, seed), image, {"seed": seed, "row": row, **asdict(settings)})
+        if bar is not None:
+            bar.n = count_pngs(out_dir)  # the other ranks' images count too
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    return len(todo)
+
+
+def write_npz(out_dir, seeds: list[int], npz_path, progress: bool = False) -> Path:
+    """Stream the PNGs of `seeds` (in that order) into an .npz whose arr_0 is uint8 (N, H, W, 3), without holding
+    them all (50,000 x 256 x 256 x 3 is 9.8 GB): the npy header first, then one image at a time."""
+    paths = [png_path(out_dir, s) for s in seeds]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} images are missing in {out_dir} "
+                                f"(e.g. {missing[:3]}); run the sampler again to finish them")
+    with Image.open(paths[0]) as first:
+        w, h = first.size
+    header = {"descr": "|u1", "fortran_order": False, "shape": (len(paths), h, w, 3)}
+    iterator = paths
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(paths, unit="img", desc="writing npz")
+    with atomic_path(npz_path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                for p in iterator:
+                    with Image.open(p) as img:
+                        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                    if arr.shape != (h, w, 3):
+                        raise ValueError(f"{p} is {arr.shape}, not ({h}, {w}, 3) like the first image")
+                    f.write(arr.tobytes())
+    return Path(npz_path)
+
+
+def set_precision(pipe, precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    if device.type == "cuda":
+        # tf32: the reference's setting (fp32 weights, TF32 matmuls); ~3x faster than strict fp32 on A100/H100
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if precision == "bf16":
+        pipe.model.to(torch.bfloat16)  # the sampler keeps its state in float64 and casts per call
+
+
+def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_size: int = 64,
+        method: str | None = None, steps: int | None = None, choose: str = "noise", precision: str = "tf32",
+        device: str = "auto", npz: str | os.PathLike | None = "auto", progress: bool = True,
+        **resolve_kwargs) -> Path | None:
+    """Sample `num` images of `checkpoint` into `out_dir` as this process's share, then (rank 0) the .npz.
+    Returns the .npz path (rank 0, when npz is not None) or None."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be a positive number of images; got {num!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    rank, world, local_rank = dist_env()
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out_dir = Path(out_dir)
+    group = Group(world)
+    try:
+        from .hub import resolve_checkpoint
+        from .pipeline import GMemPipeline
+
+        if rank == 0:  # download and convert once; the other ranks then find the converted folder
+            folder = resolve_checkpoint(checkpoint, progress=progress, **resolve_kwargs)
+        group.barrier()
+        if rank != 0:
+            folder = resolve_checkpoint(checkpoint, progress=False, **resolve_kwargs)
+        pipe = GMemPipeline.from_pretrained(str(folder), device=device)
+        settings = RunSettings(str(checkpoint), method or pipe.sampler.get("method", "sde"),
+                               int(steps or pipe.sampler.get("steps", 250)), choose, precision)
+        check_settings(out_dir, settings)
+        set_precision(pipe, precision, device)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0 and not (out_dir / "run.json").exists():
+            write_bytes_atomic(out_dir / "run.json", json.dumps(asdict(settings), indent=1).encode())
+        sample_seeds(pipe, out_dir, shard(num, base_seed, rank, world), settings, batch_size, num,
+                     progress and rank == 0)
+        group.barrier()
+        if rank != 0 or npz is None:
+            return None
+        npz_path = Path(f"{out_dir.as_posix().rstrip('/')}.npz") if npz == "auto" else Path(npz)
+        return write_npz(out_dir, [base_seed + i for i in range(num)], npz_path, progress)
+    finally:
+        group.close()
