@@ -1,0 +1,66 @@
+"""GMem explorer: browse a memory bank, swap in your own images, interpolate snippets, generate live.
+
+    python app.py                       # the embedded emoji-32 model on http://127.0.0.1:7860, offline
+    python app.py --checkpoint gmem-v1-xl --device cuda
+    python app.py --host 0.0.0.0 --port 8080
+
+Also the entry point of the Hugging Face Space (README front matter: sdk gradio, app_file app.py).
+The app itself lives in gmem_explore/ui.py; this file only reads flags and launches it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env_host = os.environ.get("GRADIO_SERVER_NAME")  # set by Hugging Face Spaces (0.0.0.0) and docker setups
+    env_port = os.environ.get("GRADIO_SERVER_PORT")
+    p = argparse.ArgumentParser(
+        prog="python app.py", description=__doc__.split("\n\n")[0],
+        epilog="Tabs: Generate (random / row / group / uploaded image, live previews), Bank (map, rows, "
+               "neighbours, statistics), Swap (your image into this session's copy of the bank, download it), "
+               "Interpolate (two snippets, lerp/slerp/concat/mask, strip and GIF). Stop with Ctrl+C.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default="emoji-32",
+                   help="a named checkpoint (emoji-32 is built in; gmem-v1-xl downloads from the Hub) or a local "
+                        "checkpoint folder")
+    p.add_argument("--host", default=env_host or "127.0.0.1",
+                   help="address to listen on; 0.0.0.0 makes the app reachable from other machines")
+    p.add_argument("--port", type=int, default=int(env_port) if env_port else 7860,
+                   help="port to listen on (gradio tries the next ones if it is taken)")
+    p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="model calls served at once (more only helps on a large GPU)")
+    p.add_argument("--max-queue", type=int, default=32, help="requests that may wait; later ones are refused")
+    p.add_argument("--max-images", type=int, default=16, help="images per request")
+    p.add_argument("--max-steps", type=int, default=500, help="sampler steps per request")
+    p.add_argument("--max-file-size", default="10mb", help="largest upload accepted")
+    p.add_argument("--open", action="store_true", help="open the page in a browser")
+    args = p.parse_args(argv)
+    for name in ("concurrency", "max_queue", "max_images", "max_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.port < 65536:
+        p.error("--port must be between 1 and 65535")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no telemetry calls
+    import torch
+
+    from gmem_explore.ui import build_app, launch
+    from gmem_explore.ui_common import Limits
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    limits = Limits(max_images=args.max_images, max_steps=args.max_steps, concurrency=args.concurrency)
+    demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device)
+    launch(demo, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
+           max_file_size=args.max_file_size, inbrowser=args.open)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The Gradio app: build_app() assembles the tabs (ui_generate, ui_bank, ui_swap, ui_interpolate) around one
+per-session state and a shared, read-only model store; launch() serves it with a bounded queue.
+
+    from gmem_explore.ui import build_app, launch
+    demo = build_app()                                   # the embedded default checkpoint
+    demo = build_app(pipeline_factory=lambda name: my_pipeline)   # tests inject a tiny model
+    launch(demo, host="127.0.0.1", port=7860)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import gradio as gr
+
+from . import ui_bank, ui_generate, ui_interpolate, ui_swap
+from .pipeline import GMemPipeline
+from .ui_common import AppContext, Limits, PipelineStore, Session, friendly, spaces_gpu
+
+TITLE = "GMem explorer"
+INTRO = (
+    "GMem generates images from **memory snippets**: feature vectors of real images kept in a memory bank. "
+    "Pick snippets from the bank, swap in your own image, mix two snippets, and watch the sampler work. "
+    "Every image is captioned with its bank row, snippet source and seed, so any result can be reproduced."
+)
+CSS = """
+#generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
+#swap-after img, #interp-strip img { image-rendering: pixelated; }
+footer { display: none !important; }
+"""
+
+
+def default_factory(device: str = "cpu") -> Callable[[str], GMemPipeline]:
+    def load(name: str) -> GMemPipeline:
+        return GMemPipeline.from_pretrained(name, device=device)
+    return load
+
+
+def describe(pipe: GMemPipeline, name: str) -> str:
+    cfg = pipe.model.config
+    params = sum(p.numel() for p in pipe.model.parameters())
+    enc = "yes" if pipe.encoder is not None else "no (uploads are disabled)"
+    sampler = pipe.sampler
+    return (f"**{name}** · {params / 1e6:.1f}M parameters · {cfg.input_size * (8 if pipe.autoencoder.__class__.__name__ == 'SDVAE' else 1)} px"
+            f" · bank {len(pipe.bank):,} × {pipe.bank.dim} · snippet encoder: {enc} · default sampler "
+            f"{sampler.get('method', 'sde')}, {sampler.get('steps', 250)} steps · device {pipe.device}")
+
+
+def load_checkpoint(ctx: AppContext, session: Session, name: str, path: str):
+    """Switch this session to another checkpoint; on failure the session keeps its current model."""
+    target = (path or "").strip() or (name or "").strip()
+    if not target:
+        raise gr.Error("Choose a checkpoint name or type a local checkpoint folder.")
+    try:
+        pipe = ctx.store.get(target)
+    except Exception as e:  # noqa: BLE001 - any failure to load leaves the app on its current model
+        gr.Warning(f"Could not load {target!r}: {e}")
+        return session, f"⚠️ Could not load `{target}`: {e}\n\nStill using " + describe(ctx.store.get(session.checkpoint), session.checkpoint), gr.update()
+    dropped = session.bank is not None
+    session.checkpoint, session.bank, session.edits = target, None, []
+    note = "\n\n(this session's edited bank belonged to the previous model and was dropped)" if dropped else ""
+    bank = pipe.bank
+    groups = gr.update(choices=bank.label_names or [], value=(bank.label_names or [None])[0])
+    return session, describe(pipe, target) + note, groups
+
+
+def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, checkpoint: str = "emoji-32",
+              limits: Limits | None = None, device: str = "cpu", use_spaces_gpu: bool = True) -> gr.Blocks:
+    """The app's Blocks. The default checkpoint is loaded now, so a broken one fails before the server starts."""
+    from .hub import available
+
+    ctx = AppContext(PipelineStore(pipeline_factory or default_factory(device), checkpoint), limits or Limits(),
+                     spaces_gpu() if use_spaces_gpu else (lambda fn: fn))
+    pipe = ctx.store.get()
+    steps_default = int(min(pipe.sampler.get("steps", 50), ctx.limits.max_steps))
+    method_default = pipe.sampler.get("method", "sde")
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        # Per-session: gr.State deep-copies this for every browser tab; dropped an hour after the last change.
+        state = gr.State(ctx.new_session(), time_to_live=3600)
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        with gr.Accordion("Model", open=False):
+            with gr.Row():
+                ck_name = gr.Dropdown(available(), value=checkpoint if checkpoint in available() else None,
+                                      allow_custom_value=True, label="Checkpoint",
+                                      info="emoji-32 is built in; gmem-v1-xl downloads 4.7 GB from the Hub")
+                ck_path = gr.Textbox(label="…or a local checkpoint folder", placeholder="/path/to/checkpoint")
+                ck_btn = gr.Button("Load", scale=0)
+            ck_md = gr.Markdown(describe(pipe, checkpoint), elem_id="model-info")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                gen = ui_generate.build(ctx, state)
+            with gr.Tab("Bank", id="bank") as bank_tab:
+                bank = ui_bank.build(ctx, state, steps_default)
+            with gr.Tab("Swap", id="swap"):
+                ui_swap.build(ctx, state, steps_default)
+            with gr.Tab("Interpolate", id="interpolate"):
+                ui_interpolate.build(ctx, state, steps_default, method_default)
+
+        ck_btn.click(lambda s, n, p: load_checkpoint(ctx, s, n, p), [state, ck_name, ck_path],
+                     [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue)
+
+        stats_fn, stats_in, stats_out = bank["refresh"]
+        page_fn, page_out = bank["page"]
+        details_fn, details_out = bank["details"]
+        bank_tab.select(stats_fn, stats_in, stats_out, api_name="bank_stats")
+        bank_tab.select(lambda s: page_fn(s, 1), state, page_out, api_visibility="private")
+        bank_tab.select(details_fn, [state, bank["row"]], details_out, api_visibility="private")
+        bank_tab.select(None, js="() => { setTimeout(() => document.querySelector('#bank-map-button')?.click(), 50); }",
+                        api_visibility="private")
+    demo.gmem_context = ctx  # for tests and benchmarks: the store, limits and sessions' factory
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
+           max_queue: int = 32, max_file_size: str = "10mb", **kwargs):
+    """Serve with a bounded queue: model calls run `Limits.concurrency` at a time (set in build_app), light calls
+    (paging, row details) 4 at a time; at most `max_queue` requests wait (later ones are told the queue is full);
+    uploads larger than `max_file_size` are refused."""
+    demo.queue(max_size=max_queue, default_concurrency_limit=4)
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
+                       show_error=True, css=CSS, footer_links=["api"], **kwargs)
+
+
+__all__ = ["build_app", "launch", "friendly"]

@@ -1,0 +1,205 @@
+"""Bank tab: the 2-D map (UMAP or PCA, cached), a box selection on it, paging through rows, one row's details
+(thumbnail, nearest neighbours, generations) and statistics (size, dimension, frequency histogram)."""
+from __future__ import annotations
+
+import gradio as gr
+import torch
+
+from .bankmap import embed_2d, is_cached, scatter_figure
+from .ui_common import AppContext, Session, UserError, as_float, as_int, friendly, row_caption, thumbnails, upscale
+
+PAGE_SIZE = 48
+SHOW_SELECTED = 48  # thumbnails shown for a box selection (the most frequent rows first)
+NEIGHBOURS = 8
+COLOR_BY = ("group", "frequency")
+
+
+def stats(ctx: AppContext, session: Session):
+    """(markdown summary, frequency histogram figure)."""
+    from matplotlib.figure import Figure
+
+    bank = ctx.bank(session)
+    s = bank.stats()
+    lines = [f"**{s['rows']:,} rows** × **{s['dim']}** dimensions ({s['dtype']}); mean row norm {s['norm_mean']:.3f}"
+             + (f", {s['zero_rows']} zero rows" if s["zero_rows"] else "")]
+    if "freq_total" in s:
+        lines.append(f"frequency: min {s['freq_min']:g}, max {s['freq_max']:g}, total {s['freq_total']:g}")
+    if "groups" in s:
+        lines.append("groups: " + ", ".join(f"{k} {v}" for k, v in s["groups"].items()))
+    if session.bank is not None:
+        lines.append(f"*this session's edited copy ({len(session.edits)} edits); the file on disk is unchanged*")
+    fig = Figure(figsize=(5, 2.6), dpi=100)
+    ax = fig.add_subplot()
+    if bank.freq is not None and len(bank):
+        f = bank.freq.float()
+        ax.hist(f.numpy(), bins=min(50, max(5, len(bank) // 20)), color="tab:blue")
+        ax.set_xlabel("frequency (how often a row is drawn)")
+        ax.set_ylabel("rows")
+        if f.max() > 100 * f.clamp_min(1e-12).min():
+            ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "this bank has no frequencies:\nrows are drawn uniformly", ha="center", va="center")
+        ax.set_axis_off()
+    fig.tight_layout()
+    return "\n\n".join(lines), fig
+
+
+def map_coords(ctx: AppContext, session: Session, method: str):
+    if method not in ("umap", "pca"):
+        raise UserError(f"Unknown map method {method!r}; choose umap or pca")
+    coords, idx = embed_2d(ctx.bank(session), method, return_indices=True)
+    return coords, idx
+
+
+def box_mask(coords: torch.Tensor, box) -> torch.Tensor:
+    """Points inside a box given in percent of the map's extent: (x from, x to, y from, y to)."""
+    x0, x1, y0, y1 = [as_float(v, "box edge", 0.0, 100.0) / 100 for v in box]
+    if x0 > x1 or y0 > y1:
+        raise UserError("The box's 'from' edges must not exceed its 'to' edges.")
+    lo, hi = coords.min(0).values, coords.max(0).values
+    rel = (coords - lo) / (hi - lo).clamp_min(1e-12)
+    return (rel[:, 0] >= x0) & (rel[:, 0] <= x1) & (rel[:, 1] >= y0) & (rel[:, 1] <= y1)
+
+
+def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, x1, y0, y1, row=None):
+    """(figure, selected thumbnails, selected rows, summary) for the map with a box selection."""
+    bank = ctx.bank(session)
+    coords, idx = map_coords(ctx, session, method)
+    inside = box_mask(coords, (x0, x1, y0, y1))
+    selected = idx[inside]
+    if bank.freq is not None and len(selected):
+        selected = selected[bank.freq[selected].argsort(descending=True, stable=True)]
+    shown = selected[:SHOW_SELECTED].tolist()
+    if color_by == "group" and bank.labels is not None:
+        colour = bank.labels[idx]
+    elif bank.freq is not None:
+        colour = bank.freq[idx].float()
+    else:
+        colour = None
+    highlight = inside.nonzero().flatten()
+    if row is not None:
+        r = int(row)
+        at = (idx == r).nonzero().flatten()
+        highlight = torch.cat([highlight, at])
+    subsample = f" (a random {len(idx):,} of {len(bank):,} rows)" if len(idx) < len(bank) else ""
+    fig = scatter_figure(coords, colour, bank.label_names if color_by == "group" else None,
+                         highlight=highlight if len(highlight) < len(coords) else None,
+                         title=f"{method.upper()} map of {len(idx):,} snippets{subsample}")
+    ax = fig.axes[0]
+    lo, hi = coords.min(0).values, coords.max(0).values
+    span = hi - lo
+    bx0, bx1 = lo[0] + span[0] * float(x0) / 100, lo[0] + span[0] * float(x1) / 100
+    by0, by1 = lo[1] + span[1] * float(y0) / 100, lo[1] + span[1] * float(y1) / 100
+    if (float(x1) - float(x0)) < 100 or (float(y1) - float(y0)) < 100:
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, edgecolor="red", linestyle="--"))
+    summary = f"{len(selected):,} rows in the box" + (f"; the {len(shown)} most frequent shown" if len(selected) > len(shown) else "")
+    return fig, thumbnails(bank, shown), shown, summary
+
+
+def page(ctx: AppContext, session: Session, number):
+    """(thumbnails, rows, 'page k of K') for page `number` (1-based) of PAGE_SIZE rows."""
+    bank = ctx.bank(session)
+    pages = max(1, -(-len(bank) // PAGE_SIZE))
+    number = as_int(number, "page", 1, pages)
+    rows = list(range((number - 1) * PAGE_SIZE, min(number * PAGE_SIZE, len(bank))))
+    return thumbnails(bank, rows), rows, number, f"page {number} of {pages} (rows {rows[0]}–{rows[-1]})" if rows else "empty bank"
+
+
+def row_details(ctx: AppContext, session: Session, row):
+    """(source thumbnail, markdown, nearest-neighbour thumbnails) for one row."""
+    bank = ctx.bank(session)
+    r = as_int(row, "row", 0, len(bank) - 1)
+    nn, sims = bank.nearest(bank.rows[r:r + 1].float(), NEIGHBOURS + 1)
+    pairs = [(int(i), float(s)) for i, s in zip(nn[0], sims[0]) if int(i) != r][:NEIGHBOURS]
+    items = [(img, f"{cap} · cos {s:.2f}") for (img, cap), (_, s) in zip(thumbnails(bank, [i for i, _ in pairs]), pairs)]
+    info = [f"**{row_caption(bank, r)}**"]
+    if bank.freq is not None:
+        info.append(f"frequency {float(bank.freq[r]):g} (drawn with probability {float(bank.freq[r] / bank.freq.sum()):.2e})")
+    info.append(f"norm {float(bank.rows[r].float().norm()):.3f}")
+    thumb = upscale(bank.thumbnails[r], 128) if bank.thumbnails is not None else None
+    return thumb, " · ".join(info), items
+
+
+def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4):
+    """n images from one row with seeds 0..n-1 (the same seeds every time, so edits can be compared)."""
+    pipe = ctx.pipeline(session)
+    r = as_int(row, "row", 0, len(pipe.bank) - 1)
+    steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
+    out = pipe.generate(indices=[r] * n, seeds=list(range(n)), steps=steps, batch_size=ctx.limits.batch_size)
+    return [(upscale(im), f"row {r} · seed {s}") for im, s in zip(out.images, out.seeds)]
+
+
+def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
+    bank = ctx.store.get().bank
+    method0 = "umap" if is_cached(bank, "umap") else "pca"
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                method = gr.Radio(["umap", "pca"], value=method0, label="Map",
+                                  info="UMAP takes 10-60 s the first time on a CPU, then it is read from the cache")
+                color = gr.Radio(list(COLOR_BY), value="group", label="Colour by")
+            plot = gr.Plot(label="Bank map", elem_id="bank-map")
+            with gr.Row():
+                x0 = gr.Slider(0, 100, value=0, step=1, label="box x from %")
+                x1 = gr.Slider(0, 100, value=100, step=1, label="box x to %")
+                y0 = gr.Slider(0, 100, value=0, step=1, label="box y from %")
+                y1 = gr.Slider(0, 100, value=100, step=1, label="box y to %")
+            draw = gr.Button("Draw map / select box", variant="primary", elem_id="bank-map-button")
+        with gr.Column(scale=2):
+            summary = gr.Markdown()
+            selection = gr.Gallery(label="Selected rows (click one for details)", columns=6, height=300,
+                                   format="png", elem_id="bank-selection")
+            selected_rows = gr.State([])
+            stats_md = gr.Markdown()
+            hist = gr.Plot(label="Frequency histogram")
+    with gr.Row():
+        with gr.Column(scale=1):
+            row = gr.Number(0, precision=0, minimum=0, label="Row", elem_id="bank-row")
+            thumb = gr.Image(label="Source thumbnail", height=140, interactive=False, format="png")
+            row_md = gr.Markdown()
+            gen_btn = gr.Button("Generate 4 from this row")
+        with gr.Column(scale=2):
+            neighbours = gr.Gallery(label="Nearest neighbours (cosine)", columns=8, height=160, format="png")
+            generations = gr.Gallery(label="Generations (seeds 0-3)", columns=4, height=180, format="png")
+    with gr.Accordion("All rows, page by page", open=False):
+        with gr.Row():
+            prev_btn = gr.Button("◀ previous", size="sm")
+            page_no = gr.Number(1, precision=0, minimum=1, label="Page", scale=0, min_width=100)
+            next_btn = gr.Button("next ▶", size="sm")
+            page_md = gr.Markdown()
+        page_gallery = gr.Gallery(label="Rows", columns=12, height=420, format="png")
+        page_rows = gr.State([])
+
+    on_map = friendly(lambda s, m, c, a, b, cc, d, r: bank_map(ctx, s, m, c, a, b, cc, d, r))
+    map_inputs = [state, method, color, x0, x1, y0, y1, row]
+    map_outputs = [plot, selection, selected_rows, summary]
+    draw.click(ctx.gpu(on_map), map_inputs, map_outputs, api_name="bank_map", **ctx.model_queue)
+    for control in (method, color):
+        control.change(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
+    for slider in (x0, x1, y0, y1):
+        slider.release(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
+
+    on_stats = friendly(lambda s: stats(ctx, s))
+    on_details = friendly(lambda s, r: row_details(ctx, s, r))
+    on_page = friendly(lambda s, p: page(ctx, s, p))
+    row.submit(on_details, [state, row], [thumb, row_md, neighbours], api_name="bank_row")
+    gen_btn.click(ctx.gpu(friendly(lambda s, r, st: row_generations(ctx, s, r, st))), [state, row, gr.State(steps_default)],
+                  generations, api_name="bank_row_generate", **ctx.model_queue)
+
+    def pick(rows, evt: gr.SelectData):
+        return rows[evt.index] if rows and evt.index is not None and evt.index < len(rows) else gr.update()
+
+    for gal, rows_state in ((selection, selected_rows), (page_gallery, page_rows), ):
+        gal.select(pick, rows_state, row, api_visibility="private").then(
+            on_details, [state, row], [thumb, row_md, neighbours], api_visibility="private")
+
+    page_outputs = [page_gallery, page_rows, page_no, page_md]
+    page_no.submit(on_page, [state, page_no], page_outputs, api_name="bank_page")
+    prev_btn.click(lambda s, p: on_page(s, max(1, int(p or 1) - 1)), [state, page_no], page_outputs,
+                   api_visibility="private")
+    next_btn.click(friendly(lambda s, p: page(ctx, s, min(int(p or 1) + 1, max(1, -(-len(ctx.bank(s)) // PAGE_SIZE))))),
+                   [state, page_no], page_outputs, api_visibility="private")
+    return {"refresh": (on_stats, [state], [stats_md, hist]), "page": (on_page, page_outputs),
+            "details": (on_details, [thumb, row_md, neighbours]), "row": row, "page_no": page_no}

@@ -1,0 +1,291 @@
+"""What every tab of the app shares: the per-session state, the model store, live generation with previews,
+friendly errors, captions and display helpers. No Gradio layout here (see ui.py and ui_<tab>.py).
+
+Sessions never share mutable state: a session's edited bank lives in its own gr.State; pipelines in the store are
+shared read-only (a session that edited its bank gets a shallow copy of the pipeline pointing at its own bank).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import queue
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from .bank import MemoryBank
+from .images import ImageError, load_rgb
+from .pipeline import GMemPipeline
+
+DISPLAY_SIZE = 128  # 32 px images are upscaled (nearest) to at least this for display; pixels stay crisp
+MAX_SEED = 2**31 - 1  # what a browser number box holds exactly
+
+
+class UserError(ValueError):
+    """A message for the person using the app (shown by gr.Error); never a crash."""
+
+
+class Cancelled(RuntimeError):
+    """Raised inside the sampler's callback when the browser went away or the user pressed Stop."""
+
+
+@dataclass
+class Session:
+    """One browser session's state (kept in gr.State, so it is private to that session)."""
+
+    checkpoint: str
+    bank: MemoryBank | None = None  # the session's edited copy; None = the checkpoint's bank, untouched
+    edits: list[str] = field(default_factory=list)
+
+    def __deepcopy__(self, memo):  # gr.State deep-copies its initial value per session; banks copy explicitly
+        return Session(self.checkpoint, None if self.bank is None else self.bank.copy(), list(self.edits))
+
+
+@dataclass
+class Limits:
+    """Upper bounds on what one request may ask for (a shared server must stay responsive)."""
+
+    max_images: int = 16
+    max_steps: int = 500
+    max_frames: int = 48
+    batch_size: int = 16
+    preview_seconds: float = 0.4  # at most one preview image per this many seconds
+    concurrency: int = 1  # model calls at once; one already uses every CPU core, more only on a big GPU
+
+
+class PipelineStore:
+    """Pipelines by checkpoint name, loaded once and shared read-only; at most `capacity` kept in memory."""
+
+    def __init__(self, factory: Callable[[str], GMemPipeline], default: str, capacity: int = 2):
+        self.factory = factory
+        self.default = default
+        self.capacity = capacity
+        self._pipes: OrderedDict[str, GMemPipeline] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str | None = None) -> GMemPipeline:
+        name = name or self.default
+        with self._lock:  # one load at a time; a second request for the same model waits and reuses it
+            if name in self._pipes:
+                self._pipes.move_to_end(name)
+                return self._pipes[name]
+            pipe = self.factory(name)
+            self._pipes[name] = pipe
+            while len(self._pipes) > self.capacity:
+                oldest = next(iter(self._pipes))
+                if oldest == self.default:  # the default stays: it is what new sessions start on
+                    self._pipes.move_to_end(oldest)
+                    oldest = next(iter(self._pipes))
+                self._pipes.pop(oldest)
+            return pipe
+
+
+@dataclass
+class AppContext:
+    store: PipelineStore
+    limits: Limits = field(default_factory=Limits)
+    gpu: Callable = lambda fn: fn  # spaces.GPU on Hugging Face ZeroGPU Spaces, identity elsewhere
+
+    @property
+    def model_queue(self) -> dict:
+        """Event options for calls that run the model: one shared queue slot pool for all of them."""
+        return {"concurrency_id": "model", "concurrency_limit": self.limits.concurrency}
+
+    def new_session(self) -> Session:
+        return Session(self.store.default)
+
+    def pipeline(self, session: Session) -> GMemPipeline:
+        """The session's pipeline: the shared one, or a shallow copy that samples from the session's own bank."""
+        pipe = self.store.get(session.checkpoint)
+        if session.bank is None:
+            return pipe
+        view = copy.copy(pipe)
+        view.bank = session.bank
+        return view
+
+    def bank(self, session: Session) -> MemoryBank:
+        return session.bank if session.bank is not None else self.store.get(session.checkpoint).bank
+
+
+def spaces_gpu(duration: int = 120) -> Callable:
+    """spaces.GPU when the `spaces` package is importable (Hugging Face Spaces), otherwise a no-op decorator."""
+    try:
+        import spaces  # noqa: F401  (only present on Spaces)
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
+
+
+# ---- errors -------------------------------------------------------------------------------------------------
+FRIENDLY = (UserError, ImageError, ValueError, IndexError, KeyError, TypeError, OSError, RuntimeError)
+
+
+def friendly(fn):
+    """Turn expected failures into gr.Error (a red message in the page); the server keeps running.
+
+    Works for plain functions and generators (live previews)."""
+    import gradio as gr
+
+    def convert(e: Exception):
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, Cancelled):
+            return gr.Error("Stopped.")
+        return gr.Error(str(e).strip() or type(e).__name__)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except FRIENDLY as e:
+                raise convert(e) from e
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FRIENDLY as e:
+            raise convert(e) from e
+    return wrapper
+
+
+# ---- checking what came from the page ---------------------------------------------------------------------
+def as_int(value, name: str, low: int, high: int) -> int:
+    """An integer in [low, high] from a number box (which may send None, floats, NaN or strings)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number; got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise UserError(f"{name} must be a finite number; got {value!r}")
+    if number != int(number):
+        raise UserError(f"{name} must be a whole number; got {value!r}")
+    if not low <= number <= high:
+        raise UserError(f"{name} must be between {low} and {high}; got {int(number)}")
+    return int(number)
+
+
+def as_float(value, name: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number; got {value!r}") from None
+    if not low <= number <= high:  # also false for NaN
+        raise UserError(f"{name} must be between {low} and {high}; got {value!r}")
+    return number
+
+
+def pick_seed(seed, randomize: bool) -> int:
+    return secrets.randbelow(MAX_SEED) if randomize else as_int(seed, "seed", 0, MAX_SEED)
+
+
+def upload_to_image(upload, size: int | None = None) -> torch.Tensor:
+    """An uploaded file (path, PIL or array) -> uint8 (H, W, 3) through images.load_rgb, or a clear message."""
+    if upload is None or (isinstance(upload, str) and not upload):
+        raise UserError("Upload an image first (PNG, JPEG, WebP, GIF or BMP).")
+    if isinstance(upload, dict):  # gradio_client / API callers may send a FileData-like dict
+        upload = upload.get("path") or upload.get("url")
+    return load_rgb(upload, size)
+
+
+def encode_upload(pipe: GMemPipeline, upload) -> tuple[torch.Tensor, torch.Tensor]:
+    """(snippet (1, D), uint8 thumbnail at the bank's thumbnail size or the model's image size)."""
+    if pipe.encoder is None:
+        raise UserError("This checkpoint has no snippet encoder, so images cannot be turned into snippets. "
+                        "Use bank rows, or load a checkpoint that includes an encoder (the default does).")
+    image = upload_to_image(upload)
+    snippet = pipe.snippets_from_images(image[None])
+    if not torch.isfinite(snippet).all():
+        raise UserError("The encoder returned NaN for this image; try another image.")
+    thumbs = pipe.bank.thumbnails
+    size = thumbs.shape[1] if thumbs is not None else pipe.model.config.input_size
+    return snippet, load_rgb(image, size)
+
+
+# ---- display ------------------------------------------------------------------------------------------------
+def upscale(image: torch.Tensor, size: int = DISPLAY_SIZE) -> Image.Image:
+    """uint8 (H, W, 3) -> PIL, enlarged by a whole factor (nearest) so that it is at least `size` pixels wide."""
+    img = Image.fromarray(torch.as_tensor(image).cpu().numpy())
+    factor = max(1, -(-size // max(img.width, 1)))
+    return img.resize((img.width * factor, img.height * factor), Image.NEAREST) if factor > 1 else img
+
+
+def row_caption(bank: MemoryBank, row: int) -> str:
+    label = bank.label_of(row)
+    return f"row {row}" + (f" · {label}" if label not in (None, "-1") else "")
+
+
+def thumbnails(bank: MemoryBank, rows, size: int = 64) -> list[tuple[Image.Image, str]]:
+    """Gallery items for bank rows: the source thumbnail (grey when the bank has none) and 'row N · group'."""
+    items = []
+    for r in rows:
+        r = int(r)
+        if bank.thumbnails is not None:
+            img = upscale(bank.thumbnails[r], size)
+        else:
+            img = Image.new("RGB", (size, size), (200, 200, 200))
+        items.append((img, row_caption(bank, r)))
+    return items
+
+
+# ---- live generation --------------------------------------------------------------------------------------
+def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: float = 0.4):
+    """Run `run(callback)` (a pipeline call) in a worker thread; yield ("preview", uint8 images, done, total)
+    every `preview_seconds` and finally ("result", value).
+
+    The sampler's callback decodes the denoised estimate only when a preview is due (decoding every step
+    would cost as much as sampling for pixel models). Closing this generator (the browser left, Stop pressed)
+    makes the next callback raise Cancelled, which stops the worker after at most one sampler step.
+    """
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    outcome: dict = {}
+    last = [0.0]
+
+    def callback(info, start, count):
+        if stop.is_set():
+            raise Cancelled("stopped")
+        batch = info.x.shape[0]
+        done = start + batch * info.step / info.total
+        now = time.monotonic()
+        preview = None
+        if now - last[0] >= preview_seconds and info.step < info.total:
+            last[0] = now
+            preview = (start, pipe.decode_preview(info))
+        events.put(("step", done, count, info.step, info.total, preview))
+
+    def worker():
+        try:
+            outcome["value"] = run(callback)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+            outcome["error"] = e
+        finally:
+            events.put(("done",))
+
+    thread = threading.Thread(target=worker, name="gmem-generate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            event = events.get()
+            if event[0] == "done":
+                break
+            _, done, count, step, total, preview = event
+            if progress is not None:
+                progress(min(done / count, 1.0), desc=f"sampling: step {step}/{total}")
+            if preview is not None:
+                yield ("preview", preview, step, total)
+    finally:
+        stop.set()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield ("result", outcome["value"])

@@ -1,0 +1,138 @@
+"""Generate tab: snippets at random (by frequency), by bank row, by group or from an uploaded image; live previews."""
+from __future__ import annotations
+
+import gradio as gr
+import torch
+
+from .sampling import METHODS
+from .ui_common import (AppContext, Session, UserError, as_float, as_int, encode_upload, friendly, pick_seed,
+                        row_caption, run_live, upscale)
+
+SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
+
+
+def group_rows(bank, group: str) -> torch.Tensor:
+    if bank.labels is None or not bank.label_names:
+        raise UserError("This bank has no groups; pick rows at random or by number instead.")
+    if group not in bank.label_names:
+        raise UserError(f"Unknown group {group!r}; choose one of {', '.join(bank.label_names)}")
+    rows = (bank.labels == bank.label_names.index(group)).nonzero().flatten()
+    if not len(rows):
+        raise UserError(f"The group {group!r} has no rows in this bank.")
+    return rows
+
+
+def plan(ctx: AppContext, session: Session, source: str, row, group, upload, n: int, seed: int) -> dict:
+    """What to generate: keyword arguments for pipeline.generate plus a caption for each image."""
+    pipe = ctx.pipeline(session)
+    bank = pipe.bank
+    seeds = [(seed + i) % (2**31) for i in range(n)]
+    if source == SOURCES[0]:
+        return {"kwargs": {"n": n, "choose": "noise"}, "seeds": seeds, "source": "random by frequency"}
+    if source == SOURCES[1]:
+        r = as_int(row, "row", 0, len(bank) - 1)
+        return {"kwargs": {"indices": [r] * n}, "seeds": seeds, "source": "bank row"}
+    if source == SOURCES[2]:
+        rows = group_rows(bank, group)
+        weights = bank.freq[rows].float() if bank.freq is not None else torch.ones(len(rows))
+        g = torch.Generator().manual_seed(seed)
+        picked = rows[torch.multinomial(weights, n, replacement=True, generator=g)]
+        return {"kwargs": {"indices": picked.tolist()}, "seeds": seeds, "source": f"group {group}"}
+    if source == SOURCES[3]:
+        snippet, _ = encode_upload(pipe, upload)
+        return {"kwargs": {"snippets": snippet.repeat(n, 1)}, "seeds": seeds, "source": "uploaded image"}
+    raise UserError(f"Unknown snippet source {source!r}; choose one of {SOURCES}")
+
+
+def captions(bank, generation, source: str) -> list[str]:
+    out = []
+    for row, seed in zip(generation.indices, generation.seeds):
+        where = row_caption(bank, row) if row is not None else "upload"
+        out.append(f"{where} · {source} · seed {seed}")
+    return out
+
+
+def generate(ctx: AppContext, session: Session, source, row, group, upload, n, seed, randomize, steps, method,
+             guidance, progress=None):
+    """Generator: yields (gallery items, seed, details) with previews, then the final images."""
+    limits = ctx.limits
+    n = as_int(n, "number of images", 1, limits.max_images)
+    steps = as_int(steps, "steps", 1, limits.max_steps)
+    guidance = as_float(guidance, "guidance", 0.0, 20.0)
+    if method not in METHODS:
+        raise UserError(f"Unknown sampler {method!r}; choose one of {METHODS}")
+    seed = pick_seed(seed, randomize)
+    job = plan(ctx, session, source, row, group, upload, n, seed)
+    pipe = ctx.pipeline(session)
+    yield [], seed, {"status": "starting", "seed": seed}
+
+    def run(callback):
+        return pipe.generate(seeds=job["seeds"], method=method, steps=steps, guidance=guidance,
+                             batch_size=limits.batch_size, callback=callback, **job["kwargs"])
+
+    for kind, payload, *rest in run_live(pipe, run, progress, limits.preview_seconds):
+        if kind == "preview":
+            start, images = payload
+            step, total = rest
+            items = [(upscale(im), f"step {step}/{total} · seed {job['seeds'][start + i]}")
+                     for i, im in enumerate(images)]
+            yield items, seed, {"status": f"step {step}/{total}", "seed": seed}
+        else:
+            out = payload
+            names = captions(pipe.bank, out, job["source"])
+            items = [(upscale(im), c) for im, c in zip(out.images, names)]
+            details = {"status": "done", "seed": seed, "seeds": out.seeds, "rows": out.indices,
+                       "source": job["source"], **{k: v for k, v in out.settings.items() if k != "guidance_interval"}}
+            yield items, seed, details
+
+
+def build(ctx: AppContext, state: gr.State) -> dict:
+    pipe = ctx.store.get()
+    bank = pipe.bank
+    steps = int(pipe.sampler.get("steps", 50))
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Snippets from",
+                              info="random rows are drawn by frequency from the initial noise (the released rule)")
+            row = gr.Number(0, precision=0, minimum=0, label="Bank row", visible=False)
+            group = gr.Dropdown(bank.label_names or [], value=(bank.label_names or [None])[0], label="Group",
+                                visible=False)
+            upload = gr.Image(type="filepath", label="Image to take the snippet from", visible=False,
+                              sources=["upload", "clipboard"], height=160)
+            n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Number of images")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)")
+                randomize = gr.Checkbox(True, label="Random seed")
+            with gr.Accordion("Sampler", open=False):
+                method = gr.Radio(list(METHODS), value=pipe.sampler.get("method", "sde"), label="Sampler",
+                                  info="sde: the paper's Euler-Maruyama; euler / heun: ODE")
+                steps_in = gr.Slider(1, ctx.limits.max_steps, value=min(steps, ctx.limits.max_steps), step=1,
+                                     label="Steps")
+                guidance = gr.Slider(0.0, 10.0, value=1.0, step=0.25, label="Guidance (1 = none)",
+                                     info="classifier-free guidance with a zero snippet; GMem v1 was trained without it")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Images", columns=4, height="auto", format="png", elem_id="generate-gallery",
+                                 object_fit="contain")
+            with gr.Accordion("Details", open=False):
+                details = gr.JSON(label="Seeds, rows and settings")
+
+    def show_inputs(choice):
+        return (gr.update(visible=choice == SOURCES[1]), gr.update(visible=choice == SOURCES[2]),
+                gr.update(visible=choice == SOURCES[3]))
+
+    source.change(show_inputs, source, [row, group, upload], queue=False, api_visibility="private")
+
+    @ctx.gpu
+    @friendly
+    def on_generate(session, source, row, group, upload, n, seed, randomize, steps, method, guidance,
+                    progress=gr.Progress()):
+        yield from generate(ctx, session, source, row, group, upload, n, seed, randomize, steps, method, guidance,
+                            progress)
+
+    event = go.click(on_generate, [state, source, row, group, upload, n, seed, randomize, steps_in, method, guidance],
+                     [gallery, seed, details], api_name="generate", **ctx.model_queue)
+    stop.click(None, cancels=[event], api_visibility="private")
+    return {"group": group, "row": row, "steps": steps_in, "method": method}

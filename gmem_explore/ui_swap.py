@@ -1,0 +1,146 @@
+"""Swap tab: an uploaded image -> its snippet -> images; put the snippet into this session's own copy of the bank
+(replace a row or add one), compare a row before and after, download the edited bank, reset.
+
+The bank file on disk is never written: the first edit copies the bank into the session's gr.State."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from .ui_common import (AppContext, Session, UserError, as_int, encode_upload, friendly, pick_seed, row_caption,
+                        upscale)
+
+MAX_EDITS = 1000  # rows a session may add; beyond this a script (gmem build-bank) is the right tool
+
+
+def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, randomize, steps):
+    pipe = ctx.pipeline(session)
+    n = as_int(n, "number of images", 1, ctx.limits.max_images)
+    steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
+    seed = pick_seed(seed, randomize)
+    snippet, _ = encode_upload(pipe, upload)
+    idx, sims = pipe.bank.nearest(snippet, 3)
+    near = ", ".join(f"{row_caption(pipe.bank, int(i))} (cos {float(s):.2f})" for i, s in zip(idx[0], sims[0]))
+    out = pipe.generate(snippets=snippet.repeat(n, 1), seeds=[(seed + i) % 2**31 for i in range(n)], steps=steps,
+                        batch_size=ctx.limits.batch_size)
+    items = [(upscale(im), f"upload · seed {s}") for im, s in zip(out.images, out.seeds)]
+    return items, seed, f"Nearest bank rows to this image: {near}"
+
+
+def edited_bank(ctx: AppContext, session: Session):
+    if session.bank is None:
+        session.bank = ctx.store.get(session.checkpoint).bank.copy()  # copy-on-first-edit: the file stays as it is
+    return session.bank
+
+
+def replace_row(ctx: AppContext, session: Session, upload, row):
+    pipe = ctx.pipeline(session)
+    r = as_int(row, "row", 0, len(pipe.bank) - 1)
+    snippet, thumb = encode_upload(pipe, upload)
+    bank = edited_bank(ctx, session)
+    before = row_caption(bank, r)
+    bank.replace(r, snippet[0].to(bank.rows.dtype), thumbnail=thumb if bank.thumbnails is not None else None)
+    session.edits.append(f"replaced {before} with the uploaded image")
+    return session, r, edit_log(session)
+
+
+def add_row(ctx: AppContext, session: Session, upload):
+    pipe = ctx.pipeline(session)
+    if len(session.edits) >= MAX_EDITS:
+        raise UserError(f"This session already made {MAX_EDITS} edits; download the bank and build larger banks "
+                        f"with a script.")
+    snippet, thumb = encode_upload(pipe, upload)
+    bank = edited_bank(ctx, session)
+    (new,) = bank.add(snippet.to(bank.rows.dtype), thumbnails=thumb[None] if bank.thumbnails is not None else None).tolist()
+    session.edits.append(f"added row {new} from the uploaded image")
+    return session, new, edit_log(session)
+
+
+def edit_log(session: Session) -> str:
+    if not session.edits:
+        return "No edits: the session uses the checkpoint's bank as it is on disk."
+    return f"**{len(session.edits)} edit(s) in this session's copy** (the file on disk is unchanged):\n" + \
+        "\n".join(f"- {e}" for e in session.edits[-20:])
+
+
+def compare_row(ctx: AppContext, session: Session, row, steps, n: int = 4):
+    """Images from one row with seeds 0..n-1, from the original bank and from this session's edited copy."""
+    original = ctx.store.get(session.checkpoint)
+    mine = ctx.pipeline(session)
+    r = as_int(row, "row", 0, len(mine.bank) - 1)
+    steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
+    seeds = list(range(n))
+    after = mine.generate(indices=[r] * n, seeds=seeds, steps=steps)
+    after_items = [(upscale(im), f"edited row {r} · seed {s}") for im, s in zip(after.images, after.seeds)]
+    if r < len(original.bank):
+        before = original.generate(indices=[r] * n, seeds=seeds, steps=steps)
+        before_items = [(upscale(im), f"original row {r} · seed {s}") for im, s in zip(before.images, before.seeds)]
+    else:
+        before_items = []  # a row this session added has no original
+    return before_items, after_items
+
+
+def download(ctx: AppContext, session: Session) -> str:
+    bank = ctx.bank(session)
+    folder = Path(tempfile.mkdtemp(prefix="gmem-bank-"))
+    path = folder / ("bank-edited.safetensors" if session.bank is not None else "bank.safetensors")
+    bank.save(path)
+    return str(path)
+
+
+def reset(ctx: AppContext, session: Session):
+    session.bank = None
+    session.edits = []
+    return session, edit_log(session)
+
+
+def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
+    pipe = ctx.store.get()
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            upload = gr.Image(type="filepath", label="Your image", sources=["upload", "clipboard"], height=220,
+                              elem_id="swap-upload")
+            with gr.Row():
+                n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Images")
+                steps = gr.Slider(1, ctx.limits.max_steps, value=steps_default, step=1, label="Steps")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                randomize = gr.Checkbox(False, label="Random seed")
+            go = gr.Button("Generate from this image", variant="primary", elem_id="swap-generate")
+            nearest_md = gr.Markdown()
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="From your image", columns=4, height="auto", format="png",
+                                 elem_id="swap-gallery")
+    gr.Markdown("### Put it into the bank (this session's copy)")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            row = gr.Number(0, precision=0, minimum=0, maximum=max(len(pipe.bank) - 1, 0) + MAX_EDITS,
+                            label="Bank row", elem_id="swap-row")
+            with gr.Row():
+                replace_btn = gr.Button("Replace this row", elem_id="swap-replace")
+                add_btn = gr.Button("Add as a new row", elem_id="swap-add")
+            compare_btn = gr.Button("Generate from the row: original vs edited", variant="primary",
+                                    elem_id="swap-compare")
+            with gr.Row():
+                download_btn = gr.Button("Prepare download (.safetensors)")
+                reset_btn = gr.Button("Reset to the original bank", variant="stop")
+            file_out = gr.File(label="Edited bank", interactive=False)
+            log = gr.Markdown(edit_log(Session(ctx.store.default)), elem_id="swap-log")
+        with gr.Column(scale=2):
+            before = gr.Gallery(label="Original bank", columns=4, height=170, format="png", elem_id="swap-before")
+            after = gr.Gallery(label="This session's bank", columns=4, height=170, format="png", elem_id="swap-after")
+
+    model = ctx.model_queue
+    go.click(ctx.gpu(friendly(lambda s, u, k, sd, rnd, st: generate_from_upload(ctx, s, u, k, sd, rnd, st))),
+             [state, upload, n, seed, randomize, steps], [gallery, seed, nearest_md], api_name="swap_generate", **model)
+    replace_btn.click(ctx.gpu(friendly(lambda s, u, r: replace_row(ctx, s, u, r))), [state, upload, row],
+                      [state, row, log], api_name="swap_replace", **model)
+    add_btn.click(ctx.gpu(friendly(lambda s, u: add_row(ctx, s, u))), [state, upload], [state, row, log],
+                  api_name="swap_add", **model)
+    compare_btn.click(ctx.gpu(friendly(lambda s, r, st: compare_row(ctx, s, r, st))), [state, row, steps],
+                      [before, after], api_name="swap_compare", **model)
+    download_btn.click(friendly(lambda s: download(ctx, s)), state, file_out, api_name="swap_download")
+    reset_btn.click(friendly(lambda s: reset(ctx, s)), state, [state, log], api_name="swap_reset")
+    return {"log": log}
