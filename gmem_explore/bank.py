@@ -38,6 +38,10 @@ def check_snippets(snippets: torch.Tensor, dim: int, what: str = "snippets") -> 
     if not torch.isfinite(snippets).all():
         bad = (~torch.isfinite(snippets)).any(dim=1).nonzero().flatten().tolist()
         raise ValueError(f"{what} contain NaN or infinite values in rows {bad[:10]}; replace those rows.")
+    zero = (snippets == 0).all(dim=1)
+    if zero.any():  # a zero vector has no direction: it is the unconditional input, not a snippet
+        raise ValueError(f"{what}: rows {zero.nonzero().flatten().tolist()[:10]} are all zeros and have no direction; "
+                         f"use a bank row or an encoded image instead.")
     return snippets
 
 
@@ -61,7 +65,7 @@ def index_from_noise(noise: torch.Tensor, freq: torch.Tensor | None, num_rows: i
         noise = noise[None]
     n = num_rows if freq is None else len(freq)
     if not n:
-        raise ValueError("index_from_noise needs a non-empty bank (freq or num_rows)")
+        raise ValueError("the bank is empty (index_from_noise needs freq or num_rows > 0): add rows first")
     flat = noise.reshape(noise.shape[0], -1).double()
     m = flat.mean(dim=1) * math.sqrt(flat.shape[1])
     u = 0.5 * (1 + torch.erf(m / math.sqrt(2)))
@@ -110,9 +114,9 @@ class MemoryBank:
     def __init__(self, rows, freq=None, labels=None, label_names=None, thumbnails=None, meta=None):
         rows = torch.as_tensor(rows)
         if rows.ndim != 2:
-            raise ValueError(f"bank rows must be a 2-D (N, D) matrix; got shape {tuple(rows.shape)}")
+            raise ValueError(f"bank rows must be a 2-D (N, D) matrix; got shape {tuple(rows.shape)} (use rows[None] for one row)")
         if not rows.is_floating_point():
-            raise ValueError(f"bank rows must be floating point; got {rows.dtype}")
+            raise ValueError(f"bank rows must be floating point; got {rows.dtype} (convert them with .float())")
         self.rows = rows
         self.freq = None if freq is None else torch.as_tensor(freq).double()
         self.labels = None if labels is None else torch.as_tensor(labels).long()
@@ -137,9 +141,14 @@ class MemoryBank:
         """Shapes always; values (NaN, negative frequency) when asked, since that touches every page."""
         n = len(self)
         if self.freq is not None and self.freq.shape != (n,):
-            raise ValueError(f"freq must have one entry per row ({n}); got shape {tuple(self.freq.shape)}")
+            raise ValueError(f"freq must have one entry per row ({n}); got shape {tuple(self.freq.shape)}. "
+                             f"Give one count per row, or none for uniform choice.")
+        if self.freq is not None and not torch.isfinite(self.freq).all():
+            bad = (~torch.isfinite(self.freq)).nonzero().flatten().tolist()[:10]
+            raise ValueError(f"freq holds NaN or infinite values at rows {bad}; fix freq (counts >= 0) or drop it for uniform choice")
         if self.freq is not None and (self.freq < 0).any():
-            raise ValueError("freq must be non-negative (it counts how often each row is drawn)")
+            raise ValueError("freq must be non-negative (it counts how often each row is drawn); "
+                             "fix the counts or drop freq for uniform choice")
         if self.freq is not None and n and not self.freq.sum() > 0:
             raise ValueError("freq sums to zero: no row could ever be drawn; use uniform choice or fix freq")
         if self.labels is not None and self.labels.shape != (n,):
@@ -163,8 +172,19 @@ class MemoryBank:
 
     # ---- reading --------------------------------------------------------------------------------------
     def snippets(self, indices) -> torch.Tensor:
-        """Normalised float32 snippets of the given rows, ready for the model."""
-        return normalize(self.rows[self._check_index(indices)])
+        """Normalised float32 snippets of the given rows, ready for the model; unusable rows (NaN, infinite, all
+        zeros) are refused by number, since the model would turn them into noise or an unconditional sample."""
+        idx = self._check_index(indices)
+        rows = self.rows[idx].float()
+        bad = ~torch.isfinite(rows).all(dim=1)
+        if bad.any():
+            raise ValueError(f"bank rows {idx[bad].tolist()[:10]} hold NaN or infinite values; replace or remove them "
+                             f"(bank.replace / bank.remove) or choose other rows.")
+        zero = (rows == 0).all(dim=1)
+        if zero.any():
+            raise ValueError(f"bank rows {idx[zero].tolist()[:10]} are all zeros (no direction); replace or remove them "
+                             f"(bank.replace / bank.remove) or choose other rows.")
+        return normalize(rows)
 
     def label_of(self, index: int) -> str | None:
         if self.labels is None:
@@ -191,6 +211,8 @@ class MemoryBank:
 
         Chunked so that 640,000 rows never need a second full-size copy in float32."""
         query = normalize(check_snippets(query, self.dim, "query"))
+        if len(self) == 0:
+            raise ValueError("nearest: the bank is empty; add rows first")
         k = min(int(k), len(self))
         if k < 1:
             raise ValueError("nearest needs k >= 1 and a non-empty bank")
@@ -198,6 +220,10 @@ class MemoryBank:
         best_i = torch.zeros((query.shape[0], 0), dtype=torch.long)
         for start in range(0, len(self), chunk):
             sims = query @ normalize(self.rows[start:start + chunk]).T
+            if sims.isnan().any():  # a NaN or infinite row makes its whole column NaN; cheap to spot here
+                bad = (sims.isnan().any(dim=0).nonzero().flatten() + start).tolist()[:10]
+                raise ValueError(f"bank rows {bad} hold NaN or infinite values; replace or remove them "
+                                 f"(bank.replace / bank.remove) before searching.")
             s, i = sims.topk(min(k, sims.shape[1]), dim=1)
             best_s, order = torch.cat([best_s, s], 1).topk(k, dim=1)
             best_i = torch.cat([best_i, i + start], 1).gather(1, order)

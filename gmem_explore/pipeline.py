@@ -15,7 +15,7 @@ import torch
 from .autoencoders import PixelSpace, SDVAE
 from .bank import MemoryBank, check_snippets, mix, normalize
 from .checkpoint import Checkpoint, load_checkpoint
-from .sampling import StepInfo, initial_noise, make_generators, sample
+from .sampling import StepInfo, check_method_and_steps, initial_noise, make_generators, sample
 from .viz import image_grid, to_pil
 
 CHOICES = ("noise", "frequency", "uniform")
@@ -58,6 +58,9 @@ def check_seeds(seeds, n: int | None) -> list[int]:
 class GMemPipeline:
     def __init__(self, model, bank: MemoryBank, autoencoder=None, encoder=None, sampler: dict | None = None,
                  info: dict | None = None, device="cpu"):
+        if bank.dim != model.config.snippet_dim:
+            raise ValueError(f"the bank's rows have dimension {bank.dim} but the model expects {model.config.snippet_dim}; "
+                             f"use the bank (or the snippet encoder) the model was trained with")
         self.model = model.to(device).eval()
         self.bank = bank
         self.autoencoder = autoencoder or PixelSpace(model.config.input_size)
@@ -153,8 +156,10 @@ class GMemPipeline:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         seeds = check_seeds(seeds, count)
-        method = method or self.sampler.get("method", "sde")
-        steps = steps or self.sampler.get("steps", 250)
+        # `is None`, not `or`: steps=0 or method="" must be refused, not silently replaced by the default
+        method = self.sampler.get("method", "sde") if method is None else method
+        steps = self.sampler.get("steps", 250) if steps is None else steps
+        check_method_and_steps(method, steps)
 
         images, used_idx, used_snip = [], [], []
         bar = None

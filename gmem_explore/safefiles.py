@@ -20,6 +20,9 @@ DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+# What to do about a damaged or foreign file, appended to the errors below.
+AGAIN = "The file is damaged or was not copied completely: download, copy or save it again."
+NOT_PICKLE = "Only safetensors are read (never pickles): convert .pth/.pt weights to safetensors first."
 
 
 @contextmanager
@@ -55,19 +58,21 @@ def read_header(path) -> tuple[dict, dict, int]:
     """(tensor entries, metadata, data offset) of a safetensors file, with clear errors for bad files."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No such file: {path}")
+        raise FileNotFoundError(f"No such file: {path}. Check the path; a checkpoint folder needs all its files "
+                                f"(copy or save it again).")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ValueError(f"{path} is not a safetensors file (only {size} bytes): it is empty or truncated.")
+            raise ValueError(f"{path} is not a safetensors file (only {size} bytes): it is empty or truncated. {AGAIN}")
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, 100_000_000):
-            raise ValueError(f"{path} is not a valid safetensors file (header length {n} exceeds the file): truncated or not safetensors.")
+            raise ValueError(f"{path} is not a valid safetensors file (header length {n} exceeds the file): truncated or "
+                             f"not safetensors. {AGAIN} {NOT_PICKLE}")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{path} is not a valid safetensors file (unreadable header).") from None
+            raise ValueError(f"{path} is not a valid safetensors file (unreadable header). {AGAIN} {NOT_PICKLE}") from None
     meta_raw = header.pop("__metadata__", {}) or {}
     metadata = {}
     for k, v in meta_raw.items():
@@ -77,7 +82,7 @@ def read_header(path) -> tuple[dict, dict, int]:
             metadata[k] = v
     end = max((e["data_offsets"][1] for e in header.values()), default=0)
     if 8 + n + end > size:
-        raise ValueError(f"{path} is truncated: it holds {size} bytes but its header describes {8 + n + end}.")
+        raise ValueError(f"{path} is truncated: it holds {size} bytes but its header describes {8 + n + end}. {AGAIN}")
     return header, metadata, 8 + n
 
 
