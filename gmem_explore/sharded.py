@@ -217,3 +217,22 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         return write_npz(out_dir, [base_seed + i for i in range(num)], npz_path, progress)
     finally:
         group.close()
+
+
+def _spawned(rank: int, world: int, port: int, run_kwargs: dict) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # `world` processes share the machine's cores
+    run(**run_kwargs)
+
+
+def launch_local(nprocs: int, **run_kwargs) -> None:
+    """Run `run(**run_kwargs)` in `nprocs` local processes (what torchrun does, from Python: notebooks, tests)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_spawned, args=(nprocs, port, run_kwargs), nprocs=nprocs, join=True)
