@@ -185,7 +185,8 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     rank, world, local_rank = dist_env()
     if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        # one GPU per process; more processes than GPUs share them round-robin
+        device = f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

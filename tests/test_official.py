@@ -173,3 +173,16 @@ def test_offline_name_fails_at_once_with_how_to(tmp_path):
     assert "huggingface-cli download Tangentone/GMem" in proc.stderr and "HF_HOME" in proc.stderr
     assert elapsed < 20  # the interpreter and torch import dominate; no network wait
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").glob("*.png"))
+
+
+def test_convert_command(official_pth, tmp_path, capsys):
+    from gmem_explore.cli import main
+
+    path, raw = official_pth
+    out = tmp_path / "cli-out"
+    assert main(["convert", str(path), str(out), "--bank-dtype", "fp32", "--model-config", json.dumps(TINY)]) == 0
+    assert torch.equal(load_checkpoint(out).bank.rows, raw["memorybank"])
+    assert main(["convert", str(path), str(out)]) == 1
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "o2"), "--sha256", "0" * 64, "--model-config", json.dumps(TINY)]) == 1
+    assert "is corrupt: its sha256" in capsys.readouterr().err
