@@ -1,0 +1,164 @@
+"""The fast sampling path (gmem_explore/fast.py) gives the reference sampler's images, with less work per step."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gmem_explore import fast
+from gmem_explore.sampling import initial_noise, make_generators, sample
+
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (TINY["in_channels"], TINY["input_size"], TINY["input_size"])
+INTERVAL = (0.3, 0.7)
+
+
+def inputs(n, first_seed=0):
+    """Fresh per-image generators (the initial noise is their first draw), noise and random snippets."""
+    gens = make_generators(range(first_seed, first_seed + n), "cpu")
+    noise = initial_noise(gens, SHAPE)
+    snippets = torch.randn(n, TINY["snippet_dim"], generator=torch.Generator().manual_seed(7 + first_seed))
+    return noise, snippets, gens
+
+
+def run(model, n=4, method="sde", steps=12, fast_mode=False, **kw):
+    noise, snippets, gens = inputs(n)
+    return sample(model, noise, snippets, method, steps, gens, fast=fast_mode, **kw)
+
+
+def rel_l2(a, b):
+    """Per-image relative L2 error, the largest over the batch."""
+    return ((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).max().item()
+
+
+def test_block_and_velocity_match_the_model(tiny_model):
+    x, snippets, _ = inputs(3)
+    t = torch.tensor([1.0, 0.5, 0.04])
+    mods = fast.Modulation(tiny_model, snippets, t.tolist(), torch.float32)
+    # One modulation per time for all images: evaluate each image at its own time.
+    expected = tiny_model(x, t, snippets)
+    for k in range(3):
+        blocks, final = mods.get(k)
+        coef = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 1.0])  # out = v
+        out, v, _ = fast.Stepper(tiny_model)(x, x, None, None, blocks, final, coef)
+        torch.testing.assert_close(out[k], expected[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, out)
+
+
+@pytest.mark.parametrize("method,steps,guidance", [("sde", 12, 2.5), ("euler", 6, 1.0), ("heun", 6, 2.5)])
+def test_exact_mode_matches_reference(tiny_model, method, steps, guidance):
+    kw = dict(method=method, steps=steps, guidance=guidance, guidance_interval=INTERVAL)
+    ref = run(tiny_model, **kw)
+    out = run(tiny_model, fast_mode="fp32", **kw)
+    assert rel_l2(out, ref) < 1e-4
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+
+
+def test_bf16_mode_within_two_percent(tiny_model, method="sde"):
+    ref = run(tiny_model, method=method, steps=10, guidance=2.0, guidance_interval=INTERVAL)
+    out = run(tiny_model, method=method, steps=10, guidance=2.0, guidance_interval=INTERVAL, fast_mode="bf16")
+    err = rel_l2(out, ref)
+    assert 0 < err < 0.02  # > 0: bf16 really ran (an fp32 run would agree to 1e-7)
+    assert fast.last_run["precision"] == "bf16"
+
+
+def test_same_image_at_batch_1_and_8(tiny_model):
+    batch = run(tiny_model, n=8, steps=6, fast_mode=True)
+    for i in (0, 5):
+        noise, snippets, gens = inputs(8)
+        single = sample(tiny_model, noise[i:i + 1], snippets[i:i + 1], "sde", 6, gens[i:i + 1], fast=True)
+        torch.testing.assert_close(single[0], batch[i], rtol=1e-5, atol=1e-5)
+
+
+def test_guidance_doubles_the_batch_only_on_active_steps(tiny_model):
+    rows = []
+    hook = tiny_model.x_embedder.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    try:
+        run(tiny_model, n=3, method="sde", steps=10, fast_mode="fp32", guidance=3.0, guidance_interval=INTERVAL)
+    finally:
+        hook.remove()
+    grid = torch.linspace(1.0, 0.04, 10, dtype=torch.float64)  # the SDE's evaluation times
+    active = sum(INTERVAL[0] <= t <= INTERVAL[1] for t in grid.tolist())
+    assert 0 < active < 10
+    assert rows.count(6) == active and rows.count(3) == 10 - active and len(rows) == 10
+    assert fast.last_run["guided_evaluations"] == active
+
+
+def test_callback_sees_every_step_like_the_reference(tiny_model):
+    seen = {False: [], "fp32": []}
+    for mode in seen:
+        run(tiny_model, method="heun", steps=5, fast_mode=mode,
+            callback=lambda info, m=mode: seen[m].append((info.step, info.total, info.t, info.denoised.clone())))
+    assert [s[:3] for s in seen["fp32"]] == [s[:3] for s in seen[False]]
+    assert [s[0] for s in seen["fp32"]] == [1, 2, 3, 4, 5]
+    for a, b in zip(seen["fp32"], seen[False]):
+        assert rel_l2(a[3], b[3].float()) < 1e-4
+
+
+def test_modulation_in_chunks_changes_nothing(tiny_model):
+    noise, snippets, gens = inputs(2)
+    whole = fast.sample_fast(tiny_model, noise, snippets, "sde", 9, gens, precision="fp32")
+    noise, snippets, gens = inputs(2)
+    chunked = fast.sample_fast(tiny_model, noise, snippets, "sde", 9, gens, precision="fp32", modulation_budget=1)
+    assert fast.last_run["modulation_chunk"] == 1
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)  # other matmul shapes: fp32 rounding only
+
+
+def test_default_routing(tiny_model):
+    ref = run(tiny_model, fast_mode=False)
+    assert torch.equal(run(tiny_model, fast_mode=None), ref)  # CPU default: the reference path, bit for bit
+    with pytest.raises(TypeError, match="GMemSiT"):
+        run(lambda x, t, s: torch.zeros_like(x), fast_mode=True)
+    with pytest.raises(ValueError, match="precision"):
+        run(tiny_model, fast_mode="fp8")
+
+
+def test_bf16_copy_is_cached_and_follows_weight_changes(tiny_model):
+    first = fast.network_for(tiny_model, torch.bfloat16)
+    assert fast.network_for(tiny_model, torch.bfloat16) is first
+    assert fast.network_for(tiny_model, torch.float32) is tiny_model
+    with torch.no_grad():
+        tiny_model.final_layer.linear.bias.add_(1.0)
+    second = fast.network_for(tiny_model, torch.bfloat16)
+    assert second is not first
+    torch.testing.assert_close(second.final_layer.linear.bias.float(), tiny_model.final_layer.linear.bias,
+                               rtol=1e-2, atol=1e-2)
+
+
+def test_pipeline_fast_option(tiny_pipeline):
+    ref = tiny_pipeline.generate(4, seeds=range(4), method="sde", steps=8, fast=False)
+    out = tiny_pipeline.generate(4, seeds=range(4), method="sde", steps=8, fast="fp32")
+    assert out.seeds == ref.seeds and out.indices == ref.indices
+    assert (out.images.int() - ref.images.int()).abs().max() <= 1  # uint8 rounding of a 1e-7 difference
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and compile need a GPU")
+def test_cuda_fast_path_matches(tiny_model):
+    model = tiny_model.cuda()
+    gens = make_generators(range(4), "cuda")
+    noise, snippets = initial_noise(gens, SHAPE), torch.randn(4, TINY["snippet_dim"], device="cuda")
+    ref = sample(model, noise, snippets, "sde", 12, gens, fast=False)
+    gens = make_generators(range(4), "cuda")
+    noise = initial_noise(gens, SHAPE)
+    out = sample(model, noise, snippets, "sde", 12, gens, fast=True)
+    assert fast.last_run["cuda_graphs"] and rel_l2(out, ref) < 0.02
+
+
+def test_gpu_benchmark_smoke(tmp_path):
+    """The GPU benchmark runs end to end (tiny model, CPU) and writes its JSON and markdown."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_sampler.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    result = json.loads((tmp_path / "gpu_sampler_cpu-smoke.json").read_text())
+    assert not result["errors"], result["errors"]
+    assert {"a_released", "b_fast_b4", "b_fast_b8", "c_live_b2"} <= set(result["runs"])
+    assert result["runs"]["b_fast_b8"]["error_vs_a"]["max"] < 1e-4  # smoke runs the fp32 path on the CPU
+    assert result["exact_fp32_vs_strict_reference"]["max"] < 1e-4
+    assert "| b_fast_b8 | 8 |" in (tmp_path / "gpu_sampler_cpu-smoke.md").read_text()
