@@ -96,7 +96,10 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
             with gr.Tab("Interpolate", id="interpolate"):
                 ui_interpolate.build(ctx, state, steps_default, method_default)
 
-        ck_btn.click(lambda s, n, p: load_checkpoint(ctx, s, n, p), [state, ck_name, ck_path],
+        def on_load(session, name, folder):
+            return load_checkpoint(ctx, session, name, folder)
+
+        ck_btn.click(on_load, [state, ck_name, ck_path],
                      [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue)
 
         stats_fn, stats_in, stats_out = bank["refresh"]

@@ -172,7 +172,26 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         page_gallery = gr.Gallery(label="Rows", columns=12, height=420, format="png")
         page_rows = gr.State([])
 
-    on_map = friendly(lambda s, m, c, a, b, cc, d, r: bank_map(ctx, s, m, c, a, b, cc, d, r))
+    @friendly
+    def on_map(session, method, color_by, x_from, x_to, y_from, y_to, row):
+        return bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
+
+    @friendly
+    def on_stats(session):
+        return stats(ctx, session)
+
+    @friendly
+    def on_details(session, row):
+        return row_details(ctx, session, row)
+
+    @friendly
+    def on_page(session, page_number):
+        return page(ctx, session, page_number)
+
+    @friendly
+    def on_row_generate(session, row):
+        return row_generations(ctx, session, row, steps_default)
+
     map_inputs = [state, method, color, x0, x1, y0, y1, row]
     map_outputs = [plot, selection, selected_rows, summary]
     draw.click(ctx.gpu(on_map), map_inputs, map_outputs, api_name="bank_map", **ctx.model_queue)
@@ -180,13 +199,9 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         control.change(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
     for slider in (x0, x1, y0, y1):
         slider.release(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
-
-    on_stats = friendly(lambda s: stats(ctx, s))
-    on_details = friendly(lambda s, r: row_details(ctx, s, r))
-    on_page = friendly(lambda s, p: page(ctx, s, p))
     row.submit(on_details, [state, row], [thumb, row_md, neighbours], api_name="bank_row")
-    gen_btn.click(ctx.gpu(friendly(lambda s, r, st: row_generations(ctx, s, r, st))), [state, row, gr.State(steps_default)],
-                  generations, api_name="bank_row_generate", **ctx.model_queue)
+    gen_btn.click(ctx.gpu(on_row_generate), [state, row], generations, api_name="bank_row_generate",
+                  **ctx.model_queue)
 
     def pick(rows, evt: gr.SelectData):
         return rows[evt.index] if rows and evt.index is not None and evt.index < len(rows) else gr.update()
@@ -197,9 +212,14 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     page_outputs = [page_gallery, page_rows, page_no, page_md]
     page_no.submit(on_page, [state, page_no], page_outputs, api_name="bank_page")
-    prev_btn.click(lambda s, p: on_page(s, max(1, int(p or 1) - 1)), [state, page_no], page_outputs,
-                   api_visibility="private")
-    next_btn.click(friendly(lambda s, p: page(ctx, s, min(int(p or 1) + 1, max(1, -(-len(ctx.bank(s)) // PAGE_SIZE))))),
-                   [state, page_no], page_outputs, api_visibility="private")
+
+    @friendly
+    def on_step(session, page_number, delta):
+        pages = max(1, -(-len(ctx.bank(session)) // PAGE_SIZE))
+        current = as_int(page_number, "page", 1, pages) if page_number is not None else 1
+        return page(ctx, session, min(max(current + delta, 1), pages))
+
+    prev_btn.click(lambda s, p: on_step(s, p, -1), [state, page_no], page_outputs, api_visibility="private")
+    next_btn.click(lambda s, p: on_step(s, p, 1), [state, page_no], page_outputs, api_visibility="private")
     return {"refresh": (on_stats, [state], [stats_md, hist]), "page": (on_page, page_outputs),
             "details": (on_details, [thumb, row_md, neighbours]), "row": row, "page_no": page_no}

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+import gradio as gr
 import torch
 from PIL import Image
 
@@ -131,8 +132,6 @@ def friendly(fn):
     """Turn expected failures into gr.Error (a red message in the page); the server keeps running.
 
     Works for plain functions and generators (live previews)."""
-    import gradio as gr
-
     def convert(e: Exception):
         if isinstance(e, gr.Error):
             return e
@@ -186,6 +185,27 @@ def as_float(value, name: str, low: float, high: float) -> float:
 
 def pick_seed(seed, randomize: bool) -> int:
     return secrets.randbelow(MAX_SEED) if randomize else as_int(seed, "seed", 0, MAX_SEED)
+
+
+class ImageUpload(gr.Image):
+    """gr.Image whose own decoding step reports an unreadable upload as a message instead of a server error
+    (gradio opens uploads with PIL before our code sees them). Same frontend as gr.Image."""
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decoding failure is the upload's fault
+            raise gr.Error(f"The upload is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP...): {e}") from None
+
+
+def image_upload(label: str, **kwargs) -> ImageUpload:
+    """An upload box that hands the handler a file path (decoded later by images.load_rgb)."""
+    return ImageUpload(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
 
 
 def upload_to_image(upload, size: int | None = None) -> torch.Tensor:

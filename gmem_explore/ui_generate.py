@@ -5,8 +5,8 @@ import gradio as gr
 import torch
 
 from .sampling import METHODS
-from .ui_common import (AppContext, Session, UserError, as_float, as_int, encode_upload, friendly, pick_seed,
-                        row_caption, run_live, upscale)
+from .ui_common import (AppContext, Session, UserError, as_float, as_int, encode_upload, friendly, image_upload,
+                        pick_seed, row_caption, run_live, upscale)
 
 SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
 
@@ -97,8 +97,7 @@ def build(ctx: AppContext, state: gr.State) -> dict:
             row = gr.Number(0, precision=0, minimum=0, label="Bank row", visible=False)
             group = gr.Dropdown(bank.label_names or [], value=(bank.label_names or [None])[0], label="Group",
                                 visible=False)
-            upload = gr.Image(type="filepath", label="Image to take the snippet from", visible=False,
-                              sources=["upload", "clipboard"], height=160)
+            upload = image_upload("Image to take the snippet from", visible=False, height=160)
             n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Number of images")
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)")

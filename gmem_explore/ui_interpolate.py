@@ -11,7 +11,8 @@ import torch
 from .bank import MIX_METHODS, check_snippets, normalize
 from .bank import mix as mix_snippets
 from .sampling import METHODS
-from .ui_common import AppContext, Session, UserError, as_int, encode_upload, friendly, pick_seed, run_live, upscale
+from .ui_common import (AppContext, Session, UserError, as_int, encode_upload, friendly, image_upload, pick_seed,
+                        run_live, upscale)
 from .viz import image_grid
 
 ENDPOINT_SOURCES = ("bank row", "uploaded image")
@@ -90,11 +91,11 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
                 with gr.Column(min_width=140):
                     a_source = gr.Radio(list(ENDPOINT_SOURCES), value=ENDPOINT_SOURCES[0], label="A from")
                     a_row = gr.Number(0, precision=0, minimum=0, label="Row A", elem_id="interp-row-a")
-                    a_upload = gr.Image(type="filepath", label="Image A", height=120, sources=["upload", "clipboard"])
+                    a_upload = image_upload("Image A", height=120)
                 with gr.Column(min_width=140):
                     b_source = gr.Radio(list(ENDPOINT_SOURCES), value=ENDPOINT_SOURCES[0], label="B from")
                     b_row = gr.Number(min(1, last), precision=0, minimum=0, label="Row B", elem_id="interp-row-b")
-                    b_upload = gr.Image(type="filepath", label="Image B", height=120, sources=["upload", "clipboard"])
+                    b_upload = image_upload("Image B", height=120)
             mix = gr.Radio(list(MIX_METHODS), value="slerp", label="Mix",
                            info="lerp: straight line; slerp: great circle; concat: first dims from A; mask: random dims")
             k = gr.Slider(2, ctx.limits.max_frames, value=8, step=1, label="Frames (k)", elem_id="interp-k")

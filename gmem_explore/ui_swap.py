@@ -9,8 +9,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from .ui_common import (AppContext, Session, UserError, as_int, encode_upload, friendly, pick_seed, row_caption,
-                        upscale)
+from .ui_common import (AppContext, Session, UserError, as_int, encode_upload, friendly, image_upload, pick_seed,
+                        row_caption, upscale)
 
 MAX_EDITS = 1000  # rows a session may add; beyond this a script (gmem build-bank) is the right tool
 
@@ -100,8 +100,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     pipe = ctx.store.get()
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            upload = gr.Image(type="filepath", label="Your image", sources=["upload", "clipboard"], height=220,
-                              elem_id="swap-upload")
+            upload = image_upload("Your image", height=220, elem_id="swap-upload")
             with gr.Row():
                 n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Images")
                 steps = gr.Slider(1, ctx.limits.max_steps, value=steps_default, step=1, label="Steps")
@@ -132,15 +131,36 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             before = gr.Gallery(label="Original bank", columns=4, height=170, format="png", elem_id="swap-before")
             after = gr.Gallery(label="This session's bank", columns=4, height=170, format="png", elem_id="swap-after")
 
+    @friendly
+    def on_generate(session, upload, n, seed, randomize, steps):
+        return generate_from_upload(ctx, session, upload, n, seed, randomize, steps)
+
+    @friendly
+    def on_replace(session, upload, row):
+        return replace_row(ctx, session, upload, row)
+
+    @friendly
+    def on_add(session, upload):
+        return add_row(ctx, session, upload)
+
+    @friendly
+    def on_compare(session, row, steps):
+        return compare_row(ctx, session, row, steps)
+
+    @friendly
+    def on_download(session):
+        return download(ctx, session)
+
+    @friendly
+    def on_reset(session):
+        return reset(ctx, session)
+
     model = ctx.model_queue
-    go.click(ctx.gpu(friendly(lambda s, u, k, sd, rnd, st: generate_from_upload(ctx, s, u, k, sd, rnd, st))),
-             [state, upload, n, seed, randomize, steps], [gallery, seed, nearest_md], api_name="swap_generate", **model)
-    replace_btn.click(ctx.gpu(friendly(lambda s, u, r: replace_row(ctx, s, u, r))), [state, upload, row],
-                      [state, row, log], api_name="swap_replace", **model)
-    add_btn.click(ctx.gpu(friendly(lambda s, u: add_row(ctx, s, u))), [state, upload], [state, row, log],
-                  api_name="swap_add", **model)
-    compare_btn.click(ctx.gpu(friendly(lambda s, r, st: compare_row(ctx, s, r, st))), [state, row, steps],
-                      [before, after], api_name="swap_compare", **model)
-    download_btn.click(friendly(lambda s: download(ctx, s)), state, file_out, api_name="swap_download")
-    reset_btn.click(friendly(lambda s: reset(ctx, s)), state, [state, log], api_name="swap_reset")
+    go.click(ctx.gpu(on_generate), [state, upload, n, seed, randomize, steps], [gallery, seed, nearest_md],
+             api_name="swap_generate", **model)
+    replace_btn.click(ctx.gpu(on_replace), [state, upload, row], [state, row, log], api_name="swap_replace", **model)
+    add_btn.click(ctx.gpu(on_add), [state, upload], [state, row, log], api_name="swap_add", **model)
+    compare_btn.click(ctx.gpu(on_compare), [state, row, steps], [before, after], api_name="swap_compare", **model)
+    download_btn.click(on_download, state, file_out, api_name="swap_download")
+    reset_btn.click(on_reset, state, [state, log], api_name="swap_reset")
     return {"log": log}

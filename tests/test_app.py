@@ -1,0 +1,277 @@
+"""The Gradio app on a tiny model: handlers called directly, then every endpoint through gradio_client against a
+server on a free local port (two clients = two sessions that must not see each other's edited bank)."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from PIL import Image
+
+from app_tiny import ROWS, tiny_factory, tiny_pipeline
+from gmem_explore import MemoryBank
+from gmem_explore.checkpoint import Checkpoint, save_checkpoint
+from gmem_explore.ui import build_app, load_checkpoint
+from gmem_explore.ui_common import Limits, Session, UserError, friendly, spaces_gpu
+from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
+
+ROOT = Path(__file__).resolve().parents[1]
+RANDOM, ROW, GROUP, UPLOAD = ui_generate.SOURCES
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0, max_images=8, max_frames=12),
+                     use_spaces_gpu=False)
+
+
+@pytest.fixture
+def ctx(demo):
+    return demo.gmem_context
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uploads")
+    paths = {}
+    for name, colour in (("red", (230, 20, 20)), ("blue", (20, 20, 230))):
+        paths[name] = str(folder / f"{name}.png")
+        Image.new("RGB", (24, 20), colour).save(paths[name])
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    paths["transparent"] = str(folder / "transparent.png")
+    rgba.save(paths["transparent"])
+    paths["broken"] = str(folder / "broken.png")
+    Path(paths["broken"]).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return paths
+
+
+def final(gen):
+    *previews, last = list(gen)
+    return previews, last
+
+
+# ---- direct calls -------------------------------------------------------------------------------------------
+def test_generate_sources_captions_and_seeds(ctx, pictures):
+    s = ctx.new_session()
+    previews, (items, seed, details) = final(ui_generate.generate(ctx, s, RANDOM, 0, None, None, 3, 11, False, 3,
+                                                                    "euler", 1.0))
+    assert seed == 11 and details["seeds"] == [11, 12, 13]
+    assert [c for _, c in items] == [f"row {r} · {ctx.bank(s).label_of(r)} · random by frequency · seed {sd}"
+                                     for r, sd in zip(details["rows"], details["seeds"])]
+    assert items[0][0].size == (128, 128)  # 8 px upscaled (nearest) for display
+    assert any(len(p[0]) for p in previews[1:]), "no live preview was yielded"
+    _, (items, _, details) = final(ui_generate.generate(ctx, s, ROW, 7, None, None, 2, 0, False, 2, "sde", 1.0))
+    assert details["rows"] == [7, 7] and "row 7 · green · bank row · seed 0" == items[0][1]
+    _, (_, _, details) = final(ui_generate.generate(ctx, s, GROUP, 0, "blue", None, 4, 3, False, 2, "heun", 1.0))
+    assert all(r % 3 == 2 for r in details["rows"])  # blue rows only
+    _, (items, _, details) = final(ui_generate.generate(ctx, s, UPLOAD, 0, None, pictures["red"], 2, 5, False, 2,
+                                                          "euler", 2.0))
+    assert details["rows"] == [None, None] and items[1][1] == "upload · uploaded image · seed 6"
+
+
+def test_generate_is_reproducible_and_randomises(ctx):
+    s = ctx.new_session()
+    run = lambda: final(ui_generate.generate(ctx, s, RANDOM, 0, None, None, 2, 99, False, 3, "sde", 1.0))[1]  # noqa: E731
+    a, b = run(), run()
+    assert [im.tobytes() for im, _ in a[0]] == [im.tobytes() for im, _ in b[0]]
+    seeds = {final(ui_generate.generate(ctx, s, RANDOM, 0, None, None, 1, 0, True, 1, "euler", 1.0))[1][1]
+             for _ in range(3)}
+    assert len(seeds) > 1 and all(0 <= x < 2**31 for x in seeds)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((RANDOM, 0, None, None, 10_000, 0, False, 2, "euler", 1.0), "number of images must be between 1 and 8"),
+    ((RANDOM, 0, None, None, 2, 0, False, float("nan"), "euler", 1.0), "steps must be a finite number"),
+    ((RANDOM, 0, None, None, 2, 0, False, 2, "euler", float("nan")), "guidance must be between"),
+    ((RANDOM, 0, None, None, 2, -5, False, 2, "euler", 1.0), "seed must be between"),
+    ((RANDOM, 0, None, None, 2, 0, False, 2, "ddim", 1.0), "Unknown sampler"),
+    ((ROW, ROWS, None, None, 2, 0, False, 2, "euler", 1.0), f"row must be between 0 and {ROWS - 1}"),
+    ((ROW, 1.5, None, None, 2, 0, False, 2, "euler", 1.0), "row must be a whole number"),
+    ((GROUP, 0, "purple", None, 2, 0, False, 2, "euler", 1.0), "Unknown group 'purple'"),
+    ((UPLOAD, 0, None, None, 2, 0, False, 2, "euler", 1.0), "Upload an image first"),
+])
+def test_generate_bad_input_is_a_message(ctx, args, message):
+    wrapped = friendly(ui_generate.generate)
+    with pytest.raises(gr.Error, match=message.replace("(", r"\(")):
+        list(wrapped(ctx, ctx.new_session(), *args))
+
+
+def test_odd_uploads(ctx, pictures):
+    s = ctx.new_session()
+    with pytest.raises(gr.Error, match="not an image"):
+        friendly(ui_swap.generate_from_upload)(ctx, s, pictures["broken"], 1, 0, False, 1)
+    items, _, _ = ui_swap.generate_from_upload(ctx, s, pictures["transparent"], 1, 0, False, 1)  # alpha over white
+    assert len(items) == 1
+
+
+def test_bank_tab(ctx):
+    s = ctx.new_session()
+    text, fig = ui_bank.stats(ctx, s)
+    assert f"{ROWS} rows" in text and "red 14, green 13, blue 13" in text and fig.axes
+    fig, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, 3)
+    assert summary.startswith(f"{ROWS} rows") and len(items) == len(rows) == ROWS
+    assert rows[0] == ROWS - 1  # most frequent first
+    _, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "frequency", 0, 50, 0, 100, None)
+    assert 0 < len(rows) < ROWS and items[0][1] == f"row {rows[0]} · {ctx.bank(s).label_of(rows[0])}"
+    with pytest.raises(UserError, match="from"):
+        ui_bank.bank_map(ctx, s, "pca", "group", 60, 40, 0, 100, None)
+    items, rows, number, text = ui_bank.page(ctx, s, 1)
+    assert rows == list(range(ROWS)) and number == 1 and "page 1 of 1" in text
+    thumb, text, neighbours = ui_bank.row_details(ctx, s, 4)
+    assert thumb.size == (128, 128) and text.startswith("**row 4 · green**") and len(neighbours) == ui_bank.NEIGHBOURS
+    sims = [float(c.rsplit("cos ", 1)[1]) for _, c in neighbours]
+    assert sims == sorted(sims, reverse=True) and not any(c.startswith("row 4 ·") for _, c in neighbours)
+    assert len(ui_bank.row_generations(ctx, s, 4, 2)) == 4
+
+
+def test_swap_changes_only_the_sessions_bank(ctx, pictures):
+    mine, other = ctx.new_session(), ctx.new_session()
+    original_rows = ctx.store.get("tiny").bank.rows.clone()
+    before, after = ui_swap.compare_row(ctx, mine, 5, 2)
+    assert [a.tobytes() for a, _ in after] == [b.tobytes() for b, _ in before]
+    mine, row, log = ui_swap.replace_row(ctx, mine, pictures["red"], 5)
+    assert row == 5 and "replaced row 5 · blue" in log
+    before, after = ui_swap.compare_row(ctx, mine, 5, 2)
+    assert [a.tobytes() for a, _ in after] != [b.tobytes() for b, _ in before]
+    assert torch.equal(ctx.store.get("tiny").bank.rows, original_rows)  # the shared bank is untouched
+    assert ctx.bank(other) is ctx.store.get("tiny").bank
+    mine, new_row, log = ui_swap.add_row(ctx, mine, pictures["blue"])
+    assert new_row == ROWS and "added row 40" in log
+    assert ui_bank.stats(ctx, mine)[0].startswith(f"**{ROWS + 1} rows")
+    saved = MemoryBank.load(ui_swap.download(ctx, mine))
+    assert len(saved) == ROWS + 1 and not torch.equal(saved.rows[5], original_rows[5])
+    assert torch.equal(saved.rows[:5], original_rows[:5])
+    mine, log = ui_swap.reset(ctx, mine)
+    assert mine.bank is None and "No edits" in log
+
+
+def test_interpolate_frames_strip_and_gif(ctx, pictures):
+    s = ctx.new_session()
+    previews, (items, strip, gif, seed, details) = final(ui_interpolate.interpolate(
+        ctx, s, "bank row", 2, None, "uploaded image", 0, pictures["blue"], "slerp", 5, 7, False, 3, "euler"))
+    assert len(items) == 5 and details["weights"] == [0.0, 0.25, 0.5, 0.75, 1.0] and seed == 7
+    assert strip.width > strip.height
+    with Image.open(gif) as g:
+        assert g.n_frames == 2 * 5 - 2  # forth and back
+    row2 = ctx.pipeline(s).generate(indices=[2], seeds=[7], method="euler", steps=3).images[0]
+    assert items[0][0].tobytes() == ui_generate.upscale(row2).tobytes()  # w = 0 is endpoint A itself
+    for mix in ("lerp", "concat", "mask"):
+        items = final(ui_interpolate.interpolate(ctx, s, "bank row", 0, None, "bank row", 1, None, mix, 3, 0,
+                                                 False, 1, "sde"))[1][0]
+        assert len(items) == 3
+    with pytest.raises(UserError, match="k \\(frames\\) must be between 2 and 12"):
+        list(ui_interpolate.interpolate(ctx, s, "bank row", 0, None, "bank row", 1, None, "slerp", 10**9, 0, False,
+                                        1, "euler"))
+
+
+def test_checkpoint_switch(ctx, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    s = ctx.new_session()
+    s.bank = ctx.bank(s).copy()
+    s, text, _ = load_checkpoint(ctx, s, "gmem-v1-xl", "")
+    assert "Could not load `gmem-v1-xl`" in text and "Still using **tiny**" in text and s.checkpoint == "tiny"
+    assert s.bank is not None  # a failed switch keeps the session as it was
+    pipe = tiny_pipeline()
+    folder = save_checkpoint(tmp_path / "ckpt", Checkpoint(pipe.model, pipe.bank, sampler={"method": "euler", "steps": 3}))
+    s, text, groups = load_checkpoint(ctx, s, "", str(folder))
+    assert s.checkpoint == str(folder) and s.bank is None and "dropped" in text and "no (uploads are disabled)" in text
+    with pytest.raises(gr.Error, match="no snippet encoder"):
+        friendly(ui_swap.generate_from_upload)(ctx, s, __file__, 1, 0, False, 1)
+
+
+def test_spaces_gpu_is_a_no_op_without_spaces():
+    fn = lambda: 1  # noqa: E731
+    assert spaces_gpu()(fn) is fn
+
+
+def test_app_help_and_flags():
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    args = app.parse_args([])
+    assert (args.host, args.port, args.share, args.checkpoint) == ("127.0.0.1", 7860, False, "emoji-32")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--port", "0"])
+    out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--host" in out.stdout and "--share" in out.stdout and "Interpolate" in out.stdout
+
+
+# ---- through gradio_client -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(demo):
+    from gmem_explore.ui import launch
+
+    launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield demo.local_url
+    demo.close()
+
+
+def client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False)
+
+
+def test_every_endpoint_through_gradio_client(server, pictures):
+    from gradio_client import handle_file
+
+    c = client(server)
+    names = set(c.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    expected = {"/generate", "/bank_map", "/bank_row", "/bank_row_generate", "/bank_page", "/bank_stats",
+                "/swap_generate", "/swap_replace", "/swap_add", "/swap_compare", "/swap_download", "/swap_reset",
+                "/interpolate", "/load_checkpoint"}
+    assert names == expected
+    gallery, seed, details = c.predict(RANDOM, 0, "red", None, 2, 3, False, 2, "euler", 1.0, api_name="/generate")
+    assert len(gallery) == 2 and seed == 3 and gallery[1]["caption"].endswith("seed 4")
+    _, selection, summary = c.predict("pca", "group", 0, 100, 0, 100, 0, api_name="/bank_map")
+    assert len(selection) == ROWS
+    assert len(c.predict(3, api_name="/bank_row")[2]) == ui_bank.NEIGHBOURS
+    assert len(c.predict(api_name="/bank_row_generate", row=3)) == 4
+    assert "page 1 of 1" in c.predict(1, api_name="/bank_page")[2]
+    assert "40 rows" in c.predict(api_name="/bank_stats")[0]
+    assert len(c.predict(handle_file(pictures["red"]), 2, 0, False, 2, api_name="/swap_generate")[0]) == 2
+    row, log = c.predict(handle_file(pictures["red"]), 1, api_name="/swap_replace")
+    assert row == 1 and "replaced row 1" in log
+    row, log = c.predict(handle_file(pictures["blue"]), api_name="/swap_add")
+    assert row == ROWS
+    before, after = c.predict(1, 2, api_name="/swap_compare")
+    assert len(before) == len(after) == 4
+    assert len(MemoryBank.load(c.predict(api_name="/swap_download"))) == ROWS + 1
+    assert "No edits" in c.predict(api_name="/swap_reset")
+    frames, strip, gif, seed, details = c.predict("bank row", 0, None, "bank row", 1, None, "lerp", 4, 2, False, 2,
+                                                  "euler", api_name="/interpolate")
+    assert len(frames) == 4 and details["frames"] == 4 and gif.endswith(".gif")
+    text, _ = c.predict("gmem-v1-xl", "", api_name="/load_checkpoint")
+    assert "Could not load" in text
+    with pytest.raises(Exception, match="not an image"):
+        c.predict(handle_file(pictures["broken"]), 1, api_name="/swap_replace")
+    assert len(c.predict(RANDOM, 0, "red", None, 1, 0, False, 1, "euler", 1.0, api_name="/generate")[0]) == 1
+
+
+def test_two_sessions_do_not_share_an_edited_bank(server, pictures):
+    from gradio_client import handle_file
+
+    a, b = client(server), client(server)
+    a.predict(handle_file(pictures["red"]), 6, api_name="/swap_replace")
+
+    def compare(c):
+        before, after = c.predict(6, 2, api_name="/swap_compare")
+        return [x["image"] for x in before], [x["image"] for x in after]
+
+    with ThreadPoolExecutor(2) as pool:  # both sessions at once
+        (a_before, a_after), (b_before, b_after) = pool.map(compare, (a, b))
+    read = lambda paths: [Path(p).read_bytes() for p in paths]  # noqa: E731
+    assert read(a_before) != read(a_after)  # session a sees its swap
+    assert read(b_before) == read(b_after)  # session b still samples from the original row
+    assert "No edits" in b.predict(api_name="/swap_reset")
