@@ -6,11 +6,16 @@
     bank.safetensors     the memory bank (see bank.py)
     encoder.safetensors  the snippet encoder's weights, when the config names one
 
-Every file is written atomically; a folder is complete once config.json (written last) exists.
+Every file is written atomically; a folder is complete once config.json (written last) exists. Saving over an
+existing folder replaces it as a whole (see save_checkpoint), so a killed save leaves the old checkpoint or the
+new one, never the model of one save with the bank or config of another.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +38,57 @@ class Checkpoint:
     info: dict = field(default_factory=dict)  # name, description, training figures, licence notes
 
 
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "bank.safetensors", "encoder.safetensors")
+
+
 def save_checkpoint(folder, ckpt: Checkpoint, bank_dtype: torch.dtype | None = None) -> Path:
+    """Write the folder. The files go into a hidden sibling folder first; that is renamed into place (an existing
+    folder is renamed aside just before and deleted just after), so a crash at any moment leaves the old
+    checkpoint or the new one. Other files in an existing folder (notes, trainer state) are carried over."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
+    os.chmod(staging, folder.stat().st_mode & 0o7777 if folder.exists() else 0o755)  # mkdtemp makes it 0700
+    try:
+        _write_checkpoint_files(staging, ckpt, bank_dtype)
+        if folder.exists():
+            for extra in folder.iterdir():
+                if extra.name not in CHECKPOINT_FILES and not extra.name.startswith("."):
+                    target = staging / extra.name
+                    if extra.is_dir():
+                        shutil.copytree(extra, target)
+                    else:
+                        try:
+                            os.link(extra, target)  # no copy of a large trainer state; the old name goes away below
+                        except OSError:
+                            shutil.copy2(extra, target)
+            aside = folder.parent / f".{folder.name}.old-{staging.name.rsplit('-', 1)[-1]}"
+            os.rename(folder, aside)
+            os.rename(staging, folder)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for stale in folder.parent.glob(f".{folder.name}.saving-*"):  # left by saves that were killed
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in folder.parent.glob(f".{folder.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
+def interrupted_save(folder) -> Path | None:
+    """The complete copy a save killed between its two renames left beside a missing folder (new, else old)."""
+    folder = Path(folder)
+    for pattern in (f".{folder.name}.saving-*", f".{folder.name}.old-*"):
+        done = [p for p in folder.parent.glob(pattern) if (p / "config.json").is_file()]
+        if done:
+            return max(done, key=lambda p: (p / "config.json").stat().st_mtime)
+    return None
+
+
+def _write_checkpoint_files(folder: Path, ckpt: Checkpoint, bank_dtype) -> None:
     save_tensors(folder / "model.safetensors", ckpt.model.state_dict())
     ckpt.bank.save(folder / "bank.safetensors", dtype=bank_dtype)
     encoder_cfg = None
@@ -45,7 +98,6 @@ def save_checkpoint(folder, ckpt: Checkpoint, bank_dtype: torch.dtype | None = N
     config = {"format": FORMAT, "model": ckpt.model.config.to_dict(), "autoencoder": ckpt.autoencoder,
               "encoder": encoder_cfg, "sampler": ckpt.sampler, **ckpt.info}
     write_bytes_atomic(folder / "config.json", json.dumps(config, indent=2).encode())
-    return folder
 
 
 def read_config(folder) -> dict:
@@ -63,6 +115,8 @@ def read_config(folder) -> dict:
 
 def load_checkpoint(folder, device="cpu") -> Checkpoint:
     folder = Path(folder)
+    if not folder.exists() and interrupted_save(folder) is not None:
+        folder = interrupted_save(folder)  # read it where it lies; loading never moves files
     config = read_config(folder)
     model = GMemSiT(ModelConfig.from_dict(config["model"]))
     # Memory-mapped: the weights are copied once into the model, never held twice (2.7 GB for SiT-XL/2).
@@ -73,15 +127,22 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
     bank = MemoryBank.load(folder / "bank.safetensors")
     if bank.dim != model.config.snippet_dim:
         raise ValueError(f"{folder}: bank rows have dimension {bank.dim} but the model expects {model.config.snippet_dim}")
-    encoder = None
-    if config.get("encoder"):
-        from .encoders import encoder_from_config  # the encoder module is only needed when one is present
-
-        # encoder.safetensors exists only for encoders whose weights we trained; a DINOv2 config names its
-        # source instead and is loaded lazily, so a converted official checkpoint loads offline.
-        enc_path = folder / "encoder.safetensors"
-        enc_state = load_tensors(enc_path, mmap=False)[0] if enc_path.is_file() else None
-        encoder = encoder_from_config(config["encoder"], enc_state)
+    encoder = load_encoder(folder, config)
     info = {k: v for k, v in config.items() if k not in {"format", "model", "autoencoder", "encoder", "sampler"}}
     return Checkpoint(model, bank, config.get("autoencoder") or {"type": "pixels"}, encoder,
                       config.get("sampler") or {"method": "sde", "steps": 250}, info)
+
+
+def load_encoder(folder, config: dict | None = None):
+    """The checkpoint's snippet encoder, or None; without loading the network (e.g. to encode query images)."""
+    folder = Path(folder)
+    config = config if config is not None else read_config(folder)
+    if not config.get("encoder"):
+        return None
+    from .encoders import encoder_from_config  # the encoder module is only needed when one is present
+
+    # encoder.safetensors exists only for encoders whose weights we trained; a DINOv2 config names its
+    # source instead and is loaded lazily, so a converted official checkpoint loads offline.
+    enc_path = folder / "encoder.safetensors"
+    enc_state = load_tensors(enc_path, mmap=False)[0] if enc_path.is_file() else None
+    return encoder_from_config(config["encoder"], enc_state)

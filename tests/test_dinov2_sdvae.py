@@ -83,7 +83,7 @@ def test_sdvae_decode_and_encode_through_diffusers(tiny_vae):
     assert vae.encode(images).shape == (2, 4, 8, 8)
 
 
-def test_converted_checkpoint_with_sdvae_and_dinov2_end_to_end(tmp_path, tiny_vae, tiny_dino):
+def test_converted_checkpoint_with_sdvae_and_dinov2_end_to_end(tmp_path, tiny_vae, tiny_dino, capsys):
     raw_model = randomize(build_model(**LATENT), seed=5)
     g = torch.Generator().manual_seed(2)
     raw = {"network": raw_model.state_dict(), "memorybank": torch.randn(12, 16, generator=g),
@@ -101,6 +101,14 @@ def test_converted_checkpoint_with_sdvae_and_dinov2_end_to_end(tmp_path, tiny_va
     assert snippets.shape == (2, 16)
     again = pipe.generate(snippets=snippets, seeds=[0, 1], steps=2)
     assert again.images.shape == (2, 16, 16, 3) and again.indices == [None, None]
+    # `gmem bank nearest --image` encodes a picture with the checkpoint's encoder and searches the bank
+    from gmem_explore.cli import main
+
+    picture = tmp_path / "photo.png"
+    out.pil()[0].save(picture)
+    assert main(["bank", "nearest", str(folder), "--image", str(picture), "--k", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{picture}: ") and line.count("(") == 3
 
 
 def test_released_encoder_config_loads_offline_until_needed(tmp_path):

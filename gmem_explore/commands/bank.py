@@ -60,9 +60,9 @@ def run(args) -> int:
         else:
             if folder is None:
                 raise ValueError("--image needs a checkpoint (name or folder) whose config names a snippet encoder")
-            from gmem_explore.checkpoint import load_checkpoint
+            from gmem_explore.checkpoint import load_encoder
 
-            encoder = load_checkpoint(folder).encoder
+            encoder = load_encoder(folder)
             if encoder is None:
                 raise ValueError(f"{folder} has no snippet encoder; query by --row instead")
             from gmem_explore.images import load_batch
