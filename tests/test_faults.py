@@ -1,0 +1,163 @@
+"""Faults: a writer killed with SIGKILL at a random moment leaves the old file or the new one, loadable, never a
+broken one; training killed and resumed ends with the same weights as an uninterrupted run.
+
+The writers are forked children (the parent has already paid for `import torch`), killed after a random delay
+while they rewrite the same file in a loop with alternating contents; after every kill the parent loads the file
+and checks that it is exactly one complete version. Some kills must land inside a write (a temporary file is
+left behind), or the test would prove nothing.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TINY  # noqa: E402
+
+from gmem_explore import MemoryBank, build_model  # noqa: E402
+from gmem_explore.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+
+BANK_ROWS, BANK_DIM = 24_000, 512  # 49 MB of float32: one save takes long enough to be killed inside
+CKPT_BANK = (200_000, TINY["snippet_dim"])  # 13 MB: the checkpoint's bank, for the tiny model
+BUDGET_S = 3.5  # per test: stop killing after this long (each round also loads and checks the file)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # also makes fork safe: no intra-op worker threads to inherit
+    yield
+    torch.set_num_threads(before)
+
+
+def bank_version(v: int, rows: int = BANK_ROWS, dim: int = BANK_DIM) -> MemoryBank:
+    """Version v: every value is v + 1, and freq holds v + 1 too, so a mix of versions is visible."""
+    return MemoryBank(torch.full((rows, dim), float(v + 1)), torch.full((rows,), float(v + 1)))
+
+
+def which_bank_version(bank: MemoryBank, shape=(BANK_ROWS, BANK_DIM)) -> int:
+    value = float(bank.rows[0, 0])
+    assert torch.all(bank.rows == value) and torch.all(bank.freq == value), "a bank mixing two versions"
+    assert bank.rows.shape == shape
+    return int(value) - 1
+
+
+def kill_while(write_forever, delays) -> list[int]:
+    """Forks a child running write_forever(), SIGKILLs it after each delay; returns the children's exit signals."""
+    signals = []
+    for delay in delays:
+        pid = os.fork()
+        if pid == 0:  # the child: write until killed, never return into pytest
+            try:
+                write_forever()
+            finally:
+                os._exit(0)
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        signals.append(os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1)
+    return signals
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp"))
+
+
+def test_killed_bank_writer_leaves_a_loadable_old_or_new_bank(tmp_path):
+    path = tmp_path / "bank.safetensors"
+    versions = [bank_version(0), bank_version(1)]
+    versions[0].save(path)
+
+    def write_forever():
+        for i in range(10_000):
+            versions[i % 2].save(path)
+
+    rng = random.Random(0)
+    seen, interrupted = set(), 0
+    started = time.monotonic()
+    for _ in range(12):
+        before = len(leftovers(tmp_path))
+        assert kill_while(write_forever, [rng.uniform(0.02, 0.4)]) == [signal.SIGKILL]
+        interrupted += len(leftovers(tmp_path)) > before
+        seen.add(which_bank_version(MemoryBank.load(path)))  # loads, and is one whole version
+        if time.monotonic() - started > BUDGET_S:
+            break
+    assert interrupted >= 1, "no kill landed inside a write: the test proved nothing"
+    assert seen <= {0, 1}
+
+
+def model_version(v: int):
+    torch.manual_seed(0)
+    model = build_model(**TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(v + 1)
+    return model
+
+
+def which_checkpoint_version(folder: Path) -> int:
+    ckpt = load_checkpoint(folder)
+    weights = {float(p.detach().flatten()[0]) for p in ckpt.model.parameters()}
+    assert len(weights) == 1, "a model mixing two versions"
+    v_model = int(weights.pop()) - 1
+    v_bank = which_bank_version(ckpt.bank, CKPT_BANK)
+    assert v_model == v_bank, f"the folder holds the model of version {v_model} with the bank of version {v_bank}"
+    assert ckpt.info.get("version") == v_model, "config.json from another version than the weights"
+    return v_model
+
+
+def test_killed_checkpoint_writer_leaves_a_loadable_consistent_checkpoint(tmp_path):
+    folder = tmp_path / "ckpt"
+    versions = [Checkpoint(model_version(v), bank_version(v, *CKPT_BANK), info={"version": v}) for v in (0, 1)]
+    save_checkpoint(folder, versions[0])
+
+    def write_forever():
+        for i in range(10_000):
+            save_checkpoint(folder, versions[i % 2])
+
+    rng = random.Random(1)
+    seen, interrupted = set(), 0
+    started = time.monotonic()
+    for _ in range(12):
+        assert kill_while(write_forever, [rng.uniform(0.02, 0.4)]) == [signal.SIGKILL]
+        interrupted += any(tmp_path.glob(".ckpt.saving-*"))  # the kill landed inside a save
+        seen.add(which_checkpoint_version(folder))
+        if time.monotonic() - started > BUDGET_S:
+            break
+    assert interrupted >= 1, "no kill landed inside a save: the test proved nothing"
+    assert seen <= {0, 1}
+    save_checkpoint(folder, versions[1])  # the next save clears what the killed ones left
+    assert not list(tmp_path.glob(".ckpt.*")) and which_checkpoint_version(folder) == 1
+
+
+def test_a_save_killed_between_its_renames_is_still_loadable(tmp_path):
+    """The one moment the folder name is free: the old folder is aside, the new one not yet in place."""
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, Checkpoint(model_version(0), bank_version(0, 50, 16), info={"version": 0}))
+    os.rename(folder, tmp_path / ".ckpt.old-abc123")
+    ckpt = load_checkpoint(folder)
+    assert ckpt.info["version"] == 0 and not folder.exists()  # read where it lies, nothing moved
+    save_checkpoint(folder, Checkpoint(model_version(1), bank_version(1, 50, 16), info={"version": 1}))
+    assert load_checkpoint(folder).info["version"] == 1 and not list(tmp_path.glob(".ckpt.*"))
+
+
+def test_saving_over_a_checkpoint_keeps_other_files_and_permissions(tmp_path):
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, Checkpoint(model_version(0), bank_version(0, 50, 16), info={"version": 0}))
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "runs").mkdir()
+    (folder / "runs" / "log.csv").write_text("step,loss")
+    folder.chmod(0o750)
+    save_checkpoint(folder, Checkpoint(model_version(1), bank_version(1, 50, 16), info={"version": 1}))
+    assert (folder / "notes.txt").read_text() == "keep me" and (folder / "runs" / "log.csv").is_file()
+    assert folder.stat().st_mode & 0o777 == 0o750
+    assert load_checkpoint(folder).info["version"] == 1
