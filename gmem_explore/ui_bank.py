@@ -158,7 +158,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         with gr.Column(scale=1):
             row = gr.Number(0, precision=0, minimum=0, label="Row", elem_id="bank-row")
             thumb = gr.Image(label="Source thumbnail", height=140, interactive=False, format="png")
-            row_md = gr.Markdown()
+            row_md = gr.Markdown(elem_id="bank-row-info")
             gen_btn = gr.Button("Generate 4 from this row")
         with gr.Column(scale=2):
             neighbours = gr.Gallery(label="Nearest neighbours (cosine)", columns=8, height=160, format="png")

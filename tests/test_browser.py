@@ -1,0 +1,202 @@
+"""End to end in headless Debian chromium (selenium) against the app on a free local port.
+
+The app runs a tiny model by default (fast, independent of the trained weights). With GMEM_SCREENSHOTS=1 the
+same code runs on the embedded default model and rewrites docs/images/app_<tab>.png for the README
+(without it the tree is never touched, so CI stays clean).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = os.environ.get("GMEM_SCREENSHOTS") == "1"
+TIMEOUT = 90  # seconds for one UI step on 2 busy CPU cores (most take 1-5 s)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                       reason="Debian chromium and chromedriver are not installed (apt-get install chromium "
+                              "chromium-driver, or `make browser`)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    from gmem_explore.ui import build_app, launch
+    from gmem_explore.ui_common import Limits
+
+    if SHOTS:
+        demo = build_app(checkpoint="emoji-32", limits=Limits(preview_seconds=0.5), use_spaces_gpu=False)
+    else:
+        from app_tiny import tiny_factory
+
+        demo = build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0), use_spaces_gpu=False)
+    launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser(app_url):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="gmem-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(TIMEOUT)
+    start = time.monotonic()
+    driver.get(app_url)
+    wait_for(driver, lambda: driver.find_elements("id", "generate-button"), "the page to load")
+    driver.page_load_seconds = time.monotonic() - start
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def red_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("upload") / "red.png"
+    img = Image.new("RGB", (48, 48), (255, 255, 255))
+    img.paste((220, 30, 30), (8, 8, 40, 40))
+    img.save(path)
+    return str(path)
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------------
+def wait_for(driver, condition, what: str, timeout: float = TIMEOUT):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            value = condition()
+        except Exception:  # noqa: BLE001 - elements re-render while gradio updates them
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def css(driver, selector):
+    return driver.find_elements("css selector", selector)
+
+
+def open_tab(driver, name: str):
+    (tab,) = [b for b in css(driver, "button[role=tab]") if b.text.strip() == name]
+    tab.click()
+    wait_for(driver, lambda: tab.get_attribute("aria-selected") == "true", f"the {name} tab")
+
+
+def set_number(driver, elem_id: str, value):
+    from selenium.webdriver.common.keys import Keys
+
+    box = wait_for(driver, lambda: css(driver, f"#{elem_id} input[type=number]"), f"#{elem_id}")[0]
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.TAB)
+    wait_for(driver, lambda: box.get_attribute("value") == str(value), f"#{elem_id} = {value}")
+
+
+def gallery(driver, elem_id: str) -> list[tuple[str, str]]:
+    """(src, caption) of every image in a gallery."""
+    return [(img.get_attribute("src"), img.get_attribute("alt"))
+            for img in css(driver, f"#{elem_id} .thumbnail-item img")]
+
+
+def final_gallery(driver, elem_id: str, count: int, done=lambda caption: "step" not in caption):
+    """Wait until the gallery shows `count` final images (live previews are captioned 'step k/N')."""
+    def ready():
+        items = gallery(driver, elem_id)
+        return items if len(items) == count and all(done(c) for _, c in items) else None
+    return wait_for(driver, ready, f"{count} images in #{elem_id}")
+
+
+def screenshot(driver, name: str):
+    if not SHOTS:
+        return
+    out = ROOT / "docs" / "images" / f"app_{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    driver.save_screenshot(str(tmp))
+    with Image.open(tmp) as img:  # 256 colours keep each screenshot around 100 KB
+        img.convert("RGB").quantize(256).save(out, optimize=True)
+    tmp.unlink()
+
+
+# ---- tests ----------------------------------------------------------------------------------------------------
+def test_page_loads(browser):
+    assert "GMem explorer" in browser.title
+    tabs = [b.text.strip() for b in css(browser, "button[role=tab]")]
+    assert tabs == ["Generate", "Bank", "Swap", "Interpolate"]
+    assert browser.page_load_seconds < TIMEOUT
+
+
+def test_generate_produces_captioned_images(browser):
+    open_tab(browser, "Generate")
+    css(browser, "#generate-button")[0].click()
+    items = final_gallery(browser, "generate-gallery", 4)
+    assert all("seed" in caption and caption.startswith("row ") for _, caption in items)
+    screenshot(browser, "generate")
+
+
+def test_swap_changes_what_a_row_generates(browser, red_png):
+    open_tab(browser, "Swap")
+    set_number(browser, "swap-row", 2)
+    css(browser, "#swap-compare")[0].click()
+    before = final_gallery(browser, "swap-before", 4)
+    after = final_gallery(browser, "swap-after", 4)
+    assert [s for s, _ in before] == [s for s, _ in after]  # unedited: the same row gives the same images
+    wait_for(browser, lambda: css(browser, "#swap-upload input[type=file]"), "the upload box")[0].send_keys(red_png)
+    wait_for(browser, lambda: css(browser, "#swap-upload img"), "the uploaded image's preview")
+    css(browser, "#swap-replace")[0].click()
+    wait_for(browser, lambda: "replaced row 2" in css(browser, "#swap-log")[0].text, "the edit log")
+    css(browser, "#swap-compare")[0].click()
+
+    def changed():
+        now = gallery(browser, "swap-after")
+        return len(now) == 4 and [s for s, _ in now] != [s for s, _ in after]
+    wait_for(browser, changed, "images from the swapped row")
+    css(browser, "#swap-generate")[0].click()
+    final_gallery(browser, "swap-gallery", 4)
+    screenshot(browser, "swap")
+
+
+def test_interpolate_yields_k_frames(browser):
+    open_tab(browser, "Interpolate")
+    set_number(browser, "interp-k", 5)
+    css(browser, "#interp-button")[0].click()
+    items = final_gallery(browser, "interp-frames", 5)
+    assert [c.split(" · ")[0] for _, c in items] == [f"{i}/5" for i in range(1, 6)]
+    wait_for(browser, lambda: css(browser, "#interp-strip img"), "the strip")
+    wait_for(browser, lambda: css(browser, "#interp-gif img"), "the GIF")
+    screenshot(browser, "interpolate")
+
+
+def test_bank_map_and_selection(browser):
+    open_tab(browser, "Bank")
+    wait_for(browser, lambda: css(browser, "#bank-map img") or css(browser, "#bank-map svg"), "the bank map")
+    thumbs = wait_for(browser, lambda: css(browser, "#bank-selection .thumbnail-item"), "selected thumbnails")
+    caption = thumbs[1].find_element("css selector", "img").get_attribute("alt")
+    thumbs[1].click()
+    row = caption.split(" · ")[0]  # "row N"
+    wait_for(browser, lambda: css(browser, "#bank-row-info")[0].text.startswith(row), f"details of {row}")
+    screenshot(browser, "bank")
