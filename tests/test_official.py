@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -161,18 +159,22 @@ def test_layout_errors_name_what_is_wrong(tmp_path):
         load_official(path)
 
 
-def test_offline_name_fails_at_once_with_how_to(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty"), "OMP_NUM_THREADS": "1"}
-    env.pop("HF_HUB_CACHE", None)
+def test_offline_name_fails_at_once_with_how_to(tmp_path, monkeypatch, capsys):
+    from gmem_explore.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "gmem_explore", "sample-fid", "--checkpoint", "gmem-v1-xl",
-                           "--out", str(tmp_path / "s"), "--num", "2"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    code = main(["sample-fid", "--checkpoint", "gmem-v1-xl", "--out", str(tmp_path / "s"), "--num", "2"])
     elapsed = time.monotonic() - start
-    assert proc.returncode == 1, proc.stderr
-    assert "huggingface-cli download Tangentone/GMem" in proc.stderr and "HF_HOME" in proc.stderr
-    assert elapsed < 20  # the interpreter and torch import dominate; no network wait
-    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").glob("*.png"))
+    err = capsys.readouterr().err
+    assert code == 1 and elapsed < 3  # no network wait, no retries
+    assert "huggingface-cli download Tangentone/GMem " + FILE in err and "HF_HOME" in err
+    assert "--checkpoint DIR/" + FILE in err  # how to use the file once it is here
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(CheckpointUnavailable, match="HF_HUB_OFFLINE is set"):
+        resolve_checkpoint("gmem-v1-xl")
 
 
 def test_convert_command(official_pth, tmp_path, capsys):
@@ -186,3 +188,32 @@ def test_convert_command(official_pth, tmp_path, capsys):
     assert "already holds a checkpoint" in capsys.readouterr().err
     assert main(["convert", str(path), str(tmp_path / "o2"), "--sha256", "0" * 64, "--model-config", json.dumps(TINY)]) == 1
     assert "is corrupt: its sha256" in capsys.readouterr().err
+
+
+def test_online_download_is_size_checked(tmp_path, monkeypatch):
+    """The online branch with the Hub faked: hf_hub_download's answer is checked against the Hub's metadata."""
+    import huggingface_hub
+
+    import gmem_explore.hub as hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
+    fetched = tmp_path / FILE
+    fetched.write_bytes(b"x" * 100)
+    calls = []
+
+    def fake_download(repo_id, filename, revision=None, cache_dir=None):
+        calls.append((repo_id, filename, revision, Path(cache_dir)))
+        return str(fetched)
+
+    class Meta:
+        size = 100
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url: Meta)
+    assert download("gmem-v1-xl", revision="v1") == fetched
+    assert calls == [("Tangentone/GMem", FILE, "v1", tmp_path / "cache")]  # revision and cache honoured
+    Meta.size = 4096
+    with pytest.raises(CheckpointUnavailable, match="has 100 bytes but the Hub says 4096"):
+        download("gmem-v1-xl")

@@ -71,7 +71,8 @@ def test_resume_skips_finished_seeds_and_refuses_other_settings(tiny_folder, tmp
 
 def test_two_processes_write_the_same_images_as_one(tiny_folder, tmp_path):
     run(str(tiny_folder), tmp_path / "one", num=6, base_seed=10, batch_size=4, device="cpu", progress=False)
-    launch_local(2, checkpoint=str(tiny_folder), out_dir=tmp_path / "two", num=6, base_seed=10, batch_size=2,
+    # fork: the children inherit the imported modules (spawn re-imports torch: ~10 s more on 2 busy cores)
+    launch_local(2, start_method="fork", checkpoint=str(tiny_folder), out_dir=tmp_path / "two", num=6, base_seed=10, batch_size=2,
                  device="cpu", progress=False)
     one, two = np.load(tmp_path / "one.npz")["arr_0"], np.load(tmp_path / "two.npz")["arr_0"]
     assert one.shape == (6, 8, 8, 3) and np.array_equal(one, two)
