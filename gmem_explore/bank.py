@@ -20,9 +20,12 @@ CHOOSE_STRATEGIES = ("frequency", "uniform")
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise rows in float32; a zero row stays zero instead of becoming NaN."""
+    """L2-normalise rows in float32; a zero row stays zero instead of becoming NaN. Rows shorter than 1e-12 count
+    as zero too: dividing them by the clamp would give a short non-unit vector, and normalising twice would
+    then change it again (found by tests/test_properties.py)."""
     x = x.float()
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    norm = x.norm(dim=-1, keepdim=True)
+    return torch.where(norm <= 1e-12, torch.zeros_like(x), x / norm.clamp_min(1e-12))  # NaN rows stay NaN
 
 
 def check_snippets(snippets: torch.Tensor, dim: int, what: str = "snippets") -> torch.Tensor:
@@ -69,8 +72,13 @@ def index_from_noise(noise: torch.Tensor, freq: torch.Tensor | None, num_rows: i
     flat = noise.reshape(noise.shape[0], -1).double()
     m = flat.mean(dim=1) * math.sqrt(flat.shape[1])
     u = 0.5 * (1 + torch.erf(m / math.sqrt(2)))
+    if freq is not None and not (freq > 0).any():
+        raise ValueError("freq has no positive entry: no row could ever be drawn; fix freq or choose uniformly")
     cdf = cumulative_frequency(freq.cpu() if freq is not None else None, n)
-    return torch.searchsorted(cdf, u.cpu(), right=True).clamp_max(n - 1)
+    # u can reach 1.0 (|m| > 8.3, or rounding at the top of the cdf): then no cdf entry exceeds it, and the
+    # answer is the last row that can be drawn, never a trailing row of frequency 0
+    last = n - 1 if freq is None else int((freq > 0).nonzero().max())
+    return torch.searchsorted(cdf, u.cpu(), right=True).clamp_max(last)
 
 
 def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", seed: int = 0) -> torch.Tensor:
