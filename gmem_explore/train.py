@@ -1,0 +1,410 @@
+"""Trainer: the GMem objective with EMA, callbacks, atomic checkpoints, exact resume and Accelerate.
+
+    from gmem_explore.train import Trainer, TrainConfig
+    trainer = Trainer(model, images, conditions=bank_rows, config=TrainConfig(steps=2000, batch_size=64))
+    trainer.on("on_step", lambda tr, ev: losses.append(ev["loss"]))          # every step
+    trainer.on("on_eval", lambda tr, ev: show(ev["images"]))                   # every config.eval_every steps
+    trainer.on("on_checkpoint", lambda tr, ev: print(ev["path"]))              # after each state save
+    trainer.fit()                        # runs to config.steps (or trainer.fit(steps=N) for N more steps)
+    trainer.save_state("run/state.safetensors"); trainer.load_state("run/state.safetensors")  # exact resume
+    trainer.export("my-model", bank, encoder)   # EMA weights as a checkpoint folder GMemPipeline loads
+
+Inputs: `images` uint8 (N, H, W, 3) (or already-encoded latents, float (N, C, h, w), with autoencoder=None);
+`conditions` what each image is conditioned on: config.condition "snippet" -> float (N, D) rows (the image's
+own bank row; normalised here), "label" -> long (N,) labels (a learned embedding of the labels fills the snippet
+slot: SiT-style class conditioning, for comparison), "none" -> ignored (zeros).
+
+Objective (GMem v1): x_t = (1 - t) x + t eps, target v = eps - x, loss = MSE(model(x_t, t, s), v); the snippet s is
+zeroed with probability snippet_dropout (that also trains the unconditional branch for classifier-free guidance).
+Optional REPA-style alignment: repa_weight x (1 - cosine) between the model's projector output (after block
+encoder_depth) and the encoder's feature of the clean image (per token when the encoder has
+`patch_features(images, grid)`, else its global feature broadcast to every token).
+
+Event payloads (dicts): on_step {step, loss, mse, repa, lr, images_per_s}; on_eval {step, images (uint8), seeds,
+loss}; on_checkpoint {step, path}. Callbacks get (trainer, event).
+
+Determinism: batches, t and noise come from the trainer's own torch.Generator; the whole global batch is drawn
+and each process takes its slice, so results do not depend on the number of processes. A saved state holds the
+weights, EMA, optimizer moments, step and the trainer's RNG state (dropout is seeded from it every step):
+resuming gives the same weights as never stopping.
+
+Many GPUs: `accelerate launch scripts/train_default.py ...`, `torchrun ...`, or `notebook_launcher(fn, num_processes=8)`
+with fn building a Trainer; on one CPU process nothing needs a launcher. bf16 autocast is used on CUDA.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .autoencoders import PixelSpace
+from .bank import normalize
+from .safefiles import load_tensors, save_tensors
+
+EVENTS = ("on_step", "on_eval", "on_checkpoint")
+CONDITIONS = ("snippet", "label", "none")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000  # total optimizer steps (fit() stops here)
+    batch_size: int = 64  # global batch, split across processes
+    lr: float = 1e-3
+    warmup: int = 200  # linear warm-up steps, then constant (then cosine to lr_final over the last decay steps)
+    decay: int = 0
+    lr_final: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # warmed up as min(decay, (1 + step) / (10 + step)) so short runs have a usable EMA
+    snippet_dropout: float = 0.1
+    time_sampling: str = "logit-normal"  # or "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    repa_weight: float = 0.0
+    condition: str = "snippet"
+    seed: int = 0
+    eval_every: int = 0  # 0: never; else sample `eval_images` images with the EMA model every that many steps
+    eval_images: int = 16
+    eval_steps: int = 20
+    checkpoint_every: int = 0  # 0: only when asked; else save_state(out_dir/state.safetensors) that often
+    out_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}; got {self.condition!r}")
+        if self.time_sampling not in ("logit-normal", "uniform"):
+            raise ValueError(f"time_sampling must be 'logit-normal' or 'uniform'; got {self.time_sampling!r}")
+        if not 0 <= self.snippet_dropout <= 1:
+            raise ValueError(f"snippet_dropout must lie in [0, 1]; got {self.snippet_dropout}")
+        if self.batch_size < 1 or self.steps < 0 or self.lr <= 0:
+            raise ValueError("batch_size must be >= 1, steps >= 0 and lr > 0")
+        self.betas = tuple(self.betas)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class TrainingModule(nn.Module):
+    """What the optimizer sees: the GMem network plus, for label conditioning, the label embedding that fills the
+    snippet slot. One module so that Accelerate/DDP wraps (and synchronises) both."""
+
+    def __init__(self, model, num_labels: int = 0):
+        super().__init__()
+        self.model = model
+        self.label_embedding = nn.Embedding(num_labels, model.config.snippet_dim) if num_labels else None
+        if self.label_embedding is not None:
+            nn.init.normal_(self.label_embedding.weight, std=1.0)
+
+    def snippets_for(self, cond: torch.Tensor, condition: str) -> torch.Tensor:
+        if condition == "label":
+            return normalize(self.label_embedding(cond))
+        if condition == "none":
+            return torch.zeros(len(cond), self.model.config.snippet_dim, device=cond.device)
+        return cond
+
+    def forward(self, x, t, cond, condition: str, keep: torch.Tensor, want_projection: bool):
+        s = self.snippets_for(cond, condition) * keep[:, None]
+        if want_projection:
+            return self.model.forward_with_projection(x, t, s)
+        return self.model(x, t, s), None
+
+
+def _accelerator(use_accelerate: bool | None):
+    """An Accelerator when asked (None: when the accelerate package is importable), else None (plain loop)."""
+    if use_accelerate is False:
+        return None
+    try:
+        from accelerate import Accelerator
+    except ImportError:
+        if use_accelerate:
+            raise ImportError("Multi-process training needs accelerate: pip install 'accelerate>=1.0'") from None
+        return None
+    return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+
+
+class Trainer:
+    def __init__(self, model, images, conditions=None, config: TrainConfig | None = None, autoencoder="auto",
+                 encoder=None, eval_conditions=None, use_accelerate: bool | None = None):
+        self.config = cfg = config or TrainConfig()
+        self.callbacks = defaultdict(list)
+        self.accelerator = _accelerator(use_accelerate)
+        self.device = self.accelerator.device if self.accelerator else torch.device("cpu")
+        self.is_main = self.accelerator.is_main_process if self.accelerator else True
+        self.world = self.accelerator.num_processes if self.accelerator else 1
+        self.rank = self.accelerator.process_index if self.accelerator else 0
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world} processes")
+
+        if autoencoder == "auto":
+            autoencoder = PixelSpace(model.config.input_size) if torch.as_tensor(images).dtype == torch.uint8 else None
+        self.autoencoder = autoencoder
+        self.images = torch.as_tensor(images)
+        self.data = autoencoder.encode(self.images).float() if autoencoder is not None else self.images.float()
+        want = (model.config.in_channels, model.config.input_size, model.config.input_size)
+        if tuple(self.data.shape[1:]) != want:
+            raise ValueError(f"training data has shape {tuple(self.data.shape[1:])} per item; the model expects {want}")
+        self.conditions = self._check_conditions(conditions, model)
+        self.eval_conditions = None if eval_conditions is None else self._check_conditions(eval_conditions, model, "eval_conditions")
+
+        num_labels = int(self.conditions.max()) + 1 if cfg.condition == "label" else 0
+        torch.manual_seed(cfg.seed)  # the label embedding's initial values
+        self.module = TrainingModule(model, num_labels)
+        if cfg.repa_weight <= 0:  # unused parameters would stall DDP; they keep their values in the checkpoint
+            self.module.model.projectors.requires_grad_(False)
+        self.repa_targets = self._repa_targets(encoder) if cfg.repa_weight > 0 else None
+        self.ema = copy.deepcopy(self.module).requires_grad_(False).eval()
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.ema.to(self.device)
+        if self.accelerator:
+            self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
+        else:
+            self.module.to(self.device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ---- set-up helpers ------------------------------------------------------------------------------------
+    def _check_conditions(self, conditions, model, what="conditions"):
+        mode, n = self.config.condition, len(self.data)
+        if mode == "none":
+            return torch.zeros(n if what == "conditions" else len(conditions or [0]), dtype=torch.long)
+        if conditions is None:
+            raise ValueError(f"condition={mode!r} needs {what}: one bank row (snippet) or label per training image")
+        conditions = torch.as_tensor(conditions)
+        if what == "conditions" and len(conditions) != n:
+            raise ValueError(f"{len(conditions)} {what} for {n} training images; give exactly one per image")
+        if mode == "snippet":
+            if conditions.ndim != 2 or conditions.shape[1] != model.config.snippet_dim:
+                raise ValueError(f"snippet {what} must be (N, {model.config.snippet_dim}); got {tuple(conditions.shape)}")
+            return normalize(conditions)
+        if conditions.dtype.is_floating_point or conditions.ndim != 1 or int(conditions.min()) < 0:
+            raise ValueError(f"label {what} must be non-negative integers (N,); got {conditions.dtype} {tuple(conditions.shape)}")
+        return conditions.long()
+
+    def _repa_targets(self, encoder):
+        if encoder is None or self.images.dtype != torch.uint8:
+            raise ValueError("repa_weight > 0 needs the snippet encoder and uint8 training images")
+        grid = self.module.model.config.input_size // self.module.model.config.patch_size
+        if hasattr(encoder, "patch_features"):
+            return encoder.patch_features(self.images, grid).float()  # (N, tokens, D)
+        return encoder.encode(self.images).float()[:, None]  # (N, 1, D), broadcast over tokens
+
+    # ---- events ----------------------------------------------------------------------------------------------
+    def on(self, event: str, fn) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"Unknown event {event!r}; events are {EVENTS}")
+        self.callbacks[event].append(fn)
+
+    def _fire(self, event: str, payload: dict) -> None:
+        if self.is_main:
+            for fn in self.callbacks[event]:
+                fn(self, payload)
+
+    # ---- the objective ------------------------------------------------------------------------------------
+    @property
+    def network(self):
+        """The training (non-EMA) GMem network, unwrapped."""
+        module = self.accelerator.unwrap_model(self.module) if self.accelerator else self.module
+        return module.model
+
+    @property
+    def ema_model(self):
+        return self.ema.model
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.config
+        lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+        if cfg.decay and step >= cfg.steps - cfg.decay:
+            frac = (step - (cfg.steps - cfg.decay)) / cfg.decay
+            lr = cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
+        return lr
+
+    def _draw_batch(self):
+        """The global batch (indices, t, noise, keep mask), then this process's slice."""
+        cfg, g, n = self.config, self.generator, self.config.batch_size
+        idx = torch.randint(0, len(self.data), (n,), generator=g)
+        if cfg.time_sampling == "logit-normal":
+            t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=g))
+        else:
+            t = torch.rand(n, generator=g)
+        noise = torch.randn((n, *self.data.shape[1:]), generator=g)
+        keep = (torch.rand(n, generator=g) >= cfg.snippet_dropout).float()
+        part = slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+        return idx[part], t[part], noise[part], keep[part]
+
+    def loss_on(self, idx, t, noise, keep):
+        cfg = self.config
+        x = self.data[idx].to(self.device)
+        noise, t, keep = noise.to(self.device), t.to(self.device), keep.to(self.device)
+        cond = self.conditions[idx].to(self.device)
+        t4 = t[:, None, None, None]
+        x_t = (1 - t4) * x + t4 * noise
+        v, proj = self.module(x_t, t, cond, cfg.condition, keep, want_projection=cfg.repa_weight > 0)
+        mse = F.mse_loss(v.float(), noise - x)
+        repa = torch.zeros((), device=self.device)
+        if proj is not None:
+            target = self.repa_targets[idx].to(self.device)
+            repa = 1 - F.cosine_similarity(proj.float(), target.expand(-1, proj.shape[1], -1), dim=-1).mean()
+        return mse + cfg.repa_weight * repa, mse, repa
+
+    @torch.no_grad()
+    def _update_ema(self):
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        source = dict((self.accelerator.unwrap_model(self.module) if self.accelerator else self.module).named_parameters())
+        for name, p in self.ema.named_parameters():
+            p.lerp_(source[name].detach().to(p.dtype), 1 - decay)
+
+    def train_step(self) -> dict:
+        cfg = self.config
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.module.train()
+        batch = self._draw_batch()
+        # Dropout inside the network draws from torch's global RNG: seed it from our generator inside a fork, so
+        # a step depends only on the trainer's state (exact resume) and the caller's RNG is left untouched.
+        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(dropout_seed + self.rank)
+            loss, mse, repa = self.loss_on(*batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.accelerator:
+                self.accelerator.backward(loss)
+                if cfg.grad_clip:
+                    self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+            else:
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self._update_ema()
+        return {"step": self.step, "loss": loss.item(), "mse": mse.item(), "repa": repa.item(), "lr": lr}
+
+    def fit(self, steps: int | None = None) -> list[dict]:
+        """Train until config.steps (or for `steps` more steps); returns the per-step history of this call."""
+        cfg = self.config
+        stop = cfg.steps if steps is None else self.step + steps
+        bar = None
+        if cfg.progress and self.is_main and stop > self.step:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=stop, initial=self.step, desc="training", unit="step")
+        done, start = [], time.perf_counter()
+        while self.step < stop:
+            tick = time.perf_counter()
+            event = self.train_step()
+            event["images_per_s"] = cfg.batch_size / max(time.perf_counter() - tick, 1e-9)
+            self.history.append(event)
+            done.append(event)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{event['loss']:.4f}")
+            self._fire("on_step", event)
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.evaluate()
+            if cfg.checkpoint_every and cfg.out_dir and self.step % cfg.checkpoint_every == 0:
+                self.save_state(Path(cfg.out_dir) / "state.safetensors")
+        if bar is not None:
+            bar.close()
+        if self.is_main and done:
+            self.elapsed = time.perf_counter() - start
+        return done
+
+    # ---- evaluation ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int | None = None, seeds=None, conditions=None, steps: int | None = None, method="euler",
+               use_ema: bool = True):
+        """uint8 images (pixel space) or latents from the EMA model, conditioned on the first n eval conditions
+        (or training conditions); fixed seeds so successive evaluations are comparable."""
+        from .sampling import initial_noise, make_generators, sample
+
+        cfg = self.config
+        n = n or cfg.eval_images
+        seeds = list(range(n)) if seeds is None else list(seeds)
+        if conditions is None:
+            source = self.eval_conditions if self.eval_conditions is not None else self.conditions
+            conditions = source[torch.arange(n) % len(source)]
+        module = self.ema if use_ema else (self.accelerator.unwrap_model(self.module) if self.accelerator else self.module)
+        module.eval()
+        snippets = module.snippets_for(conditions.to(self.device), cfg.condition)
+        gens = make_generators(seeds, self.device)
+        noise = initial_noise(gens, tuple(self.data.shape[1:]), self.device)
+        out = sample(module.model, noise, snippets.float(), method=method, steps=steps or cfg.eval_steps, generators=gens)
+        return self.autoencoder.decode(out) if self.autoencoder is not None else out
+
+    def evaluate(self) -> dict:
+        event = {"step": self.step, "images": self.sample(), "seeds": list(range(self.config.eval_images)),
+                 "loss": self.history[-1]["loss"] if self.history else None}
+        self._fire("on_eval", event)
+        return event
+
+    # ---- state: save, resume, export ----------------------------------------------------------------------
+    def state_tensors(self) -> tuple[dict, dict]:
+        module = self.accelerator.unwrap_model(self.module) if self.accelerator else self.module
+        tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt = self.optimizer.state_dict()
+        for pid, slots in opt["state"].items():
+            for key, value in slots.items():
+                tensors[f"optimizer.{pid}.{key}"] = torch.as_tensor(value)
+        tensors["rng.trainer"] = self.generator.get_state()
+        meta = {"format": "gmem-explore-train-1", "step": self.step, "config": self.config.to_dict(),
+                "param_groups": opt["param_groups"], "model": self.network.config.to_dict(), "history": self.history}
+        return tensors, meta
+
+    def save_state(self, path) -> Path:
+        """Everything needed for an exact resume, in one safetensors file written atomically."""
+        path = Path(path)
+        if self.accelerator:
+            self.accelerator.wait_for_everyone()
+        if self.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tensors, meta = self.state_tensors()
+            save_tensors(path, tensors, meta)
+        self._fire("on_checkpoint", {"step": self.step, "path": str(path)})
+        return path
+
+    def load_state(self, path) -> None:
+        tensors, meta = load_tensors(path, mmap=False)
+        if meta.get("format") != "gmem-explore-train-1":
+            raise ValueError(f"{path} is not a gmem-explore training state (format {meta.get('format')!r})")
+        module = self.accelerator.unwrap_model(self.module) if self.accelerator else self.module
+        module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("module.")})
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        state = defaultdict(dict)
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, pid, slot = key.split(".", 2)
+                state[int(pid)][slot] = value
+        self.optimizer.load_state_dict({"state": dict(state), "param_groups": meta["param_groups"]})
+        self.generator.set_state(tensors["rng.trainer"])
+        self.step = int(meta["step"])
+        self.history = list(meta.get("history", []))
+
+    def export(self, folder, bank, encoder=None, sampler: dict | None = None, info: dict | None = None,
+               bank_dtype=None, autoencoder: dict | None = None) -> Path:
+        """The EMA network + bank (+ encoder) as a checkpoint folder (see checkpoint.py)."""
+        from .checkpoint import Checkpoint, save_checkpoint
+
+        model = copy.deepcopy(self.ema_model).cpu().float()
+        info = {"training": {"steps": self.step, "config": self.config.to_dict()}, **(info or {})}
+        ckpt = Checkpoint(model, bank, autoencoder or {"type": "pixels"}, encoder,
+                          sampler or {"method": "euler", "steps": 20}, info)
+        if self.is_main:
+            save_checkpoint(folder, ckpt, bank_dtype=bank_dtype)
+        return Path(folder)
