@@ -166,7 +166,7 @@ def test_offline_name_fails_at_once_with_how_to(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     start = time.monotonic()
-    code = main(["sample-fid", "--checkpoint", "gmem-v1-xl", "--out", str(tmp_path / "s"), "--num", "2"])
+    code = main(["sample-fid", "--checkpoint", "gmem-v1-xl", "--out", str(tmp_path / "s"), "--num-fid-samples", "2"])
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err
     assert code == 1 and elapsed < 3  # no network wait, no retries

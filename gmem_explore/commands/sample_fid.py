@@ -24,7 +24,9 @@ def add_arguments(p):
     p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default="fp16",
                    help="bank precision of the converted checkpoint (fp16 halves the 1.97 GB bank)")
     p.add_argument("--out", required=True, help="folder for the PNGs (created; reused to resume)")
-    p.add_argument("--num", type=int, default=50_000, help="number of images (default 50000, as for FID-50K)")
+    # not "--num": torchrun would read it as an abbreviation of its own --numa-binding
+    p.add_argument("--num-fid-samples", type=int, default=50_000, dest="num",
+                   help="number of images (default 50000, as for FID-50K)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch on each process (default 64)")
     p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
