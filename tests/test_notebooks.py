@@ -17,6 +17,7 @@ import torch
 
 from gmem_explore import notebook as nbh
 from gmem_explore import notebook_remix as remix
+from gmem_explore import notebook_train as nbt
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -135,9 +136,80 @@ def test_interpolator_precomputes_and_slider_only_shows(pipe, monkeypatch):
     assert torch.equal(ip.show_frame(99), ip.generation.images[3])
 
 
+
+# ---- fine-tuning helpers ------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_model, tiny_bank):
+    """The tiny model with a real (small, untrained) ConvEncoder, saved as a checkpoint folder."""
+    from gmem_explore import Checkpoint, save_checkpoint
+    from gmem_explore.encoders import ConvEncoder
+
+    torch.manual_seed(0)
+    encoder = ConvEncoder(dim=16, image_size=8, widths=(16, 16, 16), head_channels=8).eval()
+    return save_checkpoint(tmp_path / "tiny", Checkpoint(tiny_model, tiny_bank, {"type": "pixels"}, encoder,
+                                                         {"method": "euler", "steps": 2}))
+
+
+def test_image_folder_round_trip_and_bank(tmp_path, tiny_checkpoint):
+    from gmem_explore import GMemPipeline
+    from gmem_explore.data import load_folder
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 8, 8, 3), generator=g, dtype=torch.uint8)
+    folder = nbt.write_image_folder(images, [f"e{i}:x" for i in range(5)], [0, 1, 0, 1, 1], ["Smileys & Emotion", "b/c"],
+                                    tmp_path / "imgs")
+    data = load_folder(folder, size=8)
+    assert len(data) == 5 and sorted(data.label_names) == ["Smileys_&_Emotion", "b-c"]
+    assert sorted(map(tuple, data.images.reshape(5, -1)[:, :3].tolist())) == sorted(map(tuple, images.reshape(5, -1)[:, :3].tolist()))
+    pipe = GMemPipeline.from_pretrained(str(tiny_checkpoint))
+    bank = nbt.bank_from_images(pipe.encoder, data)
+    assert len(bank) == 5 and bank.dim == 16 and torch.equal(bank.thumbnails, data.images)
+    assert torch.allclose(bank.snippets([2]), pipe.snippets_from_images(data.images[2:3]), atol=1e-5)
+    with pytest.raises(RuntimeError, match="encoder"):
+        nbt.bank_from_images(None, data)
+
+
+def test_training_monitor_records_through_trainer_callbacks(tiny_model, tiny_bank):
+    from gmem_explore.train import TrainConfig, Trainer
+
+    config = TrainConfig(steps=4, batch_size=4, eval_every=2, eval_images=3, eval_steps=2, progress=False, warmup=1)
+    trainer = Trainer(tiny_model, tiny_bank.thumbnails, conditions=tiny_bank.rows, config=config, use_accelerate=False)
+    monitor = nbt.TrainingMonitor(plot_every=2).attach(trainer)
+    trainer.fit()
+    assert monitor.steps == [1, 2, 3, 4] and all(np.isfinite(monitor.losses))
+    assert [step for step, _ in monitor.samples] == [2, 4] and monitor.samples[0][1].shape == (3, 8, 8, 3)
+    assert "step 4" in monitor.status.value
+    assert len(monitor.loss_figure().axes[0].lines) == 2  # the loss and its running mean
+
+
+def test_multi_gpu_cell_skips_on_one_device_and_launches_on_several(monkeypatch, capsys):
+    import accelerate
+
+    calls = []
+    monkeypatch.setattr(accelerate, "notebook_launcher", lambda fn, args, num_processes: calls.append((fn, args, num_processes)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert nbt.launch_on_all_gpus(print, "x") is False and "skipped: 1 CUDA device here" in capsys.readouterr().out
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert nbt.launch_on_all_gpus(print, "x", 3) is True
+    assert calls == [(print, ("x", 3), 4)]
+
+
+def test_finetune_worker_trains_and_exports_a_loadable_checkpoint(tmp_path, tiny_checkpoint):
+    """What each GPU process runs, here as the single CPU process of an Accelerator."""
+    from gmem_explore import GMemPipeline
+
+    images = torch.randint(0, 256, (6, 8, 8, 3), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    folder = nbt.write_image_folder(images, [f"i{i}" for i in range(6)], [0] * 6, ["g"], tmp_path / "imgs")
+    nbt.finetune_worker(str(tiny_checkpoint), folder, tmp_path / "out", steps=2, batch_size=2)
+    tuned = GMemPipeline.from_pretrained(str(tmp_path / "out"))
+    assert len(tuned.bank) == 6 and tuned.info["training"]["steps"] == 2
+    assert tuned.generate(indices=[0, 5], seeds=[1, 2], steps=2).images.shape == (2, 8, 8, 3)
+
+
 # ---- the notebooks themselves -----------------------------------------------------------------------------------
 def test_there_are_three_notebooks():
-    assert [p.name for p in NOTEBOOKS][:2] == ["01_bank_explorer.ipynb", "02_remix.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_bank_explorer.ipynb", "02_remix.ipynb", "03_finetune.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -1,0 +1,133 @@
+"""Helpers behind notebooks/03_finetune.ipynb: an image folder to a bank, a live view of training, many GPUs.
+
+    bank = bank_from_images(pipe.encoder, data)              # one row per image, thumbnails, group labels
+    monitor = TrainingMonitor().attach(trainer)              # live loss plot + sample grids through callbacks
+    trainer.fit()
+    launch_on_all_gpus(finetune_worker, folder, out, 500)     # Accelerate's notebook_launcher, skipped on 1 device
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from .bank import MemoryBank
+from .notebook import labelled_grid, show
+
+
+def write_image_folder(images, names, labels, label_names, folder) -> Path:
+    """Write uint8 images as PNGs under folder/<group>/<name>.png (the layout data.load_folder reads back)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    for img, name, label in zip(torch.as_tensor(images), names, torch.as_tensor(labels).tolist()):
+        group = label_names[label].replace("/", "-").replace(" ", "_")
+        path = folder / group / (name.replace(":", "_").replace("/", "-") + ".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.numpy()).save(path)
+    return folder
+
+
+def bank_from_images(encoder, data, freq: float = 1.0, batch_size: int = 256) -> MemoryBank:
+    """A bank with one row per image of `data` (a data.ImageSet): the encoder's snippet, the image as thumbnail,
+    its group as label and the same frequency for every row (no row is preferred until you say so)."""
+    if encoder is None:
+        raise RuntimeError("building a bank needs the checkpoint's snippet encoder; this checkpoint has none")
+    if len(data) == 0:
+        raise ValueError("no images to build a bank from")
+    with torch.no_grad():
+        rows = torch.cat([encoder.encode(data.images[i:i + batch_size]) for i in range(0, len(data), batch_size)])
+    return MemoryBank(rows.float(), torch.full((len(data),), float(freq)), data.labels, data.label_names,
+                      data.images, {"source": "bank_from_images", "images": str(len(data))})
+
+
+class TrainingMonitor:
+    """A live loss curve (redrawn every `plot_every` steps) and the trainer's evaluation grids, in two
+    ipywidgets Outputs. The Trainer's own tqdm bar shows progress; attach() registers the callbacks."""
+
+    def __init__(self, plot_every: int = 20):
+        import ipywidgets as W
+
+        self.plot_every = max(1, int(plot_every))
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.samples: list[tuple[int, torch.Tensor]] = []
+        self.loss_out, self.sample_out, self.status = W.Output(), W.Output(), W.HTML()
+        self.widget = W.HBox([self.loss_out, W.VBox([self.status, self.sample_out])])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def attach(self, trainer) -> "TrainingMonitor":
+        self.total = trainer.config.steps
+        trainer.on("on_step", self.on_step)
+        trainer.on("on_eval", self.on_eval)
+        return self
+
+    def on_step(self, trainer, event: dict) -> None:
+        self.steps.append(int(event["step"]))
+        self.losses.append(float(event["loss"]))
+        self.status.value = (f"step {event['step']}: loss {event['loss']:.4f}, lr {event['lr']:.2e}, "
+                             f"{event.get('images_per_s', 0):.0f} images/s")
+        if event["step"] % self.plot_every == 0 or event["step"] == getattr(self, "total", None):
+            self.loss_out.clear_output(wait=True)
+            show(self.loss_figure(), self.loss_out)
+
+    def on_eval(self, trainer, event: dict) -> None:
+        images = event["images"]
+        self.samples.append((int(event["step"]), images))
+        self.sample_out.clear_output(wait=True)
+        titles = [f"seed {s}" for s in event["seeds"]]
+        show(labelled_grid(images, titles, ncols=min(8, len(images)), cell=48), self.sample_out)
+
+    def loss_figure(self):
+        """Loss per step and its running mean (window 20), log scale."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5, 3), dpi=90)
+        ax = fig.subplots()
+        if self.losses:
+            loss = torch.tensor(self.losses)
+            ax.plot(self.steps, loss.numpy(), lw=0.6, alpha=0.5, label="loss")
+            window = min(20, len(loss))
+            smooth = torch.nn.functional.avg_pool1d(loss[None, None], window, 1)[0, 0]
+            ax.plot(self.steps[window - 1:], smooth.numpy(), lw=1.5, label=f"mean of {window}")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        ax.set(xlabel="step", ylabel="velocity MSE", title="training loss")
+        fig.tight_layout()
+        return fig
+
+
+def finetune_worker(pipe_name, folder, out_dir, steps: int, batch_size: int = 64, lr: float = 2e-4) -> None:
+    """One process of a multi-GPU fine-tune (what notebook_launcher runs on every GPU): load the checkpoint, read
+    the image folder, build its bank, train with Accelerate (batches split across processes), export on the main
+    process. Module-level so the launcher can start it in each process."""
+    from .data import load_folder
+    from .pipeline import GMemPipeline
+    from .train import TrainConfig, Trainer
+
+    pipe = GMemPipeline.from_pretrained(pipe_name)
+    data = load_folder(folder, size=pipe.model.config.input_size)
+    bank = bank_from_images(pipe.encoder, data)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps), progress=False)
+    trainer = Trainer(copy.deepcopy(pipe.model), data.images, conditions=bank.rows, config=config, use_accelerate=True)
+    trainer.fit()
+    trainer.export(out_dir, bank, pipe.encoder, sampler=pipe.sampler, info={"name": "finetuned", "images": str(folder)})
+
+
+def launch_on_all_gpus(fn, *args, num_processes: int | None = None) -> bool:
+    """Run fn(*args) on every CUDA device through Accelerate's notebook_launcher; with fewer than two devices,
+    say so and return False (one device trains fine in the cells above)."""
+    n = torch.cuda.device_count() if num_processes is None else int(num_processes)
+    if n < 2:
+        print(f"skipped: {n} CUDA device{'s' if n != 1 else ''} here. With several GPUs this cell runs the same "
+              f"fine-tune on all of them (restart the kernel first: CUDA must not be initialised before forking).")
+        return False
+    from accelerate import notebook_launcher
+
+    notebook_launcher(fn, args=args, num_processes=n)
+    return True
