@@ -1,0 +1,164 @@
+"""How fast the app opens and generates, each against a baseline measured in the same run.
+
+1. Launch to first page load: `python app.py --port P` in a fresh process until headless chromium shows the
+   Generate button, against a bare gr.Blocks app (one button) launched and loaded the same way. The difference
+   is what our app adds to the floor that Python + torch + gradio set.
+2. A 4-image generation on the CPU with the default model and its default sampler settings: the pipeline called
+   directly, against the same request through the running app (gradio_client, /generate): the app's overhead.
+
+    .venv/bin/python benchmarks/app_startup.py                      # the embedded default (emoji-32)
+    .venv/bin/python benchmarks/app_startup.py --checkpoint DIR     # another checkpoint folder
+Writes benchmarks/results/app_startup.json and .md. Medians of --repeats runs (launches alternate between
+our app and the baseline so both see the same machine load).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BASELINE_APP = textwrap.dedent("""
+    import sys, gradio as gr
+    with gr.Blocks() as demo:
+        gr.Button("Generate", elem_id="generate-button")
+    demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]))
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='gmem-bench-')}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+
+
+def launch_to_page(driver, command: list[str], port: int, timeout: float = 300) -> float:
+    """Seconds from starting `command` until the page at `port` shows #generate-button."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    start = time.monotonic()
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while time.monotonic() - start < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{command} exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        driver.get(f"http://127.0.0.1:{port}/")
+        while time.monotonic() - start < timeout:
+            if driver.find_elements("id", "generate-button"):
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise TimeoutError(f"no page from {command} within {timeout} s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_startup(checkpoint: str, repeats: int) -> dict:
+    driver = chromium()
+    ours, base = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline_py = Path(tmp) / "baseline_app.py"
+        baseline_py.write_text(BASELINE_APP)
+        try:
+            for _ in range(repeats):
+                port = free_port()
+                ours.append(launch_to_page(driver, [sys.executable, "app.py", "--port", str(port),
+                                                    "--checkpoint", checkpoint], port))
+                port = free_port()
+                base.append(launch_to_page(driver, [sys.executable, str(baseline_py), str(port)], port))
+        finally:
+            driver.quit()
+    return {"app_s": statistics.median(ours), "bare_gradio_s": statistics.median(base),
+            "app_runs_s": [round(x, 2) for x in ours], "bare_runs_s": [round(x, 2) for x in base]}
+
+
+def bench_generation(checkpoint: str, repeats: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from gradio_client import Client
+
+    from gmem_explore.pipeline import GMemPipeline
+    from gmem_explore.ui import build_app, launch
+
+    pipe = GMemPipeline.from_pretrained(checkpoint)
+    method, steps = pipe.sampler.get("method", "sde"), int(pipe.sampler.get("steps", 250))
+    demo = build_app(lambda name: pipe, checkpoint, use_spaces_gpu=False)
+    launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    # download_files=False: a browser fetches the images itself, in parallel; gradio_client's sequential
+    # downloads would add about 0.25 s per image on a busy 2-core machine and are not the app's cost
+    client = Client(demo.local_url, verbose=False, analytics_enabled=False, download_files=False)
+    direct, through_app = [], []
+    try:
+        pipe.generate(1, seeds=[0], steps=2)  # warm-up: first-call allocations are not what we measure
+        client.predict("random (by frequency)", 0, None, None, 1, 0, False, 2, method, 1.0, api_name="/generate")
+        for r in range(repeats):
+            start = time.monotonic()
+            pipe.generate(4, seeds=range(r, r + 4), method=method, steps=steps)
+            direct.append(time.monotonic() - start)
+            start = time.monotonic()
+            client.predict("random (by frequency)", 0, None, None, 4, r, False, steps, method, 1.0,
+                           api_name="/generate")
+            through_app.append(time.monotonic() - start)
+    finally:
+        demo.close()
+    return {"sampler": method, "steps": steps, "direct_s": statistics.median(direct),
+            "app_s": statistics.median(through_app), "direct_runs_s": [round(x, 3) for x in direct],
+            "app_runs_s": [round(x, 3) for x in through_app]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="emoji-32")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    startup = bench_startup(args.checkpoint, args.repeats)
+    print(f"launch -> page: app {startup['app_s']:.1f} s, bare gradio {startup['bare_gradio_s']:.1f} s", flush=True)
+    generation = bench_generation(args.checkpoint, args.repeats)
+    print(f"4 images ({generation['sampler']}, {generation['steps']} steps): direct {generation['direct_s']:.2f} s, "
+          f"through the app {generation['app_s']:.2f} s", flush=True)
+    result = {"checkpoint": args.checkpoint, "repeats": args.repeats, "startup": startup, "generate_4": generation,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_average_1min": os.getloadavg()[0]},
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "app_startup.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = (f"# App startup and a 4-image generation ({result['date']}, {os.cpu_count()} CPUs, load "
+          f"{result['machine']['load_average_1min']:.1f})\n\n"
+          f"| measure | ours | baseline |\n|---|---|---|\n"
+          f"| launch to first page load (`python app.py`, checkpoint {args.checkpoint}) | {startup['app_s']:.1f} s "
+          f"| {startup['bare_gradio_s']:.1f} s (bare gr.Blocks) |\n"
+          f"| 4 images, {generation['sampler']} {generation['steps']} steps, CPU | {generation['app_s']:.2f} s "
+          f"(through the app) | {generation['direct_s']:.2f} s (pipeline directly) |\n\n"
+          f"Medians of {args.repeats} runs.\n")
+    (RESULTS / "app_startup.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
