@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from conftest import TINY, randomize
 from gmem_explore import GMemPipeline, build_model, load_checkpoint
@@ -57,7 +58,7 @@ def test_dinov2_is_lazy_and_gives_the_normalised_cls_token(tiny_dino):
         cls = ref(pixel_values=x).pooler_output
     assert torch.allclose(got, F.normalize(cls, dim=-1), atol=1e-5)
     # PIL images take the same route (resized by PIL, so close rather than equal)
-    pil = [__import__("PIL.Image").Image.fromarray(im.numpy()) for im in images]
+    pil = [Image.fromarray(im.numpy()) for im in images]
     assert F.cosine_similarity(enc.encode(pil), got).min() > 0.98
 
 

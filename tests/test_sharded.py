@@ -6,7 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
+from PIL import Image
 
 from gmem_explore import GMemPipeline
 from gmem_explore.checkpoint import Checkpoint, save_checkpoint
@@ -55,7 +55,7 @@ def test_one_process_npz_layout_and_same_images_as_generate(tiny_folder, tmp_pat
 def test_resume_skips_finished_seeds_and_refuses_other_settings(tiny_folder, tmp_path):
     out = tmp_path / "run"
     run(str(tiny_folder), out, num=6, base_seed=10, batch_size=4, device="cpu", npz=None, progress=False)
-    first = np.stack([np.asarray(__import__("PIL.Image").Image.open(png_path(out, s))) for s in SEEDS])
+    first = np.stack([np.asarray(Image.open(png_path(out, s))) for s in SEEDS])
     png_path(out, 11).unlink()
     png_path(out, 14).unlink()
     kept = {s: png_path(out, s).stat().st_mtime_ns for s in SEEDS if s not in (11, 14)}
