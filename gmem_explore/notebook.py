@@ -157,10 +157,12 @@ class BankExplorer:
     control has continuous_update=False, and generation waits for the Generate button.
     """
 
-    def __init__(self, pipe: GMemPipeline, coords, rows=None, steps: int = 50, seed: int = 0, k: int = 8):
+    def __init__(self, source: GMemPipeline | MemoryBank, coords, rows=None, steps: int = 50, seed: int = 0, k: int = 8):
+        """`source`: a pipeline, or a bare MemoryBank (then everything but Generate works: no model is loaded)."""
         import ipywidgets as W
 
-        self.pipe, self.bank = pipe, pipe.bank
+        self.pipe = None if isinstance(source, MemoryBank) else source
+        self.bank = source if isinstance(source, MemoryBank) else source.bank
         self.coords = torch.as_tensor(coords).float()
         self.rows = torch.arange(len(self.coords)) if rows is None else torch.as_tensor(rows).long()
         if len(self.rows) != len(self.coords):
@@ -287,6 +289,9 @@ class BankExplorer:
         shown = self.selection[:MAX_SHOWN]
         if not shown:
             self.status.value = "select rows first (a region, a group or a list), then Generate"
+            return None
+        if self.pipe is None:
+            self.status.value = "only a bank is loaded: open the checkpoint with GMemPipeline to generate"
             return None
         self.generation = self.pipe.generate(indices=shown, seeds=[int(self.seed.value)] * len(shown), steps=self.steps)
         self.gen_out.clear_output(wait=True)

@@ -70,6 +70,12 @@ def test_bank_explorer_callbacks(pipe):
     assert ex.generation.indices == [0, 1]
 
 
+def test_explorer_on_a_bare_bank_selects_but_does_not_generate(tiny_bank):
+    ex = nbh.BankExplorer(tiny_bank, torch.randn(20, 2), steps=2)
+    assert ex.select_rows([1, 2]) == [1, 2] and len(ex.neighbours[0]) == 8
+    assert ex.generate() is None and "only a bank" in ex.status.value
+
+
 def test_explorer_on_a_subsampled_map_only_selects_mapped_rows(pipe):
     rows = torch.tensor([1, 5, 9])
     ex = nbh.BankExplorer(pipe, torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]), rows=rows, steps=2)
