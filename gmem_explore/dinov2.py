@@ -95,7 +95,7 @@ class DINOv2Encoder:
             raise OSError(
                 f"Could not load DINOv2 from {self.source!r} ({str(e).splitlines()[0] if str(e) else e}). "
                 f"Without a network, download it once where one exists "
-                f"(huggingface-cli download {DINOV2_REPO} --local-dir DIR) and use DINOv2Encoder(source='DIR'), "
+                f"(hf download {DINOV2_REPO} --local-dir DIR) and use DINOv2Encoder(source='DIR'), "
                 f"or set HF_HOME to a cache that holds it. Sampling from the bank does not need it."
             ) from e
         hidden = model.config.hidden_size

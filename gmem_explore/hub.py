@@ -88,7 +88,8 @@ def how_to_get(name: str, why: str) -> str:
     return (
         f"{name}: {why}. The file is {spec['repo_id']}/{spec['filename']} ({spec['size']}). Either\n"
         f"  1. download it where a network exists:\n"
-        f"       huggingface-cli download {spec['repo_id']} {spec['filename']} --local-dir DIR\n"
+        f"       hf download {spec['repo_id']} {spec['filename']} --local-dir DIR\n"
+        f"     (`huggingface-cli download` with huggingface_hub < 1.0; or the file's page on huggingface.co)\n"
         f"     copy it here and pass its path instead of the name, e.g.\n"
         f"       gmem sample-fid --checkpoint DIR/{spec['filename']}   or   "
         f"GMemPipeline.from_pretrained('DIR/{spec['filename']}')\n"

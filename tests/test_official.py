@@ -170,7 +170,7 @@ def test_offline_name_fails_at_once_with_how_to(tmp_path, monkeypatch, capsys):
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err
     assert code == 1 and elapsed < 3  # no network wait, no retries
-    assert "huggingface-cli download Tangentone/GMem " + FILE in err and "HF_HOME" in err
+    assert "hf download Tangentone/GMem " + FILE in err and "HF_HOME" in err
     assert "--checkpoint DIR/" + FILE in err  # how to use the file once it is here
     assert not (tmp_path / "s").exists()
     with pytest.raises(CheckpointUnavailable, match="HF_HUB_OFFLINE is set"):
