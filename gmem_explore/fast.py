@@ -180,6 +180,9 @@ class Stepper:
         return self.finish_fn(net, h, final, x_in, x_base, v_prev, eps, coef)
 
 
+_graphs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # net -> (fingerprint, {compiled: GraphedSteps})
+
+
 class GraphedSteps:
     """One CUDA graph per step kind (guided or not, Heun corrector or not), captured on first use.
 
@@ -187,13 +190,13 @@ class GraphedSteps:
     live in static buffers overwritten by the next replay, so callers clone what they keep.
     """
 
-    def __init__(self, fn: Callable, warmup: int = 2):
-        self.fn, self.warmup, self.graphs = fn, warmup, {}
+    def __init__(self, warmup: int = 2):
+        self.warmup, self.graphs = warmup, {}  # no reference to the network: the cache is keyed weakly by it
 
-    def __call__(self, *args):
+    def __call__(self, fn: Callable, *args):
         key = tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(args)
+            self.graphs[key] = self._capture(fn, args)
         graph, static_in, static_out = self.graphs[key]
         for dst, src in zip(static_in, args):
             if dst is not None:
@@ -201,17 +204,17 @@ class GraphedSteps:
         graph.replay()
         return static_out
 
-    def _capture(self, args):
+    def _capture(self, fn, args):
         static_in = tuple(None if a is None else a.clone() for a in args)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up (and compilation) on a side stream, as torch.cuda.graph requires
             for _ in range(self.warmup):
-                self.fn(*static_in)
+                fn(*static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = self.fn(*static_in)
+            static_out = fn(*static_in)
         return graph, static_in, static_out
 
 
@@ -234,6 +237,10 @@ def _plan(method: str, steps: int, guidance: float, interval) -> list[tuple]:
         else:
             plan.append((i, "euler", guided(t), 1.0, dt, 0.0, 0.0, t))
     return plan
+
+
+def graphs_possible(device: torch.device) -> bool:
+    return device.type == "cuda"
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
@@ -287,8 +294,14 @@ def sample_fast(
 
     on_cuda = device.type == "cuda"
     stepper = Stepper(net, compile=bool(compile) if compile is not None else on_cuda)
-    graphs = bool(on_cuda and (cuda_graphs or (cuda_graphs is None and n <= GRAPH_MAX_BATCH)))
-    run = GraphedSteps(stepper) if graphs else stepper
+    graphs = bool(graphs_possible(device) and (cuda_graphs or (cuda_graphs is None and n <= GRAPH_MAX_BATCH)))
+    run = stepper
+    if graphs:  # graphs are kept per network, so the next live call replays without capturing again
+        key = _fingerprint(net)  # graphs read weights by address: recapture when the tensors were replaced
+        if net not in _graphs or _graphs[net][0] != key:
+            _graphs[net] = (key, {})
+        graphed = _graphs[net][1].setdefault(stepper.compiled, GraphedSteps())
+        run = lambda *args: graphed(stepper, *args)  # noqa: E731
     last_run.clear()
     last_run.update(precision=precision, compiled=stepper.compiled, cuda_graphs=graphs, modulation_chunk=mods.chunk,
                     evaluations=len(plan), guided_evaluations=sum(p[2] for p in plan))
@@ -303,10 +316,11 @@ def sample_fast(
         try:
             out, v, denoised = run(*args, eps, blocks, final, coefs[j])
         except Exception as e:
-            if run is stepper and not stepper.compiled:
+            if not graphs and not stepper.compiled:
                 raise
             warnings.warn(f"compiled/graphed step failed ({type(e).__name__}: {e}); continuing eagerly")
             stepper, graphs = Stepper(net, compile=False), False
+            _graphs.pop(net, None)
             run = stepper
             last_run.update(compiled=False, cuda_graphs=False, fallback=f"{type(e).__name__}: {e}")
             out, v, denoised = run(*args, eps, blocks, final, coefs[j])
