@@ -61,7 +61,7 @@ class SDVAE:
         except OSError as e:
             raise OSError(
                 f"Could not load the SD-VAE from {source!r}: {e}\nWithout a network, download it once where one "
-                f"exists (huggingface-cli download {SD_VAE_REPO}) and pass the local folder, or set HF_HOME to a "
+                f"exists (hf download {SD_VAE_REPO} --local-dir DIR) and pass the local folder, or set HF_HOME to a "
                 f"cache that holds it."
             ) from e
         self.image_size = image_size
