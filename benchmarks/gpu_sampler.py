@@ -154,8 +154,8 @@ class Bench:
         ips = 1.0 / per_image_250
         tflops = ips * self.args.steps * self.gflop / 1e3
         row = {"batch": n, "timed_steps": steps, "seconds": round(seconds, 4), "images_per_s": round(ips, 4),
-               "tflops": round(tflops, 2), "peak_mem_gib": round(peak, 2), **extra}
-        if "peak_tflops" in self.results:
+               "tflops": float(f"{tflops:.4g}"), "peak_mem_gib": round(peak, 2), **extra}
+        if self.results.get("peak_tflops"):
             row["fraction_of_peak"] = round(tflops / self.results["peak_tflops"], 4)
         base = self.results["runs"].get("a_released")
         if base:
@@ -187,7 +187,7 @@ class Bench:
             a @ b
         reps = 3 if self.smoke else 50
         _, seconds, _ = self.timed(lambda: [a @ b for _ in range(reps)])
-        self.results["peak_tflops"] = round(2 * size**3 * reps / seconds / 1e12, 2)
+        self.results["peak_tflops"] = float(f"{2 * size**3 * reps / seconds / 1e12:.4g}")
         self.results["peak_matmul"] = f"{size}^3 {dtype}, {reps} reps"
         print(f"measured matmul peak: {self.results['peak_tflops']} TFLOP/s ({self.results['peak_matmul']})", flush=True)
 
