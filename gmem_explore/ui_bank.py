@@ -2,6 +2,8 @@
 (thumbnail, nearest neighbours, generations) and statistics (size, dimension, frequency histogram)."""
 from __future__ import annotations
 
+import math
+
 import gradio as gr
 import torch
 
@@ -76,14 +78,13 @@ def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, 
         colour = bank.freq[idx].float()
     else:
         colour = None
-    highlight = inside.nonzero().flatten()
-    if row is not None:
-        r = int(row)
-        at = (idx == r).nonzero().flatten()
-        highlight = torch.cat([highlight, at])
+    # ring the box's points (unless the box is the whole map) and the row shown below the map
+    highlight = inside.nonzero().flatten() if not bool(inside.all()) else torch.zeros(0, dtype=torch.long)
+    if isinstance(row, (int, float)) and math.isfinite(row):
+        highlight = torch.cat([highlight, (idx == int(row)).nonzero().flatten()])
     subsample = f" (a random {len(idx):,} of {len(bank):,} rows)" if len(idx) < len(bank) else ""
     fig = scatter_figure(coords, colour, bank.label_names if color_by == "group" else None,
-                         highlight=highlight if len(highlight) < len(coords) else None,
+                         highlight=highlight,
                          title=f"{method.upper()} map of {len(idx):,} snippets{subsample}")
     ax = fig.axes[0]
     lo, hi = coords.min(0).values, coords.max(0).values
@@ -156,7 +157,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             hist = gr.Plot(label="Frequency histogram")
     with gr.Row():
         with gr.Column(scale=1):
-            row = gr.Number(0, precision=0, minimum=0, label="Row", elem_id="bank-row")
+            row = gr.Number(0, precision=0, minimum=0, label="Row (press Enter, or click a thumbnail)",
+                            elem_id="bank-row")
             thumb = gr.Image(label="Source thumbnail", height=140, interactive=False, format="png")
             row_md = gr.Markdown(elem_id="bank-row-info")
             gen_btn = gr.Button("Generate 4 from this row")
