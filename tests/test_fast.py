@@ -39,7 +39,7 @@ def rel_l2(a, b):
 def test_block_and_velocity_match_the_model(tiny_model):
     x, snippets, _ = inputs(3)
     t = torch.tensor([1.0, 0.5, 0.04])
-    mods = fast.Modulation(tiny_model, snippets, t.tolist(), torch.float32)
+    mods = fast.Modulation(tiny_model, snippets, t.tolist())
     # One modulation per time for all images: evaluate each image at its own time.
     expected = tiny_model(x, t, snippets)
     for k in range(3):
