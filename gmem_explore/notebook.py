@@ -67,7 +67,7 @@ def labelled_grid(images: torch.Tensor, titles: Sequence[str], ncols: int, cell:
     n, h, w, _ = images.shape
     scale = max(1, cell // max(h, w))
     cw, chh, caption, pad = w * scale, h * scale, 14, 4
-    width = max(cw, 64)
+    width = max(cw, min(132, 6 * max((len(str(t)) for t in titles), default=0)))  # ~6 px per character
     nrows = max(1, -(-n // ncols))
     canvas = Image.new("RGB", (ncols * (width + pad) + pad, nrows * (chh + caption + pad) + pad), "white")
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=10)
