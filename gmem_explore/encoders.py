@@ -152,9 +152,10 @@ def train_conv_encoder(images: torch.Tensor, labels: torch.Tensor, num_classes: 
     decoder = LinearDecoder(dim=dim, image_size=size)
     classifier = nn.Linear(dim, num_classes)
     params = [*encoder.parameters(), *decoder.parameters(), *classifier.parameters()]
+    warmup = min(100, steps // 10 + 1)  # linear warm-up, then cosine decay to zero
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     bar = None
     if progress:
         from tqdm.auto import tqdm

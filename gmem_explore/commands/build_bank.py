@@ -1,0 +1,56 @@
+"""Build a memory bank from images: one row per image = the snippet encoder's feature, with labels and thumbnails.
+
+Examples:
+  gmem build-bank --images my_pictures/ --out my_bank.safetensors           # encoder of the default 'emoji-32'
+  gmem build-bank --images twemoji --split all --out twemoji_all.safetensors
+  gmem build-bank --images photos/ --checkpoint path/to/ckpt --thumb-size 64 --dtype float32 --out bank.safetensors
+
+Labels come from the first sub-folder of each image (folder/cats/a.png -> "cats"). The bank works with every
+model trained on the same encoder: pass it to the app, the notebooks or GMemPipeline.bank.
+"""
+from __future__ import annotations
+
+DTYPES = {"float16": "float16", "float32": "float32"}
+
+
+def add_arguments(p):
+    p.add_argument("--images", required=True, help="an image folder, or 'twemoji' / 'twemoji-skin' / 'digits'")
+    p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint whose snippet encoder is used (default: 'emoji-32')")
+    p.add_argument("--split", choices=["train", "held_out", "all"], default="all",
+                   help="which part of the images (split by a hash of the name; default: all)")
+    p.add_argument("--thumb-size", type=int, default=32, help="side of the stored thumbnails in pixels")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage type of the rows")
+
+
+def build_bank(images: str, checkpoint=None, split="all", thumb_size=32):
+    """(MemoryBank, number of images) from a folder or a named dataset, with the checkpoint's encoder."""
+    from gmem_explore.bank import MemoryBank
+    from gmem_explore.checkpoint import load_checkpoint
+    from gmem_explore.data import TWEMOJI_ATTRIBUTION, load_dataset
+    from gmem_explore.hub import resolve_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    if ckpt.encoder is None:
+        raise ValueError("that checkpoint has no snippet encoder; choose one that has (the default 'emoji-32' does)")
+    data = load_dataset(images, thumb_size, split)
+    if len(data) == 0:
+        raise ValueError(f"no images in the {split!r} split of {images}; try --split all")
+    rows = ckpt.encoder.encode(data.images)
+    meta = {"source": str(images), "split": split, "names": data.names, "encoder": ckpt.encoder.config_dict()}
+    if images.startswith("twemoji"):
+        meta["attribution"] = TWEMOJI_ATTRIBUTION
+    import torch
+
+    return MemoryBank(rows, torch.ones(len(rows)), data.labels, data.label_names, data.images, meta)
+
+
+def run(args) -> int:
+    import torch
+
+    if not 8 <= args.thumb_size <= 256:
+        raise ValueError(f"--thumb-size must lie in [8, 256]; got {args.thumb_size}")
+    bank = build_bank(args.images, args.checkpoint, args.split, args.thumb_size)
+    bank.save(args.out, dtype=getattr(torch, DTYPES[args.dtype]))
+    print(f"wrote {args.out}: {len(bank)} rows of dimension {bank.dim}, labels {bank.label_names}")
+    return 0

@@ -1,0 +1,134 @@
+"""Trainer: the loss goes down, resuming is exact, callbacks fire, conditions and exports work."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gmem_explore import GMemPipeline, MemoryBank, build_model
+from gmem_explore.data import load_digits
+from gmem_explore.train import TrainConfig, Trainer
+
+TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, encoder_depth=1,
+            projector_dim=32, repa_dim=16, snippet_dim=16)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return d.subset(torch.arange(256))
+
+
+def conditions(n, seed=0):
+    return torch.randn(n, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def make(digits, **cfg):
+    torch.manual_seed(0)
+    config = TrainConfig(**{"steps": 10, "batch_size": 16, "lr": 3e-3, "warmup": 2, "progress": False, **cfg})
+    return Trainer(build_model(**TINY), digits.images, conditions(len(digits)), config, use_accelerate=False)
+
+
+def test_loss_goes_down_on_digits(digits):
+    trainer = make(digits, steps=80, batch_size=32, time_sampling="uniform")
+    history = trainer.fit()
+    first = sum(h["mse"] for h in history[:10]) / 10
+    last = sum(h["mse"] for h in history[-10:]) / 10
+    assert last < 0.7 * first, (first, last)
+    assert trainer.step == 80 and all(torch.isfinite(p).all() for p in trainer.ema_model.parameters())
+
+
+def test_resume_gives_the_same_weights_as_one_run(digits, tmp_path):
+    straight = make(digits, steps=8)
+    straight.fit()
+    first = make(digits, steps=8)
+    first.fit(steps=3)
+    first.save_state(tmp_path / "state.safetensors")
+    second = make(digits, steps=8)
+    torch.manual_seed(123)  # the caller's RNG must not matter
+    second.load_state(tmp_path / "state.safetensors")
+    assert second.step == 3
+    second.fit()
+    for name, value in straight.network.state_dict().items():
+        assert torch.equal(value, second.network.state_dict()[name]), name
+    for name, value in straight.ema_model.state_dict().items():
+        assert torch.equal(value, second.ema_model.state_dict()[name]), name
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in second.history]
+
+
+def test_callbacks_fire_with_payloads(digits, tmp_path):
+    trainer = make(digits, steps=4, eval_every=2, eval_images=3, eval_steps=2, checkpoint_every=4,
+                   out_dir=str(tmp_path))
+    seen = {"on_step": [], "on_eval": [], "on_checkpoint": []}
+    for event in seen:
+        trainer.on(event, lambda tr, ev, _e=event: seen[_e].append(ev))
+    trainer.fit()
+    assert [e["step"] for e in seen["on_step"]] == [1, 2, 3, 4]
+    assert {"loss", "lr", "images_per_s"} <= set(seen["on_step"][0])
+    assert [e["step"] for e in seen["on_eval"]] == [2, 4]
+    assert seen["on_eval"][0]["images"].shape == (3, 8, 8, 3) and seen["on_eval"][0]["images"].dtype == torch.uint8
+    assert seen["on_checkpoint"][0]["path"].endswith("state.safetensors")
+    assert (tmp_path / "state.safetensors").is_file()
+    with pytest.raises(ValueError, match="Unknown event"):
+        trainer.on("on_epoch", print)
+
+
+@pytest.mark.parametrize("condition", ["label", "none"])
+def test_label_and_unconditional_training(digits, condition):
+    torch.manual_seed(0)
+    config = TrainConfig(steps=3, batch_size=8, condition=condition, progress=False)
+    trainer = Trainer(build_model(**TINY), digits.images, digits.labels, config, use_accelerate=False)
+    trainer.fit()
+    assert trainer.sample(2, steps=2).shape == (2, 8, 8, 3)
+
+
+def test_repa_alignment_uses_the_encoder(digits):
+    from gmem_explore.encoders import ConvEncoder
+
+    encoder = ConvEncoder(dim=16, image_size=8, widths=(8, 8, 8), head_channels=8)
+    torch.manual_seed(0)
+    config = TrainConfig(steps=2, batch_size=8, repa_weight=0.5, progress=False)
+    trainer = Trainer(build_model(**TINY), digits.images, conditions(len(digits)), config, encoder=encoder,
+                      use_accelerate=False)
+    history = trainer.fit()
+    assert 0 < history[0]["repa"] <= 2 and history[0]["loss"] > history[0]["mse"]
+
+
+def test_bad_inputs_say_what_to_do(digits):
+    with pytest.raises(ValueError, match="one per image"):
+        Trainer(build_model(**TINY), digits.images, conditions(3), TrainConfig(progress=False), use_accelerate=False)
+    with pytest.raises(ValueError, match=r"\(N, 16\)"):
+        Trainer(build_model(**TINY), digits.images, torch.randn(len(digits), 5), TrainConfig(progress=False),
+                use_accelerate=False)
+    with pytest.raises(ValueError, match="model expects"):
+        Trainer(build_model(**{**TINY, "input_size": 16}), digits.images, conditions(len(digits)),
+                TrainConfig(progress=False), use_accelerate=False)
+    with pytest.raises(ValueError, match="condition must be"):
+        TrainConfig(condition="class")
+    with pytest.raises(ValueError, match="needs the snippet encoder"):
+        Trainer(build_model(**TINY), digits.images, conditions(len(digits)), TrainConfig(repa_weight=1.0),
+                use_accelerate=False)
+
+
+def test_export_loads_as_a_pipeline(digits, tmp_path):
+    trainer = make(digits, steps=2)
+    trainer.fit()
+    rows = conditions(len(digits))
+    bank = MemoryBank(rows, torch.ones(len(rows)), digits.labels, digits.label_names, digits.images)
+    trainer.export(tmp_path / "ckpt", bank, sampler={"method": "euler", "steps": 3}, info={"name": "digits"})
+    pipe = GMemPipeline.from_pretrained(str(tmp_path / "ckpt"))
+    out = pipe.generate(2, seeds=[0, 1])
+    assert out.images.shape == (2, 8, 8, 3) and pipe.info["name"] == "digits"
+    torch.testing.assert_close(pipe.model.state_dict()["final_layer.linear.weight"],
+                               trainer.ema_model.state_dict()["final_layer.linear.weight"])
+
+
+def test_accelerate_single_process_matches_plain_loop(digits):
+    pytest.importorskip("accelerate")
+    plain = make(digits, steps=3)
+    plain.fit()
+    torch.manual_seed(0)
+    config = TrainConfig(steps=3, batch_size=16, lr=3e-3, warmup=2, progress=False)
+    accelerated = Trainer(build_model(**TINY), digits.images, conditions(len(digits)), config, use_accelerate=True)
+    accelerated.fit()
+    for name, value in plain.network.state_dict().items():
+        torch.testing.assert_close(value, accelerated.network.state_dict()[name], atol=1e-6, rtol=1e-5)
