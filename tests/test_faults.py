@@ -8,12 +8,14 @@ left behind), or the test would prove nothing.
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -51,8 +53,9 @@ def which_bank_version(bank: MemoryBank, shape=(BANK_ROWS, BANK_DIM)) -> int:
     return int(value) - 1
 
 
-def kill_while(write_forever, delays) -> list[int]:
-    """Forks a child running write_forever(), SIGKILLs it after each delay; returns the children's exit signals."""
+def kill_while(write_forever, delays, started: Callable[[], bool] | None = None) -> list[int]:
+    """Forks a child running write_forever(), SIGKILLs it after each delay (counted from when `started()` first
+    holds, if given: on a loaded machine a child may need a while to get going); returns the exit signals."""
     signals = []
     for delay in delays:
         pid = os.fork()
@@ -61,6 +64,9 @@ def kill_while(write_forever, delays) -> list[int]:
                 write_forever()
             finally:
                 os._exit(0)
+        limit = time.monotonic() + 20
+        while started is not None and not started() and time.monotonic() < limit:
+            time.sleep(0.001)
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
@@ -84,9 +90,11 @@ def test_killed_bank_writer_leaves_a_loadable_old_or_new_bank(tmp_path):
     rng = random.Random(0)
     seen, interrupted = set(), 0
     started = time.monotonic()
-    for _ in range(12):
+    for round_ in range(12):
         before = len(leftovers(tmp_path))
-        assert kill_while(write_forever, [rng.uniform(0.02, 0.4)]) == [signal.SIGKILL]
+        # odd rounds: a random moment; even rounds: just after a write began (so some kills surely land inside)
+        writing = None if round_ % 2 else (lambda: len(leftovers(tmp_path)) > before)
+        assert kill_while(write_forever, [rng.uniform(0.0, 0.02 if writing else 0.4)], writing) == [signal.SIGKILL]
         interrupted += len(leftovers(tmp_path)) > before
         seen.add(which_bank_version(MemoryBank.load(path)))  # loads, and is one whole version
         if time.monotonic() - started > BUDGET_S:
@@ -161,3 +169,61 @@ def test_saving_over_a_checkpoint_keeps_other_files_and_permissions(tmp_path):
     assert (folder / "notes.txt").read_text() == "keep me" and (folder / "runs" / "log.csv").is_file()
     assert folder.stat().st_mode & 0o777 == 0o750
     assert load_checkpoint(folder).info["version"] == 1
+
+
+# ---- training killed and resumed -------------------------------------------------------------------------------
+TRAIN_STEPS = 16
+
+
+@functools.lru_cache(maxsize=1)
+def digits_images() -> torch.Tensor:
+    from gmem_explore.data import load_digits
+
+    return load_digits().subset(torch.arange(128)).images
+
+
+def digits_trainer(out_dir=None):
+    from gmem_explore.train import TrainConfig, Trainer
+
+    images = digits_images()
+    snippets = torch.randn(len(images), TINY["snippet_dim"], generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=TRAIN_STEPS, batch_size=8, lr=3e-3, warmup=2, progress=False, seed=7,
+                         checkpoint_every=1 if out_dir else 0, out_dir=str(out_dir) if out_dir else None)
+    torch.manual_seed(0)
+    return Trainer(build_model(**TINY), images, snippets, config, use_accelerate=False)
+
+
+def test_training_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    pytest.importorskip("sklearn")
+    state = tmp_path / "run" / "state.safetensors"
+    digits_images()  # loaded once, before the fork
+
+    def train_until_killed():
+        digits_trainer(tmp_path / "run").fit()  # saves its state after every step
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            train_until_killed()
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 60
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(2).uniform(0.0, 0.1))  # a step or two further, maybe inside a save
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status), "the training process finished before it was killed: nothing was tested"
+
+    resumed = digits_trainer(tmp_path / "run")
+    resumed.load_state(state)  # the last complete state, whatever the kill interrupted
+    killed_at = resumed.step
+    assert 1 <= killed_at < TRAIN_STEPS
+    resumed.config.checkpoint_every = 0
+    resumed.fit()
+    straight = digits_trainer()
+    straight.fit()
+    for name, value in straight.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[name]), f"{name} differs after a kill at step {killed_at}"
+    for name, value in straight.ema_model.state_dict().items():
+        assert torch.equal(value, resumed.ema_model.state_dict()[name]), f"EMA {name} differs (kill at {killed_at})"
