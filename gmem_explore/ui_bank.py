@@ -7,6 +7,7 @@ import math
 import gradio as gr
 import torch
 
+from .bank import normalize
 from .bankmap import embed_2d, is_cached, scatter_figure
 from .ui_common import AppContext, Session, UserError, as_float, as_int, friendly, row_caption, thumbnails, upscale
 
@@ -47,10 +48,30 @@ def stats(ctx: AppContext, session: Session):
 
 
 def map_coords(ctx: AppContext, session: Session, method: str):
+    """(coords, rows, note). A session's edited bank reuses the checkpoint bank's UMAP map: refitting UMAP for
+    one swapped row would take a minute, so edited and added rows are drawn beside their nearest unedited row."""
     if method not in ("umap", "pca"):
         raise UserError(f"Unknown map method {method!r}; choose umap or pca")
-    coords, idx = embed_2d(ctx.bank(session), method, return_indices=True)
-    return coords, idx
+    bank = ctx.bank(session)
+    if session.bank is None or method == "pca" or is_cached(bank, method):
+        coords, idx = embed_2d(bank, method, return_indices=True)
+        return coords, idx, ""
+    base = ctx.store.get(session.checkpoint).bank
+    coords, idx = embed_2d(base, method, return_indices=True)
+    changed = (bank.rows[idx].float() != base.rows[idx].float()).any(dim=1)
+    moved = torch.cat([idx[changed], torch.arange(len(base), len(bank))])
+    if not len(moved) or bool(changed.all()):
+        return coords, idx, ""
+    anchors = normalize(base.rows[idx[~changed]])
+    nearest = (normalize(bank.rows[moved]) @ anchors.T).argmax(dim=1)
+    placed = coords[~changed][nearest]
+    span = (coords.max(0).values - coords.min(0).values).clamp_min(1e-6)
+    placed = placed + 0.01 * span * torch.randn(placed.shape, generator=torch.Generator().manual_seed(0))
+    coords = torch.cat([coords[~changed], placed])
+    idx = torch.cat([idx[~changed], moved])
+    note = (f"; {len(moved)} row(s) edited in this session are drawn beside their nearest unedited row "
+            f"(the {method.upper()} map is not refitted for session edits)")
+    return coords, idx, note
 
 
 def box_mask(coords: torch.Tensor, box) -> torch.Tensor:
@@ -66,7 +87,7 @@ def box_mask(coords: torch.Tensor, box) -> torch.Tensor:
 def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, x1, y0, y1, row=None):
     """(figure, selected thumbnails, selected rows, summary) for the map with a box selection."""
     bank = ctx.bank(session)
-    coords, idx = map_coords(ctx, session, method)
+    coords, idx, note = map_coords(ctx, session, method)
     inside = box_mask(coords, (x0, x1, y0, y1))
     selected = idx[inside]
     if bank.freq is not None and len(selected):
@@ -95,7 +116,7 @@ def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, 
         from matplotlib.patches import Rectangle
 
         ax.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, edgecolor="red", linestyle="--"))
-    summary = f"{len(selected):,} rows in the box" + (f"; the {len(shown)} most frequent shown" if len(selected) > len(shown) else "")
+    summary = f"{len(selected):,} rows in the box" + (f"; the {len(shown)} most frequent shown" if len(selected) > len(shown) else "") + note
     return fig, thumbnails(bank, shown), shown, summary
 
 

@@ -277,3 +277,20 @@ def test_two_sessions_do_not_share_an_edited_bank(server, pictures):
     assert read(a_before) != read(a_after)  # session a sees its swap
     assert read(b_before) == read(b_after)  # session b still samples from the original row
     assert "No edits" in b.predict(api_name="/swap_reset")
+
+
+def test_edited_bank_reuses_the_umap_map(ctx, pictures, tmp_path, monkeypatch):
+    import gmem_explore.bankmap as bankmap
+
+    monkeypatch.setenv("GMEM_CACHE", str(tmp_path))
+    monkeypatch.setattr(bankmap, "umap_2d", lambda x, seed: bankmap.pca_2d(x))  # a stand-in fit, fast
+    s = ctx.new_session()
+    ui_bank.bank_map(ctx, s, "umap", "group", 0, 100, 0, 100, None)  # fits and caches the checkpoint's map
+    monkeypatch.setattr(bankmap, "umap_2d", lambda x, seed: pytest.fail("refitted UMAP for a session edit"))
+    s, _, _ = ui_swap.replace_row(ctx, s, pictures["red"], 4)
+    s, new_row, _ = ui_swap.add_row(ctx, s, pictures["blue"])
+    coords, idx, note = ui_bank.map_coords(ctx, s, "umap")
+    assert sorted(idx.tolist()) == list(range(ROWS + 1)) and coords.shape == (ROWS + 1, 2)
+    assert "2 row(s) edited" in note
+    _, _, rows, summary = ui_bank.bank_map(ctx, s, "umap", "group", 0, 100, 0, 100, new_row)
+    assert new_row in rows and "not refitted" in summary
