@@ -27,8 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "checkpoint folder")
     p.add_argument("--host", default=env_host or "127.0.0.1",
                    help="address to listen on; 0.0.0.0 makes the app reachable from other machines")
-    p.add_argument("--port", type=int, default=int(env_port) if env_port else 7860,
-                   help="port to listen on (gradio tries the next ones if it is taken)")
+    p.add_argument("--port", type=int, default=int(env_port) if env_port else None,
+                   help="port to listen on (default: the first free one from 7860 up)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     p.add_argument("--concurrency", type=int, default=1,
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("concurrency", "max_queue", "max_images", "max_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 < args.port < 65536:
+    if args.port is not None and not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
     return args
 

@@ -194,7 +194,7 @@ def test_app_help_and_flags():
     import app
 
     args = app.parse_args([])
-    assert (args.host, args.port, args.share, args.checkpoint) == ("127.0.0.1", 7860, False, "emoji-32")
+    assert (args.host, args.port, args.share, args.checkpoint) == ("127.0.0.1", None, False, "emoji-32")
     with pytest.raises(SystemExit):
         app.parse_args(["--port", "0"])
     out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, timeout=60)
