@@ -103,11 +103,12 @@ def _write_checkpoint_files(folder: Path, ckpt: Checkpoint, bank_dtype) -> None:
 def read_config(folder) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a gmem-explore checkpoint folder: it has no config.json")
+        raise FileNotFoundError(f"{folder} is not a gmem-explore checkpoint folder: it has no config.json "
+                                f"(give the folder save_checkpoint or `gmem convert` wrote)")
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from None
+        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is damaged: copy or save it again") from None
     if config.get("format") != FORMAT:
         raise ValueError(f"{path} has format {config.get('format')!r}; this version reads {FORMAT!r}")
     return config
@@ -126,7 +127,8 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
     model.to(device).eval()
     bank = MemoryBank.load(folder / "bank.safetensors")
     if bank.dim != model.config.snippet_dim:
-        raise ValueError(f"{folder}: bank rows have dimension {bank.dim} but the model expects {model.config.snippet_dim}")
+        raise ValueError(f"{folder}: bank rows have dimension {bank.dim} but the model expects {model.config.snippet_dim}; "
+                         f"put back the bank saved with this model, or one built with its snippet encoder")
     encoder = load_encoder(folder, config)
     info = {k: v for k, v in config.items() if k not in {"format", "model", "autoencoder", "encoder", "sampler"}}
     return Checkpoint(model, bank, config.get("autoencoder") or {"type": "pixels"}, encoder,
