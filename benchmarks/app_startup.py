@@ -55,7 +55,7 @@ def chromium():
     return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
 
 
-def launch_to_page(driver, command: list[str], port: int, timeout: float = 300) -> float:
+def launch_to_page(driver, command: list[str], port: int, timeout: float = 900) -> float:
     """Seconds from starting `command` until the page at `port` shows #generate-button."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     start = time.monotonic()
