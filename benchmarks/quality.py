@@ -132,7 +132,11 @@ def markdown(res: dict) -> str:
                   "| step | " + " | ".join(str(p) for p in a["points"]) + " |",
                   "|---|" + "---|" * len(a["points"])]
         for c in ("snippet", "label", "none"):
-            lines.append(f"| {c} | " + " | ".join(f"{p['fd']:.3f}" for p in a[c]["curve"]) + " |")
+            curve = a.get(c, {}).get("curve", [])  # a run cut short leaves a partial curve
+            cells = [f"{p['fd']:.3f}" for p in curve] + ["not run"] * (len(a["points"]) - len(curve))
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        if a.get("note"):
+            lines += ["", a["note"]]
         lines.append("")
     return "\n".join(lines)
 
