@@ -25,6 +25,12 @@ AGAIN = "The file is damaged or was not copied completely: download, copy or sav
 NOT_PICKLE = "Only safetensors are read (never pickles): convert .pth/.pt weights to safetensors first."
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
@@ -32,6 +38,7 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved bank should get the usual permissions
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
