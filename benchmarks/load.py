@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -197,7 +198,8 @@ def report(summary: dict, args, rss_idle: float) -> str:
         f"| latency p50 / p95 / max (answered) | {summary['p50_s']:.2f} s / {summary['p95_s']:.2f} s / {summary['max_s']:.2f} s |",
         f"| wall time | {summary['wall_s']:.1f} s |",
         f"| server RSS idle / peak / end | {rss_idle:.0f} / {max(rss):.0f} / {rss[-1]:.0f} MB |", "",
-        ("Failures: " + "; ".join(summary["failed"][:10])) if summary["failed"] else "No failures.", "",
+        ("Failures by kind: " + "; ".join(f"{n} x {kind}" for kind, n in
+                                         Counter(summary["failed"]).most_common())) if summary["failed"] else "No failures.", "",
         "Baseline in the same run: the idle server's RSS before any client connected. Sessions are held in "
         "gr.State (an edited bank is a copy of the 40-row tiny bank, dropped an hour after its last use).", "",
     ])
