@@ -187,25 +187,25 @@ def pick_seed(seed, randomize: bool) -> int:
     return secrets.randbelow(MAX_SEED) if randomize else as_int(seed, "seed", 0, MAX_SEED)
 
 
-class ImageUpload(gr.Image):
-    """gr.Image whose own decoding step reports an unreadable upload as a message instead of a server error
-    (gradio opens uploads with PIL before our code sees them). Same frontend as gr.Image."""
+def image_upload(label: str, **kwargs) -> gr.Image:
+    """An upload box that hands the handler a file path (decoded later by images.load_rgb).
 
-    def get_block_name(self) -> str:
-        return "image"
+    gradio opens uploads with PIL before our code sees them; its preprocess is wrapped so that an unreadable
+    upload becomes a message instead of a server error. (A wrapper on the instance, not a gr.Image subclass:
+    gradio writes a .pyi stub beside any module that subclasses a component.)"""
+    box = gr.Image(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
+    decode = box.preprocess
 
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return decode(payload)
         except gr.Error:
             raise
         except Exception as e:  # noqa: BLE001 - any decoding failure is the upload's fault
             raise gr.Error(f"The upload is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP...): {e}") from None
 
-
-def image_upload(label: str, **kwargs) -> ImageUpload:
-    """An upload box that hands the handler a file path (decoded later by images.load_rgb)."""
-    return ImageUpload(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
+    box.preprocess = preprocess
+    return box
 
 
 def upload_to_image(upload, size: int | None = None) -> torch.Tensor:
