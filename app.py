@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=500, help="sampler steps per request")
     p.add_argument("--max-file-size", default="10mb", help="largest upload accepted")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
+    p.add_argument("--allow-local-checkpoints", action="store_true",
+                   help="let the Model panel load checkpoint folders or .pth files by server-side path "
+                        "(off by default: a visitor could otherwise make the server read any path)")
     args = p.parse_args(argv)
     for name in ("concurrency", "max_queue", "max_images", "max_steps"):
         if getattr(args, name) < 1:
@@ -56,7 +59,8 @@ def main(argv=None) -> None:
     from gmem_explore.ui_common import Limits
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    limits = Limits(max_images=args.max_images, max_steps=args.max_steps, concurrency=args.concurrency)
+    limits = Limits(max_images=args.max_images, max_steps=args.max_steps, concurrency=args.concurrency,
+                    allow_local_checkpoints=args.allow_local_checkpoints)
     demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device)
     launch(demo, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
            max_file_size=args.max_file_size, inbrowser=args.open)

@@ -50,6 +50,11 @@ def load_checkpoint(ctx: AppContext, session: Session, name: str, path: str):
     target = (path or "").strip() or (name or "").strip()
     if not target:
         raise gr.Error("Choose a checkpoint name or type a local checkpoint folder.")
+    from .hub import available
+
+    if target not in available() and target != ctx.store.default and not ctx.limits.allow_local_checkpoints:
+        return session, (f"⚠️ Could not load `{target}`: this server only loads the named checkpoints "
+                         f"{available()}. Start it with `--allow-local-checkpoints` to load folders by path."), gr.update()
     try:
         pipe = ctx.store.get(target)
     except Exception as e:  # noqa: BLE001 - any failure to load leaves the app on its current model

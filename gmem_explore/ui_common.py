@@ -59,6 +59,9 @@ class Limits:
     batch_size: int = 16
     preview_seconds: float = 0.4  # at most one preview image per this many seconds
     concurrency: int = 1  # model calls at once; one already uses every CPU core, more only on a big GPU
+    # A request may name a server-side checkpoint folder or .pth only when the operator allows it: otherwise any
+    # visitor could make the server read (and convert, writing beside it) whatever path they type.
+    allow_local_checkpoints: bool = False
 
 
 class PipelineStore:

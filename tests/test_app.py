@@ -178,6 +178,9 @@ def test_checkpoint_switch(ctx, tmp_path, monkeypatch):
     assert s.bank is not None  # a failed switch keeps the session as it was
     pipe = tiny_pipeline()
     folder = save_checkpoint(tmp_path / "ckpt", Checkpoint(pipe.model, pipe.bank, sampler={"method": "euler", "steps": 3}))
+    s, text, _ = load_checkpoint(ctx, s, "", str(folder))
+    assert "only loads the named checkpoints" in text and s.checkpoint == "tiny"  # paths are off by default
+    monkeypatch.setattr(ctx.limits, "allow_local_checkpoints", True)
     s, text, groups = load_checkpoint(ctx, s, "", str(folder))
     assert s.checkpoint == str(folder) and s.bank is None and "dropped" in text and "no (uploads are disabled)" in text
     with pytest.raises(gr.Error, match="no snippet encoder"):

@@ -282,8 +282,6 @@ def test_a_request_cannot_hand_the_app_a_server_side_file(app_url, tmp_path):
     assert "event: error" in events and "not uploaded by a user" in events
 
 
-@pytest.mark.xfail(strict=True, reason="ui.load_checkpoint loads any server-side folder (and converts any .pth) "
-                                       "named in a request; see the reliability report (issue 8)")
 def test_a_request_cannot_load_a_checkpoint_by_server_side_path(app_url, tmp_path):
     from gradio_client import Client
 
