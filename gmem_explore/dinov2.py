@@ -23,17 +23,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def prepare(images, size: int = 224) -> torch.Tensor:
     """uint8 (N, H, W, 3) tensor / array, or a list of PIL images / paths / arrays -> (N, 3, size, size) floats
     normalised with the ImageNet mean and std."""
-    if isinstance(images, (list, tuple)):
-        from .images import load_batch  # crops and resizes PIL images itself
+    from .images import as_uint8_batch  # a list of images is cropped and resized while loading
 
-        images = load_batch(images, size)
-    images = torch.as_tensor(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (N, H, W, 3) or a list of PIL images; got {tuple(images.shape)} "
-                         f"{images.dtype}")
-    x = images.permute(0, 3, 1, 2).float() / 255.0
+    x = as_uint8_batch(images, size).permute(0, 3, 1, 2).float() / 255.0
     h, w = x.shape[-2:]
     if h != w:  # centre crop to a square, then resize: the aspect ratio is kept, as in ImageNet preparation
         side = min(h, w)

@@ -38,17 +38,9 @@ def encoder_from_config(cfg: dict, state: dict):
 
 def to_model_input(images, size: int) -> torch.Tensor:
     """uint8 (N, H, W, 3) tensor / array or a list of PIL images / arrays -> floats (N, 3, size, size) in [-1, 1]."""
-    if isinstance(images, (list, tuple)):
-        from .images import load_batch
+    from .images import as_uint8_batch
 
-        images = load_batch(images, size)
-    images = torch.as_tensor(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (N, H, W, 3) or a list of PIL images; got {tuple(images.shape)} "
-                         f"{images.dtype}. Use gmem_explore.images.load_batch to convert files.")
-    x = from_uint8(images)
+    x = from_uint8(as_uint8_batch(images, size))
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x

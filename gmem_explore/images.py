@@ -103,3 +103,17 @@ def load_rgb(source, size: int | None = None) -> torch.Tensor:
 def load_batch(sources, size: int) -> torch.Tensor:
     """uint8 (N, size, size, 3) from a list of images of any kind."""
     return torch.stack([load_rgb(s, size) for s in sources])
+
+
+def as_uint8_batch(images, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) from a uint8 tensor / array of any size, or from a list of images of any kind (each
+    loaded, centre-cropped and resized to size x size). Encoders call this before their own resizing."""
+    if isinstance(images, (list, tuple)):
+        images = load_batch(images, size)
+    images = torch.as_tensor(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3) or a list of PIL images; got {tuple(images.shape)} "
+                         f"{images.dtype}. Use gmem_explore.images.load_batch to convert files.")
+    return images
