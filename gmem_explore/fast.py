@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 
 from .model import GMemSiT, modulate
-from .sampling import StepInfo, check_method_and_steps, make_generators, time_grid
+from .sampling import StepInfo, check_method_and_steps, draw_sde_noise, time_grid
 
 PRECISIONS = ("bf16", "fp32")
 GRAPH_MAX_BATCH = 16  # CUDA graphs pay off where launch overhead dominates: small, fixed live batches
@@ -291,10 +291,8 @@ def sample_fast(
     mods = Modulation(model, snippets, grid[:steps], net, modulation_budget)
     coefs = torch.tensor([p[3:] + (guidance,) for p in plan], dtype=torch.float32).to(device, non_blocking=True)
 
-    sde_noise = None
-    if method == "sde" and steps > 1:  # the reference's draws, laid out (step, image, ...) for contiguous slices
-        gens = generators if generators is not None else make_generators(torch.randint(0, 2**62, (n,)).tolist(), device)
-        sde_noise = torch.stack([torch.randn((steps - 1, *noise.shape[1:]), generator=g, device=device) for g in gens], 1)
+    # the reference's draws, laid out (step, image, ...) so that each step's slice is contiguous
+    sde_noise = draw_sde_noise(generators, n, steps, noise.shape[1:], device, dim=1) if method == "sde" else None
 
     on_cuda = device.type == "cuda"
     stepper = Stepper(net, compile=bool(compile) if compile is not None else on_cuda)

@@ -75,6 +75,17 @@ def initial_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...],
     return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
 
 
+def draw_sde_noise(generators: Sequence[torch.Generator] | None, n: int, steps: int, shape: tuple[int, ...],
+                   device, dim: int = 0) -> torch.Tensor | None:
+    """The SDE's per-step noise: steps - 1 draws of `shape` per image, all drawn up front from that image's generator
+    (random generators when none are given). This rule is what makes every sampling path give the same images.
+    Stacked along `dim`: 0 gives (image, step, ...), 1 gives (step, image, ...). None when there are no noisy steps."""
+    if steps < 2:
+        return None
+    gens = generators if generators is not None else make_generators(torch.randint(0, 2**62, (n,)).tolist(), device)
+    return torch.stack([torch.randn((steps - 1, *shape), generator=g, device=device) for g in gens], dim)
+
+
 def _model_dtype(model) -> torch.dtype:
     try:
         return next(model.parameters()).dtype
@@ -141,10 +152,7 @@ def sample(
             return uncond + guidance * (cond - uncond)
         return model(x.to(dtype), t_vec, snippets).to(state_dtype)
 
-    sde_noise = None
-    if method == "sde" and steps > 1:
-        gens = generators if generators is not None else make_generators(torch.randint(0, 2**62, (n,)).tolist(), noise.device)
-        sde_noise = torch.stack([torch.randn((steps - 1, *noise.shape[1:]), generator=g, device=noise.device) for g in gens])
+    sde_noise = draw_sde_noise(generators, n, steps, noise.shape[1:], noise.device) if method == "sde" else None
 
     x = noise.to(state_dtype)
     for i in range(steps):
