@@ -215,12 +215,24 @@ class Bench:
                                                           "run": dict(fast.last_run)}
         print(f"exact fp32 mode vs strict-fp32 reference: max rel L2 {max(rel):.2e}", flush=True)
 
-    def fast_batch(self, n):
+    def fast_batch(self, n, steps=None, label=""):
+        steps = steps or self.args.steps
+
         def go():
             _, warm, _ = self.timed(lambda: self.run(n, 3, True))  # compiles this batch size (kept in the cache)
-            latents, seconds, peak = self.timed(lambda: self.run(n, self.args.steps, True))
-            self.record(f"b_fast_b{n}", n, seconds, self.args.steps, peak, latents, warmup_seconds=round(warm, 1),
-                        fast=dict(fast.last_run))
+            latents, seconds, peak = self.timed(lambda: self.run(n, steps, True))
+            self.record(f"b_fast_b{n}{label}", n, seconds, steps, peak, latents if steps == self.args.steps else None,
+                        warmup_seconds=round(warm, 1), fast=dict(fast.last_run))
+        return go
+
+    def gelu_separate(self, n):
+        """The same batch with fc1 and GELU as two ops (before fused_ops.linear_gelu), timed over 100 steps."""
+        def go():
+            fast.FUSED_GELU = False
+            try:
+                self.fast_batch(n, steps=min(100, self.args.steps), label="_gelu_separate")()
+            finally:
+                fast.FUSED_GELU = True
         return go
 
     def live(self):
@@ -294,7 +306,8 @@ def main(argv=None):
     # Most important first (a timeout keeps what was done): the headline batch, then the live case.
     batches = sorted((int(n) for n in args.batches.split(",")), reverse=True)
     sections = [("peak", bench.peak_matmul), ("baseline", bench.baseline), (f"fast_b{batches[0]}", bench.fast_batch(batches[0])),
-                ("live", bench.live), ("exact", bench.exact_mode), ("guided", bench.guided)]
+                ("gelu_separate", bench.gelu_separate(batches[0])), ("live", bench.live), ("exact", bench.exact_mode),
+                ("guided", bench.guided)]
     sections += [(f"fast_b{n}", bench.fast_batch(n)) for n in batches[1:]]
     total = time.perf_counter()
     for name, fn in sections:

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .fused_ops import linear_gelu
 from .model import GMemSiT, modulate
 from .sampling import StepInfo, check_method_and_steps, draw_sde_noise, time_grid
 
@@ -35,6 +36,7 @@ GRAPH_MAX_BATCH = 16  # CUDA graphs pay off where launch overhead dominates: sma
 DEFAULT_MODULATION_BUDGET = 1 << 30  # bytes of precomputed adaLN modulation held at once (chunked above it)
 
 last_run: dict = {}  # what the latest sample_fast call used: precision, compiled, graphs, chunking
+FUSED_GELU = True  # fc1 + GELU as one op (fused_ops.linear_gelu); False: two ops (the benchmark's comparison)
 
 
 def supports(model) -> bool:
@@ -120,7 +122,12 @@ def block_forward(block, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
     """model.SiTBlock.forward with its adaLN modulation given (same maths; tests compare the two)."""
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=-1)
     h = h + gate_a.unsqueeze(1) * block.attn(modulate(block.norm1(h), shift_a, scale_a))
-    return h + gate_m.unsqueeze(1) * block.mlp(modulate(block.norm2(h), shift_m, scale_m))
+    y = modulate(block.norm2(h), shift_m, scale_m)
+    if FUSED_GELU:
+        y = block.mlp.fc2(linear_gelu(y, block.mlp.fc1.weight, block.mlp.fc1.bias))
+    else:
+        y = block.mlp(y)
+    return h + gate_m.unsqueeze(1) * y
 
 
 def finish(net, h, final, x_in, x_base, v_prev, eps, coef):
@@ -302,10 +309,10 @@ def sample_fast(
         key = _fingerprint(net)  # graphs read weights by address: recapture when the tensors were replaced
         if net not in _graphs or _graphs[net][0] != key:
             _graphs[net] = (key, {})
-        graphed = _graphs[net][1].setdefault(stepper.compiled, GraphedSteps())
+        graphed = _graphs[net][1].setdefault((stepper.compiled, FUSED_GELU), GraphedSteps())
         run = lambda *args: graphed(stepper, *args)  # noqa: E731
     last_run.clear()
-    last_run.update(precision=precision, compiled=stepper.compiled, cuda_graphs=graphs, modulation_chunk=mods.chunk,
+    last_run.update(precision=precision, fused_gelu=FUSED_GELU, compiled=stepper.compiled, cuda_graphs=graphs, modulation_chunk=mods.chunk,
                     evaluations=len(plan), guided_evaluations=sum(p[2] for p in plan))
 
     x = noise.float()
