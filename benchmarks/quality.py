@@ -10,6 +10,12 @@ recall (k = 3); how often a sample's nearest training image is the very emoji wh
 CPU seconds for 16 images. A grid of samples beside the training emojis they were conditioned on goes to
 docs/images/emoji32_samples.png.
 
+Part 1b, unseen emojis: each of the 187 held-out emojis is encoded to a snippet and one image drawn from it.
+How close (cosine in encoder space) each sample is to its unseen source, next to what retrieval gives (the
+nearest training emoji to the source), and how often the sample's nearest training image is exactly that
+neighbour (the model answering an unseen snippet with the closest emoji it knows). Grid: held-out | sample |
+nearest training emoji, docs/images/emoji32_held_out.png.
+
 Part 2, the paper's claim at small scale: the same network (the default's layout at width 96 and depth 3, see
 ABLATION_MODEL) trained for the same number of steps (--ablation-steps, far fewer than the default's) with the
 same seed, conditioned on snippets (GMem), on group labels (a learned embedding in the snippet slot, SiT-style),
@@ -80,6 +86,26 @@ def shipped_model(args, pipe, train_feats, held_feats) -> dict:
     }
 
 
+def unseen_snippets(args, pipe, held, train_feats, held_feats) -> dict:
+    snippets = pipe.snippets_from_images(held.images)
+    gen = pipe.generate(snippets=snippets, seeds=range(len(held)), batch_size=250)
+    feats = pipe.encoder.encode(gen.images)
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a, b, dim=1)  # noqa: E731
+    _, neighbour = nearest_training(held_feats, train_feats, k=1)  # retrieval: the closest emoji the model knows
+    _, sample_nearest = nearest_training(feats, train_feats, k=1)
+    neighbour = neighbour[:, 0]
+    picks = torch.arange(0, len(held), max(1, len(held) // 24))[:24]
+    triples = torch.stack([torch.cat([torch.as_tensor(held.images[i]), gen.images[i], pipe.bank.thumbnails[neighbour[i]]], dim=1)
+                           for i in picks.tolist()])
+    image_grid(triples, nrow=4, scale=3).save(ROOT / "docs/images/emoji32_held_out.png")
+    return {"held_out_images": len(held),
+            "cosine_sample_to_source": cos(feats, held_feats).mean().item(),
+            "cosine_retrieval_to_source": cos(train_feats[neighbour], held_feats).mean().item(),
+            "sample_nearest_is_source_neighbour": (sample_nearest[:, 0] == neighbour).float().mean().item(),
+            "fd_samples_vs_held_out": frechet_distance(feats, held_feats),
+            "fd_train_vs_held_out": frechet_distance(train_feats, held_feats)}
+
+
 def ablation(args, pipe, train, train_feats) -> dict:
     cfg_model = {**pipe.model.config.to_dict(), **ABLATION_MODEL}
     rows = pipe.bank.rows.float()
@@ -125,6 +151,15 @@ def markdown(res: dict) -> str:
                   f"| precision / recall (k=3) | {s['precision_k3']:.3f} / {s['recall_k3']:.3f} |",
                   f"| nearest training image = the conditioning emoji | {s['nearest_training_is_own_row']:.3f} |",
                   f"| seconds for 16 images (CPU, 3 runs) | {s['seconds_for_16_images']} |", ""]
+    u = res.get("unseen")
+    if u:
+        lines += [f"Unseen emojis: one sample from the snippet of each of the {u['held_out_images']} held-out emojis:", "",
+                  "| measure | value |", "|---|---|",
+                  f"| cosine, sample to its unseen source | {u['cosine_sample_to_source']:.3f} |",
+                  f"| cosine, nearest training emoji to the source (retrieval) | {u['cosine_retrieval_to_source']:.3f} |",
+                  f"| sample's nearest training image = the source's nearest | {u['sample_nearest_is_source_neighbour']:.3f} |",
+                  f"| FD samples vs held-out / training set vs held-out | {u['fd_samples_vs_held_out']:.3f} / "
+                  f"{u['fd_train_vs_held_out']:.3f} |", ""]
     a = res.get("ablation")
     if a:
         lines += [f"Ablation: same network ({a.get('model', '')}), {a['steps']} steps at batch {a['batch_size']}, FD of {a['samples']} "
@@ -150,6 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--ablation-samples", type=int, default=500)
     p.add_argument("--skip-ablation", action="store_true")
     p.add_argument("--skip-shipped", action="store_true")
+    p.add_argument("--skip-unseen", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = p.parse_args(argv)
@@ -165,6 +201,8 @@ def main(argv=None) -> int:
     res["device"] = f"CPU, torch threads {torch.get_num_threads()} (machine shared with other jobs)"
     if not args.skip_shipped:
         res["shipped"] = shipped_model(args, pipe, train_feats, held_feats)
+    if not args.skip_unseen:
+        res["unseen"] = unseen_snippets(args, pipe, held, train_feats, held_feats)
     if not args.skip_ablation:
         res["ablation"] = ablation(args, pipe, train, train_feats)
     json_path.write_text(json.dumps(res, indent=1))

@@ -195,7 +195,43 @@ def test_gpu_benchmark_smoke(tmp_path):
 
     result = json.loads((tmp_path / "gpu_sampler_cpu-smoke.json").read_text())
     assert not result["errors"], result["errors"]
-    assert {"a_released", "b_fast_b4", "b_fast_b8", "c_live_b2"} <= set(result["runs"])
+    assert {"a_released", "b_fast_b4", "b_fast_b8", "b_fast_b8_gelu_separate", "c_live_b2"} <= set(result["runs"])
     assert result["runs"]["b_fast_b8"]["error_vs_a"]["max"] < 1e-4  # smoke runs the fp32 path on the CPU
     assert result["exact_fp32_vs_strict_reference"]["max"] < 1e-4
     assert "| b_fast_b8 | 8 |" in (tmp_path / "gpu_sampler_cpu-smoke.md").read_text()
+
+
+def test_gpu_profile_smoke(tmp_path):
+    """The profile script runs end to end (tiny model, CPU) and sums kernel time by family."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    result = json.loads((tmp_path / "gpu_profile_cpu-smoke.json").read_text())
+    assert not result["errors"], result["errors"]
+    assert result["profile"]["device_ms_per_step"] > 0 and result["profile"]["families_ms_per_step"]
+    assert [m["name"] for m in result["matmuls"]] == ["qkv", "proj", "fc1", "fc2"]
+
+
+def test_linear_gelu_is_fc1_then_tanh_gelu():
+    """The fused fc1 + GELU op computes SiT's MLP activation, survives torch.compile's tracing and op checks."""
+    from gmem_explore.fused_ops import linear_gelu
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 5, 8, generator=g), torch.randn(16, 8, generator=g), torch.randn(16, generator=g)
+    expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b), approximate="tanh")
+    torch.testing.assert_close(linear_gelu(x, w, b), expected, rtol=0, atol=0)
+    traced = torch.compile(lambda x: linear_gelu(x, w, b) * 2, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(traced(x), 2 * expected)
+    torch.library.opcheck(linear_gelu, (x, w, b))
+
+
+def test_fused_and_separate_gelu_give_the_same_block(tiny_model, monkeypatch):
+    x, snippets, _ = inputs(2)
+    blocks, _ = fast.Modulation(tiny_model, snippets, [0.5]).get(0)
+    h = tiny_model.x_embedder(x) + tiny_model.pos_embed
+    fused = fast.block_forward(tiny_model.blocks[0], h, blocks[0])
+    monkeypatch.setattr(fast, "FUSED_GELU", False)
+    separate = fast.block_forward(tiny_model.blocks[0], h, blocks[0])
+    torch.testing.assert_close(fused, separate, rtol=0, atol=0)
