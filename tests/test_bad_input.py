@@ -315,6 +315,9 @@ CASES = [
          r"shape \(N, 16\)", r"encoder the model was trained with", None, ValueError),
     Case("mix-shapes", "mixing snippets of different shapes", lambda env: mix(torch.randn(1, 16), torch.randn(2, 16), 0.5),
          r"same shape", r"got \(1, 16\) and \(2, 16\)", None, ValueError),
+    Case("mix-opposite", "mixing a snippet with its opposite halfway (slerp)",
+         lambda env: mix(torch.ones(1, 16), -torch.ones(1, 16), 0.5, "slerp"),
+         r"zero vector", r"another weight or the 'concat' or 'mask' method", None, ValueError),
     # images ----------------------------------------------------------------------------------------------------
     Case("image-not-image", "bytes that are not an image", _img(lambda: b"hello, not a picture" * 10),
          r"not an image", r"PNG, JPEG", None, ImageError),

@@ -128,6 +128,14 @@ def test_mixing_keeps_unit_norm_and_hits_the_endpoints(method):
     assert torch.allclose(mix(a, b, 1.0, method), b / b.norm(dim=-1, keepdim=True), atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["lerp", "slerp"])
+def test_mixing_opposite_snippets_halfway_is_refused_with_a_reason(method):
+    a = torch.tensor([[1.0, 2.0, -0.5]])
+    with pytest.raises(ValueError, match="zero vector.*opposite directions.*another weight"):
+        mix(a, -a, 0.5, method)
+    torch.testing.assert_close(mix(a, -a, 0.25, method), a / a.norm())  # elsewhere on the line: still a's direction
+
+
 def test_concat_takes_halves_and_slerp_keeps_equal_angles():
     a, b = torch.zeros(4), torch.zeros(4)
     a[0], b[3] = 1.0, 1.0
