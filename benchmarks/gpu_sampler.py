@@ -9,7 +9,8 @@ Times, on the same random weights (the speed of a network does not depend on its
     steps and scaled to --steps (its cost per step is constant: same network, same batch, every step);
 (b) the fast path (sampling.sample(fast=True): bf16, fused attention, regional torch.compile, modulation
     precomputed, float32 state) at batch 64 and 256, warm (compilation is done by a 3-step run first);
-(c) batch 4 end to end (noise from seeds, snippets, 250 steps, CUDA graphs), cold and warm.
+(c) batch 4 end to end (noise from seeds, snippets, 250 steps, CUDA graphs), cold and warm;
+(d) the experimental FP8 precisions (--precisions) at the largest batch, with their error: do they keep the images?
 For each: images/s, ratio to (a), model TFLOP/s (2 x MACs of one forward from the config, 237.2 GFLOP for XL/2
 at 256 px), fraction of a bf16 matmul peak measured here, peak memory, and the per-image relative L2 error of
 the final latents against (a) at full steps on seeds 0..3 (the noise is per image, so the same at any batch).
@@ -215,12 +216,12 @@ class Bench:
                                                           "run": dict(fast.last_run)}
         print(f"exact fp32 mode vs strict-fp32 reference: max rel L2 {max(rel):.2e}", flush=True)
 
-    def fast_batch(self, n, steps=None, label=""):
-        steps = steps or self.args.steps
+    def fast_batch(self, n, steps=None, label="", precision=None):
+        steps, mode = steps or self.args.steps, precision or True
 
         def go():
-            _, warm, _ = self.timed(lambda: self.run(n, 3, True))  # compiles this batch size (kept in the cache)
-            latents, seconds, peak = self.timed(lambda: self.run(n, steps, True))
+            _, warm, _ = self.timed(lambda: self.run(n, 3, mode))  # compiles this batch size (kept in the cache)
+            latents, seconds, peak = self.timed(lambda: self.run(n, steps, mode))
             self.record(f"b_fast_b{n}{label}", n, seconds, steps, peak, latents if steps == self.args.steps else None,
                         warmup_seconds=round(warm, 1), fast=dict(fast.last_run))
         return go
@@ -291,6 +292,8 @@ def main(argv=None):
     p.add_argument("--baseline-batch", type=int, default=64)
     p.add_argument("--batches", default="64,256", help="fast-path batch sizes")
     p.add_argument("--live-batch", type=int, default=4)
+    p.add_argument("--precisions", default="fp8-mlp,fp8",
+                   help="experimental fast-path precisions also timed at the largest batch, with their error vs (a)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--skip", default="", help="comma-separated sections to skip: exact,guided,...")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, a few steps: checks the script runs")
@@ -306,8 +309,10 @@ def main(argv=None):
     # Most important first (a timeout keeps what was done): the headline batch, then the live case.
     batches = sorted((int(n) for n in args.batches.split(",")), reverse=True)
     sections = [("peak", bench.peak_matmul), ("baseline", bench.baseline), (f"fast_b{batches[0]}", bench.fast_batch(batches[0])),
-                ("gelu_separate", bench.gelu_separate(batches[0])), ("live", bench.live), ("exact", bench.exact_mode),
-                ("guided", bench.guided)]
+                ("gelu_separate", bench.gelu_separate(batches[0])), ("live", bench.live)]
+    sections += [(f"fast_b{batches[0]}_{p}", bench.fast_batch(batches[0], label=f"_{p}", precision=p))
+                 for p in filter(None, args.precisions.split(","))]
+    sections += [("exact", bench.exact_mode), ("guided", bench.guided)]
     sections += [(f"fast_b{n}", bench.fast_batch(n)) for n in batches[1:]]
     total = time.perf_counter()
     for name, fn in sections:

@@ -8,6 +8,7 @@ on the CPU; the CUDA-only parts are switched on by the device):
 - Precision "bf16": a cached bf16 copy of the network (fused attention via scaled_dot_product_attention, head
   width 72 on XL) with a float32 sampler state; precision "fp32": the network as given, float32 state. fp32
   matches the float64 reference within 1e-4 relative L2; bf16 within 2% (tests/test_fast.py, the benchmarks).
+  Experimental "fp8" / "fp8-mlp": the bf16 copy with e4m3 block products (fp8.py); its error is measured, not promised.
 - No host synchronisation inside the loop: the time grid is Python floats, the per-step coefficients a
   device tensor built once, the SDE noise drawn up front from each image's generator exactly as the reference
   does (so the same seed gives the same image at any batch size).
@@ -26,12 +27,14 @@ import weakref
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
+from . import fp8
 from .fused_ops import linear_gelu
 from .model import GMemSiT, modulate
 from .sampling import StepInfo, check_method_and_steps, draw_sde_noise, time_grid
 
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("bf16", "fp32", "fp8", "fp8-mlp")  # fp8*: experimental, see fp8.py
 GRAPH_MAX_BATCH = 16  # CUDA graphs pay off where launch overhead dominates: small, fixed live batches
 DEFAULT_MODULATION_BUDGET = 1 << 30  # bytes of precomputed adaLN modulation held at once (chunked above it)
 
@@ -53,16 +56,19 @@ def _fingerprint(model) -> tuple:
     return tuple((t.data_ptr(), t._version, t.dtype, str(t.device)) for t in model.state_dict().values())
 
 
-def network_for(model: GMemSiT, dtype: torch.dtype) -> GMemSiT:
-    """The model itself in its own dtype, else a cached copy cast to `dtype` (rebuilt when the weights change)."""
-    if next(model.parameters()).dtype == dtype:
+def network_for(model: GMemSiT, dtype: torch.dtype, fp8_layers: tuple = ()) -> GMemSiT:
+    """The model itself in its own dtype, else a cached copy cast to `dtype` (rebuilt when the weights change),
+    with FP8 weights for the named block linears (fp8.attach) when asked."""
+    if next(model.parameters()).dtype == dtype and not fp8_layers:
         return model
     key = _fingerprint(model)
-    cached = _copies.get(model, {}).get(dtype)
+    cached = _copies.get(model, {}).get((dtype, fp8_layers))
     if cached is not None and cached[0] == key:
         return cached[1]
     net = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
-    _copies.setdefault(model, {})[dtype] = (key, net)
+    if fp8_layers:
+        fp8.attach(net, fp8_layers)
+    _copies.setdefault(model, {})[(dtype, fp8_layers)] = (key, net)
     return net
 
 
@@ -118,16 +124,25 @@ class Modulation:
 
 
 # ---- one network evaluation and one sampler update -----------------------------------------------------------
+def attention(attn, x: torch.Tensor) -> torch.Tensor:
+    """model.Attention.forward with its two products through fp8.linear (plain products without FP8 weights)."""
+    n, tokens, dim = x.shape
+    q, k, v = fp8.linear(attn.qkv, x).reshape(n, tokens, 3, attn.heads, dim // attn.heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v)
+    return fp8.linear(attn.proj, out.transpose(1, 2).reshape(n, tokens, dim))
+
+
 def block_forward(block, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
     """model.SiTBlock.forward with its adaLN modulation given (same maths; tests compare the two)."""
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=-1)
-    h = h + gate_a.unsqueeze(1) * block.attn(modulate(block.norm1(h), shift_a, scale_a))
+    h = h + gate_a.unsqueeze(1) * attention(block.attn, modulate(block.norm1(h), shift_a, scale_a))
     y = modulate(block.norm2(h), shift_m, scale_m)
-    if FUSED_GELU:
-        y = block.mlp.fc2(linear_gelu(y, block.mlp.fc1.weight, block.mlp.fc1.bias))
-    else:
-        y = block.mlp(y)
-    return h + gate_m.unsqueeze(1) * y
+    fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+    if FUSED_GELU and not hasattr(fc1, "fp8_weight"):
+        y = linear_gelu(y, fc1.weight, fc1.bias)
+    else:  # the GELU then fuses with fc2's activation quantisation (FP8) in one kernel
+        y = F.gelu(fp8.linear(fc1, y), approximate="tanh")
+    return h + gate_m.unsqueeze(1) * fp8.linear(fc2, y)
 
 
 def finish(net, h, final, x_in, x_base, v_prev, eps, coef):
@@ -281,7 +296,8 @@ def sample_fast(
 ) -> torch.Tensor:
     """sampling.sample() on the fast path (inputs are checked there); returns the final state in float32.
 
-    precision: "bf16" (default on CUDA) or "fp32" (exact mode, default on CPU). compile / cuda_graphs: None =
+    precision: "bf16" (default on CUDA), "fp32" (exact mode, default on CPU), or the experimental "fp8" (all
+    four block products in e4m3) / "fp8-mlp" (fc1 and fc2 only), see fp8.py. compile / cuda_graphs: None =
     on where they help (CUDA; graphs for batches up to GRAPH_MAX_BATCH), False = off, True = on if possible.
     """
     check_method_and_steps(method, steps)
@@ -290,8 +306,8 @@ def sample_fast(
     device, n = noise.device, noise.shape[0]
     model.check_inputs(noise, torch.zeros(n, device=device), snippets)
     precision = resolve_precision(precision, device)
-    dtype = torch.bfloat16 if precision == "bf16" else next(model.parameters()).dtype
-    net = network_for(model, dtype)
+    dtype = next(model.parameters()).dtype if precision == "fp32" else torch.bfloat16
+    net = network_for(model, dtype, fp8.LAYER_SETS.get(precision, ()))
 
     grid = time_grid(method, steps).tolist()
     plan = _plan(method, steps, guidance, guidance_interval)

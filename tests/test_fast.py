@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gmem_explore import fast
+from gmem_explore import fast, fp8
 from gmem_explore.sampling import initial_noise, make_generators, sample
 
 from conftest import TINY
@@ -115,7 +115,7 @@ def test_default_routing(tiny_model):
     with pytest.raises(TypeError, match="GMemSiT"):
         run(lambda x, t, s: torch.zeros_like(x), fast_mode=True)
     with pytest.raises(ValueError, match="precision"):
-        run(tiny_model, fast_mode="fp8")
+        run(tiny_model, fast_mode="fp4")
 
 
 def test_bf16_copy_is_cached_and_follows_weight_changes(tiny_model):
@@ -235,3 +235,32 @@ def test_fused_and_separate_gelu_give_the_same_block(tiny_model, monkeypatch):
     monkeypatch.setattr(fast, "FUSED_GELU", False)
     separate = fast.block_forward(tiny_model.blocks[0], h, blocks[0])
     torch.testing.assert_close(fused, separate, rtol=0, atol=0)
+
+
+def test_fp8_linear_is_the_row_scaled_e4m3_product():
+    """fp8.linear = (x quantised per row) @ (W quantised per output row)^T + b, within 6% of the exact product."""
+
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(32, 48)
+    x = torch.randn(2, 5, 32, generator=g)
+    fp8.attach_linear(layer)
+    x8, sx = fp8.quantize_rows(x.reshape(-1, 32))
+    w8, sw = fp8.quantize_rows(layer.weight)
+    expected = (x8.float() * sx) @ (w8.float() * sw).T + layer.bias
+    got = fp8.linear(layer, x)
+    torch.testing.assert_close(got.reshape(-1, 48), expected.detach(), rtol=1e-5, atol=1e-5)
+    exact = layer(x)
+    assert 1e-3 < rel_l2(got, exact.detach()) < 0.06  # really rounded, but only by e4m3's 3 mantissa bits
+
+
+@pytest.mark.parametrize("precision,quantised", [("fp8", {"qkv", "proj", "fc1", "fc2"}), ("fp8-mlp", {"fc1", "fc2"})])
+def test_fp8_modes_quantise_the_named_products_and_stay_close(tiny_model, precision, quantised):
+    net = fast.network_for(tiny_model, torch.bfloat16, fp8.LAYER_SETS[precision])
+    block = net.blocks[0]
+    layers = {"qkv": block.attn.qkv, "proj": block.attn.proj, "fc1": block.mlp.fc1, "fc2": block.mlp.fc2}
+    assert {name for name, layer in layers.items() if hasattr(layer, "fp8_weight")} == quantised
+    assert not hasattr(tiny_model.blocks[0].mlp.fc1, "fp8_weight")  # the user's model is untouched
+    ref = run(tiny_model)
+    out = run(tiny_model, fast_mode=precision)
+    assert fast.last_run["precision"] == precision and torch.isfinite(out).all()
+    assert rel_l2(out, ref) < 0.05
