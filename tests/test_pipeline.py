@@ -8,6 +8,7 @@ import torch
 
 from gmem_explore import Checkpoint, GMemPipeline, load_checkpoint, save_checkpoint
 from gmem_explore.cli import main as gmem
+from gmem_explore.model import GMemSiT
 
 
 def test_generate_by_count_returns_what_was_used(tiny_pipeline):
@@ -93,6 +94,21 @@ def test_checkpoint_folder_round_trip(tmp_path, tiny_pipeline):
     assert back.info["name"] == "tiny" and back.sampler == {"method": "euler", "steps": 3}
     pipe = GMemPipeline.from_pretrained(str(tmp_path / "ck"))
     assert torch.equal(pipe.generate(seeds=[5, 6]).images, tiny_pipeline.generate(seeds=[5, 6], steps=3).images)
+
+
+def test_loading_a_checkpoint_skips_random_initialisation(tmp_path, tiny_pipeline, monkeypatch):
+    """Weights go straight from the file into uninitialised memory: initialising first would cost seconds of CPU
+    and a second copy for SiT-XL/2, only to be overwritten."""
+    ckpt = Checkpoint(tiny_pipeline.model, tiny_pipeline.bank, {"type": "pixels"}, None, {"method": "euler", "steps": 3}, {})
+    save_checkpoint(tmp_path / "ck", ckpt)
+
+    def no_init(self):
+        raise AssertionError("load_checkpoint initialised the weights it was about to overwrite")
+
+    monkeypatch.setattr(GMemSiT, "initialize_weights", no_init)
+    back = load_checkpoint(tmp_path / "ck")
+    for (name, a), b in zip(tiny_pipeline.model.state_dict().items(), back.model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_damaged_checkpoints_are_explained(tmp_path, tiny_pipeline):
