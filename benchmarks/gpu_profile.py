@@ -66,12 +66,13 @@ def profile_steps(args, device, cfg) -> dict:
     noise = initial_noise(gens, (cfg.in_channels, cfg.input_size, cfg.input_size), device)
     snippets = F.normalize(torch.randn(n, cfg.snippet_dim, device=device, generator=g), dim=1)
     start = time.perf_counter()
-    sample(net, noise, snippets, "sde", 3, gens, fast=True)  # compiles for this batch
+    mode = args.precision or True
+    sample(net, noise, snippets, "sde", 3, gens, fast=mode)  # compiles for this batch
     warm = time.perf_counter() - start
     steps = args.profile_steps
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
     with torch.profiler.profile(activities=activities) as prof:
-        sample(net, noise, snippets, "sde", steps, gens, fast=True)
+        sample(net, noise, snippets, "sde", steps, gens, fast=mode)
         if device == "cuda":
             torch.cuda.synchronize()
     kernels = defaultdict(float)
@@ -88,7 +89,7 @@ def profile_steps(args, device, cfg) -> dict:
         by_family[family(name)] += us
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
     ms_per_step = total / 1e3 / steps
-    return {"batch": n, "profiled_steps": steps, "compile_seconds": round(warm, 1), "device_ms_per_step": round(ms_per_step, 2),
+    return {"batch": n, "precision": args.precision or "default", "profiled_steps": steps, "compile_seconds": round(warm, 1), "device_ms_per_step": round(ms_per_step, 2),
             "images_per_s_implied": round(n / (ms_per_step * 250 / 1e3), 3) if ms_per_step else None,
             "families_ms_per_step": {k: round(v / 1e3 / steps, 2) for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])},
             "top_kernels_ms_per_step": [[k[:120], round(v / 1e3 / steps, 3)] for k, v in top]}
@@ -178,7 +179,7 @@ def markdown(r: dict) -> str:
     lines = [f"# Where a fast-path step goes: {r['card']} (SiT-XL/2 at 256 px, batch {r['batch']}, torch {r['torch']})", "",
              "Target: 11 images/s at 250 steps and batch 256 = 93 ms per step.", ""]
     if p:
-        lines += [f"Profiled {p['profiled_steps']} steps: {p['device_ms_per_step']} ms of device time per step "
+        lines += [f"Precision {p.get('precision', 'default')}. Profiled {p['profiled_steps']} steps: {p['device_ms_per_step']} ms of device time per step "
                   f"(implies {p['images_per_s_implied']} images/s); compile {p['compile_seconds']} s.", "",
                   "| kernel family | ms per step |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in p["families_ms_per_step"].items()]
@@ -208,6 +209,7 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--profile-steps", type=int, default=4)
+    p.add_argument("--precision", default=None, help="fast-path precision to profile (bf16 default on CUDA; fp8, fp8-mlp)")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script runs")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke
@@ -222,6 +224,8 @@ def main(argv=None):
     else:
         cfg = model_config("SiT-XL/2", input_size=32)
         card = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    if args.precision:
+        card += f"_{args.precision}"
     r = {"card": card, "torch": torch.__version__, "batch": args.batch, "errors": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
