@@ -1,6 +1,7 @@
 """The fast sampling path (gmem_explore/fast.py) gives the reference sampler's images, with less work per step."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -186,30 +187,29 @@ def test_cuda_fast_path_matches(tiny_model):
     assert fast.last_run["cuda_graphs"] and rel_l2(out, ref) < 0.02
 
 
-def test_gpu_benchmark_smoke(tmp_path):
-    """The GPU benchmark runs end to end (tiny model, CPU) and writes its JSON and markdown."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_sampler.py"), "--smoke", "--out", str(tmp_path)],
+def smoke_run(script: str, tmp_path) -> dict:
+    """Run a GPU benchmark script with --smoke (tiny model, CPU); its JSON result, after checking nothing failed."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
-    import json
-
-    result = json.loads((tmp_path / "gpu_sampler_cpu-smoke.json").read_text())
+    result = json.loads((tmp_path / f"{Path(script).stem}_cpu-smoke.json").read_text())
     assert not result["errors"], result["errors"]
+    return result
+
+
+def test_gpu_benchmark_smoke(tmp_path):
+    """The GPU benchmark runs end to end (tiny model, CPU) and writes its JSON and markdown."""
+    result = smoke_run("gpu_sampler.py", tmp_path)
     assert {"a_released", "b_fast_b4", "b_fast_b8", "b_fast_b8_gelu_separate", "c_live_b2"} <= set(result["runs"])
     assert result["runs"]["b_fast_b8"]["error_vs_a"]["max"] < 1e-4  # smoke runs the fp32 path on the CPU
+    assert result["runs"]["b_fast_b8_fp8"]["error_vs_a"]["max"] < 0.05  # fp8 products: rounded, not wrong
     assert result["exact_fp32_vs_strict_reference"]["max"] < 1e-4
     assert "| b_fast_b8 | 8 |" in (tmp_path / "gpu_sampler_cpu-smoke.md").read_text()
 
 
 def test_gpu_profile_smoke(tmp_path):
     """The profile script runs end to end (tiny model, CPU) and sums kernel time by family."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    import json
-
-    result = json.loads((tmp_path / "gpu_profile_cpu-smoke.json").read_text())
-    assert not result["errors"], result["errors"]
+    result = smoke_run("gpu_profile.py", tmp_path)
     assert result["profile"]["device_ms_per_step"] > 0 and result["profile"]["families_ms_per_step"]
     assert [m["name"] for m in result["matmuls"]] == ["qkv", "proj", "fc1", "fc2"]
 
