@@ -5,10 +5,12 @@ the target (os.replace is atomic on POSIX and Windows): a crash leaves either th
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import struct
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,11 +33,31 @@ def _umask() -> int:
     return mask
 
 
+STALE_TEMP_SECONDS = 3600  # a temporary file untouched this long belongs to a writer that died (SIGKILL, power)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete `.name.*.tmp` files beside `path` older than STALE_TEMP_SECONDS: what killed writers left behind.
+    Younger ones may belong to a save still running in another process, so they stay."""
+    removed = []
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone already, or not ours to delete: never a reason to fail the save
+            pass
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yields a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yields a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+    Temporary files of earlier writers that died are cleaned up first (remove_stale_temps)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved bank should get the usual permissions

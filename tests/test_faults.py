@@ -227,3 +227,21 @@ def test_training_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_r
         assert torch.equal(value, resumed.network.state_dict()[name]), f"{name} differs after a kill at step {killed_at}"
     for name, value in straight.ema_model.state_dict().items():
         assert torch.equal(value, resumed.ema_model.state_dict()[name]), f"EMA {name} differs (kill at {killed_at})"
+
+
+def test_a_new_save_removes_only_stale_temporary_files(tmp_path):
+    """What a killed writer left (older than an hour) goes at the next save; a younger one may be a save in
+    progress elsewhere and stays; other files are never touched."""
+    from gmem_explore.safefiles import STALE_TEMP_SECONDS
+
+    path = tmp_path / "bank.safetensors"
+    stale, fresh, other = (tmp_path / ".bank.safetensors.abc123.tmp", tmp_path / ".bank.safetensors.def456.tmp",
+                           tmp_path / ".other.safetensors.ghi789.tmp")
+    for f in (stale, fresh, other):
+        f.write_bytes(b"partial")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    bank_version(0).save(path)
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert which_bank_version(MemoryBank.load(path)) == 0
