@@ -114,9 +114,10 @@ def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", 
         take_b = torch.rand(a.shape[-1], generator=g) < w
         out = torch.where(take_b, b, a)
     if bool((out.norm(dim=-1) < 1e-6).any()):  # e.g. lerp / slerp of opposite snippets at weight 0.5
-        raise ValueError(f"Mixing these snippets by {method} at weight {w} gives the zero vector (they point in opposite "
-                         "directions), which has no direction to condition on; use another weight or the "
-                         "'concat' or 'mask' method")
+        why = ("they point in opposite directions" if method in ("lerp", "slerp")
+               else "every dimension it takes is zero in its snippet")
+        raise ValueError(f"Mixing these snippets by {method} at weight {w} gives the zero vector ({why}), which has "
+                         "no direction to condition on; use another weight or the 'concat' or 'mask' method")
     return normalize(out)
 
 

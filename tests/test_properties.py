@@ -131,9 +131,20 @@ def test_concat_and_mask_take_each_dimension_from_a_or_b(pair, weight, seed):
     na, nb = normalize(a), normalize(b)
     d = a.shape[1]
     split = round((1 - weight) * d)  # concat: the first (1 - weight) of the dimensions from a, the rest from b
-    assert torch.allclose(mix(a, b, weight, "concat"), normalize(torch.cat([na[:, :split], nb[:, split:]], 1)), atol=1e-5)
-    # mask: some subset of dimensions from b, the same subset for the same seed
-    out = mix(a, b, weight, "mask", seed)
+    expected = torch.cat([na[:, :split], nb[:, split:]], 1)
+    if bool((expected.norm(dim=1) < 1e-6).any()):  # only zero entries taken: refused, never a zero snippet
+        with pytest.raises(ValueError, match="zero vector"):
+            mix(a, b, weight, "concat")
+    else:
+        assert torch.allclose(mix(a, b, weight, "concat"), normalize(expected), atol=1e-5)
+    # mask: some subset of dimensions from b, the same subset for the same seed (or the same refusal)
+    try:
+        out = mix(a, b, weight, "mask", seed)
+    except ValueError as e:
+        assert "zero vector" in str(e)
+        with pytest.raises(ValueError, match="zero vector"):
+            mix(a, b, weight, "mask", seed)
+        return
     assert torch.equal(out, mix(a, b, weight, "mask", seed))
     subsets = [torch.tensor([(i >> j) & 1 for j in range(d)], dtype=torch.bool) for i in range(2 ** d)] if d <= 8 else []
     if subsets:
