@@ -328,8 +328,8 @@ def sample_fast(
         graphed = _graphs[net][1].setdefault((stepper.compiled, FUSED_GELU), GraphedSteps())
         run = lambda *args: graphed(stepper, *args)  # noqa: E731
     last_run.clear()
-    last_run.update(precision=precision, fused_gelu=FUSED_GELU, compiled=stepper.compiled, cuda_graphs=graphs, modulation_chunk=mods.chunk,
-                    evaluations=len(plan), guided_evaluations=sum(p[2] for p in plan))
+    last_run.update(precision=precision, fused_gelu=FUSED_GELU, compiled=stepper.compiled, cuda_graphs=graphs,
+                    modulation_chunk=mods.chunk, evaluations=len(plan), guided_evaluations=sum(p[2] for p in plan))
 
     x = noise.float()
     x_pred = v_pred = denoised_pred = None
