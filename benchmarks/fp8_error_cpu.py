@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from gmem_explore.model import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
+from gpu_sampler import randomize  # noqa: E402  (benchmarks/ is this script's folder)
 
 
 def main(argv=None):
@@ -37,12 +38,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = model_config("SiT-XL/2", input_size=args.image_size // 8)
-    model = build_model(**cfg.to_dict()).eval().requires_grad_(False)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name != "pos_embed":
-                param.normal_(0.0, 0.02, generator=g)
+    model = randomize(build_model(**cfg.to_dict()).eval().requires_grad_(False))  # as the GPU benchmark's
 
     def run(mode):
         gens = make_generators(range(args.images), "cpu")

@@ -30,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 from gmem_explore.model import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
+from gpu_sampler import card_name, randomize  # noqa: E402  (benchmarks/ is this script's folder)
 
 FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul", r"gemm|sm90|cutlass|nvjet|cublas|xmma"),
             ("triton", r"triton"), ("other", r".")]
@@ -56,14 +57,11 @@ def bench(fn, cuda: bool) -> float:
 def profile_steps(args, device, cfg) -> dict:
     with torch.device(device):
         net = build_model(**cfg.to_dict()).eval().requires_grad_(False)
-    g = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name != "pos_embed":
-                p.normal_(0.0, 0.02, generator=g)
+    randomize(net)
     n = args.batch
     gens = make_generators(range(n), device)
     noise = initial_noise(gens, (cfg.in_channels, cfg.input_size, cfg.input_size), device)
+    g = torch.Generator(device=device).manual_seed(1234)
     snippets = F.normalize(torch.randn(n, cfg.snippet_dim, device=device, generator=g), dim=1)
     start = time.perf_counter()
     mode = args.precision or True
@@ -223,7 +221,7 @@ def main(argv=None):
         card = "cpu-smoke"
     else:
         cfg = model_config("SiT-XL/2", input_size=32)
-        card = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+        card = card_name()
     if args.precision:
         card += f"_{args.precision}"
     r = {"card": card, "torch": torch.__version__, "batch": args.batch, "errors": {}}

@@ -82,6 +82,11 @@ def tf32(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def card_name() -> str:
+    """The CUDA device's name as a file-name part: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+
+
 def randomize(net, seed=0, std=0.02):
     """Every weight random (also adaLN and the output layer, zero at init), so velocities are not trivially 0."""
     g = torch.Generator(device=next(net.parameters()).device).manual_seed(seed)
@@ -103,7 +108,7 @@ class Bench:
             self.card = "cpu-smoke"
         else:
             self.cfg = model_config("SiT-XL/2", input_size=args.image_size // 8)
-            self.card = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+            self.card = card_name()
         with torch.device(self.device):
             self.model = randomize(build_model(**self.cfg.to_dict())).eval().requires_grad_(False)
         self.gflop = 2 * forward_macs(self.cfg) / 1e9
