@@ -3,12 +3,14 @@
     python benchmarks/gpu_profile.py --out benchmarks/results     # about 1.5 minutes on one H100
     python benchmarks/gpu_profile.py --smoke --out /tmp/x         # tiny model on the CPU: checks the script runs
 
-Three parts, written to <out>/gpu_profile_<card>.json and .md:
-1. a torch.profiler trace of sampler steps (fast path, bf16, compiled) at --batch, summed by kernel family:
+Three parts (--parts), written to <out>/gpu_profile_<card>[_<variant>].json and .md:
+1. a torch.profiler trace of sampler steps (fast path, compiled; bf16 or --variant, e.g. fp8+mk, as in
+   gpu_sampler.py) at --batch, summed by kernel family:
    matrix products (cuBLAS/CUTLASS), attention, Triton (inductor's fused element-wise kernels), other;
 2. matrix products at the SiT-XL/2 shapes (rows = batch x 256 tokens): bf16 (nn.functional.linear), bf16 with
    cuBLASLt's tanh-GELU epilogue for fc1 (torch._addmm_activation, the same GELU as SiT's MLP), and FP8 e4m3
-   with row-wise scales (torch._scaled_mm), with the FP8 result's relative error against bf16 on LayerNorm'd data;
+   with row-wise scales (torch._scaled_mm, also with fast accumulation), with the FP8 result's relative error
+   against fp32 on LayerNorm'd data;
 3. scaled_dot_product_attention at head width 72 with each backend (flash, memory-efficient, cuDNN).
 Step-time arithmetic for the target: 11 images/s at 250 steps and batch 256 is 93 ms per step.
 """
@@ -30,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from gmem_explore.model import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
-from gpu_sampler import card_name, randomize  # noqa: E402  (benchmarks/ is this script's folder)
+from gpu_sampler import card_name, parse_variant, randomize, variant_options  # noqa: E402  (this script's folder)
 
 FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul", r"gemm|sm90|cutlass|nvjet|cublas|xmma"),
             ("triton", r"triton"), ("other", r".")]
@@ -64,15 +66,16 @@ def profile_steps(args, device, cfg) -> dict:
     g = torch.Generator(device=device).manual_seed(1234)
     snippets = F.normalize(torch.randn(n, cfg.snippet_dim, device=device, generator=g), dim=1)
     start = time.perf_counter()
-    mode = args.precision or True
-    sample(net, noise, snippets, "sde", 3, gens, fast=mode)  # compiles for this batch
-    warm = time.perf_counter() - start
+    precision, options = parse_variant(args.variant)
     steps = args.profile_steps
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
-    with torch.profiler.profile(activities=activities) as prof:
-        sample(net, noise, snippets, "sde", steps, gens, fast=mode)
-        if device == "cuda":
-            torch.cuda.synchronize()
+    with variant_options(options):
+        sample(net, noise, snippets, "sde", 3, gens, fast=precision)  # compiles for this batch
+        warm = time.perf_counter() - start
+        with torch.profiler.profile(activities=activities) as prof:
+            sample(net, noise, snippets, "sde", steps, gens, fast=precision)
+            if device == "cuda":
+                torch.cuda.synchronize()
     kernels = defaultdict(float)
     for e in prof.key_averages():
         if device == "cuda":  # kernels only: an aten op's "self device time" is its kernels' time again
@@ -87,7 +90,7 @@ def profile_steps(args, device, cfg) -> dict:
         by_family[family(name)] += us
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
     ms_per_step = total / 1e3 / steps
-    return {"batch": n, "precision": args.precision or "default", "profiled_steps": steps, "compile_seconds": round(warm, 1), "device_ms_per_step": round(ms_per_step, 2),
+    return {"batch": n, "variant": args.variant, "profiled_steps": steps, "compile_seconds": round(warm, 1), "device_ms_per_step": round(ms_per_step, 2),
             "images_per_s_implied": round(n / (ms_per_step * 250 / 1e3), 3) if ms_per_step else None,
             "families_ms_per_step": {k: round(v / 1e3 / steps, 2) for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])},
             "top_kernels_ms_per_step": [[k[:120], round(v / 1e3 / steps, 3)] for k, v in top]}
@@ -130,11 +133,17 @@ def matmuls(args, device, cfg) -> list[dict]:
                     return torch._scaled_mm((x / s).to(e4m3), w8.t(), scale_a=s, scale_b=sw.t(), bias=b,
                                             out_dtype=torch.bfloat16)
 
+                def fp8_fast_accum():
+                    return torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw.t(), bias=b, out_dtype=torch.bfloat16,
+                                            use_fast_accum=True)
+
                 row["fp8_rowwise_ms"] = bench(fp8, cuda)
                 row["fp8_rowwise_tflops"] = round(flop / row["fp8_rowwise_ms"] / 1e9, 1)
+                row["fp8_fast_accum_ms"] = bench(fp8_fast_accum, cuda)
                 row["fp8_with_activation_quant_ms"] = bench(fp8_with_quant, cuda)
                 ref = F.linear(x.float(), w.float(), b.float())
                 row["fp8_rel_err"] = float((fp8().float() - ref).norm() / ref.norm())
+                row["fp8_fast_accum_rel_err"] = float((fp8_fast_accum().float() - ref).norm() / ref.norm())
                 row["bf16_rel_err"] = float((F.linear(x, w, b).float() - ref).norm() / ref.norm())
             except Exception as e:  # keep the other numbers
                 row["fp8_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -177,7 +186,7 @@ def markdown(r: dict) -> str:
     lines = [f"# Where a fast-path step goes: {r['card']} (SiT-XL/2 at 256 px, batch {r['batch']}, torch {r['torch']})", "",
              "Target: 11 images/s at 250 steps and batch 256 = 93 ms per step.", ""]
     if p:
-        lines += [f"Precision {p.get('precision', 'default')}. Profiled {p['profiled_steps']} steps: {p['device_ms_per_step']} ms of device time per step "
+        lines += [f"Variant {p.get('variant', p.get('precision', 'bf16'))}. Profiled {p['profiled_steps']} steps: {p['device_ms_per_step']} ms of device time per step "
                   f"(implies {p['images_per_s_implied']} images/s); compile {p['compile_seconds']} s.", "",
                   "| kernel family | ms per step |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in p["families_ms_per_step"].items()]
@@ -189,7 +198,9 @@ def markdown(r: dict) -> str:
         for m in r["matmuls"]:
             note = ""
             if "bf16_gelu_epilogue_ms" in m:
-                note = f"GELU separate {m['bf16_then_gelu_ms']} ms, in epilogue {m['bf16_gelu_epilogue_ms']} ms"
+                note = f"GELU separate {m['bf16_then_gelu_ms']} ms, in epilogue {m['bf16_gelu_epilogue_ms']} ms; "
+            if "fp8_fast_accum_ms" in m:
+                note += f"fp8 fast accumulation {m['fp8_fast_accum_ms']} ms, rel err {m['fp8_fast_accum_rel_err']}"
             lines.append(f"| {m['name']} | {m['m']}x{m['k']}x{m['n']} | {m['bf16_ms']} | {m['bf16_tflops']} | "
                          f"{m.get('fp8_rowwise_ms', '')} ({m.get('fp8_with_activation_quant_ms', '')}) | "
                          f"{m.get('fp8_rowwise_tflops', '')} | {m.get('fp8_rel_err', m.get('fp8_error', ''))} | {note} |")
@@ -207,7 +218,9 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--profile-steps", type=int, default=4)
-    p.add_argument("--precision", default=None, help="fast-path precision to profile (bf16 default on CUDA; fp8, fp8-mlp)")
+    p.add_argument("--variant", default="bf16", help="fast-path variant to profile, as in gpu_sampler.py --variants: "
+                   "a precision (bf16, fp8, fp8-mlp) plus options +mk (inductor multi_kernel), +fa (FP8 fast accumulation)")
+    p.add_argument("--parts", default="profile,matmuls,attention", help="which parts to run (comma-separated)")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script runs")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke
@@ -222,12 +235,16 @@ def main(argv=None):
     else:
         cfg = model_config("SiT-XL/2", input_size=32)
         card = card_name()
-    if args.precision:
-        card += f"_{args.precision}"
+    parse_variant(args.variant)  # refuse a bad variant before any work
+    if args.variant != "bf16":
+        card += "_" + args.variant.replace("+", "_")
+    parts = set(filter(None, args.parts.split(",")))
     r = {"card": card, "torch": torch.__version__, "batch": args.batch, "errors": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, fn in (("profile", profile_steps), ("matmuls", matmuls), ("attention", attention)):
+        if name not in parts:
+            continue
         try:
             r[name] = fn(args, device, cfg)
         except Exception as e:

@@ -40,6 +40,12 @@ DEFAULT_MODULATION_BUDGET = 1 << 30  # bytes of precomputed adaLN modulation hel
 
 last_run: dict = {}  # what the latest sample_fast call used: precision, compiled, graphs, chunking
 FUSED_GELU = True  # fc1 + GELU as one op (fused_ops.linear_gelu); False: two ops (the benchmark's comparison)
+# Inductor options for the compiled step. Candidate, timed by benchmarks/gpu_sampler.py ("+mk" variants) before it
+# becomes a default: {"triton.multi_kernel": 1}. Inductor keeps a row in registers ("persistent reduction") only up
+# to 1,024 elements; XL's LayerNorm rows have 1,152, so each LayerNorm kernel reads its input twice (the H100
+# profile shows `triton_red_...layer_norm` kernels: 14.2 ms of a 131 ms step), and FP8's per-token scale needs a
+# third pass. multi_kernel raises that limit 16-fold and times both variants on the first call, keeping the faster.
+COMPILE_OPTIONS: dict = {}
 
 
 def supports(model) -> bool:
@@ -165,23 +171,27 @@ def finish(net, h, final, x_in, x_base, v_prev, eps, coef):
     return out, v, x_in - t * v
 
 
-_compiled: dict = {}  # the compiled block and tail, shared by every network (regional compilation)
+_compiled: dict = {}  # options -> the compiled block and tail, shared by every network (regional compilation)
 
 
-def compiled_functions():
-    """(block_forward, finish) compiled once per process, or None where torch.compile cannot run here."""
-    if "fns" not in _compiled:
+def compiled_functions(options: dict | None = None):
+    """(block_forward, finish) compiled once per process and set of inductor `options` (default COMPILE_OPTIONS),
+    or None where torch.compile cannot run here."""
+    options = dict(COMPILE_OPTIONS if options is None else options)
+    key = tuple(sorted(options.items()))
+    if key not in _compiled:
         try:
             import torch._dynamo as dynamo
 
-            for name in ("cache_size_limit", "recompile_limit"):  # batch sizes x step kinds x guidance
+            for name in ("cache_size_limit", "recompile_limit"):  # batch sizes x step kinds x guidance x options
                 if hasattr(dynamo.config, name):
                     setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
-            _compiled["fns"] = (torch.compile(block_forward, dynamic=False), torch.compile(finish, dynamic=False))
+            kw = dict(dynamic=False, options=options or None)
+            _compiled[key] = (torch.compile(block_forward, **kw), torch.compile(finish, **kw))
         except Exception as e:  # pragma: no cover - depends on the installation
             warnings.warn(f"torch.compile unavailable ({e}); running the fast path eagerly")
-            _compiled["fns"] = None
-    return _compiled["fns"]
+            _compiled[key] = None
+    return _compiled[key]
 
 
 class Stepper:
@@ -325,10 +335,12 @@ def sample_fast(
         key = _fingerprint(net)  # graphs read weights by address: recapture when the tensors were replaced
         if net not in _graphs or _graphs[net][0] != key:
             _graphs[net] = (key, {})
-        graphed = _graphs[net][1].setdefault((stepper.compiled, FUSED_GELU), GraphedSteps())
+        variant = (stepper.compiled, FUSED_GELU, fp8.FAST_ACCUM, tuple(sorted(COMPILE_OPTIONS.items())))
+        graphed = _graphs[net][1].setdefault(variant, GraphedSteps())
         run = lambda *args: graphed(stepper, *args)  # noqa: E731
     last_run.clear()
-    last_run.update(precision=precision, fused_gelu=FUSED_GELU, compiled=stepper.compiled, cuda_graphs=graphs,
+    last_run.update(precision=precision, fused_gelu=FUSED_GELU, fp8_fast_accum=fp8.FAST_ACCUM,
+                    compile_options=dict(COMPILE_OPTIONS), compiled=stepper.compiled, cuda_graphs=graphs,
                     modulation_chunk=mods.chunk, evaluations=len(plan), guided_evaluations=sum(p[2] for p in plan))
 
     x = noise.float()

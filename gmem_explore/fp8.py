@@ -18,6 +18,10 @@ import torch
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 LAYER_SETS = {"fp8": ("qkv", "proj", "fc1", "fc2"), "fp8-mlp": ("fc1", "fc2")}
+# Hopper's FP8 tensor cores can skip the periodic promotion of partial sums to full fp32 ("fast accumulation"):
+# faster, less exact. Off until benchmarks/gpu_sampler.py ("+fa" variants) has measured both speed and the 2%
+# image tolerance with it. The CPU ignores it.
+FAST_ACCUM = False
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,5 +53,6 @@ def linear(layer, x: torch.Tensor) -> torch.Tensor:
         return layer(x)
     flat = x.reshape(-1, x.shape[-1])
     x8, sx = quantize_rows(flat)
-    out = torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=layer.fp8_scale, bias=layer.bias, out_dtype=x.dtype)
+    out = torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=layer.fp8_scale, bias=layer.bias, out_dtype=x.dtype,
+                           use_fast_accum=FAST_ACCUM)
     return out.reshape(*x.shape[:-1], w8.shape[0])

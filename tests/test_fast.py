@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +265,19 @@ def test_fp8_modes_quantise_the_named_products_and_stay_close(tiny_model, precis
     out = run(tiny_model, fast_mode=precision)
     assert fast.last_run["precision"] == precision and torch.isfinite(out).all()
     assert rel_l2(out, ref) < 0.05
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="inductor's CPU backend needs a C++ compiler")
+def test_fp8_step_compiles_with_inductor_options_and_matches_eager(tiny_model, monkeypatch):
+    """The FP8 block goes through torch.compile (inductor, here its CPU backend) with the options the GPU benchmark
+    tries, one compiled set per option set, and the compiled step gives the eager step's images."""
+    monkeypatch.setattr(fast, "COMPILE_OPTIONS", {"triton.multi_kernel": 1})
+    assert fast.compiled_functions() is not fast.compiled_functions({})
+    assert fast.compiled_functions() is fast.compiled_functions({"triton.multi_kernel": 1})
+    noise, snippets, _ = inputs(2)
+    kw = dict(method="euler", steps=3, precision="fp8")
+    eager = fast.sample_fast(tiny_model, noise, snippets, compile=False, **kw)
+    compiled = fast.sample_fast(tiny_model, noise, snippets, compile=True, **kw)
+    assert fast.last_run["compiled"] and "fallback" not in fast.last_run
+    assert fast.last_run["compile_options"] == {"triton.multi_kernel": 1}
+    assert rel_l2(compiled, eager) < 0.01  # inductor may reorder bf16 arithmetic, nothing more
