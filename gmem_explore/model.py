@@ -142,9 +142,15 @@ class SnippetEmbedder(nn.Module):
         super().__init__()
         self.linear = nn.Linear(snippet_dim, dim)
         self.dropout = nn.Dropout(dropout)
+        # Training only: a dropout mask given from outside (the trainer draws it for the whole global batch, so that
+        # the result does not depend on how many processes share the batch). None: nn.Dropout draws its own.
+        self.mask = None
 
     def forward(self, snippet):
-        return self.dropout(self.linear(snippet))
+        out = self.linear(snippet)
+        if self.training and self.mask is not None:
+            return out * self.mask.to(out.dtype)
+        return self.dropout(out)
 
 
 class Attention(nn.Module):

@@ -29,12 +29,14 @@ weights, EMA, optimizer moments, step and the trainer's RNG state (dropout is se
 resuming gives the same weights as never stopping.
 
 Many GPUs: `accelerate launch scripts/train_default.py ...`, `torchrun ...`, or `notebook_launcher(fn, num_processes=8)`
-with fn building a Trainer; on one CPU process nothing needs a launcher. bf16 autocast is used on CUDA.
+with fn building a Trainer; on one CPU process nothing needs a launcher (`torchrun --nproc_per_node 2` also runs
+several CPU processes over gloo: tests/test_train.py checks that two train exactly like one). bf16 autocast on CUDA.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
@@ -133,7 +135,16 @@ def _accelerator(use_accelerate: bool | None):
         if use_accelerate:
             raise ImportError("Multi-process training needs accelerate: pip install 'accelerate>=1.0'") from None
         return None
-    return Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    cuda = torch.cuda.is_available()
+    # cpu=True on machines without CUDA: otherwise Accelerate ignores torchrun's WORLD_SIZE there and every process
+    # would train the whole batch alone (found by tests/test_train.py's two-process run)
+    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise RuntimeError(f"started as {launched} processes (WORLD_SIZE) but Accelerate joined "
+                           f"{accelerator.num_processes}: each would train alone. Launch with torchrun or "
+                           f"`accelerate launch --multi_gpu`, one process per GPU.")
+    return accelerator
 
 
 class Trainer:
@@ -244,8 +255,21 @@ class Trainer:
             t = torch.rand(n, generator=g)
         noise = torch.randn((n, *self.data.shape[1:]), generator=g)
         keep = (torch.rand(n, generator=g) >= cfg.snippet_dropout).float()
-        part = slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+        part = self._my_part(n)
         return idx[part], t[part], noise[part], keep[part]
+
+    def _my_part(self, n: int) -> slice:
+        return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def _condition_dropout_mask(self):
+        """v1's dropout after the snippet projection, drawn for the global batch (what nn.Dropout draws on the
+        CPU for the whole batch, bit for bit), this process's rows; None when the model has no such dropout."""
+        projection = self.network.condition_projection
+        p = projection.dropout.p
+        if not p:
+            return None
+        mask = torch.empty(self.config.batch_size, projection.linear.out_features).bernoulli_(1 - p).div_(1 - p)
+        return mask[self._my_part(self.config.batch_size)].to(self.device)
 
     def loss_on(self, idx, t, noise, keep):
         cfg = self.config
@@ -276,12 +300,18 @@ class Trainer:
             group["lr"] = lr
         self.module.train()
         batch = self._draw_batch()
-        # Dropout inside the network draws from torch's global RNG: seed it from our generator inside a fork, so
-        # a step depends only on the trainer's state (exact resume) and the caller's RNG is left untouched.
+        # The condition dropout's mask comes from torch's global RNG, seeded from our generator inside a fork: a step
+        # depends only on the trainer's state (exact resume), the caller's RNG is left untouched, and every process
+        # draws the same global mask and takes its rows (any number of processes trains like one).
         dropout_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(dropout_seed + self.rank)
-            loss, mse, repa = self.loss_on(*batch)
+            torch.manual_seed(dropout_seed)
+            projection = self.network.condition_projection
+            projection.mask = self._condition_dropout_mask()
+            try:
+                loss, mse, repa = self.loss_on(*batch)
+            finally:
+                projection.mask = None
             self.optimizer.zero_grad(set_to_none=True)
             if self.accelerator:
                 self.accelerator.backward(loss)

@@ -132,3 +132,66 @@ def test_accelerate_single_process_matches_plain_loop(digits):
     accelerated.fit()
     for name, value in plain.network.state_dict().items():
         torch.testing.assert_close(value, accelerated.network.state_dict()[name], atol=1e-6, rtol=1e-5)
+
+
+
+def test_two_accelerate_processes_train_like_one(digits, tmp_path):
+    """The docstring's promise, through torchrun (two CPU processes; Accelerate sees WORLD_SIZE and uses gloo, the
+    same code path as on several GPUs):
+    each process takes its slice of the same global batch and DDP averages the gradients, so two processes end
+    with the weights of the plain one-process loop (float rounding aside), and their saved state resumes in one."""
+    pytest.importorskip("accelerate")
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gmem_explore.safefiles import load_tensors
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(__file__).with_name("two_process_train.py")
+    # `accelerate launch --cpu` starts one process unless MPI is installed; torchrun starts two here
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(script), str(tmp_path)]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=Path(__file__).parents[1], start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher's workers too: nothing may outlive the test
+        output, _ = proc.communicate()
+        pytest.fail(f"two-process training did not finish in 180 s:\n{output[-3000:]}")
+    assert proc.returncode == 0, output[-3000:]
+    weights, meta = load_tensors(tmp_path / "weights.safetensors")
+    assert meta["world"] == 2
+    plain = make(digits, steps=3)
+    plain.fit()
+    for name, value in plain.network.state_dict().items():
+        torch.testing.assert_close(weights[name], value, atol=1e-6, rtol=1e-5, msg=name)
+    resumed = make(digits, steps=3)
+    resumed.load_state(tmp_path / "state.safetensors")
+    assert resumed.step == 3
+    for name, value in plain.ema_model.state_dict().items():
+        torch.testing.assert_close(resumed.ema_model.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_launch_accelerate_does_not_join_is_refused(digits, monkeypatch):
+    """Started as several processes but Accelerate sees one: each process would train the whole batch alone."""
+    accelerate = pytest.importorskip("accelerate")
+
+    class Alone:
+        num_processes = 1
+
+        def __init__(self, **kw):
+            pass
+
+    monkeypatch.setattr(accelerate, "Accelerator", Alone)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(RuntimeError, match="started as 4 processes .* Launch with torchrun"):
+        Trainer(build_model(**TINY), digits.images, conditions(len(digits)), TrainConfig(progress=False),
+                use_accelerate=True)

@@ -1,0 +1,26 @@
+"""One process of tests/test_train.py's two-process run (started by torchrun --nproc_per_node 2, on the CPU):
+train exactly like the test's make(steps=3), then save the state and, on the main process, the weights."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # test_train; the repository
+
+from test_train import TINY, conditions  # noqa: E402
+
+from gmem_explore import build_model  # noqa: E402
+from gmem_explore.data import load_digits  # noqa: E402
+from gmem_explore.safefiles import save_tensors  # noqa: E402
+from gmem_explore.train import TrainConfig, Trainer  # noqa: E402
+
+out = Path(sys.argv[1])
+digits = load_digits().subset(torch.arange(256))
+torch.manual_seed(0)
+config = TrainConfig(steps=3, batch_size=16, lr=3e-3, warmup=2, progress=False)
+trainer = Trainer(build_model(**TINY), digits.images, conditions(len(digits)), config, use_accelerate=True)
+trainer.fit()
+trainer.save_state(out / "state.safetensors")  # written by the main process only
+if trainer.is_main:
+    save_tensors(out / "weights.safetensors", dict(trainer.network.state_dict()), {"world": trainer.world})
+print(f"rank {trainer.rank} of {trainer.world}: done", flush=True)
