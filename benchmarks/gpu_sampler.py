@@ -330,7 +330,7 @@ def main(argv=None):
     p.add_argument("--baseline-batch", type=int, default=64)
     p.add_argument("--batches", default="64,256", help="fast-path batch sizes")
     p.add_argument("--live-batch", type=int, default=4)
-    p.add_argument("--variants", default="bf16+mk,fp8,fp8+mk,fp8-mlp+mk,fp8+mk+fa",
+    p.add_argument("--variants", default="fp8+mk,bf16+mk,fp8+mk+fa,fp8,fp8-mlp+mk",
                    help="fast-path variants also timed at the largest batch, with their error vs (a): a precision "
                         "(bf16, fp8, fp8-mlp) plus options +mk (inductor multi_kernel), +fa (FP8 fast accumulation)")
     p.add_argument("--image-size", type=int, default=256)
