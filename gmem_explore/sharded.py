@@ -223,7 +223,9 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
 def _spawned(rank: int, world: int, port: int, run_kwargs: dict) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    torch.set_num_threads(1)  # `world` processes share the machine's cores
+    # `world` processes share the machine's cores; one thread also keeps a forked child out of OpenMP's thread pool,
+    # which hangs at its first parallel op when the parent had used it (seen with torch 2.13's CPU build here)
+    torch.set_num_threads(1)
     run(**run_kwargs)
 
 
