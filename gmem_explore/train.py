@@ -261,15 +261,14 @@ class Trainer:
     def _my_part(self, n: int) -> slice:
         return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
 
-    def _condition_dropout_mask(self):
-        """v1's dropout after the snippet projection, drawn for the global batch (what nn.Dropout draws on the
-        CPU for the whole batch, bit for bit), this process's rows; None when the model has no such dropout."""
-        projection = self.network.condition_projection
-        p = projection.dropout.p
+    def _condition_dropout_mask(self, projection):
+        """v1's dropout after the snippet projection, drawn for the global batch on this process's device (what
+        nn.Dropout draws for the whole batch, bit for bit on the CPU), this process's rows; None without dropout."""
+        p, n = projection.dropout.p, self.config.batch_size
         if not p:
             return None
-        mask = torch.empty(self.config.batch_size, projection.linear.out_features).bernoulli_(1 - p).div_(1 - p)
-        return mask[self._my_part(self.config.batch_size)].to(self.device)
+        mask = torch.empty(n, projection.linear.out_features, device=self.device).bernoulli_(1 - p).div_(1 - p)
+        return mask[self._my_part(n)]
 
     def loss_on(self, idx, t, noise, keep):
         cfg = self.config
@@ -307,7 +306,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(dropout_seed)
             projection = self.network.condition_projection
-            projection.mask = self._condition_dropout_mask()
+            projection.mask = self._condition_dropout_mask(projection)
             try:
                 loss, mse, repa = self.loss_on(*batch)
             finally:
