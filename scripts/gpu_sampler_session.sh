@@ -3,7 +3,8 @@
 # `bash scripts/gpu_sampler_session.sh` (timeout_s 540; about 8 minutes of an H100). It measures, against the
 # released sampler in the same run, the variants that could close the gap from 8.3 to 11 images/s at batch 256:
 # inductor's multi_kernel (+mk: persistent LayerNorm reductions over XL's 1,152 channels), FP8 block products
-# (fp8, fp8-mlp) and FP8 fast accumulation (+fa), each with its final-latent error (2% tolerance); then profiles
+# (fp8, fp8-mlp) and FP8 fast accumulation (+fa), each with its final-latent error (2% tolerance), and the live
+# batch of 4 again with the fastest variant that keeps the images (section live_best); then profiles
 # an fp8+mk step and re-times the matrix products (fast accumulation included). Sections already measured and
 # met (exact mode, guidance, batch 64, GELU separate) are skipped. With time left in the session, the second
 # call is `PART=2 bash scripts/gpu_sampler_session.sh` (timeout_s 200): profiles of the bf16 step with and

@@ -281,3 +281,22 @@ def test_fp8_step_compiles_with_inductor_options_and_matches_eager(tiny_model, m
     assert fast.last_run["compiled"] and "fallback" not in fast.last_run
     assert fast.last_run["compile_options"] == {"triton.multi_kernel": 1}
     assert rel_l2(compiled, eager) < 0.01  # inductor may reorder bf16 arithmetic, nothing more
+
+
+def test_gpu_benchmark_retimes_the_live_case_with_the_fastest_variant_that_keeps_the_images():
+    """gpu_sampler's live_best section picks the fastest variant within 2% of (a), and only if it beats the default."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_sampler
+
+    bench = gpu_sampler.Bench(gpu_sampler.argparse.Namespace(smoke=True, steps=6))
+    bench.args.largest_batch = 256
+    calls = []
+    bench.live = calls.append
+    row = lambda ips, err, variant=None: {"images_per_s": ips, "error_vs_a": {"max": err}, "variant": variant}  # noqa: E731
+    bench.results["runs"] = {"b_fast_b256": row(8.3, 0.005), "b_fast_b256_fp8": row(11.5, 0.03, "fp8"),
+                             "b_fast_b256_fp8_mk": row(10.9, 0.011, "fp8+mk"), "b_fast_b256_bf16_mk": row(8.8, 0.005, "bf16+mk")}
+    bench.live_with_best_variant()
+    assert calls == ["fp8+mk"]  # fp8 alone is faster but changes the images by 3%
+    bench.results["runs"] = {"b_fast_b256": row(8.3, 0.005), "b_fast_b256_bf16_mk": row(8.1, 0.005, "bf16+mk")}
+    bench.live_with_best_variant()
+    assert calls == ["fp8+mk"]  # nothing beat the default: no second live run
