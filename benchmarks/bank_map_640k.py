@@ -107,7 +107,7 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     lines = [f"# Bank map of a released-size bank ({r['bank']})", "", f"Machine: {r['machine']}. Times in CPU seconds "
-             "(one thread); wall seconds in brackets were taken on a shared, loaded machine.", "",
+             "(one thread), so other load on the machine does not inflate them; wall seconds beside them.", "",
              "| step | rows | CPU s | wall s |", "| --- | --- | --- | --- |",
              f"| subsample + normalise (embed_2d, banks over max_rows) | {r['subsample_normalise']['rows']:,} | "
              f"{r['subsample_normalise']['cpu_s']} | {r['subsample_normalise']['wall_s']} |",
