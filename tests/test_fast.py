@@ -52,6 +52,20 @@ def test_block_and_velocity_match_the_model(tiny_model):
         torch.testing.assert_close(v, out)
 
 
+def test_blocks_with_deferred_residuals_are_the_models_blocks(tiny_model):
+    """block_forward returns (h, carry) with the block's output = h + gate * product; the next block adds it first."""
+    torch.manual_seed(3)
+    h0 = torch.randn(2, 16, TINY["hidden_size"])
+    c = torch.randn(2, TINY["hidden_size"])
+    first, second = tiny_model.blocks[0], tiny_model.blocks[1]
+    mods = [first.adaLN_modulation(c), second.adaLN_modulation(c)]
+    h1, carry1 = fast.block_forward(first, h0, mods[0], fast.zero_carry(h0, mods[0]))
+    torch.testing.assert_close(h1 + carry1[0].unsqueeze(1) * carry1[1], first(h0, c), rtol=0, atol=1e-6)
+    h2, carry2 = fast.block_forward(second, h1, mods[1], carry1)
+    torch.testing.assert_close(h2 + carry2[0].unsqueeze(1) * carry2[1], second(first(h0, c), c), rtol=0, atol=1e-6)
+    assert not torch.allclose(h1, first(h0, c))  # the residual really is deferred, not applied twice
+
+
 @pytest.mark.parametrize("method,steps,guidance", [("sde", 12, 2.5), ("euler", 6, 1.0), ("heun", 6, 2.5)])
 def test_exact_mode_matches_reference(tiny_model, method, steps, guidance):
     kw = dict(method=method, steps=steps, guidance=guidance, guidance_interval=INTERVAL)
@@ -232,9 +246,10 @@ def test_fused_and_separate_gelu_give_the_same_block(tiny_model, monkeypatch):
     x, snippets, _ = inputs(2)
     blocks, _ = fast.Modulation(tiny_model, snippets, [0.5]).get(0)
     h = tiny_model.x_embedder(x) + tiny_model.pos_embed
-    fused = fast.block_forward(tiny_model.blocks[0], h, blocks[0])
+    carry = fast.zero_carry(h, blocks[0])
+    fused = fast.block_forward(tiny_model.blocks[0], h, blocks[0], carry)
     monkeypatch.setattr(fast, "FUSED_GELU", False)
-    separate = fast.block_forward(tiny_model.blocks[0], h, blocks[0])
+    separate = fast.block_forward(tiny_model.blocks[0], h, blocks[0], carry)
     torch.testing.assert_close(fused, separate, rtol=0, atol=0)
 
 
@@ -277,8 +292,15 @@ def test_fp8_step_compiles_with_inductor_options_and_matches_eager(tiny_model, m
     noise, snippets, _ = inputs(2)
     kw = dict(method="euler", steps=3, precision="fp8")
     eager = fast.sample_fast(tiny_model, noise, snippets, compile=False, **kw)
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    dynamo.reset()  # compile afresh, so that the graphs made below can be counted
+    graphs = counters["stats"]["unique_graphs"]
     compiled = fast.sample_fast(tiny_model, noise, snippets, compile=True, **kw)
     assert fast.last_run["compiled"] and "fallback" not in fast.last_run
+    # one graph for every block (the first one's zero carry laid out as the others' carries) and one for the tail
+    assert counters["stats"]["unique_graphs"] - graphs == 2
     assert fast.last_run["compile_options"] == {"triton.multi_kernel": 1}
     assert rel_l2(compiled, eager) < 0.01  # inductor may reorder bf16 arithmetic, nothing more
 
