@@ -13,6 +13,8 @@ on the CPU; the CUDA-only parts are switched on by the device):
   device tensor built once, the SDE noise drawn up front from each image's generator exactly as the reference
   does (so the same seed gives the same image at any batch size).
 - Guidance doubles the batch only on the steps where it is active.
+- Each block's closing residual add is deferred into the next block (block_forward's carry), so that a compiled
+  block starts with it in the kernel of its first LayerNorm: one pass over the hidden state fewer per block.
 - On CUDA: torch.compile of one step (network + sampler update fused; eager if compile is unavailable) and
   CUDA graphs for small fixed batches (the live case: 4 images), one graph per step kind.
 
