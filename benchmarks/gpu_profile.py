@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from gmem_explore.model import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
-from gpu_sampler import card_name, parse_variant, randomize, variant_options  # noqa: E402  (this script's folder)
+from gpu_sampler import VARIANT_HELP, card_name, parse_variant, randomize, variant_options  # noqa: E402  (same folder)
 
 FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul", r"gemm|sm90|cutlass|nvjet|cublas|xmma"),
             ("triton", r"triton"), ("other", r".")]
@@ -218,8 +218,7 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--profile-steps", type=int, default=4)
-    p.add_argument("--variant", default="bf16", help="fast-path variant to profile, as in gpu_sampler.py --variants: "
-                   "a precision (bf16, fp8, fp8-mlp) plus options +mk (inductor multi_kernel), +fa (FP8 fast accumulation)")
+    p.add_argument("--variant", default="bf16", help="fast-path variant to profile: " + VARIANT_HELP)
     p.add_argument("--parts", default="profile,matmuls,attention", help="which parts to run (comma-separated)")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script runs")
     args = p.parse_args(argv)

@@ -46,6 +46,8 @@ ERROR_SEEDS = 4  # images compared against the baseline at full steps
 SAME_IMAGES = 0.02  # issue 5: the fast mode's final latents within 2% relative L2 of the reference's
 TARGET_IMAGES_PER_S = 11.0
 VARIANT_OPTIONS = {"mk": "inductor multi_kernel", "fa": "FP8 fast accumulation"}
+VARIANT_HELP = "a precision (bf16, fp8, fp8-mlp) plus options " + ", ".join(
+    f"+{k} ({v})" for k, v in VARIANT_OPTIONS.items())
 
 
 def forward_macs(cfg) -> float:
@@ -344,8 +346,7 @@ def main(argv=None):
     p.add_argument("--batches", default="64,256", help="fast-path batch sizes")
     p.add_argument("--live-batch", type=int, default=4)
     p.add_argument("--variants", default="fp8+mk,bf16+mk,fp8+mk+fa,fp8,fp8-mlp+mk",
-                   help="fast-path variants also timed at the largest batch, with their error vs (a): a precision "
-                        "(bf16, fp8, fp8-mlp) plus options +mk (inductor multi_kernel), +fa (FP8 fast accumulation)")
+                   help="fast-path variants also timed at the largest batch, with their error vs (a): " + VARIANT_HELP)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--skip", default="", help="comma-separated sections to skip: exact,guided,...")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, a few steps: checks the script runs")
