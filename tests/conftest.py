@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
@@ -14,6 +15,13 @@ from gmem_explore.autoencoders import PixelSpace  # noqa: E402
 
 TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, encoder_depth=1,
             projector_dim=32, repa_dim=16, snippet_dim=16)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 free at this moment (for a server or a launcher the test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def randomize(model, seed=0, std=0.05):

@@ -2,7 +2,6 @@
 server on a free local port (two clients = two sessions that must not see each other's edited bank)."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,8 @@ from gmem_explore.checkpoint import Checkpoint, save_checkpoint
 from gmem_explore.ui import build_app, load_checkpoint
 from gmem_explore.ui_common import Limits, Session, UserError, friendly, spaces_gpu
 from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RANDOM, ROW, GROUP, UPLOAD = ui_generate.SOURCES
@@ -205,12 +206,6 @@ def test_app_help_and_flags():
 
 
 # ---- through gradio_client -----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(demo):
     from gmem_explore.ui import launch

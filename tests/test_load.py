@@ -3,7 +3,6 @@ edited bank and every request is answered or politely refused; a generation that
 not break the next request. The 40-client figures come from benchmarks/load.py (results/load.md)."""
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).parent), str(ROOT / "benchmarks")]
 
 import load  # noqa: E402  (benchmarks/load.py)
+from conftest import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,7 @@ def served():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     demo = load.build_tiny_app()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    launch(demo, host="127.0.0.1", port=port, max_queue=64, prevent_thread_lock=True, quiet=True)
+    launch(demo, host="127.0.0.1", port=free_port(), max_queue=64, prevent_thread_lock=True, quiet=True)
     yield demo.local_url, demo
     demo.close()
     torch.set_num_threads(before)

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import TINY, randomize  # noqa: E402
+from conftest import TINY, free_port, randomize  # noqa: E402
 
 from gmem_explore import build_model  # noqa: E402
 
@@ -205,12 +205,6 @@ def test_a_corrupt_download_is_refused_before_conversion_even_without_hub_metada
 
 
 # ---- the app ---------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def outward_address() -> str | None:
     """This machine's address on its default route (a UDP connect sends nothing), if it has one."""
     try:

@@ -8,6 +8,8 @@ from gmem_explore import GMemPipeline, MemoryBank, build_model
 from gmem_explore.data import load_digits
 from gmem_explore.train import TrainConfig, Trainer
 
+from conftest import free_port
+
 TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, encoder_depth=1,
             projector_dim=32, repa_dim=16, snippet_dim=16)
 
@@ -143,20 +145,16 @@ def test_two_accelerate_processes_train_like_one(digits, tmp_path):
     pytest.importorskip("accelerate")
     import os
     import signal
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
     from gmem_explore.safefiles import load_tensors
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     script = Path(__file__).with_name("two_process_train.py")
     # `accelerate launch --cpu` starts one process unless MPI is installed; torchrun starts two here
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), str(script), str(tmp_path)]
+               "--master_port", str(free_port()), str(script), str(tmp_path)]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=Path(__file__).parents[1], start_new_session=True)
