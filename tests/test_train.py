@@ -8,10 +8,7 @@ from gmem_explore import GMemPipeline, MemoryBank, build_model
 from gmem_explore.data import load_digits
 from gmem_explore.train import TrainConfig, Trainer
 
-from conftest import free_port
-
-TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, encoder_depth=1,
-            projector_dim=32, repa_dim=16, snippet_dim=16)
+from conftest import TINY, free_port
 
 
 @pytest.fixture(scope="module")

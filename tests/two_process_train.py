@@ -7,7 +7,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # test_train; the repository
 
-from test_train import TINY, conditions  # noqa: E402
+from conftest import TINY  # noqa: E402
+from test_train import conditions  # noqa: E402
 
 from gmem_explore import build_model  # noqa: E402
 from gmem_explore.data import load_digits  # noqa: E402
