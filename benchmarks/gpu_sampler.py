@@ -298,6 +298,20 @@ class Bench:
         _, seconds, peak = self.timed(lambda: self.run(n, self.args.steps, True, **kw))
         self.record(f"c_live_b{n}_guided_third", n, seconds, self.args.steps, peak, fast=dict(fast.last_run))
 
+    def over_budget(self, name: str, elapsed: float) -> bool:
+        """Whether variant section `name` would end after --budget-s, judged by the longest batch section so far
+        (compile + a full run): later variants are skipped and named in the results, so that the sections after
+        them (the live case with the best variant) still run inside the session's time limit."""
+        if not name.startswith(f"fast_b{self.args.largest_batch}_") or not self.args.budget_s:
+            return False
+        done = [s for n, s in self.results.get("section_seconds", {}).items() if n.startswith("fast_b")]
+        if not done or elapsed + max(done) <= self.args.budget_s:
+            return False
+        self.results.setdefault("skipped_for_time", []).append(name)
+        print(f"-- {name} skipped: {elapsed:.0f} s + ~{max(done):.0f} s would pass --budget-s {self.args.budget_s}",
+              flush=True)
+        return True
+
     def save(self):
         out = Path(self.args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -339,6 +353,8 @@ def markdown(r: dict) -> str:
         lines.append(f"Exact fp32 mode vs the reference (TF32 off on both): max rel L2 {exact['max']:.2e}.")
     for name, err in r.get("errors", {}).items():
         lines.append(f"- section {name} failed: {err}")
+    if r.get("skipped_for_time"):
+        lines.append(f"- not run (time budget): {', '.join(r['skipped_for_time'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -350,8 +366,10 @@ def main(argv=None):
     p.add_argument("--baseline-batch", type=int, default=64)
     p.add_argument("--batches", default="64,256", help="fast-path batch sizes")
     p.add_argument("--live-batch", type=int, default=4)
-    p.add_argument("--variants", default="fp8+mk,bf16+mk,fp8+mk+fa,fp8,fp8-mlp+mk",
+    p.add_argument("--variants", default="fp8+mk,fp8+mk+fa,bf16+mk,fp8,fp8-mlp+mk",
                    help="fast-path variants also timed at the largest batch, with their error vs (a): " + VARIANT_HELP)
+    p.add_argument("--budget-s", type=float, default=0,
+                   help="seconds after which no further variant starts (0: no limit); the later sections still run")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--skip", default="", help="comma-separated sections to skip: exact,guided,...")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, a few steps: checks the script runs")
@@ -378,8 +396,11 @@ def main(argv=None):
     sections += [(f"fast_b{n}", bench.fast_batch(n)) for n in batches[1:]]
     total = time.perf_counter()
     for name, fn in sections:
-        if name not in skip:
-            bench.section(name, fn)
+        if name in skip:
+            continue
+        if bench.over_budget(name, time.perf_counter() - total):
+            continue
+        bench.section(name, fn)
     bench.results["total_seconds"] = round(time.perf_counter() - total, 1)
     bench.save()
     print(f"done in {bench.results['total_seconds']} s -> {args.out}/gpu_sampler_{bench.card}.json", flush=True)

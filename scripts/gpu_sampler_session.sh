@@ -4,7 +4,8 @@
 # released sampler in the same run, the variants that could close the gap from 8.3 to 11 images/s at batch 256:
 # inductor's multi_kernel (+mk: persistent LayerNorm reductions over XL's 1,152 channels), FP8 block products
 # (fp8, fp8-mlp) and FP8 fast accumulation (+fa), each with its final-latent error (2% tolerance), and the live
-# batch of 4 again with the fastest variant that keeps the images (section live_best); then profiles
+# batch of 4 again with the fastest variant that keeps the images (section live_best; the variants that would
+# not end inside 330 s are skipped and named, each takes about a minute: compile + 250 steps); then profiles
 # an fp8+mk step and re-times the matrix products (fast accumulation included). Sections already measured and
 # met (exact mode, guidance, batch 64, GELU separate) are skipped. With time left in the session, the second
 # call is `PART=2 bash scripts/gpu_sampler_session.sh` (timeout_s 200): profiles of the bf16 step with and
@@ -18,7 +19,9 @@ mkdir -p "$OUT"
 quiet() { grep -v -i -E "warn|^\s*$" ; }
 if [ "${PART:-1}" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  timeout 410 python3 benchmarks/gpu_sampler.py --out "$OUT" --skip gelu_separate,exact,guided,fast_b64 2>&1 | quiet
+  # variants in order of promise (see --variants); none starts that would end after 330 s: live_best still fits in 410
+  timeout 410 python3 benchmarks/gpu_sampler.py --out "$OUT" --skip gelu_separate,exact,guided,fast_b64 \
+    --budget-s 330 2>&1 | quiet
   timeout 100 python3 benchmarks/gpu_profile.py --out "$OUT/profile_fp8_mk" --variant fp8+mk --parts profile,matmuls \
     2>&1 | quiet | tail -30
 else

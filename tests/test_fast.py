@@ -322,3 +322,21 @@ def test_gpu_benchmark_retimes_the_live_case_with_the_fastest_variant_that_keeps
     bench.results["runs"] = {"b_fast_b256": row(8.3, 0.005), "b_fast_b256_bf16_mk": row(8.1, 0.005, "bf16+mk")}
     bench.live_with_best_variant()
     assert calls == ["fp8+mk"]  # nothing beat the default: no second live run
+
+
+def test_gpu_benchmark_skips_variants_that_would_pass_its_time_budget():
+    """--budget-s: a variant starts only if the longest batch section so far would still end inside the budget;
+    skipped variants are named in the results, and other sections are never skipped for time."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_sampler
+
+    bench = gpu_sampler.Bench(gpu_sampler.argparse.Namespace(smoke=True, steps=6, budget_s=300, largest_batch=256))
+    assert not bench.over_budget("fast_b256_fp8_mk", 250.0)  # nothing timed yet: no estimate, run it
+    bench.results["section_seconds"] = {"baseline": 8.0, "fast_b256": 60.0, "fast_b256_fp8_mk": 70.0}
+    assert not bench.over_budget("fast_b256_bf16_mk", 230.0)  # 230 + 70 = 300
+    assert bench.over_budget("fast_b256_fp8", 231.0)
+    assert not bench.over_budget("live_best", 999.0) and not bench.over_budget("fast_b64", 999.0)
+    assert bench.results["skipped_for_time"] == ["fast_b256_fp8"]
+    assert "not run (time budget): fast_b256_fp8" in gpu_sampler.markdown(bench.results)
+    bench.args.budget_s = 0  # no budget: never skip
+    assert not bench.over_budget("fast_b256_fp8_mk", 1e6)
