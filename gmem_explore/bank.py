@@ -40,7 +40,7 @@ def check_snippets(snippets: torch.Tensor, dim: int, what: str = "snippets") -> 
         raise ValueError(f"{what} must be floating point; got {snippets.dtype}")
     if not torch.isfinite(snippets).all():
         bad = (~torch.isfinite(snippets)).any(dim=1).nonzero().flatten().tolist()
-        raise ValueError(f"{what} contain NaN or infinite values in rows {bad[:10]}; replace those rows.")
+        raise ValueError(f"{what}: rows {bad[:10]} hold NaN or infinite values; replace those rows.")
     zero = (snippets == 0).all(dim=1)
     if zero.any():  # a zero vector has no direction: it is the unconditional input, not a snippet
         raise ValueError(f"{what}: rows {zero.nonzero().flatten().tolist()[:10]} are all zeros and have no direction; "
@@ -92,6 +92,11 @@ def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", 
         raise ValueError(f"Unknown mixing method {method!r}; choose one of {MIX_METHODS}")
     if not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"weight must lie in [0, 1]; got {weight}")
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    for name, x in (("first", a), ("second", b)):  # NaN would pass the zero-norm check below and come out as NaN
+        if not torch.isfinite(x).all():
+            raise ValueError(f"the {name} snippet to mix holds NaN or infinite values; use a bank row or an encoded "
+                             f"image instead")
     a, b = normalize(a), normalize(b)
     if a.shape != b.shape:
         raise ValueError(f"snippets to mix must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")

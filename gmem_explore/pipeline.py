@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import numbers
+import operator
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -43,16 +45,41 @@ class Generation:
         return len(self.seeds)
 
 
+def as_integer(x, what: str) -> int:
+    """x as a Python int if it is an integer of any kind (int, NumPy or 0-d tensor integer), else a ValueError.
+    Floats and bools are refused: 1.7 silently becoming 1 would pick another bank row than the user meant."""
+    if isinstance(x, bool) or (isinstance(x, torch.Tensor) and (x.dtype == torch.bool or x.is_floating_point())):
+        raise ValueError(f"{what} must be integers; got {x!r}")
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise ValueError(f"{what} must be integers; got {x!r}") from None
+
+
 def check_seeds(seeds, n: int | None) -> list[int]:
+    """One seed per image: a sequence of n integers, or one integer s for the seeds s, s + 1, ..., s + n - 1 (what
+    the CLI's and the app's --seed mean); random ones when None."""
     if seeds is None:
         return [secrets.randbelow(2**31) for _ in range(n or 0)]
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if isinstance(seeds, (str, bytes)):
+        raise ValueError(f"seeds must be integers in [0, 2^63 - 1]; got {seeds!r}")
+    if isinstance(seeds, torch.Tensor) and seeds.ndim == 0 or not hasattr(seeds, "__iter__"):
+        first = as_integer(seeds, "seeds")
+        seeds = [first + i for i in range(1 if n is None else n)]
+    seeds = [as_integer(s, "seeds") for s in seeds]
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+        if not 0 <= s <= MAX_SEED:
             raise ValueError(f"seeds must be integers in [0, 2^63 - 1]; got {s!r}")
     if n is not None and len(seeds) != n:
-        raise ValueError(f"got {len(seeds)} seeds for {n} images; give one seed per image or none")
+        raise ValueError(f"got {len(seeds)} seeds for {n} images; give one seed per image, one first seed, or none")
     return seeds
+
+
+def is_row_number(x) -> bool:
+    """A bank row given as a number (Python, NumPy or 0-d tensor integer), not a snippet vector."""
+    if isinstance(x, torch.Tensor):
+        return x.ndim == 0 and not x.is_floating_point() and x.dtype != torch.bool
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 class GMemPipeline:
@@ -125,7 +152,8 @@ class GMemPipeline:
     ) -> Generation:
         """Generate n images; or one per bank row in `indices`; or one per row of `snippets`.
 
-        Seeds (one per image; random when omitted, and always returned) fix the initial noise and the SDE noise.
+        Seeds (one per image, or one first seed s for s, s + 1, ...; random when omitted, and always returned) fix
+        the initial noise and the SDE noise.
         `choose` picks rows when neither indices nor snippets are given: "noise" (the released rule, rows by
         frequency from the initial noise), "frequency" or "uniform" (seeded by the image's seed).
         `callback(step_info, first_image_of_batch, total_images)` runs after every sampler step.
@@ -137,22 +165,24 @@ class GMemPipeline:
         if choose not in CHOICES:
             raise ValueError(f"Unknown choice {choose!r}; choose one of {CHOICES}")
         if indices is not None:
-            indices = [int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()]
+            if hasattr(indices, "reshape"):  # tensor or array: its values as Python numbers, any shape
+                indices = indices.reshape(-1).tolist()
+            indices = [as_integer(i, "indices (bank rows)") for i in (indices if hasattr(indices, "__iter__") else [indices])]
             self.bank._check_index(indices)
             count = len(indices)
         elif snippets is not None:
             snippets = normalize(check_snippets(snippets, self.snippet_dim))
             count = snippets.shape[0]
         else:
-            if n is None and seeds is not None:
-                n = 1 if isinstance(seeds, int) else len(list(seeds))
+            if n is None and seeds is not None:  # one image per seed; a single seed makes one image
+                n = len(check_seeds(seeds, None))
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"n (number of images) must be a positive integer; got {n!r}")
             count = n
         if n is not None and count != n:
             raise ValueError(f"n={n} disagrees with the {count} indices/snippets given")
         if count > MAX_IMAGES:
-            raise ValueError(f"{count} images in one call is too many (max {MAX_IMAGES}); use `gmem sample`")
+            raise ValueError(f"{count} images in one call is too many (max {MAX_IMAGES}); use `gmem sample-fid`, which writes them in shards and resumes")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         seeds = check_seeds(seeds, count)
@@ -205,9 +235,11 @@ class GMemPipeline:
 
     def interpolate(self, a, b, k: int = 8, method: str = "slerp", seed: int = 0, **generate_kwargs) -> Generation:
         """k images from snippet a to snippet b (bank rows or vectors), all from the same seed."""
+        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+            k = int(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 256:
             raise ValueError(f"k (number of frames) must be an integer in [2, 256]; got {k!r}")
-        a = self.bank.snippets([a]) if isinstance(a, int) else normalize(check_snippets(a, self.snippet_dim))
-        b = self.bank.snippets([b]) if isinstance(b, int) else normalize(check_snippets(b, self.snippet_dim))
+        a, b = (self.bank.snippets([as_integer(x, "bank rows")]) if is_row_number(x)
+                else normalize(check_snippets(x, self.snippet_dim)) for x in (a, b))
         frames = torch.cat([mix(a, b, w, method, seed) for w in torch.linspace(0, 1, k).tolist()])
         return self.generate(snippets=frames, seeds=[seed] * k, **generate_kwargs)

@@ -19,6 +19,7 @@ State is kept in float64 as in the reference; the model runs in its own dtype.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -122,8 +123,8 @@ def sample(
         raise ValueError("snippets contain NaN or infinite values; choose other rows or re-encode the image")
     if not torch.isfinite(noise).all():
         raise ValueError("noise contains NaN or infinite values")
-    if not guidance >= 0 or guidance != guidance:
-        raise ValueError(f"guidance must be a number >= 0 (1 means none); got {guidance}")
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not guidance >= 0:  # NaN fails >= 0
+        raise ValueError(f"guidance must be a number >= 0 (1 means none); got {guidance!r}")
     lo, hi = guidance_interval
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"guidance_interval must satisfy 0 <= low <= high <= 1; got {guidance_interval}")

@@ -128,6 +128,18 @@ def test_mixing_keeps_unit_norm_and_hits_the_endpoints(method):
     assert torch.allclose(mix(a, b, 1.0, method), b / b.norm(dim=-1, keepdim=True), atol=1e-5)
 
 
+@pytest.mark.parametrize("method", MIX_METHODS)
+def test_mixing_a_nan_snippet_is_refused(method):
+    """NaN passes the zero-vector check (NaN < 1e-6 is False) and would come out as a NaN 'unit' vector."""
+    good = torch.ones(2, 8)
+    bad = good.clone()
+    bad[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="second snippet to mix holds NaN or infinite"):
+        mix(good, bad, 0.5, method)
+    with pytest.raises(ValueError, match="first snippet to mix holds NaN or infinite"):
+        mix(torch.full((2, 8), float("inf")), good, 0.0, method)
+
+
 @pytest.mark.parametrize("method", ["lerp", "slerp"])
 def test_mixing_opposite_snippets_halfway_is_refused_with_a_reason(method):
     a = torch.tensor([[1.0, 2.0, -0.5]])

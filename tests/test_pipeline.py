@@ -60,6 +60,22 @@ def test_interpolation_uses_one_seed_and_ends_on_the_rows(tiny_pipeline):
     assert (strip.images[-1].int() - ends.images[1].int()).abs().max() <= 1
 
 
+def test_numpy_and_tensor_integers_are_integers_and_one_seed_numbers_the_images(tiny_pipeline):
+    """Seeds and rows may be NumPy or tensor integers; one int seed s gives the images s, s + 1, ... (as the CLI's
+    and the app's --seed), each the same image as when asked for alone."""
+    np = pytest.importorskip("numpy")
+    out = tiny_pipeline.generate(3, seeds=np.int64(5), steps=3)
+    assert out.seeds == [5, 6, 7] and all(type(s) is int for s in out.seeds)
+    alone = tiny_pipeline.generate(seeds=[6], steps=3)
+    assert torch.equal(alone.images[0], out.images[1])
+    assert tiny_pipeline.generate(seeds=np.arange(2), steps=3).seeds == [0, 1]
+    assert tiny_pipeline.generate(seeds=torch.tensor([3, 4]), steps=3).seeds == [3, 4]
+    rows = tiny_pipeline.generate(indices=np.array([2, 7]), seeds=0, steps=3)
+    assert rows.indices == [2, 7] and rows.seeds == [0, 1]
+    strip = tiny_pipeline.interpolate(np.int64(2), torch.tensor(7), k=np.int64(3), seed=3, steps=3)
+    assert len(strip) == 3 and torch.allclose(strip.snippets[0], tiny_pipeline.bank.snippets([2])[0], atol=1e-6)
+
+
 def test_callback_and_previews(tiny_pipeline):
     seen = []
     tiny_pipeline.generate(3, seeds=range(3), steps=3, batch_size=2,
@@ -80,6 +96,11 @@ def test_callback_and_previews(tiny_pipeline):
     (dict(n=1, steps=-1), ValueError, "steps must be"),
     (dict(n=10**7), ValueError, "too many"),
     (dict(indices=[1], snippets=torch.randn(1, 16)), ValueError, "not both"),
+    (dict(indices=[1.7]), ValueError, r"indices \(bank rows\) must be integers; got 1.7"),  # not silently row 1
+    (dict(n=1, seeds=[1.5]), ValueError, "seeds must be integers; got 1.5"),
+    (dict(n=1, seeds="3"), ValueError, "seeds must be integers"),
+    (dict(n=1, guidance="2"), ValueError, "guidance must be a number"),  # was a TypeError from a comparison
+    (dict(n=10**6), ValueError, "gmem sample-fid"),
 ])
 def test_bad_requests_are_explained(tiny_pipeline, kwargs, error, match):
     with pytest.raises(error, match=match):
