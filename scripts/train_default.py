@@ -1,7 +1,8 @@
-"""The exact recipe of the embedded default model `emoji-32` (gmem_explore/weights/emoji-32).
+"""The recipe of the embedded default model `emoji-32` (gmem_explore/weights/emoji-32); its defaults are the
+shipped run (7,200 steps at batch 512, EMA 0.9995: about 6 minutes on an H100, many hours on a CPU).
 
-    python scripts/train_default.py --out /work/runs/emoji-32 --steps 6000 --export gmem_explore/weights/emoji-32
-    python scripts/train_default.py --out run --batch-size 512 --steps 100000 --max-seconds 240 --export out  # GPU
+    python scripts/train_default.py --out run --export my-emoji              # the shipped recipe
+    python scripts/train_default.py --out run --steps 100000 --max-seconds 240 --export my-emoji  # a time budget
 
 --max-seconds stops at the first 100-step boundary after that much training; with a constant learning rate
 (no --decay) that is the same run as asking for exactly the steps it reached, and the exported recipe says so.
@@ -47,17 +48,18 @@ SAMPLER = {"method": "heun", "steps": 8}  # 15 evaluations: 16 images in about 1
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="working folder for the encoder, bank and training state")
-    p.add_argument("--steps", type=int, default=6000, help="generator optimizer steps in total")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--steps", type=int, default=7200, help="generator optimizer steps in total (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per optimizer step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate, constant after a 200-step warm-up (default %(default)s)")
+    p.add_argument("--ema-decay", type=float, default=0.9995, help="decay of the exported EMA weights (default %(default)s)")
     p.add_argument("--max-seconds", type=float, default=0,
                    help="stop after this much training (at a 100-step boundary); 0: run to --steps")
-    p.add_argument("--encoder-steps", type=int, default=1000)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--encoder-steps", type=int, default=1000, help="optimizer steps of the snippet encoder, stage 1 (default %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="save the training state every this many steps, to resume from (default %(default)s; 0: only at the end)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default %(default)s)")
     p.add_argument("--export", help="write the checkpoint folder here when training ends")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and initial weights (default %(default)s)")
     return p.parse_args(argv)
 
 
