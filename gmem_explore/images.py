@@ -7,6 +7,7 @@ first frame, and images too small or too large to be sensible are refused before
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +23,29 @@ class ImageError(ValueError):
 
 
 def open_image(source) -> Image.Image:
-    """A PIL image from a path, bytes, file object, PIL image, numpy array or uint8 tensor (H, W, 3)."""
+    """A PIL image from a path, bytes, file object, PIL image, numpy array or uint8 tensor (H, W, 3).
+
+    Errors about an input that came from a path name that path: in a folder of thousands of images the user has
+    to find the one bad file."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, torch.Tensor):
         source = source.cpu().numpy()
     if isinstance(source, np.ndarray):
         return array_to_image(source)
+    name = None  # the path, for the messages, when the input came from one
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise ImageError(f"No image file at {path}")
+        name = str(path)
         if path.stat().st_size > MAX_BYTES:
-            raise ImageError(f"{path.name} is {path.stat().st_size >> 20} MB; images over {MAX_BYTES >> 20} MB are refused")
+            raise ImageError(f"{name} is {path.stat().st_size >> 20} MB; images over {MAX_BYTES >> 20} MB are refused")
+        # Read whole so no file handle stays open behind a lazily decoded (e.g. animated) image.
         source = path.read_bytes()
+    empty = False  # an empty file is common (an interrupted copy or download) and worth saying so
     if isinstance(source, (bytes, bytearray)):
+        empty = len(source) == 0
         if len(source) > MAX_BYTES:
             raise ImageError(f"the upload is {len(source) >> 20} MB; images over {MAX_BYTES >> 20} MB are refused")
         source = io.BytesIO(source)
@@ -45,15 +54,37 @@ def open_image(source) -> Image.Image:
         img = Image.open(source)
         width, height = img.size
         if width * height > MAX_PIXELS:
-            raise ImageError(f"the image is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are accepted. Resize it first.")
+            raise ImageError(f"{name or 'the image'} is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are "
+                             f"accepted. Resize it first.")
         img.load()
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"the image has more than {MAX_PIXELS:,} pixels; resize it first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"the file is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP...): {e}") from None
+        raise ImageError(f"{name or 'the image'} has more than {MAX_PIXELS:,} pixels; resize it first") from None
+    except UnidentifiedImageError:
+        # PIL's own text here is "cannot identify image file <_io.BytesIO object at 0x...>": it names our
+        # in-memory buffer, not the user's file, so it is left out.
+        why = "it is empty (0 bytes)" if empty else "its format is not recognised"
+        raise ImageError(f"{_not_readable(name)}: {why}. {_remedy(name)}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{_not_readable(name)}: {_without_buffer_repr(e)}. {_remedy(name)}") from None
     return img
+
+
+def _not_readable(name: str | None) -> str:
+    return f"{name or 'the data'} is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP...)"
+
+
+def _remedy(name: str | None) -> str:
+    if name is None:
+        return "Give a PNG, JPEG, WebP, GIF or BMP image."
+    return "Re-save or replace that file, or move it out of the image folder."
+
+
+def _without_buffer_repr(error: BaseException) -> str:
+    """PIL's message with any repr of the BytesIO we handed it replaced: the address means nothing to a user."""
+    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(error)).rstrip(". ")
+    return text or type(error).__name__
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:
@@ -94,7 +125,13 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
 
 def load_rgb(source, size: int | None = None) -> torch.Tensor:
     """uint8 (H, W, 3); resized to size x size (centre-cropped to square, bicubic antialiased) when size is given."""
-    img = to_rgb(open_image(source))
+    img = open_image(source)
+    try:
+        img = to_rgb(img)
+    except ImageError as e:
+        if isinstance(source, (str, Path)):  # to_rgb never saw the path: add it, so the bad file can be found
+            raise ImageError(f"{source}: {e}") from None
+        raise
     if size is not None:
         img = ImageOps.fit(img, (size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import warnings
@@ -46,11 +47,23 @@ class UnsafeCheckpointError(ValueError):
 
 def load_official(path, mmap: bool = True) -> dict:
     """The released dict {network, memorybank, memoryfreq}, read with weights_only=True (memory-mapped when
-    the file is in torch's zip format). Raises UnsafeCheckpointError for code-carrying pickles and
-    ValueError for files that are not the released layout."""
+    the file is in torch's zip format). Raises UnsafeCheckpointError for code-carrying pickles,
+    ValueError for files that are not torch checkpoints at all or not the released layout, and
+    IsADirectoryError / FileNotFoundError for a folder / a missing path."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder, not a checkpoint file: give the path of the released .pth file ({OFFICIAL_FILE}). "
+            f"A folder that is already converted needs no converting: load it with load_checkpoint(folder) or "
+            f"`gmem sample --checkpoint FOLDER`.")
     if not path.is_file():
         raise FileNotFoundError(f"No such checkpoint file: {path}")
+    not_torch = _not_a_torch_file(path)
+    if not_torch:
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (.pth) at all: {not_torch}. Expected the released GMem checkpoint "
+            f"{OFFICIAL_FILE} from {OFFICIAL_REPO} on Hugging Face (a file written by torch.save): check the path, "
+            f"or download that file again if this one is a cut-off download or an error page.")
     try:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -59,16 +72,51 @@ def load_official(path, mmap: bool = True) -> dict:
                 raise
             raw = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
     except pickle.UnpicklingError as e:
-        reason = str(e).split("\n\n")[1].strip() if "\n\n" in str(e) else str(e).splitlines()[0]
+        reason = _unpickling_reason(str(e))
         raise UnsafeCheckpointError(
             f"Refused to load {path}: it is a pickle that asks to run code or build objects that are not plain "
             f"tensors ({reason}). Nothing from it was executed. The released GMem checkpoint holds only tensors; "
             f"this file is something else or has been tampered with: download it again from {OFFICIAL_REPO}."
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, TypeError) as e:
+        # Damaged bytes after a valid start make torch's reader fail in many ways (a random file starting with
+        # b"\x80" gave an IndexError); all of them mean the same to the user.
         raise ValueError(f"Could not read {path} as a torch checkpoint ({e}). The file is truncated or damaged: "
                          f"delete it and download {OFFICIAL_FILE} again.") from None
     return check_official_dict(raw, path)
+
+
+def _unpickling_reason(text: str) -> str:
+    """The one sentence of torch's weights_only refusal that says what the pickle asked for (e.g. "Unsupported
+    global: GLOBAL posix.system ..."); the rest of its text is advice to turn the protection off."""
+    found = re.search(r"WeightsUnpickler error: (.*?)\.(?:\s|$)", text)
+    if found:
+        return found.group(1)
+    return text.split("\n\n")[1].strip() if "\n\n" in text else (text.splitlines() or [text])[0]
+
+
+# torch.save writes a zip archive (since PyTorch 1.6) or, in the legacy format, a pickle of protocol 2 or more;
+# both are recognisable from their first bytes.
+TORCH_ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO_OPCODE = b"\x80"
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why the file cannot be a torch.save checkpoint, judged from its first bytes; None when it may be one.
+
+    Without this, torch.load(weights_only=True) reports an image or a text file as an unpickling error (or a bare
+    KeyError), and the message would accuse an innocent file of carrying code."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "it is empty (0 bytes)"
+    if head.startswith(TORCH_ZIP_MAGIC) or head.startswith(PICKLE_PROTO_OPCODE):
+        return None
+    expected = (f"while a torch checkpoint starts with {TORCH_ZIP_MAGIC!r} (zip) or {PICKLE_PROTO_OPCODE!r} "
+                f"(legacy pickle)")
+    if all(32 <= c < 127 or c in b"\t\r\n" for c in head):  # an error page or a note saved under the .pth name
+        return f"it is text, starting {head.decode('ascii')!r}, {expected}"
+    return f"it starts with the bytes {head[:8]!r}, {expected}"
 
 
 def check_official_dict(raw, path="checkpoint") -> dict:

@@ -86,6 +86,15 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict | None =
 def read_header(path) -> tuple[dict, dict, int]:
     """(tensor entries, metadata, data offset) of a safetensors file, with clear errors for bad files."""
     path = Path(path)
+    if path.is_dir():
+        # "No such file" would be wrong here: the path exists. Usually a checkpoint folder given where its bank
+        # file was meant (MemoryBank.load), so both ways forward are named.
+        inside = path / "bank.safetensors"
+        example = f" such as {inside}" if inside.is_file() else ""
+        raise IsADirectoryError(
+            f"{path} is a folder, not a file: give the .safetensors file itself (a memory bank is one file{example}). "
+            f"To load a whole checkpoint folder, use gmem_explore.load_checkpoint(folder) or "
+            f"GMemPipeline.from_pretrained(folder).")
     if not path.is_file():
         raise FileNotFoundError(f"No such file: {path}. Check the path; a checkpoint folder needs all its files "
                                 f"(copy or save it again).")

@@ -31,7 +31,9 @@ from conftest import TINY, randomize  # noqa: E402
 from gmem_explore import GMemPipeline, MemoryBank, build_model, mix  # noqa: E402
 from gmem_explore.autoencoders import PixelSpace  # noqa: E402
 from gmem_explore.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from gmem_explore.data import load_folder  # noqa: E402
 from gmem_explore.images import ImageError, load_rgb  # noqa: E402
+from gmem_explore.official import UnsafeCheckpointError, convert_official  # noqa: E402
 from gmem_explore.sampling import sample  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
@@ -173,6 +175,25 @@ def snip(env: Env, n: int = 1, dim: int = 16) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(5))
 
 
+def folder_with_one_bad_image(env: Env) -> None:
+    """photos/cats/ holds two good PNGs and one text file named like an image: the user must learn which."""
+    cats = env.root / "photos" / "cats"
+    cats.mkdir(parents=True)
+    for i in range(2):
+        (cats / f"ok{i}.png").write_bytes(encode(Image.new("RGB", (8, 8), (i * 100, 0, 0))))
+    (cats / "broken.png").write_text("not a picture, whatever the name says")
+
+
+def _convert(name: str):
+    """What `gmem convert <name> out/` runs."""
+    return lambda env: convert_official(env.root / name, env.root / "out")
+
+
+# The image messages must name the file and must not show PIL's repr of our in-memory buffer
+# ("<_io.BytesIO object at 0x...>"): a lookahead, since a case gives regexes the message must match.
+NO_BUFFER = r"\A(?!.*BytesIO)"
+
+
 # ---- the catalogue ----------------------------------------------------------------------------------------
 @dataclass
 class Case:
@@ -263,7 +284,28 @@ CASES = [
     Case("ckpt-bank-dim", "checkpoint whose bank has 8-d rows for a 16-d model", _load,
          r"dimension 8 but the model expects 16", r"put back the bank saved with this model",
          lambda env: write_bank_file(env.ckpt / "bank.safetensors", torch.randn(5, 8)), ValueError),
+    # the released .pth (`gmem convert`) -----------------------------------------------------------------------
+    Case("pth-is-png", "`gmem convert` given a PNG image instead of the .pth", _convert("photo.png"),
+         r"photo\.png is not a PyTorch checkpoint \(\.pth\) at all: it starts with the bytes b'\\x89PNG",
+         r"Expected the released GMem checkpoint .*written by torch\.save.*download",
+         lambda env: (env.root / "photo.png").write_bytes(encode(Image.new("RGB", (4, 4)))), ValueError),
+    Case("pth-is-text", "`gmem convert` given a text file (an HTML error page saved as .pth)", _convert("model.pth"),
+         r"not a PyTorch checkpoint \(\.pth\) at all: it is text, starting '<!DOCTYPE html>",
+         r"download that file again",
+         lambda env: (env.root / "model.pth").write_text("<!DOCTYPE html><p>rate limited</p>"), ValueError),
+    Case("pth-empty", "`gmem convert` given an empty .pth", _convert("model.pth"),
+         r"not a PyTorch checkpoint \(\.pth\) at all: it is empty \(0 bytes\)", r"download that file again",
+         lambda env: (env.root / "model.pth").write_bytes(b""), ValueError),
+    Case("pth-pickle-code", "`gmem convert` given a torch pickle that would run code", _convert("evil.pth"),
+         r"it is a pickle that asks to run code.*Nothing from it was executed", r"download it again from",
+         evil_pth, UnsafeCheckpointError),
+    Case("pth-folder", "`gmem convert` given a folder", lambda env: convert_official(env.ckpt, env.root / "out"),
+         r"ckpt is a folder, not a checkpoint file", r"released \.pth file.*load_checkpoint\(folder\)", None,
+         IsADirectoryError),
     # banks -----------------------------------------------------------------------------------------------------
+    Case("bank-folder", "MemoryBank.load of an existing folder (a checkpoint folder)",
+         lambda env: MemoryBank.load(env.ckpt), r"ckpt is a folder, not a file",
+         r"such as .*ckpt/bank\.safetensors.*load_checkpoint\(folder\)", None, IsADirectoryError),
     Case("bank-not-a-bank", "a safetensors file without a 'rows' tensor", _bank("weights.safetensors"),
          r"not a memory bank file", r"found \[",
          lambda env: save_file({"w": torch.zeros(2)}, str(env.root / "weights.safetensors")), ValueError),
@@ -308,7 +350,7 @@ CASES = [
     Case("snippet-wrong-dim", "an 8-d snippet for a 16-d model", _gen(snippets=torch.randn(1, 8), seeds=[0]),
          r"shape \(N, 16\); got \(1, 8\)", r"encoder the model was trained with", None, ValueError),
     Case("snippet-nan", "a snippet holding NaN", _gen(snippets=nan_in(torch.randn(4, 16), math.nan, 0)[:1], seeds=[0]),
-         r"NaN or infinite.*rows \[0\]", r"replace those rows", None, ValueError),
+         r"rows \[0\].*NaN or infinite|NaN or infinite.*rows \[0\]", r"replace those rows", None, ValueError),
     Case("snippet-zero", "an all-zero snippet", _gen(snippets=torch.zeros(1, 16), seeds=[0]), r"all zeros",
          r"bank row|encoded image", None, ValueError),
     Case("snippet-3d", "snippets of shape (1, 1, 16)", _gen(snippets=torch.randn(1, 1, 16), seeds=[0]),
@@ -320,7 +362,7 @@ CASES = [
          r"zero vector", r"another weight or the 'concat' or 'mask' method", None, ValueError),
     # images ----------------------------------------------------------------------------------------------------
     Case("image-not-image", "bytes that are not an image", _img(lambda: b"hello, not a picture" * 10),
-         r"not an image", r"PNG, JPEG", None, ImageError),
+         NO_BUFFER + r".*not an image", r"PNG, JPEG", None, ImageError),
     Case("image-truncated", "a PNG cut to half its length",
          _img(lambda: encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)))[:600]),
          r"not an image|truncated", r"PNG, JPEG|again|re-?save", None, ImageError),
@@ -349,6 +391,19 @@ CASES = [
          check=_rgb_is({(0, 0): (255, 255, 255), (2, 2): (0, 0, 255)})),
     Case("image-animated", "an animated GIF, red then blue (accepted: first frame)", _img(animated_bytes), r"", None,
          check=_rgb_is({(1, 1): (255, 0, 0)})),
+    Case("image-bad-file-in-folder", "a folder of images where one .png is really text (load_folder, build-bank)",
+         lambda env: load_folder(env.root / "photos", size=8),
+         NO_BUFFER + r".*photos/cats/broken\.png is not an image PIL can read.*format is not recognised",
+         r"Re-save or replace that file, or move it out of the image folder", folder_with_one_bad_image, ImageError),
+    Case("image-truncated-file", "a path to a PNG cut to half its length",
+         lambda env: load_rgb(env.root / "cut.png"), NO_BUFFER + r".*cut\.png is not an image.*truncated",
+         r"Re-save or replace that file",
+         lambda env: (env.root / "cut.png").write_bytes(
+             encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)))[:600]),
+         ImageError),
+    Case("image-empty-file", "a path to an empty .jpg", lambda env: load_rgb(env.root / "empty.jpg"),
+         NO_BUFFER + r".*empty\.jpg is not an image.*empty \(0 bytes\)", r"Re-save or replace that file",
+         lambda env: (env.root / "empty.jpg").write_bytes(b""), ImageError),
     Case("image-missing-path", "a path to a file that does not exist",
          lambda env: load_rgb(env.root / "nope.png"), r"No image file", r"nope\.png", None, ImageError),
     # parameters ------------------------------------------------------------------------------------------------
