@@ -11,6 +11,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help does not already say what the default is, and not to on/off
+    flags, whose "(default: False)" adds nothing; otherwise --port read "(default: ...) (default: None)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,14 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         epilog="Tabs: Generate (random / row / group / uploaded image, live previews), Bank (map, rows, "
                "neighbours, statistics), Swap (your image into this session's copy of the bank, download it), "
                "Interpolate (two snippets, lerp/slerp/concat/mask, strip and GIF). Stop with Ctrl+C.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default="emoji-32",
-                   help="a named checkpoint (emoji-32 is built in; gmem-v1-xl downloads from the Hub) or a local "
-                        "checkpoint folder")
+                   help="a named checkpoint (emoji-32 is built in; gmem-v1-xl downloads from the Hub), a local "
+                        "checkpoint folder or a released-format .pth file")
     p.add_argument("--host", default=env_host or "127.0.0.1",
                    help="address to listen on; 0.0.0.0 makes the app reachable from other machines")
     p.add_argument("--port", type=int, default=int(env_port) if env_port else None,
-                   help="port to listen on (default: the first free one from 7860 up)")
+                   help="port to listen on (default: $GRADIO_SERVER_PORT if set, else the first free one from 7860 up)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     p.add_argument("--concurrency", type=int, default=1,
@@ -50,6 +62,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def load_error(checkpoint: str, device: str, error: Exception) -> int:
+    """Print why the start-up checkpoint could not be loaded, as `gmem` prints its errors; the exit status."""
+    from gmem_explore.hub import available
+
+    message = f"python app.py: error: could not load checkpoint {checkpoint!r} on device {device!r}: {error}"
+    if isinstance(error, (ValueError, OSError)):
+        # Loader messages may suggest `gmem sample-fid --checkpoint PATH`; say that the app takes the same PATH.
+        message += (f"\nFor the app, pass it as: python app.py --checkpoint <folder or .pth file> (or a name: "
+                    f"{', '.join(available())})")
+    print(message, file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no telemetry calls
@@ -61,7 +86,12 @@ def main(argv=None) -> None:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     limits = Limits(max_images=args.max_images, max_steps=args.max_steps, concurrency=args.concurrency,
                     allow_local_checkpoints=args.allow_local_checkpoints)
-    demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device)
+    try:
+        demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device)
+    except (ValueError, OSError, RuntimeError) as e:
+        # The loaders' messages already say what to do; a traceback would bury them. Exit status 2 as for a bad
+        # flag, since the cause is the command line (a wrong --checkpoint or --device), not the app.
+        sys.exit(load_error(args.checkpoint, device, e))
     launch(demo, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
            max_file_size=args.max_file_size, inbrowser=args.open)
 

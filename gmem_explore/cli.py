@@ -13,8 +13,11 @@ COMMANDS = ["sample", "sample-fid", "convert", "bank", "build-bank", "train"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gmem",
-        description="Run, inspect and train GMem models (Generative Modeling with Explicit Memory). "
-                    "Every command works offline on the embedded default model 'emoji-32'.",
+        description="Run, inspect and train GMem models (Generative Modeling with Explicit Memory).\n\n"
+                    "sample, build-bank and train default to the embedded model 'emoji-32' and work offline; bank\n"
+                    "takes a checkpoint or bank file as its argument (e.g. `gmem bank stats emoji-32`). sample-fid\n"
+                    "defaults to the released gmem-v1-xl, downloaded once from the Hugging Face Hub (offline, give\n"
+                    "it a local .pth or folder), and convert turns that released .pth into a checkpoint folder.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `gmem COMMAND --help` for the options of one command.",
     )

@@ -24,10 +24,13 @@ from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # the whole docstring, line breaks kept: its first line alone stops mid-sentence, and the examples help
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="checkpoint name or folder (default: emoji-32)")
-    parser.add_argument("--method", default="umap", choices=["umap", "pca"])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "bank_map.png")
+    parser.add_argument("--method", default="umap", choices=["umap", "pca"],
+                        help="2-D projection of the bank rows (default umap; pca is much faster)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "bank_map.png",
+                        help="PNG to write (default: docs/images/bank_map.png, the README's picture)")
     args = parser.parse_args()
 
     bank = MemoryBank.load(resolve_checkpoint(args.checkpoint) / "bank.safetensors")

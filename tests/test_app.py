@@ -2,6 +2,7 @@
 server on a free local port (two clients = two sessions that must not see each other's edited bank)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -203,6 +204,21 @@ def test_app_help_and_flags():
         app.parse_args(["--port", "0"])
     out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--host" in out.stdout and "--share" in out.stdout and "Interpolate" in out.stdout
+    # each default is stated once: --port's own text, not also argparse's "(default: None)"; flags get none
+    assert "(default: None)" not in out.stdout and "(default: False)" not in out.stdout
+    assert "from 7860 up" in out.stdout and "(default: 500)" in out.stdout
+
+
+def test_app_refuses_a_bad_checkpoint_with_a_message(tmp_path):
+    """A folder that is not a checkpoint: an `error:` paragraph and status 2 (as for a bad flag), no traceback,
+    and no server (a started server would not return, and the timeout would fail the test)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--checkpoint", str(tmp_path), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("python app.py: error: could not load checkpoint") and "no config.json" in out.stderr
+    assert "python app.py --checkpoint <folder" in out.stderr  # how to give the app another one
+    assert "Traceback" not in out.stderr + out.stdout
 
 
 # ---- through gradio_client -----------------------------------------------------------------------------------

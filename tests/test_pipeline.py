@@ -1,4 +1,5 @@
 """GMemPipeline and our checkpoint folder: generation by count, rows or snippets; seeds; files; the CLI."""
+import argparse
 import json
 import subprocess
 import sys
@@ -162,3 +163,29 @@ def test_gmem_sample_writes_a_grid_and_its_record(tmp_path, tiny_pipeline):
 def test_gmem_help_explains_itself():
     result = subprocess.run([sys.executable, "-m", "gmem_explore", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "sample" in result.stdout and "emoji-32" in result.stdout
+
+
+def test_every_gmem_command_and_option_explains_itself():
+    """Each command and `gmem bank` action has a description, each option a help text, and an option with a
+    default (other than none / off) says what it is, since the commands' help formatter does not add it."""
+    from gmem_explore.cli import build_parser
+
+    def parsers(parser, name):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from parsers(sub, f"{name} {sub_name}")
+
+    seen = []
+    for name, parser in parsers(build_parser(), "gmem"):
+        seen.append(name)
+        assert parser.description, f"`{name} --help` has no description"
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            option = action.option_strings[0] if action.option_strings else action.dest
+            assert action.help, f"{name} {option} has no help"
+            if action.option_strings and not action.required and action.default not in (None, False):
+                assert "default" in action.help, f"{name} {option}: its help does not state its default"
+    assert {"gmem train", "gmem bank stats", "gmem bank nearest", "gmem bank compress"} <= set(seen)

@@ -190,3 +190,29 @@ def test_a_launch_accelerate_does_not_join_is_refused(digits, monkeypatch):
     with pytest.raises(RuntimeError, match="started as 4 processes .* Launch with torchrun"):
         Trainer(build_model(**TINY), digits.images, conditions(len(digits)), TrainConfig(progress=False),
                 use_accelerate=True)
+
+
+def test_gmem_train_checkpoint_every(tmp_path, monkeypatch, capsys):
+    """`gmem train --checkpoint-every 0` saves no periodic state (it used to divide by zero) but still the final
+    one; N saves every N steps; a negative count is refused by argparse before anything loads."""
+    from gmem_explore.cli import main
+    from gmem_explore.safefiles import load_tensors
+
+    saved = []
+    original = Trainer.save_state
+    monkeypatch.setattr(Trainer, "save_state", lambda self, path: saved.append(self.step) or original(self, path))
+    # held_out digits and 2 steps of 4 images: the cheapest real run of the command
+    common = ["train", "--data", "digits", "--split", "held_out", "--steps", "2", "--batch-size", "4", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "never"), "--checkpoint-every", "0"]) == 0
+    assert saved == [2]  # only the final save
+    _, state = load_tensors(tmp_path / "never" / "train-state.safetensors")
+    assert state["step"] == 2 and (tmp_path / "never" / "config.json").is_file()
+    saved.clear()
+    assert main([*common, "--out", str(tmp_path / "every"), "--checkpoint-every", "1"]) == 0
+    assert saved == [1, 2, 2]  # after each step, then the final save
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--out", str(tmp_path / "bad"), "--checkpoint-every", "-1"])
+    assert exit_info.value.code == 2
+    assert "--checkpoint-every: must be 0 (no periodic saves) or a positive number of steps" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

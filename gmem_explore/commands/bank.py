@@ -10,28 +10,54 @@ Examples:
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 
+STATS = """Print statistics of a bank as JSON: rows, dimension, storage type and size; row norms and zero or
+non-finite rows; the sampling frequencies (effective number of rows, share of the top 1%); cosine similarity
+between rows, estimated on --sample random rows.
+
+Example: gmem bank stats emoji-32"""
+
+NEAREST = """For each query, print the --k bank rows of highest cosine similarity, best first, as 'row (similarity)'.
+Query by bank rows (--row; a row is not its own neighbour) or by images (--image, encoded with the checkpoint's
+snippet encoder).
+
+Example: gmem bank nearest emoji-32 --row 3 17 --k 5"""
+
+COMPRESS = """Approximate the L2-normalised rows by their mean plus a rank --rank SVD basis (N x rank + rank x D numbers
+instead of N x D). Prints the relative Frobenius error and the mean cosine between each row and its
+reconstruction (what the model sees, since it renormalises); --out writes the compressed bank.
+
+Example: gmem bank compress emoji-32 --rank 64 --out bank-r64.safetensors"""
+
+
 def add_arguments(p):
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the line breaks above, as in the other commands' help
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    s = sub.add_parser("stats", help="size, norms, frequencies, similarity of rows")
+    s = sub.add_parser("stats", help="size, norms, frequencies, similarity of rows (JSON)",
+                       description=STATS, formatter_class=raw)
     s.add_argument("bank", help="checkpoint name / folder or bank .safetensors")
-    s.add_argument("--sample", type=int, default=4096, help="rows sampled for the pairwise-similarity estimate")
-    n = sub.add_parser("nearest", help="the k most similar rows (cosine) to a row or to an image")
+    s.add_argument("--sample", type=int, default=4096,
+                   help="rows sampled for the pairwise-similarity estimate (default 4096)")
+    n = sub.add_parser("nearest", help="the k most similar rows (cosine) to a row or to an image",
+                       description=NEAREST, formatter_class=raw)
     n.add_argument("bank", help="checkpoint name / folder or bank .safetensors")
-    n.add_argument("--row", type=int, nargs="*", default=None, help="query rows")
+    n.add_argument("--row", type=int, nargs="*", default=None, help="query rows (bank indices)")
     n.add_argument("--image", nargs="*", default=None, help="query images (encoded with the checkpoint's encoder)")
-    n.add_argument("--k", type=int, default=8)
-    n.add_argument("--device", default="cpu")
-    c = sub.add_parser("compress", help="low-rank (SVD) compression; reports relative error and mean cosine")
+    n.add_argument("--k", type=int, default=8, help="neighbours printed per query (default 8)")
+    n.add_argument("--device", default="cpu",
+                   help="torch device of the search, e.g. cuda: the bank streams through it in chunks (default cpu)")
+    c = sub.add_parser("compress", help="low-rank (SVD) compression; reports relative error and mean cosine",
+                       description=COMPRESS, formatter_class=raw)
     c.add_argument("bank", help="checkpoint name / folder or bank .safetensors")
-    c.add_argument("--rank", type=int, default=64, help="kept rank (the v2 code keeps 64)")
-    c.add_argument("--out", default=None, help="write the compressed bank here (.safetensors)")
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--rank", type=int, default=64, help="kept rank (default 64, what the v2 code keeps)")
+    c.add_argument("--out", default=None, help="write the compressed bank here (.safetensors; default: only report)")
+    c.add_argument("--device", default="cpu", help="torch device of the SVD, e.g. cuda (default cpu)")
     for q in (s, n, c):
-        q.add_argument("--revision", default=None, help="Hub revision of a named checkpoint")
+        q.add_argument("--revision", default=None, help="Hub revision of a named checkpoint (default: main)")
 
 
 def open_bank(spec: str, revision=None):

@@ -19,8 +19,9 @@ def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="checkpoint whose snippet encoder is used (default: 'emoji-32')")
     p.add_argument("--split", choices=["train", "held_out", "all"], default="all",
                    help="which part of the images (split by a hash of the name; default: all)")
-    p.add_argument("--thumb-size", type=int, default=32, help="side of the stored thumbnails in pixels")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage type of the rows")
+    p.add_argument("--thumb-size", type=int, default=32, help="side of the stored thumbnails in pixels (default 32)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
+                   help="storage type of the rows (default float16: half the size)")
 
 
 def build_bank(images: str, checkpoint=None, split="all", thumb_size=32):

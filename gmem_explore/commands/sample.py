@@ -13,17 +13,19 @@ from pathlib import Path
 
 def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="checkpoint name or folder (default: the embedded 'emoji-32')")
-    p.add_argument("--n", type=int, default=16, help="number of images (ignored with --rows)")
+    p.add_argument("--n", type=int, default=16, help="number of images (default 16; ignored with --rows)")
     p.add_argument("--rows", type=int, nargs="*", help="bank rows to generate from, one image each")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i (default 0)")
     p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
-                   help="how rows are picked without --rows (noise: the released rule)")
-    p.add_argument("--scale", type=int, default=1, help="upscale the grid by this factor (nearest neighbour)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    p.add_argument("--out", default="samples.png", help="output PNG; a .json with seeds and rows is written beside it")
+                   help="how rows are picked without --rows (default noise: the released rule)")
+    p.add_argument("--scale", type=int, default=1,
+                   help="upscale the grid by this factor (nearest neighbour; default 1)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument("--out", default="samples.png",
+                   help="output PNG (default samples.png); a .json with seeds and rows is written beside it")
 
 
 def run(args) -> int:

@@ -20,22 +20,26 @@ from __future__ import annotations
 def add_arguments(p):
     p.add_argument("--checkpoint", default="gmem-v1-xl",
                    help="checkpoint name, folder or released .pth file (default: gmem-v1-xl, the released model)")
-    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a named checkpoint")
+    p.add_argument("--revision", default=None,
+                   help="Hub revision (branch, tag or commit) of a named checkpoint (default: main)")
     p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default="fp16",
-                   help="bank precision of the converted checkpoint (fp16 halves the 1.97 GB bank)")
+                   help="bank precision of the converted checkpoint (default fp16: halves the 1.97 GB bank)")
     p.add_argument("--out", required=True, help="folder for the PNGs (created; reused to resume)")
     # not "--num": torchrun would read it as an abbreviation of its own --numa-binding
     p.add_argument("--num-fid-samples", type=int, default=50_000, dest="num",
                    help="number of images (default 50000, as for FID-50K)")
-    p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i")
+    p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch on each process (default 64)")
     p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's, 250 for gmem-v1-xl)")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
-                   help="how bank rows are picked (noise: the released rule, by frequency from the initial noise)")
+                   help="how bank rows are picked (default noise: the released rule, by frequency from the "
+                        "initial noise)")
     p.add_argument("--precision", choices=["tf32", "fp32", "bf16"], default="tf32",
-                   help="tf32: fp32 weights with TF32 matmuls, the reference's setting; bf16 is faster, not identical")
-    p.add_argument("--device", default="auto", help="auto: cuda:LOCAL_RANK when a GPU exists, else cpu")
+                   help="default tf32: fp32 weights with TF32 matmuls, the reference's setting; bf16 is faster, "
+                        "not identical")
+    p.add_argument("--device", default="auto",
+                   help="torch device (default auto: cuda:LOCAL_RANK when a GPU exists, else cpu)")
     p.add_argument("--npz", default="auto", help="path of the .npz (default: OUT.npz)")
     p.add_argument("--no-npz", action="store_true", help="only write PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -9,9 +9,23 @@ Examples:
 The snippet encoder (and, unless --from-scratch, the network's weights) come from --init (default 'emoji-32');
 the bank of the new checkpoint holds one row per training image. Images are resized to the model's input size.
 The training state (weights, EMA, optimizer, RNG, step) is saved to OUT/train-state.safetensors every
---checkpoint-every steps; --resume continues from it and gives the same weights as an uninterrupted run.
+--checkpoint-every steps (0: only at the end) and when training ends; --resume continues from it and gives the
+same weights as an uninterrupted run.
 """
 from __future__ import annotations
+
+import argparse
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for --checkpoint-every: a count of steps where 0 means "never"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no periodic saves) or a positive number of steps, got {value}")
+    return value
 
 
 def add_arguments(p):
@@ -19,18 +33,30 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="output checkpoint folder")
     p.add_argument("--init", default=None, help="checkpoint to start from and take the encoder of (default: emoji-32)")
     p.add_argument("--from-scratch", action="store_true", help="re-initialise the network (keep its architecture)")
-    p.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per optimizer step, split across processes when launched on several (default 32)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 from scratch, 2e-4 fine-tuning)")
-    p.add_argument("--condition", choices=["snippet", "label", "none"], default="snippet")
-    p.add_argument("--snippet-dropout", type=float, default=0.1)
-    p.add_argument("--repa-weight", type=float, default=0.0, help="weight of the REPA-style alignment loss (0: off)")
-    p.add_argument("--split", choices=["train", "held_out", "all"], default="all")
-    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--condition", choices=["snippet", "label", "none"], default="snippet",
+                   help="what the network is conditioned on: snippet = the image's bank row (GMem; default), "
+                        "label = its sub-folder / class label (SiT-style, for comparison), none = unconditional")
+    p.add_argument("--snippet-dropout", type=float, default=0.1,
+                   help="probability (0 to 1) that an image's condition is dropped in a step; trains the "
+                        "unconditional branch that guidance (gmem sample --guidance) needs (default 0.1)")
+    p.add_argument("--repa-weight", type=float, default=0.0,
+                   help="weight of the REPA-style alignment loss (default 0: off)")
+    p.add_argument("--split", choices=["train", "held_out", "all"], default="all",
+                   help="which images to train on: held_out is about 10%% of them, chosen by a hash of the name, "
+                        "train the rest (default: all)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=200, metavar="STEPS",
+                   help="save the training state for --resume every STEPS steps (default 200); 0: no periodic "
+                        "saves, only the final state at the end")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train-state.safetensors")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the batches drawn, their noise, times and condition dropout, and of the weights "
+                        "with --from-scratch; the same seed repeats the run (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and batch jobs)")
 
 
 def run(args) -> int:
@@ -76,7 +102,9 @@ def run(args) -> int:
             raise FileNotFoundError(f"--resume: no training state at {state}; start without --resume")
         trainer.load_state(state)
         print(f"resumed at step {trainer.step}")
-    trainer.on("on_step", lambda tr, ev: tr.save_state(state) if ev["step"] % args.checkpoint_every == 0 else None)
+    if args.checkpoint_every:  # 0: no periodic saves (as TrainConfig.checkpoint_every); the final save_state stays
+        every = args.checkpoint_every
+        trainer.on("on_step", lambda tr, ev: tr.save_state(state) if ev["step"] % every == 0 else None)
     trainer.fit()
     trainer.save_state(state)
     info = {"name": out.name, "description": f"trained with `gmem train` on {args.data} ({len(data)} images)",
