@@ -42,7 +42,7 @@ from gmem_explore.train import TrainConfig, Trainer  # noqa: E402
 # target is 3 s, so width 192, depth 6 (4.7M parameters, 18.6 MB in fp32).
 MODEL = dict(input_size=32, patch_size=4, in_channels=3, hidden_size=192, depth=6, num_heads=3, mlp_ratio=4.0,
              snippet_dim=768, encoder_depth=2, projector_dim=256, repa_dim=768, condition_dropout=0.0)
-SAMPLER = {"method": "heun", "steps": 8}  # 15 evaluations: 16 images in about 1 s on an idle 2-core CPU (width 192)
+SAMPLER = {"method": "heun", "steps": 8}  # 15 evaluations: 16 images in 1.0-1.5 s on the 2-core CPU here
 
 
 def parse_args(argv=None):
