@@ -158,6 +158,17 @@ def test_gmem_sample_writes_a_grid_and_its_record(tmp_path, tiny_pipeline):
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["seeds"] == [10, 11, 12, 13] and len(record["rows"]) == 4
     assert gmem(["sample", "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    jpg = tmp_path / "grid.JPG"  # the format follows the extension, whatever its case
+    assert gmem(["sample", "--checkpoint", str(tmp_path / "ck"), "--n", "1", "--out", str(jpg)]) == 0
+    assert Image.open(jpg).format == "JPEG"
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, nothing left behind
+
+
+def test_gmem_sample_refuses_an_unknown_image_type_before_sampling(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(GMemPipeline, "from_pretrained", lambda *a, **k: pytest.fail("sampled before checking --out"))
+    assert gmem(["sample", "--out", str(tmp_path / "grid.pgn")]) == 1
+    assert "cannot write images of type '.pgn'; end the name in .png" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_gmem_help_explains_itself():

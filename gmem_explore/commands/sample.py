@@ -28,18 +28,30 @@ def add_arguments(p):
                    help="output PNG (default samples.png); a .json with seeds and rows is written beside it")
 
 
+def image_format(path: Path) -> str:
+    """PIL's format name for the file's extension, checked before sampling so a typo costs no generation."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"--out {path}: cannot write images of type {path.suffix or '(no extension)'!r}; "
+                         f"end the name in .png (lossless), .jpg or .webp")
+    return fmt
+
+
 def run(args) -> int:
     from gmem_explore import GMemPipeline
-    from gmem_explore.safefiles import write_bytes_atomic
+    from gmem_explore.safefiles import atomic_path, write_bytes_atomic
 
+    path = Path(args.out)
+    fmt = image_format(path)
     pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device)
     count = len(args.rows) if args.rows else args.n
     out = pipe.generate(None if args.rows else args.n, indices=args.rows or None,
                         seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
                         steps=args.steps, guidance=args.guidance, progress=True)
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.grid(scale=args.scale).save(path)
+    with atomic_path(path) as tmp:  # an existing grid is replaced whole or kept, never left half-written
+        out.grid(scale=args.scale).save(tmp, format=fmt)
     record = {"seeds": out.seeds, "rows": out.indices, **out.settings}
     write_bytes_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
     print(f"wrote {path} ({len(out)} images) and {path.with_suffix('.json')}")
