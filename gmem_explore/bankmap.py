@@ -1,7 +1,8 @@
 """A 2-D map of a memory bank (UMAP or PCA of its normalised rows), cached on disk, and a scatter figure of it.
 
     coords = embed_2d(bank)                      # float32 (N, 2); the second call reads the cache (milliseconds)
-    fig = scatter_figure(coords, color_by=bank.labels, label_names=bank.label_names, highlight=[3, 7])
+    fig = scatter_figure(coords, color_by=bank.labels, label_names=bank.label_names,
+                         selected=in_box, highlight=[3])   # the box in full colour, the rest faded; row 3 ringed
 
 Rows are L2-normalised first, as the model sees them, so euclidean distance in the fit is cosine distance.
 The cache key is a hash of the rows' bytes (as stored) plus the method and its parameters: an edited bank gets a
@@ -28,6 +29,7 @@ from .safefiles import load_tensors, save_tensors
 METHODS = ("umap", "pca")
 UMAP_PARAMS = {"n_neighbors": 15, "min_dist": 0.1}
 MIN_UMAP_ROWS = 32  # below this UMAP's neighbour graph is degenerate (its spectral init fails); PCA is used
+FADED_ALPHA = 0.12  # points outside a selection: their layout stays visible, their colours recede
 CACHE_VERSION = 1  # bump when the fitting code changes, so old cache files are not reused
 
 
@@ -138,26 +140,51 @@ def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000,
 
 
 def scatter_figure(coords, color_by=None, label_names=None, highlight=None, title: str | None = None,
-                   size: tuple[float, float] = (6.0, 5.0)):
+                   size: tuple[float, float] = (6.0, 5.0), selected=None):
     """A matplotlib Figure of the map.
 
     color_by: integer labels (one colour per group, legend from label_names; -1 = "added"), or float values such
-    as freq (a colour bar; log scale when they span more than 100x), or None. highlight: point indices to ring.
+    as freq (a colour bar; log scale when they span more than 100x), or None. highlight: point indices to ring
+    (meant for a few points: rings on many points merge into one red blob). selected: point indices (or a bool
+    mask) to keep in full colour while every other point is faded, so a box selection stays readable with its
+    group colours; None keeps every point in full colour.
     Builds a Figure without pyplot, so it is safe in a server thread and never opens a window.
     """
-    from matplotlib.colors import LogNorm
+    from matplotlib.colors import LogNorm, Normalize
     from matplotlib.figure import Figure
 
     coords = torch.as_tensor(coords).float()
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must be (N, 2); got {tuple(coords.shape)}")
     n = coords.shape[0]
+    keep = torch.ones(n, dtype=torch.bool)
+    if selected is not None:
+        sel = torch.as_tensor(selected)
+        if sel.dtype == torch.bool:
+            if sel.shape != (n,):
+                raise ValueError(f"a selected mask must have one value per point ({n}); got {tuple(sel.shape)}")
+            keep = sel.clone()
+        else:
+            sel = sel.long().reshape(-1)
+            keep = torch.zeros(n, dtype=torch.bool)
+            keep[sel[(sel >= 0) & (sel < n)]] = True
+    keep = keep.numpy()
     fig = Figure(figsize=size, dpi=100)
     ax = fig.add_subplot()
     xy = coords.numpy()
     point = max(2.0, min(30.0, 3000.0 / max(n, 1)))  # big dots for small banks, specks for 50k rows
+
+    def draw(mask, label=None, **style):
+        """Faded points first (unlabelled, so the legend shows full colours), then the kept ones on top."""
+        faded = mask & ~keep
+        if faded.any():
+            ax.scatter(xy[faded, 0], xy[faded, 1], s=point, alpha=FADED_ALPHA, linewidths=0, **style)
+        return ax.scatter(xy[mask & keep, 0], xy[mask & keep, 1], s=point, alpha=0.85, linewidths=0, label=label,
+                          **style)
+
+    everything = torch.ones(n, dtype=torch.bool).numpy()
     if color_by is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=point, c="tab:blue", alpha=0.8, linewidths=0)
+        draw(everything, c="tab:blue")
     else:
         values = torch.as_tensor(color_by)
         if values.shape != (n,):
@@ -165,9 +192,15 @@ def scatter_figure(coords, color_by=None, label_names=None, highlight=None, titl
         if values.is_floating_point():
             v = values.double().numpy()
             positive = v[v > 0]
+            # one norm for the faded and the kept points, so a colour means the same value in both
             norm = LogNorm(positive.min(), positive.max()) if len(positive) == n and n and \
-                positive.max() > 100 * positive.min() else None
-            sc = ax.scatter(xy[:, 0], xy[:, 1], s=point, c=v, cmap="viridis", norm=norm, alpha=0.85, linewidths=0)
+                positive.max() > 100 * positive.min() else Normalize(v.min() if n else 0, v.max() if n else 1)
+            faded = ~keep
+            if faded.any():
+                ax.scatter(xy[faded, 0], xy[faded, 1], s=point, c=v[faded], cmap="viridis", norm=norm,
+                           alpha=FADED_ALPHA, linewidths=0)
+            sc = ax.scatter(xy[keep, 0], xy[keep, 1], s=point, c=v[keep], cmap="viridis", norm=norm, alpha=0.85,
+                            linewidths=0)
             fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="frequency")
         else:
             import matplotlib
@@ -176,8 +209,7 @@ def scatter_figure(coords, color_by=None, label_names=None, highlight=None, titl
             for g in sorted(set(values.tolist())):
                 m = (values == g).numpy()
                 name = "added" if g < 0 else (label_names[g] if label_names and g < len(label_names) else str(g))
-                ax.scatter(xy[m, 0], xy[m, 1], s=point, color="black" if g < 0 else cmap(g % cmap.N),
-                           label=name, alpha=0.85, linewidths=0)
+                draw(m, label=name, color="black" if g < 0 else cmap(g % cmap.N))
             ax.legend(fontsize=7, markerscale=max(1.0, 6 / point ** 0.5), loc="best", framealpha=0.8)
     if highlight is not None:
         h = torch.as_tensor(highlight, dtype=torch.long).reshape(-1)

@@ -8,6 +8,7 @@ per-session state and a shared, read-only model store; launch() serves it with a
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import gradio as gr
@@ -16,15 +17,23 @@ from . import ui_bank, ui_generate, ui_interpolate, ui_swap
 from .pipeline import GMemPipeline
 from .ui_common import AppContext, Limits, PipelineStore, Session, friendly, spaces_gpu
 
+log = logging.getLogger(__name__)
+
 TITLE = "GMem explorer"
 INTRO = (
     "GMem generates images from **memory snippets**: feature vectors of real images kept in a memory bank. "
     "Pick snippets from the bank, swap in your own image, mix two snippets, and watch the sampler work. "
     "Every image is captioned with its bank row, snippet source and seed, so any result can be reproduced."
 )
+# .fit-grid (a gallery's elem_classes): gradio gives every gallery column at least 100 px, so a column count that
+# does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
+# captions may use the thumbnail's whole width (gradio stops them at 80%).
 CSS = """
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
-#swap-after img, #interp-strip img { image-rendering: pixelated; }
+#swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
+{ image-rendering: pixelated; }
+.fit-grid .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; }
+.fit-grid .caption-label { max-width: 100% !important; }
 footer { display: none !important; }
 """
 
@@ -45,21 +54,42 @@ def describe(pipe: GMemPipeline, name: str) -> str:
             f"{sampler.get('method', 'sde')}, {sampler.get('steps', 250)} steps · device {pipe.device}")
 
 
+def load_failure(e: Exception) -> str:
+    """Why a load failed, in a visitor's words. A missing Hub file's full text (how to download and convert it,
+    which cache folders were searched) is for whoever runs the server: it goes to the server log instead."""
+    from .hub import CheckpointUnavailable
+
+    if isinstance(e, CheckpointUnavailable):
+        offline = "unreachable" in str(e) or "HF_HUB_OFFLINE" in str(e)
+        return ("it is not available on this server (" + ("no internet" if offline else "the download failed")
+                + " and no local copy)")
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+    return first[:200] + "…" if len(first) > 200 else first
+
+
 def load_checkpoint(ctx: AppContext, session: Session, name: str, path: str):
-    """Switch this session to another checkpoint; on failure the session keeps its current model."""
+    """Switch this session to another checkpoint; on failure the session keeps its current model, and the
+    message says which one."""
     target = (path or "").strip() or (name or "").strip()
     if not target:
         raise gr.Error("Choose a checkpoint name or type a local checkpoint folder.")
     from .hub import available
 
+    def still(why: str):
+        current = session.checkpoint
+        return session, (f"⚠️ Could not load {why}.\n\nStill using "
+                         + describe(ctx.store.get(current), current)), gr.update()
+
     if target not in available() and target != ctx.store.default and not ctx.limits.allow_local_checkpoints:
-        return session, (f"⚠️ Could not load `{target}`: this server only loads the named checkpoints "
-                         f"{available()}. Start it with `--allow-local-checkpoints` to load folders by path."), gr.update()
+        return still(f"`{target}`: this server only loads the named checkpoints {', '.join(available())} "
+                     f"(loading folders by path is off)")
     try:
         pipe = ctx.store.get(target)
     except Exception as e:  # noqa: BLE001 - any failure to load leaves the app on its current model
-        gr.Warning(f"Could not load {target!r}: {e}")
-        return session, f"⚠️ Could not load `{target}`: {e}\n\nStill using " + describe(ctx.store.get(session.checkpoint), session.checkpoint), gr.update()
+        log.warning("could not load checkpoint %r for a session (it stays on %r): %s", target, session.checkpoint, e)
+        why = load_failure(e)
+        gr.Warning(f"Could not load {target}: {why}; still using {session.checkpoint}")
+        return still(f"`{target}`: {why}")
     dropped = session.bank is not None
     session.checkpoint, session.bank, session.edits = target, None, []
     note = "\n\n(this session's edited bank belonged to the previous model and was dropped)" if dropped else ""
@@ -88,7 +118,9 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
                 ck_name = gr.Dropdown(available(), value=checkpoint if checkpoint in available() else None,
                                       allow_custom_value=True, label="Checkpoint",
                                       info="emoji-32 is built in; gmem-v1-xl downloads 4.7 GB from the Hub")
-                ck_path = gr.Textbox(label="…or a local checkpoint folder", placeholder="/path/to/checkpoint")
+                # only where the operator allows paths: elsewhere every path typed here would be refused
+                ck_path = gr.Textbox(label="…or a local checkpoint folder", placeholder="/path/to/checkpoint",
+                                     visible=ctx.limits.allow_local_checkpoints)
                 ck_btn = gr.Button("Load", scale=0)
             ck_md = gr.Markdown(describe(pipe, checkpoint), elem_id="model-info")
         with gr.Tabs():
@@ -104,8 +136,13 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
         def on_load(session, name, folder):
             return load_checkpoint(ctx, session, name, folder)
 
+        def shown_model(session):
+            """The dropdown names the model in use, also after a failed switch (it kept the old one)."""
+            return gr.update(value=session.checkpoint if session.checkpoint in available() else None)
+
         ck_btn.click(on_load, [state, ck_name, ck_path],
-                     [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue)
+                     [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue).then(
+            shown_model, state, ck_name, api_visibility="private")
 
         stats_fn, stats_in, stats_out = bank["refresh"]
         page_fn, page_out = bank["page"]

@@ -1,5 +1,8 @@
 """Bank tab: the 2-D map (UMAP or PCA, cached), a box selection on it, paging through rows, one row's details
-(thumbnail, nearest neighbours, generations) and statistics (size, dimension, frequency histogram)."""
+(thumbnail, nearest neighbours, generations) and statistics (size, dimension, frequency histogram).
+
+Thumbnail grids here are for picking rows: a click selects the row (no enlarged preview, which would cover the
+grid and outlive the next selection) and their captions are short enough to be read whole at grid size."""
 from __future__ import annotations
 
 import math
@@ -17,32 +20,43 @@ NEIGHBOURS = 8
 COLOR_BY = ("group", "frequency")
 
 
+def uniform_frequency(bank) -> str | None:
+    """The sentence saying rows are drawn uniformly when they are (no frequencies, or all equal), else None:
+    a histogram, a colour scale or a 'most frequent' order of equal values would show nothing."""
+    if bank.freq is None:
+        return "this bank has no frequencies: rows are drawn uniformly"
+    if len(bank) and bool((bank.freq == bank.freq[0]).all()):
+        return f"all rows have frequency {float(bank.freq[0]):g}: rows are drawn uniformly"
+    return None
+
+
 def stats(ctx: AppContext, session: Session):
-    """(markdown summary, frequency histogram figure)."""
+    """(markdown summary, frequency histogram figure, or None when every row has the same frequency)."""
     from matplotlib.figure import Figure
 
     bank = ctx.bank(session)
     s = bank.stats()
     lines = [f"**{s['rows']:,} rows** × **{s['dim']}** dimensions ({s['dtype']}); mean row norm {s['norm_mean']:.3f}"
              + (f", {s['zero_rows']} zero rows" if s["zero_rows"] else "")]
-    if "freq_total" in s:
+    uniform = uniform_frequency(bank) if len(bank) else None
+    if uniform:
+        lines.append(uniform)
+    elif "freq_total" in s:
         lines.append(f"frequency: min {s['freq_min']:g}, max {s['freq_max']:g}, total {s['freq_total']:g}")
     if "groups" in s:
         lines.append("groups: " + ", ".join(f"{k} {v}" for k, v in s["groups"].items()))
     if session.bank is not None:
         lines.append(f"*this session's edited copy ({len(session.edits)} edits); the file on disk is unchanged*")
+    if uniform or not len(bank):
+        return "\n\n".join(lines), None
     fig = Figure(figsize=(5, 2.6), dpi=100)
     ax = fig.add_subplot()
-    if bank.freq is not None and len(bank):
-        f = bank.freq.float()
-        ax.hist(f.numpy(), bins=min(50, max(5, len(bank) // 20)), color="tab:blue")
-        ax.set_xlabel("frequency (how often a row is drawn)")
-        ax.set_ylabel("rows")
-        if f.max() > 100 * f.clamp_min(1e-12).min():
-            ax.set_yscale("log")
-    else:
-        ax.text(0.5, 0.5, "this bank has no frequencies:\nrows are drawn uniformly", ha="center", va="center")
-        ax.set_axis_off()
+    f = bank.freq.float()
+    ax.hist(f.numpy(), bins=min(50, max(5, len(bank) // 20)), color="tab:blue")
+    ax.set_xlabel("frequency (how often a row is drawn)")
+    ax.set_ylabel("rows")
+    if f.max() > 100 * f.clamp_min(1e-12).min():
+        ax.set_yscale("log")
     fig.tight_layout()
     return "\n\n".join(lines), fig
 
@@ -90,22 +104,32 @@ def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, 
     coords, idx, note = map_coords(ctx, session, method)
     inside = box_mask(coords, (x0, x1, y0, y1))
     selected = idx[inside]
-    if bank.freq is not None and len(selected):
+    uniform = uniform_frequency(bank)
+    if uniform is None and len(selected):
         selected = selected[bank.freq[selected].argsort(descending=True, stable=True)]
+        order = "most frequent"
+    else:  # equal frequencies order nothing: list the rows as the pages do
+        selected = selected.sort().values
+        order = "first (by row number)"
     shown = selected[:SHOW_SELECTED].tolist()
+    note_colour = ""
     if color_by == "group" and bank.labels is not None:
         colour = bank.labels[idx]
-    elif bank.freq is not None:
+    elif uniform is None:
         colour = bank.freq[idx].float()
-    else:
+    else:  # one colour for every point and a colour bar from 0.9 to 1.1 would say nothing
         colour = None
-    # ring the box's points (unless the box is the whole map) and the row shown below the map
-    highlight = inside.nonzero().flatten() if not bool(inside.all()) else torch.zeros(0, dtype=torch.long)
+        if color_by == "frequency":
+            note_colour = f"; {uniform}, so there is nothing to colour by (colour by group instead)"
+    # the box's points stay in their colours and the rest fade (rings on hundreds of points merged into one red
+    # blob); only the row shown in the details is ringed
+    keep = inside if not bool(inside.all()) else None
+    highlight = torch.zeros(0, dtype=torch.long)
     if isinstance(row, (int, float)) and math.isfinite(row):
-        highlight = torch.cat([highlight, (idx == int(row)).nonzero().flatten()])
+        highlight = (idx == int(row)).nonzero().flatten()
     subsample = f" (a random {len(idx):,} of {len(bank):,} rows)" if len(idx) < len(bank) else ""
     fig = scatter_figure(coords, colour, bank.label_names if color_by == "group" else None,
-                         highlight=highlight,
+                         highlight=highlight, selected=keep,
                          title=f"{method.upper()} map of {len(idx):,} snippets{subsample}")
     ax = fig.axes[0]
     lo, hi = coords.min(0).values, coords.max(0).values
@@ -116,7 +140,8 @@ def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, 
         from matplotlib.patches import Rectangle
 
         ax.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, edgecolor="red", linestyle="--"))
-    summary = f"{len(selected):,} rows in the box" + (f"; the {len(shown)} most frequent shown" if len(selected) > len(shown) else "") + note
+    summary = (f"{len(selected):,} rows in the box"
+               + (f"; the {len(shown)} {order} shown" if len(selected) > len(shown) else "") + note + note_colour)
     return fig, thumbnails(bank, shown), shown, summary
 
 
@@ -135,13 +160,31 @@ def row_details(ctx: AppContext, session: Session, row):
     r = as_int(row, "row", 0, len(bank) - 1)
     nn, sims = bank.nearest(bank.rows[r:r + 1].float(), NEIGHBOURS + 1)
     pairs = [(int(i), float(s)) for i, s in zip(nn[0], sims[0]) if int(i) != r][:NEIGHBOURS]
-    items = [(img, f"{cap} · cos {s:.2f}") for (img, cap), (_, s) in zip(thumbnails(bank, [i for i, _ in pairs]), pairs)]
+    # 'row 58 · cos 0.93': the group would not fit under a grid-sized thumbnail, the row's own details say it
+    items = [(img, f"row {i} · cos {s:.2f}") for (img, _), (i, s) in zip(thumbnails(bank, [i for i, _ in pairs]), pairs)]
     info = [f"**{row_caption(bank, r)}**"]
     if bank.freq is not None:
         info.append(f"frequency {float(bank.freq[r]):g} (drawn with probability {float(bank.freq[r] / bank.freq.sum()):.2e})")
     info.append(f"norm {float(bank.rows[r].float().norm()):.3f}")
     thumb = upscale(bank.thumbnails[r], 128) if bank.thumbnails is not None else None
     return thumb, " · ".join(info), items
+
+
+def check_row(ctx: AppContext, session: Session, row) -> int:
+    """The row as an int, or a UserError naming the bank's range. Run as its own step with no outputs before the
+    step that fills the details, so a bad row shows one message instead of an error badge on every output."""
+    return as_int(row, "row", 0, len(ctx.bank(session)) - 1)
+
+
+def short_captions(items):
+    """Grid captions cut to 'row N': 'row 12 · Smileys & Emotion' does not fit under a thumbnail."""
+    return [(img, cap.split(" · ")[0]) for img, cap in items]
+
+
+def row_of_caption(caption) -> int | None:
+    """The row a grid caption names ('row 58 · cos 0.93' -> 58), None when it names none."""
+    head = str(caption or "").split(" · ")[0]
+    return int(head[4:]) if head.startswith("row ") and head[4:].isdigit() else None
 
 
 def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4):
@@ -151,6 +194,9 @@ def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4):
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
     out = pipe.generate(indices=[r] * n, seeds=list(range(n)), steps=steps, batch_size=ctx.limits.batch_size)
     return [(upscale(im), f"row {r} · seed {s}") for im, s in zip(out.images, out.seeds)]
+
+
+GRID = {"allow_preview": False, "format": "png", "elem_classes": ["fit-grid"]}  # see the module docstring
 
 
 def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
@@ -170,38 +216,51 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                 y1 = gr.Slider(0, 100, value=100, step=1, label="box y to %")
             draw = gr.Button("Draw map / select box", variant="primary", elem_id="bank-map-button")
         with gr.Column(scale=2):
-            summary = gr.Markdown()
-            selection = gr.Gallery(label="Selected rows (click one for details)", columns=6, height=300,
-                                   format="png", elem_id="bank-selection")
+            summary = gr.Markdown(elem_id="bank-summary")
+            selection = gr.Gallery(label="Selected rows (click one for details)", columns=4, height=300,
+                                   elem_id="bank-selection", **GRID)
             selected_rows = gr.State([])
-            stats_md = gr.Markdown()
-            hist = gr.Plot(label="Frequency histogram")
+            # the clicked row's details sit right under the grid it was picked from
+            with gr.Row():
+                thumb = gr.Image(label="Source thumbnail", height=140, interactive=False, format="png", scale=1,
+                                 min_width=120)
+                with gr.Column(scale=2, min_width=160):
+                    row = gr.Number(0, precision=0, minimum=0, label="Row (press Enter, or click a thumbnail)",
+                                    elem_id="bank-row")
+                    row_md = gr.Markdown(elem_id="bank-row-info")
+            gen_btn = gr.Button("Generate 4 from this row", elem_id="bank-generate")
     with gr.Row():
         with gr.Column(scale=1):
-            row = gr.Number(0, precision=0, minimum=0, label="Row (press Enter, or click a thumbnail)",
-                            elem_id="bank-row")
-            thumb = gr.Image(label="Source thumbnail", height=140, interactive=False, format="png")
-            row_md = gr.Markdown(elem_id="bank-row-info")
-            gen_btn = gr.Button("Generate 4 from this row")
+            stats_md = gr.Markdown(elem_id="bank-stats")
+            hist = gr.Plot(label="Frequency histogram", visible=False)
         with gr.Column(scale=2):
-            neighbours = gr.Gallery(label="Nearest neighbours (cosine)", columns=8, height=160, format="png")
-            generations = gr.Gallery(label="Generations (seeds 0-3)", columns=4, height=180, format="png")
+            neighbours = gr.Gallery(label="Nearest neighbours (cosine; click one for its details)", columns=4,
+                                    elem_id="bank-neighbours", **GRID)
+            # no fixed height: a fixed one cut the captions off and added scroll bars
+            generations = gr.Gallery(label="Generations (seeds 0-3)", columns=4, format="png",
+                                     elem_id="bank-generations", elem_classes=["fit-grid"])
     with gr.Accordion("All rows, page by page", open=False):
         with gr.Row():
             prev_btn = gr.Button("◀ previous", size="sm")
             page_no = gr.Number(1, precision=0, minimum=1, label="Page", scale=0, min_width=100)
             next_btn = gr.Button("next ▶", size="sm")
             page_md = gr.Markdown()
-        page_gallery = gr.Gallery(label="Rows", columns=12, height=420, format="png")
+        page_gallery = gr.Gallery(label="Rows", columns=12, elem_id="bank-pages", **GRID)
         page_rows = gr.State([])
 
     @friendly
     def on_map(session, method, color_by, x_from, x_to, y_from, y_to, row):
-        return bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
+        fig, items, shown, summary = bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
+        return fig, short_captions(items), shown, summary
 
     @friendly
     def on_stats(session):
-        return stats(ctx, session)
+        text, fig = stats(ctx, session)
+        return text, gr.Plot(value=fig, visible=fig is not None)
+
+    @friendly
+    def on_check(session, row):
+        check_row(ctx, session, row)
 
     @friendly
     def on_details(session, row):
@@ -209,7 +268,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     @friendly
     def on_page(session, page_number):
-        return page(ctx, session, page_number)
+        items, rows, number, text = page(ctx, session, page_number)
+        return short_captions(items), rows, number, text
 
     @friendly
     def on_row_generate(session, row):
@@ -222,16 +282,25 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         control.change(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
     for slider in (x0, x1, y0, y1):
         slider.release(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
-    row.submit(on_details, [state, row], [thumb, row_md, neighbours], api_name="bank_row")
-    gen_btn.click(ctx.gpu(on_row_generate), [state, row], generations, api_name="bank_row_generate",
-                  **ctx.model_queue)
+    details_outputs = [thumb, row_md, neighbours]
+    # check first (no outputs), fill only on success: a bad row is one toast, not an error badge per output
+    row.submit(on_check, [state, row], None, api_visibility="private").success(
+        on_details, [state, row], details_outputs, api_name="bank_row")
+    gen_btn.click(on_check, [state, row], None, api_visibility="private").success(
+        ctx.gpu(on_row_generate), [state, row], generations, api_name="bank_row_generate", **ctx.model_queue)
 
     def pick(rows, evt: gr.SelectData):
         return rows[evt.index] if rows and evt.index is not None and evt.index < len(rows) else gr.update()
 
-    for gal, rows_state in ((selection, selected_rows), (page_gallery, page_rows), ):
+    def pick_neighbour(evt: gr.SelectData):
+        picked = row_of_caption((evt.value or {}).get("caption") if isinstance(evt.value, dict) else None)
+        return gr.update() if picked is None else picked
+
+    for gal, rows_state in ((selection, selected_rows), (page_gallery, page_rows)):
         gal.select(pick, rows_state, row, api_visibility="private").then(
-            on_details, [state, row], [thumb, row_md, neighbours], api_visibility="private")
+            on_details, [state, row], details_outputs, api_visibility="private")
+    neighbours.select(pick_neighbour, None, row, api_visibility="private").then(
+        on_details, [state, row], details_outputs, api_visibility="private")
 
     page_outputs = [page_gallery, page_rows, page_no, page_md]
     page_no.submit(on_page, [state, page_no], page_outputs, api_name="bank_page")
@@ -240,9 +309,10 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     def on_step(session, page_number, delta):
         pages = max(1, -(-len(ctx.bank(session)) // PAGE_SIZE))
         current = as_int(page_number, "page", 1, pages) if page_number is not None else 1
-        return page(ctx, session, min(max(current + delta, 1), pages))
+        items, rows, number, text = page(ctx, session, min(max(current + delta, 1), pages))
+        return short_captions(items), rows, number, text
 
     prev_btn.click(lambda s, p: on_step(s, p, -1), [state, page_no], page_outputs, api_visibility="private")
     next_btn.click(lambda s, p: on_step(s, p, 1), [state, page_no], page_outputs, api_visibility="private")
     return {"refresh": (on_stats, [state], [stats_md, hist]), "page": (on_page, page_outputs),
-            "details": (on_details, [thumb, row_md, neighbours]), "row": row, "page_no": page_no}
+            "details": (on_details, details_outputs), "row": row, "page_no": page_no}

@@ -1,0 +1,180 @@
+"""The Bank tab and the model panel as a visitor sees them: grids that pick rows instead of opening a preview,
+captions that fit, one message for a bad row, a readable box selection, no empty frequency plots for a bank whose
+rows all have frequency 1, and short model-load failures that say which model is still in use. Handlers and the
+app's event graph are checked directly (no browser), on the tiny model."""
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+import pytest
+import torch
+
+from app_tiny import ROWS, tiny_factory
+from gmem_explore import ui, ui_bank
+from gmem_explore.bankmap import FADED_ALPHA, scatter_figure
+from gmem_explore.ui import build_app, load_checkpoint
+from gmem_explore.ui_common import Limits, UserError
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0), use_spaces_gpu=False)
+
+
+@pytest.fixture
+def ctx(demo):
+    return demo.gmem_context
+
+
+def session_with_freq(ctx, freq):
+    """A session whose (edited) bank has the given frequencies: the tiny bank's differ, emoji-32's are all 1."""
+    s = ctx.new_session()
+    bank = ctx.bank(s).copy()
+    bank.freq = freq
+    s.bank = bank
+    return s
+
+
+def component(demo, elem_id):
+    (found,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id]
+    return found
+
+
+def handlers(demo, name):
+    return [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name]
+
+
+# ---- frequencies -------------------------------------------------------------------------------------------------
+def test_uniform_frequency_gives_a_sentence_not_a_histogram(ctx):
+    text, fig = ui_bank.stats(ctx, session_with_freq(ctx, torch.ones(ROWS, dtype=torch.float64)))
+    assert fig is None and "all rows have frequency 1: rows are drawn uniformly" in text
+    assert "min 1, max 1" not in text
+    text, fig = ui_bank.stats(ctx, session_with_freq(ctx, None))
+    assert fig is None and "no frequencies: rows are drawn uniformly" in text
+    text, fig = ui_bank.stats(ctx, ctx.new_session())  # the tiny bank's frequencies differ: the histogram stays
+    assert fig is not None and fig.axes[0].patches and "frequency: min" in text
+
+
+def test_colour_by_frequency_when_all_equal(ctx):
+    s = session_with_freq(ctx, torch.ones(ROWS, dtype=torch.float64))
+    fig, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "frequency", 0, 100, 0, 100, None)
+    assert len(fig.axes) == 1  # no colour bar spanning 0.9-1.1
+    assert "nothing to colour by" in summary and "rows are drawn uniformly" in summary
+    ui_bank.SHOW_SELECTED, saved = 10, ui_bank.SHOW_SELECTED
+    try:
+        _, _, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, None)
+    finally:
+        ui_bank.SHOW_SELECTED = saved
+    assert rows == list(range(10))  # equal frequencies order nothing: the first rows by number
+    assert "first (by row number)" in summary and "most frequent" not in summary
+    fig, *_ = ui_bank.bank_map(ctx, ctx.new_session(), "pca", "frequency", 0, 100, 0, 100, None)
+    assert len(fig.axes) == 2  # frequencies that differ keep their colour bar
+
+
+# ---- the box selection on the map --------------------------------------------------------------------------------
+def full_colour_points(fig):
+    return sum(len(c.get_offsets()) for c in fig.axes[0].collections
+               if c.get_alpha() not in (None, FADED_ALPHA) and len(c.get_facecolors()))
+
+
+def red_rings(fig):
+    return sum(len(c.get_offsets()) for c in fig.axes[0].collections
+               if len(c.get_edgecolors()) and tuple(c.get_edgecolors()[0][:3]) == (1.0, 0.0, 0.0))
+
+
+def test_box_selection_fades_the_rest_instead_of_ringing_every_point(ctx):
+    s = ctx.new_session()
+    fig, _, _, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 50, 0, 100, 3)
+    inside = int(summary.split()[0])
+    assert 0 < inside < ROWS
+    assert full_colour_points(fig) == inside  # the box's points keep their group colours
+    faded = [c for c in fig.axes[0].collections if c.get_alpha() == FADED_ALPHA]
+    assert sum(len(c.get_offsets()) for c in faded) == ROWS - inside
+    assert red_rings(fig) == 1  # only the row shown in the details is ringed
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["red", "green", "blue"]  # legend entries come from the full-colour points
+    fig, *_ = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, None)  # the whole map: nothing faded
+    assert full_colour_points(fig) == ROWS and red_rings(fig) == 0
+
+
+def test_scatter_figure_selected_mask_and_frequency_norm():
+    coords = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(20) < 5
+    fig = scatter_figure(coords, color_by=torch.linspace(1, 3, 20).double(), selected=mask)
+    faded, kept = fig.axes[0].collections  # faded first, so the selection is drawn on top
+    assert (len(kept.get_offsets()), len(faded.get_offsets())) == (5, 15)
+    assert faded.get_alpha() == FADED_ALPHA and kept.get_alpha() > FADED_ALPHA
+    assert kept.norm.vmin == faded.norm.vmin == 1 and kept.norm.vmax == faded.norm.vmax == 3  # one scale for both
+    with pytest.raises(ValueError, match="one value per point"):
+        scatter_figure(coords, selected=torch.ones(3, dtype=torch.bool))
+
+
+# ---- rows: captions, clicks, a bad row -----------------------------------------------------------------------------
+def test_grid_captions_are_short(ctx):
+    _, _, neighbours = ui_bank.row_details(ctx, ctx.new_session(), 4)
+    assert all(c.startswith("row ") and " · cos " in c and len(c) <= len("row 99999 · cos -1.00")
+               for _, c in neighbours)
+    assert [ui_bank.row_of_caption(c) for _, c in neighbours] == [int(c.split()[1]) for _, c in neighbours]
+    assert ui_bank.row_of_caption("seed 3") is None and ui_bank.row_of_caption(None) is None
+    assert ui_bank.short_captions([(None, "row 12 · Smileys & Emotion")]) == [(None, "row 12")]
+
+
+def test_row_grids_select_without_a_preview_and_fit_their_width(demo):
+    for elem_id in ("bank-selection", "bank-neighbours", "bank-pages"):
+        gallery = component(demo, elem_id)
+        assert gallery.allow_preview is False, elem_id  # a click picks the row; a preview covered the grid
+    for elem_id in ("bank-selection", "bank-neighbours", "bank-pages", "bank-generations"):
+        assert "fit-grid" in component(demo, elem_id).elem_classes, elem_id
+    assert component(demo, "bank-generations").height is None  # a fixed height hid the captions
+    assert "minmax(0, 1fr)" in ui.CSS and ".fit-grid .grid-container" in ui.CSS
+
+
+def test_bad_row_is_refused_before_any_output(demo, ctx):
+    s = ctx.new_session()
+    with pytest.raises(UserError, match="row"):
+        ui_bank.check_row(ctx, s, ROWS)
+    assert ui_bank.check_row(ctx, s, ROWS - 1) == ROWS - 1
+    for api_name in ("bank_row", "bank_row_generate"):
+        (fill,) = [f for f in demo.fns.values() if f.api_name == api_name]
+        (check,) = [demo.fns[i] for i in fill.trigger_after] if isinstance(fill.trigger_after, list) else \
+            [demo.fns[fill.trigger_after]]
+        assert fill.trigger_only_on_success and check.outputs == []  # the check has nothing to mark with an error
+        with pytest.raises(gr.Error, match="row"):
+            check.fn(s, ROWS + 5)
+
+
+# ---- the model panel -----------------------------------------------------------------------------------------------
+def test_local_folder_box_only_where_paths_are_allowed(demo):
+    boxes = [b for b in demo.blocks.values() if getattr(b, "label", None) == "…or a local checkpoint folder"]
+    assert [b.visible for b in boxes] == [False]
+    allowed = build_app(tiny_factory, "tiny", limits=Limits(allow_local_checkpoints=True), use_spaces_gpu=False)
+    assert [b.visible for b in allowed.blocks.values()
+            if getattr(b, "label", None) == "…or a local checkpoint folder"] == [True]
+
+
+def test_failed_loads_are_short_and_say_which_model_is_in_use(ctx, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    s = ctx.new_session()
+    with caplog.at_level(logging.WARNING, logger="gmem_explore.ui"):
+        s, text, _ = load_checkpoint(ctx, s, "gmem-v1-xl", "")
+    assert s.checkpoint == "tiny"
+    assert "not available on this server (no internet and no local copy)" in text and "Still using **tiny**" in text
+    for admin_detail in ("hf download", "HF_HOME", "gmem convert", ".cache"):
+        assert admin_detail not in text
+    assert "hf download" in caplog.text  # the how-to is in the server log for whoever runs it
+    s, text, _ = load_checkpoint(ctx, s, "", "/some/folder")
+    assert "only loads the named checkpoints" in text and "Still using **tiny**" in text
+
+
+def test_dropdown_is_reset_to_the_model_in_use(demo, ctx):
+    (reset,) = handlers(demo, "shown_model")
+    (load,) = [f for f in demo.fns.values() if f.api_name == "load_checkpoint"]
+    trigger = reset.trigger_after if isinstance(reset.trigger_after, int) else reset.trigger_after[0]
+    assert demo.fns[trigger] is load  # runs after every load, failed or not
+    assert reset.outputs[0].label == "Checkpoint"
+    s = ctx.new_session()
+    s.checkpoint = "emoji-32"
+    assert reset.fn(s)["value"] == "emoji-32"
+    s.checkpoint = "/a/folder"  # loaded by path: no name in the list fits
+    assert reset.fn(s)["value"] is None
