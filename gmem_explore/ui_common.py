@@ -6,6 +6,7 @@ shared read-only (a session that edited its bank gets a shallow copy of the pipe
 """
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import inspect
@@ -15,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import gradio as gr
@@ -22,7 +24,7 @@ import torch
 from PIL import Image
 
 from .bank import MemoryBank
-from .images import ImageError, load_rgb
+from .images import MAX_BYTES, ImageError, load_rgb
 from .pipeline import GMemPipeline
 
 DISPLAY_SIZE = 128  # 32 px images are upscaled (nearest) to at least this for display; pixels stay crisp
@@ -190,34 +192,58 @@ def pick_seed(seed, randomize: bool) -> int:
     return secrets.randbelow(MAX_SEED) if randomize else as_int(seed, "seed", 0, MAX_SEED)
 
 
+# Events that read an upload box take their inputs unprocessed (FileData dicts, raw numbers): gradio's own
+# Image.preprocess opens every upload with PIL and turns a bad file into a raw "Could not preprocess input
+# component" error. A wrapper on the box's preprocess does not survive: a gr.update (e.g. visible=True) makes
+# gradio re-create the component from its constructor arguments. Our handlers check every value themselves
+# (as_int, as_float, upload_to_image), so nothing is lost, and the upload's original file name comes along.
+RAW_INPUTS = {"preprocess": False}
+
+
 def image_upload(label: str, **kwargs) -> gr.Image:
-    """An upload box that hands the handler a file path (decoded later by images.load_rgb).
-
-    gradio opens uploads with PIL before our code sees them; its preprocess is wrapped so that an unreadable
-    upload becomes a message instead of a server error. (A wrapper on the instance, not a gr.Image subclass:
-    gradio writes a .pyi stub beside any module that subclasses a component.)"""
-    box = gr.Image(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
-    decode = box.preprocess
-
-    def preprocess(payload):
-        try:
-            return decode(payload)
-        except gr.Error:
-            raise
-        except Exception as e:  # noqa: BLE001 - any decoding failure is the upload's fault
-            raise gr.Error(f"The upload is not an image PIL can read (PNG, JPEG, WebP, GIF, BMP...): {e}") from None
-
-    box.preprocess = preprocess
-    return box
+    """An upload box; events reading it must pass **RAW_INPUTS and decode it with upload_to_image."""
+    kwargs.setdefault("placeholder", "Drop an image here\nor click to upload")  # gradio's default is cut off
+    return gr.Image(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
 
 
 def upload_to_image(upload, size: int | None = None) -> torch.Tensor:
-    """An uploaded file (path, PIL or array) -> uint8 (H, W, 3) through images.load_rgb, or a clear message."""
+    """An upload (gradio FileData dict, path, PIL or array) -> uint8 (H, W, 3) through images.load_rgb.
+
+    A file is read here and decoded from its bytes, so a message names the file the person uploaded
+    ('bad.png'), never the server's temporary copy (/tmp/gradio/<hash>/bad.png)."""
+    if isinstance(upload, dict):  # FileData from the page or gradio_client (events with preprocess=False)
+        name = upload.get("orig_name") or Path(str(upload.get("path") or "upload")).name
+        url = upload.get("url") or ""
+        upload = upload.get("path") or (url if url.startswith("data:") else None)
+    elif isinstance(upload, (str, Path)) and upload:
+        name = Path(upload).name
+    else:
+        name = None
     if upload is None or (isinstance(upload, str) and not upload):
         raise UserError("Upload an image first (PNG, JPEG, WebP, GIF or BMP).")
-    if isinstance(upload, dict):  # gradio_client / API callers may send a FileData-like dict
-        upload = upload.get("path") or upload.get("url")
-    return load_rgb(upload, size)
+    if isinstance(upload, str) and upload.startswith("data:"):  # a pasted image sent inline
+        try:
+            upload = base64.b64decode(upload.split(",", 1)[1], validate=False)
+        except (IndexError, ValueError):
+            raise UserError(f"The upload {name!r} is not a readable data URL; upload the image as a file.") from None
+    elif isinstance(upload, (str, Path)):
+        path = Path(upload)
+        if not path.is_file():
+            raise UserError(f"The upload {name!r} is no longer on the server; upload it again.")
+        if path.stat().st_size > MAX_BYTES:
+            raise UserError(f"The upload {name!r} is {path.stat().st_size >> 20} MB; images over "
+                            f"{MAX_BYTES >> 20} MB are refused. Upload a smaller image.")
+        upload = path.read_bytes()
+    try:
+        return load_rgb(upload, size)
+    except ImageError as e:
+        text = str(e)
+        if name is None:
+            raise
+        # open_image calls bytes "the data"; say which upload it was (and keep its 'it is empty (0 bytes)')
+        text = text.replace("the data", f"the upload {name!r}", 1) if "the data" in text else \
+            f"the upload {name!r}: {text}"
+        raise UserError(text[0].upper() + text[1:]) from None
 
 
 def encode_upload(pipe: GMemPipeline, upload) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,3 +338,27 @@ def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: 
     if "error" in outcome:
         raise outcome["error"]
     yield ("result", outcome["value"])
+
+
+# ---- Stop and the seed box --------------------------------------------------------------------------------------
+# A model event never writes the seed box itself: an output of an event that fails shows gradio's red "Error"
+# badge until the next success, and a seed box that looks broken after a typo elsewhere misleads. The event writes
+# the seed it used into a hidden number (the API's "seed" output), and a .success step copies it into the box.
+def hidden_seed() -> gr.Number:
+    return gr.Number(None, precision=0, visible=False, label="Seed used")
+
+
+def stopped(seed_used, details):
+    """Stop's own handler: gradio's cancel closes the generator, so nothing the run yields could say it stopped.
+    Returns (seed box, status text, details); unchanged when no run was under way."""
+    status = (details or {}).get("status") if isinstance(details, dict) else None
+    if status == "starting":
+        where = "before the first step"
+    elif isinstance(status, str) and status.startswith("step "):
+        where = f"at {status}"
+    else:
+        return gr.update(), gr.update(), gr.update()
+    seed_note = f" (seed {int(seed_used)})" if seed_used is not None else ""
+    text = f"**Stopped {where}**{seed_note}: the images are the last preview."
+    return (gr.update() if seed_used is None else int(seed_used), text,
+            {**details, "status": f"stopped {where}"})

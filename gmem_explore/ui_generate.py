@@ -5,10 +5,17 @@ import gradio as gr
 import torch
 
 from .sampling import METHODS
-from .ui_common import (AppContext, Session, UserError, as_float, as_int, encode_upload, friendly, image_upload,
-                        pick_seed, row_caption, run_live, upscale)
+from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_float, as_int, encode_upload, friendly,
+                        hidden_seed, image_upload, pick_seed, run_live, stopped, upscale)
 
 SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
+# One plain sentence per choice, shown under the radio for the current choice.
+SOURCE_HELP = {
+    SOURCES[0]: "Each image gets a random bank row; rows with a higher frequency come up more often.",
+    SOURCES[1]: "Every image uses the one bank row you pick; only the seed differs between them.",
+    SOURCES[2]: "Each image gets a random row from the group you pick.",
+    SOURCES[3]: "Your image is turned into a snippet, and every image is generated from it.",
+}
 
 
 def group_rows(bank, group: str) -> torch.Tensor:
@@ -44,12 +51,25 @@ def plan(ctx: AppContext, session: Session, source: str, row, group, upload, n: 
     raise UserError(f"Unknown snippet source {source!r}; choose one of {SOURCES}")
 
 
-def captions(bank, generation, source: str) -> list[str]:
-    out = []
-    for row, seed in zip(generation.indices, generation.seeds):
-        where = row_caption(bank, row) if row is not None else "upload"
-        out.append(f"{where} · {source} · seed {seed}")
-    return out
+def captions(generation) -> list[str]:
+    """'seed N · row R' (or '· upload'): short enough for a thumbnail, the seed first so it is never cut off.
+    The group and the snippet source are in Details."""
+    return [f"seed {seed} · " + (f"row {row}" if row is not None else "upload")
+            for row, seed in zip(generation.indices, generation.seeds)]
+
+
+def row_range(bank):
+    """The Bank row box's label and bounds for this bank (banks differ between models and grow with edits)."""
+    last = max(len(bank) - 1, 0)
+    return gr.update(label=f"Bank row (0–{last})", maximum=last)
+
+
+def done_status(seed_used, details) -> str:
+    if not isinstance(details, dict) or details.get("status") != "done":
+        return ""
+    n = len(details.get("seeds") or [])
+    return (f"**{n} image{'s' if n != 1 else ''} from seed {seed_used}** (image i uses seed + i) · "
+            f"{details.get('steps')} {details.get('method')} steps · rows and groups in Details")
 
 
 def generate(ctx: AppContext, session: Session, source, row, group, upload, n, seed, randomize, steps, method,
@@ -74,15 +94,15 @@ def generate(ctx: AppContext, session: Session, source, row, group, upload, n, s
         if kind == "preview":
             start, images = payload
             step, total = rest
-            items = [(upscale(im), f"step {step}/{total} · seed {job['seeds'][start + i]}")
+            items = [(upscale(im), f"seed {job['seeds'][start + i]} · step {step}/{total}")
                      for i, im in enumerate(images)]
             yield items, seed, {"status": f"step {step}/{total}", "seed": seed}
         else:
             out = payload
-            names = captions(pipe.bank, out, job["source"])
-            items = [(upscale(im), c) for im, c in zip(out.images, names)]
+            items = [(upscale(im), c) for im, c in zip(out.images, captions(out))]
+            groups = [pipe.bank.label_of(r) if r is not None else None for r in out.indices]
             details = {"status": "done", "seed": seed, "seeds": out.seeds, "rows": out.indices,
-                       "source": job["source"], **{k: v for k, v in out.settings.items() if k != "guidance_interval"}}
+                       "source": job["source"], **({"groups": groups} if any(groups) else {}), **{k: v for k, v in out.settings.items() if k != "guidance_interval"}}
             yield items, seed, details
 
 
@@ -92,15 +112,18 @@ def build(ctx: AppContext, state: gr.State) -> dict:
     steps = int(pipe.sampler.get("steps", 50))
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Snippets from",
-                              info="random rows are drawn by frequency from the initial noise (the released rule)")
-            row = gr.Number(0, precision=0, minimum=0, label="Bank row", visible=False)
+            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Snippets from", info=SOURCE_HELP[SOURCES[0]],
+                              elem_id="generate-source")
+            row = gr.Number(0, precision=0, minimum=0, maximum=max(len(bank) - 1, 0),
+                            label=f"Bank row (0–{max(len(bank) - 1, 0)})", visible=False, elem_id="generate-row")
             group = gr.Dropdown(bank.label_names or [], value=(bank.label_names or [None])[0], label="Group",
                                 visible=False)
-            upload = image_upload("Image to take the snippet from", visible=False, height=160)
+            upload = image_upload("Image to take the snippet from", visible=False, height=160,
+                                  elem_id="generate-upload")
             n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Number of images")
             with gr.Row():
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)")
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)",
+                                 elem_id="generate-seed")
                 randomize = gr.Checkbox(True, label="Random seed")
             with gr.Accordion("Sampler", open=False):
                 method = gr.Radio(list(METHODS), value=pipe.sampler.get("method", "sde"), label="Sampler",
@@ -111,18 +134,25 @@ def build(ctx: AppContext, state: gr.State) -> dict:
                                      info="classifier-free guidance with a zero snippet; GMem v1 was trained without it")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                stop = gr.Button("Stop", variant="stop")
+                stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Images", columns=4, height="auto", format="png", elem_id="generate-gallery",
-                                 object_fit="contain")
+            # height "fit-content": gradio's "auto" pins the grid between 450 px and 55% of the window (scrolling
+            # inside it); fit-content makes the gallery exactly as tall as its rows of images.
+            gallery = gr.Gallery(label="Images", columns=4, height="fit-content", format="png",
+                                 elem_id="generate-gallery", object_fit="contain")
+            status = gr.Markdown(elem_id="generate-status")
             with gr.Accordion("Details", open=False):
                 details = gr.JSON(label="Seeds, rows and settings")
+    seed_used = hidden_seed()
 
-    def show_inputs(choice):
-        return (gr.update(visible=choice == SOURCES[1]), gr.update(visible=choice == SOURCES[2]),
+    def show_inputs(session, choice):
+        # The row's range is re-read whenever the row box is shown: the session's bank may belong to another
+        # model by now, or have grown by rows added on the Swap tab.
+        rows = {**row_range(ctx.bank(session)), "visible": True} if choice == SOURCES[1] else gr.update(visible=False)
+        return (gr.update(info=SOURCE_HELP.get(choice, "")), rows, gr.update(visible=choice == SOURCES[2]),
                 gr.update(visible=choice == SOURCES[3]))
 
-    source.change(show_inputs, source, [row, group, upload], queue=False, api_visibility="private")
+    source.change(show_inputs, [state, source], [source, row, group, upload], queue=False, api_visibility="private")
 
     @ctx.gpu
     @friendly
@@ -131,7 +161,11 @@ def build(ctx: AppContext, state: gr.State) -> dict:
         yield from generate(ctx, session, source, row, group, upload, n, seed, randomize, steps, method, guidance,
                             progress)
 
+    go.click(lambda: "", None, status, queue=False, api_visibility="private")  # an old "Stopped ..." goes
     event = go.click(on_generate, [state, source, row, group, upload, n, seed, randomize, steps_in, method, guidance],
-                     [gallery, seed, details], api_name="generate", **ctx.model_queue)
-    stop.click(None, cancels=[event], api_visibility="private")
+                     [gallery, seed_used, details], api_name="generate", **RAW_INPUTS, **ctx.model_queue)
+    event.success(lambda used, info: (used, done_status(used, info)), [seed_used, details], [seed, status],
+                  queue=False, api_visibility="private")
+    stop.click(stopped, [seed_used, details], [seed, status, details], cancels=[event], queue=False,
+               api_visibility="private")
     return {"group": group, "row": row, "steps": steps_in, "method": method}

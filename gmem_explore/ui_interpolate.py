@@ -8,11 +8,11 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from .bank import MIX_METHODS, check_snippets, normalize
+from .bank import MIX_METHODS, MemoryBank, check_snippets, normalize
 from .bank import mix as mix_snippets
 from .sampling import METHODS
-from .ui_common import (AppContext, Session, UserError, as_int, encode_upload, friendly, image_upload, pick_seed,
-                        run_live, upscale)
+from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_int, encode_upload, friendly, hidden_seed,
+                        image_upload, pick_seed, row_caption, run_live, stopped, upscale)
 from .viz import image_grid
 
 ENDPOINT_SOURCES = ("bank row", "uploaded image")
@@ -20,12 +20,29 @@ GIF_SIZE = 128  # frames are enlarged (nearest) to this for the GIF
 GIF_FRAME_MS = 120
 
 
+def default_endpoints(bank: MemoryBank) -> tuple[int, int]:
+    """Rows A and B shown when the tab opens: row 0, and the row least like it (lowest cosine), taken from another
+    group when the bank has groups, so the first run shows a visible change (neighbouring rows are often
+    near-duplicates, e.g. two smileys)."""
+    if len(bank) < 2:
+        return 0, 0
+    rows = normalize(bank.rows.float())
+    sims = rows @ rows[0]
+    sims[0] = float("inf")
+    if bank.labels is not None:
+        other = bank.labels != bank.labels[0]
+        if other.any():
+            sims = torch.where(other, sims, torch.tensor(float("inf")))
+    sims = torch.nan_to_num(sims, nan=float("inf"))  # a broken row is never a default
+    return 0, int(sims.argmin())
+
+
 def endpoint(ctx: AppContext, session: Session, which: str, source: str, row, upload):
     """(snippet or row index, description) for one end of the interpolation."""
     pipe = ctx.pipeline(session)
     if source == ENDPOINT_SOURCES[0]:
         r = as_int(row, f"row {which}", 0, len(pipe.bank) - 1)
-        return r, f"row {r}"
+        return r, row_caption(pipe.bank, r)
     if source == ENDPOINT_SOURCES[1]:
         snippet, _ = encode_upload(pipe, upload)
         return snippet, "upload"
@@ -70,51 +87,76 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
         if kind == "preview":
             start, images = payload
             step, total = rest
-            items = [(upscale(im), f"step {step}/{total} · w {weights[start + i]:.2f}") for i, im in enumerate(images)]
+            items = [(upscale(im), f"w {weights[start + i]:.2f} · step {step}/{total}") for i, im in enumerate(images)]
             yield items, None, None, seed, {"status": f"step {step}/{total}", "seed": seed}
         else:
             out = payload
-            items = [(upscale(im), f"{i + 1}/{k} · w {w:.2f} · seed {seed}") for i, (im, w) in
-                     enumerate(zip(out.images, weights))]
+            # the seed is the same for every frame: it is said once, in the line above the frames
+            items = [(upscale(im), f"w {w:.2f}") for im, w in zip(out.images, weights)]
             strip = image_grid(out.images, nrow=k, scale=max(1, 64 // out.images.shape[1]))
             details = {"status": "done", "seed": seed, "frames": k, "from": a_name, "to": b_name, "mix": mix,
                        "weights": [round(w, 4) for w in weights], "sampler": method, "steps": steps}
             yield items, strip, write_gif(out.images), seed, details
 
 
+def done_status(details) -> str:
+    if not isinstance(details, dict) or details.get("status") != "done":
+        return ""
+    return (f"**{details['frames']} frames from seed {details['seed']}**: {details['from']} → {details['to']}, "
+            f"{details['mix']}; w is B's share")
+
+
 def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: str) -> dict:
     pipe = ctx.store.get()
     last = max(len(pipe.bank) - 1, 0)
+    row_a, row_b = default_endpoints(pipe.bank)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             with gr.Row():
                 with gr.Column(min_width=140):
                     a_source = gr.Radio(list(ENDPOINT_SOURCES), value=ENDPOINT_SOURCES[0], label="A from")
-                    a_row = gr.Number(0, precision=0, minimum=0, label="Row A", elem_id="interp-row-a")
-                    a_upload = image_upload("Image A", height=120)
+                    a_row = gr.Number(row_a, precision=0, minimum=0, maximum=last, label=f"Row A (0–{last})",
+                                      elem_id="interp-row-a")
+                    a_upload = image_upload("Image A", height=140, visible=False, elem_id="interp-upload-a")
                 with gr.Column(min_width=140):
                     b_source = gr.Radio(list(ENDPOINT_SOURCES), value=ENDPOINT_SOURCES[0], label="B from")
-                    b_row = gr.Number(min(1, last), precision=0, minimum=0, label="Row B", elem_id="interp-row-b")
-                    b_upload = image_upload("Image B", height=120)
+                    b_row = gr.Number(row_b, precision=0, minimum=0, maximum=last, label=f"Row B (0–{last})",
+                                      elem_id="interp-row-b")
+                    b_upload = image_upload("Image B", height=140, visible=False, elem_id="interp-upload-b")
             mix = gr.Radio(list(MIX_METHODS), value="slerp", label="Mix",
                            info="lerp: straight line; slerp: great circle; concat: first dims from A; mask: random dims")
             k = gr.Slider(2, ctx.limits.max_frames, value=8, step=1, label="Frames (k)", elem_id="interp-k")
             with gr.Row():
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed (shared by all frames)")
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed (shared by all frames)", elem_id="interp-seed")
                 randomize = gr.Checkbox(False, label="Random seed")
             with gr.Accordion("Sampler", open=False):
                 method = gr.Radio(list(METHODS), value=method_default, label="Sampler")
                 steps = gr.Slider(1, ctx.limits.max_steps, value=steps_default, step=1, label="Steps")
             with gr.Row():
                 go = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
-                stop = gr.Button("Stop", variant="stop")
+                stop = gr.Button("Stop", variant="stop", elem_id="interp-stop")
         with gr.Column(scale=2):
+            status = gr.Markdown(elem_id="interp-status")
             strip = gr.Image(label="Strip", interactive=False, format="png", elem_id="interp-strip")
             with gr.Row():
                 gif = gr.Image(label="Animation (GIF)", interactive=False, height=200, elem_id="interp-gif")
                 with gr.Accordion("Details", open=False):
                     details = gr.JSON()
-            frames = gr.Gallery(label="Frames", columns=8, height="auto", format="png", elem_id="interp-frames")
+            frames = gr.Gallery(label="Frames", columns=8, height="fit-content", format="png",
+                                elem_id="interp-frames")
+    seed_used = hidden_seed()
+
+    def show_endpoint(which: str):
+        def show(session, choice):
+            # the row's range is re-read when it is shown: the session's bank may have changed model or grown
+            if choice == ENDPOINT_SOURCES[0]:
+                n = max(len(ctx.bank(session)) - 1, 0)
+                return gr.update(visible=True, maximum=n, label=f"Row {which} (0–{n})"), gr.update(visible=False)
+            return gr.update(visible=False), gr.update(visible=True)
+        return show
+
+    for which, source, row, upload in (("A", a_source, a_row, a_upload), ("B", b_source, b_row, b_upload)):
+        source.change(show_endpoint(which), [state, source], [row, upload], queue=False, api_visibility="private")
 
     @ctx.gpu
     @friendly
@@ -123,8 +165,13 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
         yield from interpolate(ctx, session, a_source, a_row, a_upload, b_source, b_row, b_upload, mix, k, seed,
                                randomize, steps, method, progress)
 
+    go.click(lambda: "", None, status, queue=False, api_visibility="private")  # an old "Stopped ..." goes
     event = go.click(on_interpolate, [state, a_source, a_row, a_upload, b_source, b_row, b_upload, mix, k, seed,
                                       randomize, steps, method],
-                     [frames, strip, gif, seed, details], api_name="interpolate", **ctx.model_queue)
-    stop.click(None, cancels=[event], api_visibility="private")
+                     [frames, strip, gif, seed_used, details], api_name="interpolate", **RAW_INPUTS,
+                     **ctx.model_queue)
+    event.success(lambda used, info: (used, done_status(info)), [seed_used, details], [seed, status], queue=False,
+                  api_visibility="private")
+    stop.click(stopped, [seed_used, details], [seed, status, details], cancels=[event], queue=False,
+               api_visibility="private")
     return {}

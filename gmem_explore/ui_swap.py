@@ -8,11 +8,13 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+import torch
 
-from .ui_common import (AppContext, Session, UserError, as_int, encode_upload, friendly, image_upload, pick_seed,
-                        row_caption, upscale)
+from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_int, encode_upload, friendly, hidden_seed,
+                        image_upload, pick_seed, row_caption, upscale)
 
 MAX_EDITS = 1000  # rows a session may add; beyond this a script (gmem build-bank) is the right tool
+UPLOAD_GROUP = "your upload"  # the group of a row replaced or added here: its old group no longer describes it
 
 
 def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, randomize, steps):
@@ -25,7 +27,7 @@ def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, ran
     near = ", ".join(f"{row_caption(pipe.bank, int(i))} (cos {float(s):.2f})" for i, s in zip(idx[0], sims[0]))
     out = pipe.generate(snippets=snippet.repeat(n, 1), seeds=[(seed + i) % 2**31 for i in range(n)], steps=steps,
                         batch_size=ctx.limits.batch_size)
-    items = [(upscale(im), f"upload · seed {s}") for im, s in zip(out.images, out.seeds)]
+    items = [(upscale(im), f"seed {s}") for im, s in zip(out.images, out.seeds)]
     return items, seed, f"Nearest bank rows to this image: {near}"
 
 
@@ -35,13 +37,26 @@ def edited_bank(ctx: AppContext, session: Session):
     return session.bank
 
 
+def upload_label(bank) -> int | None:
+    """The label for a row made from an upload: the group UPLOAD_GROUP (added to this session's copy's own
+    label_names when missing), -1 (no group) for a bank with numeric labels only, None for a bank without labels."""
+    if bank.labels is None:
+        return None
+    if not bank.label_names:
+        return -1
+    if UPLOAD_GROUP not in bank.label_names:
+        bank.label_names.append(UPLOAD_GROUP)  # the session's copy has its own list (MemoryBank copies it)
+    return bank.label_names.index(UPLOAD_GROUP)
+
+
 def replace_row(ctx: AppContext, session: Session, upload, row):
     pipe = ctx.pipeline(session)
     r = as_int(row, "row", 0, len(pipe.bank) - 1)
     snippet, thumb = encode_upload(pipe, upload)
     bank = edited_bank(ctx, session)
     before = row_caption(bank, r)
-    bank.replace(r, snippet[0].to(bank.rows.dtype), thumbnail=thumb if bank.thumbnails is not None else None)
+    bank.replace(r, snippet[0].to(bank.rows.dtype), thumbnail=thumb if bank.thumbnails is not None else None,
+                 label=upload_label(bank))
     session.edits.append(f"replaced {before} with the uploaded image")
     return session, r, edit_log(session)
 
@@ -53,7 +68,9 @@ def add_row(ctx: AppContext, session: Session, upload):
                         f"with a script.")
     snippet, thumb = encode_upload(pipe, upload)
     bank = edited_bank(ctx, session)
-    (new,) = bank.add(snippet.to(bank.rows.dtype), thumbnails=thumb[None] if bank.thumbnails is not None else None).tolist()
+    label = upload_label(bank)
+    (new,) = bank.add(snippet.to(bank.rows.dtype), thumbnails=thumb[None] if bank.thumbnails is not None else None,
+                      labels=None if label is None else [label]).tolist()
     session.edits.append(f"added row {new} from the uploaded image")
     return session, new, edit_log(session)
 
@@ -73,13 +90,30 @@ def compare_row(ctx: AppContext, session: Session, row, steps, n: int = 4):
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
     seeds = list(range(n))
     after = mine.generate(indices=[r] * n, seeds=seeds, steps=steps)
-    after_items = [(upscale(im), f"edited row {r} · seed {s}") for im, s in zip(after.images, after.seeds)]
+    after_items = [(upscale(im), f"seed {s}") for im, s in zip(after.images, after.seeds)]
     if r < len(original.bank):
         before = original.generate(indices=[r] * n, seeds=seeds, steps=steps)
-        before_items = [(upscale(im), f"original row {r} · seed {s}") for im, s in zip(before.images, before.seeds)]
+        before_items = [(upscale(im), f"seed {s}") for im, s in zip(before.images, before.seeds)]
     else:
         before_items = []  # a row this session added has no original
     return before_items, after_items
+
+
+def compare_note(ctx: AppContext, session: Session, row) -> str:
+    """The line above the two galleries: which row they show and whether this session changed it (a new row has
+    no original, so its 'Original bank' gallery stays empty)."""
+    original = ctx.store.get(session.checkpoint).bank
+    mine = ctx.bank(session)
+    try:
+        r = as_int(row, "row", 0, len(mine) - 1)
+    except UserError:
+        return ""
+    if r >= len(original):
+        return (f"**Row {r} was added in this session**, so the original bank has no row {r}: "
+                f"only this session's images are shown.")
+    if mine is not original and not torch.equal(mine.rows[r], original.rows[r]):
+        return f"**Row {r} was replaced in this session** (it was {row_caption(original, r)}); seeds 0-3 on both sides."
+    return f"**{row_caption(mine, r)}** is unchanged in this session; seeds 0-3 on both sides."
 
 
 def download(ctx: AppContext, session: Session) -> str:
@@ -105,12 +139,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                 n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Images")
                 steps = gr.Slider(1, ctx.limits.max_steps, value=steps_default, step=1, label="Steps")
             with gr.Row():
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="swap-seed")
                 randomize = gr.Checkbox(False, label="Random seed")
             go = gr.Button("Generate from this image", variant="primary", elem_id="swap-generate")
             nearest_md = gr.Markdown()
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="From your image", columns=4, height="auto", format="png",
+            gallery = gr.Gallery(label="From your image", columns=4, height="fit-content", format="png",
                                  elem_id="swap-gallery")
     gr.Markdown("### Put it into the bank (this session's copy)")
     with gr.Row():
@@ -122,14 +156,19 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                 add_btn = gr.Button("Add as a new row", elem_id="swap-add")
             compare_btn = gr.Button("Generate from the row: original vs edited", variant="primary",
                                     elem_id="swap-compare")
-            with gr.Row():
-                download_btn = gr.Button("Prepare download (.safetensors)")
-                reset_btn = gr.Button("Reset to the original bank", variant="stop")
-            file_out = gr.File(label="Edited bank", interactive=False)
+            # one button a row: side by side they wrapped onto three lines in a 300 px column
+            download_btn = gr.Button("Download the bank (.safetensors)", elem_id="swap-download")
+            file_out = gr.File(label="Edited bank", interactive=False, visible=False, elem_id="swap-file")
+            reset_btn = gr.Button("Reset to the original bank", variant="stop", elem_id="swap-reset")
             log = gr.Markdown(edit_log(Session(ctx.store.default)), elem_id="swap-log")
         with gr.Column(scale=2):
-            before = gr.Gallery(label="Original bank", columns=4, height=170, format="png", elem_id="swap-before")
-            after = gr.Gallery(label="This session's bank", columns=4, height=170, format="png", elem_id="swap-after")
+            note = gr.Markdown(elem_id="swap-note")
+            # fit-content: a fixed height cut the captions off; the galleries are as tall as their one row
+            before = gr.Gallery(label="Original bank", columns=4, height="fit-content", format="png",
+                                elem_id="swap-before")
+            after = gr.Gallery(label="This session's bank", columns=4, height="fit-content", format="png",
+                               elem_id="swap-after")
+    seed_used = hidden_seed()
 
     @friendly
     def on_generate(session, upload, n, seed, randomize, steps):
@@ -156,11 +195,16 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         return reset(ctx, session)
 
     model = ctx.model_queue
-    go.click(ctx.gpu(on_generate), [state, upload, n, seed, randomize, steps], [gallery, seed, nearest_md],
-             api_name="swap_generate", **model)
-    replace_btn.click(ctx.gpu(on_replace), [state, upload, row], [state, row, log], api_name="swap_replace", **model)
-    add_btn.click(ctx.gpu(on_add), [state, upload], [state, row, log], api_name="swap_add", **model)
-    compare_btn.click(ctx.gpu(on_compare), [state, row, steps], [before, after], api_name="swap_compare", **model)
-    download_btn.click(on_download, state, file_out, api_name="swap_download")
-    reset_btn.click(on_reset, state, [state, log], api_name="swap_reset")
+    quiet = {"queue": False, "api_visibility": "private"}  # the display-only follow-up steps below
+    go.click(ctx.gpu(on_generate), [state, upload, n, seed, randomize, steps], [gallery, seed_used, nearest_md],
+             api_name="swap_generate", **RAW_INPUTS, **model).success(lambda used: used, seed_used, seed, **quiet)
+    replace_btn.click(ctx.gpu(on_replace), [state, upload, row], [state, row, log], api_name="swap_replace",
+                      **RAW_INPUTS, **model)
+    add_btn.click(ctx.gpu(on_add), [state, upload], [state, row, log], api_name="swap_add", **RAW_INPUTS, **model)
+    compare_btn.click(ctx.gpu(on_compare), [state, row, steps], [before, after], api_name="swap_compare",
+                      **model).success(lambda session, r: compare_note(ctx, session, r), [state, row], note, **quiet)
+    download_btn.click(on_download, state, file_out, api_name="swap_download").success(
+        lambda: gr.update(visible=True), None, file_out, **quiet)  # the file box appears once there is a file
+    reset_btn.click(on_reset, state, [state, log], api_name="swap_reset").success(
+        lambda: (gr.update(value=None, visible=False), ""), None, [file_out, note], **quiet)
     return {"log": log}

@@ -17,7 +17,7 @@ from app_tiny import ROWS, tiny_factory, tiny_pipeline
 from gmem_explore import MemoryBank
 from gmem_explore.checkpoint import Checkpoint, save_checkpoint
 from gmem_explore.ui import build_app, load_checkpoint
-from gmem_explore.ui_common import Limits, Session, UserError, friendly, spaces_gpu
+from gmem_explore.ui_common import Limits, Session, UserError, friendly, spaces_gpu, stopped, upload_to_image
 from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
 
 from conftest import free_port
@@ -63,17 +63,18 @@ def test_generate_sources_captions_and_seeds(ctx, pictures):
     previews, (items, seed, details) = final(ui_generate.generate(ctx, s, RANDOM, 0, None, None, 3, 11, False, 3,
                                                                     "euler", 1.0))
     assert seed == 11 and details["seeds"] == [11, 12, 13]
-    assert [c for _, c in items] == [f"row {r} · {ctx.bank(s).label_of(r)} · random by frequency · seed {sd}"
-                                     for r, sd in zip(details["rows"], details["seeds"])]
+    # short captions with the seed first (thumbnails cut long ones); the groups are in the details
+    assert [c for _, c in items] == [f"seed {sd} · row {r}" for r, sd in zip(details["rows"], details["seeds"])]
+    assert details["groups"] == [ctx.bank(s).label_of(r) for r in details["rows"]]
     assert items[0][0].size == (128, 128)  # 8 px upscaled (nearest) for display
     assert any(len(p[0]) for p in previews[1:]), "no live preview was yielded"
     _, (items, _, details) = final(ui_generate.generate(ctx, s, ROW, 7, None, None, 2, 0, False, 2, "sde", 1.0))
-    assert details["rows"] == [7, 7] and "row 7 · green · bank row · seed 0" == items[0][1]
+    assert details["rows"] == [7, 7] and items[0][1] == "seed 0 · row 7" and details["groups"] == ["green"] * 2
     _, (_, _, details) = final(ui_generate.generate(ctx, s, GROUP, 0, "blue", None, 4, 3, False, 2, "heun", 1.0))
     assert all(r % 3 == 2 for r in details["rows"])  # blue rows only
     _, (items, _, details) = final(ui_generate.generate(ctx, s, UPLOAD, 0, None, pictures["red"], 2, 5, False, 2,
                                                           "euler", 2.0))
-    assert details["rows"] == [None, None] and items[1][1] == "upload · uploaded image · seed 6"
+    assert details["rows"] == [None, None] and items[1][1] == "seed 6 · upload" and "groups" not in details
 
 
 def test_generate_is_reproducible_and_randomises(ctx):
@@ -111,6 +112,110 @@ def test_odd_uploads(ctx, pictures):
     assert len(items) == 1
 
 
+def test_upload_messages_name_the_uploaded_file(ctx, tmp_path):
+    """The server's temporary path means nothing to the person: a message names the file they uploaded, and an
+    empty file is called empty."""
+    served = tmp_path / "3f9c0d" / "holiday.png"  # how gradio stores an upload: /tmp/gradio/<hash>/<name>
+    served.parent.mkdir()
+    served.write_text("not an image")
+    with pytest.raises(UserError) as caught:
+        upload_to_image({"path": str(served), "orig_name": "holiday.png"})
+    assert str(caught.value).startswith("The upload 'holiday.png' is not an image PIL can read")
+    assert str(tmp_path) not in str(caught.value)
+    served.write_bytes(b"")
+    with pytest.raises(UserError, match=r"'holiday.png' .*it is empty \(0 bytes\)"):
+        upload_to_image({"path": str(served), "orig_name": "holiday.png"})
+    with pytest.raises(UserError, match="Upload an image first"):
+        upload_to_image({"path": None, "orig_name": None})
+
+
+def run_event(demo, state, block_fn, inputs):
+    """One event as the page sends it (raw payloads, this session's component state), through gradio itself."""
+    import asyncio
+
+    return asyncio.run(demo.process_api(block_fn, inputs, state=state, explicit_call=True))
+
+
+def event_named(demo, name: str):
+    (fn,) = [f for f in demo.fns.values() if name in (f.api_name, f.name)]
+    return fn
+
+
+@pytest.mark.parametrize("tab", ["generate", "interpolate"])
+def test_an_upload_box_shown_by_a_radio_keeps_the_friendly_message(demo, tmp_path, tab):
+    """Showing an upload box (gr.update(visible=True)) makes gradio re-create the component in the session's
+    state; an unreadable upload must still be a message naming the file, not 'Could not preprocess input
+    component ... UnidentifiedImageError'."""
+    from gradio.state_holder import SessionState
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("a text file renamed .png")
+    payload = {"path": str(bad), "orig_name": "bad.png", "meta": {"_type": "gradio.FileData"}}
+    state = SessionState(demo)
+    if tab == "generate":
+        show, run = event_named(demo, "show_inputs"), event_named(demo, "generate")
+        run_event(demo, state, show, [None, UPLOAD])
+        upload = show.outputs[-1]
+        inputs = [None, UPLOAD, 0, None, payload, 2, 0, False, 2, "euler", 1.0]
+    else:
+        show = [f for f in demo.fns.values() if f.name == "show"][0]  # "A from" (the first endpoint radio)
+        run = event_named(demo, "interpolate")
+        run_event(demo, state, show, [None, "uploaded image"])
+        upload = show.outputs[-1]
+        inputs = [None, "uploaded image", 0, payload, "bank row", 1, None, "slerp", 3, 0, False, 2, "euler"]
+    assert state[upload._id] is not upload and state[upload._id].visible  # the box was re-created, shown
+    with pytest.raises(gr.Error) as caught:
+        run_event(demo, state, run, inputs)
+    assert caught.value.message.startswith("The upload 'bad.png' is not an image PIL can read")
+    assert str(tmp_path) not in caught.value.message
+
+
+def test_model_events_never_write_the_seed_box(demo):
+    """A failed event marks each of its outputs with a red 'Error' badge; the seed box must stay usable, so the
+    seed used goes to a hidden number and is copied into the box by a follow-up step that runs only on success."""
+    for name in ("generate", "interpolate", "swap_generate"):
+        (fn,) = [f for f in demo.fns.values() if f.api_name == name]
+        numbers = [o for o in fn.outputs if isinstance(o, gr.Number)]
+        assert len(numbers) == 1 and not numbers[0].visible, name
+        copies = [f for f in demo.fns.values() if numbers[0] in f.inputs and f.trigger_after == fn._id]
+        assert copies and all(f.trigger_only_on_success for f in copies), name
+        assert any(isinstance(o, gr.Number) and o.visible and o.label.startswith("Seed") for o in copies[0].outputs)
+
+
+def test_stop_says_where_it_stopped():
+    seed, text, details = stopped(123, {"status": "step 7/50", "seed": 123})
+    assert seed == 123 and text.startswith("**Stopped at step 7/50** (seed 123)")
+    assert details == {"status": "stopped at step 7/50", "seed": 123}
+    assert "before the first step" in stopped(5, {"status": "starting", "seed": 5})[1]
+    assert all(u == gr.update() for u in stopped(5, {"status": "done"}))  # nothing was running: nothing changes
+    assert all(u == gr.update() for u in stopped(None, None))
+
+
+def test_generate_help_and_row_range_follow_the_choice(demo, ctx):
+    from gradio.state_holder import SessionState
+
+    assert len(set(ui_generate.SOURCE_HELP.values())) == len(ui_generate.SOURCES)
+    show = event_named(demo, "show_inputs")
+    state = SessionState(demo)
+    info, row, group, upload = run_event(demo, state, show, [None, ROW])["data"]
+    assert info["info"] == ui_generate.SOURCE_HELP[ROW] and row["visible"] and not upload["visible"]
+    assert row["label"] == f"Bank row (0–{ROWS - 1})" and row["maximum"] == ROWS - 1
+    info, row, group, upload = run_event(demo, state, show, [None, GROUP])["data"]
+    assert info["info"] == ui_generate.SOURCE_HELP[GROUP] and not row["visible"] and group["visible"]
+
+
+def test_interpolate_default_rows_differ_visibly():
+    bank = tiny_pipeline().bank
+    a, b = ui_interpolate.default_endpoints(bank)
+    assert a == 0 and bank.label_of(a) != bank.label_of(b)
+    sims = torch.nn.functional.normalize(bank.rows.float(), dim=1) @ torch.nn.functional.normalize(bank.rows[0].float(), dim=0)
+    other = [r for r in range(len(bank)) if bank.label_of(r) != bank.label_of(0)]
+    assert sims[b] == min(sims[r] for r in other)  # the least similar row of another group
+    plain = MemoryBank(bank.rows)  # no labels: the least similar row of all
+    assert ui_interpolate.default_endpoints(plain)[1] == int(sims[1:].argmin()) + 1
+    assert ui_interpolate.default_endpoints(MemoryBank(bank.rows[:1])) == (0, 0)
+
+
 def test_bank_tab(ctx):
     s = ctx.new_session()
     text, fig = ui_bank.stats(ctx, s)
@@ -142,8 +247,15 @@ def test_swap_changes_only_the_sessions_bank(ctx, pictures):
     assert [a.tobytes() for a, _ in after] != [b.tobytes() for b, _ in before]
     assert torch.equal(ctx.store.get("tiny").bank.rows, original_rows)  # the shared bank is untouched
     assert ctx.bank(other) is ctx.store.get("tiny").bank
+    assert ctx.bank(mine).label_of(5) == ui_swap.UPLOAD_GROUP  # no longer 'blue'
+    assert ui_swap.UPLOAD_GROUP not in ctx.store.get("tiny").bank.label_names  # the shared bank keeps its groups
+    assert ui_swap.compare_note(ctx, mine, 5).startswith("**Row 5 was replaced in this session** (it was row 5 · blue)")
+    assert "unchanged" in ui_swap.compare_note(ctx, mine, 6)
     mine, new_row, log = ui_swap.add_row(ctx, mine, pictures["blue"])
-    assert new_row == ROWS and "added row 40" in log
+    assert new_row == ROWS and "added row 40" in log and ctx.bank(mine).label_of(new_row) == ui_swap.UPLOAD_GROUP
+    before, after = ui_swap.compare_row(ctx, mine, new_row, 2)
+    assert before == [] and len(after) == 4
+    assert ui_swap.compare_note(ctx, mine, new_row).startswith("**Row 40 was added in this session**")
     assert ui_bank.stats(ctx, mine)[0].startswith(f"**{ROWS + 1} rows")
     saved = MemoryBank.load(ui_swap.download(ctx, mine))
     assert len(saved) == ROWS + 1 and not torch.equal(saved.rows[5], original_rows[5])
@@ -157,6 +269,8 @@ def test_interpolate_frames_strip_and_gif(ctx, pictures):
     previews, (items, strip, gif, seed, details) = final(ui_interpolate.interpolate(
         ctx, s, "bank row", 2, None, "uploaded image", 0, pictures["blue"], "slerp", 5, 7, False, 3, "euler"))
     assert len(items) == 5 and details["weights"] == [0.0, 0.25, 0.5, 0.75, 1.0] and seed == 7
+    assert [c for _, c in items] == ["w 0.00", "w 0.25", "w 0.50", "w 0.75", "w 1.00"]  # the seed is said once:
+    assert ui_interpolate.done_status(details).startswith("**5 frames from seed 7**: row 2 · blue → upload")
     assert strip.width > strip.height
     with Image.open(gif) as g:
         assert g.n_frames == 2 * 5 - 2  # forth and back
@@ -249,7 +363,7 @@ def test_every_endpoint_through_gradio_client(server, pictures):
                 "/interpolate", "/load_checkpoint"}
     assert names == expected
     gallery, seed, details = c.predict(RANDOM, 0, "red", None, 2, 3, False, 2, "euler", 1.0, api_name="/generate")
-    assert len(gallery) == 2 and seed == 3 and gallery[1]["caption"].endswith("seed 4")
+    assert len(gallery) == 2 and seed == 3 and gallery[1]["caption"].startswith("seed 4 · row ")
     _, selection, summary = c.predict("pca", "group", 0, 100, 0, 100, 0, api_name="/bank_map")
     assert len(selection) == ROWS
     assert len(c.predict(3, api_name="/bank_row")[2]) == ui_bank.NEIGHBOURS
