@@ -27,13 +27,15 @@ INTRO = (
 )
 # .fit-grid (a gallery's elem_classes): gradio gives every gallery column at least 100 px, so a column count that
 # does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
-# captions may use the thumbnail's whole width (gradio stops them at 80%).
+# captions may use the thumbnail's whole width (gradio stops them at 80%). Without a set height a .fit-grid gallery
+# is as tall as its rows: gradio's "auto" height is at least 450 px, which left empty space under two rows.
 CSS = """
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
 #swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
 { image-rendering: pixelated; }
 .fit-grid .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; }
 .fit-grid .caption-label { max-width: 100% !important; }
+.fit-grid .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; overflow-y: auto; }
 footer { display: none !important; }
 """
 

@@ -120,7 +120,7 @@ def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, 
     else:  # one colour for every point and a colour bar from 0.9 to 1.1 would say nothing
         colour = None
         if color_by == "frequency":
-            note_colour = f"; {uniform}, so there is nothing to colour by (colour by group instead)"
+            note_colour = f"; {uniform.split(':')[0]}, so there is nothing to colour by"
     # the box's points stay in their colours and the rest fade (rings on hundreds of points merged into one red
     # blob); only the row shown in the details is ringed
     keep = inside if not bool(inside.all()) else None
@@ -199,6 +199,12 @@ def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4):
 GRID = {"allow_preview": False, "format": "png", "elem_classes": ["fit-grid"]}  # see the module docstring
 
 
+def unmark() -> gr.Gallery:
+    """No thumbnail marked. Runs whenever a grid gets new content: gradio marks the clicked thumbnail by position,
+    so the mark would otherwise stay on whichever row now holds that place."""
+    return gr.Gallery(selected_index=None)
+
+
 def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     bank = ctx.store.get().bank
     method0 = "umap" if is_cached(bank, "umap") else "pca"
@@ -222,8 +228,9 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             selected_rows = gr.State([])
             # the clicked row's details sit right under the grid it was picked from
             with gr.Row():
+                # no buttons: on a 64 px thumbnail they covered its label, and the rows' files are not the point
                 thumb = gr.Image(label="Source thumbnail", height=140, interactive=False, format="png", scale=1,
-                                 min_width=120)
+                                 min_width=120, buttons=[], elem_id="bank-thumb")
                 with gr.Column(scale=2, min_width=160):
                     row = gr.Number(0, precision=0, minimum=0, label="Row (press Enter, or click a thumbnail)",
                                     elem_id="bank-row")
@@ -301,6 +308,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             on_details, [state, row], details_outputs, api_visibility="private")
     neighbours.select(pick_neighbour, None, row, api_visibility="private").then(
         on_details, [state, row], details_outputs, api_visibility="private")
+    for gal in (selection, page_gallery, neighbours):
+        gal.change(unmark, None, gal, api_visibility="private", queue=False)
 
     page_outputs = [page_gallery, page_rows, page_no, page_md]
     page_no.submit(on_page, [state, page_no], page_outputs, api_name="bank_page")

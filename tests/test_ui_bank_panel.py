@@ -60,7 +60,7 @@ def test_colour_by_frequency_when_all_equal(ctx):
     s = session_with_freq(ctx, torch.ones(ROWS, dtype=torch.float64))
     fig, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "frequency", 0, 100, 0, 100, None)
     assert len(fig.axes) == 1  # no colour bar spanning 0.9-1.1
-    assert "nothing to colour by" in summary and "rows are drawn uniformly" in summary
+    assert "all rows have frequency 1, so there is nothing to colour by" in summary
     ui_bank.SHOW_SELECTED, saved = 10, ui_bank.SHOW_SELECTED
     try:
         _, _, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, None)
@@ -127,6 +127,10 @@ def test_row_grids_select_without_a_preview_and_fit_their_width(demo):
     for elem_id in ("bank-selection", "bank-neighbours", "bank-pages", "bank-generations"):
         assert "fit-grid" in component(demo, elem_id).elem_classes, elem_id
     assert component(demo, "bank-generations").height is None  # a fixed height hid the captions
+    unmarks = handlers(demo, "unmark")  # new content clears the position-based mark of the last click
+    assert sorted(f.outputs[0].elem_id for f in unmarks) == ["bank-neighbours", "bank-pages", "bank-selection"]
+    assert all(f.targets[0][0] == f.outputs[0]._id and f.targets[0][1] == "change" for f in unmarks)
+    assert ui_bank.unmark().selected_index is None
     assert "minmax(0, 1fr)" in ui.CSS and ".fit-grid .grid-container" in ui.CSS
 
 
