@@ -199,4 +199,8 @@ def test_bank_map_and_selection(browser):
     thumbs[1].click()
     row = caption.split(" · ")[0]  # "row N"
     wait_for(browser, lambda: css(browser, "#bank-row-info")[0].text.startswith(row), f"details of {row}")
+    assert not css(browser, "#bank-selection .preview")  # a click picks the row; no enlarged preview covers the grid
+    widths = browser.execute_script("const g = document.querySelector('#bank-selection .grid-wrap');"
+                                    "return [g.scrollWidth, g.clientWidth];")
+    assert widths[0] <= widths[1]  # every column fits: no sideways scrolling, no column cut off
     screenshot(browser, "bank")
