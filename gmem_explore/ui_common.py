@@ -188,8 +188,12 @@ def as_float(value, name: str, low: float, high: float) -> float:
     return number
 
 
+RANDOM_SEEDS = 1_000_000  # random seeds stay below this: at most 6 digits fit a thumbnail caption ("seed N · row R")
+# beside the row and are easy to retype; a million is more variety than anyone browses. Typed seeds may go to MAX_SEED.
+
+
 def pick_seed(seed, randomize: bool) -> int:
-    return secrets.randbelow(MAX_SEED) if randomize else as_int(seed, "seed", 0, MAX_SEED)
+    return secrets.randbelow(RANDOM_SEEDS) if randomize else as_int(seed, "seed", 0, MAX_SEED)
 
 
 # Events that read an upload box take their inputs unprocessed (FileData dicts, raw numbers): gradio's own
@@ -202,7 +206,9 @@ RAW_INPUTS = {"preprocess": False}
 
 def image_upload(label: str, **kwargs) -> gr.Image:
     """An upload box; events reading it must pass **RAW_INPUTS and decode it with upload_to_image."""
-    kwargs.setdefault("placeholder", "Drop an image here\nor click to upload")  # gradio's default is cut off
+    # gradio's "Drop Image Here - or - Click to Upload" is cut off in the 190 px Interpolate boxes, and the text
+    # stays on one line (a newline is not shown): at most about 20 characters fit there
+    kwargs.setdefault("placeholder", "Drop image or click")
     return gr.Image(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
 
 

@@ -68,8 +68,10 @@ def done_status(seed_used, details) -> str:
     if not isinstance(details, dict) or details.get("status") != "done":
         return ""
     n = len(details.get("seeds") or [])
+    where = "rows and groups in Details" if any(r is not None for r in details.get("rows") or []) else \
+        "all from your image's snippet"
     return (f"**{n} image{'s' if n != 1 else ''} from seed {seed_used}** (image i uses seed + i) · "
-            f"{details.get('steps')} {details.get('method')} steps · rows and groups in Details")
+            f"{details.get('steps')} {details.get('method')} steps · {where}")
 
 
 def generate(ctx: AppContext, session: Session, source, row, group, upload, n, seed, randomize, steps, method,
@@ -148,7 +150,8 @@ def build(ctx: AppContext, state: gr.State) -> dict:
     def show_inputs(session, choice):
         # The row's range is re-read whenever the row box is shown: the session's bank may belong to another
         # model by now, or have grown by rows added on the Swap tab.
-        rows = {**row_range(ctx.bank(session)), "visible": True} if choice == SOURCES[1] else gr.update(visible=False)
+        rows = {**row_range(ctx.bank(session)), "visible": True} if choice == SOURCES[1] else \
+            gr.update(visible=False)
         return (gr.update(info=SOURCE_HELP.get(choice, "")), rows, gr.update(visible=choice == SOURCES[2]),
                 gr.update(visible=choice == SOURCES[3]))
 

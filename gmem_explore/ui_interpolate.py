@@ -20,21 +20,23 @@ GIF_SIZE = 128  # frames are enlarged (nearest) to this for the GIF
 GIF_FRAME_MS = 120
 
 
+SIMILAR_BUT_DIFFERENT = 0.5  # cosine of the default B to A in a bank without groups
+
+
 def default_endpoints(bank: MemoryBank) -> tuple[int, int]:
-    """Rows A and B shown when the tab opens: row 0, and the row least like it (lowest cosine), taken from another
-    group when the bank has groups, so the first run shows a visible change (neighbouring rows are often
-    near-duplicates, e.g. two smileys)."""
+    """Rows A and B shown when the tab opens, chosen so that the first run shows a visible, smooth change:
+    row 0 and the row most like it from another group (for emoji-32 a grinning face into a jack-o'-lantern).
+    Neighbouring rows are often near-duplicates (rows 0 and 1: two smileys, eight identical frames), and the
+    least similar row makes the middle frames a washed-out blur. Without groups: the row whose cosine to row 0
+    is nearest SIMILAR_BUT_DIFFERENT."""
     if len(bank) < 2:
         return 0, 0
     rows = normalize(bank.rows.float())
-    sims = rows @ rows[0]
-    sims[0] = float("inf")
-    if bank.labels is not None:
-        other = bank.labels != bank.labels[0]
-        if other.any():
-            sims = torch.where(other, sims, torch.tensor(float("inf")))
-    sims = torch.nan_to_num(sims, nan=float("inf"))  # a broken row is never a default
-    return 0, int(sims.argmin())
+    sims = torch.nan_to_num(rows @ rows[0], nan=float("-inf"))  # a broken row is never a default
+    sims[0] = float("-inf")
+    if bank.labels is not None and (bank.labels != bank.labels[0]).any():
+        return 0, int(torch.where(bank.labels != bank.labels[0], sims, torch.tensor(float("-inf"))).argmax())
+    return 0, int((sims - SIMILAR_BUT_DIFFERENT).abs().argmin())
 
 
 def endpoint(ctx: AppContext, session: Session, which: str, source: str, row, upload):
@@ -142,7 +144,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
                 gif = gr.Image(label="Animation (GIF)", interactive=False, height=200, elem_id="interp-gif")
                 with gr.Accordion("Details", open=False):
                     details = gr.JSON()
-            frames = gr.Gallery(label="Frames", columns=8, height="fit-content", format="png",
+            # 6 columns: gradio's grid columns are at least 100 px wide, and 8 overflowed the column sideways
+            frames = gr.Gallery(label="Frames", columns=6, height="fit-content", format="png",
                                 elem_id="interp-frames")
     seed_used = hidden_seed()
 

@@ -17,7 +17,8 @@ from app_tiny import ROWS, tiny_factory, tiny_pipeline
 from gmem_explore import MemoryBank
 from gmem_explore.checkpoint import Checkpoint, save_checkpoint
 from gmem_explore.ui import build_app, load_checkpoint
-from gmem_explore.ui_common import Limits, Session, UserError, friendly, spaces_gpu, stopped, upload_to_image
+from gmem_explore.ui_common import (RANDOM_SEEDS, Limits, Session, UserError, friendly, spaces_gpu, stopped,
+                                    upload_to_image)
 from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
 
 from conftest import free_port
@@ -75,6 +76,8 @@ def test_generate_sources_captions_and_seeds(ctx, pictures):
     _, (items, _, details) = final(ui_generate.generate(ctx, s, UPLOAD, 0, None, pictures["red"], 2, 5, False, 2,
                                                           "euler", 2.0))
     assert details["rows"] == [None, None] and items[1][1] == "seed 6 · upload" and "groups" not in details
+    assert ui_generate.done_status(5, details).startswith("**2 images from seed 5** (image i uses seed + i) · 2 euler")
+    assert ui_generate.done_status(5, {"status": "step 1/2"}) == ""  # only a finished run is summed up
 
 
 def test_generate_is_reproducible_and_randomises(ctx):
@@ -84,7 +87,7 @@ def test_generate_is_reproducible_and_randomises(ctx):
     assert [im.tobytes() for im, _ in a[0]] == [im.tobytes() for im, _ in b[0]]
     seeds = {final(ui_generate.generate(ctx, s, RANDOM, 0, None, None, 1, 0, True, 1, "euler", 1.0))[1][1]
              for _ in range(3)}
-    assert len(seeds) > 1 and all(0 <= x < 2**31 for x in seeds)
+    assert len(seeds) > 1 and all(0 <= x < RANDOM_SEEDS for x in seeds)  # short enough for a caption
 
 
 @pytest.mark.parametrize("args, message", [
@@ -209,10 +212,11 @@ def test_interpolate_default_rows_differ_visibly():
     a, b = ui_interpolate.default_endpoints(bank)
     assert a == 0 and bank.label_of(a) != bank.label_of(b)
     sims = torch.nn.functional.normalize(bank.rows.float(), dim=1) @ torch.nn.functional.normalize(bank.rows[0].float(), dim=0)
-    other = [r for r in range(len(bank)) if bank.label_of(r) != bank.label_of(0)]
-    assert sims[b] == min(sims[r] for r in other)  # the least similar row of another group
-    plain = MemoryBank(bank.rows)  # no labels: the least similar row of all
-    assert ui_interpolate.default_endpoints(plain)[1] == int(sims[1:].argmin()) + 1
+    other = [r for r in range(1, len(bank)) if bank.label_of(r) != bank.label_of(0)]
+    assert sims[b] == max(sims[r] for r in other)  # the row most like A among the other groups
+    plain = MemoryBank(bank.rows)  # no groups: the row nearest cosine 0.5 to row 0
+    expected = 1 + int((sims[1:] - ui_interpolate.SIMILAR_BUT_DIFFERENT).abs().argmin())
+    assert ui_interpolate.default_endpoints(plain) == (0, expected)
     assert ui_interpolate.default_endpoints(MemoryBank(bank.rows[:1])) == (0, 0)
 
 
