@@ -104,7 +104,8 @@ def generate(ctx: AppContext, session: Session, source, row, group, upload, n, s
             items = [(upscale(im), c) for im, c in zip(out.images, captions(out))]
             groups = [pipe.bank.label_of(r) if r is not None else None for r in out.indices]
             details = {"status": "done", "seed": seed, "seeds": out.seeds, "rows": out.indices,
-                       "source": job["source"], **({"groups": groups} if any(groups) else {}), **{k: v for k, v in out.settings.items() if k != "guidance_interval"}}
+                       "source": job["source"], **({"groups": groups} if any(groups) else {}),
+                       **{k: v for k, v in out.settings.items() if k != "guidance_interval"}}
             yield items, seed, details
 
 

@@ -211,7 +211,8 @@ def test_interpolate_default_rows_differ_visibly():
     bank = tiny_pipeline().bank
     a, b = ui_interpolate.default_endpoints(bank)
     assert a == 0 and bank.label_of(a) != bank.label_of(b)
-    sims = torch.nn.functional.normalize(bank.rows.float(), dim=1) @ torch.nn.functional.normalize(bank.rows[0].float(), dim=0)
+    unit = torch.nn.functional.normalize(bank.rows.float(), dim=1)
+    sims = unit @ unit[0]
     other = [r for r in range(1, len(bank)) if bank.label_of(r) != bank.label_of(0)]
     assert sims[b] == max(sims[r] for r in other)  # the row most like A among the other groups
     plain = MemoryBank(bank.rows)  # no groups: the row nearest cosine 0.5 to row 0
@@ -253,7 +254,8 @@ def test_swap_changes_only_the_sessions_bank(ctx, pictures):
     assert ctx.bank(other) is ctx.store.get("tiny").bank
     assert ctx.bank(mine).label_of(5) == ui_swap.UPLOAD_GROUP  # no longer 'blue'
     assert ui_swap.UPLOAD_GROUP not in ctx.store.get("tiny").bank.label_names  # the shared bank keeps its groups
-    assert ui_swap.compare_note(ctx, mine, 5).startswith("**Row 5 was replaced in this session** (it was row 5 · blue)")
+    note = ui_swap.compare_note(ctx, mine, 5)
+    assert note.startswith("**Row 5 was replaced in this session** (it was row 5 · blue)")
     assert "unchanged" in ui_swap.compare_note(ctx, mine, 6)
     mine, new_row, log = ui_swap.add_row(ctx, mine, pictures["blue"])
     assert new_row == ROWS and "added row 40" in log and ctx.bank(mine).label_of(new_row) == ui_swap.UPLOAD_GROUP

@@ -154,7 +154,9 @@ def test_generate_produces_captioned_images(browser):
     open_tab(browser, "Generate")
     css(browser, "#generate-button")[0].click()
     items = final_gallery(browser, "generate-gallery", 4)
-    assert all("seed" in caption and caption.startswith("row ") for _, caption in items)
+    assert all(caption.startswith("seed ") and " · row " in caption for _, caption in items)  # seed first
+    first_seed = items[0][1].split(" · ")[0].removeprefix("seed ")
+    wait_for(browser, lambda: f"from seed {first_seed}" in css(browser, "#generate-status")[0].text, "the status line")
     screenshot(browser, "generate")
 
 
@@ -185,7 +187,8 @@ def test_interpolate_yields_k_frames(browser):
     set_number(browser, "interp-k", 5)
     css(browser, "#interp-button")[0].click()
     items = final_gallery(browser, "interp-frames", 5)
-    assert [c.split(" · ")[0] for _, c in items] == [f"{i}/5" for i in range(1, 6)]
+    assert [c for _, c in items] == ["w 0.00", "w 0.25", "w 0.50", "w 0.75", "w 1.00"]  # the seed is said once:
+    wait_for(browser, lambda: "5 frames from seed 0" in css(browser, "#interp-status")[0].text, "the status line")
     wait_for(browser, lambda: css(browser, "#interp-strip img"), "the strip")
     wait_for(browser, lambda: css(browser, "#interp-gif img"), "the GIF")
     screenshot(browser, "interpolate")
