@@ -23,7 +23,8 @@ TITLE = "GMem explorer"
 INTRO = (
     "GMem generates images from **memory snippets**: feature vectors of real images kept in a memory bank. "
     "Pick snippets from the bank, swap in your own image, mix two snippets, and watch the sampler work. "
-    "Every image is captioned with its bank row, snippet source and seed, so any result can be reproduced."
+    "Every image is captioned with its seed and bank row (settings and sources under Details), so any result can "
+    "be reproduced."
 )
 # .fit-grid (a gallery's elem_classes): gradio gives every gallery column at least 100 px, so a column count that
 # does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
@@ -138,13 +139,15 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
         def on_load(session, name, folder):
             return load_checkpoint(ctx, session, name, folder)
 
-        def shown_model(session):
-            """The dropdown names the model in use, also after a failed switch (it kept the old one)."""
-            return gr.update(value=session.checkpoint if session.checkpoint in available() else None)
+        def after_load(session):
+            """The dropdown names the model in use, also after a failed switch (it kept the old one), and the
+            Generate tab's Bank row box gives the range of that model's bank."""
+            return (gr.update(value=session.checkpoint if session.checkpoint in available() else None),
+                    ui_generate.row_range(ctx.bank(session)))
 
         ck_btn.click(on_load, [state, ck_name, ck_path],
                      [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue).then(
-            shown_model, state, ck_name, api_visibility="private")
+            after_load, state, [ck_name, gen["row"]], api_visibility="private")
 
         stats_fn, stats_in, stats_out = bank["refresh"]
         page_fn, page_out = bank["page"]

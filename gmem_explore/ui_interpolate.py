@@ -146,7 +146,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
                     details = gr.JSON()
             # 6 columns: gradio's grid columns are at least 100 px wide, and 8 overflowed the column sideways
             frames = gr.Gallery(label="Frames", columns=6, height="fit-content", format="png",
-                                elem_id="interp-frames")
+                                elem_id="interp-frames", elem_classes=["fit-grid"])  # no sideways scrolling
     seed_used = hidden_seed()
 
     def show_endpoint(which: str):

@@ -171,14 +171,18 @@ def test_failed_loads_are_short_and_say_which_model_is_in_use(ctx, monkeypatch, 
     assert "only loads the named checkpoints" in text and "Still using **tiny**" in text
 
 
-def test_dropdown_is_reset_to_the_model_in_use(demo, ctx):
-    (reset,) = handlers(demo, "shown_model")
+def test_dropdown_is_reset_to_the_model_in_use(demo, ctx, monkeypatch):
+    (reset,) = handlers(demo, "after_load")
     (load,) = [f for f in demo.fns.values() if f.api_name == "load_checkpoint"]
     trigger = reset.trigger_after if isinstance(reset.trigger_after, int) else reset.trigger_after[0]
     assert demo.fns[trigger] is load  # runs after every load, failed or not
-    assert reset.outputs[0].label == "Checkpoint"
+    assert reset.outputs[0].label == "Checkpoint" and reset.outputs[1].label.startswith("Bank row")
     s = ctx.new_session()
+    bank = ctx.bank(s)
+    _, rows = reset.fn(s)  # the Bank row box gives the range of the bank now in use
+    assert rows["maximum"] == len(bank) - 1 and rows["label"] == f"Bank row (0–{len(bank) - 1})"
+    monkeypatch.setattr(ctx, "bank", lambda session: bank)  # the names below are not loaded in this test
     s.checkpoint = "emoji-32"
-    assert reset.fn(s)["value"] == "emoji-32"
+    assert reset.fn(s)[0]["value"] == "emoji-32"
     s.checkpoint = "/a/folder"  # loaded by path: no name in the list fits
-    assert reset.fn(s)["value"] is None
+    assert reset.fn(s)[0]["value"] is None
