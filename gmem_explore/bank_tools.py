@@ -22,6 +22,25 @@ from .safefiles import load_tensors, save_tensors
 CHUNK = 65536
 
 
+SIMILAR_BUT_DIFFERENT = 0.5  # cosine of the partner row in a bank without groups
+
+
+def partner_row(bank: MemoryBank, row: int) -> int:
+    """A row to interpolate or mix `row` with that shows a visible, smooth change: the row most like it from
+    another group. Neighbouring rows are often near-duplicates (emoji-32's rows 0 and 1: two smileys, identical
+    frames), and the least similar row turns the middle frames into a washed-out blur. Without groups: the row
+    whose cosine to `row` is nearest SIMILAR_BUT_DIFFERENT. Broken (NaN) rows are never chosen."""
+    if len(bank) < 2:
+        raise ValueError("the bank has fewer than two rows: there is no other row to pair with")
+    bank._check_index([row])
+    rows = normalize(bank.rows.float())
+    sims = torch.nan_to_num(rows @ rows[row], nan=float("-inf"))
+    sims[row] = float("-inf")
+    if bank.labels is not None and (bank.labels != bank.labels[row]).any():
+        return int(torch.where(bank.labels != bank.labels[row], sims, torch.tensor(float("-inf"))).argmax())
+    return int((sims - SIMILAR_BUT_DIFFERENT).abs().argmin())
+
+
 def _chunks(n: int, chunk: int = CHUNK):
     for start in range(0, n, chunk):
         yield start, min(start + chunk, n)

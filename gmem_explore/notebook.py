@@ -207,7 +207,8 @@ class BankExplorer:
 
     # each callback below is what one control does; tests call them directly
     def map_figure(self):
-        """The map coloured by the dropdown's choice, selected rows ringed in red, the region as a dashed box."""
+        """The map coloured by the dropdown's choice, the selected rows in full colour and the rest faded (rings
+        on hundreds of points merged into one red blob that hid the groups), the region as a dashed box."""
         from matplotlib.patches import Rectangle
 
         if self.color_by.value == "frequency" and self.bank.freq is not None:
@@ -217,8 +218,8 @@ class BankExplorer:
         else:
             colour = None
         position = {r: i for i, r in enumerate(self.rows.tolist())}
-        ringed = [position[r] for r in self.selection[:MAX_SHOWN] if r in position]
-        fig = scatter_figure(self.coords, colour, self.bank.label_names, ringed,
+        selected = [position[r] for r in self.selection if r in position]
+        fig = scatter_figure(self.coords, colour, self.bank.label_names, selected=selected or None,
                              title=f"{len(self.coords):,} of {len(self.bank):,} rows, coloured by {self.color_by.value}")
         if self._box is not None:
             (x0, x1), (y0, y1) = self._box
@@ -293,7 +294,10 @@ class BankExplorer:
         if self.pipe is None:
             self.status.value = "only a bank is loaded: open the checkpoint with GMemPipeline to generate"
             return None
+        before = self.status.value
+        self.status.value = f"generating {len(shown)} images ({self.steps} steps each)..."  # ~20 s for 32 on a CPU
         self.generation = self.pipe.generate(indices=shown, seeds=[int(self.seed.value)] * len(shown), steps=self.steps)
+        self.status.value = before
         self.gen_out.clear_output(wait=True)
         show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=8), self.gen_out)
         return self.generation

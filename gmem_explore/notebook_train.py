@@ -22,7 +22,7 @@ def write_image_folder(images, names, labels, label_names, folder) -> Path:
 
     folder = Path(folder)
     for img, name, label in zip(torch.as_tensor(images), names, torch.as_tensor(labels).tolist()):
-        group = label_names[label].replace("/", "-").replace(" ", "_")
+        group = label_names[label].replace("/", "-")  # a folder per group; the name, spaces and all, is its label
         path = folder / group / (name.replace(":", "_").replace("/", "-") + ".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.numpy()).save(path)

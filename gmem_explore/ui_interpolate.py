@@ -9,6 +9,7 @@ import gradio as gr
 import torch
 
 from .bank import MIX_METHODS, MemoryBank, check_snippets, normalize
+from .bank_tools import partner_row
 from .bank import mix as mix_snippets
 from .sampling import METHODS
 from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_int, encode_upload, friendly, hidden_seed,
@@ -20,23 +21,10 @@ GIF_SIZE = 128  # frames are enlarged (nearest) to this for the GIF
 GIF_FRAME_MS = 120
 
 
-SIMILAR_BUT_DIFFERENT = 0.5  # cosine of the default B to A in a bank without groups
-
-
 def default_endpoints(bank: MemoryBank) -> tuple[int, int]:
-    """Rows A and B shown when the tab opens, chosen so that the first run shows a visible, smooth change:
-    row 0 and the row most like it from another group (for emoji-32 a grinning face into a jack-o'-lantern).
-    Neighbouring rows are often near-duplicates (rows 0 and 1: two smileys, eight identical frames), and the
-    least similar row makes the middle frames a washed-out blur. Without groups: the row whose cosine to row 0
-    is nearest SIMILAR_BUT_DIFFERENT."""
-    if len(bank) < 2:
-        return 0, 0
-    rows = normalize(bank.rows.float())
-    sims = torch.nan_to_num(rows @ rows[0], nan=float("-inf"))  # a broken row is never a default
-    sims[0] = float("-inf")
-    if bank.labels is not None and (bank.labels != bank.labels[0]).any():
-        return 0, int(torch.where(bank.labels != bank.labels[0], sims, torch.tensor(float("-inf"))).argmax())
-    return 0, int((sims - SIMILAR_BUT_DIFFERENT).abs().argmin())
+    """Rows A and B shown when the tab opens: row 0 and its partner (bank_tools.partner_row), so that the first run
+    shows a visible, smooth change (for emoji-32 a grinning face into a jack-o'-lantern)."""
+    return (0, partner_row(bank, 0)) if len(bank) >= 2 else (0, 0)
 
 
 def endpoint(ctx: AppContext, session: Session, which: str, source: str, row, upload):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gmem_explore.bank import MemoryBank, normalize
-from gmem_explore.bank_tools import LowRankBank, compress, nearest_rows, statistics
+from gmem_explore.bank_tools import LowRankBank, compress, nearest_rows, partner_row, statistics
 from gmem_explore.cli import main
 
 
@@ -84,3 +84,18 @@ def test_bank_cli(tmp_path, capsys):
     assert report["rank"] == 8 and 0 < report["relative_frobenius_error"] < 1 and out.is_file()
     assert main(["bank", "nearest", str(path)]) == 1  # neither --row nor --image: a clear error
     assert "give query rows" in capsys.readouterr().err
+
+
+def test_partner_row_is_the_most_similar_row_of_another_group():
+    """The pair notebooks and the app interpolate between: not a near-duplicate of the same group."""
+    rows = torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.9, 0.4], [0.0, 1.0], [0.7, 0.7]])
+    labels = torch.tensor([0, 0, 1, 1, 0])
+    bank = MemoryBank(rows, labels=labels, label_names=["a", "b"])
+    assert partner_row(bank, 0) == 2  # row 1 is closer but of the same group
+    assert partner_row(bank, 3) == 4
+    plain = MemoryBank(rows)  # no groups: cosine nearest 0.5 to row 3 (row 2: 0.41, row 4: 0.71, row 0: 0)
+    assert partner_row(plain, 3) == 2
+    with pytest.raises(ValueError, match="fewer than two rows"):
+        partner_row(MemoryBank(rows[:1]), 0)
+    with pytest.raises(IndexError):
+        partner_row(bank, 7)

@@ -64,6 +64,8 @@ def test_bank_explorer_callbacks(pipe):
     ex.color_by.value = "frequency"  # redraws the map through the observer
     fig = ex.map_figure()
     assert len(fig.axes) == 2  # the scatter and its frequency colour bar
+    alphas = [a for c in fig.axes[0].collections for a in (c.get_alpha(),) if a is not None]
+    assert min(alphas) < 0.5  # rows outside the selection are faded, not the selection ringed
     # the widgets drive the same callbacks
     ex.rows_text.value = "0 1"
     assert ex.selection == [0, 1]
@@ -166,7 +168,7 @@ def test_image_folder_round_trip_and_bank(tmp_path, tiny_checkpoint):
     folder = nbt.write_image_folder(images, [f"e{i}:x" for i in range(5)], [0, 1, 0, 1, 1], ["Smileys & Emotion", "b/c"],
                                     tmp_path / "imgs")
     data = load_folder(folder, size=8)
-    assert len(data) == 5 and sorted(data.label_names) == ["Smileys_&_Emotion", "b-c"]
+    assert len(data) == 5 and sorted(data.label_names) == ["Smileys & Emotion", "b-c"]
     assert sorted(map(tuple, data.images.reshape(5, -1)[:, :3].tolist())) == sorted(map(tuple, images.reshape(5, -1)[:, :3].tolist()))
     pipe = GMemPipeline.from_pretrained(str(tiny_checkpoint))
     bank = nbt.bank_from_images(pipe.encoder, data)
