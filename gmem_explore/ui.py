@@ -15,7 +15,7 @@ import gradio as gr
 
 from . import ui_bank, ui_generate, ui_interpolate, ui_swap
 from .pipeline import GMemPipeline
-from .ui_common import AppContext, Limits, PipelineStore, Session, friendly, spaces_gpu
+from .ui_common import AppContext, Limits, PipelineStore, Session, friendly, row_range, spaces_gpu
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
             """The dropdown names the model in use, also after a failed switch (it kept the old one), and the
             Generate tab's Bank row box gives the range of that model's bank."""
             return (gr.update(value=session.checkpoint if session.checkpoint in available() else None),
-                    ui_generate.row_range(ctx.bank(session)))
+                    row_range(ctx.bank(session)))
 
         ck_btn.click(on_load, [state, ck_name, ck_path],
                      [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue).then(

@@ -346,6 +346,13 @@ def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: 
     yield ("result", outcome["value"])
 
 
+def row_range(bank, name: str = "Bank row"):
+    """A row box's label and bounds for this bank, e.g. "Bank row (0–1696)": banks differ between models and grow
+    with edits, so the boxes re-read them when shown."""
+    last = max(len(bank) - 1, 0)
+    return gr.update(label=f"{name} (0–{last})", maximum=last)
+
+
 # ---- Stop and the seed box --------------------------------------------------------------------------------------
 # A model event never writes the seed box itself: an output of an event that fails shows gradio's red "Error"
 # badge until the next success, and a seed box that looks broken after a typo elsewhere misleads. The event writes

@@ -6,7 +6,7 @@ import torch
 
 from .sampling import METHODS
 from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_float, as_int, encode_upload, friendly,
-                        hidden_seed, image_upload, pick_seed, run_live, stopped, upscale)
+                        hidden_seed, image_upload, pick_seed, row_range, run_live, stopped, upscale)
 
 SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
 # One plain sentence per choice, shown under the radio for the current choice.
@@ -56,12 +56,6 @@ def captions(generation) -> list[str]:
     The group and the snippet source are in Details."""
     return [f"seed {seed} · " + (f"row {row}" if row is not None else "upload")
             for row, seed in zip(generation.indices, generation.seeds)]
-
-
-def row_range(bank):
-    """The Bank row box's label and bounds for this bank (banks differ between models and grow with edits)."""
-    last = max(len(bank) - 1, 0)
-    return gr.update(label=f"Bank row (0–{last})", maximum=last)
 
 
 def done_status(seed_used, details) -> str:

@@ -13,7 +13,7 @@ from .bank_tools import partner_row
 from .bank import mix as mix_snippets
 from .sampling import METHODS
 from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_int, encode_upload, friendly, hidden_seed,
-                        image_upload, pick_seed, row_caption, run_live, stopped, upscale)
+                        image_upload, pick_seed, row_caption, row_range, run_live, stopped, upscale)
 from .viz import image_grid
 
 ENDPOINT_SOURCES = ("bank row", "uploaded image")
@@ -141,8 +141,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
         def show(session, choice):
             # the row's range is re-read when it is shown: the session's bank may have changed model or grown
             if choice == ENDPOINT_SOURCES[0]:
-                n = max(len(ctx.bank(session)) - 1, 0)
-                return gr.update(visible=True, maximum=n, label=f"Row {which} (0–{n})"), gr.update(visible=False)
+                return {**row_range(ctx.bank(session), f"Row {which}"), "visible": True}, gr.update(visible=False)
             return gr.update(visible=False), gr.update(visible=True)
         return show
 
