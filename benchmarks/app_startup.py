@@ -28,18 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))  # the uninstalled checkout
+from gmem_explore.sharded import free_port  # noqa: E402
 BASELINE_APP = textwrap.dedent("""
     import sys, gradio as gr
     with gr.Blocks() as demo:
         gr.Button("Generate", elem_id="generate-button")
     demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]))
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def chromium():
@@ -100,7 +96,6 @@ def bench_startup(checkpoint: str, repeats: int) -> dict:
 
 
 def bench_generation(checkpoint: str, repeats: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     from gradio_client import Client
 
     from gmem_explore.pipeline import GMemPipeline

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]  # the package (uninstalled checkout) and the tests' tiny app
+from gmem_explore.sharded import free_port  # noqa: E402
 ROW = 5  # the bank row every session overwrites with its own colour
 MAX_CLIENTS = 64  # a hard cap: this is a benchmark on one machine, not a stress tool
 
@@ -36,12 +36,6 @@ def colour_of(i: int) -> tuple[int, int, int]:
 
     r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.9, 0.9)
     return int(r * 255), int(g * 255), int(b * 255)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_tiny_app(max_images: int = 4):

@@ -229,14 +229,18 @@ def _spawned(rank: int, world: int, port: int, run_kwargs: dict) -> None:
     run(**run_kwargs)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at this moment: the launcher's rendezvous, and the servers tests start."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch_local(nprocs: int, start_method: str = "spawn", **run_kwargs) -> None:
     """Run `run(**run_kwargs)` in `nprocs` local processes (what torchrun does, from Python: notebooks, tests).
     "spawn" is safe with CUDA; "fork" starts in milliseconds instead of re-importing torch (CPU only)."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_spawned, args=(nprocs, port, run_kwargs), nprocs=nprocs, join=True, start_method=start_method)
+    mp.start_processes(_spawned, args=(nprocs, free_port(), run_kwargs), nprocs=nprocs, join=True, start_method=start_method)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,16 +11,10 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from gmem_explore import GMemPipeline, MemoryBank, build_model  # noqa: E402
 from gmem_explore.autoencoders import PixelSpace  # noqa: E402
+from gmem_explore.sharded import free_port  # noqa: E402,F401  (tests import it from here)
 
 TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, encoder_depth=1,
             projector_dim=32, repa_dim=16, snippet_dim=16)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 free at this moment (for a server or a launcher the test starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def randomize(model, seed=0, std=0.05):
