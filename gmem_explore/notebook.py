@@ -20,6 +20,7 @@ from .bankmap import scatter_figure, subsample_indices
 from .pipeline import Generation, GMemPipeline
 
 MAX_SHOWN = 32  # thumbnails / generations per selection: more is unreadable in a notebook cell
+THUMB_COLUMNS = 6  # beside the 600 px map: 6 x ~80 px keeps the explorer inside a notebook's width
 
 
 def fast_mode() -> bool:
@@ -98,9 +99,12 @@ def frequency_figure(bank: MemoryBank):
         left.set_yscale("log")
     share = torch.cumsum(freq.sort(descending=True).values, 0) / freq.sum()
     x = torch.arange(1, len(freq) + 1).float() / len(freq)
-    right.plot(x.numpy(), share.numpy())
-    right.plot([0, 1], [0, 1], ls=":", color="grey", label="uniform")
+    right.plot(x.numpy(), share.numpy(), lw=2.5, color="tab:blue", label="this bank")
+    # dashed and on top: for a bank of equal frequencies (the emoji default) the two curves coincide
+    right.plot([0, 1], [0, 1], ls="--", color="black", lw=1, label="uniform", zorder=3)
     right.set(title="share of draws vs share of rows", xlabel="most frequent fraction of rows", ylabel="fraction of draws")
+    if bool((freq == freq[0]).all()):
+        right.text(0.05, 0.9, "every row equally frequent:\nthe curves coincide", fontsize=8, va="top")
     right.legend(loc="lower right")
     fig.tight_layout()
     return fig
@@ -267,8 +271,9 @@ class BankExplorer:
         self.thumbs_out.clear_output(wait=True)
         self.gen_out.clear_output(wait=True)
         if shown and self.bank.thumbnails is not None:
-            titles = [f"{r} {self.bank.label_of(r) or ''}" for r in shown]
-            show(labelled_grid(self.bank.thumbnails[shown], titles, ncols=8), self.thumbs_out)
+            # short captions and 6 columns keep map + grids about 1,100 px wide (full group names made 1,600)
+            titles = [f"{r} {(self.bank.label_of(r) or '')[:8]}" for r in shown]
+            show(labelled_grid(self.bank.thumbnails[shown], titles, ncols=THUMB_COLUMNS), self.thumbs_out)
         if shown:
             self.nearest(shown[0])
         self.draw_map()
@@ -299,5 +304,5 @@ class BankExplorer:
         self.generation = self.pipe.generate(indices=shown, seeds=[int(self.seed.value)] * len(shown), steps=self.steps)
         self.status.value = before
         self.gen_out.clear_output(wait=True)
-        show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=8), self.gen_out)
+        show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=THUMB_COLUMNS), self.gen_out)
         return self.generation

@@ -81,7 +81,7 @@ class TrainingMonitor:
         self.samples.append((int(event["step"]), images))
         self.sample_out.clear_output(wait=True)
         titles = [f"seed {s}" for s in event["seeds"]]
-        show(labelled_grid(images, titles, ncols=min(8, len(images)), cell=48), self.sample_out)
+        show(labelled_grid(images, titles, ncols=min(8, len(images)), cell=64), self.sample_out)
 
     def loss_figure(self):
         """Loss per step and its running mean (window 20), log scale."""
