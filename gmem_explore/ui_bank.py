@@ -155,7 +155,7 @@ def page(ctx: AppContext, session: Session, number):
 
 
 def row_details(ctx: AppContext, session: Session, row):
-    """(source thumbnail, markdown, nearest-neighbour thumbnails) for one row."""
+    """(source thumbnail, markdown, nearest-neighbour thumbnails, their rows) for one row."""
     bank = ctx.bank(session)
     r = as_int(row, "row", 0, len(bank) - 1)
     nn, sims = bank.nearest(bank.rows[r:r + 1].float(), NEIGHBOURS + 1)
@@ -167,7 +167,7 @@ def row_details(ctx: AppContext, session: Session, row):
         info.append(f"frequency {float(bank.freq[r]):g} (drawn with probability {float(bank.freq[r] / bank.freq.sum()):.2e})")
     info.append(f"norm {float(bank.rows[r].float().norm()):.3f}")
     thumb = upscale(bank.thumbnails[r], 128) if bank.thumbnails is not None else None
-    return thumb, " · ".join(info), items
+    return thumb, " · ".join(info), items, [i for i, _ in pairs]
 
 
 def check_row(ctx: AppContext, session: Session, row) -> int:
@@ -179,12 +179,6 @@ def check_row(ctx: AppContext, session: Session, row) -> int:
 def short_captions(items):
     """Grid captions cut to 'row N': 'row 12 · Smileys & Emotion' does not fit under a thumbnail."""
     return [(img, cap.split(" · ")[0]) for img, cap in items]
-
-
-def row_of_caption(caption) -> int | None:
-    """The row a grid caption names ('row 58 · cos 0.93' -> 58), None when it names none."""
-    head = str(caption or "").split(" · ")[0]
-    return int(head[4:]) if head.startswith("row ") and head[4:].isdigit() else None
 
 
 def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4):
@@ -243,6 +237,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         with gr.Column(scale=2):
             neighbours = gr.Gallery(label="Nearest neighbours (cosine; click one for its details)", columns=4,
                                     elem_id="bank-neighbours", **GRID)
+            neighbour_rows = gr.State([])
             # no fixed height: a fixed one cut the captions off and added scroll bars
             generations = gr.Gallery(label="Generations (seeds 0-3)", columns=4, format="png",
                                      elem_id="bank-generations", elem_classes=["fit-grid"])
@@ -259,6 +254,11 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     def on_map(session, method, color_by, x_from, x_to, y_from, y_to, row):
         fig, items, shown, summary = bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
         return fig, short_captions(items), shown, summary
+
+    @friendly
+    def on_ring(session, method, color_by, x_from, x_to, y_from, y_to, row):
+        """The map alone, redrawn so its red ring follows the row just picked from a grid."""
+        return bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)[0]
 
     @friendly
     def on_stats(session):
@@ -289,25 +289,22 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         control.change(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
     for slider in (x0, x1, y0, y1):
         slider.release(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
-    details_outputs = [thumb, row_md, neighbours]
+    details_outputs = [thumb, row_md, neighbours, neighbour_rows]
     # check first (no outputs), fill only on success: a bad row is one toast, not an error badge per output
     row.submit(on_check, [state, row], None, api_visibility="private").success(
-        on_details, [state, row], details_outputs, api_name="bank_row")
+        on_details, [state, row], details_outputs, api_name="bank_row").then(
+        on_ring, map_inputs, plot, api_visibility="private", **ctx.model_queue)
     gen_btn.click(on_check, [state, row], None, api_visibility="private").success(
         ctx.gpu(on_row_generate), [state, row], generations, api_name="bank_row_generate", **ctx.model_queue)
 
     def pick(rows, evt: gr.SelectData):
         return rows[evt.index] if rows and evt.index is not None and evt.index < len(rows) else gr.update()
 
-    def pick_neighbour(evt: gr.SelectData):
-        picked = row_of_caption((evt.value or {}).get("caption") if isinstance(evt.value, dict) else None)
-        return gr.update() if picked is None else picked
-
-    for gal, rows_state in ((selection, selected_rows), (page_gallery, page_rows)):
+    # every grid keeps the rows it shows in a State beside it, so a click maps its position to a row
+    for gal, rows_state in ((selection, selected_rows), (page_gallery, page_rows), (neighbours, neighbour_rows)):
         gal.select(pick, rows_state, row, api_visibility="private").then(
-            on_details, [state, row], details_outputs, api_visibility="private")
-    neighbours.select(pick_neighbour, None, row, api_visibility="private").then(
-        on_details, [state, row], details_outputs, api_visibility="private")
+            on_details, [state, row], details_outputs, api_visibility="private").then(
+            on_ring, map_inputs, plot, api_visibility="private", **ctx.model_queue)
     for gal in (selection, page_gallery, neighbours):
         gal.change(unmark, None, gal, api_visibility="private", queue=False)
 

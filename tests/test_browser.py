@@ -207,3 +207,8 @@ def test_bank_map_and_selection(browser):
                                     "return [g.scrollWidth, g.clientWidth];")
     assert widths[0] <= widths[1]  # every column fits: no sideways scrolling, no column cut off
     screenshot(browser, "bank")
+    # a neighbour's click shows that neighbour (the grid's rows come with the details, not from its captions)
+    neighbours = wait_for(browser, lambda: css(browser, "#bank-neighbours .thumbnail-item"), "neighbour thumbnails")
+    picked = neighbours[2].find_element("css selector", "img").get_attribute("alt").split(" · ")[0]
+    neighbours[2].click()
+    wait_for(browser, lambda: css(browser, "#bank-row-info")[0].text.startswith(picked), f"details of {picked}")

@@ -112,11 +112,10 @@ def test_scatter_figure_selected_mask_and_frequency_norm():
 
 # ---- rows: captions, clicks, a bad row -----------------------------------------------------------------------------
 def test_grid_captions_are_short(ctx):
-    _, _, neighbours = ui_bank.row_details(ctx, ctx.new_session(), 4)
+    _, _, neighbours, rows = ui_bank.row_details(ctx, ctx.new_session(), 4)
     assert all(c.startswith("row ") and " · cos " in c and len(c) <= len("row 99999 · cos -1.00")
                for _, c in neighbours)
-    assert [ui_bank.row_of_caption(c) for _, c in neighbours] == [int(c.split()[1]) for _, c in neighbours]
-    assert ui_bank.row_of_caption("seed 3") is None and ui_bank.row_of_caption(None) is None
+    assert rows == [int(c.split()[1]) for _, c in neighbours] and 4 not in rows  # the rows a click maps to
     assert ui_bank.short_captions([(None, "row 12 · Smileys & Emotion")]) == [(None, "row 12")]
 
 
@@ -132,6 +131,27 @@ def test_row_grids_select_without_a_preview_and_fit_their_width(demo):
     assert all(f.targets[0][0] == f.outputs[0]._id and f.targets[0][1] == "change" for f in unmarks)
     assert ui_bank.unmark().selected_index is None
     assert "minmax(0, 1fr)" in ui.CSS and ".fit-grid .grid-container" in ui.CSS
+
+
+def test_a_click_in_any_row_grid_picks_its_row_shows_it_and_rings_it_on_the_map(demo, ctx):
+    picks = handlers(demo, "pick")
+    grids = sorted(f.targets[0][0] for f in picks)
+    assert grids == sorted(component(demo, e)._id for e in ("bank-selection", "bank-neighbours", "bank-pages"))
+    for f in picks:  # each grid's click reads the rows that grid shows, kept in a State beside it
+        (rows_state,) = f.inputs
+        assert isinstance(rows_state, gr.State) and f.outputs == [component(demo, "bank-row")]
+    (details,) = {id(f.fn): f for f in handlers(demo, "on_details") if f.api_name == "bank_row"}.values()
+    assert any(f.inputs[0] is details.outputs[3] for f in picks)  # the neighbours' rows come with the details
+    pick = picks[0].fn
+    assert pick([7, 9], gr.SelectData(None, {"index": 1, "value": None})) == 9
+    # after the details, the map is redrawn with its red ring on the picked row (row box and every grid)
+    rings = handlers(demo, "on_ring")
+    assert len(rings) == 4 and all(f.outputs == [component(demo, "bank-map")] for f in rings)
+    s = ctx.new_session()
+    fig = rings[0].fn(s, "pca", "group", 0, 100, 0, 100, 6)
+    ring = [c for c in fig.axes[0].collections if len(c.get_edgecolor()) and c.get_facecolor().size == 0]
+    coords, idx, _ = ui_bank.map_coords(ctx, s, "pca")
+    assert len(ring) == 1 and ring[0].get_offsets().tolist() == [coords[(idx == 6).nonzero()[0, 0]].tolist()]
 
 
 def test_bad_row_is_refused_before_any_output(demo, ctx):
