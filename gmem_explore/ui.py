@@ -127,27 +127,37 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
                 ck_btn = gr.Button("Load", scale=0)
             ck_md = gr.Markdown(describe(pipe, checkpoint), elem_id="model-info")
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate") as generate_tab:
                 gen = ui_generate.build(ctx, state)
             with gr.Tab("Bank", id="bank") as bank_tab:
                 bank = ui_bank.build(ctx, state, steps_default)
             with gr.Tab("Swap", id="swap"):
                 ui_swap.build(ctx, state, steps_default)
-            with gr.Tab("Interpolate", id="interpolate"):
-                ui_interpolate.build(ctx, state, steps_default, method_default)
+            with gr.Tab("Interpolate", id="interpolate") as interpolate_tab:
+                interp = ui_interpolate.build(ctx, state, steps_default, method_default)
 
         def on_load(session, name, folder):
             return load_checkpoint(ctx, session, name, folder)
 
+        # every row box's label and maximum follow the session's bank: after a model load, and when its tab opens
+        # (the Swap tab's "add" grows the bank)
+        row_boxes = {"Bank row": gen["row"], **interp["rows"]}
+
+        def ranges(*names):
+            return lambda session: [row_range(ctx.bank(session), name) for name in names]
+
         def after_load(session):
-            """The dropdown names the model in use, also after a failed switch (it kept the old one), and the
-            Generate tab's Bank row box gives the range of that model's bank."""
-            return (gr.update(value=session.checkpoint if session.checkpoint in available() else None),
-                    row_range(ctx.bank(session)))
+            """The dropdown names the model in use, also after a failed switch (it kept the old one), and the row
+            boxes give the range of that model's bank."""
+            return [gr.update(value=session.checkpoint if session.checkpoint in available() else None),
+                    *ranges(*row_boxes)(session)]
 
         ck_btn.click(on_load, [state, ck_name, ck_path],
                      [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue).then(
-            after_load, state, [ck_name, gen["row"]], api_visibility="private")
+            after_load, state, [ck_name, *row_boxes.values()], api_visibility="private")
+        generate_tab.select(ranges("Bank row"), state, gen["row"], queue=False, api_visibility="private")
+        interpolate_tab.select(ranges(*interp["rows"]), state, list(interp["rows"].values()), queue=False,
+                               api_visibility="private")
 
         stats_fn, stats_in, stats_out = bank["refresh"]
         page_fn, page_out = bank["page"]

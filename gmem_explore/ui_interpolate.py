@@ -77,7 +77,8 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
         if kind == "preview":
             start, images = payload
             step, total = rest
-            items = [(upscale(im), f"w {weights[start + i]:.2f} · step {step}/{total}") for i, im in enumerate(images)]
+            # 'w 0.14 · 3/8': with the word "step" the caption was cut under a frame (~110 px at 6 columns)
+            items = [(upscale(im), f"w {weights[start + i]:.2f} · {step}/{total}") for i, im in enumerate(images)]
             yield items, None, None, seed, {"status": f"step {step}/{total}", "seed": seed}
         else:
             out = payload
@@ -164,4 +165,4 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
                   api_visibility="private")
     stop.click(stopped, [seed_used, details], [seed, status, details], cancels=[event], queue=False,
                api_visibility="private")
-    return {}
+    return {"rows": {"Row A": a_row, "Row B": b_row}}

@@ -276,6 +276,8 @@ def test_interpolate_frames_strip_and_gif(ctx, pictures):
     previews, (items, strip, gif, seed, details) = final(ui_interpolate.interpolate(
         ctx, s, "bank row", 2, None, "uploaded image", 0, pictures["blue"], "slerp", 5, 7, False, 3, "euler"))
     assert len(items) == 5 and details["weights"] == [0.0, 0.25, 0.5, 0.75, 1.0] and seed == 7
+    captions = [c for p in previews if p[0] for _, c in p[0]]
+    assert captions and all(len(c) <= len("w 0.00 · 250/250") and c.startswith("w ") for c in captions)
     assert [c for _, c in items] == ["w 0.00", "w 0.25", "w 0.50", "w 0.75", "w 1.00"]  # the seed is said once:
     assert ui_interpolate.done_status(details).startswith("**5 frames from seed 7**: row 2 · blue → upload")
     assert strip.width > strip.height

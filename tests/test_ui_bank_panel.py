@@ -196,13 +196,31 @@ def test_dropdown_is_reset_to_the_model_in_use(demo, ctx, monkeypatch):
     (load,) = [f for f in demo.fns.values() if f.api_name == "load_checkpoint"]
     trigger = reset.trigger_after if isinstance(reset.trigger_after, int) else reset.trigger_after[0]
     assert demo.fns[trigger] is load  # runs after every load, failed or not
-    assert reset.outputs[0].label == "Checkpoint" and reset.outputs[1].label.startswith("Bank row")
+    assert reset.outputs[0].label == "Checkpoint"
+    assert [o.elem_id for o in reset.outputs[1:]] == ["generate-row", "interp-row-a", "interp-row-b"]
     s = ctx.new_session()
     bank = ctx.bank(s)
-    _, rows = reset.fn(s)  # the Bank row box gives the range of the bank now in use
-    assert rows["maximum"] == len(bank) - 1 and rows["label"] == f"Bank row (0–{len(bank) - 1})"
+    _, *rows = reset.fn(s)  # every row box gives the range of the bank now in use
+    last = len(bank) - 1
+    assert [r["label"] for r in rows] == [f"Bank row (0–{last})", f"Row A (0–{last})", f"Row B (0–{last})"]
+    assert all(r["maximum"] == last for r in rows)
     monkeypatch.setattr(ctx, "bank", lambda session: bank)  # the names below are not loaded in this test
     s.checkpoint = "emoji-32"
     assert reset.fn(s)[0]["value"] == "emoji-32"
     s.checkpoint = "/a/folder"  # loaded by path: no name in the list fits
     assert reset.fn(s)[0]["value"] is None
+
+
+def test_row_boxes_take_the_grown_bank_when_their_tab_opens(demo, ctx):
+    """The Swap tab's "add" grows the session's bank: the Generate and Interpolate row boxes say so when shown."""
+    s = ctx.new_session()
+    s.bank = ctx.bank(s).copy()
+    s.bank.add(torch.randn(3, s.bank.dim))
+    last = len(s.bank) - 1
+    tab_handlers = [f for f in demo.fns.values() if f.targets and f.targets[0][1] == "select" and
+                    f.outputs and all(getattr(o, "elem_id", "") in ("generate-row", "interp-row-a", "interp-row-b")
+                                      for o in f.outputs)]
+    assert sorted(o.elem_id for f in tab_handlers for o in f.outputs) == ["generate-row", "interp-row-a",
+                                                                            "interp-row-b"]
+    for f in tab_handlers:
+        assert all(r["maximum"] == last and f"(0–{last})" in r["label"] for r in f.fn(s))
