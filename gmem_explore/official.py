@@ -222,6 +222,7 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
         else {"type": "pixels"}
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    os.chmod(work, 0o755)  # mkdtemp makes it 0700: other users of a shared HF_HOME could not read the conversion
     try:
         bar = None
         if progress:
@@ -242,7 +243,7 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
                 "encoder": encoder if encoder is not None else default_encoder, "sampler": dict(SAMPLER),
                 "name": "gmem-v1-xl" if model == OFFICIAL_MODEL and not overrides else src.stem,
                 "source": {"repo": OFFICIAL_REPO, "file": src.name, "bytes": src.stat().st_size,
-                           "sha256": sha256, "bank_dtype": bank_dtype},
+                           "mtime_ns": src.stat().st_mtime_ns, "sha256": sha256, "bank_dtype": bank_dtype},
                 "license": "MIT (GMem weights, Tangentone/GMem)", **(info or {})}
         write_bytes_atomic(work / "config.json", json.dumps(full, indent=2).encode())
         if out.exists():
@@ -265,8 +266,15 @@ def converted_folder_for(src, bank_dtype: str = "fp16") -> Path:
     return cache / "converted" / f"{src.stem}-{src.stat().st_size}-{bank_dtype}"
 
 
+def is_conversion_of(recorded: dict, src: Path) -> bool:
+    """Whether a conversion's recorded source (config.json's "source") is the file `src` as it is now."""
+    st = src.stat()
+    return recorded.get("bytes") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns
+
+
 def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **convert_kwargs) -> Path:
-    """Convert once, then reuse: the cached folder is valid while its recorded source size matches.
+    """Convert once, then reuse: the cached folder is valid while its recorded source size and modification time
+    match (size alone is the same for every checkpoint of one architecture: a re-saved .pth loaded stale weights).
     A file lock makes concurrent callers (e.g. 8 torchrun ranks) convert once and wait for each other."""
     src = Path(src).expanduser()
     if not src.is_file():
@@ -282,7 +290,7 @@ def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **con
             pass
         if (out / "config.json").is_file():
             recorded = json.loads((out / "config.json").read_text()).get("source", {})
-            if recorded.get("bytes") == src.stat().st_size:
+            if is_conversion_of(recorded, src):
                 return out
-            shutil.rmtree(out)  # the source changed (re-download): convert again
+            shutil.rmtree(out)  # the source changed (re-download, re-save): convert again
         return convert_official(src, out, bank_dtype, progress=progress, **convert_kwargs)

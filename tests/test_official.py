@@ -74,6 +74,20 @@ def test_local_pth_converts_once_and_loads_exactly(official_pth):
     pipe = GMemPipeline.from_pretrained(str(path), bank_dtype="fp32", model_overrides=TINY, progress=False)
     out = pipe.generate(2, seeds=[0, 1], steps=2)
     assert out.images.shape == (2, 8, 8, 3) and out.settings["method"] == "sde"
+    assert (folder.stat().st_mode & 0o777) == 0o755  # readable by the other users of a shared cache
+
+
+def test_a_resaved_pth_of_the_same_size_is_converted_again(official_pth):
+    """Every checkpoint of one architecture has the same size: the cache must notice new weights."""
+    path, raw = official_pth
+    first = resolve_checkpoint(str(path), bank_dtype="fp32", model_overrides=TINY, progress=False)
+    newer = released_dict(seed=5)
+    torch.save(newer, path)
+    os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 10**9))  # a later save, even on a coarse clock
+    assert path.stat().st_size == json.loads((first / "config.json").read_text())["source"]["bytes"]
+    folder = resolve_checkpoint(str(path), bank_dtype="fp32", model_overrides=TINY, progress=False)
+    weights = load_checkpoint(folder).model.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in newer["network"].items())
 
 
 def test_fp16_bank_and_pickle_free_files(official_pth, tmp_path):
