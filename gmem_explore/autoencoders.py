@@ -6,10 +6,13 @@ Images are uint8 tensors (N, H, W, 3) everywhere in the project. Model space is 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 SD_VAE_SCALE = 0.18215  # the latent scale of the SD VAE used by DiT / SiT / GMem v1
 SD_VAE_REPO = "stabilityai/sd-vae-ft-mse"
+SD_VAE_ENV = "GMEM_SD_VAE"  # a local folder used instead of SD_VAE_REPO
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -56,13 +59,15 @@ class SDVAE:
             from diffusers import AutoencoderKL
         except ImportError as e:  # optional dependency
             raise ImportError("SD-VAE decoding needs diffusers: pip install 'gmem-explore[sd]'") from e
+        if source == SD_VAE_REPO and os.environ.get(SD_VAE_ENV):
+            source = os.environ[SD_VAE_ENV]  # a local copy, for machines without a network (CLI, app, notebooks)
         try:
             self.vae = AutoencoderKL.from_pretrained(source, revision=revision, torch_dtype=dtype).to(device).eval()
         except OSError as e:
             raise OSError(
                 f"Could not load the SD-VAE from {source!r}: {e}\nWithout a network, download it once where one "
-                f"exists (hf download {SD_VAE_REPO} --local-dir DIR) and pass the local folder, or set HF_HOME to a "
-                f"cache that holds it."
+                f"exists (hf download {SD_VAE_REPO} --local-dir DIR), copy DIR here and set {SD_VAE_ENV}=DIR, or "
+                f"set HF_HOME to a cache that holds it."
             ) from e
         self.image_size = image_size
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)

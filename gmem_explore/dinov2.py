@@ -12,10 +12,13 @@ ImageNet preparation; transformers resamples the position embedding to the 16 x 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 DINOV2_REPO = "facebook/dinov2-base"
+DINOV2_ENV = "GMEM_DINOV2"  # a local folder used instead of DINOV2_REPO
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -81,14 +84,18 @@ class DINOv2Encoder:
             from transformers import Dinov2Model
         except ImportError as e:
             raise ImportError("Snippets from new images need transformers: pip install 'gmem-explore[dino]'") from e
+        source = self.source
+        if source == DINOV2_REPO and os.environ.get(DINOV2_ENV):
+            source = os.environ[DINOV2_ENV]  # a local copy, for machines without a network (CLI, app, notebooks)
         try:
-            model = Dinov2Model.from_pretrained(self.source, revision=self.revision, dtype=self.dtype)
+            model = Dinov2Model.from_pretrained(source, revision=self.revision, dtype=self.dtype)
         except OSError as e:
             raise OSError(
-                f"Could not load DINOv2 from {self.source!r} ({str(e).splitlines()[0] if str(e) else e}). "
+                f"Could not load DINOv2 from {source!r} ({str(e).splitlines()[0] if str(e) else e}). "
                 f"Without a network, download it once where one exists "
-                f"(hf download {DINOV2_REPO} --local-dir DIR) and use DINOv2Encoder(source='DIR'), "
-                f"or set HF_HOME to a cache that holds it. Sampling from the bank does not need it."
+                f"(hf download {DINOV2_REPO} --local-dir DIR), copy DIR here and set {DINOV2_ENV}=DIR (or use "
+                f"DINOv2Encoder(source='DIR')), or set HF_HOME to a cache that holds it. Sampling from the bank "
+                f"does not need it."
             ) from e
         hidden = model.config.hidden_size
         if hidden != self.dim:

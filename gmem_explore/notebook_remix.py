@@ -131,7 +131,7 @@ class Interpolator:
         """Generate all frames (one sampler run, one seed) and enable the slider."""
         k = int(self.frames.value)
         self.status.value = f"generating {k} frames..."
-        self.generation = self.pipe.interpolate(int(self.a.value), int(self.b.value), k=k, method=self.method.value,
+        self.generation = self.pipe.interpolate(int(self.a.value), int(self.b.value), k=k, mix=self.method.value,
                                                 seed=int(self.seed.value), steps=self.steps)
         self.weights = torch.linspace(0, 1, k).tolist()
         self.slider.max, self.slider.disabled = k - 1, False

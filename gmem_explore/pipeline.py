@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import torch
 
 from .autoencoders import PixelSpace, SDVAE
-from .bank import MemoryBank, check_snippets, mix, normalize
+from .bank import MIX_METHODS, MemoryBank, check_snippets, mix, normalize
+from .bank import mix as mix_snippets  # interpolate's `mix` argument names the method
 from .checkpoint import Checkpoint, load_checkpoint
 from .sampling import StepInfo, check_method_and_steps, initial_noise, make_generators, sample
 from .viz import image_grid, to_pil
@@ -168,6 +169,8 @@ class GMemPipeline:
             if hasattr(indices, "reshape"):  # tensor or array: its values as Python numbers, any shape
                 indices = indices.reshape(-1).tolist()
             indices = [as_integer(i, "indices (bank rows)") for i in (indices if hasattr(indices, "__iter__") else [indices])]
+            if not indices:
+                raise ValueError("indices is empty: give at least one bank row")
             self.bank._check_index(indices)
             count = len(indices)
         elif snippets is not None:
@@ -190,6 +193,7 @@ class GMemPipeline:
         method = self.sampler.get("method", "sde") if method is None else method
         steps = self.sampler.get("steps", 250) if steps is None else steps
         check_method_and_steps(method, steps)
+        steps = int(steps)  # a NumPy integer passes the check; the settings hold a plain int
 
         images, used_idx, used_snip = [], [], []
         bar = None
@@ -233,13 +237,27 @@ class GMemPipeline:
         """uint8 images of a step's denoised estimate, for live previews."""
         return self.autoencoder.decode(info.denoised.float())
 
-    def interpolate(self, a, b, k: int = 8, method: str = "slerp", seed: int = 0, **generate_kwargs) -> Generation:
-        """k images from snippet a to snippet b (bank rows or vectors), all from the same seed."""
+    def interpolate(self, a, b, k: int = 8, mix: str = "slerp", seed: int = 0, **generate_kwargs) -> Generation:
+        """k images from snippet a to snippet b (bank rows or vectors), all from the same seed.
+
+        `mix`: how snippets are blended (lerp, slerp, concat, mask); every other keyword goes to generate(), so
+        `method` and `steps` choose the sampler as they do there. The settings record the mix and the endpoints."""
         if isinstance(k, numbers.Integral) and not isinstance(k, bool):
             k = int(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 256:
             raise ValueError(f"k (number of frames) must be an integer in [2, 256]; got {k!r}")
-        a, b = (self.bank.snippets([as_integer(x, "bank rows")]) if is_row_number(x)
-                else normalize(check_snippets(x, self.snippet_dim)) for x in (a, b))
-        frames = torch.cat([mix(a, b, w, method, seed) for w in torch.linspace(0, 1, k).tolist()])
-        return self.generate(snippets=frames, seeds=[seed] * k, **generate_kwargs)
+        if generate_kwargs.get("method") in MIX_METHODS:
+            raise ValueError(f"method={generate_kwargs['method']!r} names a mix: interpolate takes it as "
+                             f"mix={generate_kwargs['method']!r}; `method` chooses the sampler, as in generate()")
+        for taken in ("seeds", "snippets", "indices", "n"):
+            if taken in generate_kwargs:
+                raise ValueError(f"interpolate sets {taken} itself (every frame uses seed={seed}); "
+                                 f"pass seed= for another seed")
+        rows = [as_integer(x, "bank rows") if is_row_number(x) else None for x in (a, b)]
+        a, b = (self.bank.snippets([r]) if r is not None else normalize(check_snippets(x, self.snippet_dim))
+                for r, x in zip(rows, (a, b)))
+        frames = torch.cat([mix_snippets(a, b, w, mix, seed) for w in torch.linspace(0, 1, k).tolist()])
+        out = self.generate(snippets=frames, seeds=[seed] * k, **generate_kwargs)
+        # a frame is a mix, not a bank row (indices stay None); the endpoints' rows are said here (None: a vector)
+        out.settings.update(mix=mix, from_row=rows[0], to_row=rows[1])
+        return out

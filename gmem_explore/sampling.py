@@ -19,6 +19,7 @@ State is kept in float64 as in the reference; the model runs in its own dtype.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -57,8 +58,15 @@ def evaluations(method: str, steps: int) -> int:
 def check_method_and_steps(method: str, steps) -> None:
     if method not in METHODS:
         raise ValueError(f"Unknown sampler {method!r}; choose one of {METHODS}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+    # numbers.Integral: a NumPy integer (np.int64 from an array of settings) is an integer too
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}]; got {steps!r} (the released SDE uses 250)")
+
+
+def check_guidance(guidance) -> None:
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
+        # NaN fails both comparisons; inf made every image NaN (black)
+        raise ValueError(f"guidance must be a finite number >= 0 (1 means none); got {guidance!r}")
 
 
 def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -123,8 +131,7 @@ def sample(
         raise ValueError("snippets contain NaN or infinite values; choose other rows or re-encode the image")
     if not torch.isfinite(noise).all():
         raise ValueError("noise contains NaN or infinite values")
-    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not guidance >= 0:  # NaN fails >= 0
-        raise ValueError(f"guidance must be a number >= 0 (1 means none); got {guidance!r}")
+    check_guidance(guidance)
     lo, hi = guidance_interval
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"guidance_interval must satisfy 0 <= low <= high <= 1; got {guidance_interval}")

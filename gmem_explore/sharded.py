@@ -195,6 +195,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
     try:
         from .hub import resolve_checkpoint
         from .pipeline import GMemPipeline
+        from .sampling import check_method_and_steps
 
         if rank == 0:  # download and convert once; the other ranks then find the converted folder
             folder = resolve_checkpoint(checkpoint, progress=progress, **resolve_kwargs)
@@ -202,8 +203,11 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         if rank != 0:
             folder = resolve_checkpoint(checkpoint, progress=False, **resolve_kwargs)
         pipe = GMemPipeline.from_pretrained(str(folder), device=device)
-        settings = RunSettings(str(checkpoint), method or pipe.sampler.get("method", "sde"),
-                               int(steps or pipe.sampler.get("steps", 250)), choose, precision)
+        # `is None`, not `or`: steps=0 must be refused (check_method_and_steps), not replaced by the default 250
+        method = pipe.sampler.get("method", "sde") if method is None else method
+        steps = pipe.sampler.get("steps", 250) if steps is None else steps
+        check_method_and_steps(method, steps)
+        settings = RunSettings(str(checkpoint), method, int(steps), choose, precision)
         check_settings(out_dir, settings)
         set_precision(pipe, precision, device)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -439,7 +439,7 @@ CASES = [
          r"got 1\.5", None, ValueError),
     Case("choose-unknown", "snippet choice 'random'", _gen(**GEN_OK, choose="random"), r"Unknown choice 'random'",
          r"choose one of", None, ValueError),
-    Case("guidance-nan", "guidance NaN", _gen(**GEN_OK, guidance=math.nan), r"guidance must be a number >= 0",
+    Case("guidance-nan", "guidance NaN", _gen(**GEN_OK, guidance=math.nan), r"guidance must be a finite number >= 0",
          r"1 means none", None, ValueError),
     Case("guidance-interval", "guidance interval (0.9, 0.1)", _gen(**GEN_OK, guidance=2.0, guidance_interval=(0.9, 0.1)),
          r"guidance_interval must satisfy", r"0 <= low <= high <= 1", None, ValueError),

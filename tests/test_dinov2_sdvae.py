@@ -72,6 +72,14 @@ def test_dinov2_offline_fails_fast_with_how_to(tmp_path, monkeypatch):
     assert time.monotonic() - start < 10
 
 
+def test_dinov2_takes_a_local_copy_from_the_environment(tiny_dino, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("GMEM_DINOV2", str(tiny_dino))
+    enc = DINOv2Encoder(dim=16)  # the released repo id in its config; the weights come from the local folder
+    assert enc.encode(torch.zeros(1, 32, 32, 3, dtype=torch.uint8)).shape == (1, 16)
+    assert enc.config_dict()["source"] == "facebook/dinov2-base"  # a saved checkpoint still names the real source
+
+
 def test_sdvae_decode_and_encode_through_diffusers(tiny_vae):
     vae = SDVAE(image_size=16, source=str(tiny_vae))
     assert vae.latent_shape() == (4, 8, 8)
@@ -83,6 +91,16 @@ def test_sdvae_decode_and_encode_through_diffusers(tiny_vae):
     expect = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     assert images.dtype == torch.uint8 and torch.equal(images, expect)
     assert vae.encode(images).shape == (2, 4, 8, 8)
+
+
+def test_sdvae_offline_says_how_and_takes_a_local_copy_from_the_environment(tiny_vae, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("GMEM_SD_VAE", raising=False)
+    with pytest.raises(OSError, match="set GMEM_SD_VAE=DIR"):
+        SDVAE(image_size=16)  # the released repo id, not in this empty cache
+    monkeypatch.setenv("GMEM_SD_VAE", str(tiny_vae))
+    assert SDVAE(image_size=16).latent_shape() == (4, 8, 8)  # the same call now finds the local copy
 
 
 def test_converted_checkpoint_with_sdvae_and_dinov2_end_to_end(tmp_path, tiny_vae, tiny_dino, capsys):

@@ -54,11 +54,34 @@ def test_choose_strategies_are_seeded(tiny_pipeline):
 
 
 def test_interpolation_uses_one_seed_and_ends_on_the_rows(tiny_pipeline):
-    strip = tiny_pipeline.interpolate(2, 7, k=5, method="slerp", seed=3)
+    strip = tiny_pipeline.interpolate(2, 7, k=5, mix="slerp", seed=3)
     ends = tiny_pipeline.generate(indices=[2, 7], seeds=[3, 3])
     assert strip.seeds == [3] * 5 and strip.images.shape[0] == 5
     assert (strip.images[0].int() - ends.images[0].int()).abs().max() <= 1
     assert (strip.images[-1].int() - ends.images[1].int()).abs().max() <= 1
+
+
+def test_interpolation_takes_the_sampler_like_generate_and_records_the_mix(tiny_pipeline):
+    strip = tiny_pipeline.interpolate(2, 7, k=3, mix="lerp", seed=1, method="euler", steps=2)
+    assert strip.settings["method"] == "euler" and strip.settings["steps"] == 2
+    assert (strip.settings["mix"], strip.settings["from_row"], strip.settings["to_row"]) == ("lerp", 2, 7)
+    assert strip.indices == [None] * 3  # frames are mixes, not rows
+    with pytest.raises(ValueError, match="mix='lerp'"):
+        tiny_pipeline.interpolate(2, 7, k=3, method="lerp")
+    with pytest.raises(ValueError, match="pass seed="):
+        tiny_pipeline.interpolate(2, 7, k=3, seeds=[1, 2, 3])
+    vector = tiny_pipeline.interpolate(tiny_pipeline.bank.rows[3], 7, k=2, steps=1)
+    assert vector.settings["from_row"] is None and vector.settings["to_row"] == 7
+
+
+def test_degenerate_requests_are_refused_with_reasons(tiny_pipeline):
+    with pytest.raises(ValueError, match="indices is empty"):
+        tiny_pipeline.generate(indices=[])
+    with pytest.raises(ValueError, match="finite number"):
+        tiny_pipeline.generate(1, seeds=[0], steps=2, guidance=float("inf"))
+    np = pytest.importorskip("numpy")
+    out = tiny_pipeline.generate(1, seeds=[0], steps=np.int64(2))
+    assert out.settings["steps"] == 2 and type(out.settings["steps"]) is int
 
 
 def test_numpy_and_tensor_integers_are_integers_and_one_seed_numbers_the_images(tiny_pipeline):
@@ -100,7 +123,7 @@ def test_callback_and_previews(tiny_pipeline):
     (dict(indices=[1.7]), ValueError, r"indices \(bank rows\) must be integers; got 1.7"),  # not silently row 1
     (dict(n=1, seeds=[1.5]), ValueError, "seeds must be integers; got 1.5"),
     (dict(n=1, seeds="3"), ValueError, "seeds must be integers"),
-    (dict(n=1, guidance="2"), ValueError, "guidance must be a number"),  # was a TypeError from a comparison
+    (dict(n=1, guidance="2"), ValueError, "guidance must be a finite number"),  # was a TypeError from a comparison
     (dict(n=10**6), ValueError, "gmem sample-fid"),
 ])
 def test_bad_requests_are_explained(tiny_pipeline, kwargs, error, match):
@@ -169,6 +192,10 @@ def test_gmem_sample_refuses_an_unknown_image_type_before_sampling(tmp_path, cap
     assert gmem(["sample", "--out", str(tmp_path / "grid.pgn")]) == 1
     assert "cannot write images of type '.pgn'; end the name in .png" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    for option, message in ((["--guidance", "-1"], "guidance must be a finite number >= 0"),
+                            (["--steps", "0"], "steps must be an integer in [1,")):
+        assert gmem(["sample", *option, "--out", str(tmp_path / "grid.png")]) == 1
+        assert message in capsys.readouterr().err
 
 
 def test_gmem_help_explains_itself():

@@ -64,6 +64,9 @@ def test_resume_skips_finished_seeds_and_refuses_other_settings(tiny_folder, tmp
     assert np.array_equal(np.load(npz)["arr_0"], first)  # the redone images are the same images
     with pytest.raises(ValueError, match="other settings"):
         run(str(tiny_folder), out, num=6, base_seed=10, steps=2, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="steps must be an integer in"):  # 0 is refused, not read as "default"
+        run(str(tiny_folder), tmp_path / "zero", num=2, steps=0, device="cpu", progress=False)
+    assert not (tmp_path / "zero").exists()
     png_path(out, 15).unlink()
     with pytest.raises(FileNotFoundError, match="1 of 6 images are missing"):
         write_npz(out, SEEDS, tmp_path / "x.npz")

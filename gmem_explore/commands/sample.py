@@ -42,9 +42,13 @@ def image_format(path: Path) -> str:
 def run(args) -> int:
     from gmem_explore import GMemPipeline
     from gmem_explore.safefiles import atomic_path, write_bytes_atomic
+    from gmem_explore.sampling import check_guidance, check_method_and_steps
 
     path = Path(args.out)
     fmt = image_format(path)
+    check_guidance(args.guidance)  # before the model loads: a typo should not cost a load and a progress bar
+    if args.steps is not None:
+        check_method_and_steps(args.method or "sde", args.steps)
     pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device)
     count = len(args.rows) if args.rows else args.n
     out = pipe.generate(None if args.rows else args.n, indices=args.rows or None,
