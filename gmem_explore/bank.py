@@ -17,6 +17,9 @@ from .safefiles import load_tensors, save_tensors
 
 MIX_METHODS = ("lerp", "slerp", "concat", "mask")
 CHOOSE_STRATEGIES = ("frequency", "uniform")
+# dtypes a bank file may store its rows in: MemoryBank.load reads floating-point rows only
+SAVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+CHUNK = 65536  # rows touched at a time, so a memory-mapped 640,000-row bank is never expanded whole
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +129,92 @@ def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", 
     return normalize(out)
 
 
+def check_frequencies(freq: torch.Tensor | None, n: int) -> None:
+    """freq is None (uniform choice) or n finite non-negative counts of which at least one is positive: a bank
+    whose counts all are 0 could never draw a row, and MemoryBank.load refuses its file."""
+    if freq is None:
+        return
+    if freq.shape != (n,):
+        raise ValueError(f"freq must have one entry per row ({n}); got shape {tuple(freq.shape)}. "
+                         f"Give one count per row, or none for uniform choice.")
+    check_counts(freq)
+    if n and not freq.sum() > 0:
+        raise ValueError("freq sums to zero: no row could ever be drawn; use uniform choice or fix freq")
+
+
+def check_counts(freq: torch.Tensor) -> None:
+    """Each frequency on its own: finite and >= 0 (a few rows may have 0; the bank's sum is checked apart)."""
+    if not torch.isfinite(freq).all():
+        bad = (~torch.isfinite(freq)).nonzero().flatten().tolist()[:10]
+        raise ValueError(f"freq holds NaN or infinite values at rows {bad}; fix freq (counts >= 0) or drop it for uniform choice")
+    if (freq < 0).any():
+        raise ValueError("freq must be non-negative (it counts how often each row is drawn); "
+                         "fix the counts or drop freq for uniform choice")
+
+
+def rows_spoiled_by_cast(rows: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, list[int]]:
+    """(rows cast to dtype, indices of rows that were usable before the cast and are not after it). float16 holds
+    at most 65504, so a row with larger values turns infinite, and one with all values below 6e-8 turns to zeros
+    (no direction); either way it would only fail later, when a model needs it."""
+    cast = rows.to(dtype)
+    spoiled = []
+    for start in range(0, len(rows), CHUNK):
+        before, after = rows[start:start + CHUNK].float(), cast[start:start + CHUNK].float()
+        usable_before = torch.isfinite(before).all(dim=1) & (before != 0).any(dim=1)
+        usable_after = torch.isfinite(after).all(dim=1) & (after != 0).any(dim=1)
+        spoiled += ((usable_before & ~usable_after).nonzero().flatten() + start).tolist()
+    return cast, spoiled
+
+
+def spoiled_rows_message(what: str, rows: list[int], dtype: torch.dtype, fix: str) -> str:
+    return (f"{what}: rows {rows[:10]} do not fit in {dtype} (largest magnitude {torch.finfo(dtype).max:g}; values "
+            f"below {torch.finfo(dtype).tiny:g} become 0): they would turn infinite or all zeros. {fix}")
+
+
+def as_labels(labels, n: int) -> torch.Tensor:
+    """n integer labels (-1: no group); fractional values are refused instead of being cut to an integer."""
+    labels = torch.as_tensor(labels)
+    if labels.numel() != n:
+        raise ValueError(f"give one label per new row ({n}); got {labels.numel()} (-1 means no group)")
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ValueError(f"labels must be whole numbers (group indices, -1 for none); got {labels.flatten().tolist()[:10]}")
+    return labels.reshape(n).long()
+
+
+def as_thumbnails(thumbnails, n: int, size: tuple[int, ...]) -> torch.Tensor:
+    """n uint8 thumbnails of the bank's size (H, W, 3); one thumbnail may come without its batch dimension."""
+    thumbnails = torch.as_tensor(thumbnails)
+    if thumbnails.ndim == len(size):
+        thumbnails = thumbnails[None]
+    if tuple(thumbnails.shape) != (n, *size):
+        raise ValueError(f"thumbnails must have shape ({n}, {', '.join(map(str, size))}) (RGB, like the bank's); got "
+                         f"{tuple(thumbnails.shape)}. Resize them, e.g. gmem_explore.images.load_rgb(image, {size[0]}).")
+    if thumbnails.dtype == torch.uint8:
+        return thumbnails
+    if thumbnails.is_floating_point() or thumbnails.dtype == torch.bool:
+        raise ValueError(f"thumbnails must hold uint8 RGB values 0..255; got {thumbnails.dtype} (for images in [0, 1]: "
+                         f"(x * 255).round().to(torch.uint8))")
+    if thumbnails.numel() and (thumbnails.min() < 0 or thumbnails.max() > 255):  # .to(uint8) would wrap them
+        raise ValueError(f"thumbnails must hold RGB values 0..255; got values from {int(thumbnails.min())} to "
+                         f"{int(thumbnails.max())}")
+    return thumbnails.to(torch.uint8)
+
+
+def missing_extra_message(name: str, argument: str) -> str:
+    """Why an extra (freq, labels, thumbnails) given to a bank that has none is refused, and how to start one."""
+    return (f"this bank has no {name}, so the {argument}= given would be lost: leave {argument} out, or first make "
+            f"a bank with {name} for every row: MemoryBank(bank.rows, freq=bank.freq, labels=bank.labels, "
+            f"label_names=bank.label_names, thumbnails=bank.thumbnails, meta=bank.meta) with {argument}= given "
+            f"for all rows")
+
+
 class MemoryBank:
-    """N snippets (rows) of dimension D with optional per-row frequency, integer labels and thumbnails."""
+    """N snippets (rows) of dimension D with optional per-row frequency, integer labels and thumbnails.
+
+    The bank keeps the tensors it is given, without copying. replace writes into them (rows, and thumbnails /
+    labels when given), so MemoryBank(r).replace(0, x) changes the caller's r; add and remove build new tensors
+    and leave the caller's alone. Use bank.copy() first for a private copy. An edit is all-or-nothing: a refused
+    add / replace / remove leaves the bank exactly as it was."""
 
     def __init__(self, rows, freq=None, labels=None, label_names=None, thumbnails=None, meta=None):
         rows = torch.as_tensor(rows)
@@ -156,27 +243,17 @@ class MemoryBank:
         return f"MemoryBank({len(self)} rows x {self.dim}, {self.rows.dtype}, with {extras or 'rows only'})"
 
     def validate(self, check_values: bool = False) -> None:
-        """Shapes always; values (NaN, negative frequency) when asked, since that touches every page."""
+        """Shapes and frequencies always; row values (NaN, infinite) when asked, since that touches every page."""
         n = len(self)
-        if self.freq is not None and self.freq.shape != (n,):
-            raise ValueError(f"freq must have one entry per row ({n}); got shape {tuple(self.freq.shape)}. "
-                             f"Give one count per row, or none for uniform choice.")
-        if self.freq is not None and not torch.isfinite(self.freq).all():
-            bad = (~torch.isfinite(self.freq)).nonzero().flatten().tolist()[:10]
-            raise ValueError(f"freq holds NaN or infinite values at rows {bad}; fix freq (counts >= 0) or drop it for uniform choice")
-        if self.freq is not None and (self.freq < 0).any():
-            raise ValueError("freq must be non-negative (it counts how often each row is drawn); "
-                             "fix the counts or drop freq for uniform choice")
-        if self.freq is not None and n and not self.freq.sum() > 0:
-            raise ValueError("freq sums to zero: no row could ever be drawn; use uniform choice or fix freq")
+        check_frequencies(self.freq, n)
         if self.labels is not None and self.labels.shape != (n,):
             raise ValueError(f"labels must have one entry per row ({n}); got shape {tuple(self.labels.shape)}")
         if self.thumbnails is not None and (self.thumbnails.ndim != 4 or self.thumbnails.shape[0] != n
                                             or self.thumbnails.shape[-1] != 3 or self.thumbnails.dtype != torch.uint8):
             raise ValueError(f"thumbnails must be uint8 (N={n}, H, W, 3); got {tuple(self.thumbnails.shape)} {self.thumbnails.dtype}")
         if check_values:
-            for start in range(0, n, 65536):
-                chunk = self.rows[start:start + 65536]
+            for start in range(0, n, CHUNK):
+                chunk = self.rows[start:start + CHUNK]
                 if not torch.isfinite(chunk).all():
                     raise ValueError(f"bank rows hold NaN or infinite values (first bad chunk at row {start})")
 
@@ -211,13 +288,21 @@ class MemoryBank:
         return self.label_names[label] if self.label_names and 0 <= label < len(self.label_names) else str(label)
 
     def choose(self, n: int, strategy: str = "frequency", generator: torch.Generator | None = None) -> torch.Tensor:
-        """n row indices drawn with replacement, uniformly or proportionally to freq."""
+        """n row indices (a long tensor; empty for n = 0) drawn with replacement, uniformly or proportionally to
+        freq."""
         if strategy not in CHOOSE_STRATEGIES:
             raise ValueError(f"Unknown choice strategy {strategy!r}; choose one of {CHOOSE_STRATEGIES} (or use from_noise)")
+        if isinstance(n, bool) or not hasattr(n, "__index__") or int(n) < 0:
+            raise ValueError(f"choose needs a whole number of rows n >= 0; got {n!r}")
+        n = int(n)
         if len(self) == 0:
             raise IndexError("the bank is empty: add rows first")
+        if n == 0:  # torch.multinomial refuses 0 draws; an empty answer is the same with or without freq
+            return torch.zeros(0, dtype=torch.long)
         if strategy == "frequency" and self.freq is not None:
-            return torch.multinomial(self.freq.float(), n, replacement=True, generator=generator)
+            check_frequencies(self.freq, len(self))  # freq may have been set by hand since the bank was made
+            # shares in float64 first: counts beyond float32's range would otherwise turn infinite
+            return torch.multinomial((self.freq / self.freq.sum()).float(), n, replacement=True, generator=generator)
         return torch.randint(len(self), (n,), generator=generator)
 
     def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
@@ -225,10 +310,13 @@ class MemoryBank:
         return index_from_noise(noise, self.freq, len(self))
 
     def nearest(self, query: torch.Tensor, k: int = 5, chunk: int = 131072) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k rows by cosine similarity to each query: (indices (Q, k), similarities (Q, k)).
+        """Top-k rows by cosine similarity to each query: (indices (Q, k), similarities (Q, k)), best first.
 
-        Chunked so that 640,000 rows never need a second full-size copy in float32."""
+        Chunked so that 640,000 rows never need a second full-size copy in float32; any chunk >= 1 gives the same
+        answer."""
         query = normalize(check_snippets(query, self.dim, "query"))
+        if isinstance(chunk, bool) or not hasattr(chunk, "__index__") or int(chunk) < 1:
+            raise ValueError(f"nearest needs chunk >= 1 (rows compared at a time); got {chunk!r}")
         if len(self) == 0:
             raise ValueError("nearest: the bank is empty; add rows first")
         k = min(int(k), len(self))
@@ -236,14 +324,16 @@ class MemoryBank:
             raise ValueError("nearest needs k >= 1 and a non-empty bank")
         best_s = torch.full((query.shape[0], 0), -2.0)
         best_i = torch.zeros((query.shape[0], 0), dtype=torch.long)
-        for start in range(0, len(self), chunk):
+        for start in range(0, len(self), int(chunk)):
             sims = query @ normalize(self.rows[start:start + chunk]).T
             if sims.isnan().any():  # a NaN or infinite row makes its whole column NaN; cheap to spot here
                 bad = (sims.isnan().any(dim=0).nonzero().flatten() + start).tolist()[:10]
                 raise ValueError(f"bank rows {bad} hold NaN or infinite values; replace or remove them "
                                  f"(bank.replace / bank.remove) before searching.")
             s, i = sims.topk(min(k, sims.shape[1]), dim=1)
-            best_s, order = torch.cat([best_s, s], 1).topk(k, dim=1)
+            # chunks smaller than k: until k rows have been seen, keep every one of them
+            candidates = torch.cat([best_s, s], 1)
+            best_s, order = candidates.topk(min(k, candidates.shape[1]), dim=1)
             best_i = torch.cat([best_i, i + start], 1).gather(1, order)
         return best_i, best_s
 
@@ -253,41 +343,92 @@ class MemoryBank:
         return MemoryBank(self.rows.clone(), clone(self.freq), clone(self.labels), self.label_names,
                           clone(self.thumbnails), dict(self.meta))
 
+    def _rows_to_store(self, rows, what: str) -> torch.Tensor:
+        """Checked rows in this bank's dtype; rows that a float16 bank cannot hold are refused, not stored as inf."""
+        rows, spoiled = rows_spoiled_by_cast(check_snippets(rows, self.dim, what), self.rows.dtype)
+        if spoiled:
+            raise ValueError(spoiled_rows_message(
+                what, spoiled, self.rows.dtype, "Normalise them first (gmem_explore.bank.normalize(rows)): the model "
+                "only uses their direction."))
+        return rows
+
+    def _new_frequencies(self, freq, n: int) -> torch.Tensor | None:
+        """Frequencies for n new rows: those given, else the mean of the bank's (1 in an empty bank)."""
+        if self.freq is None:
+            if freq is not None:
+                raise ValueError(missing_extra_message("frequencies (rows are drawn uniformly)", "freq"))
+            return None
+        if freq is None:
+            fill = float(self.freq.mean()) if len(self.freq) else 1.0
+            return torch.full((n,), fill, dtype=torch.float64)
+        freq = torch.as_tensor(freq).double()
+        if freq.numel() != n:
+            raise ValueError(f"give one frequency per new row ({n}); got {freq.numel()}")
+        freq = freq.reshape(n)
+        check_counts(freq)  # the sum is checked on the whole bank: new rows may all have 0
+        return freq
+
+    def _new_labels(self, labels, n: int) -> torch.Tensor | None:
+        if self.labels is None:
+            if labels is not None:
+                raise ValueError(missing_extra_message("labels", "labels"))
+            return None
+        return torch.full((n,), -1) if labels is None else as_labels(labels, n)
+
+    def _new_thumbnails(self, thumbnails, n: int) -> torch.Tensor | None:
+        if self.thumbnails is None:
+            if thumbnails is not None:
+                raise ValueError(missing_extra_message("thumbnails", "thumbnails"))
+            return None
+        size = tuple(self.thumbnails.shape[1:])
+        if thumbnails is None:  # blank (white) tiles, so a grid shows where a row has no picture
+            return torch.full((n, *size), 255, dtype=torch.uint8)
+        return as_thumbnails(thumbnails, n, size)
+
     def add(self, rows, freq=None, labels=None, thumbnails=None) -> torch.Tensor:
-        """Append rows; returns their indices. Missing extras get freq = mean freq, label -1, blank thumbnail."""
-        rows = check_snippets(rows, self.dim, "new rows").to(self.rows.dtype)
+        """Append rows; returns their indices. Missing extras get freq = mean freq, label -1, blank thumbnail; an
+        extra the bank does not have (labels for a bank without labels, ...) is refused rather than dropped.
+        Everything is checked before the bank changes."""
+        rows = self._rows_to_store(rows, "new rows")
         n_new = rows.shape[0]
+        freq = self._new_frequencies(freq, n_new)
+        labels = self._new_labels(labels, n_new)
+        thumbnails = self._new_thumbnails(thumbnails, n_new)
+        joined = lambda old, new: None if old is None else torch.cat([old, new])  # noqa: E731
+        all_freq = joined(self.freq, freq)
+        check_frequencies(all_freq, len(self) + n_new)  # an empty bank given only counts of 0 could draw nothing
         first = len(self)
-        if self.freq is not None:
-            fill = self.freq.mean() if len(self.freq) else torch.tensor(1.0, dtype=torch.float64)
-            extra = torch.full((n_new,), float(fill), dtype=torch.float64) if freq is None else torch.as_tensor(freq).double().reshape(n_new)
-            self.freq = torch.cat([self.freq, extra])
-        if self.labels is not None:
-            extra = torch.full((n_new,), -1) if labels is None else torch.as_tensor(labels).long().reshape(n_new)
-            self.labels = torch.cat([self.labels, extra])
-        if self.thumbnails is not None:
-            extra = torch.full((n_new, *self.thumbnails.shape[1:]), 255, dtype=torch.uint8) if thumbnails is None \
-                else torch.as_tensor(thumbnails).to(torch.uint8).reshape(n_new, *self.thumbnails.shape[1:])
-            self.thumbnails = torch.cat([self.thumbnails, extra])
-        self.rows = torch.cat([self.rows, rows])
-        self.validate()
+        self.rows, self.freq = torch.cat([self.rows, rows]), all_freq
+        self.labels, self.thumbnails = joined(self.labels, labels), joined(self.thumbnails, thumbnails)
         return torch.arange(first, first + n_new)
 
     def replace(self, index: int, row, thumbnail=None, label=None) -> None:
-        """Overwrite one row (and optionally its thumbnail and label)."""
+        """Overwrite one row (and optionally its thumbnail and label) in place: the bank's tensors are written
+        into, so for MemoryBank(r) this changes the caller's r (bank.copy() first to keep r). Everything is
+        checked before anything is written; a thumbnail or label for a bank without them is refused."""
         i = int(self._check_index([index])[0])
-        row = check_snippets(row, self.dim, "replacement row")[0]
+        row = self._rows_to_store(row, "replacement row")
+        if row.shape[0] != 1:
+            raise ValueError(f"replace takes one row; got {row.shape[0]} (use add for more rows)")
+        thumbnail = None if thumbnail is None else self._new_thumbnails(thumbnail, 1)
+        label = None if label is None else self._new_labels([label], 1)
         self.rows = self.rows.clone() if not self.rows.is_contiguous() else self.rows
-        self.rows[i] = row.to(self.rows.dtype)
-        if thumbnail is not None and self.thumbnails is not None:
-            self.thumbnails[i] = torch.as_tensor(thumbnail).to(torch.uint8).reshape(self.thumbnails.shape[1:])
-        if label is not None and self.labels is not None:
-            self.labels[i] = int(label)
+        self.rows[i] = row[0]
+        if thumbnail is not None:
+            self.thumbnails[i] = thumbnail[0]
+        if label is not None:
+            self.labels[i] = label[0]
 
     def remove(self, indices) -> None:
+        """Drop rows (with their extras). Refused when the rows left all have frequency 0: such a bank could draw
+        no row, and its file could not be loaded."""
         idx = self._check_index(indices)
         keep = torch.ones(len(self), dtype=torch.bool)
         keep[idx] = False
+        if self.freq is not None and keep.any() and not self.freq[keep].sum() > 0:
+            raise ValueError(f"removing rows {idx.tolist()[:10]} would leave only rows of frequency 0, which could "
+                             f"never be drawn; remove fewer rows, raise the others' counts (bank.freq[i] = ...), or "
+                             f"drop frequencies for uniform choice (bank.freq = None) first")
         self.rows = self.rows[keep]
         for name in ("freq", "labels", "thumbnails"):
             value = getattr(self, name)
@@ -296,8 +437,26 @@ class MemoryBank:
 
     # ---- files ----------------------------------------------------------------------------------------
     def save(self, path, dtype: torch.dtype | None = None) -> None:
-        """Atomic safetensors write (the old file survives any failure). dtype=torch.float16 halves the size."""
-        tensors = {"rows": self.rows.to(dtype) if dtype else self.rows}
+        """Atomic safetensors write (the old file survives any failure). dtype=torch.float16 halves the size; it
+        is refused when a row does not fit in float16 (values beyond 65504). A bank that MemoryBank.load would
+        refuse (frequencies that sum to 0, ...) is refused here, before the file is touched."""
+        if dtype is not None and dtype not in SAVE_DTYPES:
+            raise ValueError(f"cannot save bank rows as {dtype!r}: MemoryBank.load reads floating-point rows only; "
+                             f"use dtype torch.float16 (half the size), torch.bfloat16, torch.float32 or "
+                             f"torch.float64, or None to keep {self.rows.dtype}")
+        try:
+            self.validate()
+        except ValueError as e:
+            raise ValueError(f"cannot save this bank, MemoryBank.load would refuse the file: {e}") from None
+        rows = self.rows
+        if dtype is not None and dtype != self.rows.dtype:
+            rows, spoiled = rows_spoiled_by_cast(self.rows, dtype)
+            if spoiled:
+                raise ValueError(spoiled_rows_message(
+                    f"cannot save this bank in {dtype}", spoiled, dtype, "Save with dtype=torch.float32, or normalise "
+                    "the rows first (bank.rows = gmem_explore.bank.normalize(bank.rows)): the model only uses their "
+                    "direction."))
+        tensors = {"rows": rows}
         for name in ("freq", "labels", "thumbnails"):
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name)
@@ -306,7 +465,14 @@ class MemoryBank:
 
     @classmethod
     def load(cls, path, mmap: bool = True) -> "MemoryBank":
+        """A bank file (memory-mapped). A compressed bank (`gmem bank compress --out`, LowRankBank.save) is read too:
+        its rows are reconstructed in float16, as LowRankBank.load(path).to_bank() does, with meta['low_rank']
+        set to the rank."""
         tensors, meta = load_tensors(path, mmap=mmap)
+        from .bank_tools import LOW_RANK_FORMAT, LowRankBank  # bank_tools imports this module: import it late
+
+        if meta.get("format") == LOW_RANK_FORMAT:
+            return LowRankBank.load(path).to_bank()
         if "rows" not in tensors:
             raise ValueError(f"{path} is not a memory bank file: it has no 'rows' tensor (found {sorted(tensors)})")
         meta.pop("format", None)
@@ -316,7 +482,7 @@ class MemoryBank:
 
     def stats(self) -> dict:
         """Size, dimension, norms and frequency summary (computed in chunks)."""
-        norms = torch.cat([self.rows[s:s + 65536].float().norm(dim=1) for s in range(0, len(self), 65536)]) \
+        norms = torch.cat([self.rows[s:s + CHUNK].float().norm(dim=1) for s in range(0, len(self), CHUNK)]) \
             if len(self) else torch.zeros(0)
         out = {"rows": len(self), "dim": self.dim, "dtype": str(self.rows.dtype).removeprefix("torch."),
                "norm_mean": float(norms.mean()) if len(norms) else 0.0,

@@ -7,7 +7,7 @@ Everything works in chunks of 65,536 rows, so a memory-mapped fp16 bank is never
     stats = statistics(bank)                         # JSON-able dict
     idx, sim = nearest_rows(bank, [12, 99], k=8)     # rows most similar to rows 12 and 99 (themselves excluded)
     low = compress(bank, rank=64)                    # as the v2 code keeps; low.report has the errors
-    low.save("bank-r64.safetensors"); LowRankBank.load(...).to_bank()
+    low.save("bank-r64.safetensors"); LowRankBank.load(...).to_bank()   # or MemoryBank.load(...), the same
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .bank import MemoryBank, check_snippets, normalize
 from .safefiles import load_tensors, save_tensors
 
 CHUNK = 65536
+LOW_RANK_FORMAT = "gmem-explore-lowrank-bank-1"  # MemoryBank.load recognises a compressed file by it
 
 
 SIMILAR_BUT_DIFFERENT = 0.5  # cosine of the partner row in a bank without groups
@@ -116,13 +117,20 @@ def nearest_rows(bank: MemoryBank, queries, k: int = 8, device="cpu", chunk: int
 
 @dataclass
 class LowRankBank:
-    """rows ~= coeffs @ basis + mean (of the L2-normalised rows): N x r + r x D numbers instead of N x D."""
+    """rows ~= coeffs @ basis + mean (of the L2-normalised rows): N x r + r x D numbers instead of N x D.
+
+    Frequencies, labels (with their names) and thumbnails are kept as they are: they are small beside the rows
+    (a 32 x 32 thumbnail is 3 kB), and a bank without its groups and pictures would be harder to browse. The
+    report's sizes count the rows only."""
 
     coeffs: torch.Tensor  # (N, r)
     basis: torch.Tensor  # (r, D), orthonormal rows
     mean: torch.Tensor  # (D,)
     freq: torch.Tensor | None = None
     report: dict = field(default_factory=dict)
+    labels: torch.Tensor | None = None  # (N,)
+    label_names: list[str] | None = None
+    thumbnails: torch.Tensor | None = None  # (N, H, W, 3) uint8
 
     def __len__(self):
         return self.coeffs.shape[0]
@@ -136,27 +144,33 @@ class LowRankBank:
         rows = torch.empty(len(self), self.basis.shape[1], dtype=dtype)
         for a, b in _chunks(len(self)):
             rows[a:b] = self.rows(torch.arange(a, b)).to(dtype)
-        return MemoryBank(rows, self.freq, meta={"low_rank": self.report.get("rank")})
+        return MemoryBank(rows, self.freq, self.labels, self.label_names, self.thumbnails,
+                          meta={"low_rank": self.report.get("rank")})
 
     def save(self, path) -> None:
         tensors = {"coeffs": self.coeffs, "basis": self.basis, "mean": self.mean}
-        if self.freq is not None:
-            tensors["freq"] = self.freq
-        save_tensors(path, tensors, {"format": "gmem-explore-lowrank-bank-1", "report": self.report})
+        for name in ("freq", "labels", "thumbnails"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        save_tensors(path, tensors, {"format": LOW_RANK_FORMAT, "report": self.report, "label_names": self.label_names})
 
     @classmethod
     def load(cls, path) -> "LowRankBank":
+        """A compressed bank file; MemoryBank.load(path) reads the same file as a full bank (its rows rebuilt)."""
         tensors, meta = load_tensors(path)
-        if meta.get("format") != "gmem-explore-lowrank-bank-1":
-            raise ValueError(f"{path} is not a low-rank bank file (format {meta.get('format')!r})")
-        return cls(tensors["coeffs"], tensors["basis"], tensors["mean"], tensors.get("freq"), meta.get("report", {}))
+        if meta.get("format") != LOW_RANK_FORMAT:
+            raise ValueError(f"{path} is not a low-rank bank file (format {meta.get('format')!r}); a full bank file "
+                             f"opens with MemoryBank.load")
+        return cls(tensors["coeffs"], tensors["basis"], tensors["mean"], tensors.get("freq"), meta.get("report", {}),
+                   tensors.get("labels"), meta.get("label_names"), tensors.get("thumbnails"))
 
 
 def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu",
              coeff_dtype: torch.dtype = torch.float16) -> LowRankBank:
     """Best rank-r approximation (truncated SVD, via the D x D Gram matrix) of the normalised rows,
     with its error: relative Frobenius norm ||X - X_r|| / ||X|| and the mean / min cosine between each row and
-    its reconstruction (what matters to the model, which renormalises)."""
+    its reconstruction (what matters to the model, which renormalises). Frequencies, labels and thumbnails
+    are carried over unchanged."""
     n, d = len(bank), bank.dim
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d:
         raise ValueError(f"rank must be an integer in [1, {d}]; got {rank!r}")
@@ -200,5 +214,7 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
               "mean_cosine": cos_sum / n, "min_cosine": cos_min, "variance_kept": kept,
               "megabytes_fp16_full": round(full_bytes / 2**20, 1), "megabytes_compressed": round(small_bytes / 2**20, 1),
               "compression_ratio": round(full_bytes / small_bytes, 2)}
-    return LowRankBank(coeffs, basis_f.cpu(), mean.float().cpu(),
-                       None if bank.freq is None else bank.freq.clone(), report)
+    clone = lambda t: None if t is None else t.clone()  # noqa: E731  (the compressed bank owns its extras)
+    return LowRankBank(coeffs, basis_f.cpu(), mean.float().cpu(), clone(bank.freq), report,
+                       clone(bank.labels), None if bank.label_names is None else list(bank.label_names),
+                       clone(bank.thumbnails))
