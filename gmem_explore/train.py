@@ -12,7 +12,9 @@
 Inputs: `images` uint8 (N, H, W, 3) (or already-encoded latents, float (N, C, h, w), with autoencoder=None);
 `conditions` what each image is conditioned on: config.condition "snippet" -> float (N, D) rows (the image's
 own bank row; normalised here), "label" -> long (N,) labels (a learned embedding of the labels fills the snippet
-slot: SiT-style class conditioning, for comparison), "none" -> ignored (zeros).
+slot: SiT-style class conditioning, for comparison), "none" -> ignored (zeros). "label" and "none" are baselines to
+compare GMem with: sample them with trainer.sample(...); export() refuses them, since a checkpoint folder's user
+conditions the network on bank rows.
 
 Objective (GMem v1): x_t = (1 - t) x + t eps, target v = eps - x, loss = MSE(model(x_t, t, s), v); the snippet s is
 zeroed with probability snippet_dropout (that also trains the unconditional branch for classifier-free guidance).
@@ -76,7 +78,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: never; else sample `eval_images` images with the EMA model every that many steps
     eval_images: int = 16
     eval_steps: int = 20
-    checkpoint_every: int = 0  # 0: only when asked; else save_state(out_dir/state.safetensors) that often
+    checkpoint_every: int = 0  # 0: only when asked; else save_state(out_dir/state.safetensors) that often (needs out_dir)
     out_dir: str | None = None
     progress: bool = True
 
@@ -89,6 +91,12 @@ class TrainConfig:
             raise ValueError(f"snippet_dropout must lie in [0, 1]; got {self.snippet_dropout}")
         if self.batch_size < 1 or self.steps < 0 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1, steps >= 0 and lr > 0")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be 0 (no periodic saves) or a number of steps; got {self.checkpoint_every}")
+        if self.checkpoint_every and not self.out_dir:
+            # fit() would have nowhere to save, and skipping the saves silently loses the run on a crash
+            raise ValueError(f"checkpoint_every={self.checkpoint_every} saves to out_dir/state.safetensors, but out_dir "
+                             f"is not set: give out_dir, or checkpoint_every=0 and call trainer.save_state(path) yourself")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict:
@@ -96,8 +104,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The config to_dict wrote (train states and exported checkpoints hold one). A key this version does not
+        know is refused rather than dropped: a misspelt "batchsize" would otherwise train with the default."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"Unknown training config keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**d)
 
 
 class TrainingModule(nn.Module):
@@ -112,6 +125,7 @@ class TrainingModule(nn.Module):
             nn.init.normal_(self.label_embedding.weight, std=1.0)
 
     def snippets_for(self, cond: torch.Tensor, condition: str) -> torch.Tensor:
+        """What fills the snippet slot. Snippet conditions arrive L2-normalised (Trainer._check_conditions)."""
         if condition == "label":
             return normalize(self.label_embedding(cond))
         if condition == "none":
@@ -168,10 +182,12 @@ class Trainer:
         want = (model.config.in_channels, model.config.input_size, model.config.input_size)
         if tuple(self.data.shape[1:]) != want:
             raise ValueError(f"training data has shape {tuple(self.data.shape[1:])} per item; the model expects {want}")
-        self.conditions = self._check_conditions(conditions, model)
+        self.conditions = self._check_conditions(conditions, model, count=len(self.data))
         self.eval_conditions = None if eval_conditions is None else self._check_conditions(eval_conditions, model, "eval_conditions")
 
         num_labels = int(self.conditions.max()) + 1 if cfg.condition == "label" else 0
+        if self.eval_conditions is not None:
+            self._refuse_unknown_labels(self.eval_conditions, num_labels, "eval_conditions")
         torch.manual_seed(cfg.seed)  # the label embedding's initial values
         self.module = TrainingModule(model, num_labels)
         if cfg.repa_weight <= 0:  # unused parameters would stall DDP; they keep their values in the checkpoint
@@ -190,15 +206,18 @@ class Trainer:
         self.history: list[dict] = []
 
     # ---- set-up helpers ------------------------------------------------------------------------------------
-    def _check_conditions(self, conditions, model, what="conditions"):
-        mode, n = self.config.condition, len(self.data)
+    def _check_conditions(self, conditions, model, what="conditions", count: int | None = None):
+        """Conditions as the module takes them: snippet rows L2-normalised (as the pipeline does, so raw and
+        normalised rows give the same images), labels as long, and for condition "none" placeholder zeros, one per
+        item (`count` training images, else one per condition given). `count` also demands exactly that many."""
+        mode = self.config.condition
         if mode == "none":
-            return torch.zeros(n if what == "conditions" else len(conditions or [0]), dtype=torch.long)
+            return torch.zeros(count if count is not None else len(conditions), dtype=torch.long)
         if conditions is None:
             raise ValueError(f"condition={mode!r} needs {what}: one bank row (snippet) or label per training image")
         conditions = torch.as_tensor(conditions)
-        if what == "conditions" and len(conditions) != n:
-            raise ValueError(f"{len(conditions)} {what} for {n} training images; give exactly one per image")
+        if count is not None and len(conditions) != count:
+            raise ValueError(f"{len(conditions)} {what} for {count} training images; give exactly one per image")
         if mode == "snippet":
             if conditions.ndim != 2 or conditions.shape[1] != model.config.snippet_dim:
                 raise ValueError(f"snippet {what} must be (N, {model.config.snippet_dim}); got {tuple(conditions.shape)}")
@@ -206,6 +225,12 @@ class Trainer:
         if conditions.dtype.is_floating_point or conditions.ndim != 1 or int(conditions.min()) < 0:
             raise ValueError(f"label {what} must be non-negative integers (N,); got {conditions.dtype} {tuple(conditions.shape)}")
         return conditions.long()
+
+    def _refuse_unknown_labels(self, labels, num_labels: int, what: str) -> None:
+        """The label embedding has one row per label seen in training; a larger label would fail deep inside it."""
+        if self.config.condition == "label" and len(labels) and int(labels.max()) >= num_labels:
+            raise ValueError(f"{what} holds label {int(labels.max())} but training saw labels 0 to {num_labels - 1} "
+                             f"only; give labels of the training images")
 
     def _repa_targets(self, encoder):
         if encoder is None or self.images.dtype != torch.uint8:
@@ -238,10 +263,13 @@ class Trainer:
         return self.ema.model
 
     def lr_at(self, step: int) -> float:
+        """Linear warm-up, constant, then a half cosine to lr_final over the last `decay` steps of config.steps.
+        Beyond config.steps (fit(steps=N) may go there) the rate stays at lr_final: the cosine must not climb
+        back up its next period."""
         cfg = self.config
         lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
         if cfg.decay and step >= cfg.steps - cfg.decay:
-            frac = (step - (cfg.steps - cfg.decay)) / cfg.decay
+            frac = min(1.0, (step - (cfg.steps - cfg.decay)) / cfg.decay)
             lr = cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
         return lr
 
@@ -358,23 +386,43 @@ class Trainer:
     @torch.no_grad()
     def sample(self, n: int | None = None, seeds=None, conditions=None, steps: int | None = None, method="euler",
                use_ema: bool = True):
-        """uint8 images (pixel space) or latents from the EMA model, conditioned on the first n eval conditions
-        (or training conditions); fixed seeds so successive evaluations are comparable."""
+        """uint8 images (pixel space) or latents from the EMA model, one per condition given (snippet rows, which
+        are L2-normalised here as in training, or labels), else conditioned on the first n eval conditions (or
+        training conditions); n defaults to the number of conditions or seeds given, else config.eval_images.
+        Fixed seeds (0 to n - 1 unless given) so successive evaluations are comparable."""
         from .sampling import initial_noise, make_generators, sample
 
         cfg = self.config
-        n = n or cfg.eval_images
-        seeds = list(range(n)) if seeds is None else list(seeds)
+        module = self.ema if use_ema else (self.accelerator.unwrap_model(self.module) if self.accelerator else self.module)
+        if conditions is not None:
+            conditions = self._check_conditions(conditions, module.model, "conditions given to sample")
+            num_labels = module.label_embedding.num_embeddings if module.label_embedding is not None else 0
+            self._refuse_unknown_labels(conditions, num_labels, "conditions given to sample")
+        seeds = None if seeds is None else list(seeds)  # a range or generator is read once
+        n = self._sample_count(n, seeds, conditions)
+        seeds = list(range(n)) if seeds is None else seeds
         if conditions is None:
             source = self.eval_conditions if self.eval_conditions is not None else self.conditions
             conditions = source[torch.arange(n) % len(source)]
-        module = self.ema if use_ema else (self.accelerator.unwrap_model(self.module) if self.accelerator else self.module)
         module.eval()
         snippets = module.snippets_for(conditions.to(self.device), cfg.condition)
         gens = make_generators(seeds, self.device)
         noise = initial_noise(gens, tuple(self.data.shape[1:]), self.device)
         out = sample(module.model, noise, snippets.float(), method=method, steps=steps or cfg.eval_steps, generators=gens)
         return self.autoencoder.decode(out) if self.autoencoder is not None else out
+
+    def _sample_count(self, n, seeds, conditions) -> int:
+        """How many images sample() makes: n, else one per condition or seed given, else config.eval_images; the
+        counts given must agree (each image needs one seed and one condition)."""
+        if n is not None and n < 1:
+            raise ValueError(f"n must be at least 1; got {n}")
+        given = {"n": n, "seeds": None if seeds is None else len(seeds),
+                 "conditions": None if conditions is None else len(conditions)}
+        counts = {what: k for what, k in given.items() if k is not None}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"sample() got different numbers of images: {counts}; give matching counts, or leave "
+                             f"n out (it defaults to the number of conditions or seeds)")
+        return next(iter(counts.values()), self.config.eval_images)
 
     def evaluate(self) -> dict:
         event = {"step": self.step, "images": self.sample(), "seeds": list(range(self.config.eval_images)),
@@ -427,9 +475,12 @@ class Trainer:
 
     def export(self, folder, bank, encoder=None, sampler: dict | None = None, info: dict | None = None,
                bank_dtype=None, autoencoder: dict | None = None) -> Path:
-        """The EMA network + bank (+ encoder) as a checkpoint folder (see checkpoint.py)."""
+        """The EMA network + bank (+ encoder) as a checkpoint folder (see checkpoint.py). Snippet-conditioned runs
+        only: a checkpoint's user feeds the network bank rows (see baseline_refusal)."""
         from .checkpoint import Checkpoint, save_checkpoint
 
+        if self.config.condition != "snippet":
+            raise ValueError(baseline_refusal(self.config.condition))
         model = copy.deepcopy(self.ema_model).cpu().float()
         info = {"training": {"steps": self.step, "config": self.config.to_dict()}, **(info or {})}
         ckpt = Checkpoint(model, bank, autoencoder or {"type": "pixels"}, encoder,
@@ -437,3 +488,15 @@ class Trainer:
         if self.is_main:
             save_checkpoint(folder, ckpt, bank_dtype=bank_dtype)
         return Path(folder)
+
+
+def baseline_refusal(condition: str) -> str:
+    """Why a condition "label" / "none" run gets no checkpoint folder, and how to sample it instead. These runs are
+    training baselines for comparison with GMem: the network learnt from a label embedding (kept in the train state,
+    not in the network) or from zeros. A checkpoint folder holds the network and a bank, and the pipeline would
+    condition it on bank rows: plausible-looking, meaningless images."""
+    how = "trainer.sample(conditions=labels)" if condition == "label" else "trainer.sample(n)"
+    return (f"condition={condition!r} trains a baseline for comparison, not a model for the pipeline: its network was "
+            f"not trained on bank snippets, so a checkpoint folder would feed it the wrong input. Sample it from the "
+            f"Trainer instead: {how}, also after trainer.load_state(path) of a saved train state. Train with "
+            f"condition='snippet' for a checkpoint GMemPipeline loads.")

@@ -216,3 +216,122 @@ def test_gmem_train_checkpoint_every(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert "--checkpoint-every: must be 0 (no periodic saves) or a positive number of steps" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# ---- the condition baselines, the schedule, the config and sample()'s inputs ----------------------------------
+
+
+def randomized_trainer(digits, **cfg):
+    """A trainer whose network already depends on its input (a fresh SiT predicts zeros, so every condition would
+    give the same image and a test of conditioning could not fail)."""
+    from conftest import randomize
+
+    config = TrainConfig(**{"steps": 2, "batch_size": 8, "progress": False, **cfg})
+    labels_or_rows = digits.labels if config.condition != "snippet" else conditions(len(digits))
+    return Trainer(randomize(build_model(**TINY)), digits.images, labels_or_rows, config, use_accelerate=False)
+
+
+@pytest.mark.parametrize("condition", ["label", "none"])
+def test_baseline_conditions_are_not_exported(digits, tmp_path, condition):
+    """A label / none network fed bank rows by the pipeline would make meaningless images without a word: export
+    refuses, says why and how to sample the baseline, and writes nothing."""
+    trainer = randomized_trainer(digits, condition=condition)
+    bank = MemoryBank(conditions(len(digits)), torch.ones(len(digits)), digits.labels, digits.label_names, digits.images)
+    with pytest.raises(ValueError, match=r"baseline for comparison.*trainer\.sample\(.*condition='snippet'"):
+        trainer.export(tmp_path / "ckpt", bank)
+    assert not (tmp_path / "ckpt").exists()
+    assert trainer.sample(conditions=digits.labels[:2], steps=2).shape == (2, 8, 8, 3)
+
+
+def test_gmem_train_label_writes_the_state_and_no_checkpoint(tmp_path, capsys):
+    from gmem_explore.cli import main
+
+    out = tmp_path / "labels"
+    assert main(["train", "--data", "digits", "--split", "held_out", "--steps", "1", "--batch-size", "4",
+                 "--no-progress", "--condition", "label", "--out", str(out)]) == 0
+    assert (out / "train-state.safetensors").is_file() and not (out / "config.json").exists()
+    said = capsys.readouterr().out
+    assert "baseline for comparison" in said and "no checkpoint folder" in said and "trainer.sample" in said
+
+
+def test_lr_holds_its_final_value_beyond_the_schedule(digits):
+    """fit(steps=N) may run past config.steps; the cosine decay must stay at lr_final there, not climb its next
+    period back to lr (it gave .155, .505, .855, 1.0 after the end)."""
+    trainer = make(digits, steps=6, decay=4, warmup=1, lr=1e-3, lr_final=1e-5)
+    rates = [trainer.lr_at(step) / 1e-3 for step in range(14)]
+    assert rates == pytest.approx([1, 1, 1, .855, .505, .155] + [.01] * 8, abs=1e-3)
+    short = make(digits, steps=1, decay=1, warmup=1, lr=1e-3, lr_final=1e-5)
+    short.fit()
+    assert [h["lr"] for h in short.fit(steps=2)] == pytest.approx([1e-5, 1e-5])
+
+
+def test_checkpoint_every_needs_an_out_dir(tmp_path):
+    """Periodic saves with nowhere to save were skipped without a word; the defaults stay quiet."""
+    import warnings
+
+    with pytest.raises(ValueError, match="out_dir is not set: give out_dir, or checkpoint_every=0"):
+        TrainConfig(checkpoint_every=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TrainConfig().checkpoint_every == 0 and TrainConfig().out_dir is None
+    assert TrainConfig(checkpoint_every=5, out_dir=str(tmp_path)).checkpoint_every == 5
+
+
+def test_sample_normalises_snippets_as_training_does(digits):
+    trainer = randomized_trainer(digits)
+    rows = conditions(3, seed=5) * 7  # norm ~28: far from the unit rows training saw
+    raw = trainer.sample(conditions=rows, steps=2)
+    unit = trainer.sample(conditions=rows / rows.norm(dim=1, keepdim=True), steps=2)
+    assert torch.equal(raw, unit)
+    # the check can fail: the snippet does change the image
+    assert not torch.equal(unit, trainer.sample(conditions=conditions(3, seed=6), steps=2))
+
+
+def test_sample_takes_its_count_from_the_conditions(digits):
+    trainer = randomized_trainer(digits)
+    rows = conditions(len(digits))
+    assert trainer.sample(conditions=rows[:3], steps=2).shape == (3, 8, 8, 3)  # eval_images is 16
+    assert trainer.sample(seeds=[4, 5], steps=2).shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError, match=r"\{'n': 2, 'conditions': 3\}.*leave n out"):
+        trainer.sample(2, conditions=rows[:3])
+    with pytest.raises(ValueError, match="label 99 but training saw labels 0 to 9"):
+        randomized_trainer(digits, condition="label").sample(conditions=torch.tensor([1, 99]))
+
+
+def test_unconditional_training_takes_eval_conditions_of_any_kind(digits):
+    """condition "none" ignores eval_conditions but used `conditions or [0]`, which a tensor cannot answer."""
+    config = TrainConfig(steps=1, batch_size=8, condition="none", eval_images=3, eval_steps=2, progress=False)
+    for given in (digits.labels[:3], conditions(3)):
+        trainer = Trainer(build_model(**TINY), digits.images, None, config, eval_conditions=given, use_accelerate=False)
+        assert trainer.evaluate()["images"].shape == (3, 8, 8, 3)
+
+
+def test_train_config_from_dict_refuses_unknown_keys_and_reads_saved_ones(digits, tmp_path):
+    from gmem_explore.checkpoint import read_config
+    from gmem_explore.hub import resolve_checkpoint
+    from gmem_explore.safefiles import read_header
+
+    with pytest.raises(ValueError, match=r"Unknown training config keys \['batchsize'\]; known keys: .*'batch_size'"):
+        TrainConfig.from_dict({"batchsize": 9})
+    shipped = read_config(resolve_checkpoint("emoji-32"))["training"]["config"]  # written by an earlier version
+    assert TrainConfig.from_dict(shipped).batch_size == 512
+    trainer = make(digits, steps=1)
+    trainer.save_state(tmp_path / "state.safetensors")
+    assert TrainConfig.from_dict(read_header(tmp_path / "state.safetensors")[1]["config"]) == trainer.config
+
+
+def test_gmem_train_resume_continues_the_saved_schedule(tmp_path, capsys):
+    """The warm-up was derived from --steps again on --resume: a run of 1 step (warm-up 1) extended to --steps 10
+    would have warmed up again over 3 steps. The saved config rules; a flag that changes training is refused."""
+    from gmem_explore.cli import main
+    from gmem_explore.safefiles import read_header
+
+    common = ["train", "--data", "digits", "--split", "held_out", "--batch-size", "4", "--no-progress",
+              "--checkpoint-every", "0", "--out", str(tmp_path / "run")]
+    assert main([*common, "--steps", "1"]) == 0
+    assert main([*common, "--steps", "4", "--resume", "--batch-size", "8"]) == 1
+    assert "--batch-size 8 (the saved run used 4)" in capsys.readouterr().err
+    assert main([*common, "--steps", "10", "--resume"]) == 0
+    meta = read_header(tmp_path / "run" / "train-state.safetensors")[1]
+    assert meta["config"]["warmup"] == 1 and meta["config"]["steps"] == 10 and meta["step"] == 10
+    assert [h["lr"] for h in meta["history"]] == [2e-4] * 10

@@ -9,8 +9,10 @@ Examples:
 The snippet encoder (and, unless --from-scratch, the network's weights) come from --init (default 'emoji-32');
 the bank of the new checkpoint holds one row per training image. Images are resized to the model's input size.
 The training state (weights, EMA, optimizer, RNG, step) is saved to OUT/train-state.safetensors every
---checkpoint-every steps (0: only at the end) and when training ends; --resume continues from it and gives the
-same weights as an uninterrupted run.
+--checkpoint-every steps (0: only at the end) and when training ends; --resume continues from it with the saved
+run's settings (warm-up included; --steps may extend it) and gives the same weights as an uninterrupted run.
+--condition label / none train baselines to compare GMem with: they write the training state only, no checkpoint
+folder (the pipeline would condition their network on bank rows); sample them with gmem_explore.train.Trainer.
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+# The settings that shape the training itself: a resumed run that changed one would not continue the saved run.
+RESUME_MUST_MATCH = {"batch_size": "--batch-size", "lr": "--lr", "condition": "--condition",
+                     "snippet_dropout": "--snippet-dropout", "repa_weight": "--repa-weight"}
+
+
 def add_arguments(p):
     p.add_argument("--data", required=True, help="image folder, or 'twemoji' / 'twemoji-skin' / 'digits'")
     p.add_argument("--out", required=True, help="output checkpoint folder")
@@ -39,7 +46,8 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 from scratch, 2e-4 fine-tuning)")
     p.add_argument("--condition", choices=["snippet", "label", "none"], default="snippet",
                    help="what the network is conditioned on: snippet = the image's bank row (GMem; default), "
-                        "label = its sub-folder / class label (SiT-style, for comparison), none = unconditional")
+                        "label = its sub-folder / class label (SiT-style), none = unconditional. label and none are "
+                        "baselines for comparison: OUT gets their training state only, no checkpoint to sample")
     p.add_argument("--snippet-dropout", type=float, default=0.1,
                    help="probability (0 to 1) that an image's condition is dropped in a step; trains the "
                         "unconditional branch that guidance (gmem sample --guidance) needs (default 0.1)")
@@ -51,12 +59,48 @@ def add_arguments(p):
     p.add_argument("--checkpoint-every", type=non_negative_int, default=200, metavar="STEPS",
                    help="save the training state for --resume every STEPS steps (default 200); 0: no periodic "
                         "saves, only the final state at the end")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train-state.safetensors")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/train-state.safetensors with the settings saved there (--steps may "
+                        "extend the run; other flags that change training must match the saved ones)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the batches drawn, their noise, times and condition dropout, and of the weights "
                         "with --from-scratch; the same seed repeats the run (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and batch jobs)")
+
+
+def new_run_config(args):
+    """The TrainConfig of a run started now from the command line."""
+    from gmem_explore.train import TrainConfig
+
+    lr = args.lr or (1e-3 if args.from_scratch else 2e-4)
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup=min(200, args.steps // 5 + 1),
+                       snippet_dropout=args.snippet_dropout, condition=args.condition, repa_weight=args.repa_weight,
+                       seed=args.seed, progress=not args.no_progress)
+
+
+def resumed_config(state, args):
+    """The config saved in the training state, with the --steps and progress bar asked now. The saved one wins
+    because the schedule must go on as it began: the warm-up is derived from --steps, so extending a run with a
+    larger --steps would otherwise restart part of the warm-up mid-run. Flags that change the training itself and
+    differ from the saved run are refused rather than silently dropped; --lr only when given (its default depends
+    on --from-scratch, which a resumed run does not need)."""
+    from gmem_explore.safefiles import read_header
+    from gmem_explore.train import TrainConfig
+
+    asked = new_run_config(args)
+    must_match = {k: flag for k, flag in RESUME_MUST_MATCH.items() if not (k == "lr" and args.lr is None)}
+    saved = read_header(state)[1].get("config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume: {state} holds no training config, so it is not a `gmem train` state; "
+                         f"start without --resume, or give another --out")
+    changed = [f"{flag} {asked_value} (the saved run used {saved[key]})"
+               for key, flag in must_match.items()
+               if key in saved and (asked_value := getattr(asked, key)) != saved[key]]
+    if changed:
+        raise ValueError(f"--resume continues the run saved in {state}, but this command changes " + "; ".join(changed)
+                         + ". Give the saved values, or a new --out to start a new run")
+    return TrainConfig.from_dict({**saved, "steps": asked.steps, "progress": asked.progress})
 
 
 def run(args) -> int:
@@ -69,12 +113,17 @@ def run(args) -> int:
     from gmem_explore.data import load_dataset
     from gmem_explore.hub import resolve_checkpoint
     from gmem_explore.model import GMemSiT
-    from gmem_explore.train import TrainConfig, Trainer
+    from gmem_explore.train import Trainer, baseline_refusal
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.steps < 1 or args.batch_size < 1:
         raise ValueError("--steps and --batch-size must be at least 1")
+    out = Path(args.out)
+    state = out / "train-state.safetensors"
+    if args.resume and not state.is_file():
+        raise FileNotFoundError(f"--resume: no training state at {state}; start without --resume")
+    config = resumed_config(state, args) if args.resume else new_run_config(args)
     ckpt = load_checkpoint(resolve_checkpoint(args.init))
     if ckpt.autoencoder.get("type", "pixels") != "pixels":
         raise ValueError("`gmem train` trains pixel-space models; this checkpoint works in a latent space")
@@ -88,18 +137,13 @@ def run(args) -> int:
     rows = ckpt.encoder.encode(data.images)
     bank = MemoryBank(rows, torch.ones(len(rows)), data.labels, data.label_names, data.images,
                       {"source": args.data, "names": data.names})
-    lr = args.lr or (1e-3 if args.from_scratch else 2e-4)
-    out = Path(args.out)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup=min(200, args.steps // 5 + 1),
-                         snippet_dropout=args.snippet_dropout, condition=args.condition, repa_weight=args.repa_weight,
-                         seed=args.seed,
-                         progress=not args.no_progress)
-    conditions = rows if args.condition == "snippet" else data.labels
+    is_baseline = config.condition != "snippet"
+    if is_baseline:  # said before training, not after minutes of it
+        print(f"--condition {config.condition} trains a baseline for comparison: {out} will hold its training state "
+              f"only, no checkpoint folder")
+    conditions = rows if config.condition == "snippet" else data.labels
     trainer = Trainer(model, data.images, conditions, config, encoder=ckpt.encoder)
-    state = out / "train-state.safetensors"
     if args.resume:
-        if not state.is_file():
-            raise FileNotFoundError(f"--resume: no training state at {state}; start without --resume")
         trainer.load_state(state)
         print(f"resumed at step {trainer.step}")
     if args.checkpoint_every:  # 0: no periodic saves (as TrainConfig.checkpoint_every); the final save_state stays
@@ -107,9 +151,13 @@ def run(args) -> int:
         trainer.on("on_step", lambda tr, ev: tr.save_state(state) if ev["step"] % every == 0 else None)
     trainer.fit()
     trainer.save_state(state)
+    last = trainer.history[-1]["loss"] if trainer.history else float("nan")
+    if is_baseline:
+        print(f"wrote {state} after {trainer.step} steps (last loss {last:.4f}); no checkpoint folder: "
+              f"{baseline_refusal(config.condition)}")
+        return 0
     info = {"name": out.name, "description": f"trained with `gmem train` on {args.data} ({len(data)} images)",
             "data": {"source": args.data, "images": len(data)}}
     trainer.export(out, bank, ckpt.encoder, sampler=ckpt.sampler, info=info, bank_dtype=torch.float16)
-    last = trainer.history[-1]["loss"] if trainer.history else float("nan")
     print(f"wrote {out} after {trainer.step} steps (last loss {last:.4f})")
     return 0
