@@ -119,6 +119,11 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
     if not folder.exists() and interrupted_save(folder) is not None:
         folder = interrupted_save(folder)  # read it where it lies; loading never moves files
     config = read_config(folder)
+    condition = ((config.get("training") or {}).get("config") or {}).get("condition", "snippet")
+    if condition != "snippet":  # written by versions before Trainer.export refused these baselines
+        raise ValueError(f"{folder} was trained with condition={condition!r}, a baseline for comparison: its network "
+                         f"never saw bank snippets, so sampling it from the bank gives meaningless images. Sample it "
+                         f"with Trainer.sample after Trainer.load_state, or train with condition='snippet'.")
     # Built on the meta device, then given uninitialised memory on the target device: no random initialisation
     # (SiT-XL/2: 675M parameters, seconds of CPU) and no second copy, since the strict load overwrites every tensor.
     with torch.device("meta"):

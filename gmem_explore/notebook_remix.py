@@ -38,7 +38,7 @@ def swap_row(pipe: GMemPipeline, row: int, image) -> tuple[GMemPipeline, torch.T
     size = bank.thumbnails.shape[1] if bank.thumbnails is not None else 64
     picture = load_rgb(image, size)
     snippet = pipe.snippets_from_images(picture[None])
-    bank.replace(row, snippet[0], thumbnail=picture)
+    bank.replace(row, snippet[0], thumbnail=picture if bank.thumbnails is not None else None)
     return with_bank(pipe, bank), snippet
 
 

@@ -212,8 +212,24 @@ def image_upload(label: str, **kwargs) -> gr.Image:
     return gr.Image(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
 
 
+# A pasted image arrives as a base64 data URL inside the request: 14 M characters are 10 MB of image, the app's
+# default upload limit (launch's max_file_size), which such a request would otherwise skip.
+MAX_INLINE_CHARS = 14_000_000
+
+
+def in_upload_folder(path: Path) -> bool:
+    """Whether `path` lies inside gradio's upload folder (GRADIO_TEMP_DIR, else <tmp>/gradio). An API request may
+    send a bare {"path": ...} or a string that gradio passes through unchecked (its own check needs the FileData
+    marker): without this, any image the server can read could be sent back through a generation or the bank."""
+    from gradio.utils import get_upload_folder
+
+    root = Path(get_upload_folder()).resolve()
+    return Path(path).resolve().is_relative_to(root)
+
+
 def upload_to_image(upload, size: int | None = None) -> torch.Tensor:
-    """An upload (gradio FileData dict, path, PIL or array) -> uint8 (H, W, 3) through images.load_rgb.
+    """An upload (gradio FileData dict, path, PIL or array) -> uint8 (H, W, 3) through images.load_rgb. Paths are
+    read only inside gradio's upload folder (in_upload_folder).
 
     A file is read here and decoded from its bytes, so a message names the file the person uploaded
     ('bad.png'), never the server's temporary copy (/tmp/gradio/<hash>/bad.png)."""
@@ -228,12 +244,18 @@ def upload_to_image(upload, size: int | None = None) -> torch.Tensor:
     if upload is None or (isinstance(upload, str) and not upload):
         raise UserError("Upload an image first (PNG, JPEG, WebP, GIF or BMP).")
     if isinstance(upload, str) and upload.startswith("data:"):  # a pasted image sent inline
+        if len(upload) > MAX_INLINE_CHARS:  # inline images skip the server's upload size limit
+            raise UserError(f"The pasted image {name!r} is over {MAX_INLINE_CHARS * 3 // 4 >> 20} MB inline; "
+                            f"upload it as a file.")
         try:
             upload = base64.b64decode(upload.split(",", 1)[1], validate=False)
         except (IndexError, ValueError):
             raise UserError(f"The upload {name!r} is not a readable data URL; upload the image as a file.") from None
     elif isinstance(upload, (str, Path)):
         path = Path(upload)
+        # before any look at the file: the answer must not tell whether some server path exists
+        if not in_upload_folder(path):
+            raise UserError(f"{name!r} is not a file uploaded to this app; upload the image again.")
         if not path.is_file():
             raise UserError(f"The upload {name!r} is no longer on the server; upload it again.")
         if path.stat().st_size > MAX_BYTES:

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a network
+# gradio's upload folder, private to this run: the app reads uploads only from there (ui_common.in_upload_folder),
+# so the tests' pictures are written there too (upload_folder below). Set before gradio is imported.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gmem-tests-gradio-")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from gmem_explore import GMemPipeline, MemoryBank, build_model  # noqa: E402
@@ -15,6 +20,11 @@ from gmem_explore.sharded import free_port  # noqa: E402,F401  (tests import it 
 
 TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, encoder_depth=1,
             projector_dim=32, repa_dim=16, snippet_dim=16)
+
+
+def upload_folder(name: str) -> Path:
+    """A fresh folder inside gradio's upload folder, where files stand for what a person uploaded."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=os.environ["GRADIO_TEMP_DIR"]))
 
 
 def randomize(model, seed=0, std=0.05):

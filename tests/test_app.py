@@ -21,7 +21,7 @@ from gmem_explore.ui_common import (RANDOM_SEEDS, Limits, Session, UserError, fr
                                     upload_to_image)
 from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
 
-from conftest import free_port
+from conftest import free_port, upload_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 RANDOM, ROW, GROUP, UPLOAD = ui_generate.SOURCES
@@ -39,8 +39,8 @@ def ctx(demo):
 
 
 @pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("uploads")
+def pictures():
+    folder = upload_folder("pictures")  # as if uploaded: the app reads nothing outside gradio's upload folder
     paths = {}
     for name, colour in (("red", (230, 20, 20)), ("blue", (20, 20, 230))):
         paths[name] = str(folder / f"{name}.png")
@@ -118,18 +118,34 @@ def test_odd_uploads(ctx, pictures):
 def test_upload_messages_name_the_uploaded_file(ctx, tmp_path):
     """The server's temporary path means nothing to the person: a message names the file they uploaded, and an
     empty file is called empty."""
-    served = tmp_path / "3f9c0d" / "holiday.png"  # how gradio stores an upload: /tmp/gradio/<hash>/<name>
-    served.parent.mkdir()
+    served = upload_folder("3f9c0d") / "holiday.png"  # how gradio stores an upload: /tmp/gradio/<hash>/<name>
     served.write_text("not an image")
     with pytest.raises(UserError) as caught:
         upload_to_image({"path": str(served), "orig_name": "holiday.png"})
     assert str(caught.value).startswith("The upload 'holiday.png' is not an image PIL can read")
-    assert str(tmp_path) not in str(caught.value)
+    assert str(served.parent) not in str(caught.value)
     served.write_bytes(b"")
     with pytest.raises(UserError, match=r"'holiday.png' .*it is empty \(0 bytes\)"):
         upload_to_image({"path": str(served), "orig_name": "holiday.png"})
     with pytest.raises(UserError, match="Upload an image first"):
         upload_to_image({"path": None, "orig_name": None})
+
+
+def test_uploads_are_read_only_from_the_upload_folder(ctx, tmp_path, pictures):
+    """A request can name any path (a bare {"path": ...} or a string skips gradio's own check): the app reads none
+    outside gradio's upload folder, and says the same for files that exist and files that do not."""
+    outside = tmp_path / "private.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(outside)
+    messages = set()
+    for payload in ({"path": str(outside)}, str(outside), {"path": str(tmp_path / "missing.png")},
+                    {"path": pictures["red"] + "/../../../" + str(outside)}):
+        with pytest.raises(UserError, match="is not a file uploaded to this app") as caught:
+            upload_to_image(payload)
+        messages.add(str(caught.value).replace("missing", "private"))
+    assert len(messages) <= 2  # no hint of which paths exist: the same words, only the name differs
+    assert upload_to_image({"path": pictures["red"]}).shape == (20, 24, 3)
+    with pytest.raises(UserError, match="upload it as a file"):
+        upload_to_image("data:image/png;base64," + "A" * 14_000_001)
 
 
 def run_event(demo, state, block_fn, inputs):

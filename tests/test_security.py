@@ -274,6 +274,15 @@ def test_a_request_cannot_hand_the_app_a_server_side_file(app_url, tmp_path):
     assert call.status_code == 200
     events = httpx.get(f"{url}/gradio_api/call/swap_replace/{call.json()['event_id']}", timeout=60).text
     assert "event: error" in events and "not uploaded by a user" in events
+    # without gradio's FileData marker the payload reaches the handler unchecked: the app refuses it itself (a
+    # readable image here would otherwise come back as generations or as a bank thumbnail)
+    from PIL import Image
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(secret, format="PNG")
+    for payload, refusal in (({"path": str(secret)}, "not a file uploaded to this app"),
+                             (str(secret), "valid dictionary or instance of ImageData")):  # gradio's own check
+        call = httpx.post(f"{url}/gradio_api/call/swap_replace", json={"data": [payload, 1]}, timeout=30)
+        events = httpx.get(f"{url}/gradio_api/call/swap_replace/{call.json()['event_id']}", timeout=60).text
+        assert "event: error" in events and refusal in events, events[-300:]
 
 
 def test_a_request_cannot_load_a_checkpoint_by_server_side_path(app_url, tmp_path):

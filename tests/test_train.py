@@ -1,6 +1,8 @@
 """Trainer: the loss goes down, resuming is exact, callbacks fire, conditions and exports work."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -119,6 +121,12 @@ def test_export_loads_as_a_pipeline(digits, tmp_path):
     assert out.images.shape == (2, 8, 8, 3) and pipe.info["name"] == "digits"
     torch.testing.assert_close(pipe.model.state_dict()["final_layer.linear.weight"],
                                trainer.ema_model.state_dict()["final_layer.linear.weight"])
+    # a folder exported from a label baseline by an older version (the config says so) is refused on load
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["training"]["config"]["condition"] = "label"
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="condition='label', a baseline for comparison"):
+        GMemPipeline.from_pretrained(str(tmp_path / "ckpt"))
 
 
 def test_accelerate_single_process_matches_plain_loop(digits):
