@@ -112,7 +112,9 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
     steps_default = int(min(pipe.sampler.get("steps", 50), ctx.limits.max_steps))
     method_default = pipe.sampler.get("method", "sde")
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    # delete_cache: gradio's copies of uploads and returned files older than an hour go, checked hourly (a public
+    # Space otherwise keeps every upload, GIF and bank download until it restarts)
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         # Per-session: gr.State deep-copies this for every browser tab; dropped an hour after the last change.
         state = gr.State(ctx.new_session(), time_to_live=3600)
         gr.Markdown(f"# {TITLE}\n{INTRO}")

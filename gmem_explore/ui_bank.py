@@ -284,18 +284,18 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     map_inputs = [state, method, color, x0, x1, y0, y1, row]
     map_outputs = [plot, selection, selected_rows, summary]
-    draw.click(ctx.gpu(on_map), map_inputs, map_outputs, api_name="bank_map", **ctx.model_queue)
+    draw.click(ctx.model_call(on_map), map_inputs, map_outputs, api_name="bank_map", **ctx.model_queue)
     for control in (method, color):
-        control.change(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
+        control.change(ctx.model_call(on_map), map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
     for slider in (x0, x1, y0, y1):
-        slider.release(on_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
+        slider.release(ctx.model_call(on_map), map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
     details_outputs = [thumb, row_md, neighbours, neighbour_rows]
     # check first (no outputs), fill only on success: a bad row is one toast, not an error badge per output
     row.submit(on_check, [state, row], None, api_visibility="private").success(
         on_details, [state, row], details_outputs, api_name="bank_row").then(
-        on_ring, map_inputs, plot, api_visibility="private", **ctx.model_queue)
+        ctx.model_call(on_ring), map_inputs, plot, api_visibility="private", **ctx.model_queue)
     gen_btn.click(on_check, [state, row], None, api_visibility="private").success(
-        ctx.gpu(on_row_generate), [state, row], generations, api_name="bank_row_generate", **ctx.model_queue)
+        ctx.model_call(on_row_generate), [state, row], generations, api_name="bank_row_generate", **ctx.model_queue)
 
     def pick(rows, evt: gr.SelectData):
         return rows[evt.index] if rows and evt.index is not None and evt.index < len(rows) else gr.update()
@@ -304,7 +304,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     for gal, rows_state in ((selection, selected_rows), (page_gallery, page_rows), (neighbours, neighbour_rows)):
         gal.select(pick, rows_state, row, api_visibility="private").then(
             on_details, [state, row], details_outputs, api_visibility="private").then(
-            on_ring, map_inputs, plot, api_visibility="private", **ctx.model_queue)
+            ctx.model_call(on_ring), map_inputs, plot, api_visibility="private", **ctx.model_queue)
     for gal in (selection, page_gallery, neighbours):
         gal.change(unmark, None, gal, api_visibility="private", queue=False)
 

@@ -12,6 +12,8 @@ import functools
 import inspect
 import queue
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -74,22 +76,40 @@ class PipelineStore:
         self.default = default
         self.capacity = capacity
         self._pipes: OrderedDict[str, GMemPipeline] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two dicts only, never held during a load
+        self._loading: dict[str, threading.Lock] = {}  # one per name being loaded
 
-    def get(self, name: str | None = None) -> GMemPipeline:
-        name = name or self.default
-        with self._lock:  # one load at a time; a second request for the same model waits and reuses it
+    def _cached(self, name: str) -> GMemPipeline | None:
+        with self._lock:
             if name in self._pipes:
                 self._pipes.move_to_end(name)
                 return self._pipes[name]
+            return None
+
+    def get(self, name: str | None = None) -> GMemPipeline:
+        """The pipeline, loaded on first use. A load (the 4.7 GB gmem-v1-xl: minutes) holds only its own name's
+        lock: a second request for that model waits and reuses it, while every other request (a page of rows,
+        the default model's generations) goes on; one global lock froze the whole app for the download."""
+        name = name or self.default
+        pipe = self._cached(name)
+        if pipe is not None:
+            return pipe
+        with self._lock:
+            loading = self._loading.setdefault(name, threading.Lock())
+        with loading:
+            pipe = self._cached(name)  # loaded by the request we waited for
+            if pipe is not None:
+                return pipe
             pipe = self.factory(name)
-            self._pipes[name] = pipe
-            while len(self._pipes) > self.capacity:
-                oldest = next(iter(self._pipes))
-                if oldest == self.default:  # the default stays: it is what new sessions start on
-                    self._pipes.move_to_end(oldest)
+            with self._lock:
+                self._pipes[name] = pipe
+                self._loading.pop(name, None)
+                while len(self._pipes) > self.capacity:
                     oldest = next(iter(self._pipes))
-                self._pipes.pop(oldest)
+                    if oldest == self.default:  # the default stays: it is what new sessions start on
+                        self._pipes.move_to_end(oldest)
+                        oldest = next(iter(self._pipes))
+                    self._pipes.pop(oldest)
             return pipe
 
 
@@ -98,6 +118,23 @@ class AppContext:
     store: PipelineStore
     limits: Limits = field(default_factory=Limits)
     gpu: Callable = lambda fn: fn  # spaces.GPU on Hugging Face ZeroGPU Spaces, identity elsewhere
+    # Model runs at once, counted by the runs themselves: gradio frees a queue slot when a request is cancelled,
+    # but a plain handler's thread runs on to its end, so submit-and-cancel used to start any number of runs.
+    model_slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self):
+        self.model_slots = threading.BoundedSemaphore(self.limits.concurrency)
+
+    def model_call(self, fn: Callable) -> Callable:
+        """A plain (non-generator) model handler that runs holding a model slot (on the GPU of a ZeroGPU Space).
+        Generators go through run_live(..., slots=ctx.model_slots) instead: there the worker thread holds it."""
+        on_device = self.gpu(fn)
+
+        @functools.wraps(fn)
+        def holding_a_slot(*args, **kwargs):
+            with self.model_slots:
+                return on_device(*args, **kwargs)
+        return holding_a_slot
 
     @property
     def model_queue(self) -> dict:
@@ -314,10 +351,32 @@ def thumbnails(bank: MemoryBank, rows, size: int = 64) -> list[tuple[Image.Image
     return items
 
 
+# ---- files handed to the browser --------------------------------------------------------------------------
+SCRATCH = Path(tempfile.gettempdir()) / "gmem-explore-app"
+SCRATCH_TTL_S = 3600  # a download link is used within the hour; a bank download of gmem-v1-xl is ~1 GB
+
+
+def scratch_path(filename: str) -> Path:
+    """A path in a fresh folder under SCRATCH for a file the app returns (a bank download, a GIF). Folders older
+    than SCRATCH_TTL_S are deleted first: one mkdtemp per click filled /tmp (a folder per interpolation, 8 MB per
+    bank download). gradio copies the returned file into its cache, which Blocks(delete_cache=...) cleans."""
+    SCRATCH.mkdir(exist_ok=True)
+    cutoff = time.time() - SCRATCH_TTL_S
+    for old in SCRATCH.iterdir():
+        try:
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # removed by a concurrent call
+            pass
+    return Path(tempfile.mkdtemp(dir=SCRATCH)) / filename
+
+
 # ---- live generation --------------------------------------------------------------------------------------
-def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: float = 0.4):
+def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: float = 0.4,
+             slots: threading.Semaphore | None = None):
     """Run `run(callback)` (a pipeline call) in a worker thread; yield ("preview", uint8 images, done, total)
-    every `preview_seconds` and finally ("result", value).
+    every `preview_seconds` and finally ("result", value). The worker holds one of `slots` (AppContext.model_slots)
+    while it samples, so a run stopped mid-step still counts until its thread ends.
 
     The sampler's callback decodes the denoised estimate only when a preview is due (decoding every step
     would cost as much as sampling for pixel models). Closing this generator (the browser left, Stop pressed)
@@ -342,7 +401,11 @@ def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: 
 
     def worker():
         try:
-            outcome["value"] = run(callback)
+            if slots is not None:
+                with slots:
+                    outcome["value"] = run(callback)
+            else:
+                outcome["value"] = run(callback)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
             outcome["error"] = e
         finally:

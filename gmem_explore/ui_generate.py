@@ -86,7 +86,7 @@ def generate(ctx: AppContext, session: Session, source, row, group, upload, n, s
         return pipe.generate(seeds=job["seeds"], method=method, steps=steps, guidance=guidance,
                              batch_size=limits.batch_size, callback=callback, **job["kwargs"])
 
-    for kind, payload, *rest in run_live(pipe, run, progress, limits.preview_seconds):
+    for kind, payload, *rest in run_live(pipe, run, progress, limits.preview_seconds, ctx.model_slots):
         if kind == "preview":
             start, images = payload
             step, total = rest

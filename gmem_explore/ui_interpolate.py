@@ -2,8 +2,6 @@
 frames from one seed; shown as a strip, an animated GIF and the frames with their weights."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 import torch
@@ -13,7 +11,8 @@ from .bank_tools import partner_row
 from .bank import mix as mix_snippets
 from .sampling import METHODS
 from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_int, encode_upload, friendly, hidden_seed,
-                        image_upload, pick_seed, row_caption, row_range, run_live, stopped, upscale)
+                        image_upload, pick_seed, row_caption, row_range, run_live, scratch_path, stopped,
+                        upscale)
 from .viz import image_grid
 
 ENDPOINT_SOURCES = ("bank row", "uploaded image")
@@ -43,7 +42,7 @@ def write_gif(frames: torch.Tensor) -> str:
     """Frames forth and back (a seamless loop) as an animated GIF in a fresh temporary folder."""
     images = [upscale(f, GIF_SIZE) for f in frames]
     loop = images + images[-2:0:-1]
-    path = Path(tempfile.mkdtemp(prefix="gmem-interp-")) / "interpolation.gif"
+    path = scratch_path("interpolation.gif")
     loop[0].save(path, save_all=True, append_images=loop[1:], duration=GIF_FRAME_MS, loop=0, disposal=2)
     return str(path)
 
@@ -73,7 +72,8 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
         return pipe.generate(snippets=frames, seeds=[seed] * k, method=method, steps=steps,
                              batch_size=ctx.limits.batch_size, callback=callback)
 
-    for kind, payload, *rest in run_live(pipe, run_with_sampler, progress, ctx.limits.preview_seconds):
+    for kind, payload, *rest in run_live(pipe, run_with_sampler, progress, ctx.limits.preview_seconds,
+                                             ctx.model_slots):
         if kind == "preview":
             start, images = payload
             step, total = rest

@@ -4,14 +4,12 @@
 The bank file on disk is never written: the first edit copies the bank into the session's gr.State."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 import torch
 
 from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_int, encode_upload, friendly, hidden_seed,
-                        image_upload, pick_seed, row_caption, upscale)
+                        image_upload, pick_seed, row_caption, scratch_path, upscale)
 
 MAX_EDITS = 1000  # rows a session may add; beyond this a script (gmem build-bank) is the right tool
 UPLOAD_GROUP = "your upload"  # the group of a row replaced or added here: its old group no longer describes it
@@ -118,8 +116,7 @@ def compare_note(ctx: AppContext, session: Session, row) -> str:
 
 def download(ctx: AppContext, session: Session) -> str:
     bank = ctx.bank(session)
-    folder = Path(tempfile.mkdtemp(prefix="gmem-bank-"))
-    path = folder / ("bank-edited.safetensors" if session.bank is not None else "bank.safetensors")
+    path = scratch_path("bank-edited.safetensors" if session.bank is not None else "bank.safetensors")
     bank.save(path)
     return str(path)
 
@@ -196,12 +193,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     model = ctx.model_queue
     quiet = {"queue": False, "api_visibility": "private"}  # the display-only follow-up steps below
-    go.click(ctx.gpu(on_generate), [state, upload, n, seed, randomize, steps], [gallery, seed_used, nearest_md],
+    go.click(ctx.model_call(on_generate), [state, upload, n, seed, randomize, steps], [gallery, seed_used, nearest_md],
              api_name="swap_generate", **RAW_INPUTS, **model).success(lambda used: used, seed_used, seed, **quiet)
-    replace_btn.click(ctx.gpu(on_replace), [state, upload, row], [state, row, log], api_name="swap_replace",
+    replace_btn.click(ctx.model_call(on_replace), [state, upload, row], [state, row, log], api_name="swap_replace",
                       **RAW_INPUTS, **model)
-    add_btn.click(ctx.gpu(on_add), [state, upload], [state, row, log], api_name="swap_add", **RAW_INPUTS, **model)
-    compare_btn.click(ctx.gpu(on_compare), [state, row, steps], [before, after], api_name="swap_compare",
+    add_btn.click(ctx.model_call(on_add), [state, upload], [state, row, log], api_name="swap_add", **RAW_INPUTS, **model)
+    compare_btn.click(ctx.model_call(on_compare), [state, row, steps], [before, after], api_name="swap_compare",
                       **model).success(lambda session, r: compare_note(ctx, session, r), [state, row], note, **quiet)
     download_btn.click(on_download, state, file_out, api_name="swap_download").success(
         lambda: gr.update(visible=True), None, file_out, **quiet)  # the file box appears once there is a file

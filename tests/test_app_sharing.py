@@ -1,0 +1,101 @@
+"""One server, many visitors: a model load does not freeze other requests, cancelled requests cannot run models
+beside each other, and the files handed to browsers do not pile up."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from app_tiny import tiny_pipeline
+from gmem_explore import ui_common
+from gmem_explore.ui_common import AppContext, Limits, PipelineStore, run_live, scratch_path
+
+
+def test_a_slow_load_blocks_only_requests_for_that_model():
+    release, loads = threading.Event(), []
+    default = tiny_pipeline()
+
+    def factory(name):
+        loads.append(name)
+        if name == "slow":  # stands in for the 4.7 GB download of gmem-v1-xl
+            assert release.wait(30)
+        return default
+
+    store = PipelineStore(factory, "tiny")
+    store.get()
+    waiting = [threading.Thread(target=store.get, args=("slow",)) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.2)
+    start = time.monotonic()
+    assert store.get("tiny") is default and time.monotonic() - start < 1  # not behind the slow load
+    release.set()
+    for t in waiting:
+        t.join(10)
+    assert loads == ["tiny", "slow"]  # the second request for "slow" waited and reused the first one's load
+
+
+def test_model_calls_never_overlap_even_when_their_requests_were_cancelled():
+    ctx = AppContext(PipelineStore(lambda name: None, "tiny"), Limits(concurrency=1))
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def run(_=None):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return "done"
+
+    held = ctx.model_call(run)
+    assert held.__name__ == "run"  # handlers stay findable by name
+    threads = [threading.Thread(target=held) for _ in range(4)]  # gradio's threads after submit-and-cancel
+    for t in threads:
+        t.start()
+    # a live run closed at its first preview (Stop, or the browser left) keeps its slot until its thread ends
+    step = SimpleNamespace(x=torch.zeros(1), step=1, total=2)
+
+    def live_run(callback):
+        callback(step, 0, 1)  # the first sampler step: a preview is due
+        return run()
+
+    pipe = SimpleNamespace(decode_preview=lambda info: "preview image")
+    live = run_live(pipe, live_run, slots=ctx.model_slots)
+    assert next(live) == ("preview", (0, "preview image"), 1, 2)
+    live.close()
+    assert list(run_live(pipe, run, slots=ctx.model_slots)) == [("result", "done")]
+    for t in threads:
+        t.join(10)
+    assert most[0] == 1
+
+
+def test_scratch_files_older_than_an_hour_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(ui_common, "SCRATCH", tmp_path / "scratch")
+    first = scratch_path("bank.safetensors")
+    first.write_bytes(b"x")
+    hour_ago = time.time() - ui_common.SCRATCH_TTL_S - 5
+    os.utime(first.parent, (hour_ago, hour_ago))
+    fresh = scratch_path("interpolation.gif")
+    fresh.write_bytes(b"y")
+    second = scratch_path("bank.safetensors")
+    assert not first.parent.exists() and fresh.exists()
+    assert second.parent.parent == first.parent.parent and second.name == "bank.safetensors"
+
+
+@pytest.mark.parametrize("writer", ["download", "gif"])
+def test_downloads_and_gifs_are_written_to_the_scratch_folder(writer, tmp_path, monkeypatch):
+    from gmem_explore import ui_interpolate, ui_swap
+
+    monkeypatch.setattr(ui_common, "SCRATCH", tmp_path / "scratch")
+    if writer == "gif":
+        path = ui_interpolate.write_gif(torch.zeros(3, 8, 8, 3, dtype=torch.uint8))
+    else:
+        ctx = AppContext(PipelineStore(lambda name: tiny_pipeline(), "tiny"))
+        path = ui_swap.download(ctx, ctx.new_session())
+    assert os.path.dirname(os.path.dirname(path)) == str(tmp_path / "scratch") and os.path.getsize(path) > 0
