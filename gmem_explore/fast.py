@@ -24,6 +24,8 @@ Entry point: `sample_fast(model, noise, snippets, ...)`, reached through `sampli
 from __future__ import annotations
 
 import copy
+import functools
+import threading
 import warnings
 import weakref
 from typing import Callable, Sequence
@@ -306,6 +308,23 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     return precision
 
 
+# One fast CUDA run at a time per process: the captured graphs, their fixed input/output buffers and last_run are
+# shared, so two threads (an app with --concurrency 2, or a stopped run finishing its step beside the next) would
+# overwrite each other's buffers. One run already fills the GPU; CPU runs (no graphs) are not serialised.
+_CUDA_RUNS = threading.RLock()
+
+
+def one_cuda_run_at_a_time(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def serialised(model, noise, *args, **kwargs):
+        if noise.device.type != "cuda":
+            return fn(model, noise, *args, **kwargs)
+        with _CUDA_RUNS:
+            return fn(model, noise, *args, **kwargs)
+    return serialised
+
+
+@one_cuda_run_at_a_time
 @torch.no_grad()
 def sample_fast(
     model: GMemSiT,

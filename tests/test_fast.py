@@ -340,3 +340,30 @@ def test_gpu_benchmark_skips_variants_that_would_pass_its_time_budget():
     assert "not run (time budget): fast_b256_fp8" in gpu_sampler.markdown(bench.results)
     bench.args.budget_s = 0  # no budget: never skip
     assert not bench.over_budget("fast_b256_fp8_mk", 1e6)
+
+
+def test_fast_cuda_runs_are_serialised_and_cpu_runs_are_not():
+    """Graphs and their buffers are shared per process: two threads must not replay them at once on CUDA."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    running, most, lock = [0], {}, threading.Lock()
+
+    def body(model, noise):
+        with lock:
+            running[0] += 1
+            most[noise.device.type] = max(most.get(noise.device.type, 0), running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+
+    wrapped = fast.one_cuda_run_at_a_time(body)
+    for kind in ("cuda", "cpu"):
+        noise = SimpleNamespace(device=SimpleNamespace(type=kind))  # no GPU needed to check the rule
+        threads = [threading.Thread(target=wrapped, args=(None, noise)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    assert most == {"cuda": 1, "cpu": 3}
