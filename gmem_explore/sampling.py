@@ -63,10 +63,13 @@ def check_method_and_steps(method: str, steps) -> None:
         raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}]; got {steps!r} (the released SDE uses 250)")
 
 
-def check_guidance(guidance) -> None:
+def check_guidance(guidance, interval=(0.0, 1.0)) -> None:
     if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
         # NaN fails both comparisons; inf made every image NaN (black)
         raise ValueError(f"guidance must be a finite number >= 0 (1 means none); got {guidance!r}")
+    lo, hi = interval
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance_interval must satisfy 0 <= low <= high <= 1; got {tuple(interval)}")
 
 
 def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -131,10 +134,8 @@ def sample(
         raise ValueError("snippets contain NaN or infinite values; choose other rows or re-encode the image")
     if not torch.isfinite(noise).all():
         raise ValueError("noise contains NaN or infinite values")
-    check_guidance(guidance)
+    check_guidance(guidance, guidance_interval)
     lo, hi = guidance_interval
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"guidance_interval must satisfy 0 <= low <= high <= 1; got {guidance_interval}")
     if generators is not None and len(generators) != n:
         raise ValueError(f"need one generator per image: {n} images, {len(generators)} generators")
 

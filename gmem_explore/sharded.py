@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from .safefiles import atomic_path, write_bytes_atomic
+from .sampling import check_guidance
 
 PRECISIONS = ("tf32", "fp32", "bf16")
 
@@ -41,6 +42,7 @@ class RunSettings:
     choose: str
     precision: str
     guidance: float = 1.0
+    guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])  # a list: what run.json gives back
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -105,7 +107,7 @@ def count_pngs(out_dir) -> int:
 def check_settings(out_dir: Path, settings: RunSettings) -> None:
     record = out_dir / "run.json"
     if record.is_file():
-        old = json.loads(record.read_text())
+        old = {"guidance_interval": [0.0, 1.0], **json.loads(record.read_text())}  # runs from before the field
         if old != asdict(settings):
             diff = {k: (old.get(k), v) for k, v in asdict(settings).items() if old.get(k) != v}
             raise ValueError(f"{out_dir} holds images made with other settings {diff} (old, new); resuming would mix "
@@ -123,7 +125,8 @@ def sample_seeds(pipe, out_dir: Path, seeds: list[int], settings: RunSettings, b
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         out = pipe.generate(seeds=batch, choose=settings.choose, method=settings.method, steps=settings.steps,
-                            guidance=settings.guidance, batch_size=len(batch))
+                            guidance=settings.guidance, guidance_interval=tuple(settings.guidance_interval),
+                            batch_size=len(batch))
         images = out.images.numpy()
         for seed, row, image in zip(out.seeds, out.indices, images):
             save_png(png_path(out_dir, seed), image, {"seed": seed, "row": row, **asdict(settings)})
@@ -176,13 +179,16 @@ def set_precision(pipe, precision: str, device: torch.device) -> None:
 def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_size: int = 64,
         method: str | None = None, steps: int | None = None, choose: str = "noise", precision: str = "tf32",
         device: str = "auto", npz: str | os.PathLike | None = "auto", progress: bool = True,
+        guidance: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
         **resolve_kwargs) -> Path | None:
     """Sample `num` images of `checkpoint` into `out_dir` as this process's share, then (rank 0) the .npz.
-    Returns the .npz path (rank 0, when npz is not None) or None."""
+    Returns the .npz path (rank 0, when npz is not None) or None. `guidance` > 1 applies classifier-free guidance
+    for the step times t inside `guidance_interval` (both recorded in run.json: a resume must use the same)."""
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive number of images; got {num!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    check_guidance(guidance, guidance_interval)  # before any download or load
     rank, world, local_rank = dist_env()
     if device == "auto":
         # one GPU per process; more processes than GPUs share them round-robin
@@ -207,7 +213,8 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         method = pipe.sampler.get("method", "sde") if method is None else method
         steps = pipe.sampler.get("steps", 250) if steps is None else steps
         check_method_and_steps(method, steps)
-        settings = RunSettings(str(checkpoint), method, int(steps), choose, precision)
+        low, high = (float(v) for v in guidance_interval)
+        settings = RunSettings(str(checkpoint), method, int(steps), choose, precision, float(guidance), [low, high])
         check_settings(out_dir, settings)
         set_precision(pipe, precision, device)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -193,7 +193,8 @@ def test_gmem_sample_refuses_an_unknown_image_type_before_sampling(tmp_path, cap
     assert "cannot write images of type '.pgn'; end the name in .png" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
     for option, message in ((["--guidance", "-1"], "guidance must be a finite number >= 0"),
-                            (["--steps", "0"], "steps must be an integer in [1,")):
+                            (["--steps", "0"], "steps must be an integer in [1,"),
+                            (["--guidance", "2", "--guidance-interval", "0.9", "0.1"], "0 <= low <= high <= 1")):
         assert gmem(["sample", *option, "--out", str(tmp_path / "grid.png")]) == 1
         assert message in capsys.readouterr().err
 

@@ -2,6 +2,8 @@
 ADM evaluator reads. The 2-process run uses torch.distributed over gloo on the CPU, the code path of torchrun."""
 from __future__ import annotations
 
+import json
+
 import zipfile
 
 import numpy as np
@@ -64,12 +66,30 @@ def test_resume_skips_finished_seeds_and_refuses_other_settings(tiny_folder, tmp
     assert np.array_equal(np.load(npz)["arr_0"], first)  # the redone images are the same images
     with pytest.raises(ValueError, match="other settings"):
         run(str(tiny_folder), out, num=6, base_seed=10, steps=2, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="other settings.*guidance"):
+        run(str(tiny_folder), out, num=6, base_seed=10, guidance=2.0, guidance_interval=(0.5, 1.0), device="cpu",
+            progress=False)
+    with pytest.raises(ValueError, match="guidance_interval must satisfy"):
+        run(str(tiny_folder), tmp_path / "bad", num=2, guidance=2.0, guidance_interval=(0.9, 0.1), device="cpu")
     with pytest.raises(ValueError, match="steps must be an integer in"):  # 0 is refused, not read as "default"
         run(str(tiny_folder), tmp_path / "zero", num=2, steps=0, device="cpu", progress=False)
     assert not (tmp_path / "zero").exists()
     png_path(out, 15).unlink()
     with pytest.raises(FileNotFoundError, match="1 of 6 images are missing"):
         write_npz(out, SEEDS, tmp_path / "x.npz")
+
+
+def test_guided_run_records_its_guidance_and_makes_the_pipelines_images(tiny_folder, tmp_path):
+    out = tmp_path / "guided"
+    run(str(tiny_folder), out, num=2, base_seed=3, guidance=3.0, guidance_interval=(0.2, 0.8), device="cpu",
+        npz=None, progress=False)
+    record = json.loads((out / "run.json").read_text())
+    assert record["guidance"] == 3.0 and record["guidance_interval"] == [0.2, 0.8]
+    pipe = GMemPipeline.from_pretrained(str(tiny_folder))
+    same = pipe.generate(seeds=[3, 4], guidance=3.0, guidance_interval=(0.2, 0.8))
+    plain = pipe.generate(seeds=[3, 4])
+    made = np.stack([np.asarray(Image.open(png_path(out, s))) for s in (3, 4)])
+    assert np.array_equal(made, same.images.numpy()) and not np.array_equal(made, plain.images.numpy())
 
 
 def test_two_processes_write_the_same_images_as_one(tiny_folder, tmp_path):

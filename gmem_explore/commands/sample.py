@@ -19,6 +19,8 @@ def add_arguments(p):
     p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step)")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
                    help="how rows are picked without --rows (default noise: the released rule)")
     p.add_argument("--scale", type=int, default=1,
@@ -46,14 +48,15 @@ def run(args) -> int:
 
     path = Path(args.out)
     fmt = image_format(path)
-    check_guidance(args.guidance)  # before the model loads: a typo should not cost a load and a progress bar
+    check_guidance(args.guidance, args.guidance_interval)  # before the model loads: a typo should not cost a load and a progress bar
     if args.steps is not None:
         check_method_and_steps(args.method or "sde", args.steps)
     pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device)
     count = len(args.rows) if args.rows else args.n
     out = pipe.generate(None if args.rows else args.n, indices=args.rows or None,
                         seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
-                        steps=args.steps, guidance=args.guidance, progress=True)
+                        steps=args.steps, guidance=args.guidance,
+                        guidance_interval=tuple(args.guidance_interval), progress=True)
     with atomic_path(path) as tmp:  # an existing grid is replaced whole or kept, never left half-written
         out.grid(scale=args.scale).save(tmp, format=fmt)
     record = {"seeds": out.seeds, "rows": out.indices, **out.settings}

@@ -33,6 +33,10 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=64, help="images per batch on each process (default 64)")
     p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's, 250 for gmem-v1-xl)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale (default 1: none; the all-zero snippet is the unconditional)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step)")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
                    help="how bank rows are picked (default noise: the released rule, by frequency from the "
                         "initial noise)")
@@ -55,7 +59,7 @@ def run(args) -> int:
     npz = run_sharded(args.checkpoint, args.out, num=args.num, base_seed=args.seed, batch_size=args.batch_size,
                       method=args.method, steps=args.steps, choose=args.choose, precision=args.precision,
                       device=args.device, npz=None if args.no_npz else args.npz, progress=not args.no_progress,
-                      **kwargs)
+                      guidance=args.guidance, guidance_interval=tuple(args.guidance_interval), **kwargs)
     rank, world, _ = dist_env()
     if rank == 0:
         print(f"{args.num} images in {args.out}" + (f"; evaluator file {npz}" if npz else ""))
