@@ -5,6 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import hypothesis
 import pytest
 import torch
 
@@ -13,6 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a network
 # so the tests' pictures are written there too (upload_folder below). Set before gradio is imported.
 os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gmem-tests-gradio-")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# property tests draw the same examples on every run: a CI run must not fail on a draw the last one missed
+hypothesis.settings.register_profile("gmem", derandomize=True, database=None)
+hypothesis.settings.load_profile("gmem")
 
 from gmem_explore import GMemPipeline, MemoryBank, build_model  # noqa: E402
 from gmem_explore.autoencoders import PixelSpace  # noqa: E402
