@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,10 @@ class Limits:
     # A request may name a server-side checkpoint folder or .pth only when the operator allows it: otherwise any
     # visitor could make the server read (and convert, writing beside it) whatever path they type.
     allow_local_checkpoints: bool = False
+    # Memory for the sessions' edited bank copies, together: a copy is made at a session's first edit and lives
+    # until the session expires (an hour after its last use), and an API client makes sessions for free. emoji-32's
+    # bank is 8 MB (~250 edited sessions); gmem-v1-xl's is ~1 GB (2).
+    max_edited_bank_bytes: int = 2 << 30
 
 
 class PipelineStore:
@@ -121,9 +126,29 @@ class AppContext:
     # Model runs at once, counted by the runs themselves: gradio frees a queue slot when a request is cancelled,
     # but a plain handler's thread runs on to its end, so submit-and-cancel used to start any number of runs.
     model_slots: threading.BoundedSemaphore = field(init=False)
+    # the sessions' edited bank copies still alive (a copy leaves when its session expires or resets)
+    edited_banks: weakref.WeakSet = field(init=False)
 
     def __post_init__(self):
         self.model_slots = threading.BoundedSemaphore(self.limits.concurrency)
+        self.edited_banks = weakref.WeakSet()
+        self._edit_lock = threading.Lock()
+
+    def private_bank(self, session: Session) -> MemoryBank:
+        """The session's own copy of its bank, made at its first edit (the checkpoint's bank and file stay as they
+        are), within limits.max_edited_bank_bytes for all sessions together."""
+        if session.bank is not None:
+            return session.bank
+        base = self.store.get(session.checkpoint).bank
+        with self._edit_lock:
+            held = sum(bank_bytes(b) for b in list(self.edited_banks))
+            if held + bank_bytes(base) > self.limits.max_edited_bank_bytes:
+                raise UserError(f"The server already holds {len(self.edited_banks)} sessions' edited banks "
+                                f"({held / 2**20:.0f} MB), its limit; edits are refused until some expire (an hour "
+                                f"after their last use). Try again later, or run the app yourself (README).")
+            session.bank = base.copy()
+            self.edited_banks.add(session.bank)
+        return session.bank
 
     def model_call(self, fn: Callable) -> Callable:
         """A plain (non-generator) model handler that runs holding a model slot (on the GPU of a ZeroGPU Space).
@@ -155,6 +180,12 @@ class AppContext:
 
     def bank(self, session: Session) -> MemoryBank:
         return session.bank if session.bank is not None else self.store.get(session.checkpoint).bank
+
+
+def bank_bytes(bank: MemoryBank) -> int:
+    """Memory a bank's tensors take (rows, frequencies, labels, thumbnails)."""
+    return sum(t.numel() * t.element_size() for t in (bank.rows, bank.freq, bank.labels, bank.thumbnails)
+               if t is not None)
 
 
 def spaces_gpu(duration: int = 120) -> Callable:

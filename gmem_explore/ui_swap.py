@@ -30,9 +30,7 @@ def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, ran
 
 
 def edited_bank(ctx: AppContext, session: Session):
-    if session.bank is None:
-        session.bank = ctx.store.get(session.checkpoint).bank.copy()  # copy-on-first-edit: the file stays as it is
-    return session.bank
+    return ctx.private_bank(session)  # copy-on-first-edit: the file stays as it is
 
 
 def upload_label(bank) -> int | None:

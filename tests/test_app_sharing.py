@@ -99,3 +99,21 @@ def test_downloads_and_gifs_are_written_to_the_scratch_folder(writer, tmp_path, 
         ctx = AppContext(PipelineStore(lambda name: tiny_pipeline(), "tiny"))
         path = ui_swap.download(ctx, ctx.new_session())
     assert os.path.dirname(os.path.dirname(path)) == str(tmp_path / "scratch") and os.path.getsize(path) > 0
+
+
+def test_edited_banks_together_stay_within_their_memory_limit():
+    import gc
+
+    from gmem_explore.ui_common import UserError, bank_bytes
+
+    one = bank_bytes(tiny_pipeline().bank)
+    ctx = AppContext(PipelineStore(lambda name: tiny_pipeline(), "tiny"), Limits(max_edited_bank_bytes=one * 3 // 2))
+    first, second = ctx.new_session(), ctx.new_session()
+    mine = ctx.private_bank(first)
+    assert mine is not ctx.store.get().bank and ctx.private_bank(first) is mine  # one copy per session
+    with pytest.raises(UserError, match="already holds 1 sessions' edited banks"):
+        ctx.private_bank(second)
+    assert second.bank is None
+    first.bank = mine = None  # the first session reset (or expired): its copy is freed
+    gc.collect()
+    assert ctx.private_bank(second) is second.bank
