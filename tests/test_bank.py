@@ -396,3 +396,15 @@ def test_the_cli_compressed_file_opens_with_memorybank_load(tmp_path, capsys, ti
     low = MemoryBank.load(out)
     assert len(low) == 20 and low.meta["low_rank"] == 4 and torch.equal(low.labels, tiny_bank.labels)
     assert low.choose(5, generator=torch.Generator().manual_seed(0)).shape == (5,)
+
+
+def test_replace_writes_the_given_thumbnail_and_label(tiny_bank):
+    before = tiny_bank.copy()
+    row = torch.randn(16)
+    tiny_bank.replace(0, row, thumbnail=torch.full((8, 8, 3), 7, dtype=torch.uint8), label=2)
+    assert int(tiny_bank.labels[0]) == 2 and tiny_bank.label_of(0) == "c"
+    assert torch.all(tiny_bank.thumbnails[0] == 7)
+    assert torch.allclose(tiny_bank.snippets([0])[0], row / row.norm())
+    # the other rows are untouched
+    assert torch.equal(tiny_bank.labels[1:], before.labels[1:])
+    assert torch.equal(tiny_bank.thumbnails[1:], before.thumbnails[1:]) and torch.equal(tiny_bank.rows[1:], before.rows[1:])

@@ -245,3 +245,43 @@ def test_a_new_save_removes_only_stale_temporary_files(tmp_path):
     bank_version(0).save(path)
     assert not stale.exists() and fresh.exists() and other.exists()
     assert which_bank_version(MemoryBank.load(path)) == 0
+
+
+# ---- what an atomic save promises besides atomicity ------------------------------------------------------------
+def test_a_save_is_flushed_to_disk_before_it_replaces_the_old_file(tmp_path, monkeypatch):
+    # Without the fsync, a power cut after the rename can leave an empty or partial file under the final name
+    # (the rename reached the disk, the data did not): crash safety needs fsync(temp) strictly before replace.
+    import gmem_explore.safefiles as sf
+
+    calls = []
+    real_fsync, real_replace = sf.os.fsync, sf.os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", os.fstat(fd).st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", os.stat(src).st_ino))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(sf.os, "fsync", fsync)
+    monkeypatch.setattr(sf.os, "replace", replace)
+    path = tmp_path / "b.safetensors"
+    MemoryBank(torch.randn(5, 16)).save(path)
+    inode = path.stat().st_ino
+    assert ("fsync", inode) in calls and ("replace", inode) in calls, calls
+    assert calls.index(("fsync", inode)) < calls.index(("replace", inode)), calls
+    assert MemoryBank.load(path).rows.shape == (5, 16)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_saved_file_gets_the_usual_permissions_not_mkstemps_0600(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "b.safetensors"
+        MemoryBank(torch.randn(5, 16)).save(path)
+        assert path.stat().st_mode & 0o777 == mode, oct(path.stat().st_mode & 0o777)
+        MemoryBank(torch.randn(6, 16)).save(path)  # saving over it: the same
+        assert path.stat().st_mode & 0o777 == mode, oct(path.stat().st_mode & 0o777)
+    finally:
+        os.umask(old)

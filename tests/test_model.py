@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from gmem_explore import build_model, load_network_state
-from gmem_explore.model import ModelConfig, model_config, sincos_2d, timestep_frequencies
+from gmem_explore.model import (ModelConfig, TimestepEmbedder, model_config, modulate, sincos_2d,
+                                 timestep_frequencies)
 
 from conftest import TINY
 
@@ -123,3 +124,51 @@ def test_embeddings_match_the_reference_formulas():
     f = timestep_frequencies(torch.tensor([0.5]), dim=4)
     assert torch.allclose(f, torch.tensor([[0.5, 0.01 * 0.5, 0.5, 0.005]]).new_tensor(
         [[torch.cos(torch.tensor(0.5)), torch.cos(torch.tensor(0.005)), torch.sin(torch.tensor(0.5)), torch.sin(torch.tensor(0.005))]]))
+
+
+def test_timestep_embedding_is_of_t_not_one_minus_t():
+    # t = 0.5 cannot tell t from 1 - t; 0.25 and 0.9 can
+    t = torch.tensor([0.25, 0.9])
+    dim = 8
+    freqs = torch.tensor([10000.0 ** (-i / 4) for i in range(4)])
+    args = t[:, None] * freqs[None]
+    expected = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    assert torch.allclose(timestep_frequencies(t, dim=dim), expected, atol=1e-6)
+    embedder = TimestepEmbedder(16, freq_dim=dim)
+    with torch.no_grad():
+        assert torch.allclose(embedder(t), embedder.mlp(expected), atol=1e-6)
+
+
+def test_modulate_scales_by_one_plus_scale():
+    # adaLN-Zero: a zero scale must leave x as it is (x * (1 + scale) + shift), per sample, broadcast over tokens
+    g = torch.Generator().manual_seed(0)
+    x, shift, scale = torch.randn(2, 5, 4, generator=g), torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
+    assert torch.allclose(modulate(x, shift, scale), x * (1 + scale[:, None]) + shift[:, None])
+    assert torch.equal(modulate(x, torch.zeros(2, 4), torch.zeros(2, 4)), x)
+
+
+def reference_unpatchify(tokens, p, ch):
+    """DiT's unpatchify: (N, T, p*p*C) -> (N, C, H, W) with einsum 'nhwpqc->nchpwq'."""
+    n, t, _ = tokens.shape
+    side = int(t ** 0.5)
+    x = tokens.reshape(n, side, side, p, p, ch)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(n, ch, side * p, side * p)
+
+
+def reference_patchify(x, p):
+    """The inverse of reference_unpatchify: token (row h, col w) holds pixels [h*p + i, w*p + j] in (i, j, c) order."""
+    n, ch, hh, ww = x.shape
+    x = x.reshape(n, ch, hh // p, p, ww // p, p)
+    return torch.einsum("nchpwq->nhwpqc", x).reshape(n, (hh // p) * (ww // p), p * p * ch)
+
+
+@pytest.mark.parametrize("patch", [2, 4])
+def test_unpatchify_follows_dits_pixel_layout(patch):
+    model = build_model(**{**TINY, "patch_size": patch})
+    x = torch.randn(2, 3, 8, 8)
+    tokens = reference_patchify(x, patch)
+    assert torch.equal(reference_unpatchify(tokens, patch, 3), x)  # the reference pair is a round trip
+    assert torch.equal(model.unpatchify(tokens), x)
+    # and the other way round: arbitrary tokens land on the pixels DiT puts them on (rows vs columns in a patch)
+    tokens = torch.randn(2, (8 // patch) ** 2, patch * patch * 3)
+    assert torch.equal(model.unpatchify(tokens), reference_unpatchify(tokens, patch, 3))

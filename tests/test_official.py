@@ -231,3 +231,20 @@ def test_online_download_is_size_checked(tmp_path, monkeypatch):
     Meta.size = 4096
     with pytest.raises(CheckpointUnavailable, match="has 100 bytes but the Hub says 4096"):
         download("gmem-v1-xl")
+
+
+def test_a_network_saved_from_a_ddp_wrapper_loses_its_module_prefix(tmp_path):
+    # torch.save(ddp_model.state_dict()) names every key "module.<key>"; the released layout has plain keys
+    raw = released_dict()
+    path = tmp_path / "ddp.pth"
+    torch.save({**raw, "network": {f"module.{k}": v for k, v in raw["network"].items()}}, path)
+    network = load_official(path)["network"]
+    assert sorted(network) == sorted(raw["network"])
+    out = convert_official(path, tmp_path / "conv", bank_dtype="fp32", model_overrides=TINY)
+    model = load_checkpoint(out).model.state_dict()
+    for k, v in raw["network"].items():
+        assert torch.equal(model[k], v), k
+    # a key that merely starts with "module." among plain ones is left alone (it is not a DDP save)
+    mixed = {**raw["network"], "module.extra": torch.zeros(1)}
+    torch.save({**raw, "network": mixed}, path)
+    assert "module.extra" in load_official(path)["network"]
