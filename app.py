@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "checkpoint folder or a released-format .pth file")
     p.add_argument("--host", default=env_host or "127.0.0.1",
                    help="address to listen on; 0.0.0.0 makes the app reachable from other machines")
-    p.add_argument("--port", type=int, default=int(env_port) if env_port else None,
+    p.add_argument("--port", type=int, default=int(env_port) if env_port and env_port.isdigit() else None,
                    help="port to listen on (default: $GRADIO_SERVER_PORT if set, else the first free one from 7860 up)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="let the Model panel load checkpoint folders or .pth files by server-side path "
                         "(off by default: a visitor could otherwise make the server read any path)")
     args = p.parse_args(argv)
+    if env_port and not env_port.isdigit() and "--port" not in (argv if argv is not None else sys.argv):
+        p.error(f"$GRADIO_SERVER_PORT is {env_port!r}, not a port number: unset it, fix it or pass --port")
     for name in ("concurrency", "max_queue", "max_images", "max_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -333,7 +333,7 @@ def test_spaces_gpu_is_a_no_op_without_spaces():
     assert spaces_gpu()(fn) is fn
 
 
-def test_app_help_and_flags():
+def test_app_help_and_flags(monkeypatch, capsys):
     sys.path.insert(0, str(ROOT))
     import app
 
@@ -341,6 +341,14 @@ def test_app_help_and_flags():
     assert (args.host, args.port, args.share, args.checkpoint) == ("127.0.0.1", None, False, "emoji-32")
     with pytest.raises(SystemExit):
         app.parse_args(["--port", "0"])
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7861")  # what Spaces and docker set
+    assert app.parse_args([]).port == 7861
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "auto")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "$GRADIO_SERVER_PORT is 'auto', not a port number" in capsys.readouterr().err
+    assert app.parse_args(["--port", "9000"]).port == 9000  # the flag wins over a broken variable
+    monkeypatch.delenv("GRADIO_SERVER_PORT")
     out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--host" in out.stdout and "--share" in out.stdout and "Interpolate" in out.stdout
     # each default is stated once: --port's own text, not also argparse's "(default: None)"; flags get none
