@@ -367,3 +367,62 @@ def test_fast_cuda_runs_are_serialised_and_cpu_runs_are_not():
         for t in threads:
             t.join(10)
     assert most == {"cuda": 1, "cpu": 3}
+
+
+@pytest.mark.parametrize("method,guidance,guided", [("euler", 3.0, 2), ("heun", 0.5, 4)])
+def test_guidance_interval_edges_and_guidance_below_one_match_the_reference(tiny_model, method, guidance, guided):
+    """Euler / Heun on 4 steps visit t = 1, 0.75, 0.5, 0.25: both edges of [0.5, 0.75] lie on the grid and are
+    guided (closed interval, the reference's rule); guidance below 1 guides too. Heun guides its predictor at 0.75
+    and 0.5 and its correctors reaching 0.75 and 0.5."""
+    kw = dict(n=2, method=method, steps=4, guidance=guidance, guidance_interval=(0.5, 0.75))
+    ref = run(tiny_model, **kw)
+    out = run(tiny_model, fast_mode="fp32", **kw)
+    assert fast.last_run["guided_evaluations"] == guided
+    assert rel_l2(out, ref) < 1e-4
+    assert rel_l2(run(tiny_model, n=2, method=method, steps=4), ref) > 1e-3  # the guidance is visible
+
+
+def test_fast_steps_follow_the_sampler_formulas_with_the_models_velocity(tiny_model):
+    """Each fast SDE step is x + ((2 - t) v + x) dt + sqrt(2 t |dt|) eps (no noise on the last) with v the model's
+    velocity at the previous state, and denoised = x - t v: checked against the model itself, not the reference."""
+    noise, snippets, gens = inputs(2)
+    seen = []
+    fast.sample_fast(tiny_model, noise, snippets, "sde", 3, gens, precision="fp32", callback=seen.append)
+    _, _, gens = inputs(2)
+    eps = torch.stack([torch.randn((2, *SHAPE), generator=g) for g in gens])  # after the noise draw, as sample does
+    grid = [1.0, 0.52, 0.04, 0.0]
+    x = noise
+    for i, info in enumerate(seen):
+        t, dt = grid[i], grid[i + 1] - grid[i]
+        with torch.no_grad():
+            v = tiny_model(x, torch.full((2,), t), snippets)
+        torch.testing.assert_close(info.denoised, x - t * v, rtol=1e-4, atol=1e-5)
+        x = x + ((2 - t) * v + x) * dt + (2 * t * abs(dt)) ** 0.5 * (eps[:, i] if i < 2 else 0)
+        torch.testing.assert_close(info.x, x, rtol=1e-4, atol=1e-5)
+
+
+def test_heun_fast_path_skips_the_correction_on_the_last_step(tiny_model):
+    noise, snippets, _ = inputs(2)
+    seen = []
+    out = fast.sample_fast(tiny_model, noise, snippets, "heun", 2, precision="fp32", callback=seen.append)
+    assert fast.last_run["evaluations"] == 3
+    with torch.no_grad():
+        vel = lambda x, t: tiny_model(x, torch.full((2,), t), snippets)  # noqa: E731
+        v0 = vel(noise, 1.0)
+        x1 = noise - 0.25 * (v0 + vel(noise - 0.5 * v0, 0.5))
+        x2 = x1 - 0.5 * vel(x1, 0.5)
+    torch.testing.assert_close(seen[0].x, x1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, x2, rtol=1e-4, atol=1e-5)
+
+
+def test_fp8_quantisation_scales_each_row_by_its_own_maximum():
+    """Rows of very different size each keep e4m3's relative precision: one scale per row, row max / 448."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(1, 64, generator=g) * 1e-3 + 1e-4, torch.rand(1, 64, generator=g) * 1e2 + 1.0])
+    x[0, 5], x[1, 9] = -2e-3, -3e2  # a negative entry sets each row's max
+    q, scale = fp8.quantize_rows(x)
+    assert q.dtype == fp8.E4M3 and scale.shape == (2, 1)
+    torch.testing.assert_close(scale, torch.tensor([[2e-3], [3e2]]) / fp8.E4M3_MAX)
+    back = q.float() * scale
+    assert ((back - x).norm(dim=1) / x.norm(dim=1)).max() < 0.07
+    assert ((back - x).abs() / x.abs()).max() < 0.07  # every entry: the small row did not underflow

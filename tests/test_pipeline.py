@@ -228,3 +228,36 @@ def test_every_gmem_command_and_option_explains_itself():
             if action.option_strings and not action.required and action.default not in (None, False):
                 assert "default" in action.help, f"{name} {option}: its help does not state its default"
     assert {"gmem train", "gmem bank stats", "gmem bank nearest", "gmem bank compress"} <= set(seen)
+
+
+@pytest.mark.parametrize("choose", ["uniform", "frequency"])
+def test_choose_strategies_draw_each_row_with_its_images_seed(tiny_pipeline, choose):
+    out = tiny_pipeline.generate(6, seeds=range(6), choose=choose, steps=1)
+    expected = [tiny_pipeline.bank.choose(1, choose, torch.Generator().manual_seed(s)).item() for s in range(6)]
+    assert out.indices == expected
+    assert len(set(out.indices)) > 1  # seeds 0..5 do not all draw the same row
+
+
+def final_state(pipe, **kwargs):
+    """The latents generate() decoded (the last step's state, seen through the callback), and the Generation."""
+    seen = []
+    out = pipe.generate(callback=lambda info, start, total: seen.append(info.x.clone()), **kwargs)
+    return seen[-1], out
+
+
+def test_guidance_and_its_interval_reach_the_sampler(tiny_pipeline):
+    """generate(guidance=, guidance_interval=) samples exactly as sampling.sample with those settings."""
+    from gmem_explore.sampling import initial_noise, make_generators, sample
+
+    kw = dict(indices=[3], seeds=[0], method="euler", steps=3)
+    plain, _ = final_state(tiny_pipeline, **kw)
+    guided, out = final_state(tiny_pipeline, guidance=3.0, **kw)
+    narrow, _ = final_state(tiny_pipeline, guidance=3.0, guidance_interval=(0.9, 1.0), **kw)
+    assert out.settings["guidance"] == 3.0
+    assert (guided - plain).abs().max() > 1e-4 and (narrow - guided).abs().max() > 1e-4
+    for interval, got in (((0.0, 1.0), guided), ((0.9, 1.0), narrow)):
+        gens = make_generators([0], "cpu")
+        noise = initial_noise(gens, (3, 8, 8))
+        direct = sample(tiny_pipeline.model, noise, tiny_pipeline.bank.snippets(torch.tensor([3])), "euler", 3,
+                        generators=gens, guidance=3.0, guidance_interval=interval)
+        torch.testing.assert_close(got.float(), direct, rtol=0, atol=1e-6)

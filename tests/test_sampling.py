@@ -125,3 +125,105 @@ def test_nan_and_misshaped_snippets_are_refused(tiny_model):
         sample(tiny_model, torch.randn(2, 3, 8, 8), bad, "euler", 2)
     with pytest.raises(ValueError, match=r"snippets must have shape \(2, D\)"):
         sample(tiny_model, torch.randn(2, 3, 8, 8), torch.randn(3, 16), "euler", 2)
+
+
+def branch_stub(calls):
+    """Velocity 1 for the conditional branch, 0 for the all-zero (unconditional) snippet; records
+    (t, whether the call held an unconditional row)."""
+
+    def model(x, t, s):
+        null = (s == 0).all(dim=1)
+        calls.append((float(t[0]), bool(null.any())))
+        return torch.where(null.view(-1, 1, 1, 1), torch.zeros_like(x), torch.ones_like(x))
+
+    return model
+
+
+def test_guidance_interval_includes_its_lower_edge():
+    """Euler 4 steps visits t = 1, 0.75, 0.5, 0.25: the interval [0.5, 1] is closed, so t = 0.5 is guided."""
+    calls = []
+    out = sample(branch_stub(calls), torch.zeros(2, 1, 2, 2), torch.ones(2, 3), "euler", 4, guidance=3.0,
+                 guidance_interval=(0.5, 1.0))
+    assert [t for t, has_null in calls if has_null] == [1.0, 0.75, 0.5]
+    assert [t for t, has_null in calls if not has_null] == [0.25]
+    # guided velocity 0 + 3 (1 - 0) = 3 on three steps of dt -0.25, plain velocity 1 on the last
+    assert torch.allclose(out, torch.full_like(out, -0.25 * (3 + 3 + 3 + 1)))
+
+
+def test_guidance_below_one_is_applied():
+    """guidance 0.5 moves towards the unconditional branch: 0 + 0.5 (1 - 0) = 0.5; it is not 'no guidance'."""
+    calls = []
+    out = sample(branch_stub(calls), torch.zeros(1, 1, 2, 2), torch.ones(1, 3), "euler", 4, guidance=0.5)
+    assert [t for t, has_null in calls if has_null] == [1.0, 0.75, 0.5, 0.25]
+    assert torch.allclose(out, torch.full_like(out, -0.25 * 4 * 0.5))
+    plain = sample(branch_stub([]), torch.zeros(1, 1, 2, 2), torch.ones(1, 3), "euler", 4, guidance=1.0)
+    assert torch.allclose(plain, torch.full_like(plain, -1.0))
+
+
+def affine_velocity(x, t, s):
+    """A velocity depending on both x and t (so a step evaluated at the wrong point or time is visible)."""
+    return 0.5 * x + 0.3 * t.view(-1, *([1] * (x.ndim - 1))) - 0.1
+
+
+def f(x, t):
+    return 0.5 * x + 0.3 * t - 0.1
+
+
+def test_sde_steps_are_the_documented_euler_maruyama_by_hand():
+    """3 SDE steps on linspace(1, 0.04, 3) then 0: x + ((2 - t) v + x) dt + sqrt(2 t |dt|) eps, the last step
+    without noise; eps drawn up front from each image's generator; denoised = x - t v at every step."""
+    shape = (1, 2, 2)
+    noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(11))
+    seen = []
+    out = sample(affine_velocity, noise, torch.ones(2, 3), "sde", 3, generators=make_generators([5, 6], "cpu"),
+                 callback=seen.append)
+    eps = torch.stack([torch.randn((2, *shape), generator=torch.Generator().manual_seed(s)) for s in (5, 6)])
+    grid = [1.0, 0.52, 0.04, 0.0]
+    x = noise.double()
+    xs, denoised = [], []
+    for i in range(3):
+        t, dt = grid[i], grid[i + 1] - grid[i]
+        v = f(x, t)
+        denoised.append(x - t * v)
+        x = x + ((2 - t) * v + x) * dt
+        if i < 2:
+            x = x + math.sqrt(2 * t * abs(dt)) * eps[:, i].double()
+        xs.append(x)
+    assert [info.t for info in seen] == pytest.approx([0.52, 0.04, 0.0])
+    for info, x_i, d_i in zip(seen, xs, denoised):
+        torch.testing.assert_close(info.x.double(), x_i, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(info.denoised.double(), d_i, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), x, rtol=1e-5, atol=1e-5)
+
+
+def test_heun_corrects_every_step_but_the_last_by_hand():
+    """Heun, 2 steps on 1, 0.5, 0: a corrected step, then a plain Euler step; 3 evaluations; denoised = x - t v."""
+    calls = []
+
+    def model(x, t, s):
+        calls.append(float(t[0]))
+        return affine_velocity(x, t, s)
+
+    noise = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(3))
+    seen = []
+    out = sample(model, noise, torch.ones(2, 3), "heun", 2, callback=seen.append)
+    assert calls == [1.0, 0.5, 0.5] and len(calls) == evaluations("heun", 2)
+    x0 = noise.double()
+    v0 = f(x0, 1.0)
+    x1 = x0 - 0.5 * 0.5 * (v0 + f(x0 - 0.5 * v0, 0.5))
+    v1 = f(x1, 0.5)
+    x2 = x1 - 0.5 * v1
+    torch.testing.assert_close(seen[0].x.double(), x1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen[0].denoised.double(), x0 - 1.0 * v0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen[1].denoised.double(), x1 - 0.5 * v1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), x2, rtol=1e-5, atol=1e-5)
+
+
+def test_euler_denoised_is_x_minus_t_v():
+    noise = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(4))
+    seen = []
+    sample(affine_velocity, noise, torch.ones(1, 3), "euler", 2, callback=seen.append)
+    x0 = noise.double()
+    torch.testing.assert_close(seen[0].denoised.double(), x0 - f(x0, 1.0), rtol=1e-5, atol=1e-5)
+    x1 = x0 - 0.5 * f(x0, 1.0)
+    torch.testing.assert_close(seen[1].denoised.double(), x1 - 0.5 * f(x1, 0.5), rtol=1e-5, atol=1e-5)
