@@ -10,7 +10,7 @@ from gmem_explore import GMemPipeline, MemoryBank, build_model
 from gmem_explore.data import load_digits
 from gmem_explore.train import TrainConfig, Trainer
 
-from conftest import TINY, free_port
+from conftest import TINY, free_port, randomize
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,18 @@ def test_loss_goes_down_on_digits(digits):
     last = sum(h["mse"] for h in history[-10:]) / 10
     assert last < 0.7 * first, (first, last)
     assert trainer.step == 80 and all(torch.isfinite(p).all() for p in trainer.ema_model.parameters())
+    # the EMA network learnt too (an EMA left at its initial weights predicts zeros: the loss of no training),
+    # measured with the objective written out here, not with trainer.loss_on
+    g = torch.Generator().manual_seed(7)
+    idx = torch.randint(0, len(trainer.data), (128,), generator=g)
+    t, noise = torch.rand(128, generator=g), torch.randn((128, *trainer.data.shape[1:]), generator=g)
+    x = trainer.data[idx]
+    x_t = (1 - t[:, None, None, None]) * x + t[:, None, None, None] * noise
+    with torch.no_grad():
+        v, _ = trainer.ema(x_t, t, trainer.conditions[idx], "snippet", torch.ones(128), want_projection=False)
+    untrained = torch.nn.functional.mse_loss(torch.zeros_like(x), noise - x).item()
+    ema_mse = torch.nn.functional.mse_loss(v, noise - x).item()
+    assert ema_mse < 0.7 * untrained, (ema_mse, untrained)
 
 
 def test_resume_gives_the_same_weights_as_one_run(digits, tmp_path):
@@ -75,11 +87,34 @@ def test_callbacks_fire_with_payloads(digits, tmp_path):
 
 @pytest.mark.parametrize("condition", ["label", "none"])
 def test_label_and_unconditional_training(digits, condition):
+    """What reaches the snippet slot: the normalised, trained label embedding of each image's label (zeroed where
+    the keep mask drops it), or zeros for "none"."""
     torch.manual_seed(0)
     config = TrainConfig(steps=3, batch_size=8, condition=condition, progress=False)
     trainer = Trainer(build_model(**TINY), digits.images, digits.labels, config, use_accelerate=False)
+    embedding = trainer.module.label_embedding
+    assert (embedding is None) == (condition == "none")
+    initial = None if embedding is None else embedding.weight.detach().clone()
     trainer.fit()
     assert trainer.sample(2, steps=2).shape == (2, 8, 8, 3)
+    if embedding is not None:  # the embedding is trained with the network
+        assert not torch.equal(initial, embedding.weight)
+    seen = []
+    hook = trainer.network.condition_projection.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    trainer.config.snippet_dropout = 0.5  # so that both kept and dropped rows occur
+    idx, t, noise, keep = trainer._draw_batch()
+    try:
+        with torch.no_grad():
+            trainer.loss_on(idx, t, noise, keep)
+    finally:
+        hook.remove()
+    if condition == "none":
+        assert torch.equal(seen[0], torch.zeros(len(idx), 16))
+    else:
+        assert torch.equal(trainer.conditions, digits.labels.long())
+        want = torch.nn.functional.normalize(embedding.weight[digits.labels[idx]], dim=1) * keep[:, None]
+        torch.testing.assert_close(seen[0], want)
+        assert 0 < keep.sum() < len(keep)
 
 
 def test_repa_alignment_uses_the_encoder(digits):
@@ -121,6 +156,10 @@ def test_export_loads_as_a_pipeline(digits, tmp_path):
     assert out.images.shape == (2, 8, 8, 3) and pipe.info["name"] == "digits"
     torch.testing.assert_close(pipe.model.state_dict()["final_layer.linear.weight"],
                                trainer.ema_model.state_dict()["final_layer.linear.weight"])
+    # the EMA weights, not the training network's (after 2 steps they differ; the EMA itself is checked by
+    # test_ema_update_follows_the_warmed_up_decay)
+    assert not torch.equal(pipe.model.state_dict()["final_layer.linear.weight"],
+                           trainer.network.state_dict()["final_layer.linear.weight"])
     # a folder exported from a label baseline by an older version (the config says so) is refused on load
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     config["training"]["config"]["condition"] = "label"
@@ -343,3 +382,89 @@ def test_gmem_train_resume_continues_the_saved_schedule(tmp_path, capsys):
     meta = read_header(tmp_path / "run" / "train-state.safetensors")[1]
     assert meta["config"]["warmup"] == 1 and meta["config"]["steps"] == 10 and meta["step"] == 10
     assert [h["lr"] for h in meta["history"]] == [2e-4] * 10
+
+
+# ---- the objective, the EMA, snippet dropout and normalisation, each checked against its formula ---------------
+
+
+class RecordingModule(torch.nn.Module):
+    """Stands in for the TrainingModule: records what loss_on feeds it and answers `answer`."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer, self.calls = answer, []
+
+    def forward(self, x_t, t, cond, condition, keep, want_projection):
+        self.calls.append({"x_t": x_t, "t": t, "cond": cond, "keep": keep})
+        return self.answer, None
+
+
+def test_loss_on_is_the_gmem_objective(digits):
+    """x_t = (1 - t) x + t noise (t = 1 is pure noise) and the target is the velocity noise - x: a network that
+    answers exactly noise - x has zero loss."""
+    trainer = make(digits)
+    idx = torch.tensor([3, 0, 7, 3])
+    t = torch.tensor([0.0, 1.0, 0.25, 0.9])
+    noise = torch.randn((4, *trainer.data.shape[1:]), generator=torch.Generator().manual_seed(1))
+    keep = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    x = trainer.data[idx]
+    trainer.module = RecordingModule(noise - x)
+    loss, mse, repa = trainer.loss_on(idx, t, noise, keep)
+    assert mse.item() == 0 and loss.item() == 0 and repa.item() == 0
+    call = trainer.module.calls[0]
+    torch.testing.assert_close(call["x_t"], (1 - t[:, None, None, None]) * x + t[:, None, None, None] * noise)
+    assert torch.equal(call["x_t"][0], x[0]) and torch.equal(call["x_t"][1], noise[1])  # t = 0 data, t = 1 noise
+    assert torch.equal(call["t"], t) and torch.equal(call["keep"], keep)
+    assert torch.equal(call["cond"], trainer.conditions[idx])
+    # and the loss is the mean squared error to that target (an answer of x - noise is off by 2 (noise - x))
+    trainer.module = RecordingModule(x - noise)
+    torch.testing.assert_close(trainer.loss_on(idx, t, noise, keep)[1], (2 * (noise - x)).pow(2).mean())
+
+
+@pytest.mark.parametrize("ema_decay", [0.5, 0.05])
+def test_ema_update_follows_the_warmed_up_decay(digits, ema_decay):
+    """After optimizer step k (1, 2, ...) each EMA weight moves from its old value towards the new weight by
+    1 - min(ema_decay, (1 + k) / (10 + k)): with 0.5 the warm-up rules (2/11, 3/12), with 0.05 the decay does."""
+    trainer = make(digits, batch_size=8, ema_decay=ema_decay)
+    moved = False
+    for k in (1, 2):
+        old = {name: p.detach().clone() for name, p in trainer.ema.named_parameters()}
+        trainer.train_step()
+        assert trainer.step == k
+        decay = min(ema_decay, (1 + k) / (10 + k))
+        new = dict(trainer.module.named_parameters())
+        for name, p in trainer.ema.named_parameters():
+            want = old[name] + (new[name].detach() - old[name]) * (1 - decay)
+            torch.testing.assert_close(p, want, atol=1e-7, rtol=1e-5, msg=name)
+            moved = moved or (new[name] - old[name]).abs().max() > 1e-4
+    assert moved  # the weights changed, so an EMA that copies them, or stays behind, fails above
+
+
+def test_snippet_dropout_keeps_the_right_share(digits):
+    """The keep mask keeps a snippet with probability 1 - snippet_dropout."""
+    trainer = make(digits, batch_size=4000, snippet_dropout=0.1)
+    keep = trainer._draw_batch()[3]
+    assert keep.shape == (4000,) and set(keep.unique().tolist()) <= {0.0, 1.0}
+    assert keep.mean().item() == pytest.approx(0.9, abs=0.02)
+    trainer.config.snippet_dropout = 0.0
+    assert torch.equal(trainer._draw_batch()[3], torch.ones(4000))
+    trainer.config.snippet_dropout = 1.0
+    assert torch.equal(trainer._draw_batch()[3], torch.zeros(4000))
+
+
+def test_snippet_conditions_are_normalised(digits):
+    """Training sees unit rows, so a bank row's scale does not matter (the pipeline normalises too): rows five
+    times as long train exactly like the rows themselves."""
+    rows = conditions(len(digits))
+    config = TrainConfig(steps=1, batch_size=8, progress=False)
+
+    def first_loss(given):
+        trainer = Trainer(randomize(build_model(**TINY)), digits.images, given, config, use_accelerate=False)
+        return trainer, trainer.train_step()["loss"]
+
+    plain, loss = first_loss(rows)
+    scaled, scaled_loss = first_loss(5 * rows)
+    torch.testing.assert_close(scaled.conditions.norm(dim=1), torch.ones(len(rows)))
+    torch.testing.assert_close(scaled.conditions, rows / rows.norm(dim=1, keepdim=True))
+    assert scaled_loss == loss
+    assert first_loss(conditions(len(digits), seed=3))[1] != loss  # the check can fail: the snippet matters
