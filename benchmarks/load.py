@@ -65,9 +65,9 @@ def serve(port: int, max_queue: int) -> None:
 def mean_colour(path) -> tuple[float, float, float]:
     from PIL import Image
 
-    img = Image.open(path).convert("RGB")
-    pixels = list(img.getdata())
-    return tuple(sum(p[c] for p in pixels) / len(pixels) for c in range(3))
+    from PIL import ImageStat
+
+    return tuple(ImageStat.Stat(Image.open(path).convert("RGB")).mean)  # getdata() is deprecated in Pillow 14
 
 
 def refused(error: Exception) -> bool:
