@@ -5,8 +5,9 @@ import gradio as gr
 import torch
 
 from .sampling import METHODS
-from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_float, as_int, encode_upload, friendly,
-                        hidden_seed, image_upload, pick_seed, row_range, run_live, stopped, upscale)
+from .ui_common import (AppContext, Session, UserError, as_float, as_int, friendly, hidden_seed, pick_seed, row_range,
+                        run_live, stopped, upscale)
+from .ui_files import RAW_INPUTS, encode_upload, image_upload
 
 SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
 # One plain sentence per choice, shown under the radio for the current choice.

@@ -10,9 +10,9 @@ from .bank import MIX_METHODS, MemoryBank, check_snippets, normalize
 from .bank_tools import partner_row
 from .bank import mix as mix_snippets
 from .sampling import METHODS
-from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_int, encode_upload, friendly, hidden_seed,
-                        image_upload, pick_seed, row_caption, row_range, run_live, scratch_path, stopped,
-                        upscale)
+from .ui_common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
+                        row_range, run_live, stopped, upscale)
+from .ui_files import RAW_INPUTS, encode_upload, image_upload, scratch_path
 from .viz import image_grid
 
 ENDPOINT_SOURCES = ("bank row", "uploaded image")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import gradio as gr
 import torch
 
-from .ui_common import (RAW_INPUTS, AppContext, Session, UserError, as_int, encode_upload, friendly, hidden_seed,
-                        image_upload, pick_seed, row_caption, scratch_path, upscale)
+from .ui_common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
+                        upscale)
+from .ui_files import RAW_INPUTS, encode_upload, image_upload, scratch_path
 
 MAX_EDITS = 1000  # rows a session may add; beyond this a script (gmem build-bank) is the right tool
 UPLOAD_GROUP = "your upload"  # the group of a row replaced or added here: its old group no longer describes it

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a network
-# gradio's upload folder, private to this run: the app reads uploads only from there (ui_common.in_upload_folder),
+# gradio's upload folder, private to this run: the app reads uploads only from there (ui_files.in_upload_folder),
 # so the tests' pictures are written there too (upload_folder below). Set before gradio is imported.
 os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gmem-tests-gradio-")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

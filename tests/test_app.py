@@ -17,8 +17,8 @@ from app_tiny import ROWS, tiny_factory, tiny_pipeline
 from gmem_explore import MemoryBank, bank_tools
 from gmem_explore.checkpoint import Checkpoint, save_checkpoint
 from gmem_explore.ui import build_app, load_checkpoint
-from gmem_explore.ui_common import (RANDOM_SEEDS, Limits, Session, UserError, friendly, spaces_gpu, stopped,
-                                    upload_to_image)
+from gmem_explore.ui_common import RANDOM_SEEDS, Limits, UserError, friendly, spaces_gpu, stopped
+from gmem_explore.ui_files import upload_to_image
 from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
 
 from conftest import free_port, upload_folder

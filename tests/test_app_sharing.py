@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from app_tiny import tiny_pipeline
-from gmem_explore import ui_common
-from gmem_explore.ui_common import AppContext, Limits, PipelineStore, run_live, scratch_path
+from gmem_explore import ui_files
+from gmem_explore.ui_common import AppContext, Limits, PipelineStore, run_live
+from gmem_explore.ui_files import scratch_path
 
 
 def test_a_slow_load_blocks_only_requests_for_that_model():
@@ -76,10 +77,10 @@ def test_model_calls_never_overlap_even_when_their_requests_were_cancelled():
 
 
 def test_scratch_files_older_than_an_hour_are_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(ui_common, "SCRATCH", tmp_path / "scratch")
+    monkeypatch.setattr(ui_files, "SCRATCH", tmp_path / "scratch")
     first = scratch_path("bank.safetensors")
     first.write_bytes(b"x")
-    hour_ago = time.time() - ui_common.SCRATCH_TTL_S - 5
+    hour_ago = time.time() - ui_files.SCRATCH_TTL_S - 5
     os.utime(first.parent, (hour_ago, hour_ago))
     fresh = scratch_path("interpolation.gif")
     fresh.write_bytes(b"y")
@@ -92,7 +93,7 @@ def test_scratch_files_older_than_an_hour_are_removed(tmp_path, monkeypatch):
 def test_downloads_and_gifs_are_written_to_the_scratch_folder(writer, tmp_path, monkeypatch):
     from gmem_explore import ui_interpolate, ui_swap
 
-    monkeypatch.setattr(ui_common, "SCRATCH", tmp_path / "scratch")
+    monkeypatch.setattr(ui_files, "SCRATCH", tmp_path / "scratch")
     if writer == "gif":
         path = ui_interpolate.write_gif(torch.zeros(3, 8, 8, 3, dtype=torch.uint8))
     else:
