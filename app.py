@@ -25,6 +25,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def env_int(parser: argparse.ArgumentParser, name: str, default: int) -> int:
+    """The integer in environment variable `name`, else `default`; a non-integer is a usage error naming it."""
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if not value.strip().isdigit():
+        parser.error(f"${name} is {value!r}, not a whole number: unset it or fix it")
+    return int(value)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     env_host = os.environ.get("GRADIO_SERVER_NAME")  # set by Hugging Face Spaces (0.0.0.0) and docker setups
     env_port = os.environ.get("GRADIO_SERVER_PORT")
@@ -43,11 +53,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="port to listen on (default: $GRADIO_SERVER_PORT if set, else the first free one from 7860 up)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
-    p.add_argument("--concurrency", type=int, default=1,
-                   help="model calls served at once (more only helps on a large GPU)")
-    p.add_argument("--max-queue", type=int, default=32, help="requests that may wait; later ones are refused")
-    p.add_argument("--max-images", type=int, default=16, help="images per request")
-    p.add_argument("--max-steps", type=int, default=500, help="sampler steps per request")
+    # A Space runs `python app.py` with no flags: these four also read GMEM_<NAME> (e.g. GMEM_MAX_STEPS=100), set
+    # as the Space's variables, to lower what one anonymous request may cost
+    for flag, default, text in (("--concurrency", 1, "model calls served at once (more only helps on a large GPU)"),
+                                ("--max-queue", 32, "requests that may wait; later ones are refused"),
+                                ("--max-images", 16, "images per request"),
+                                ("--max-steps", 500, "sampler steps per request")):
+        env = "GMEM_" + flag[2:].upper().replace("-", "_")
+        p.add_argument(flag, type=int, default=env_int(p, env, default),
+                       help=f"{text} (default: ${env} if set, else {default})")
     p.add_argument("--max-file-size", default="10mb", help="largest upload accepted")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
     p.add_argument("--allow-local-checkpoints", action="store_true",

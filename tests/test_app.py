@@ -349,11 +349,22 @@ def test_app_help_and_flags(monkeypatch, capsys):
     assert "$GRADIO_SERVER_PORT is 'auto', not a port number" in capsys.readouterr().err
     assert app.parse_args(["--port", "9000"]).port == 9000  # the flag wins over a broken variable
     monkeypatch.delenv("GRADIO_SERVER_PORT")
+    monkeypatch.setenv("GMEM_MAX_STEPS", "100")  # a Space's variables set the limits of `python app.py`
+    monkeypatch.setenv("GMEM_CONCURRENCY", "2")
+    args = app.parse_args([])
+    assert (args.max_steps, args.concurrency, args.max_images) == (100, 2, 16)
+    assert app.parse_args(["--max-steps", "50"]).max_steps == 50
+    monkeypatch.setenv("GMEM_MAX_STEPS", "lots")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "$GMEM_MAX_STEPS is 'lots', not a whole number" in capsys.readouterr().err
+    monkeypatch.delenv("GMEM_MAX_STEPS")
+    monkeypatch.delenv("GMEM_CONCURRENCY")
     out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--host" in out.stdout and "--share" in out.stdout and "Interpolate" in out.stdout
     # each default is stated once: --port's own text, not also argparse's "(default: None)"; flags get none
     assert "(default: None)" not in out.stdout and "(default: False)" not in out.stdout
-    assert "from 7860 up" in out.stdout and "(default: 500)" in out.stdout
+    assert "from 7860 up" in out.stdout and "$GMEM_MAX_STEPS if" in out.stdout and "else 500)" in out.stdout
 
 
 def test_app_refuses_a_bad_checkpoint_with_a_message(tmp_path):
