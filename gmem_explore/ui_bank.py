@@ -290,10 +290,13 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     for slider in (x0, x1, y0, y1):
         slider.release(ctx.model_call(on_map), map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
     details_outputs = [thumb, row_md, neighbours, neighbour_rows]
+    # the map redrawn with its ring on the row just shown; the old map stays up meanwhile (a progress overlay on
+    # every thumbnail click blanked it for about a second)
+    ring = dict(fn=ctx.model_call(on_ring), inputs=map_inputs, outputs=plot, api_visibility="private",
+                show_progress="hidden", **ctx.model_queue)
     # check first (no outputs), fill only on success: a bad row is one toast, not an error badge per output
     row.submit(on_check, [state, row], None, api_visibility="private").success(
-        on_details, [state, row], details_outputs, api_name="bank_row").then(
-        ctx.model_call(on_ring), map_inputs, plot, api_visibility="private", **ctx.model_queue)
+        on_details, [state, row], details_outputs, api_name="bank_row").then(**ring)
     gen_btn.click(on_check, [state, row], None, api_visibility="private").success(
         ctx.model_call(on_row_generate), [state, row], generations, api_name="bank_row_generate", **ctx.model_queue)
 
@@ -303,8 +306,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     # every grid keeps the rows it shows in a State beside it, so a click maps its position to a row
     for gal, rows_state in ((selection, selected_rows), (page_gallery, page_rows), (neighbours, neighbour_rows)):
         gal.select(pick, rows_state, row, api_visibility="private").then(
-            on_details, [state, row], details_outputs, api_visibility="private").then(
-            ctx.model_call(on_ring), map_inputs, plot, api_visibility="private", **ctx.model_queue)
+            on_details, [state, row], details_outputs, api_visibility="private").then(**ring)
     for gal in (selection, page_gallery, neighbours):
         gal.change(unmark, None, gal, api_visibility="private", queue=False)
 

@@ -7,6 +7,7 @@ same code runs on the embedded default model and rewrites docs/images/app_<tab>.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -122,8 +123,9 @@ def gallery(driver, elem_id: str) -> list[tuple[str, str]]:
             for img in css(driver, f"#{elem_id} .thumbnail-item img")]
 
 
-def final_gallery(driver, elem_id: str, count: int, done=lambda caption: "step" not in caption):
-    """Wait until the gallery shows `count` final images (live previews are captioned 'step k/N')."""
+def final_gallery(driver, elem_id: str, count: int, done=lambda caption: not re.search(r"\d+/\d+", caption)):
+    """Wait until the gallery shows `count` final images (live previews say their step: 'step k/N' in Generate,
+    'w 0.25 · k/N' in Interpolate)."""
     def ready():
         items = gallery(driver, elem_id)
         return items if len(items) == count and all(done(c) for _, c in items) else None

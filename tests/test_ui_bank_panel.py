@@ -147,6 +147,7 @@ def test_a_click_in_any_row_grid_picks_its_row_shows_it_and_rings_it_on_the_map(
     # after the details, the map is redrawn with its red ring on the picked row (row box and every grid)
     rings = handlers(demo, "on_ring")
     assert len(rings) == 4 and all(f.outputs == [component(demo, "bank-map")] for f in rings)
+    assert all(f.show_progress == "hidden" for f in rings)  # the old map stays up while the new one is drawn
     s = ctx.new_session()
     fig = rings[0].fn(s, "pca", "group", 0, 100, 0, 100, 6)
     ring = [c for c in fig.axes[0].collections if len(c.get_edgecolor()) and c.get_facecolor().size == 0]
