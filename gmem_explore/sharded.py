@@ -104,10 +104,18 @@ def count_pngs(out_dir) -> int:
     return sum(1 for e in os.scandir(out_dir) if e.name.endswith(".png") and not e.name.startswith("."))
 
 
+def checkpoint_identity(checkpoint) -> str:
+    """What run.json records: a checkpoint name as given, a path as an absolute path, so that resuming from another
+    folder, or with `./ck` for `ck`, is the same run."""
+    path = Path(str(checkpoint)).expanduser()
+    return str(path.resolve()) if path.exists() else str(checkpoint)
+
+
 def check_settings(out_dir: Path, settings: RunSettings) -> None:
     record = out_dir / "run.json"
     if record.is_file():
         old = {"guidance_interval": [0.0, 1.0], **json.loads(record.read_text())}  # runs from before the field
+        old["checkpoint"] = checkpoint_identity(old.get("checkpoint", ""))  # older runs kept the path as typed
         if old != asdict(settings):
             diff = {k: (old.get(k), v) for k, v in asdict(settings).items() if old.get(k) != v}
             raise ValueError(f"{out_dir} holds images made with other settings {diff} (old, new); resuming would mix "
@@ -214,7 +222,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         steps = pipe.sampler.get("steps", 250) if steps is None else steps
         check_method_and_steps(method, steps)
         low, high = (float(v) for v in guidance_interval)
-        settings = RunSettings(str(checkpoint), method, int(steps), choose, precision, float(guidance), [low, high])
+        settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance), [low, high])
         check_settings(out_dir, settings)
         set_precision(pipe, precision, device)
         out_dir.mkdir(parents=True, exist_ok=True)

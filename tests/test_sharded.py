@@ -54,7 +54,7 @@ def test_one_process_npz_layout_and_same_images_as_generate(tiny_folder, tmp_pat
     assert info["seed"] == 12 and info["row"] == ref.indices[2] and info["steps"] == 3 and info["method"] == "sde"
 
 
-def test_resume_skips_finished_seeds_and_refuses_other_settings(tiny_folder, tmp_path):
+def test_resume_skips_finished_seeds_and_refuses_other_settings(tiny_folder, tmp_path, monkeypatch):
     out = tmp_path / "run"
     run(str(tiny_folder), out, num=6, base_seed=10, batch_size=4, device="cpu", npz=None, progress=False)
     first = np.stack([np.asarray(Image.open(png_path(out, s))) for s in SEEDS])
@@ -66,6 +66,9 @@ def test_resume_skips_finished_seeds_and_refuses_other_settings(tiny_folder, tmp
     assert np.array_equal(np.load(npz)["arr_0"], first)  # the redone images are the same images
     with pytest.raises(ValueError, match="other settings"):
         run(str(tiny_folder), out, num=6, base_seed=10, steps=2, device="cpu", progress=False)
+    monkeypatch.chdir(tiny_folder.parent)  # the same checkpoint named by a relative path is the same run
+    run(f"./{tiny_folder.name}", out, num=6, base_seed=10, batch_size=4, device="cpu", npz=None, progress=False)
+    assert json.loads((out / "run.json").read_text())["checkpoint"] == str(tiny_folder.resolve())
     with pytest.raises(ValueError, match="other settings.*guidance"):
         run(str(tiny_folder), out, num=6, base_seed=10, guidance=2.0, guidance_interval=(0.5, 1.0), device="cpu",
             progress=False)
