@@ -69,7 +69,8 @@ class ModelConfig:
 
 
 def model_config(name: str | None = None, **overrides) -> ModelConfig:
-    """Config for a named size ("SiT-XL/2") and/or explicit keywords; keywords win."""
+    """Config for a named size ("SiT-XL/2") and/or explicit keywords; keywords win. Without an explicit
+    encoder_depth, a network shallower than the default 8 blocks takes its REPA projector after its last block."""
     base = ModelConfig()
     if name is not None:
         try:
@@ -82,7 +83,10 @@ def model_config(name: str | None = None, **overrides) -> ModelConfig:
             names = [f"SiT-{s}/{p}" for s in SIZES for p in PATCHES]
             raise ValueError(f"Unknown model name {name!r}; choose one of {names} or pass sizes as keywords") from None
         base = replace(base, depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch)
-    return ModelConfig.from_dict({**base.to_dict(), **overrides})
+    merged = {**base.to_dict(), **overrides}
+    if "encoder_depth" not in overrides:  # the REPA tap (block 8) of a network shallower than 8: its last block
+        merged["encoder_depth"] = min(merged["encoder_depth"], merged["depth"])
+    return ModelConfig.from_dict(merged)
 
 
 def build_model(name: str | None = None, **overrides) -> "GMemSiT":

@@ -172,3 +172,12 @@ def test_unpatchify_follows_dits_pixel_layout(patch):
     # and the other way round: arbitrary tokens land on the pixels DiT puts them on (rows vs columns in a patch)
     tokens = torch.randn(2, (8 // patch) ** 2, patch * patch * 3)
     assert torch.equal(model.unpatchify(tokens), reference_unpatchify(tokens, patch, 3))
+
+
+def test_a_shallow_custom_model_builds_without_naming_its_repa_block():
+    """The README's example: depth 2 with the default REPA tap (block 8) takes its last block instead."""
+    model = build_model(input_size=8, patch_size=2, hidden_size=64, depth=2, num_heads=4)
+    assert model.config.encoder_depth == 2
+    assert build_model(input_size=8, patch_size=2, hidden_size=64, depth=12, num_heads=4).config.encoder_depth == 8
+    with pytest.raises(ValueError, match="encoder_depth 3 must lie in"):  # an explicit value is still checked
+        build_model(input_size=8, patch_size=2, hidden_size=64, depth=2, num_heads=4, encoder_depth=3)
