@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .bank import MemoryBank, check_snippets, normalize
+from .bank import CHUNK, MemoryBank, check_snippets, normalize
 from .safefiles import load_tensors, save_tensors
 
-CHUNK = 65536
 LOW_RANK_FORMAT = "gmem-explore-lowrank-bank-1"  # MemoryBank.load recognises a compressed file by it
 
 
