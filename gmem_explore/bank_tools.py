@@ -160,6 +160,10 @@ class LowRankBank:
         if meta.get("format") != LOW_RANK_FORMAT:
             raise ValueError(f"{path} is not a low-rank bank file (format {meta.get('format')!r}); a full bank file "
                              f"opens with MemoryBank.load")
+        missing = [k for k in ("coeffs", "basis", "mean") if k not in tensors]
+        if missing:
+            raise ValueError(f"{path} is a damaged low-rank bank file: it has no {missing} tensor(s); compress the "
+                             f"full bank again (gmem bank compress)")
         return cls(tensors["coeffs"], tensors["basis"], tensors["mean"], tensors.get("freq"), meta.get("report", {}),
                    tensors.get("labels"), meta.get("label_names"), tensors.get("thumbnails"))
 
