@@ -146,7 +146,12 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
         row_boxes = {"Bank row": gen["row"], **interp["rows"]}
 
         def ranges(*names):
-            return lambda session: [row_range(ctx.bank(session), name) for name in names]
+            """The row boxes' updates: a list for several outputs, the update itself for one (gradio takes a
+            one-element list as the box's value and fails to show it)."""
+            def updates(session):
+                found = [row_range(ctx.bank(session), name) for name in names]
+                return found[0] if len(found) == 1 else found
+            return updates
 
         def after_load(session):
             """The dropdown names the model in use, also after a failed switch (it kept the old one), and the row

@@ -90,6 +90,8 @@ def wait_for(driver, condition, what: str, timeout: float = TIMEOUT):
     while time.monotonic() < end:
         try:
             value = condition()
+        except AssertionError:  # a check inside the condition failed (e.g. an error toast): no point waiting
+            raise
         except Exception:  # noqa: BLE001 - elements re-render while gradio updates them
             value = None
         if value:
@@ -102,10 +104,18 @@ def css(driver, selector):
     return driver.find_elements("css selector", selector)
 
 
+def no_error_toast(driver):
+    """None of these tests expects an error: a red toast means a handler failed (its text says which)."""
+    errors = [t.text for t in css(driver, ".toast-body.error")]
+    assert not errors, f"the page shows an error: {errors}"
+
+
 def open_tab(driver, name: str):
     (tab,) = [b for b in css(driver, "button[role=tab]") if b.text.strip() == name]
     tab.click()
     wait_for(driver, lambda: tab.get_attribute("aria-selected") == "true", f"the {name} tab")
+    time.sleep(0.5)  # the tab's own select handlers (row ranges, the Bank tab's statistics) answer within this
+    no_error_toast(driver)
 
 
 def set_number(driver, elem_id: str, value):
@@ -127,9 +137,12 @@ def final_gallery(driver, elem_id: str, count: int, done=lambda caption: not re.
     """Wait until the gallery shows `count` final images (live previews say their step: 'step k/N' in Generate,
     'w 0.25 · k/N' in Interpolate)."""
     def ready():
+        no_error_toast(driver)
         items = gallery(driver, elem_id)
         return items if len(items) == count and all(done(c) for _, c in items) else None
-    return wait_for(driver, ready, f"{count} images in #{elem_id}")
+    items = wait_for(driver, ready, f"{count} images in #{elem_id}")
+    no_error_toast(driver)
+    return items
 
 
 def screenshot(driver, name: str):
