@@ -2,6 +2,7 @@
 server on a free local port (two clients = two sessions that must not see each other's edited bank)."""
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -466,3 +467,25 @@ def test_edited_bank_reuses_the_umap_map(ctx, pictures, tmp_path, monkeypatch):
     assert "2 row(s) edited" in note
     _, _, rows, summary = ui_bank.bank_map(ctx, s, "umap", "group", 0, 100, 0, 100, new_row)
     assert new_row in rows and "not refitted" in summary
+
+
+def test_every_event_survives_the_values_the_page_starts_with(demo):
+    """Each handler, run through gradio with its inputs' initial values (what a first click sends), ends in a
+    result or a gr.Error message, never a server error. It caught a tab handler whose one output got a list."""
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    state, failures = SessionState(demo), []
+    for index, f in demo.fns.items():
+        if f.fn is None or any("EventData" in str(p.annotation) or "SelectData" in str(p.annotation)
+                               for p in inspect.signature(f.fn).parameters.values()):
+            continue  # a js-only step, or a click on a thumbnail (it needs the clicked item)
+        inputs = [None if isinstance(b, gr.State) else getattr(b, "value", None) for b in f.inputs]
+        try:
+            asyncio.run(demo.process_api(index, inputs, state=state, explicit_call=True))
+        except gr.Error:
+            pass
+        except Exception as e:  # noqa: BLE001 - collected, so one run names every failing handler
+            failures.append(f"{getattr(f.fn, '__name__', '?')} ({f.api_name}): {type(e).__name__}: {e}"[:300])
+    assert not failures, failures
