@@ -30,6 +30,8 @@ INTRO = (
 # does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
 # captions may use the thumbnail's whole width (gradio stops them at 80%). Without a set height a .fit-grid gallery
 # is as tall as its rows: gradio's "auto" height is at least 450 px, which left empty space under two rows.
+# A gallery without a fixed height (height="fit-content") gets overflow "auto": gradio's "scroll" drew a scroll bar
+# beside one row of images that had nothing to scroll.
 CSS = """
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
 #swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
@@ -37,6 +39,7 @@ CSS = """
 .fit-grid .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; }
 .fit-grid .caption-label { max-width: 100% !important; }
 .fit-grid .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; overflow-y: auto; }
+.grid-wrap:not(.fixed-height) { overflow-y: auto !important; }
 footer { display: none !important; }
 """
 

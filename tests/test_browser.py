@@ -172,6 +172,10 @@ def test_generate_produces_captioned_images(browser):
     assert all(caption.startswith("seed ") and " · row " in caption for _, caption in items)  # seed first
     first_seed = items[0][1].split(" · ")[0].removeprefix("seed ")
     wait_for(browser, lambda: f"from seed {first_seed}" in css(browser, "#generate-status")[0].text, "the status line")
+    # one row of images, nothing to scroll: no scroll bar beside it, once the images have their size (while they
+    # load, the row can overflow for a moment)
+    bar = "const g = document.querySelector('#generate-gallery .grid-wrap'); return g.offsetWidth - g.clientWidth;"
+    wait_for(browser, lambda: browser.execute_script(bar) == 0, "the gallery without a scroll bar", timeout=15)
     screenshot(browser, "generate")
 
 
