@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from .autoencoders import PixelSpace, SDVAE
-from .bank import MIX_METHODS, MemoryBank, check_snippets, mix, normalize
+from .bank import MIX_METHODS, MemoryBank, check_snippets, normalize
 from .bank import mix as mix_snippets  # interpolate's `mix` argument names the method
 from .checkpoint import Checkpoint, load_checkpoint
 from .sampling import StepInfo, check_method_and_steps, initial_noise, make_generators, sample
@@ -131,7 +131,7 @@ class GMemPipeline:
         return normalize(self.encoder.encode(images))
 
     def mix(self, a, b, weight: float, method: str = "slerp", seed: int = 0) -> torch.Tensor:
-        return mix(a, b, weight, method, seed)
+        return mix_snippets(a, b, weight, method, seed)
 
     # ---- generation -------------------------------------------------------------------------------------
     def generate(

@@ -284,11 +284,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     map_inputs = [state, method, color, x0, x1, y0, y1, row]
     map_outputs = [plot, selection, selected_rows, summary]
-    draw.click(ctx.model_call(on_map), map_inputs, map_outputs, api_name="bank_map", **ctx.model_queue)
+    draw_map = ctx.model_call(on_map)
+    draw.click(draw_map, map_inputs, map_outputs, api_name="bank_map", **ctx.model_queue)
     for control in (method, color):
-        control.change(ctx.model_call(on_map), map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
+        control.change(draw_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
     for slider in (x0, x1, y0, y1):
-        slider.release(ctx.model_call(on_map), map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
+        slider.release(draw_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
     details_outputs = [thumb, row_md, neighbours, neighbour_rows]
     # the map redrawn with its ring on the row just shown; the old map stays up meanwhile (a progress overlay on
     # every thumbnail click blanked it for about a second)

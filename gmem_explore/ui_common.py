@@ -261,7 +261,6 @@ def pick_seed(seed, randomize: bool) -> int:
     return secrets.randbelow(RANDOM_SEEDS) if randomize else as_int(seed, "seed", 0, MAX_SEED)
 
 
-# Events that read an upload box take their inputs unprocessed (FileData dicts, raw numbers): gradio's own
 # ---- display ------------------------------------------------------------------------------------------------
 def upscale(image: torch.Tensor, size: int = DISPLAY_SIZE) -> Image.Image:
     """uint8 (H, W, 3) -> PIL, enlarged by a whole factor (nearest) so that it is at least `size` pixels wide."""

@@ -17,6 +17,7 @@ from .pipeline import GMemPipeline
 from .ui_common import UserError
 
 
+# Events that read an upload box take their inputs unprocessed (FileData dicts, raw numbers): gradio's own
 # Image.preprocess opens every upload with PIL and turns a bad file into a raw "Could not preprocess input
 # component" error. A wrapper on the box's preprocess does not survive: a gr.update (e.g. visible=True) makes
 # gradio re-create the component from its constructor arguments. Our handlers check every value themselves

@@ -6,9 +6,8 @@ from __future__ import annotations
 import gradio as gr
 import torch
 
-from .bank import MIX_METHODS, MemoryBank, check_snippets, normalize
+from .bank import MIX_METHODS, MemoryBank
 from .bank_tools import partner_row
-from .bank import mix as mix_snippets
 from .sampling import METHODS
 from .ui_common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
                         row_range, run_live, stopped, upscale)
@@ -64,13 +63,8 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
     yield [], None, None, seed, {"status": "starting", "seed": seed}
 
     def run_with_sampler(callback):
-        # pipeline.interpolate's `method` names the mix, so the sampler choice needs this spelled-out version
-        # of it: the same frames (mix of the two normalised snippets at each weight, one seed), any sampler.
-        sa = pipe.bank.snippets([a]) if isinstance(a, int) else normalize(check_snippets(a, pipe.snippet_dim))
-        sb = pipe.bank.snippets([b]) if isinstance(b, int) else normalize(check_snippets(b, pipe.snippet_dim))
-        frames = torch.cat([mix_snippets(sa, sb, w, mix, seed) for w in weights])
-        return pipe.generate(snippets=frames, seeds=[seed] * k, method=method, steps=steps,
-                             batch_size=ctx.limits.batch_size, callback=callback)
+        return pipe.interpolate(a, b, k, mix=mix, seed=seed, method=method, steps=steps,
+                                batch_size=ctx.limits.batch_size, callback=callback)
 
     for kind, payload, *rest in run_live(pipe, run_with_sampler, progress, ctx.limits.preview_seconds,
                                              ctx.model_slots):

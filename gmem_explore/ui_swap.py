@@ -30,10 +30,6 @@ def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, ran
     return items, seed, f"Nearest bank rows to this image: {near}"
 
 
-def edited_bank(ctx: AppContext, session: Session):
-    return ctx.private_bank(session)  # copy-on-first-edit: the file stays as it is
-
-
 def upload_label(bank) -> int | None:
     """The label for a row made from an upload: the group UPLOAD_GROUP (added to this session's copy's own
     label_names when missing), -1 (no group) for a bank with numeric labels only, None for a bank without labels."""
@@ -50,7 +46,7 @@ def replace_row(ctx: AppContext, session: Session, upload, row):
     pipe = ctx.pipeline(session)
     r = as_int(row, "row", 0, len(pipe.bank) - 1)
     snippet, thumb = encode_upload(pipe, upload)
-    bank = edited_bank(ctx, session)
+    bank = ctx.private_bank(session)  # copy-on-first-edit: the file stays as it is
     before = row_caption(bank, r)
     bank.replace(r, snippet[0].to(bank.rows.dtype), thumbnail=thumb if bank.thumbnails is not None else None,
                  label=upload_label(bank))
@@ -64,7 +60,7 @@ def add_row(ctx: AppContext, session: Session, upload):
         raise UserError(f"This session already made {MAX_EDITS} edits; download the bank and build larger banks "
                         f"with a script.")
     snippet, thumb = encode_upload(pipe, upload)
-    bank = edited_bank(ctx, session)
+    bank = ctx.private_bank(session)  # copy-on-first-edit: the file stays as it is
     label = upload_label(bank)
     (new,) = bank.add(snippet.to(bank.rows.dtype), thumbnails=thumb[None] if bank.thumbnails is not None else None,
                       labels=None if label is None else [label]).tolist()
