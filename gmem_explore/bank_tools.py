@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .bank import CHUNK, MemoryBank, check_snippets, normalize
+from .bank import CHUNK, MemoryBank, normalize
+from .bank_checks import check_snippets
 from .safefiles import load_tensors, save_tensors
 
 LOW_RANK_FORMAT = "gmem-explore-lowrank-bank-1"  # MemoryBank.load recognises a compressed file by it

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from .bank import MIX_METHODS, check_snippets, mix, normalize
+from .bank import MIX_METHODS, mix, normalize
+from .bank_checks import check_snippets
 from .images import load_rgb
 from .notebook import labelled_grid, show, with_bank
 from .pipeline import Generation, GMemPipeline

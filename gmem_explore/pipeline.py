@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 import torch
 
 from .autoencoders import PixelSpace, SDVAE
-from .bank import MIX_METHODS, MemoryBank, check_snippets, normalize
+from .bank import MIX_METHODS, MemoryBank, normalize
 from .bank import mix as mix_snippets  # interpolate's `mix` argument names the method
+from .bank_checks import check_snippets
 from .checkpoint import Checkpoint, load_checkpoint
 from .sampling import StepInfo, check_method_and_steps, initial_noise, make_generators, sample
 from .viz import image_grid, to_pil
