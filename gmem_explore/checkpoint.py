@@ -157,3 +157,42 @@ def load_encoder(folder, config: dict | None = None):
     enc_path = folder / "encoder.safetensors"
     enc_state = load_tensors(enc_path, mmap=False)[0] if enc_path.is_file() else None
     return encoder_from_config(config["encoder"], enc_state)
+
+
+# What a fingerprint reads of each file: its header (names, dtypes, shapes, metadata) and all of a small file's data,
+# else 64 blocks spread over it. Retrained weights or another bank change nearly every block, so the samples catch
+# them; reading SiT-XL/2's 2.7 GB model + 1 GB bank whole would take seconds per process and resume.
+FINGERPRINT_WHOLE_BYTES = 8 << 20
+FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK_BYTES = 64, 64 << 10
+
+
+def fingerprint(folder) -> str:
+    """A short identity of a checkpoint folder's contents ("sha256:" + 16 hex digits): the same contents give the
+    same string, another Hub revision, bank precision (--bank-dtype) or retrained weights give another. Records
+    made from a checkpoint (sample-fid's run.json) use it to refuse a resume that would mix images of two models.
+    JSON is hashed with sorted keys: safetensors writes its metadata in no fixed order, so two saves of the same
+    tensors differ in their header bytes."""
+    import hashlib
+
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    canonical = lambda text: json.dumps(json.loads(text), sort_keys=True).encode()  # noqa: E731
+    if (folder / "config.json").is_file():
+        digest.update(b"config.json:" + canonical((folder / "config.json").read_bytes()))
+    for name in ("model.safetensors", "bank.safetensors", "encoder.safetensors"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            header_bytes = int.from_bytes(f.read(8), "little")
+            digest.update(f"{name}:".encode() + canonical(f.read(header_bytes)))
+            start = 8 + header_bytes
+            size = path.stat().st_size - start
+            if size <= FINGERPRINT_WHOLE_BYTES:
+                digest.update(f.read())
+                continue
+            stride = (size - FINGERPRINT_BLOCK_BYTES) // (FINGERPRINT_BLOCKS - 1)
+            for k in range(FINGERPRINT_BLOCKS):  # the first and the last block included
+                f.seek(start + k * stride)
+                digest.update(f.read(FINGERPRINT_BLOCK_BYTES))
+    return "sha256:" + digest.hexdigest()[:16]

@@ -43,6 +43,9 @@ class RunSettings:
     precision: str
     guidance: float = 1.0
     guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])  # a list: what run.json gives back
+    # checkpoint.fingerprint of the folder sampled: the name "gmem-v1-xl" stays the same across Hub revisions and
+    # --bank-dtype, and a local folder's name across retraining; its files do not
+    weights: str = ""
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -114,12 +117,15 @@ def checkpoint_identity(checkpoint) -> str:
 def check_settings(out_dir: Path, settings: RunSettings) -> None:
     record = out_dir / "run.json"
     if record.is_file():
-        old = {"guidance_interval": [0.0, 1.0], **json.loads(record.read_text())}  # runs from before the field
+        # runs from before a field: guidance_interval had one value; their weights were not recorded (trusted)
+        old = {"guidance_interval": [0.0, 1.0], "weights": settings.weights, **json.loads(record.read_text())}
         old["checkpoint"] = checkpoint_identity(old.get("checkpoint", ""))  # older runs kept the path as typed
         if old != asdict(settings):
             diff = {k: (old.get(k), v) for k, v in asdict(settings).items() if old.get(k) != v}
+            why = (" The checkpoint's files differ from the ones the images were made with: another --revision, "
+                   "--bank-dtype or retrained weights." if "weights" in diff else "")
             raise ValueError(f"{out_dir} holds images made with other settings {diff} (old, new); resuming would mix "
-                             f"them. Use another --out folder or the same settings.")
+                             f"them.{why} Use another --out folder or the same settings.")
 
 
 def sample_seeds(pipe, out_dir: Path, seeds: list[int], settings: RunSettings, batch_size: int, num: int,
@@ -207,6 +213,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
     out_dir = Path(out_dir)
     group = Group(world)
     try:
+        from .checkpoint import fingerprint
         from .hub import resolve_checkpoint
         from .pipeline import GMemPipeline
         from .sampling import check_method_and_steps
@@ -222,7 +229,8 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         steps = pipe.sampler.get("steps", 250) if steps is None else steps
         check_method_and_steps(method, steps)
         low, high = (float(v) for v in guidance_interval)
-        settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance), [low, high])
+        settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance),
+                               [low, high], fingerprint(folder))
         check_settings(out_dir, settings)
         set_precision(pipe, precision, device)
         out_dir.mkdir(parents=True, exist_ok=True)

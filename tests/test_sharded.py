@@ -8,10 +8,12 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gmem_explore import GMemPipeline
-from gmem_explore.checkpoint import Checkpoint, save_checkpoint
+from gmem_explore import checkpoint as checkpoint_module
+from gmem_explore.checkpoint import Checkpoint, fingerprint, save_checkpoint
 from gmem_explore.sharded import launch_local, png_info, png_path, run, shard, write_npz
 
 SEEDS = list(range(10, 16))
@@ -80,6 +82,40 @@ def test_resume_skips_finished_seeds_and_refuses_other_settings(tiny_folder, tmp
     png_path(out, 15).unlink()
     with pytest.raises(FileNotFoundError, match="1 of 6 images are missing"):
         write_npz(out, SEEDS, tmp_path / "x.npz")
+
+
+def test_a_resume_on_changed_weights_is_refused_and_says_why(tiny_folder, tiny_model, tiny_bank, tmp_path):
+    out = tmp_path / "run"
+    run(str(tiny_folder), out, num=2, base_seed=10, device="cpu", npz=None, progress=False)
+    assert json.loads((out / "run.json").read_text())["weights"] == fingerprint(tiny_folder)
+    with torch.no_grad():  # "retrained": the same folder and name, other weights
+        for p in tiny_model.parameters():
+            p.add_(0.01)
+    save_checkpoint(tiny_folder, Checkpoint(tiny_model, tiny_bank, {"type": "pixels"}, None, {"method": "sde", "steps": 3}))
+    with pytest.raises(ValueError, match="other settings.*weights.*retrained weights"):
+        run(str(tiny_folder), out, num=2, base_seed=10, device="cpu", npz=None, progress=False)
+    # a run.json from before the field holds no fingerprint: its weights are trusted, as before
+    record = json.loads((out / "run.json").read_text())
+    del record["weights"]
+    (out / "run.json").write_text(json.dumps(record))
+    run(str(tiny_folder), out, num=2, base_seed=10, device="cpu", npz=None, progress=False)
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["whole files", "sampled blocks"])
+def test_fingerprint_follows_the_files_not_the_folder(tiny_folder, tiny_model, tiny_bank, tmp_path, monkeypatch,
+                                                      sampled):
+    if sampled:  # the path SiT-XL/2's gigabyte files take, on the tiny files
+        monkeypatch.setattr(checkpoint_module, "FINGERPRINT_WHOLE_BYTES", 1024)
+        monkeypatch.setattr(checkpoint_module, "FINGERPRINT_BLOCK_BYTES", 64)
+    ckpt = Checkpoint(tiny_model, tiny_bank, {"type": "pixels"}, None, {"method": "sde", "steps": 3})
+    first = fingerprint(tiny_folder)
+    assert first.startswith("sha256:") and len(first) == 7 + 16
+    assert fingerprint(save_checkpoint(tmp_path / "copy", ckpt)) == first  # same contents elsewhere: same
+    assert fingerprint(save_checkpoint(tmp_path / "fp16", ckpt, bank_dtype=torch.float16)) != first  # --bank-dtype
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.mul_(1.01)
+    assert fingerprint(save_checkpoint(tmp_path / "retrained", ckpt)) != first
 
 
 def test_guided_run_records_its_guidance_and_makes_the_pipelines_images(tiny_folder, tmp_path):

@@ -3,7 +3,8 @@
 Defaults are the released GMem v1 recipe: checkpoint gmem-v1-xl, 250-step SDE, rows chosen from the noise by
 frequency, no guidance, 50,000 images, seeds 0..49999 (image i uses seed --seed + i). Images go to OUT/<seed>.png
 (six digits: OUT/000042.png); a restart skips finished seeds; OUT.npz (arr_0: uint8 N x 256 x 256 x 3, in seed
-order) is written at the end.
+order) is written at the end. OUT/run.json records the settings and a fingerprint of the checkpoint's files: a
+restart with other settings, another --revision or --bank-dtype, or retrained weights is refused, not mixed in.
 
 Examples:
   # the released scripts/sample-gmem-xl.sh: 8 GPUs x 64 images per batch, 50,000 samples, 250-step SDE
