@@ -384,6 +384,38 @@ def test_gmem_train_resume_continues_the_saved_schedule(tmp_path, capsys):
     assert [h["lr"] for h in meta["history"]] == [2e-4] * 10
 
 
+def test_a_state_resumes_only_on_the_images_it_was_trained_on(digits, tmp_path):
+    from gmem_explore.safefiles import save_tensors
+
+    first = make(digits, steps=2)
+    first.fit()
+    first.save_state(tmp_path / "state.safetensors")
+    shifted = digits.subset(torch.arange(1, len(digits)).tolist() + [0])  # the same images, another order
+    fewer = digits.subset(torch.arange(len(digits) - 1))
+    for data, says in ((shifted, "256 images, and this trainer has other images"),
+                       (fewer, "256 images, and this trainer has 255 images")):
+        other = make(data, steps=2)
+        before = {k: v.clone() for k, v in other.network.state_dict().items()}
+        with pytest.raises(ValueError, match=f"{says}.*the same --data and --split"):
+            other.load_state(tmp_path / "state.safetensors")
+        assert other.step == 0 and all(torch.equal(v, before[k]) for k, v in other.network.state_dict().items())
+    # a state saved before the record existed resumes as before
+    tensors, meta = first.state_tensors()
+    del meta["data"]
+    save_tensors(tmp_path / "old.safetensors", tensors, meta)
+    make(shifted, steps=2).load_state(tmp_path / "old.safetensors")
+
+
+def test_gmem_train_resume_on_other_data_is_refused(tmp_path, capsys):
+    from gmem_explore.cli import main
+
+    common = ["train", "--data", "digits", "--batch-size", "4", "--no-progress", "--checkpoint-every", "0",
+              "--steps", "1", "--out", str(tmp_path / "run")]
+    assert main([*common, "--split", "held_out"]) == 0
+    assert main([*common, "--split", "train", "--resume"]) == 1
+    assert "resuming would not continue that run" in capsys.readouterr().err
+
+
 # ---- the objective, the EMA, snippet dropout and normalisation, each checked against its formula ---------------
 
 
