@@ -32,11 +32,26 @@ INTRO = (
 # is as tall as its rows: gradio's "auto" height is at least 450 px, which left empty space under two rows.
 # A gallery without a fixed height (height="fit-content") gets overflow "auto": gradio's "scroll" drew a scroll bar
 # beside one row of images that had nothing to scroll.
+# A .fit-grid column is also never narrower than its gallery's --thumb-min, the width of its longest caption: a
+# narrower gallery shows fewer columns (at most `columns`). In an 800 px window the Generate gallery's 4 columns were
+# 80 px, "seed 905427 · row 1225" read "seed 9054…" and the row scrolled sideways; the Bank's neighbours lost their
+# cosine and its generations their seed. The widths (captions measured in chromium, plus the 6-digit seeds and rows
+# of gmem-v1-xl): "seed 123456 · row 639999" 150 px, "row 639999 · cos 0.99" 121, "row 639999 · seed 3" 115,
+# "w 0.14 · 250/250" 98, "row 639999" 73. Rows take the square thumbnails' height: gradio's 100 px minimum row
+# stretched 45 px wide page thumbnails into tall, cropped strips.
 CSS = """
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
 #swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
 { image-rendering: pixelated; }
-.fit-grid .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; }
+.fit-grid .grid-container {
+  grid-template-columns: repeat(auto-fill, minmax(max(var(--thumb-min, 0px),
+      calc((100% - (var(--grid-cols) - 1) * var(--spacing-lg)) / var(--grid-cols))), 1fr)) !important;
+  grid-auto-rows: auto !important; }
+#generate-gallery, #swap-gallery { --thumb-min: 156px; }
+#bank-neighbours { --thumb-min: 128px; }
+#bank-generations { --thumb-min: 120px; }
+#interp-frames { --thumb-min: 104px; }
+#bank-selection, #bank-pages { --thumb-min: 72px; }
 .fit-grid .caption-label { max-width: 100% !important; }
 .fit-grid .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; overflow-y: auto; }
 .grid-wrap:not(.fixed-height) { overflow-y: auto !important; }

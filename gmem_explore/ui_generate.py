@@ -122,7 +122,7 @@ def build(ctx: AppContext, state: gr.State) -> dict:
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)",
                                  elem_id="generate-seed")
-                randomize = gr.Checkbox(True, label="Random seed")
+                randomize = gr.Checkbox(True, label="Random seed", elem_id="generate-random")
             with gr.Accordion("Sampler", open=False):
                 method = gr.Radio(list(METHODS), value=pipe.sampler.get("method", "sde"), label="Sampler",
                                   info="sde: the paper's Euler-Maruyama; euler / heun: ODE")
@@ -137,7 +137,7 @@ def build(ctx: AppContext, state: gr.State) -> dict:
             # height "fit-content": gradio's "auto" pins the grid between 450 px and 55% of the window (scrolling
             # inside it); fit-content makes the gallery exactly as tall as its rows of images.
             gallery = gr.Gallery(label="Images", columns=4, height="fit-content", format="png",
-                                 elem_id="generate-gallery", object_fit="contain")
+                                 elem_id="generate-gallery", object_fit="contain", elem_classes=["fit-grid"])
             status = gr.Markdown(elem_id="generate-status")
             with gr.Accordion("Details", open=False):
                 details = gr.JSON(label="Seeds, rows and settings")

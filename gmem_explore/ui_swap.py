@@ -137,7 +137,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             nearest_md = gr.Markdown()
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="From your image", columns=4, height="fit-content", format="png",
-                                 elem_id="swap-gallery")
+                                 elem_id="swap-gallery", elem_classes=["fit-grid"])
     gr.Markdown("### Put it into the bank (this session's copy)")
     with gr.Row():
         with gr.Column(scale=1, min_width=300):

@@ -231,3 +231,34 @@ def test_bank_map_and_selection(browser):
     picked = neighbours[2].find_element("css selector", "img").get_attribute("alt").split(" · ")[0]
     neighbours[2].click()
     wait_for(browser, lambda: css(browser, "#bank-row-info")[0].text.startswith(picked), f"details of {picked}")
+
+
+def captions_cut(driver, elem_id: str) -> list[str]:
+    """The captions of a gallery that do not show whole (gradio ends a cut one with '…')."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(`#${arguments[0]} .caption-label`)]"
+        ".filter(e => e.scrollWidth > e.clientWidth).map(e => e.textContent);", elem_id)
+
+
+def test_captions_fit_a_narrow_window(browser):
+    """In an 800 px window a gallery shows fewer columns rather than cut its captions: 4 columns of 80 px cut the
+    Generate gallery's 'seed 905427 · row 12' to 'seed 9054…' (and scrolled sideways), and the Bank's neighbours
+    lost their cosine."""
+    browser.set_window_size(800, 1000)
+    try:
+        open_tab(browser, "Generate")
+        random = css(browser, "#generate-random input[type=checkbox]")[0]
+        if random.is_selected():
+            random.click()
+        set_number(browser, "generate-seed", 987654)
+        css(browser, "#generate-button")[0].click()
+        final_gallery(browser, "generate-gallery", 4)
+        wait_for(browser, lambda: "from seed 987654" in css(browser, "#generate-status")[0].text, "the status line")
+        assert not captions_cut(browser, "generate-gallery")
+        wrap = "const g = document.querySelector('#generate-gallery .grid-wrap'); return g.scrollWidth - g.clientWidth;"
+        assert browser.execute_script(wrap) == 0  # nothing to scroll sideways
+        open_tab(browser, "Bank")
+        wait_for(browser, lambda: len(css(browser, "#bank-neighbours .thumbnail-item")) == 8, "neighbour thumbnails")
+        assert not captions_cut(browser, "bank-neighbours")
+    finally:
+        browser.set_window_size(1280, 1000)
