@@ -55,7 +55,6 @@ CSS = """
 .fit-grid .caption-label { max-width: 100% !important; }
 .fit-grid .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; overflow-y: auto; }
 .grid-wrap:not(.fixed-height) { overflow-y: auto !important; }
-footer { display: none !important; }
 """
 
 
@@ -202,6 +201,8 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, sh
     (paging, row details) 4 at a time; at most `max_queue` requests wait (later ones are told the queue is full);
     uploads larger than `max_file_size` are refused."""
     demo.queue(max_size=max_queue, default_concurrency_limit=4)
+    # footer_links: the footer shows only "Use via API", where the README sends API users (no gradio settings or
+    # branding links); it must stay visible, a CSS rule that hid the footer hid that link too
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
                        show_error=True, css=CSS, footer_links=["api"], **kwargs)
 

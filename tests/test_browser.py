@@ -163,6 +163,8 @@ def test_page_loads(browser):
     tabs = [b.text.strip() for b in css(browser, "button[role=tab]")]
     assert tabs == ["Generate", "Bank", "Swap", "Interpolate"]
     assert browser.page_load_seconds < TIMEOUT
+    # the README sends API users to "Use via API" at the bottom of the page (a CSS rule hid the whole footer)
+    assert [b for b in css(browser, "footer button") if b.text.strip() == "Use via API" and b.is_displayed()]
 
 
 def test_generate_produces_captioned_images(browser):
