@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Subcommands in the order `gmem --help` lists them; a module that fails to import is reported, not hidden.
-COMMANDS = ["sample", "sample-fid", "convert", "bank", "build-bank", "train"]
+COMMANDS = ["sample", "sample-fid", "convert", "bank", "build-bank", "train", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

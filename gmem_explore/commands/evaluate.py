@@ -1,0 +1,164 @@
+"""Measure generated images against real ones: FD, precision / recall and near copies in the snippet encoder's space.
+
+Samples are generated here (--samples N, seeds --seed .. --seed + N - 1) or read (--images: a folder of images or
+the .npz of `gmem sample-fid`). The references are --data (an image folder, 'twemoji', 'digits') or, without it,
+the checkpoint bank's thumbnails: for `gmem train` checkpoints and emoji-32 those are the training images. Features
+come from the checkpoint's snippet encoder (emoji-32: its small conv encoder; gmem-v1-xl: DINOv2, so FD is the
+FD_DINOv2 of Stein et al. 2023, not FID: for FID run the ADM evaluator on sample-fid's .npz).
+
+FD depends on the number of samples; compare it with the floor printed beside it (two real sets of the same size)
+and between runs of the same --samples; "near copies" is the share of samples at cosine >= 0.95 to a real image.
+--out DIR writes report.json, samples.png (the first 64) and nearest.png (16 random samples, each beside the real
+image nearest to it).
+
+Examples:
+  gmem evaluate                                          # emoji-32, 1000 samples against its 1,697 training emojis
+  gmem evaluate --checkpoint my-model --data my_pictures --out eval/   # a fine-tuned model against its pictures
+  gmem evaluate --checkpoint my-model --data my_pictures --split held_out  # against pictures it never saw
+  gmem evaluate --checkpoint gmem-v1-xl --images samples/gmem-xl.npz --data imagenet/val --out eval-xl/
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ENCODE_CHUNK = 1000  # images per encoder call: a progress bar that moves, and bounded memory for 50,000 images
+
+
+def add_arguments(p):
+    p.add_argument("--checkpoint", default=None, help="checkpoint name or folder (default: the embedded 'emoji-32')")
+    p.add_argument("--images", default=None,
+                   help="evaluate these images instead of generating: a folder of images or an .npz (arr_0: uint8 "
+                        "N x H x W x 3, as `gmem sample-fid` writes)")
+    p.add_argument("--data", default=None,
+                   help="reference images: a folder, 'twemoji', 'twemoji-skin' or 'digits' (default: the bank's "
+                        "thumbnails, the training images of emoji-32 and of `gmem train` checkpoints)")
+    p.add_argument("--split", choices=["train", "held_out", "all"], default="all",
+                   help="which --data images to compare with (held_out: the ~10%% that `gmem train --split train` "
+                        "leaves out; default all)")
+    p.add_argument("--samples", type=int, default=1000, help="images to generate (default 1000; ignored with --images)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first generated image (default 0)")
+    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
+    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
+                   help="how bank rows are picked (default noise: the released rule)")
+    p.add_argument("--batch-size", type=int, default=250, help="images per sampler batch (default 250)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument("--out", default=None, help="folder for report.json, samples.png and nearest.png (default: print only)")
+
+
+def read_images(path):
+    """uint8 (N, H, W, 3) from an .npz (arr_0) or a folder of images (all must have one size)."""
+    import numpy as np
+    import torch
+
+    from gmem_explore.images import load_rgb
+
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "arr_0" not in npz.files:
+                    raise ValueError(f"--images {path} holds {npz.files}, not arr_0 (uint8 N x H x W x 3, the layout "
+                                     f"`gmem sample-fid` and the ADM evaluator use)")
+                images = npz["arr_0"]
+        except (OSError, EOFError, ValueError) as e:
+            if "arr_0" in str(e):
+                raise
+            raise ValueError(f"--images {path} is not a readable .npz ({e})") from None
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"--images {path}: arr_0 must be uint8 N x H x W x 3; got {images.dtype} {images.shape}")
+        return torch.from_numpy(images)
+    if path.is_dir():
+        from gmem_explore.data import IMAGE_SUFFIXES
+
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ValueError(f"--images {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        images = [load_rgb(f) for f in files]
+        sizes = {tuple(im.shape) for im in images}
+        if len(sizes) > 1:
+            raise ValueError(f"--images {path}: the images have {len(sizes)} different sizes ({sorted(sizes)[:3]}...); "
+                             f"samples of one model have one size")
+        return torch.stack(images)
+    raise FileNotFoundError(f"--images {path}: no such folder or .npz file")
+
+
+def encode(encoder, images, what: str):
+    import torch
+    from tqdm.auto import tqdm
+
+    chunks = torch.as_tensor(images).split(ENCODE_CHUNK)
+    return torch.cat([encoder.encode(chunk) for chunk in tqdm(chunks, desc=f"encoding {what}", unit="chunk",
+                                                                disable=len(chunks) < 2)])
+
+
+def run(args) -> int:
+    from gmem_explore.checkpoint import load_checkpoint, load_encoder
+    from gmem_explore.evaluation import PR_K, compare, summary
+    from gmem_explore.hub import resolve_checkpoint
+    from gmem_explore.sampling import check_guidance, check_method_and_steps
+
+    if args.images is None and args.samples <= PR_K:
+        raise ValueError(f"--samples must be more than {PR_K} (a few hundred for a meaningful FD); got {args.samples}")
+    check_guidance(args.guidance, (0.0, 1.0))
+    if args.steps is not None:
+        check_method_and_steps(args.method or "sde", args.steps)
+    folder = resolve_checkpoint(args.checkpoint)
+    encoder = load_encoder(folder)
+    if encoder is None:
+        raise ValueError(f"{folder} has no snippet encoder, and the measures live in its feature space; evaluate a "
+                         f"checkpoint that has one (emoji-32, gmem-v1-xl, or one `gmem train` wrote)")
+    encoder = encoder.to(args.device)  # DINOv2 on 50,000 images wants the GPU as much as the sampler does
+    record = {"checkpoint": str(args.checkpoint or "emoji-32")}
+    if args.images is not None:
+        samples = read_images(args.images)
+        record["images"] = str(args.images)
+        ckpt = None
+    else:
+        from gmem_explore import GMemPipeline
+
+        ckpt = load_checkpoint(folder, device=args.device)
+        pipe = GMemPipeline.from_checkpoint(ckpt, device=args.device)
+        out = pipe.generate(args.samples, seeds=args.seed, choose=args.choose, method=args.method, steps=args.steps,
+                            guidance=args.guidance, batch_size=args.batch_size, progress=True)
+        samples = out.images
+        record["generated"] = {"seeds": [out.seeds[0], out.seeds[-1]], **out.settings}
+    size = samples.shape[1]
+    if args.data is not None:
+        from gmem_explore.data import load_dataset
+
+        reference = load_dataset(args.data, size, args.split).images
+        record["reference"] = f"{args.data} ({args.split})"
+    else:
+        bank = ckpt.bank if ckpt is not None else load_checkpoint(folder).bank
+        if bank.thumbnails is None:
+            raise ValueError("this checkpoint's bank holds no thumbnails to compare with: give --data, a folder of "
+                             "real images (for gmem-v1-xl, e.g. ImageNet validation images)")
+        reference = bank.thumbnails
+        record["reference"] = "the bank's thumbnails"
+    features = encode(encoder, samples, "samples"), encode(encoder, reference, "references")
+    report = {**record, **compare(*features, seed=args.seed)}
+    print(summary(report))
+    if args.out:
+        write_report(Path(args.out), report, samples, reference, features)
+    else:
+        print("(add --out DIR for report.json and two pictures: samples, and samples beside their nearest real image)")
+    return 0
+
+
+def write_report(folder: Path, report: dict, samples, reference, features) -> None:
+    from gmem_explore.evaluation import nearest_pairs
+    from gmem_explore.safefiles import atomic_path, write_bytes_atomic
+    from gmem_explore.viz import image_grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scale = max(1, 96 // samples.shape[1])  # emoji-32's 32 px images at 3x: small pictures are hard to judge
+    pairs = nearest_pairs(samples, reference, *features, count=16)
+    for name, grid in (("samples.png", image_grid(samples[:64], nrow=8, scale=scale)),
+                       ("nearest.png", image_grid(pairs, nrow=4, pad=8, scale=scale))):
+        with atomic_path(folder / name) as tmp:
+            grid.save(tmp, format="PNG")
+    write_bytes_atomic(folder / "report.json", json.dumps(report, indent=1).encode())
+    print(f"wrote {folder / 'report.json'}, {folder / 'samples.png'} and {folder / 'nearest.png'}")

@@ -1,0 +1,110 @@
+"""How good are generated images? Measured against real ones in a snippet encoder's feature space (`gmem evaluate`).
+
+    from gmem_explore.evaluation import compare
+    report = compare(encoder.encode(samples), encoder.encode(real_images))
+    report["fd"], report["fd_floor"], report["precision"], report["recall"], report["near_copies"]
+
+The measures (see metrics.py for the formulas):
+- fd: Frechet distance between samples and references, FID's formula in this encoder's space (with DINOv2, the
+  encoder of gmem-v1-xl, it is the FD_DINOv2 of Stein et al. 2023). FD depends on the number of samples (it is
+  biased upwards for small sets), so it comes with
+- fd_floor: the FD between two disjoint random sets of real images, each as large as the samples (as far as the
+  references allow): what new real images would score at this sample size, and
+- fd_copies: the FD of as many reference images as samples, drawn at random (with repeats), against all of the
+  references: what a generator that only returns the references unchanged would score. A GMem model conditioned
+  on its own training images' bank rows is meant to come close to those images, so its FD sits near fd_copies
+  (and may lie below fd_floor); images from unseen snippets or a held-out --split compare with fd_floor.
+- precision / recall (k = 3): the share of samples that look real, the share of the real set the samples cover.
+- nearest_cosine_median, near_copies: how close each sample is to its nearest real image (cosine); near_copies is
+  the share at cosine >= NEAR_COPY_COSINE, a check for memorised training images.
+Precision / recall compare every sample with every reference, so both sets are subsampled (seeded) to
+PR_MAX_ROWS each (5,000 x 5,000 distances in float64: 0.2 GB per matrix; 50,000 x 50,000 would need 20 GB), and
+nearest neighbours are found a chunk of samples at a time.
+"""
+from __future__ import annotations
+
+import torch
+
+from .metrics import frechet_distance, nearest_training, precision_recall
+
+NEAR_COPY_COSINE = 0.95  # emoji-32's encoder: a sample and its conditioning emoji score ~0.9 (quality.md: 0.858 unseen)
+PR_MAX_ROWS = 5_000
+NEAREST_CHUNK = 4096  # samples per similarity block: 4096 x 50,000 float32 = 0.8 GB
+PR_K = 3
+
+
+def nearest_real(sample_features, reference_features) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine, index) of each sample's nearest reference, a chunk of samples at a time."""
+    found = [nearest_training(chunk, reference_features, k=1) for chunk in torch.as_tensor(sample_features).split(NEAREST_CHUNK)]
+    return torch.cat([c[:, 0] for c, _ in found]), torch.cat([i[:, 0] for _, i in found])
+
+
+def _random_rows(count: int, keep: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randperm(count, generator=generator)[:keep]
+
+
+def check_features(features, what: str) -> torch.Tensor:
+    features = torch.as_tensor(features)
+    if features.ndim != 2 or not features.is_floating_point():
+        raise ValueError(f"{what} must be float features (N, D); got {tuple(features.shape)} {features.dtype}")
+    if len(features) <= PR_K:
+        raise ValueError(f"{what}: {len(features)} images are too few to compare; give at least {PR_K + 1} "
+                         f"(FD and precision / recall need a few hundred to mean much)")
+    if not torch.isfinite(features).all():
+        raise ValueError(f"{what} hold NaN or infinite features: the images or the encoder are broken")
+    return features.float()
+
+
+def compare(sample_features, reference_features, seed: int = 0) -> dict:
+    """The measures above for two feature sets (N, D) of the same encoder; plain floats and counts, for JSON."""
+    samples = check_features(sample_features, "the samples")
+    reals = check_features(reference_features, "the reference images")
+    if samples.shape[1] != reals.shape[1]:
+        raise ValueError(f"samples have {samples.shape[1]} features and references {reals.shape[1]}: encode both "
+                         f"with the same encoder")
+    g = torch.Generator().manual_seed(seed)
+    floor_size = min(len(samples), len(reals) // 2)
+    perm = torch.randperm(len(reals), generator=g)
+    floor = (frechet_distance(reals[perm[:floor_size]], reals[perm[floor_size:2 * floor_size]])
+             if floor_size >= 2 else float("nan"))
+    copies = frechet_distance(reals[torch.randint(len(reals), (len(samples),), generator=g)], reals)
+    pr_samples = samples[_random_rows(len(samples), PR_MAX_ROWS, g)]
+    pr_reals = reals[_random_rows(len(reals), PR_MAX_ROWS, g)]
+    precision, recall = precision_recall(pr_reals, pr_samples, k=PR_K)
+    cosine, _ = nearest_real(samples, reals)
+    return {"samples": len(samples), "references": len(reals), "feature_dim": samples.shape[1],
+            "fd": frechet_distance(samples, reals), "fd_floor": floor, "fd_floor_size": floor_size,
+            "fd_copies": copies,
+            "precision": precision, "recall": recall, "pr_k": PR_K, "pr_rows": [len(pr_samples), len(pr_reals)],
+            "nearest_cosine_median": cosine.median().item(), "near_copies": (cosine >= NEAR_COPY_COSINE).float().mean().item(),
+            "near_copy_cosine": NEAR_COPY_COSINE}
+
+
+def nearest_pairs(sample_images, reference_images, sample_features, reference_features, count: int = 16,
+                  seed: int = 0) -> torch.Tensor:
+    """uint8 (count, H, 2W + 2, 3): `count` samples picked at random (seeded), each beside its nearest reference
+    image (a 2-pixel white gap between them), ordered from the closest pair down: what the samples look like and
+    how near the real images they come."""
+    cosine, nearest = nearest_real(sample_features, reference_features)
+    picks = _random_rows(len(cosine), count, torch.Generator().manual_seed(seed))
+    picks = picks[cosine[picks].argsort(descending=True)]
+    samples = torch.as_tensor(sample_images)[picks]
+    reals = torch.as_tensor(reference_images)[nearest[picks]]
+    if reals.shape[1:3] != samples.shape[1:3]:
+        from .images import as_uint8_batch
+
+        reals = as_uint8_batch([r.numpy() for r in reals], samples.shape[1])
+    gap = torch.full((len(picks), samples.shape[1], 2, 3), 255, dtype=torch.uint8)
+    return torch.cat([samples, gap, reals], dim=2)
+
+
+def summary(report: dict) -> str:
+    """The report as the lines a terminal shows."""
+    return "\n".join([
+        f"samples {report['samples']}, reference images {report['references']} ({report['feature_dim']} features each)",
+        f"FD                  {report['fd']:.4f}   (new real images: {report['fd_floor']:.4f}, two sets of "
+        f"{report['fd_floor_size']}; the references copied: {report['fd_copies']:.4f})",
+        f"precision / recall  {report['precision']:.3f} / {report['recall']:.3f}   (k = {report['pr_k']})",
+        f"nearest real image  median cosine {report['nearest_cosine_median']:.3f}; near copies (>= "
+        f"{report['near_copy_cosine']}): {100 * report['near_copies']:.1f}%",
+    ])

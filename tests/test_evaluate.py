@@ -1,0 +1,138 @@
+"""`gmem evaluate` and evaluation.compare: the measures on feature sets whose answer is known, the pictures, the
+command on the embedded model (generated and read back from an .npz give the same report) and its refusals."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gmem_explore import evaluation
+from gmem_explore.bank import MemoryBank
+from gmem_explore.checkpoint import Checkpoint, save_checkpoint
+from gmem_explore.cli import main
+from gmem_explore.encoders import ConvEncoder
+from gmem_explore.evaluation import compare, nearest_pairs
+
+
+def gaussian(n, dim=8, seed=0, shift=0.0):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)) + shift
+
+
+def test_same_distribution_scores_like_real_images_and_a_shift_does_not():
+    reals = gaussian(600, seed=0)
+    same = compare(gaussian(300, seed=1), reals)
+    assert same["fd"] < 0.3 and same["fd_floor"] < 0.3 and same["fd_copies"] < 0.3
+    assert same["precision"] > 0.75 and same["recall"] > 0.75 and same["near_copies"] < 0.1
+    assert same["samples"] == 300 and same["references"] == 600 and same["fd_floor_size"] == 300
+    shifted = compare(gaussian(300, seed=1, shift=3.0), reals)
+    assert 60 < shifted["fd"] < 85  # the means differ by 3 in each of 8 dimensions: 8 x 3^2 = 72
+    assert shifted["precision"] < 0.05 and shifted["fd_floor"] == same["fd_floor"]  # the floor is the references'
+    json.dumps(same)  # plain numbers: it goes into report.json
+
+
+def test_copies_of_references_are_near_copies():
+    reals = gaussian(200, dim=16)
+    copies = reals[torch.arange(0, 200, 2)] * 1.001  # cosine 1 after the scale
+    report = compare(copies, reals)
+    assert report["near_copies"] == 1.0 and report["nearest_cosine_median"] > 0.999
+
+
+def test_precision_recall_rows_are_capped(monkeypatch):
+    monkeypatch.setattr(evaluation, "PR_MAX_ROWS", 50)
+    report = compare(gaussian(120, seed=1), gaussian(90, seed=2))
+    assert report["pr_rows"] == [50, 50] and report["samples"] == 120  # FD still uses every row
+
+
+@pytest.mark.parametrize("samples, reals, says", [
+    (torch.full((10, 4), float("nan")), gaussian(10, 4), "NaN or infinite"),
+    (gaussian(3, 4), gaussian(10, 4), "too few"),
+    (gaussian(10, 4), gaussian(10, 5), "same encoder"),
+    (torch.ones(10, 4, dtype=torch.long), gaussian(10, 4), "float features"),
+])
+def test_bad_features_are_refused(samples, reals, says):
+    with pytest.raises(ValueError, match=says):
+        compare(samples, reals)
+
+
+def test_nearest_pairs_put_each_sample_beside_its_nearest_reference():
+    g = torch.Generator().manual_seed(0)
+    reals = torch.randint(0, 255, (12, 4, 4, 3), generator=g, dtype=torch.uint8)
+    features = gaussian(12, dim=6)
+    picks = torch.tensor([7, 2, 9, 4, 0])
+    pairs = nearest_pairs(reals[picks], reals, features[picks] * 2, features, count=3)
+    assert pairs.shape == (3, 4, 4 + 2 + 4, 3) and pairs.dtype == torch.uint8
+    assert torch.equal(pairs[:, :, :4], pairs[:, :, 6:])  # each sample is its own nearest reference here
+    assert (pairs[:, :, 4:6] == 255).all()
+
+
+# ---- the command -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_with_encoder(tmp_path, tiny_model, tiny_bank):
+    """The tiny model (8x8 pixels, 16-d snippets) with a small conv encoder, so the command can run end to end."""
+    torch.manual_seed(0)
+    encoder = ConvEncoder(dim=16, image_size=8, widths=(8,), head_channels=8).eval()
+    ckpt = Checkpoint(tiny_model, tiny_bank, {"type": "pixels"}, encoder, {"method": "euler", "steps": 2})
+    return save_checkpoint(tmp_path / "tiny", ckpt)
+
+
+def test_evaluate_writes_a_report_and_the_same_one_from_an_npz(tiny_with_encoder, tmp_path, capsys):
+    from gmem_explore import GMemPipeline
+
+    assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--samples", "12", "--seed", "5",
+                 "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "precision / recall" in printed and "near copies" in printed
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["samples"] == 12 and report["references"] == 20 and report["reference"] == "the bank's thumbnails"
+    assert report["generated"]["seeds"] == [5, 16] and report["generated"]["steps"] == 2
+    assert Image.open(tmp_path / "eval" / "nearest.png").size[0] > Image.open(tmp_path / "eval" / "samples.png").size[0] // 2
+    # the same images, read from the .npz sample-fid writes, give the same measures
+    images = GMemPipeline.from_pretrained(str(tiny_with_encoder)).generate(12, seeds=5).images.numpy()
+    np.savez(tmp_path / "samples.npz", arr_0=images)
+    assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--images", str(tmp_path / "samples.npz"),
+                 "--seed", "5", "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["images"] == str(tmp_path / "samples.npz")
+    for key in ("fd", "fd_floor", "fd_copies", "precision", "recall", "near_copies"):
+        assert again[key] == pytest.approx(report[key], rel=1e-5, abs=1e-9), key
+
+
+def test_evaluate_reads_a_folder_and_compares_with_data(tiny_with_encoder, tmp_path, capsys):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (8, 8), (40 * i, 0, 255 - 40 * i)).save(folder / f"{i}.png")
+    assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--images", str(folder), "--data", "digits"]) == 0
+    printed = capsys.readouterr().out
+    assert "samples 6, reference images 1797" in printed and "add --out DIR" in printed
+
+
+def test_evaluate_refusals_say_what_to_do(tiny_with_encoder, tiny_model, tiny_bank, tmp_path, capsys):
+    def refused(*argv):
+        assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), *argv]) == 1
+        return capsys.readouterr().err
+
+    assert "no such folder or .npz" in refused("--images", str(tmp_path / "missing"))
+    np.savez(tmp_path / "other.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
+    assert "not arr_0" in refused("--images", str(tmp_path / "other.npz"))
+    np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    assert "must be uint8 N x H x W x 3" in refused("--images", str(tmp_path / "float.npz"))
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    assert "not a readable .npz" in refused("--images", str(tmp_path / "broken.npz"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.new("RGB", (8, 8)).save(mixed / "a.png")
+    Image.new("RGB", (9, 8)).save(mixed / "b.png")
+    assert "different sizes" in refused("--images", str(mixed))
+    assert "--samples must be more than 3" in refused("--samples", "2")
+    no_encoder = save_checkpoint(tmp_path / "no-encoder", Checkpoint(tiny_model, tiny_bank))
+    assert main(["evaluate", "--checkpoint", str(no_encoder), "--samples", "8"]) == 1
+    assert "has no snippet encoder" in capsys.readouterr().err
+    bare = MemoryBank(tiny_bank.rows, tiny_bank.freq)  # no thumbnails
+    encoder = ConvEncoder(dim=16, image_size=8, widths=(8,), head_channels=8).eval()
+    no_thumbs = save_checkpoint(tmp_path / "no-thumbs", Checkpoint(tiny_model, bare, {"type": "pixels"}, encoder))
+    assert main(["evaluate", "--checkpoint", str(no_thumbs), "--samples", "8", "--steps", "1"]) == 1
+    assert "give --data" in capsys.readouterr().err
