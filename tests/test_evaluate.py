@@ -100,6 +100,22 @@ def test_evaluate_writes_a_report_and_the_same_one_from_an_npz(tiny_with_encoder
         assert again[key] == pytest.approx(report[key], rel=1e-5, abs=1e-9), key
 
 
+def test_npz_images_are_memory_mapped_when_stored_as_sample_fid_writes_them(tmp_path):
+    from gmem_explore.commands.evaluate import npz_images, read_images
+    from gmem_explore.sharded import save_png, write_npz
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    for seed, image in enumerate(images):
+        save_png(tmp_path / f"{seed:06d}.png", image, {"seed": seed})
+    write_npz(tmp_path, [0, 1, 2, 3, 4], tmp_path / "run.npz")
+    mapped = npz_images(tmp_path / "run.npz")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, images)
+    np.savez_compressed(tmp_path / "packed.npz", arr_0=images)  # compressed: read whole, the same images
+    packed = npz_images(tmp_path / "packed.npz")
+    assert not isinstance(packed, np.memmap) and np.array_equal(packed, images)
+    assert torch.equal(read_images(tmp_path / "run.npz"), torch.from_numpy(images))
+
+
 def test_evaluate_reads_a_folder_and_compares_with_data(tiny_with_encoder, tmp_path, capsys):
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -117,11 +133,15 @@ def test_evaluate_refusals_say_what_to_do(tiny_with_encoder, tiny_model, tiny_ba
 
     assert "no such folder or .npz" in refused("--images", str(tmp_path / "missing"))
     np.savez(tmp_path / "other.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
-    assert "not arr_0" in refused("--images", str(tmp_path / "other.npz"))
+    assert "holds no arr_0" in refused("--images", str(tmp_path / "other.npz"))
     np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
     assert "must be uint8 N x H x W x 3" in refused("--images", str(tmp_path / "float.npz"))
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     assert "not a readable .npz" in refused("--images", str(tmp_path / "broken.npz"))
+    np.savez(tmp_path / "cut.npz", arr_0=np.zeros((40, 8, 8, 3), np.uint8))
+    whole = (tmp_path / "cut.npz").read_bytes()  # cut inside arr_0's data: the zip directory at the end is gone
+    (tmp_path / "cut.npz").write_bytes(whole[:len(whole) // 2])
+    assert "not a readable .npz" in refused("--images", str(tmp_path / "cut.npz"))
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     Image.new("RGB", (8, 8)).save(mixed / "a.png")
