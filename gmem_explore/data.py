@@ -189,8 +189,11 @@ def load_digits(size: int = 8, split: str = "all") -> ImageSet:
     return data.subset(split_mask(data.names, split))
 
 
+DATASET_NAMES = ("twemoji", "twemoji-skin", "digits")  # what load_dataset takes besides a folder
+
+
 def load_dataset(name: str, size: int = 32, split: str = "train") -> ImageSet:
-    """"twemoji", "twemoji-skin", "digits", or a folder path."""
+    """"twemoji", "twemoji-skin", "digits" (DATASET_NAMES), or a folder path."""
     if name == "twemoji":
         return load_twemoji(size, split)
     if name == "twemoji-skin":

@@ -148,6 +148,8 @@ def test_evaluate_refusals_say_what_to_do(tiny_with_encoder, tiny_model, tiny_ba
     Image.new("RGB", (9, 8)).save(mixed / "b.png")
     assert "different sizes" in refused("--images", str(mixed))
     assert "--samples must be more than 3" in refused("--samples", "2")
+    assert "give --data too" in refused("--split", "held_out")
+    assert "--data nowhere: no such folder" in refused("--data", "nowhere")
     no_encoder = save_checkpoint(tmp_path / "no-encoder", Checkpoint(tiny_model, tiny_bank))
     assert main(["evaluate", "--checkpoint", str(no_encoder), "--samples", "8"]) == 1
     assert "has no snippet encoder" in capsys.readouterr().err

@@ -35,7 +35,7 @@ def add_arguments(p):
     p.add_argument("--data", default=None,
                    help="reference images: a folder, 'twemoji', 'twemoji-skin' or 'digits' (default: the bank's "
                         "thumbnails, the training images of emoji-32 and of `gmem train` checkpoints)")
-    p.add_argument("--split", choices=["train", "held_out", "all"], default="all",
+    p.add_argument("--split", choices=["train", "held_out", "all"], default=None,
                    help="which --data images to compare with (held_out: the ~10%% that `gmem train --split train` "
                         "leaves out; default all)")
     p.add_argument("--samples", type=int, default=1000, help="images to generate (default 1000; ignored with --images)")
@@ -112,6 +112,24 @@ def read_images(path):
     raise FileNotFoundError(f"--images {path}: no such folder or .npz file")
 
 
+def reference_thumbnails(args, folder):
+    """The bank's thumbnails when there is no --data (None with --data, after checking it names something)."""
+    from gmem_explore.bank import MemoryBank
+    from gmem_explore.data import DATASET_NAMES
+
+    if args.data is not None:
+        if args.data not in DATASET_NAMES and not Path(args.data).expanduser().is_dir():
+            raise FileNotFoundError(f"--data {args.data}: no such folder (or give one of {', '.join(DATASET_NAMES)})")
+        return None
+    if args.split is not None:
+        raise ValueError("--split chooses among --data images; give --data too (the bank's thumbnails have no split)")
+    bank = MemoryBank.load(Path(folder) / "bank.safetensors")  # the bank alone: not the network's gigabytes
+    if bank.thumbnails is None:
+        raise ValueError("this checkpoint's bank holds no thumbnails to compare with: give --data, a folder of "
+                         "real images (for gmem-v1-xl, e.g. ImageNet validation images)")
+    return bank.thumbnails
+
+
 def encode(encoder, images, what: str):
     import torch
     from tqdm.auto import tqdm
@@ -138,32 +156,27 @@ def run(args) -> int:
         raise ValueError(f"{folder} has no snippet encoder, and the measures live in its feature space; evaluate a "
                          f"checkpoint that has one (emoji-32, gmem-v1-xl, or one `gmem train` wrote)")
     encoder = encoder.to(args.device)  # DINOv2 on 50,000 images wants the GPU as much as the sampler does
+    thumbnails = reference_thumbnails(args, folder)  # before minutes of sampling: a missing reference fails now
     record = {"checkpoint": str(args.checkpoint or "emoji-32")}
     if args.images is not None:
         samples = read_images(args.images)
         record["images"] = str(args.images)
-        ckpt = None
     else:
         from gmem_explore import GMemPipeline
 
-        ckpt = load_checkpoint(folder, device=args.device)
-        pipe = GMemPipeline.from_checkpoint(ckpt, device=args.device)
+        pipe = GMemPipeline.from_checkpoint(load_checkpoint(folder, device=args.device), device=args.device)
         out = pipe.generate(args.samples, seeds=args.seed, choose=args.choose, method=args.method, steps=args.steps,
                             guidance=args.guidance, batch_size=args.batch_size, progress=True)
         samples = out.images
         record["generated"] = {"seeds": [out.seeds[0], out.seeds[-1]], **out.settings}
-    size = samples.shape[1]
-    if args.data is not None:
+    if thumbnails is None:
         from gmem_explore.data import load_dataset
 
-        reference = load_dataset(args.data, size, args.split).images
-        record["reference"] = f"{args.data} ({args.split})"
+        split = args.split or "all"
+        reference = load_dataset(args.data, samples.shape[1], split).images  # at the samples' size
+        record["reference"] = f"{args.data} ({split})"
     else:
-        bank = ckpt.bank if ckpt is not None else load_checkpoint(folder).bank
-        if bank.thumbnails is None:
-            raise ValueError("this checkpoint's bank holds no thumbnails to compare with: give --data, a folder of "
-                             "real images (for gmem-v1-xl, e.g. ImageNet validation images)")
-        reference = bank.thumbnails
+        reference = thumbnails
         record["reference"] = "the bank's thumbnails"
     features = encode(encoder, samples, "samples"), encode(encoder, reference, "references")
     report = {**record, **compare(*features, seed=args.seed)}
