@@ -6,15 +6,16 @@ the checkpoint bank's thumbnails: for `gmem train` checkpoints and emoji-32 thos
 come from the checkpoint's snippet encoder (emoji-32: its small conv encoder; gmem-v1-xl: DINOv2, so FD is the
 FD_DINOv2 of Stein et al. 2023, not FID: for FID run the ADM evaluator on sample-fid's .npz).
 
-FD depends on the number of samples; compare it with the floor printed beside it (two real sets of the same size)
-and between runs of the same --samples; "near copies" is the share of samples at cosine >= 0.95 to a real image.
+FD depends on the number of samples: compare it with the two references printed beside it, new real images (two
+disjoint real sets of that size) and the references copied (what returning training images unchanged scores), and
+between runs of the same --samples. "near copies" is the share of samples at cosine >= 0.95 to a real image.
 --out DIR writes report.json, samples.png (the first 64) and nearest.png (16 random samples, each beside the real
 image nearest to it).
 
 Examples:
   gmem evaluate                                          # emoji-32, 1000 samples against its 1,697 training emojis
   gmem evaluate --checkpoint my-model --data my_pictures --out eval/   # a fine-tuned model against its pictures
-  gmem evaluate --checkpoint my-model --data my_pictures --split held_out  # against pictures it never saw
+  gmem evaluate --checkpoint my-model --data my_pictures --split held_out  # after gmem train --split train
   gmem evaluate --checkpoint gmem-v1-xl --images samples/gmem-xl.npz --data imagenet/val --out eval-xl/
 """
 from __future__ import annotations
