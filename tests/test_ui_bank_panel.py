@@ -5,6 +5,7 @@ app's event graph are checked directly (no browser), on the tiny model."""
 from __future__ import annotations
 
 import logging
+import re
 
 import gradio as gr
 import pytest
@@ -130,7 +131,10 @@ def test_row_grids_select_without_a_preview_and_fit_their_width(demo):
     assert sorted(f.outputs[0].elem_id for f in unmarks) == ["bank-neighbours", "bank-pages", "bank-selection"]
     assert all(f.targets[0][0] == f.outputs[0]._id and f.targets[0][1] == "change" for f in unmarks)
     assert ui_bank.unmark().selected_index is None
-    assert "minmax(0, 1fr)" in ui.CSS and ".fit-grid .grid-container" in ui.CSS
+    # columns shrink to fit (no sideways scrolling), but never below the grid's longest caption (--thumb-min)
+    assert "repeat(auto-fill, minmax(max(var(--thumb-min" in ui.CSS and ".fit-grid .grid-container" in ui.CSS
+    for elem_id in ("bank-selection", "bank-neighbours", "bank-pages", "bank-generations"):
+        assert re.search(rf"#{elem_id}\b[^{{]*{{ --thumb-min: \d+px; }}", ui.CSS), elem_id
 
 
 def test_a_click_in_any_row_grid_picks_its_row_shows_it_and_rings_it_on_the_map(demo, ctx):
