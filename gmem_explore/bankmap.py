@@ -139,6 +139,17 @@ def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000,
     return (coords, idx) if return_indices else coords
 
 
+def uniform_frequency(bank) -> str | None:
+    """The sentence saying rows are drawn uniformly when they are (no frequencies, or all equal), else None:
+    a histogram, a colour scale or a 'most frequent' order of equal values would show nothing (a colour bar from
+    0.9 to 1.1 with every point the same colour)."""
+    if bank.freq is None:
+        return "this bank has no frequencies: rows are drawn uniformly"
+    if len(bank) and bool((bank.freq == bank.freq[0]).all()):
+        return f"all rows have frequency {float(bank.freq[0]):g}: rows are drawn uniformly"
+    return None
+
+
 def scatter_figure(coords, color_by=None, label_names=None, highlight=None, title: str | None = None,
                    size: tuple[float, float] = (6.0, 5.0), selected=None):
     """A matplotlib Figure of the map.

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .bank import MemoryBank, normalize
-from .bankmap import scatter_figure, subsample_indices
+from .bankmap import scatter_figure, subsample_indices, uniform_frequency
 from .pipeline import Generation, GMemPipeline
 
 MAX_SHOWN = 32  # thumbnails / generations per selection: more is unreadable in a notebook cell
@@ -215,16 +215,23 @@ class BankExplorer:
         on hundreds of points merged into one red blob that hid the groups), the region as a dashed box."""
         from matplotlib.patches import Rectangle
 
-        if self.color_by.value == "frequency" and self.bank.freq is not None:
-            colour = self.bank.freq[self.rows].float()
+        # as in the app's Bank tab: equal frequencies (emoji-32's are all 1) drew one colour and a colour bar from
+        # 0.9 to 1.1, and a bank without what was asked for was coloured by the other under the asked-for title
+        colour, how = None, f"coloured by {self.color_by.value}"
+        uniform = uniform_frequency(self.bank)
+        if self.color_by.value == "frequency":
+            if uniform is None:
+                colour = self.bank.freq[self.rows].float()
+            else:
+                how = f"{uniform.split(':')[0]}: nothing to colour by"
         elif self.bank.labels is not None:
             colour = self.bank.labels[self.rows]
         else:
-            colour = None
+            how = "no groups in this bank: nothing to colour by"
         position = {r: i for i, r in enumerate(self.rows.tolist())}
         selected = [position[r] for r in self.selection if r in position]
         fig = scatter_figure(self.coords, colour, self.bank.label_names, selected=selected or None,
-                             title=f"{len(self.coords):,} of {len(self.bank):,} rows, coloured by {self.color_by.value}")
+                             title=f"{len(self.coords):,} of {len(self.bank):,} rows, {how}")
         if self._box is not None:
             (x0, x1), (y0, y1) = self._box
             fig.axes[0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", ls="--"))

@@ -11,23 +11,13 @@ import gradio as gr
 import torch
 
 from .bank import normalize
-from .bankmap import embed_2d, is_cached, scatter_figure
+from .bankmap import embed_2d, is_cached, scatter_figure, uniform_frequency
 from .ui_common import AppContext, Session, UserError, as_float, as_int, friendly, row_caption, thumbnails, upscale
 
 PAGE_SIZE = 48
 SHOW_SELECTED = 48  # thumbnails shown for a box selection (the most frequent rows first)
 NEIGHBOURS = 8
 COLOR_BY = ("group", "frequency")
-
-
-def uniform_frequency(bank) -> str | None:
-    """The sentence saying rows are drawn uniformly when they are (no frequencies, or all equal), else None:
-    a histogram, a colour scale or a 'most frequent' order of equal values would show nothing."""
-    if bank.freq is None:
-        return "this bank has no frequencies: rows are drawn uniformly"
-    if len(bank) and bool((bank.freq == bank.freq[0]).all()):
-        return f"all rows have frequency {float(bank.freq[0]):g}: rows are drawn uniformly"
-    return None
 
 
 def stats(ctx: AppContext, session: Session):

@@ -79,6 +79,23 @@ def test_explorer_on_a_bare_bank_selects_but_does_not_generate(tiny_bank):
     assert ex.generate() is None and "only a bank" in ex.status.value
 
 
+def test_explorer_map_says_when_there_is_nothing_to_colour_by(tiny_bank):
+    """Equal frequencies (emoji-32's are all 1) drew one colour under a colour bar from 0.9 to 1.1; a bank without
+    the asked-for values was coloured by the other under the asked-for title. As in the app: one colour, and why."""
+    MemoryBank = type(tiny_bank)
+    equal = MemoryBank(tiny_bank.rows, torch.ones(20), tiny_bank.labels, tiny_bank.label_names)
+    no_freq = MemoryBank(tiny_bank.rows, None, tiny_bank.labels, tiny_bank.label_names)
+    for bank, why in ((equal, "all rows have frequency 1"), (no_freq, "this bank has no frequencies")):
+        ex = nbh.BankExplorer(bank, torch.randn(20, 2))
+        ex.color_by.value = "frequency"
+        fig = ex.map_figure()
+        assert len(fig.axes) == 1  # no colour bar
+        assert fig.axes[0].get_title() == f"20 of 20 rows, {why}: nothing to colour by"
+        assert not fig.axes[0].get_legend()  # nor group colours under the frequency choice
+    ex = nbh.BankExplorer(MemoryBank(tiny_bank.rows), torch.randn(20, 2))  # no labels: "group" has nothing
+    assert ex.map_figure().axes[0].get_title() == "20 of 20 rows, no groups in this bank: nothing to colour by"
+
+
 def test_explorer_on_a_subsampled_map_only_selects_mapped_rows(pipe):
     rows = torch.tensor([1, 5, 9])
     ex = nbh.BankExplorer(pipe, torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]), rows=rows, steps=2)
