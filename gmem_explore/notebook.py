@@ -306,10 +306,18 @@ class BankExplorer:
         if self.pipe is None:
             self.status.value = "only a bank is loaded: open the checkpoint with GMemPipeline to generate"
             return None
-        before = self.status.value
-        self.status.value = f"generating {len(shown)} images ({self.steps} steps each)..."  # ~20 s for 32 on a CPU
-        self.generation = self.pipe.generate(indices=shown, seeds=[int(self.seed.value)] * len(shown), steps=self.steps)
-        self.status.value = before
+        before, seed = self.status.value.split(" · generated")[0], int(self.seed.value)
+        what = f"{len(shown)} images from seed {seed}, {self.steps} steps"
+
+        def progress(info, start, count):
+            # 32 images of 50 steps take ~20 s on a CPU (the released model: minutes): say how far it got
+            done = start + (info.x.shape[0] * info.step) // info.total
+            self.status.value = f"{before} · generating {what}: step {info.step}/{info.total}, {done}/{count} images"
+
+        self.generation = self.pipe.generate(indices=shown, seeds=[seed] * len(shown), steps=self.steps,
+                                             callback=progress)
+        # the grid's captions are the rows; the seed they share is said here (the seed box may change later)
+        self.status.value = f"{before} · generated {what}"
         self.gen_out.clear_output(wait=True)
         show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=THUMB_COLUMNS), self.gen_out)
         return self.generation

@@ -55,8 +55,17 @@ def test_bank_explorer_callbacks(pipe):
     assert ex.generate() is None and "select rows first" in ex.status.value
     assert ex.select_region((2.0, 6.0), (0.0, 4.0)) == [2, 3, 4, 5, 6]
     assert len(ex.neighbours[0]) == 3 and 2 not in ex.neighbours[0].tolist()
+    statuses = []
+    ex.status.observe(lambda change: statuses.append(change["new"]), names="value")
     gen = ex.generate()
     assert gen.indices == [2, 3, 4, 5, 6] and gen.seeds == [0] * 5 and gen.images.shape == (5, 8, 8, 3)
+    # the slow step says how far it got, and the grid's shared seed (its captions are the rows) stays said
+    assert statuses[:2] == ["5 rows in the region; showing 5 of 5 · generating 5 images from seed 0, 2 steps: "
+                            f"step {k}/2, {5 * k // 2}/5 images" for k in (1, 2)]
+    assert ex.status.value == "5 rows in the region; showing 5 of 5 · generated 5 images from seed 0, 2 steps"
+    ex.seed.value = 7
+    ex.generate()
+    assert ex.status.value.endswith("showing 5 of 5 · generated 5 images from seed 7, 2 steps")
     assert ex.select_rows("7, 9 11") == [7, 9, 11]
     assert ex.select_rows("7, x") == [7, 9, 11] and "integers" in ex.status.value
     assert ex.select_rows([3, 99]) == [7, 9, 11] and "outside the bank" in ex.status.value
