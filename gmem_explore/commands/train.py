@@ -160,5 +160,6 @@ def run(args) -> int:
     info = {"name": out.name, "description": f"trained with `gmem train` on {args.data} ({len(data)} images)",
             "data": {"source": args.data, "images": len(data)}}
     trainer.export(out, bank, ckpt.encoder, sampler=ckpt.sampler, info=info, bank_dtype=torch.float16)
-    print(f"wrote {out} after {trainer.step} steps (last loss {last:.4f})")
+    print(f"wrote {out} after {trainer.step} steps (last loss {last:.4f}); try it: gmem sample --checkpoint {out}; "
+          f"measure it: gmem evaluate --checkpoint {out} --data {args.data}")
     return 0
