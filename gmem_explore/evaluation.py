@@ -5,9 +5,9 @@
     report["fd"], report["fd_floor"], report["precision"], report["recall"], report["near_copies"]
 
 The measures (see metrics.py for the formulas):
-- fd: Frechet distance between samples and references, FID's formula in this encoder's space (with DINOv2, the
-  encoder of gmem-v1-xl, it is the FD_DINOv2 of Stein et al. 2023). FD depends on the number of samples (it is
-  biased upwards for small sets), so it comes with
+- fd: Frechet distance between samples and references, FID's formula in this encoder's space (gmem-v1-xl's is
+  DINOv2-B/14; Stein et al. 2023's FD_DINOv2 uses ViT-L/14, so the figures differ). FD depends on the number of
+  samples (it is biased upwards for small sets), so it comes with
 - fd_floor: the FD between two disjoint random sets of real images, each as large as the samples (as far as the
   references allow): what new real images would score at this sample size, and
 - fd_copies: the FD of as many reference images as samples, drawn at random (with repeats), against all of the

@@ -3,8 +3,9 @@
 Samples are generated here (--samples N, seeds --seed .. --seed + N - 1) or read (--images: a folder of images or
 the .npz of `gmem sample-fid`). The references are --data (an image folder, 'twemoji', 'digits') or, without it,
 the checkpoint bank's thumbnails: for `gmem train` checkpoints and emoji-32 those are the training images. Features
-come from the checkpoint's snippet encoder (emoji-32: its small conv encoder; gmem-v1-xl: DINOv2, so FD is the
-FD_DINOv2 of Stein et al. 2023, not FID: for FID run the ADM evaluator on sample-fid's .npz).
+come from the checkpoint's snippet encoder (emoji-32: its small conv encoder; gmem-v1-xl: DINOv2-B/14's CLS token,
+so FD is a DINOv2 FD, not FID, and not Stein et al.'s FD_DINOv2 either, which uses ViT-L/14: for FID run the ADM
+evaluator on sample-fid's .npz).
 
 FD depends on the number of samples: compare it with the two references printed beside it, new real images (two
 disjoint real sets of that size) and the references copied (what returning training images unchanged scores), and
