@@ -15,7 +15,7 @@ import torch
 from .bank import MIX_METHODS, mix, normalize
 from .bank_checks import check_snippets
 from .images import load_rgb
-from .notebook import labelled_grid, show, with_bank
+from .notebook import labelled_grid, progress_bar, show, status_progress, with_bank
 from .pipeline import Generation, GMemPipeline
 
 
@@ -43,12 +43,16 @@ def swap_row(pipe: GMemPipeline, row: int, image) -> tuple[GMemPipeline, torch.T
     return with_bank(pipe, bank), snippet
 
 
-def swap_and_compare(pipe: GMemPipeline, row: int, image, seeds: Sequence[int] = (0, 1, 2, 3), steps: int | None = None):
-    """Generations of `row` before and after the swap, with the same seeds: (before, after, edited pipeline)."""
+def swap_and_compare(pipe: GMemPipeline, row: int, image, seeds: Sequence[int] = (0, 1, 2, 3), steps: int | None = None,
+                     progress: bool = True):
+    """Generations of `row` before and after the swap, with the same seeds: (before, after, edited pipeline).
+    `progress`: a progress bar for each of the two runs."""
     seeds = list(seeds)
-    before = pipe.generate(indices=[row] * len(seeds), seeds=seeds, steps=steps)
+    with progress_bar(f"row {row} before", progress) as callback:
+        before = pipe.generate(indices=[row] * len(seeds), seeds=seeds, steps=steps, callback=callback)
     edited, _ = swap_row(pipe, row, image)
-    after = edited.generate(indices=[row] * len(seeds), seeds=seeds, steps=steps)
+    with progress_bar(f"row {row} after", progress) as callback:
+        after = edited.generate(indices=[row] * len(seeds), seeds=seeds, steps=steps, callback=callback)
     return before, after, edited
 
 
@@ -71,11 +75,13 @@ def _fit(image: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 # ---- mixing ----------------------------------------------------------------------------------------------------
 def mixing_grid(pipe: GMemPipeline, a, b, weights: Sequence[float] = (0, 0.25, 0.5, 0.75, 1), seed: int = 0,
-                methods: Sequence[str] = MIX_METHODS, steps: int | None = None) -> Generation:
-    """One image per (method, weight), row-major, all from `seed`: the four mixing methods side by side."""
+                methods: Sequence[str] = MIX_METHODS, steps: int | None = None, progress: bool = True) -> Generation:
+    """One image per (method, weight), row-major, all from `seed`: the four mixing methods side by side.
+    `progress`: a progress bar over the images."""
     sa, sb = _snippet(pipe, a), _snippet(pipe, b)
     snippets = torch.cat([mix(sa, sb, w, m, seed) for m in methods for w in weights])
-    return pipe.generate(snippets=snippets, seeds=[seed] * len(snippets), steps=steps)
+    with progress_bar("mixing", progress) as callback:
+        return pipe.generate(snippets=snippets, seeds=[seed] * len(snippets), steps=steps, callback=callback)
 
 
 def mixing_figure(gen: Generation, weights: Sequence[float], methods: Sequence[str] = MIX_METHODS):
@@ -84,12 +90,15 @@ def mixing_figure(gen: Generation, weights: Sequence[float], methods: Sequence[s
 
 
 def seed_sweep(pipe: GMemPipeline, a, b, seeds: Sequence[int] = (0, 1, 2), frames: int = 5, method: str = "slerp",
-               steps: int | None = None) -> Generation:
-    """Interpolations from a to b, one row per seed; within a row every frame has the same seed."""
+               steps: int | None = None, progress: bool = True) -> Generation:
+    """Interpolations from a to b, one row per seed; within a row every frame has the same seed.
+    `progress`: a progress bar over the images."""
     sa, sb = _snippet(pipe, a), _snippet(pipe, b)
     weights = torch.linspace(0, 1, frames).tolist()
     snippets = torch.cat([mix(sa, sb, w, method, s) for s in seeds for w in weights])
-    return pipe.generate(snippets=snippets, seeds=[s for s in seeds for _ in weights], steps=steps)
+    with progress_bar("seed sweep", progress) as callback:
+        return pipe.generate(snippets=snippets, seeds=[s for s in seeds for _ in weights], steps=steps,
+                             callback=callback)
 
 
 def seed_sweep_figure(gen: Generation, seeds: Sequence[int], frames: int):
@@ -131,9 +140,9 @@ class Interpolator:
     def compute(self) -> Generation:
         """Generate all frames (one sampler run, one seed) and enable the slider."""
         k = int(self.frames.value)
-        self.status.value = f"generating {k} frames..."
         self.generation = self.pipe.interpolate(int(self.a.value), int(self.b.value), k=k, mix=self.method.value,
-                                                seed=int(self.seed.value), steps=self.steps)
+                                                seed=int(self.seed.value), steps=self.steps,
+                                                callback=status_progress(self.status, f"generating {k} frames"))
         self.weights = torch.linspace(0, 1, k).tolist()
         self.slider.max, self.slider.disabled = k - 1, False
         self.strip_out.clear_output(wait=True)

@@ -158,10 +158,51 @@ def test_mixing_grid_and_seed_sweep_share_seeds(pipe):
     assert remix.seed_sweep_figure(sweep, [3, 4], 3).size[1] > 2 * 64
 
 
+class FakeBar:
+    """Records what a tqdm bar is told."""
+
+    made: list = []
+
+    def __init__(self, total, desc, unit):
+        self.total, self.desc, self.n, self.steps, self.closed = total, desc, 0, [], False
+        FakeBar.made.append(self)
+
+    def set_postfix_str(self, text, refresh=True):
+        self.steps.append(text)
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_remix_cells_show_a_progress_bar(pipe, monkeypatch):
+    """The generating cells of 02_remix sat silent (the seed sweep: 36 images of 50 steps, ~15 s on a CPU)."""
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", FakeBar)
+    FakeBar.made = []
+    remix.mixing_grid(pipe, 0, 1, (0.0, 1.0), steps=2)
+    (bar,) = FakeBar.made
+    assert (bar.desc, bar.total, bar.n, bar.steps, bar.closed) == ("mixing", 8, 8, ["step 1/2", "step 2/2"], True)
+    FakeBar.made = []
+    remix.seed_sweep(pipe, 0, 1, seeds=[3], frames=3, steps=2)
+    remix.swap_and_compare(pipe, 4, np.zeros((20, 20, 3), np.uint8), seeds=[1, 2], steps=2)
+    assert [(b.desc, b.total, b.n, b.closed) for b in FakeBar.made] == [
+        ("seed sweep", 3, 3, True), ("row 4 before", 2, 2, True), ("row 4 after", 2, 2, True)]
+    FakeBar.made = []
+    remix.mixing_grid(pipe, 0, 1, (0.0, 1.0), steps=2, progress=False)
+    assert FakeBar.made == []
+
+
 def test_interpolator_precomputes_and_slider_only_shows(pipe, monkeypatch):
     ip = remix.Interpolator(pipe, a=0, b=5, frames=4, steps=2)
     assert ip.show_frame(0) is None and "Compute" in ip.status.value
+    statuses = []
+    ip.status.observe(lambda change: statuses.append(change["new"]), names="value")
     ip.compute_button.click()
+    assert statuses[:2] == ["generating 4 frames: step 1/2, 2/4 images", "generating 4 frames: step 2/2, 4/4 images"]
     assert len(ip.generation) == 4 and ip.generation.seeds == [0] * 4 and ip.slider.max == 3
     calls = []
     monkeypatch.setattr(pipe, "generate", lambda *a, **k: calls.append(1))
