@@ -150,8 +150,8 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
                 gen = ui_generate.build(ctx, state)
             with gr.Tab("Bank", id="bank") as bank_tab:
                 bank = ui_bank.build(ctx, state, steps_default)
-            with gr.Tab("Swap", id="swap"):
-                ui_swap.build(ctx, state, steps_default)
+            with gr.Tab("Swap", id="swap") as swap_tab:
+                swap = ui_swap.build(ctx, state, steps_default)
             with gr.Tab("Interpolate", id="interpolate") as interpolate_tab:
                 interp = ui_interpolate.build(ctx, state, steps_default, method_default)
 
@@ -182,6 +182,7 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
         generate_tab.select(ranges("Bank row"), state, gen["row"], queue=False, api_visibility="private")
         interpolate_tab.select(ranges(*interp["rows"]), state, list(interp["rows"].values()), queue=False,
                                api_visibility="private")
+        swap_tab.select(**swap["relabel"])  # its own rule: the box has no maximum (ui_swap.row_box)
 
         stats_fn, stats_in, stats_out = bank["refresh"]
         page_fn, page_out = bank["page"]

@@ -109,6 +109,20 @@ def compare_note(ctx: AppContext, session: Session, row) -> str:
     return f"**{row_caption(mine, r)}** is unchanged in this session; seeds 0-3 on both sides."
 
 
+def row_box(ctx: AppContext, session: Session, row=None) -> dict:
+    """The row box for this session's bank: its range in the label, as on the other tabs ("Bank row (0–1697)" once
+    Add made row 1697; back to 0–1696 after Reset), and `row` as its value while it is still a row of the bank.
+
+    The box has no maximum: gradio refuses an input above a Number's maximum before any handler runs ("Value 1697
+    is greater than maximum value 1696"), and Add puts the new row in the box before its range can follow. The
+    handlers check the row themselves (as_int names the range)."""
+    last = max(len(ctx.bank(session)) - 1, 0)
+    update = gr.update(label=f"Bank row (0–{last})")
+    if isinstance(row, (int, float)) and row == row:  # not None, not NaN
+        update["value"] = min(int(row), last)  # a row this session added is gone after Reset: the last one
+    return update
+
+
 def download(ctx: AppContext, session: Session) -> str:
     bank = ctx.bank(session)
     path = scratch_path("bank-edited.safetensors" if session.bank is not None else "bank.safetensors")
@@ -141,8 +155,9 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     gr.Markdown("### Put it into the bank (this session's copy)")
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            row = gr.Number(0, precision=0, minimum=0, maximum=max(len(pipe.bank) - 1, 0) + MAX_EDITS,
-                            label="Bank row", elem_id="swap-row")
+            # no maximum: see row_box
+            row = gr.Number(0, precision=0, minimum=0, label=f"Bank row (0–{max(len(pipe.bank) - 1, 0)})",
+                            elem_id="swap-row")
             with gr.Row():
                 replace_btn = gr.Button("Replace this row", elem_id="swap-replace")
                 add_btn = gr.Button("Add as a new row", elem_id="swap-add")
@@ -190,13 +205,16 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     quiet = {"queue": False, "api_visibility": "private"}  # the display-only follow-up steps below
     go.click(ctx.model_call(on_generate), [state, upload, n, seed, randomize, steps], [gallery, seed_used, nearest_md],
              api_name="swap_generate", **RAW_INPUTS, **model).success(lambda used: used, seed_used, seed, **quiet)
+    # the endpoints return the row as a number (API clients read it); a quiet step then gives the box its range
+    relabel = {"fn": lambda session, r: row_box(ctx, session, r), "inputs": [state, row], "outputs": row, **quiet}
     replace_btn.click(ctx.model_call(on_replace), [state, upload, row], [state, row, log], api_name="swap_replace",
-                      **RAW_INPUTS, **model)
-    add_btn.click(ctx.model_call(on_add), [state, upload], [state, row, log], api_name="swap_add", **RAW_INPUTS, **model)
+                      **RAW_INPUTS, **model).success(**relabel)
+    add_btn.click(ctx.model_call(on_add), [state, upload], [state, row, log], api_name="swap_add", **RAW_INPUTS,
+                  **model).success(**relabel)
     compare_btn.click(ctx.model_call(on_compare), [state, row, steps], [before, after], api_name="swap_compare",
                       **model).success(lambda session, r: compare_note(ctx, session, r), [state, row], note, **quiet)
     download_btn.click(on_download, state, file_out, api_name="swap_download").success(
         lambda: gr.update(visible=True), None, file_out, **quiet)  # the file box appears once there is a file
     reset_btn.click(on_reset, state, [state, log], api_name="swap_reset").success(
-        lambda: (gr.update(value=None, visible=False), ""), None, [file_out, note], **quiet)
-    return {"log": log}
+        lambda: (gr.update(value=None, visible=False), ""), None, [file_out, note], **quiet).success(**relabel)
+    return {"log": log, "row": row, "relabel": relabel}

@@ -288,6 +288,44 @@ def test_swap_changes_only_the_sessions_bank(ctx, pictures):
     assert mine.bank is None and "No edits" in log
 
 
+def test_swap_row_box_says_the_sessions_range(demo, ctx, pictures):
+    """The Swap tab's row box said only "Bank row" while Generate's and Interpolate's give the range; this one's
+    range changes with this session's edits: Add grows the bank, Reset shrinks it back. It has no maximum: gradio
+    refuses an input above it before any handler runs, and Add puts the new row in the box first."""
+    from gradio.state_holder import SessionState
+
+    (box,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "swap-row"]
+    assert box.label == f"Bank row (0–{ROWS - 1})" and box.maximum is None
+    state = SessionState(demo)
+    payload = {"path": pictures["red"], "orig_name": "red.png", "meta": {"_type": "gradio.FileData"}}
+
+    def relabel_after(event, inputs, box_value=None):
+        """Run an event through gradio, then (as the page does) its follow-up steps up to the box's relabelling,
+        which reads the box as the event left it (Add and Replace write the row into it)."""
+        data = run_event(demo, state, event, inputs)["data"]
+        value = data[1] if box in event.outputs else box_value
+        step = event
+        while True:
+            (step,) = [f for f in demo.fns.values() if f.trigger_after == step._id]
+            if step.outputs == [box]:
+                return data, run_event(demo, state, step, [None, value])["data"][0]
+            run_event(demo, state, step, [])
+
+    (_, new, _), row = relabel_after(event_named(demo, "swap_add"), [None, payload])
+    assert new == ROWS  # the endpoint itself returns the number, for API clients
+    assert (row["label"], row["value"]) == (f"Bank row (0–{ROWS})", ROWS)
+    _, row = relabel_after(event_named(demo, "swap_replace"), [None, payload, 3])
+    assert (row["label"], row["value"]) == (f"Bank row (0–{ROWS})", 3)
+    # Reset: the added row is gone, and a box still on it falls back to the last row
+    _, row = relabel_after(event_named(demo, "swap_reset"), [None], box_value=ROWS)
+    assert (row["label"], row["value"]) == (f"Bank row (0–{ROWS - 1})", ROWS - 1)
+    # the tab's own select re-reads the range (a model load or another tab may have changed the bank)
+    (select,) = [f for f in demo.fns.values() if f.outputs == [box] and f.targets[0][1] == "select"]
+    grown, _, _ = ui_swap.add_row(ctx, ctx.new_session(), pictures["blue"])
+    assert select.fn(grown, 5) == {"__type__": "update", "label": f"Bank row (0–{ROWS})", "value": 5}
+    assert "value" not in ui_swap.row_box(ctx, grown, None)
+
+
 def test_interpolate_frames_strip_and_gif(ctx, pictures):
     s = ctx.new_session()
     previews, (items, strip, gif, seed, details) = final(ui_interpolate.interpolate(
