@@ -12,7 +12,8 @@ import torch
 
 from .bank import normalize
 from .bankmap import embed_2d, is_cached, scatter_figure, uniform_frequency
-from .ui_common import AppContext, Session, UserError, as_float, as_int, friendly, row_caption, thumbnails, upscale
+from .ui_common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, step_progress,
+                        thumbnails, upscale)
 
 PAGE_SIZE = 48
 SHOW_SELECTED = 48  # thumbnails shown for a box selection (the most frequent rows first)
@@ -171,12 +172,13 @@ def short_captions(items):
     return [(img, cap.split(" · ")[0]) for img, cap in items]
 
 
-def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4):
+def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4, progress=None):
     """n images from one row with seeds 0..n-1 (the same seeds every time, so edits can be compared)."""
     pipe = ctx.pipeline(session)
     r = as_int(row, "row", 0, len(pipe.bank) - 1)
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
-    out = pipe.generate(indices=[r] * n, seeds=list(range(n)), steps=steps, batch_size=ctx.limits.batch_size)
+    out = pipe.generate(indices=[r] * n, seeds=list(range(n)), steps=steps, batch_size=ctx.limits.batch_size,
+                        callback=step_progress(progress))
     return [(upscale(im), f"row {r} · seed {s}") for im, s in zip(out.images, out.seeds)]
 
 
@@ -269,8 +271,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         return short_captions(items), rows, number, text
 
     @friendly
-    def on_row_generate(session, row):
-        return row_generations(ctx, session, row, steps_default)
+    def on_row_generate(session, row, progress=gr.Progress()):
+        return row_generations(ctx, session, row, steps_default, progress=progress)
 
     map_inputs = [state, method, color, x0, x1, y0, y1, row]
     map_outputs = [plot, selection, selected_rows, summary]

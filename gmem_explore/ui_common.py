@@ -347,6 +347,19 @@ def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: 
     yield ("result", outcome["value"])
 
 
+def step_progress(progress, what: str = "sampling"):
+    """A pipeline callback that moves gradio's progress bar ("what: step k/N"), or None without a progress. For the
+    model calls without live previews (Swap's Generate and compare, the Bank's "Generate 4"): they showed only a
+    timer, and on gmem-v1-xl a compare is 8 images of 250 SDE steps."""
+    if progress is None:
+        return None
+
+    def callback(info, start, count):
+        done = start + info.x.shape[0] * info.step / info.total
+        progress(min(done / count, 1.0), desc=f"{what}: step {info.step}/{info.total}")
+    return callback
+
+
 def row_range(bank, name: str = "Bank row"):
     """A row box's label and bounds for this bank, e.g. "Bank row (0–1696)": banks differ between models and grow
     with edits, so the boxes re-read them when shown."""

@@ -9,14 +9,14 @@ import gradio as gr
 import torch
 
 from .ui_common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
-                        upscale)
+                        step_progress, upscale)
 from .ui_files import RAW_INPUTS, encode_upload, image_upload, scratch_path
 
 MAX_EDITS = 1000  # rows a session may add; beyond this a script (gmem build-bank) is the right tool
 UPLOAD_GROUP = "your upload"  # the group of a row replaced or added here: its old group no longer describes it
 
 
-def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, randomize, steps):
+def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, randomize, steps, progress=None):
     pipe = ctx.pipeline(session)
     n = as_int(n, "number of images", 1, ctx.limits.max_images)
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
@@ -25,7 +25,7 @@ def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, ran
     idx, sims = pipe.bank.nearest(snippet, 3)
     near = ", ".join(f"{row_caption(pipe.bank, int(i))} (cos {float(s):.2f})" for i, s in zip(idx[0], sims[0]))
     out = pipe.generate(snippets=snippet.repeat(n, 1), seeds=[(seed + i) % 2**31 for i in range(n)], steps=steps,
-                        batch_size=ctx.limits.batch_size)
+                        batch_size=ctx.limits.batch_size, callback=step_progress(progress))
     items = [(upscale(im), f"seed {s}") for im, s in zip(out.images, out.seeds)]
     return items, seed, f"Nearest bank rows to this image: {near}"
 
@@ -75,17 +75,19 @@ def edit_log(session: Session) -> str:
         "\n".join(f"- {e}" for e in session.edits[-20:])
 
 
-def compare_row(ctx: AppContext, session: Session, row, steps, n: int = 4):
+def compare_row(ctx: AppContext, session: Session, row, steps, n: int = 4, progress=None):
     """Images from one row with seeds 0..n-1, from the original bank and from this session's edited copy."""
     original = ctx.store.get(session.checkpoint)
     mine = ctx.pipeline(session)
     r = as_int(row, "row", 0, len(mine.bank) - 1)
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
     seeds = list(range(n))
-    after = mine.generate(indices=[r] * n, seeds=seeds, steps=steps)
+    after = mine.generate(indices=[r] * n, seeds=seeds, steps=steps,
+                          callback=step_progress(progress, "this session's bank"))
     after_items = [(upscale(im), f"seed {s}") for im, s in zip(after.images, after.seeds)]
     if r < len(original.bank):
-        before = original.generate(indices=[r] * n, seeds=seeds, steps=steps)
+        before = original.generate(indices=[r] * n, seeds=seeds, steps=steps,
+                                   callback=step_progress(progress, "original bank"))
         before_items = [(upscale(im), f"seed {s}") for im, s in zip(before.images, before.seeds)]
     else:
         before_items = []  # a row this session added has no original
@@ -178,8 +180,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     seed_used = hidden_seed()
 
     @friendly
-    def on_generate(session, upload, n, seed, randomize, steps):
-        return generate_from_upload(ctx, session, upload, n, seed, randomize, steps)
+    def on_generate(session, upload, n, seed, randomize, steps, progress=gr.Progress()):
+        return generate_from_upload(ctx, session, upload, n, seed, randomize, steps, progress)
 
     @friendly
     def on_replace(session, upload, row):
@@ -190,8 +192,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         return add_row(ctx, session, upload)
 
     @friendly
-    def on_compare(session, row, steps):
-        return compare_row(ctx, session, row, steps)
+    def on_compare(session, row, steps, progress=gr.Progress()):
+        return compare_row(ctx, session, row, steps, progress=progress)
 
     @friendly
     def on_download(session):

@@ -326,6 +326,29 @@ def test_swap_row_box_says_the_sessions_range(demo, ctx, pictures):
     assert "value" not in ui_swap.row_box(ctx, grown, None)
 
 
+def test_model_calls_without_previews_move_the_progress_bar(demo, ctx, pictures):
+    """Swap's Generate and compare and the Bank's "Generate 4" showed only a timer (on gmem-v1-xl a compare is 8
+    images of 250 SDE steps); they now report each sampler step to gradio's progress bar."""
+    seen = []
+
+    def progress(fraction, desc=None):
+        seen.append((round(fraction, 2), desc))
+
+    s = ctx.new_session()
+    ui_swap.generate_from_upload(ctx, s, pictures["red"], 2, 0, False, 2, progress)
+    assert seen == [(0.5, "sampling: step 1/2"), (1.0, "sampling: step 2/2")]
+    seen.clear()
+    ui_swap.compare_row(ctx, s, 3, 2, progress=progress)
+    assert [d for _, d in seen] == ["this session's bank: step 1/2", "this session's bank: step 2/2",
+                                    "original bank: step 1/2", "original bank: step 2/2"]
+    seen.clear()
+    ui_bank.row_generations(ctx, s, 3, 2, progress=progress)
+    assert seen[-1] == (1.0, "sampling: step 2/2")
+    for name in ("swap_generate", "swap_compare", "bank_row_generate"):  # gradio hands the handlers a progress
+        default = inspect.signature(event_named(demo, name).fn).parameters["progress"].default
+        assert isinstance(default, gr.Progress), name
+
+
 def test_interpolate_frames_strip_and_gif(ctx, pictures):
     s = ctx.new_session()
     previews, (items, strip, gif, seed, details) = final(ui_interpolate.interpolate(
