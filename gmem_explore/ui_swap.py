@@ -143,11 +143,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             upload = image_upload("Your image", height=220, elem_id="swap-upload")
+            # the Generate tab's words for the same settings (image i uses seed + i here too); one above the other,
+            # as side by side "Number of images" wrapped onto two lines and pushed its slider below the other's
+            n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Number of images")
+            steps = gr.Slider(1, ctx.limits.max_steps, value=steps_default, step=1, label="Steps")
             with gr.Row():
-                n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Images")
-                steps = gr.Slider(1, ctx.limits.max_steps, value=steps_default, step=1, label="Steps")
-            with gr.Row():
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="swap-seed")
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)", elem_id="swap-seed")
                 randomize = gr.Checkbox(False, label="Random seed")
             go = gr.Button("Generate from this image", variant="primary", elem_id="swap-generate")
             nearest_md = gr.Markdown()

@@ -224,6 +224,15 @@ def test_generate_help_and_row_range_follow_the_choice(demo, ctx):
     assert info["info"] == ui_generate.SOURCE_HELP[GROUP] and not row["visible"] and group["visible"]
 
 
+def test_generate_and_swap_name_their_shared_settings_alike(demo):
+    """Swap said "Images" and "Seed" where Generate says "Number of images" and "Seed (image i uses seed + i)",
+    though both number their images' seeds the same way."""
+    (generate,) = [f for f in demo.fns.values() if f.api_name == "generate"]
+    (swap,) = [f for f in demo.fns.values() if f.api_name == "swap_generate"]
+    labels = lambda fn: {b.label for b in fn.inputs if isinstance(b, (gr.Slider, gr.Number))}  # noqa: E731
+    assert {"Number of images", "Seed (image i uses seed + i)"} <= labels(generate) & labels(swap)
+
+
 def test_interpolate_default_rows_differ_visibly():
     bank = tiny_pipeline().bank
     a, b = ui_interpolate.default_endpoints(bank)
