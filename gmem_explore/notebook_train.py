@@ -53,8 +53,8 @@ class TrainingMonitor:
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.samples: list[tuple[int, torch.Tensor]] = []
-        self.loss_out, self.sample_out, self.status = W.Output(), W.Output(), W.HTML()
-        self.widget = W.HBox([self.loss_out, W.VBox([self.status, self.sample_out])])
+        self.loss_out, self.sample_out, self.status, self.sample_title = W.Output(), W.Output(), W.HTML(), W.HTML()
+        self.widget = W.HBox([self.loss_out, W.VBox([self.status, self.sample_title, self.sample_out])])
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -70,7 +70,8 @@ class TrainingMonitor:
     def on_step(self, trainer, event: dict) -> None:
         self.steps.append(int(event["step"]))
         self.losses.append(float(event["loss"]))
-        self.status.value = (f"step {event['step']}: loss {event['loss']:.4f}, lr {event['lr']:.2e}, "
+        of = f"/{self.total}" if getattr(self, "total", None) else ""
+        self.status.value = (f"step {event['step']}{of}: loss {event['loss']:.4f}, lr {event['lr']:.2e}, "
                              f"{event.get('images_per_s', 0):.0f} images/s")
         if event["step"] % self.plot_every == 0 or event["step"] == getattr(self, "total", None):
             self.loss_out.clear_output(wait=True)
@@ -79,6 +80,10 @@ class TrainingMonitor:
     def on_eval(self, trainer, event: dict) -> None:
         images = event["images"]
         self.samples.append((int(event["step"]), images))
+        # the grid stays up while training goes on (600 steps, a grid every 100): it says which step drew it
+        seeds = event["seeds"]
+        self.sample_title.value = (f"samples at step {event['step']} (EMA weights; seeds {seeds[0]}–{seeds[-1]} and "
+                                   f"the same conditions at every evaluation)")
         self.sample_out.clear_output(wait=True)
         titles = [f"seed {s}" for s in event["seeds"]]
         show(labelled_grid(images, titles, ncols=min(8, len(images)), cell=64), self.sample_out)

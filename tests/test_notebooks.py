@@ -254,7 +254,8 @@ def test_training_monitor_records_through_trainer_callbacks(tiny_model, tiny_ban
     trainer.fit()
     assert monitor.steps == [1, 2, 3, 4] and all(np.isfinite(monitor.losses))
     assert [step for step, _ in monitor.samples] == [2, 4] and monitor.samples[0][1].shape == (3, 8, 8, 3)
-    assert "step 4" in monitor.status.value
+    assert monitor.status.value.startswith("step 4/4: loss ")  # how far, of how many
+    assert monitor.sample_title.value.startswith("samples at step 4 ")  # the grid says which step drew it
     assert len(monitor.loss_figure().axes[0].lines) == 2  # the loss and its running mean
 
 
