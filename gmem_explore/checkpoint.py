@@ -159,19 +159,66 @@ def load_encoder(folder, config: dict | None = None):
     return encoder_from_config(config["encoder"], enc_state)
 
 
-# What a fingerprint reads of each file: its header (names, dtypes, shapes, metadata) and all of a small file's data,
-# else 64 blocks spread over it. Retrained weights or another bank change nearly every block, so the samples catch
-# them; reading SiT-XL/2's 2.7 GB model + 1 GB bank whole would take seconds per process and resume.
-FINGERPRINT_WHOLE_BYTES = 8 << 20
-FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK_BYTES = 64, 64 << 10
+# config.json keys that shape the images a folder makes. The others record where it came from and change with no
+# image: a conversion's source (the .pth's modification time: another download of the same file, or another node's
+# HF cache), a training run's figures, a name or description.
+FINGERPRINT_CONFIG_KEYS = ("format", "model", "autoencoder", "encoder", "sampler")
+FINGERPRINT_PREFIX = "tensors-sha256:"
+FINGERPRINT_FILES = ("model.safetensors", "bank.safetensors", "encoder.safetensors")
+FINGERPRINT_CHUNK = 16 << 20
 
 
 def fingerprint(folder) -> str:
-    """A short identity of a checkpoint folder's contents ("sha256:" + 16 hex digits): the same contents give the
-    same string, another Hub revision, bank precision (--bank-dtype) or retrained weights give another. Records
-    made from a checkpoint (sample-fid's run.json) use it to refuse a resume that would mix images of two models.
-    JSON is hashed with sorted keys: safetensors writes its metadata in no fixed order, so two saves of the same
-    tensors differ in their header bytes."""
+    """A short identity of a checkpoint folder's contents ("tensors-sha256:" + 16 hex digits): the same contents
+    give the same string, another Hub revision's weights, bank precision (--bank-dtype), retrained weights or one
+    edited bank row give another. Records made from a checkpoint (sample-fid's run.json) use it to refuse a resume
+    that would mix images of two models.
+
+    What is hashed: the image-shaping keys of config.json (FINGERPRINT_CONFIG_KEYS, sorted), and of each tensor file
+    its metadata and every tensor (name, dtype, shape, all of its bytes) in name order, so the file's byte layout
+    (safetensors writes metadata keys in no fixed order; a streamed conversion and save_checkpoint order tensors
+    differently) does not count. Every byte is read: gmem-v1-xl's 2.7 GB network and 1 GB bank take about 2-4 s of
+    one core (sha256 at 1-2 GB/s) on a run of GPU-hours; sampled blocks missed an edited bank row."""
+    import hashlib
+
+    from .safefiles import read_header
+
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    if (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_bytes())
+        shaping = {k: config.get(k) for k in FINGERPRINT_CONFIG_KEYS}
+        digest.update(b"config.json:" + json.dumps(shaping, sort_keys=True).encode())
+    for name in FINGERPRINT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        entries, metadata, data_start = read_header(path)
+        digest.update(f"{name}:".encode() + json.dumps(metadata, sort_keys=True).encode())
+        with open(path, "rb") as f:
+            for key in sorted(entries):
+                entry = entries[key]
+                begin, end = entry["data_offsets"]
+                digest.update(json.dumps([key, entry["dtype"], entry["shape"], end - begin]).encode())
+                f.seek(data_start + begin)
+                left = end - begin
+                while left > 0:
+                    block = f.read(min(left, FINGERPRINT_CHUNK))
+                    if not block:
+                        raise ValueError(f"{path} is truncated inside tensor {key!r}; copy or save it again")
+                    digest.update(block)
+                    left -= len(block)
+    return FINGERPRINT_PREFIX + digest.hexdigest()[:16]
+
+
+# The fingerprint sample-fid recorded before FINGERPRINT_PREFIX: the whole config.json (its source's modification
+# time included) and 64 blocks of 64 KB of each file over 8 MB. Kept only to recognise the run.json files it wrote.
+LEGACY_FINGERPRINT_WHOLE_BYTES = 8 << 20
+LEGACY_FINGERPRINT_BLOCKS, LEGACY_FINGERPRINT_BLOCK_BYTES = 64, 64 << 10
+
+
+def legacy_fingerprint(folder) -> str:
+    """The "sha256:" + 16 hex digits fingerprint of records written before FINGERPRINT_PREFIX (see above)."""
     import hashlib
 
     folder = Path(folder)
@@ -179,7 +226,7 @@ def fingerprint(folder) -> str:
     canonical = lambda text: json.dumps(json.loads(text), sort_keys=True).encode()  # noqa: E731
     if (folder / "config.json").is_file():
         digest.update(b"config.json:" + canonical((folder / "config.json").read_bytes()))
-    for name in ("model.safetensors", "bank.safetensors", "encoder.safetensors"):
+    for name in FINGERPRINT_FILES:
         path = folder / name
         if not path.is_file():
             continue
@@ -188,11 +235,11 @@ def fingerprint(folder) -> str:
             digest.update(f"{name}:".encode() + canonical(f.read(header_bytes)))
             start = 8 + header_bytes
             size = path.stat().st_size - start
-            if size <= FINGERPRINT_WHOLE_BYTES:
+            if size <= LEGACY_FINGERPRINT_WHOLE_BYTES:
                 digest.update(f.read())
                 continue
-            stride = (size - FINGERPRINT_BLOCK_BYTES) // (FINGERPRINT_BLOCKS - 1)
-            for k in range(FINGERPRINT_BLOCKS):  # the first and the last block included
+            stride = (size - LEGACY_FINGERPRINT_BLOCK_BYTES) // (LEGACY_FINGERPRINT_BLOCKS - 1)
+            for k in range(LEGACY_FINGERPRINT_BLOCKS):
                 f.seek(start + k * stride)
-                digest.update(f.read(FINGERPRINT_BLOCK_BYTES))
+                digest.update(f.read(LEGACY_FINGERPRINT_BLOCK_BYTES))
     return "sha256:" + digest.hexdigest()[:16]

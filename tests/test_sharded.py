@@ -101,21 +101,89 @@ def test_a_resume_on_changed_weights_is_refused_and_says_why(tiny_folder, tiny_m
     run(str(tiny_folder), out, num=2, base_seed=10, device="cpu", npz=None, progress=False)
 
 
-@pytest.mark.parametrize("sampled", [False, True], ids=["whole files", "sampled blocks"])
-def test_fingerprint_follows_the_files_not_the_folder(tiny_folder, tiny_model, tiny_bank, tmp_path, monkeypatch,
-                                                      sampled):
-    if sampled:  # the path SiT-XL/2's gigabyte files take, on the tiny files
-        monkeypatch.setattr(checkpoint_module, "FINGERPRINT_WHOLE_BYTES", 1024)
-        monkeypatch.setattr(checkpoint_module, "FINGERPRINT_BLOCK_BYTES", 64)
+def test_fingerprint_follows_the_files_not_the_folder(tiny_folder, tiny_model, tiny_bank, tmp_path):
     ckpt = Checkpoint(tiny_model, tiny_bank, {"type": "pixels"}, None, {"method": "sde", "steps": 3})
     first = fingerprint(tiny_folder)
-    assert first.startswith("sha256:") and len(first) == 7 + 16
+    assert first.startswith("tensors-sha256:") and len(first) == len("tensors-sha256:") + 16
     assert fingerprint(save_checkpoint(tmp_path / "copy", ckpt)) == first  # same contents elsewhere: same
     assert fingerprint(save_checkpoint(tmp_path / "fp16", ckpt, bank_dtype=torch.float16)) != first  # --bank-dtype
     with torch.no_grad():
         for p in tiny_model.parameters():
             p.mul_(1.01)
     assert fingerprint(save_checkpoint(tmp_path / "retrained", ckpt)) != first
+
+
+def test_fingerprint_ignores_where_a_checkpoint_came_from(tiny_folder):
+    """A conversion records its .pth's modification time in config.json ("source"): the same file downloaded again,
+    or another node's HF cache, converted to the same tensors with another config.json, and the fingerprint (the
+    whole config.json) refused to resume the run. Only the keys that shape images count now."""
+    first = fingerprint(tiny_folder)
+    config = json.loads((tiny_folder / "config.json").read_text())
+    config.update(source={"file": "x.pth", "mtime_ns": 123, "sha256": None}, name="again", description="re-converted",
+                  training={"steps": 7})
+    (tiny_folder / "config.json").write_text(json.dumps(config))
+    assert fingerprint(tiny_folder) == first
+    config["sampler"] = {"method": "sde", "steps": 4}  # shapes images: counts
+    (tiny_folder / "config.json").write_text(json.dumps(config))
+    assert fingerprint(tiny_folder) != first
+
+
+def test_fingerprint_sees_one_edited_row_of_a_large_bank(tmp_path):
+    """The fingerprint read 64 blocks of 64 KB of a file over 8 MB: one bank row replaced (bank.replace_rows, the
+    app's Swap) between them went unseen, so a resume mixed images of two banks. Every byte counts now."""
+    from gmem_explore.bank import MemoryBank
+
+    rows = torch.randn(150_000, 16, generator=torch.Generator().manual_seed(0))  # 9.6 MB
+    (tmp_path / "a").mkdir()
+    MemoryBank(rows, torch.ones(len(rows))).save(tmp_path / "a" / "bank.safetensors")
+    first = fingerprint(tmp_path / "a")
+    rows[1600] = torch.randn(16)  # 100 KB into the data: between the old first and second blocks
+    (tmp_path / "b").mkdir()
+    MemoryBank(rows, torch.ones(len(rows))).save(tmp_path / "b" / "bank.safetensors")
+    assert fingerprint(tmp_path / "b") != first
+
+
+def write_safetensors_in_order(path, tensors: dict, order: str) -> None:
+    """A safetensors file whose tensors lie in `order` (safetensors.torch.save picks its own order)."""
+    header, offset, data = {}, 0, b""
+    for key in order:
+        raw = tensors[key].numpy().tobytes()
+        header[key] = {"dtype": {torch.float32: "F32", torch.float16: "F16"}[tensors[key].dtype],
+                       "shape": list(tensors[key].shape), "data_offsets": [offset, offset + len(raw)]}
+        offset, data = offset + len(raw), data + raw
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def test_fingerprint_does_not_depend_on_the_files_layout(tmp_path):
+    """The same tensors laid out in another order (a streamed conversion vs save_checkpoint) are the same contents."""
+    from gmem_explore.safefiles import load_tensors
+
+    tensors = {"a": torch.arange(6.0), "b": torch.ones(3, dtype=torch.float16), "c": torch.zeros(2, 2)}
+    for name, order in (("x", "abc"), ("y", "cba")):
+        (tmp_path / name).mkdir()
+        write_safetensors_in_order(tmp_path / name / "model.safetensors", tensors, order)
+        assert all(torch.equal(v, tensors[k]) for k, v in load_tensors(tmp_path / name / "model.safetensors")[0].items())
+    assert fingerprint(tmp_path / "x") == fingerprint(tmp_path / "y")
+    tensors["b"][1] = 2
+    write_safetensors_in_order(tmp_path / "y" / "model.safetensors", tensors, "cba")
+    assert fingerprint(tmp_path / "x") != fingerprint(tmp_path / "y")
+
+
+def test_a_run_recorded_with_the_earlier_fingerprint_still_resumes(tiny_folder, tmp_path):
+    """run.json files written before the fingerprint read every byte hold the sampled kind ("sha256:..."): resuming
+    them on the same files goes on; on other files it is refused as before."""
+    out = tmp_path / "run"
+    run(str(tiny_folder), out, num=2, base_seed=10, device="cpu", npz=None, progress=False)
+    record = json.loads((out / "run.json").read_text())
+    record["weights"] = checkpoint_module.legacy_fingerprint(tiny_folder)
+    (out / "run.json").write_text(json.dumps(record))
+    run(str(tiny_folder), out, num=3, base_seed=10, device="cpu", npz=None, progress=False)
+    record["weights"] = "sha256:0123456789abcdef"
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="weights"):
+        run(str(tiny_folder), out, num=3, base_seed=10, device="cpu", npz=None, progress=False)
 
 
 def test_guided_run_records_its_guidance_and_makes_the_pipelines_images(tiny_folder, tmp_path):
