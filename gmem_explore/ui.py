@@ -37,8 +37,8 @@ INTRO = (
 # 80 px, "seed 905427 · row 1225" read "seed 9054…" and the row scrolled sideways; the Bank's neighbours lost their
 # cosine and its generations their seed. The widths (captions measured in chromium, plus the 6-digit seeds and rows
 # of gmem-v1-xl): "seed 123456 · row 639999" 150 px, "row 639999 · cos 0.99" 121, "row 639999 · seed 3" 115,
-# "w 0.14 · 250/250" 98, "row 639999" 73. Rows take the square thumbnails' height: gradio's 100 px minimum row
-# stretched 45 px wide page thumbnails into tall, cropped strips.
+# "w 0.14 · 250/250" 98, "row 639999" 73, "seed 3" 50. Rows take the square thumbnails' height: gradio's 100 px
+# minimum row stretched 45 px wide page thumbnails into tall, cropped strips.
 CSS = """
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
 #swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
@@ -51,7 +51,7 @@ CSS = """
 #bank-neighbours { --thumb-min: 128px; }
 #bank-generations { --thumb-min: 120px; }
 #interp-frames { --thumb-min: 104px; }
-#bank-selection, #bank-pages { --thumb-min: 72px; }
+#bank-selection, #bank-pages, #swap-before, #swap-after { --thumb-min: 72px; }
 .fit-grid .caption-label { max-width: 100% !important; }
 .fit-grid .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; overflow-y: auto; }
 .grid-wrap:not(.fixed-height) { overflow-y: auto !important; }

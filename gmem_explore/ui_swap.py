@@ -175,9 +175,9 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             note = gr.Markdown(elem_id="swap-note")
             # fit-content: a fixed height cut the captions off; the galleries are as tall as their one row
             before = gr.Gallery(label="Original bank", columns=4, height="fit-content", format="png",
-                                elem_id="swap-before")
+                                elem_id="swap-before", elem_classes=["fit-grid"])
             after = gr.Gallery(label="This session's bank", columns=4, height="fit-content", format="png",
-                               elem_id="swap-after")
+                               elem_id="swap-after", elem_classes=["fit-grid"])
     seed_used = hidden_seed()
 
     @friendly

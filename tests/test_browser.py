@@ -262,5 +262,10 @@ def test_captions_fit_a_narrow_window(browser):
         open_tab(browser, "Bank")
         wait_for(browser, lambda: len(css(browser, "#bank-neighbours .thumbnail-item")) == 8, "neighbour thumbnails")
         assert not captions_cut(browser, "bank-neighbours")
+        open_tab(browser, "Swap")  # its before/after galleries scrolled sideways
+        css(browser, "#swap-compare")[0].click()
+        final_gallery(browser, "swap-after", 4)
+        side = "const g = document.querySelector('#swap-after .grid-wrap'); return g.scrollWidth - g.clientWidth;"
+        assert browser.execute_script(side) == 0 and not captions_cut(browser, "swap-after")
     finally:
         browser.set_window_size(1280, 1000)
