@@ -33,6 +33,22 @@ def test_same_distribution_scores_like_real_images_and_a_shift_does_not():
     json.dumps(same)  # plain numbers: it goes into report.json
 
 
+def test_new_real_images_are_measured_at_the_samples_sizes():
+    """FD grows as the sets shrink, on both sides. The floor was two sets of min(N, R // 2) beside an FD of N
+    samples against all R references: samples from the references' own distribution scored well below "new real
+    images" from set sizes alone. Now fd_split (m samples) and fd_floor (m real images) are measured against the
+    same other R - m references, averaged over draws: the same distribution scores alike."""
+    reals, samples = gaussian(400, dim=32, seed=0), gaussian(300, dim=32, seed=1)
+    report = compare(samples, reals)
+    assert report["fd_floor_size"] == 200 and report["fd_split_references"] == 200 and report["fd_draws"] >= 3
+    assert abs(report["fd_split"] - report["fd_floor"]) < 0.2 * report["fd_floor"]
+    assert report["fd"] < 0.8 * report["fd_floor"]  # 300 vs 400 images: less bias than 200 vs 200, same distribution
+    assert report["fd_floor_std"] > 0 and report["fd_copies_std"] > 0
+    assert "FD at split sizes" in evaluation.summary(report) and "estimation bias" not in evaluation.summary(report)
+    wide = compare(gaussian(300, dim=250, seed=1), gaussian(400, dim=250, seed=0))  # 200 images a set, 250 features
+    assert "FD with 200 images a set and 250 features is mostly estimation bias" in evaluation.summary(wide)
+
+
 def test_copies_of_references_are_near_copies():
     reals = gaussian(200, dim=16)
     copies = reals[torch.arange(0, 200, 2)] * 1.001  # cosine 1 after the scale

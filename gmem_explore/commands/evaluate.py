@@ -7,9 +7,14 @@ come from the checkpoint's snippet encoder (emoji-32: its small conv encoder; gm
 so FD is a DINOv2 FD, not FID, and not Stein et al.'s FD_DINOv2 either, which uses ViT-L/14: for FID run the ADM
 evaluator on sample-fid's .npz).
 
-FD depends on the number of samples: compare it with the two references printed beside it, new real images (two
-disjoint real sets of that size) and the references copied (what returning training images unchanged scores), and
-between runs of the same --samples. "near copies" is the share of samples at cosine >= 0.95 to a real image.
+FD depends on the number of images on both sides (it is biased upwards by small sets), so it comes with
+references at matching sizes: the references copied (as many reference images as samples, drawn with repeats,
+against all references: what returning the references unchanged scores; for the bank's thumbnails, the training
+images), and on a random split of the references into m = min(samples, references // 2) and the rest, m samples
+against the rest beside m new real images against the rest (each the mean and sd of 5 draws). Compare FD between
+runs only at the same --samples and references. "near copies" is the share of samples at cosine >= 0.95 to a
+real image. The draws and subsets are seeded with --seed.
+
 --out DIR writes report.json, samples.png (the first 64) and nearest.png (16 random samples, each beside the real
 image nearest to it).
 
