@@ -173,10 +173,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             log = gr.Markdown(edit_log(Session(ctx.store.default)), elem_id="swap-log")
         with gr.Column(scale=2):
             note = gr.Markdown(elem_id="swap-note")
-            # fit-content: a fixed height cut the captions off; the galleries are as tall as their one row
-            before = gr.Gallery(label="Original bank", columns=4, height="fit-content", format="png",
+            # fit-content: a fixed height cut the captions off; the galleries are as tall as their one row. Their
+            # seeds are always 0-3 (so edits compare alike), whatever the Seed box above says: the labels say so, as
+            # the Bank tab's "Generations (seeds 0-3)" does
+            before = gr.Gallery(label="Original bank (seeds 0-3)", columns=4, height="fit-content", format="png",
                                 elem_id="swap-before", elem_classes=["fit-grid"])
-            after = gr.Gallery(label="This session's bank", columns=4, height="fit-content", format="png",
+            after = gr.Gallery(label="This session's bank (seeds 0-3)", columns=4, height="fit-content", format="png",
                                elem_id="swap-after", elem_classes=["fit-grid"])
     seed_used = hidden_seed()
 

@@ -231,6 +231,9 @@ def test_generate_and_swap_name_their_shared_settings_alike(demo):
     (swap,) = [f for f in demo.fns.values() if f.api_name == "swap_generate"]
     labels = lambda fn: {b.label for b in fn.inputs if isinstance(b, (gr.Slider, gr.Number))}  # noqa: E731
     assert {"Number of images", "Seed (image i uses seed + i)"} <= labels(generate) & labels(swap)
+    # the compare galleries take seeds 0-3 whatever that box says (as the Bank tab's "Generations (seeds 0-3)")
+    (compare,) = [f for f in demo.fns.values() if f.api_name == "swap_compare"]
+    assert all(g.label.endswith(" (seeds 0-3)") for g in compare.outputs) and len(compare.outputs) == 2
 
 
 def test_model_panel_counts_the_parameters_that_generate():
