@@ -406,6 +406,37 @@ def test_a_state_resumes_only_on_the_images_it_was_trained_on(digits, tmp_path):
     make(shifted, steps=2).load_state(tmp_path / "old.safetensors")
 
 
+def test_a_state_resumes_only_with_the_encoder_that_made_its_snippets(digits, tmp_path):
+    """The fingerprint held the images only: `gmem train --resume --init OTHER` (another snippet encoder) went on
+    training the saved run on other bank rows. The encoder's config and weights are recorded now; an encoder with
+    the same weights (an --init that copied it, as gmem train does) resumes, and so do states from before."""
+    from gmem_explore.encoders import ConvEncoder
+    from gmem_explore.safefiles import save_tensors
+
+    def encoder(seed):
+        torch.manual_seed(seed)
+        return ConvEncoder(dim=16, image_size=8, widths=(8,), head_channels=8).eval()
+
+    def trainer(enc):
+        torch.manual_seed(0)
+        config = TrainConfig(steps=2, batch_size=16, lr=3e-3, warmup=1, progress=False)
+        return Trainer(build_model(**TINY), digits.images, conditions(len(digits)), config, encoder=enc,
+                       use_accelerate=False)
+
+    first = trainer(encoder(0))
+    first.fit()
+    first.save_state(tmp_path / "state.safetensors")
+    with pytest.raises(ValueError, match="snippets from another encoder.*the same --init"):
+        trainer(encoder(1)).load_state(tmp_path / "state.safetensors")
+    same = trainer(encoder(0))
+    same.load_state(tmp_path / "state.safetensors")
+    assert same.step == 2
+    tensors, meta = first.state_tensors()  # a state saved before the encoder was recorded resumes as before
+    meta["data"] = {k: v for k, v in meta["data"].items() if k != "encoder"}
+    save_tensors(tmp_path / "old.safetensors", tensors, meta)
+    trainer(encoder(1)).load_state(tmp_path / "old.safetensors")
+
+
 def test_gmem_train_resume_on_other_data_is_refused(tmp_path, capsys):
     from gmem_explore.cli import main
 
