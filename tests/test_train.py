@@ -443,7 +443,7 @@ def test_gmem_train_resume_on_other_data_is_refused(tmp_path, capsys):
     common = ["train", "--data", "digits", "--batch-size", "4", "--no-progress", "--checkpoint-every", "0",
               "--steps", "1", "--out", str(tmp_path / "run")]
     assert main([*common, "--split", "held_out"]) == 0
-    assert f"gmem evaluate --checkpoint {tmp_path / 'run'} --data digits" in capsys.readouterr().out  # what next
+    assert f"gmem evaluate --checkpoint {tmp_path / 'run'} --data digits --split held_out" in capsys.readouterr().out
     assert main([*common, "--split", "train", "--resume"]) == 1
     assert "resuming would not continue that run" in capsys.readouterr().err
 
