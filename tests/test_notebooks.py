@@ -3,6 +3,7 @@ outputs stripped in git, and JupyterLab serving /lab."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -327,6 +328,10 @@ def test_notebook_runs_in_fast_mode(path, kernel_cache, monkeypatch, tmp_path):
     assert not errors
     images = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} displayed no picture"
+    if path.stem == "03_finetune":  # the measuring cell prints one line per model
+        printed = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs
+                          if o.output_type == "stream")
+        assert re.search(r"default +FD +[\d.]+ \(copies", printed) and re.search(r"fine-tuned +FD +[\d.]+", printed)
 
 
 def test_strip_script_removes_outputs(tmp_path):
