@@ -16,8 +16,8 @@ The measures (see metrics.py for the formulas):
 - fd_floor and fd_split: the references are split at random into m = min(samples, references // 2) images and
   the other references - m; fd_floor is the FD of those m real images against the others (what new real images
   score), fd_split the FD of m samples (all of them when m = samples) against the same others. The two share
-  their sizes and their reference set, so they compare directly (fd_floor sat beside fd before, at other sizes:
-  for emoji-32's 1,000 samples, 848 against 848 images beside 1,000 against 1,697, about 1.5x the bias).
+  their sizes and their reference set, so they compare directly; fd does not (for emoji-32's 1,000 samples, 848
+  against 849 images beside 1,000 against 1,697: about 1.5x the bias).
   Images from unseen snippets or a held-out --split compare with fd_floor.
   Each of the three is the mean over DRAWS random draws (splits), with its standard deviation across them
   (*_std): at a few hundred images one draw moves by a quarter or more.
