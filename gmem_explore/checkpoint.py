@@ -209,37 +209,3 @@ def fingerprint(folder) -> str:
                     digest.update(block)
                     left -= len(block)
     return FINGERPRINT_PREFIX + digest.hexdigest()[:16]
-
-
-# The fingerprint sample-fid recorded before FINGERPRINT_PREFIX: the whole config.json (its source's modification
-# time included) and 64 blocks of 64 KB of each file over 8 MB. Kept only to recognise the run.json files it wrote.
-LEGACY_FINGERPRINT_WHOLE_BYTES = 8 << 20
-LEGACY_FINGERPRINT_BLOCKS, LEGACY_FINGERPRINT_BLOCK_BYTES = 64, 64 << 10
-
-
-def legacy_fingerprint(folder) -> str:
-    """The "sha256:" + 16 hex digits fingerprint of records written before FINGERPRINT_PREFIX (see above)."""
-    import hashlib
-
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    canonical = lambda text: json.dumps(json.loads(text), sort_keys=True).encode()  # noqa: E731
-    if (folder / "config.json").is_file():
-        digest.update(b"config.json:" + canonical((folder / "config.json").read_bytes()))
-    for name in FINGERPRINT_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        with open(path, "rb") as f:
-            header_bytes = int.from_bytes(f.read(8), "little")
-            digest.update(f"{name}:".encode() + canonical(f.read(header_bytes)))
-            start = 8 + header_bytes
-            size = path.stat().st_size - start
-            if size <= LEGACY_FINGERPRINT_WHOLE_BYTES:
-                digest.update(f.read())
-                continue
-            stride = (size - LEGACY_FINGERPRINT_BLOCK_BYTES) // (LEGACY_FINGERPRINT_BLOCKS - 1)
-            for k in range(LEGACY_FINGERPRINT_BLOCKS):
-                f.seek(start + k * stride)
-                digest.update(f.read(LEGACY_FINGERPRINT_BLOCK_BYTES))
-    return "sha256:" + digest.hexdigest()[:16]

@@ -114,18 +114,12 @@ def checkpoint_identity(checkpoint) -> str:
     return str(path.resolve()) if path.exists() else str(checkpoint)
 
 
-def check_settings(out_dir: Path, settings: RunSettings, folder=None) -> None:
-    """Refuse to resume OUT with other settings than its run.json's. `folder`: the checkpoint folder sampled, to
-    check a record's fingerprint of the earlier kind (checkpoint.legacy_fingerprint) against these files."""
+def check_settings(out_dir: Path, settings: RunSettings) -> None:
+    """Refuse to resume OUT with other settings than its run.json's."""
     record = out_dir / "run.json"
     if record.is_file():
         # runs from before a field: guidance_interval had one value; their weights were not recorded (trusted)
         old = {"guidance_interval": [0.0, 1.0], "weights": settings.weights, **json.loads(record.read_text())}
-        if folder is not None and str(old["weights"]).startswith("sha256:"):
-            from .checkpoint import legacy_fingerprint
-
-            if old["weights"] == legacy_fingerprint(folder):  # written before checkpoint.FINGERPRINT_PREFIX
-                old["weights"] = settings.weights
         old["checkpoint"] = checkpoint_identity(old.get("checkpoint", ""))  # older runs kept the path as typed
         if old != asdict(settings):
             diff = {k: (old.get(k), v) for k, v in asdict(settings).items() if old.get(k) != v}
@@ -238,7 +232,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         low, high = (float(v) for v in guidance_interval)
         settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance),
                                [low, high], fingerprint(folder))
-        check_settings(out_dir, settings, folder)
+        check_settings(out_dir, settings)
         set_precision(pipe, precision, device)
         out_dir.mkdir(parents=True, exist_ok=True)
         if rank == 0 and not (out_dir / "run.json").exists():

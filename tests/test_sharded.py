@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from gmem_explore import GMemPipeline
-from gmem_explore import checkpoint as checkpoint_module
 from gmem_explore.checkpoint import Checkpoint, fingerprint, save_checkpoint
 from gmem_explore.sharded import launch_local, png_info, png_path, run, shard, write_npz
 
@@ -169,21 +168,6 @@ def test_fingerprint_does_not_depend_on_the_files_layout(tmp_path):
     tensors["b"][1] = 2
     write_safetensors_in_order(tmp_path / "y" / "model.safetensors", tensors, "cba")
     assert fingerprint(tmp_path / "x") != fingerprint(tmp_path / "y")
-
-
-def test_a_run_recorded_with_the_earlier_fingerprint_still_resumes(tiny_folder, tmp_path):
-    """run.json files written before the fingerprint read every byte hold the sampled kind ("sha256:..."): resuming
-    them on the same files goes on; on other files it is refused as before."""
-    out = tmp_path / "run"
-    run(str(tiny_folder), out, num=2, base_seed=10, device="cpu", npz=None, progress=False)
-    record = json.loads((out / "run.json").read_text())
-    record["weights"] = checkpoint_module.legacy_fingerprint(tiny_folder)
-    (out / "run.json").write_text(json.dumps(record))
-    run(str(tiny_folder), out, num=3, base_seed=10, device="cpu", npz=None, progress=False)
-    record["weights"] = "sha256:0123456789abcdef"
-    (out / "run.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="weights"):
-        run(str(tiny_folder), out, num=3, base_seed=10, device="cpu", npz=None, progress=False)
 
 
 def test_guided_run_records_its_guidance_and_makes_the_pipelines_images(tiny_folder, tmp_path):
