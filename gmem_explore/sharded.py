@@ -43,7 +43,7 @@ class RunSettings:
     precision: str
     guidance: float = 1.0
     guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])  # a list: what run.json gives back
-    # checkpoint.fingerprint of the folder sampled: the name "gmem-v1-xl" stays the same across Hub revisions and
+    # fingerprints.checkpoint_files of the folder sampled: the name "gmem-v1-xl" stays the same across Hub revisions and
     # --bank-dtype, and a local folder's name across retraining; its files do not
     weights: str = ""
 
@@ -214,7 +214,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
     out_dir = Path(out_dir)
     group = Group(world)
     try:
-        from .checkpoint import fingerprint
+        from .fingerprints import checkpoint_files
         from .hub import resolve_checkpoint
         from .pipeline import GMemPipeline
         from .sampling import check_method_and_steps
@@ -231,7 +231,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         check_method_and_steps(method, steps)
         low, high = (float(v) for v in guidance_interval)
         settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance),
-                               [low, high], fingerprint(folder))
+                               [low, high], checkpoint_files(folder))
         check_settings(out_dir, settings)
         set_precision(pipe, precision, device)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ from torch import nn
 
 from .autoencoders import PixelSpace
 from .bank import normalize
+from .fingerprints import training_data
 from .safefiles import load_tensors, save_tensors
 from .train_config import TrainConfig
 
@@ -387,22 +388,11 @@ class Trainer:
         return tensors, meta
 
     def data_fingerprint(self) -> dict:
-        """What this run trains on: the image count and a hash of the images (and of the labels a "label" run is
-        conditioned on), and for a "snippet" run given its encoder, a hash of the encoder (config and weights): the
-        snippet rows come from it, so another --init's encoder would condition the resumed run on other rows.
-        The rows themselves are not hashed: they are computed in float and may differ in the last bits on another
-        machine. A state resumed on other images would not continue its run: batches are drawn by index. Computed
-        once (3,000 emoji: 9 MB, ~10 ms)."""
+        """What this run trains on (fingerprints.training_data), computed once: load_state compares it."""
         if getattr(self, "_data_fingerprint", None) is None:
-            import hashlib
-
-            digest = hashlib.sha256(f"{tuple(self.images.shape)} {self.images.dtype}".encode())
-            digest.update(self.images.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-            if self.config.condition == "label":
-                digest.update(self.conditions.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-            self._data_fingerprint = {"images": len(self.images), "sha256": digest.hexdigest()[:16]}
-            if self.config.condition == "snippet" and getattr(self, "encoder", None) is not None:
-                self._data_fingerprint["encoder"] = encoder_fingerprint(self.encoder)
+            labels = self.conditions if self.config.condition == "label" else None
+            encoder = self.encoder if self.config.condition == "snippet" else None
+            self._data_fingerprint = training_data(self.images, labels, encoder)
         return self._data_fingerprint
 
     def save_state(self, path) -> Path:
@@ -422,12 +412,11 @@ class Trainer:
         if meta.get("format") != "gmem-explore-train-1":
             raise ValueError(f"{path} is not a gmem-explore training state (format {meta.get('format')!r})")
         saved, ours = meta.get("data"), self.data_fingerprint()  # states from before the record: not checked
-        if saved is not None and "encoder" in saved and "encoder" in ours and saved["encoder"] != ours["encoder"]:
+        if saved is not None and saved.get("encoder") and ours.get("encoder") and saved["encoder"] != ours["encoder"]:
             raise ValueError(f"{path} was trained on snippets from another encoder (fingerprint {saved['encoder']} "
                              f"saved, {ours['encoder']} now): resuming would condition the run on other bank rows. "
                              f"Give the same --init as the saved run (gmem train), or start a new run (a new --out).")
-        saved = None if saved is None else {k: v for k, v in saved.items() if k != "encoder"}  # older records lack it
-        if saved is not None and saved != {k: v for k, v in ours.items() if k != "encoder"}:
+        if saved is not None and (saved.get("images"), saved.get("sha256")) != (ours["images"], ours["sha256"]):
             other = "other images" if saved.get("images") == ours["images"] else f"{ours['images']} images"
             raise ValueError(f"{path} was trained on {saved.get('images')} images, and this trainer has {other} "
                              f"(fingerprint {saved.get('sha256')} saved, {ours['sha256']} now): resuming would not "
@@ -461,19 +450,6 @@ class Trainer:
         if self.is_main:
             save_checkpoint(folder, ckpt, bank_dtype=bank_dtype)
         return Path(folder)
-
-
-def encoder_fingerprint(encoder) -> str:
-    """16 hex digits of sha256 over a snippet encoder's config_dict and its weights (name order): the same encoder
-    gives the same string on any machine (DINOv2, whose weights are not ours, by its config: source and revision)."""
-    import hashlib
-    import json
-
-    digest = hashlib.sha256(json.dumps(encoder.config_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()[:16]
 
 
 def baseline_refusal(condition: str) -> str:

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from gmem_explore import GMemPipeline
-from gmem_explore.checkpoint import Checkpoint, fingerprint, save_checkpoint
+from gmem_explore.checkpoint import Checkpoint, save_checkpoint
+from gmem_explore.fingerprints import checkpoint_files as fingerprint
 from gmem_explore.sharded import launch_local, png_info, png_path, run, shard, write_npz
 
 SEEDS = list(range(10, 16))
