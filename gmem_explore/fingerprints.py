@@ -38,8 +38,8 @@ def checkpoint_files(folder) -> str:
     What is hashed: the image-shaping keys of config.json (FINGERPRINT_CONFIG_KEYS, sorted), and of each tensor file
     its metadata and every tensor (name, dtype, shape, all of its bytes) in name order, so the file's byte layout
     (safetensors writes metadata keys in no fixed order; a streamed conversion and save_checkpoint order tensors
-    differently) does not count. Every byte is read: gmem-v1-xl's 2.7 GB network and 1 GB bank take about 2-4 s of
-    one core (sha256 at 1-2 GB/s) on a run of GPU-hours; sampled blocks missed an edited bank row."""
+    differently) does not count. Every byte is read, as sampled blocks would miss an edited bank row: gmem-v1-xl's
+    2.7 GB network and 1 GB bank take about 2-4 s of one core (sha256 at 1-2 GB/s) on a run of GPU-hours."""
     from .safefiles import read_header
 
     folder = Path(folder)
