@@ -29,16 +29,16 @@ INTRO = (
 # .fit-grid (a gallery's elem_classes): gradio gives every gallery column at least 100 px, so a column count that
 # does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
 # captions may use the thumbnail's whole width (gradio stops them at 80%). Without a set height a .fit-grid gallery
-# is as tall as its rows: gradio's "auto" height is at least 450 px, which left empty space under two rows.
-# A gallery without a fixed height (height="fit-content") gets overflow "auto": gradio's "scroll" drew a scroll bar
-# beside one row of images that had nothing to scroll.
+# is as tall as its rows: gradio's "auto" height is at least 450 px, which leaves empty space under two rows.
+# A gallery without a fixed height (height="fit-content") gets overflow "auto": gradio's "scroll" draws a scroll bar
+# beside one row of images that has nothing to scroll.
 # A .fit-grid column is also never narrower than its gallery's --thumb-min, the width of its longest caption: a
-# narrower gallery shows fewer columns (at most `columns`). In an 800 px window the Generate gallery's 4 columns were
-# 80 px, "seed 905427 · row 1225" read "seed 9054…" and the row scrolled sideways; the Bank's neighbours lost their
-# cosine and its generations their seed. The widths (captions measured in chromium, plus the 6-digit seeds and rows
+# narrower gallery shows fewer columns (at most `columns`). In an 800 px window the Generate gallery's 4 columns
+# would be 80 px: "seed 905427 · row 1225" would read "seed 9054…", the Bank's neighbours would lose their cosine
+# and its generations their seed. The widths (captions measured in chromium, plus the 6-digit seeds and rows
 # of gmem-v1-xl): "seed 123456 · row 639999" 150 px, "row 639999 · cos 0.99" 121, "row 639999 · seed 3" 115,
 # "w 0.14 · 250/250" 98, "row 639999" 73, "seed 3" 50. Rows take the square thumbnails' height: gradio's 100 px
-# minimum row stretched 45 px wide page thumbnails into tall, cropped strips.
+# minimum row would stretch 45 px wide page thumbnails into tall, cropped strips.
 CSS = """
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
 #swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
@@ -66,8 +66,8 @@ def default_factory(device: str = "cpu") -> Callable[[str], GMemPipeline]:
 
 def describe(pipe: GMemPipeline, name: str) -> str:
     cfg = pipe.model.config
-    # the parameters that generate: the REPA projector only serves the training loss (emoji-32: 4.3M of 4.65M,
-    # the number the README gives; counting it said 4.7M)
+    # the parameters that generate: the REPA projector only serves the training loss (emoji-32: 4.3M, as the
+    # README says, and 0.3M of projector)
     projector = sum(p.numel() for n, p in pipe.model.named_parameters() if n.startswith("projectors."))
     params = sum(p.numel() for p in pipe.model.parameters()) - projector
     training_only = f" (+{projector / 1e6:.1f}M REPA projector, training only)" if projector else ""
@@ -208,7 +208,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, sh
     uploads larger than `max_file_size` are refused."""
     demo.queue(max_size=max_queue, default_concurrency_limit=4)
     # footer_links: the footer shows only "Use via API", where the README sends API users (no gradio settings or
-    # branding links); it must stay visible, a CSS rule that hid the footer hid that link too
+    # branding links); so CSS must not hide the footer, or that link goes with it
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
                        show_error=True, css=CSS, footer_links=["api"], **kwargs)
 

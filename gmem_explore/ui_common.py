@@ -349,8 +349,8 @@ def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: 
 
 def step_progress(progress, what: str = "sampling"):
     """A pipeline callback that moves gradio's progress bar ("what: step k/N"), or None without a progress. For the
-    model calls without live previews (Swap's Generate and compare, the Bank's "Generate 4"): they showed only a
-    timer, and on gmem-v1-xl a compare is 8 images of 250 SDE steps."""
+    model calls without live previews (Swap's Generate and compare, the Bank's "Generate 4"), which would otherwise
+    show only a timer: on gmem-v1-xl a compare is 8 images of 250 SDE steps."""
     if progress is None:
         return None
 
