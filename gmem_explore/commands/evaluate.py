@@ -1,11 +1,11 @@
 """Measure generated images against real ones: FD, precision / recall and near copies in the snippet encoder's space.
 
 Samples are generated here (--samples N, seeds --seed .. --seed + N - 1) or read (--images: a folder of images or
-the .npz of `gmem sample-fid`). The references are --data (an image folder, 'twemoji', 'digits') or, without it,
-the checkpoint bank's thumbnails: for `gmem train` checkpoints and emoji-32 those are the training images. Features
-come from the checkpoint's snippet encoder (emoji-32: its small conv encoder; gmem-v1-xl: DINOv2-B/14's CLS token,
-so FD is a DINOv2 FD, not FID, and not Stein et al.'s FD_DINOv2 either, which uses ViT-L/14: for FID run the ADM
-evaluator on sample-fid's .npz).
+the .npz of `gmem sample-fid`). The references are --data (an image folder, 'twemoji', 'twemoji-skin' or 'digits')
+or, without it, the checkpoint bank's thumbnails: for `gmem train` checkpoints and emoji-32 those are the training
+images. Features come from the checkpoint's snippet encoder (emoji-32: its small conv encoder; gmem-v1-xl:
+DINOv2-B/14's CLS token, so FD is a DINOv2 FD, not FID, and not Stein et al.'s FD_DINOv2 either, which uses
+ViT-L/14: for FID run the ADM evaluator on sample-fid's .npz).
 
 FD depends on the number of images on both sides (it is biased upwards by small sets), so it comes with
 references at matching sizes: the references copied (as many reference images as samples, drawn with repeats,
@@ -22,7 +22,7 @@ Examples:
   gmem evaluate                                          # emoji-32, 1000 samples against its 1,697 training emojis
   gmem evaluate --checkpoint my-model --data my_pictures --out eval/   # a fine-tuned model against its pictures
   gmem evaluate --checkpoint my-model --data my_pictures --split held_out  # after gmem train --split train
-  gmem evaluate --checkpoint gmem-v1-xl --images samples/gmem-xl.npz --data imagenet/val --out eval-xl/
+  gmem evaluate --checkpoint gmem-v1-xl --images samples/gmem-xl.npz --data imagenet/val --device cuda --out eval-xl/
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def add_arguments(p):
                    help="which --data images to compare with (held_out: the ~10%% that `gmem train --split train` "
                         "leaves out; default all)")
     p.add_argument("--samples", type=int, default=1000, help="images to generate (default 1000; ignored with --images)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first generated image (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the first generated image, and of the measures' random draws and subsets (default 0)")
     p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
@@ -110,7 +111,7 @@ def read_images(path):
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise ValueError(f"--images {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        # One tensor filled image by image: a list then torch.stack held every image twice (50,000 of 256 px:
+        # One tensor filled image by image: a list then torch.stack would hold every image twice (50,000 of 256 px:
         # 19.7 GB at the peak instead of 9.8). sample-fid's .npz beside its folder is memory-mapped: no copy at all.
         first = load_rgb(files[0])
         images = torch.empty((len(files), *first.shape), dtype=torch.uint8)

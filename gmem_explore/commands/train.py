@@ -11,7 +11,8 @@ the bank of the new checkpoint holds one row per training image. Images are resi
 The training state (weights, EMA, optimizer, RNG, step) is saved to OUT/train-state.safetensors every
 --checkpoint-every steps (0: only at the end) and when training ends; --resume continues from it with the saved
 run's settings (warm-up included; --steps may extend it) and gives the same weights as an uninterrupted run; it
-refuses other images than the saved run's (another --data or --split: the state records their fingerprint).
+refuses other images or another snippet encoder than the saved run's (another --data, --split or --init: the state
+records their fingerprints).
 --condition label / none train baselines to compare GMem with: they write the training state only, no checkpoint
 folder (the pipeline would condition their network on bank rows); sample them with gmem_explore.train.Trainer.
 """
