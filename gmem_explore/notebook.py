@@ -257,8 +257,8 @@ class BankExplorer:
         on hundreds of points merged into one red blob that hid the groups), the region as a dashed box."""
         from matplotlib.patches import Rectangle
 
-        # as in the app's Bank tab: equal frequencies (emoji-32's are all 1) drew one colour and a colour bar from
-        # 0.9 to 1.1, and a bank without what was asked for was coloured by the other under the asked-for title
+        # as in the app's Bank tab: equal frequencies (emoji-32's are all 1) would draw one colour under a colour bar
+        # from 0.9 to 1.1, and colouring by the other choice would put it under the asked-for title: one colour, and why
         colour, how = None, f"coloured by {self.color_by.value}"
         uniform = uniform_frequency(self.bank)
         if self.color_by.value == "frequency":
@@ -348,7 +348,9 @@ class BankExplorer:
         if self.pipe is None:
             self.status.value = "only a bank is loaded: open the checkpoint with GMemPipeline to generate"
             return None
-        before, seed = self.status.value.split(" · generated")[0], int(self.seed.value)
+        # the selection's text without the last run's note: " · generated ...", or " · generating ...: step k/N"
+        # when that run was interrupted
+        before, seed = self.status.value.split(" · generat")[0], int(self.seed.value)
         what = f"{len(shown)} images from seed {seed}, {self.steps} steps"
 
         self.generation = self.pipe.generate(indices=shown, seeds=[seed] * len(shown), steps=self.steps,

@@ -65,8 +65,9 @@ def test_bank_explorer_callbacks(pipe):
                             f"step {k}/2, {5 * k // 2}/5 images" for k in (1, 2)]
     assert ex.status.value == "5 rows in the region; showing 5 of 5 · generated 5 images from seed 0, 2 steps"
     ex.seed.value = 7
-    ex.generate()
-    assert ex.status.value.endswith("showing 5 of 5 · generated 5 images from seed 7, 2 steps")
+    ex.status.value = "5 rows in the region; showing 5 of 5 · generating 5 images from seed 0, 2 steps: step 1/2"
+    ex.generate()  # after an interrupted run too, the note replaces the last one
+    assert ex.status.value == "5 rows in the region; showing 5 of 5 · generated 5 images from seed 7, 2 steps"
     assert ex.select_rows("7, 9 11") == [7, 9, 11]
     assert ex.select_rows("7, x") == [7, 9, 11] and "integers" in ex.status.value
     assert ex.select_rows([3, 99]) == [7, 9, 11] and "outside the bank" in ex.status.value
