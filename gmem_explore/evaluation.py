@@ -104,9 +104,9 @@ def compare(sample_features, reference_features, seed: int = 0) -> dict:
 
 def nearest_pairs(sample_images, reference_images, sample_features, reference_features, count: int = 16,
                   seed: int = 0) -> torch.Tensor:
-    """uint8 (count, H, 2W + 2, 3): `count` samples picked at random (seeded), each beside its nearest reference
-    image (a 2-pixel white gap between them), ordered from the closest pair down: what the samples look like and
-    how near the real images they come."""
+    """uint8 (min(count, samples), H, 2W + 2, 3): `count` samples picked at random (seeded), each beside its nearest
+    reference image (a 2-pixel white gap between them; references of another size resized to the samples'), ordered
+    from the closest pair down: what the samples look like and how near the real images they come."""
     cosine, nearest = nearest_real(sample_features, reference_features)
     picks = _random_rows(len(cosine), count, torch.Generator().manual_seed(seed))
     picks = picks[cosine[picks].argsort(descending=True)]

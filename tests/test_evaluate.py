@@ -82,6 +82,9 @@ def test_nearest_pairs_put_each_sample_beside_its_nearest_reference():
     assert pairs.shape == (3, 4, 4 + 2 + 4, 3) and pairs.dtype == torch.uint8
     assert torch.equal(pairs[:, :, :4], pairs[:, :, 6:])  # each sample is its own nearest reference here
     assert (pairs[:, :, 4:6] == 255).all()
+    bigger = reals.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # 8 px references beside 4 px samples
+    pairs = nearest_pairs(reals[picks], bigger, features[picks] * 2, features, count=9)
+    assert pairs.shape == (5, 4, 4 + 2 + 4, 3)  # as many as there are samples, the references at their size
 
 
 # ---- the command -------------------------------------------------------------------------------------------------
