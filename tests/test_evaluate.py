@@ -34,10 +34,9 @@ def test_same_distribution_scores_like_real_images_and_a_shift_does_not():
 
 
 def test_new_real_images_are_measured_at_the_samples_sizes():
-    """FD grows as the sets shrink, on both sides. The floor was two sets of min(N, R // 2) beside an FD of N
-    samples against all R references: samples from the references' own distribution scored well below "new real
-    images" from set sizes alone. Now fd_split (m samples) and fd_floor (m real images) are measured against the
-    same other R - m references, averaged over draws: the same distribution scores alike."""
+    """FD grows as the sets shrink, on both sides, so fd_split (m samples) and fd_floor (m real images) are measured
+    against the same other R - m references, averaged over draws: samples from the references' own distribution
+    score like new real images, while their FD against all R references is lower from set sizes alone."""
     reals, samples = gaussian(400, dim=32, seed=0), gaussian(300, dim=32, seed=1)
     report = compare(samples, reals)
     assert report["fd_floor_size"] == 200 and report["fd_split_references"] == 200 and report["fd_draws"] >= 3
@@ -136,8 +135,8 @@ def test_npz_images_are_memory_mapped_when_stored_as_sample_fid_writes_them(tmp_
 
 
 def test_a_folder_of_images_is_not_held_twice(tmp_path, monkeypatch):
-    """read_images kept every decoded image in a list and then stacked them: two copies at the peak (50,000
-    sample-fid PNGs of 256 px: 19.7 GB). Each image now goes into one tensor as it is read."""
+    """Each image goes into one tensor as it is read: a list then a stack would hold two copies at the peak
+    (50,000 sample-fid PNGs of 256 px: 19.7 GB)."""
     import weakref
 
     from gmem_explore import images as images_module
@@ -157,7 +156,7 @@ def test_a_folder_of_images_is_not_held_twice(tmp_path, monkeypatch):
 
     monkeypatch.setattr(images_module, "load_rgb", counting_load_rgb)
     assert torch.equal(read_images(tmp_path), torch.from_numpy(pixels))
-    assert most[0] <= 3  # the first image (its shape), the last one copied and the one read (10 before)
+    assert most[0] <= 3  # the first image (its shape), the last one copied and the one read (a list: all 10)
 
 
 def test_evaluate_reads_a_folder_and_compares_with_data(tiny_with_encoder, tmp_path, capsys):

@@ -115,8 +115,8 @@ def test_fingerprint_follows_the_files_not_the_folder(tiny_folder, tiny_model, t
 
 def test_fingerprint_ignores_where_a_checkpoint_came_from(tiny_folder):
     """A conversion records its .pth's modification time in config.json ("source"): the same file downloaded again,
-    or another node's HF cache, converted to the same tensors with another config.json, and the fingerprint (the
-    whole config.json) refused to resume the run. Only the keys that shape images count now."""
+    or another node's HF cache, converts to the same tensors with another config.json, and must resume the run.
+    Only the keys that shape images count."""
     first = fingerprint(tiny_folder)
     config = json.loads((tiny_folder / "config.json").read_text())
     config.update(source={"file": "x.pth", "mtime_ns": 123, "sha256": None}, name="again", description="re-converted",
@@ -129,15 +129,15 @@ def test_fingerprint_ignores_where_a_checkpoint_came_from(tiny_folder):
 
 
 def test_fingerprint_sees_one_edited_row_of_a_large_bank(tmp_path):
-    """The fingerprint read 64 blocks of 64 KB of a file over 8 MB: one bank row replaced (bank.replace_rows, the
-    app's Swap) between them went unseen, so a resume mixed images of two banks. Every byte counts now."""
+    """One bank row replaced (bank.replace_rows, the app's Swap) 100 KB into a 9.6 MB bank changes the
+    fingerprint: every byte counts, or a resume would mix images of two banks."""
     from gmem_explore.bank import MemoryBank
 
     rows = torch.randn(150_000, 16, generator=torch.Generator().manual_seed(0))  # 9.6 MB
     (tmp_path / "a").mkdir()
     MemoryBank(rows, torch.ones(len(rows))).save(tmp_path / "a" / "bank.safetensors")
     first = fingerprint(tmp_path / "a")
-    rows[1600] = torch.randn(16)  # 100 KB into the data: between the old first and second blocks
+    rows[1600] = torch.randn(16)  # 100 KB into the data: past a first 64 KB block
     (tmp_path / "b").mkdir()
     MemoryBank(rows, torch.ones(len(rows))).save(tmp_path / "b" / "bank.safetensors")
     assert fingerprint(tmp_path / "b") != first

@@ -407,9 +407,9 @@ def test_a_state_resumes_only_on_the_images_it_was_trained_on(digits, tmp_path):
 
 
 def test_a_state_resumes_only_with_the_encoder_that_made_its_snippets(digits, tmp_path):
-    """The fingerprint held the images only: `gmem train --resume --init OTHER` (another snippet encoder) went on
-    training the saved run on other bank rows. The encoder's config and weights are recorded now; an encoder with
-    the same weights (an --init that copied it, as gmem train does) resumes, and so do states from before."""
+    """`gmem train --resume --init OTHER` (another snippet encoder) would train the saved run on other bank rows:
+    the state records the encoder's config and weights, and another encoder is refused. An encoder with the same
+    weights (an --init that copied it, as gmem train does) resumes, and so do states saved without the record."""
     from gmem_explore.encoders import ConvEncoder
     from gmem_explore.safefiles import save_tensors
 
