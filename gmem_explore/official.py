@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import FORMAT
-from .model import build_model, load_network_state, model_config
+from .model import build_model, load_network_state
 from .safefiles import write_bytes_atomic
 from .safetensors_stream import write_streaming
 

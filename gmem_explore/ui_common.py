@@ -347,16 +347,18 @@ def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: 
     yield ("result", outcome["value"])
 
 
-def step_progress(progress, what: str = "sampling"):
+def step_progress(progress, what: str = "sampling", share: tuple[float, float] = (0.0, 1.0)):
     """A pipeline callback that moves gradio's progress bar ("what: step k/N"), or None without a progress. For the
     model calls without live previews (Swap's Generate and compare, the Bank's "Generate 4"), which would otherwise
-    show only a timer: on gmem-v1-xl a compare is 8 images of 250 SDE steps."""
+    show only a timer: on gmem-v1-xl a compare is 8 images of 250 SDE steps. `share` (from, to): the part of the bar
+    this call fills, so that calls made one after the other (Swap's compare: two) fill it once, not twice."""
     if progress is None:
         return None
+    low, high = share
 
     def callback(info, start, count):
         done = start + info.x.shape[0] * info.step / info.total
-        progress(min(done / count, 1.0), desc=f"{what}: step {info.step}/{info.total}")
+        progress(low + (high - low) * min(done / count, 1.0), desc=f"{what}: step {info.step}/{info.total}")
     return callback
 
 

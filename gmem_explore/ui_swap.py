@@ -82,15 +82,16 @@ def compare_row(ctx: AppContext, session: Session, row, steps, n: int = 4, progr
     r = as_int(row, "row", 0, len(mine.bank) - 1)
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
     seeds = list(range(n))
-    after = mine.generate(indices=[r] * n, seeds=seeds, steps=steps,
-                          callback=step_progress(progress, "this session's bank"))
+    has_original = r < len(original.bank)  # a row this session added has no original
+    after = mine.generate(indices=[r] * n, seeds=seeds, steps=steps, batch_size=ctx.limits.batch_size,
+                          callback=step_progress(progress, "this session's bank", (0.0, 0.5 if has_original else 1.0)))
     after_items = [(upscale(im), f"seed {s}") for im, s in zip(after.images, after.seeds)]
-    if r < len(original.bank):
-        before = original.generate(indices=[r] * n, seeds=seeds, steps=steps,
-                                   callback=step_progress(progress, "original bank"))
+    if has_original:
+        before = original.generate(indices=[r] * n, seeds=seeds, steps=steps, batch_size=ctx.limits.batch_size,
+                                   callback=step_progress(progress, "original bank", (0.5, 1.0)))
         before_items = [(upscale(im), f"seed {s}") for im, s in zip(before.images, before.seeds)]
     else:
-        before_items = []  # a row this session added has no original
+        before_items = []
     return before_items, after_items
 
 

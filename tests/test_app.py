@@ -365,6 +365,7 @@ def test_model_calls_without_previews_move_the_progress_bar(demo, ctx, pictures)
     ui_swap.compare_row(ctx, s, 3, 2, progress=progress)
     assert [d for _, d in seen] == ["this session's bank: step 1/2", "this session's bank: step 2/2",
                                     "original bank: step 1/2", "original bank: step 2/2"]
+    assert [f for f, _ in seen] == [0.25, 0.5, 0.75, 1.0]  # two calls fill the bar once, never back to 0
     seen.clear()
     ui_bank.row_generations(ctx, s, 3, 2, progress=progress)
     assert seen[-1] == (1.0, "sampling: step 2/2")

@@ -3,8 +3,8 @@ outputs stripped in git, and JupyterLab serving /lab."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time
