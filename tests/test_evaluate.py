@@ -132,6 +132,8 @@ def test_npz_images_are_memory_mapped_when_stored_as_sample_fid_writes_them(tmp_
     packed = npz_images(tmp_path / "packed.npz")
     assert not isinstance(packed, np.memmap) and np.array_equal(packed, images)
     assert torch.equal(read_images(tmp_path / "run.npz"), torch.from_numpy(images))
+    (tmp_path / "run.npz").rename(tmp_path / "RUN.NPZ")  # the extension in any case
+    assert torch.equal(read_images(tmp_path / "RUN.NPZ"), torch.from_numpy(images))
 
 
 def test_a_folder_of_images_is_not_held_twice(tmp_path, monkeypatch):
@@ -192,6 +194,8 @@ def test_evaluate_refusals_say_what_to_do(tiny_with_encoder, tiny_model, tiny_ba
     assert "different sizes" in refused("--images", str(mixed))
     assert "--samples must be more than 3" in refused("--samples", "2")
     assert "give --data too" in refused("--split", "held_out")
+    np.savez(tmp_path / "UPPER.NPZ", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    assert "--steps would change nothing" in refused("--images", str(tmp_path / "UPPER.NPZ"), "--steps", "4")
     assert "--data nowhere: no such folder" in refused("--data", "nowhere")
     no_encoder = save_checkpoint(tmp_path / "no-encoder", Checkpoint(tiny_model, tiny_bank))
     assert main(["evaluate", "--checkpoint", str(no_encoder), "--samples", "8"]) == 1

@@ -92,7 +92,7 @@ def read_images(path):
     from gmem_explore.images import load_rgb
 
     path = Path(path).expanduser()
-    if path.is_file() and path.suffix == ".npz":
+    if path.is_file() and path.suffix.lower() == ".npz":
         try:
             images = npz_images(path)
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
@@ -160,6 +160,11 @@ def run(args) -> int:
     from gmem_explore.hub import resolve_checkpoint
     from gmem_explore.sampling import check_guidance, check_method_and_steps
 
+    sampling = {"--method": args.method is not None, "--steps": args.steps is not None, "--guidance": args.guidance != 1.0,
+                "--choose": args.choose != "noise", "--batch-size": args.batch_size != 250}
+    if args.images is not None and any(sampling.values()):  # said, not silently ignored
+        raise ValueError(f"--images evaluates images already made, so {', '.join(k for k, v in sampling.items() if v)} "
+                         f"would change nothing: drop them, or drop --images to generate with them")
     if args.images is None and args.samples <= PR_K:
         raise ValueError(f"--samples must be more than {PR_K} (a few hundred for a meaningful FD); got {args.samples}")
     check_guidance(args.guidance, (0.0, 1.0))

@@ -162,7 +162,8 @@ def run(args) -> int:
             "data": {"source": args.data, "images": len(data)}}
     trainer.export(out, bank, ckpt.encoder, sampler=ckpt.sampler, info=info, bank_dtype=torch.float16)
     # measured against what it learnt from, or, after --split train, against the images it never saw
-    split = {"all": "", "held_out": " --split held_out", "train": " --split held_out (the images it did not train on)"}
+    against = {"all": "", "held_out": " --split held_out", "train": " --split held_out"}[args.split]
+    which = " on the images it did not train on" if args.split == "train" else ""
     print(f"wrote {out} after {trainer.step} steps (last loss {last:.4f}); try it: gmem sample --checkpoint {out}; "
-          f"measure it: gmem evaluate --checkpoint {out} --data {args.data}{split[args.split]}")
+          f"measure it{which}: gmem evaluate --checkpoint {out} --data {args.data}{against}")
     return 0
