@@ -332,7 +332,7 @@ def test_notebook_runs_in_fast_mode(path, kernel_cache, monkeypatch, tmp_path):
     if path.stem == "03_finetune":  # the measuring cell prints one line per model
         printed = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs
                           if o.output_type == "stream")
-        assert re.search(r"default +FD +[\d.]+ \(copies", printed) and re.search(r"fine-tuned +FD +[\d.]+", printed)
+        assert re.search(r"default +FD +[\d.]+ +near copies", printed) and re.search(r"fine-tuned +FD +[\d.]+", printed)
 
 
 def test_strip_script_removes_outputs(tmp_path):
