@@ -86,8 +86,7 @@ def status_progress(status, text: str):
     ipywidgets HTML status after every sampler step: a widget's slow button (32 images of 50 steps: ~20 s on a
     CPU, minutes on the released model) says how far it got instead of one unchanging line."""
     def callback(info, start, count):
-        done = start + (info.x.shape[0] * info.step) // info.total
-        status.value = f"{text}: step {info.step}/{info.total}, {done}/{count} images"
+        status.value = f"{text}: step {info.step}/{info.total}, {int(info.images_done(start))}/{count} images"
     return callback
 
 
@@ -107,7 +106,7 @@ class progress_bar:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=count, desc=self.desc, unit="image")
-        self.bar.n = start + (info.x.shape[0] * info.step) // info.total
+        self.bar.n = int(info.images_done(start))
         self.bar.set_postfix_str(f"step {info.step}/{info.total}", refresh=False)
         self.bar.refresh()
 

@@ -41,6 +41,11 @@ class StepInfo:
     x: torch.Tensor  # current state
     denoised: torch.Tensor  # estimate of the clean sample, x_t - t v (for previews)
 
+    def images_done(self, start: int) -> float:
+        """How many images of a pipeline call are done, counting this batch's share of its steps, when the batch
+        began at image `start` (the callback's second argument): what progress bars show."""
+        return start + self.x.shape[0] * self.step / self.total
+
 
 def time_grid(method: str, steps: int) -> torch.Tensor:
     """The float64 times visited, from 1 down to 0 (length steps + 1)."""

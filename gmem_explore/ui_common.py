@@ -306,8 +306,7 @@ def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: 
     def callback(info, start, count):
         if stop.is_set():
             raise Cancelled("stopped")
-        batch = info.x.shape[0]
-        done = start + batch * info.step / info.total
+        done = info.images_done(start)
         now = time.monotonic()
         preview = None
         if now - last[0] >= preview_seconds and info.step < info.total:
@@ -357,8 +356,8 @@ def step_progress(progress, what: str = "sampling", share: tuple[float, float] =
     low, high = share
 
     def callback(info, start, count):
-        done = start + info.x.shape[0] * info.step / info.total
-        progress(low + (high - low) * min(done / count, 1.0), desc=f"{what}: step {info.step}/{info.total}")
+        progress(low + (high - low) * min(info.images_done(start) / count, 1.0),
+                 desc=f"{what}: step {info.step}/{info.total}")
     return callback
 
 
