@@ -58,6 +58,11 @@ def show(obj, out=None):
         display(obj)
 
 
+def short_label(name: str | None, width: int = 8) -> str:
+    """A caption-sized group name: its first word, cut to `width` characters ("Food & Drink" -> "Food")."""
+    return (name or "").split(" ")[0][:width]
+
+
 def labelled_grid(images: torch.Tensor, titles: Sequence[str], ncols: int, cell: int = 72):
     """A PIL image: the images upscaled (nearest) to about `cell` pixels, a caption under each, ncols per row.
 
@@ -319,13 +324,18 @@ class BankExplorer:
         self.thumbs_out.clear_output(wait=True)
         self.gen_out.clear_output(wait=True)
         if shown and self.bank.thumbnails is not None:
-            # short captions and 6 columns keep map + grids about 1,100 px wide (full group names made 1,600)
-            titles = [f"{r} {(self.bank.label_of(r) or '')[:8]}" for r in shown]
+            titles = self.captions(shown, group_named=what.startswith("group "))
             show(labelled_grid(self.bank.thumbnails[shown], titles, ncols=THUMB_COLUMNS), self.thumbs_out)
         if shown:
             self.nearest(shown[0])
         self.draw_map()
         return rows
+
+    def captions(self, rows: list[int], group_named: bool = False) -> list[str]:
+        """Captions of the selected thumbnails: the row and its group's first word ("Food" of "Food & Drink":
+        Twemoji's nine groups are told apart by it), or the row alone when the status names the one group shown.
+        Short captions and 6 columns keep map + grids about 1,100 px wide (full group names made 1,600)."""
+        return [f"{r}" if group_named else f"{r} {short_label(self.bank.label_of(r))}".rstrip() for r in rows]
 
     def nearest(self, row: int):
         """The k rows most similar (cosine) to `row`, itself excluded: (indices, similarities)."""

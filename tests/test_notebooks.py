@@ -72,6 +72,9 @@ def test_bank_explorer_callbacks(pipe):
     assert ex.select_rows("7, x") == [7, 9, 11] and "integers" in ex.status.value
     assert ex.select_rows([3, 99]) == [7, 9, 11] and "outside the bank" in ex.status.value
     assert ex.select_group("b") == [i for i in range(20) if i % 3 == 1]
+    assert ex.captions([0, 1], group_named=True) == ["0", "1"]  # the status names the group
+    assert ex.captions([0, 1]) == ["0 a", "1 b"]
+    assert nbh.short_label("Food & Drink") == "Food" and nbh.short_label("Smileys & Emotion") == "Smileys"
     ex.color_by.value = "frequency"  # redraws the map through the observer
     fig = ex.map_figure()
     assert len(fig.axes) == 2  # the scatter and its frequency colour bar
