@@ -12,6 +12,7 @@ import torch
 
 from app_tiny import tiny_pipeline
 from gmem_explore import ui_files
+from gmem_explore.sampling import StepInfo
 from gmem_explore.ui_common import AppContext, Limits, PipelineStore, run_live
 from gmem_explore.ui_files import scratch_path
 
@@ -60,7 +61,7 @@ def test_model_calls_never_overlap_even_when_their_requests_were_cancelled():
     for t in threads:
         t.start()
     # a live run closed at its first preview (Stop, or the browser left) keeps its slot until its thread ends
-    step = SimpleNamespace(x=torch.zeros(1), step=1, total=2)
+    step = StepInfo(step=1, total=2, t=0.5, x=torch.zeros(1), denoised=torch.zeros(1))
 
     def live_run(callback):
         callback(step, 0, 1)  # the first sampler step: a preview is due
