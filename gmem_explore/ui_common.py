@@ -361,11 +361,12 @@ def step_progress(progress, what: str = "sampling", share: tuple[float, float] =
     return callback
 
 
-def row_range(bank, name: str = "Bank row"):
+def row_range(bank, name: str = "Bank row", bounded: bool = True):
     """A row box's label and bounds for this bank, e.g. "Bank row (0–1696)": banks differ between models and grow
-    with edits, so the boxes re-read them when shown."""
+    with edits, so the boxes re-read them when shown. `bounded=False`: the label only (Swap's box, see
+    ui_swap.row_box)."""
     last = max(len(bank) - 1, 0)
-    return gr.update(label=f"{name} (0–{last})", maximum=last)
+    return gr.update(label=f"{name} (0–{last})", **({"maximum": last} if bounded else {}))
 
 
 # ---- Stop and the seed box --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import gradio as gr
 import torch
 
 from .ui_common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
-                        step_progress, upscale)
+                        row_range, step_progress, upscale)
 from .ui_files import RAW_INPUTS, encode_upload, image_upload, scratch_path
 
 MAX_EDITS = 1000  # rows a session may add; beyond this a script (gmem build-bank) is the right tool
@@ -119,10 +119,10 @@ def row_box(ctx: AppContext, session: Session, row=None) -> dict:
     The box has no maximum: gradio refuses an input above a Number's maximum before any handler runs ("Value 1697
     is greater than maximum value 1696"), and Add puts the new row in the box before its range can follow. The
     handlers check the row themselves (as_int names the range)."""
-    last = max(len(ctx.bank(session)) - 1, 0)
-    update = gr.update(label=f"Bank row (0–{last})")
+    bank = ctx.bank(session)
+    update = row_range(bank, bounded=False)
     if isinstance(row, (int, float)) and row == row:  # not None, not NaN
-        update["value"] = min(int(row), last)  # a row this session added is gone after Reset: the last one
+        update["value"] = min(int(row), max(len(bank) - 1, 0))  # a row added here is gone after Reset: the last one
     return update
 
 
