@@ -141,14 +141,14 @@ def test_a_folder_of_images_is_not_held_twice(tmp_path, monkeypatch):
     (50,000 sample-fid PNGs of 256 px: 19.7 GB)."""
     import weakref
 
-    from gmem_explore import images as images_module
+    from gmem_explore import data as data_module
     from gmem_explore.commands.evaluate import read_images
 
     pixels = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
     for i, image in enumerate(pixels):
         Image.fromarray(image).save(tmp_path / f"{i:06d}.png")
     alive, most = [], [0]
-    load_rgb = images_module.load_rgb
+    load_rgb = data_module.load_rgb  # data.read_image_files reads the folder
 
     def counting_load_rgb(source, size=None):
         image = load_rgb(source, size)
@@ -156,9 +156,9 @@ def test_a_folder_of_images_is_not_held_twice(tmp_path, monkeypatch):
         most[0] = max(most[0], sum(r() is not None for r in alive))
         return image
 
-    monkeypatch.setattr(images_module, "load_rgb", counting_load_rgb)
+    monkeypatch.setattr(data_module, "load_rgb", counting_load_rgb)
     assert torch.equal(read_images(tmp_path), torch.from_numpy(pixels))
-    assert most[0] <= 3  # the first image (its shape), the last one copied and the one read (a list: all 10)
+    assert len(alive) == 10 and most[0] <= 3  # the first (its shape), the last copied, the one read (a list: 10)
 
 
 def test_evaluate_reads_a_folder_and_compares_with_data(tiny_with_encoder, tmp_path, capsys):

@@ -89,8 +89,6 @@ def read_images(path):
     import numpy as np
     import torch
 
-    from gmem_explore.images import load_rgb
-
     path = Path(path).expanduser()
     if path.is_file() and path.suffix.lower() == ".npz":
         try:
@@ -105,25 +103,10 @@ def read_images(path):
         with warnings.catch_warnings():  # read-only memory map: the images are only read
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.from_numpy(images)
-    if path.is_dir():
-        from gmem_explore.data import IMAGE_SUFFIXES
+    if path.is_dir():  # one tensor, filled image by image; sample-fid's .npz beside the folder is not even copied
+        from gmem_explore.data import image_files, read_image_files
 
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise ValueError(f"--images {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        # One tensor filled image by image: a list then torch.stack would hold every image twice (50,000 of 256 px:
-        # 19.7 GB at the peak instead of 9.8). sample-fid's .npz beside its folder is memory-mapped: no copy at all.
-        first = load_rgb(files[0])
-        images = torch.empty((len(files), *first.shape), dtype=torch.uint8)
-        images[0] = first
-        for i, f in enumerate(files[1:], start=1):
-            image = load_rgb(f)
-            if image.shape != first.shape:
-                raise ValueError(f"--images {path}: {f.name} is {tuple(image.shape)} but {files[0].name} is "
-                                 f"{tuple(first.shape)}: the images have different sizes, and samples of one model "
-                                 f"have one size")
-            images[i] = image
-        return images
+        return read_image_files(image_files(path))
     raise FileNotFoundError(f"--images {path}: no such folder or .npz file")
 
 
