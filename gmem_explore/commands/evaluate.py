@@ -110,8 +110,9 @@ def read_images(path):
     raise FileNotFoundError(f"--images {path}: no such folder or .npz file")
 
 
-def reference_thumbnails(args, folder):
-    """The bank's thumbnails when there is no --data (None with --data, after checking it names something)."""
+def reference_thumbnails(args, folder, bank=None):
+    """The bank's thumbnails when there is no --data (None with --data, after checking it names something).
+    `bank`: the loaded pipeline's, else the folder's bank file is read alone (not the network's gigabytes)."""
     from gmem_explore.bank import MemoryBank
     from gmem_explore.data import DATASET_NAMES
 
@@ -121,7 +122,7 @@ def reference_thumbnails(args, folder):
         return None
     if args.split is not None:
         raise ValueError("--split chooses among --data images; give --data too (the bank's thumbnails have no split)")
-    bank = MemoryBank.load(Path(folder) / "bank.safetensors")  # the bank alone: not the network's gigabytes
+    bank = bank if bank is not None else MemoryBank.load(Path(folder) / "bank.safetensors")
     if bank.thumbnails is None:
         raise ValueError("this checkpoint's bank holds no thumbnails to compare with: give --data, a folder of "
                          "real images (for gmem-v1-xl, e.g. ImageNet validation images)")
@@ -159,15 +160,18 @@ def run(args) -> int:
         raise ValueError(f"{folder} has no snippet encoder, and the measures live in its feature space; evaluate a "
                          f"checkpoint that has one (emoji-32, gmem-v1-xl, or one `gmem train` wrote)")
     encoder = encoder.to(args.device)  # DINOv2 on 50,000 images wants the GPU as much as the sampler does
-    thumbnails = reference_thumbnails(args, folder)  # before minutes of sampling: a missing reference fails now
-    record = {"checkpoint": str(args.checkpoint or "emoji-32")}
-    if args.images is not None:
-        samples = read_images(args.images)
-        record["images"] = str(args.images)
-    else:
+    pipe = None
+    if args.images is None:
         from gmem_explore import GMemPipeline
 
         pipe = GMemPipeline.from_checkpoint(load_checkpoint(folder, device=args.device), device=args.device)
+    # before minutes of sampling: a missing reference fails now (the bank is read once: the pipeline's, if any)
+    thumbnails = reference_thumbnails(args, folder, pipe.bank if pipe is not None else None)
+    record = {"checkpoint": str(args.checkpoint or "emoji-32")}
+    if pipe is None:
+        samples = read_images(args.images)
+        record["images"] = str(args.images)
+    else:
         out = pipe.generate(args.samples, seeds=args.seed, choose=args.choose, method=args.method, steps=args.steps,
                             guidance=args.guidance, batch_size=args.batch_size, progress=True)
         samples = out.images
