@@ -219,6 +219,7 @@ class BankExplorer:
             raise ValueError(f"{len(self.coords)} map points but {len(self.rows)} row indices")
         self.steps, self.k = steps, k
         self.selection: list[int] = []
+        self.selection_note = ""  # what the selection is ("group Food & Drink; showing 24 of 210"), for the status
         self.generation: Generation | None = None
         self.neighbours: tuple[torch.Tensor, torch.Tensor] | None = None
         lo, hi = self.coords.min(0).values.tolist(), self.coords.max(0).values.tolist()
@@ -315,16 +316,18 @@ class BankExplorer:
             return self.selection
         g = list(self.bank.label_names).index(name)
         self._box = None
-        return self._select(self.rows[self.bank.labels[self.rows] == g].tolist(), f"group {name}")
+        return self._select(self.rows[self.bank.labels[self.rows] == g].tolist(), f"group {name}", one_group=True)
 
-    def _select(self, rows: list[int], what: str) -> list[int]:
+    def _select(self, rows: list[int], what: str, one_group: bool = False) -> list[int]:
         self.selection = rows
         shown = rows[:MAX_SHOWN]
-        self.status.value = f"{what}; showing {len(shown)} of {len(rows)}"
+        # kept apart from the status box, which also shows errors and generation progress: Generate starts from it
+        self.selection_note = f"{what}; showing {len(shown)} of {len(rows)}"
+        self.status.value = self.selection_note
         self.thumbs_out.clear_output(wait=True)
         self.gen_out.clear_output(wait=True)
         if shown and self.bank.thumbnails is not None:
-            titles = self.captions(shown, group_named=what.startswith("group "))
+            titles = self.captions(shown, group_named=one_group)
             show(labelled_grid(self.bank.thumbnails[shown], titles, ncols=THUMB_COLUMNS), self.thumbs_out)
         if shown:
             self.nearest(shown[0])
@@ -357,9 +360,7 @@ class BankExplorer:
         if self.pipe is None:
             self.status.value = "only a bank is loaded: open the checkpoint with GMemPipeline to generate"
             return None
-        # the selection's text without the last run's note: " · generated ...", or " · generating ...: step k/N"
-        # when that run was interrupted
-        before, seed = self.status.value.split(" · generat")[0], int(self.seed.value)
+        before, seed = self.selection_note, int(self.seed.value)
         what = f"{len(shown)} images from seed {seed}, {self.steps} steps"
 
         self.generation = self.pipe.generate(indices=shown, seeds=[seed] * len(shown), steps=self.steps,

@@ -71,6 +71,8 @@ def test_bank_explorer_callbacks(pipe):
     assert ex.select_rows("7, 9 11") == [7, 9, 11]
     assert ex.select_rows("7, x") == [7, 9, 11] and "integers" in ex.status.value
     assert ex.select_rows([3, 99]) == [7, 9, 11] and "outside the bank" in ex.status.value
+    ex.generate()  # after a refused entry the status names the selection still held, not the refusal
+    assert ex.status.value == "3 rows typed; showing 3 of 3 · generated 3 images from seed 7, 2 steps"
     assert ex.select_group("b") == [i for i in range(20) if i % 3 == 1]
     assert ex.captions([0, 1], group_named=True) == ["0", "1"]  # the status names the group
     assert ex.captions([0, 1]) == ["0 a", "1 b"]
