@@ -1,13 +1,42 @@
-"""gmem-explore: run, inspect and remix GMem (Generative Modeling with Explicit Memory)."""
-from .bank import MemoryBank, index_from_noise, mix, normalize
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .model import GMemSiT, ModelConfig, build_model, load_network_state
-from .pipeline import Generation, GMemPipeline
-from .sampling import METHODS, StepInfo, sample, time_grid
+"""gmem-explore: run, inspect and remix GMem (Generative Modeling with Explicit Memory).
+
+The public names below are imported on first use (PEP 562), not when the package is imported: they need torch,
+which takes seconds to import, and `gmem --help` or `import gmem_explore.data` should not wait for it.
+`from gmem_explore import GMemPipeline` and `gmem_explore.MemoryBank` work as before.
+"""
+import importlib as _importlib
 
 __version__ = "0.1.0"
+
+# public name -> the submodule that defines it
+_WHERE = {
+    "MemoryBank": "bank", "index_from_noise": "bank", "mix": "bank", "normalize": "bank",
+    "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "GMemSiT": "model", "ModelConfig": "model", "build_model": "model", "load_network_state": "model",
+    "Generation": "pipeline", "GMemPipeline": "pipeline",
+    "METHODS": "sampling", "StepInfo": "sampling", "sample": "sampling", "time_grid": "sampling",
+}
+
+# submodules that `import gmem_explore` used to load (through the names above): still reachable as attributes
+_SUBMODULES = {"autoencoders", "bank", "bank_checks", "checkpoint", "model", "pipeline", "safefiles", "sampling", "viz"}
+
 __all__ = [
     "Checkpoint", "GMemPipeline", "GMemSiT", "Generation", "METHODS", "MemoryBank", "ModelConfig", "StepInfo",
     "build_model", "index_from_noise", "load_checkpoint", "load_network_state", "mix", "normalize", "sample",
     "save_checkpoint", "time_grid",
 ]
+
+
+def __getattr__(name: str):
+    where = _WHERE.get(name)
+    if where is not None:
+        value = getattr(_importlib.import_module(f".{where}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBMODULES:  # gmem_explore.bank etc. after a bare `import gmem_explore`, as before
+        return _importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
