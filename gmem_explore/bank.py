@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .bank_checks import (CHUNK, as_labels, as_thumbnails, check_counts, check_frequencies, check_snippets,
-                          missing_extra_message, rows_spoiled_by_cast, spoiled_rows_message)
+from .bank_checks import (CHUNK, as_labels, as_thumbnails, check_bank_rows, check_counts, check_frequencies,
+                          check_metadata, check_noise, check_snippets, missing_extra_message, refuse_meta, row_indices,
+                          rows_spoiled_by_cast, spoiled_rows_message)
 from .safefiles import load_tensors, save_tensors
 
 MIX_METHODS = ("lerp", "slerp", "concat", "mask")
@@ -26,7 +27,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise rows in float32; a zero row stays zero instead of becoming NaN. Rows shorter than 1e-12 count
     as zero too: dividing them by the clamp would give a short non-unit vector, and normalising twice would
     then change it again (found by tests/test_properties.py)."""
-    x = x.float()
+    x = torch.as_tensor(x).float()
     norm = x.norm(dim=-1, keepdim=True)
     return torch.where(norm <= 1e-12, torch.zeros_like(x), x / norm.clamp_min(1e-12))  # NaN rows stay NaN
 
@@ -46,15 +47,16 @@ def index_from_noise(noise: torch.Tensor, freq: torch.Tensor | None, num_rows: i
     with cumsum(freq / sum(freq))[k] > u: rows are drawn with probability proportional to freq.
     `noise` is one sample (C, H, W) or a batch (B, C, H, W); returns one index per sample (shape (B,)).
     """
-    noise = torch.as_tensor(noise)
-    if noise.ndim == 3:
-        noise = noise[None]
+    noise = check_noise(noise)
+    freq = None if freq is None else torch.as_tensor(freq)
     n = num_rows if freq is None else len(freq)
     if not n:
         raise ValueError("the bank is empty (index_from_noise needs freq or num_rows > 0): add rows first")
     flat = noise.reshape(noise.shape[0], -1).double()
     m = flat.mean(dim=1) * math.sqrt(flat.shape[1])
     u = 0.5 * (1 + torch.erf(m / math.sqrt(2)))
+    if freq is not None:
+        check_counts(freq)  # a negative count would make the cdf fall back and pick rows by chance
     if freq is not None and not (freq > 0).any():
         raise ValueError("freq has no positive entry: no row could ever be drawn; fix freq or choose uniformly")
     cdf = cumulative_frequency(freq.cpu() if freq is not None else None, n)
@@ -75,7 +77,13 @@ def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", 
         raise ValueError(f"Unknown mixing method {method!r}; choose one of {MIX_METHODS}")
     if not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"weight must lie in [0, 1]; got {weight}")
+    if method == "mask" and (isinstance(seed, bool) or not hasattr(seed, "__index__")):
+        raise ValueError(f"seed (for the 'mask' mix) must be an integer; got {seed!r}")
+    refuse_meta(a, "snippets to mix"), refuse_meta(b, "snippets to mix")
     a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"snippets to mix are vectors (D,) or batches (N, D), not numbers; got shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)} (for bank rows: bank.snippets([row]))")
     for name, x in (("first", a), ("second", b)):  # NaN would pass the zero-norm check below and come out as NaN
         if not torch.isfinite(x).all():
             raise ValueError(f"the {name} snippet to mix holds NaN or infinite values; use a bank row or an encoded "
@@ -98,7 +106,7 @@ def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", 
         split = round((1 - w) * a.shape[-1])
         out = torch.cat([a[..., :split], b[..., split:]], dim=-1)
     else:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(int(seed))
         take_b = torch.rand(a.shape[-1], generator=g) < w
         out = torch.where(take_b, b, a)
     if bool((out.norm(dim=-1) < 1e-6).any()):  # e.g. lerp / slerp of opposite snippets at weight 0.5
@@ -118,6 +126,7 @@ class MemoryBank:
     add / replace / remove leaves the bank exactly as it was."""
 
     def __init__(self, rows, freq=None, labels=None, label_names=None, thumbnails=None, meta=None):
+        refuse_meta(rows, "bank rows")
         rows = torch.as_tensor(rows)
         if rows.ndim != 2:
             raise ValueError(f"bank rows must be a 2-D (N, D) matrix; got shape {tuple(rows.shape)} (use rows[None] for one row)")
@@ -159,12 +168,7 @@ class MemoryBank:
                     raise ValueError(f"bank rows hold NaN or infinite values (first bad chunk at row {start})")
 
     def _check_index(self, indices) -> torch.Tensor:
-        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        if len(self) == 0:
-            raise IndexError("the bank is empty: add rows first")
-        if idx.numel() and (idx.min() < 0 or idx.max() >= len(self)):
-            raise IndexError(f"row index out of range: the bank has rows 0..{len(self) - 1}; got {idx.tolist()[:10]}")
-        return idx
+        return row_indices(indices, len(self))  # fractions refused, boolean masks allowed (bank_checks)
 
     # ---- reading --------------------------------------------------------------------------------------
     def snippets(self, indices) -> torch.Tensor:
@@ -172,20 +176,13 @@ class MemoryBank:
         zeros) are refused by number, since the model would turn them into noise or an unconditional sample."""
         idx = self._check_index(indices)
         rows = self.rows[idx].float()
-        bad = ~torch.isfinite(rows).all(dim=1)
-        if bad.any():
-            raise ValueError(f"bank rows {idx[bad].tolist()[:10]} hold NaN or infinite values; replace or remove them "
-                             f"(bank.replace / bank.remove) or choose other rows.")
-        zero = (rows == 0).all(dim=1)
-        if zero.any():
-            raise ValueError(f"bank rows {idx[zero].tolist()[:10]} are all zeros (no direction); replace or remove them "
-                             f"(bank.replace / bank.remove) or choose other rows.")
+        check_bank_rows(rows, idx)
         return normalize(rows)
 
     def label_of(self, index: int) -> str | None:
         if self.labels is None:
             return None
-        label = int(self.labels[index])
+        label = int(self.labels[self._check_index([index])[0]])
         return self.label_names[label] if self.label_names and 0 <= label < len(self.label_names) else str(label)
 
     def choose(self, n: int, strategy: str = "frequency", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -345,6 +342,8 @@ class MemoryBank:
             raise ValueError(f"cannot save bank rows as {dtype!r}: MemoryBank.load reads floating-point rows only; "
                              f"use dtype torch.float16 (half the size), torch.bfloat16, torch.float32 or "
                              f"torch.float64, or None to keep {self.rows.dtype}")
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{path} is a folder: give the bank a file name, e.g. {Path(path) / 'bank.safetensors'}")
         try:
             self.validate()
         except ValueError as e:
@@ -361,7 +360,8 @@ class MemoryBank:
         for name in ("freq", "labels", "thumbnails"):
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name)
-        meta = {"format": "gmem-explore-bank-1", "label_names": self.label_names, **self.meta}
+        meta = {**self.meta, "format": "gmem-explore-bank-1", "label_names": self.label_names}  # ours win
+        check_metadata(meta)
         save_tensors(path, tensors, meta)
 
     @classmethod

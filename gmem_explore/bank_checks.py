@@ -12,8 +12,28 @@ import torch
 CHUNK = 65536  # rows touched at a time, so a memory-mapped 640,000-row bank is never expanded whole
 
 
+def refuse_meta(x, what: str) -> None:
+    """A tensor on the 'meta' device has a shape but no values: every check on its values would fail deep in torch."""
+    if isinstance(x, torch.Tensor) and x.is_meta:
+        raise ValueError(f"{what}: the tensor is on the 'meta' device (a shape without values); give one with real "
+                         f"values (.to('cpu') cannot make them up)")
+
+
+def directionless(rows: torch.Tensor) -> torch.Tensor:
+    """Mask of finite rows that bank.normalize would turn into the zero vector (the unconditional input): all zeros,
+    or a float32 length below 1e-12 or beyond float32's range (values near 1e-30 or 1e20)."""
+    norm = rows.float().norm(dim=-1)
+    return ~torch.isfinite(norm) | (norm <= 1e-12)
+
+
+def directionless_message(what: str, rows: list[int], fix: str) -> str:
+    return (f"{what}: rows {rows[:10]} have no usable direction (all zeros, or a length too small or too large for "
+            f"float32 normalisation, beyond 1e-12..1e19); {fix}")
+
+
 def check_snippets(snippets: torch.Tensor, dim: int, what: str = "snippets") -> torch.Tensor:
     """A (N, dim) finite float tensor, or an error that says what is wrong and how to fix it."""
+    refuse_meta(snippets, what)
     snippets = torch.as_tensor(snippets)
     if snippets.ndim == 1:
         snippets = snippets[None]
@@ -29,7 +49,68 @@ def check_snippets(snippets: torch.Tensor, dim: int, what: str = "snippets") -> 
     if zero.any():  # a zero vector has no direction: it is the unconditional input, not a snippet
         raise ValueError(f"{what}: rows {zero.nonzero().flatten().tolist()[:10]} are all zeros and have no direction; "
                          f"use a bank row or an encoded image instead.")
+    lost = directionless(snippets)  # normalize would make these zeros too: an unconditional image, silently
+    if lost.any():
+        raise ValueError(directionless_message(what, lost.nonzero().flatten().tolist(), "rescale them first, e.g. "
+                                               "x / x.abs().amax(dim=-1, keepdim=True) (only the direction is used)."))
     return snippets
+
+
+def check_bank_rows(rows: torch.Tensor, idx: torch.Tensor) -> None:
+    """Rows read from a bank (float32, numbered idx) that the model can use: finite, with a direction."""
+    bad = ~torch.isfinite(rows).all(dim=1)
+    if bad.any():
+        raise ValueError(f"bank rows {idx[bad].tolist()[:10]} hold NaN or infinite values; replace or remove them "
+                         f"(bank.replace / bank.remove) or choose other rows.")
+    zero = (rows == 0).all(dim=1)
+    if zero.any():
+        raise ValueError(f"bank rows {idx[zero].tolist()[:10]} are all zeros (no direction); replace or remove them "
+                         f"(bank.replace / bank.remove) or choose other rows.")
+    lost = directionless(rows)  # too short or too long for float32: normalize would make them zeros too
+    if lost.any():
+        raise ValueError(directionless_message("bank", idx[lost].tolist(), "replace or remove them (bank.replace / "
+                                               "bank.remove) or choose other rows."))
+
+
+def row_indices(indices, n: int) -> torch.Tensor:
+    """Bank row numbers as a 1-D long tensor, from an int, a list, a NumPy / torch integer array of any shape, or a
+    boolean mask with one entry per row (bank.labels == 3). Whole-valued floats (a UI's 5.0) pass; fractions are
+    refused, since 1.7 silently cut to row 1 would read, replace or remove another row than the one meant."""
+    refuse_meta(indices, "bank row numbers")
+    try:
+        idx = torch.as_tensor(indices)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"bank rows must be integers (an int, a list of ints or an integer array); got "
+                        f"{indices!r:.100}") from None
+    if n == 0:
+        raise IndexError("the bank is empty: add rows first")
+    if idx.dtype == torch.bool:
+        if idx.shape != (n,):
+            raise ValueError(f"a boolean mask of bank rows needs one entry per row ({n}); got shape {tuple(idx.shape)}. "
+                             f"Give row numbers, or a mask such as bank.labels == 3")
+        return idx.nonzero().flatten()
+    if idx.is_complex() or (idx.is_floating_point() and not torch.equal(idx, idx.round())):
+        raise ValueError(f"bank rows must be whole numbers; got {[round(v, 6) for v in idx.flatten().tolist()[:10]]} (a fraction is not cut "
+                         f"to a row: round it yourself if that is what you mean)")
+    idx = idx.reshape(-1).long()
+    if idx.numel() and (idx.min() < 0 or idx.max() >= n):
+        raise IndexError(f"row index out of range: the bank has rows 0..{n - 1}; got {idx.tolist()[:10]}")
+    return idx
+
+
+def check_noise(noise) -> torch.Tensor:
+    """Initial noise for the released row choice: one sample (C, H, W) or a batch (B, ...), finite."""
+    refuse_meta(noise, "noise values")
+    noise = torch.as_tensor(noise)
+    if noise.ndim == 3:
+        noise = noise[None]
+    if noise.ndim < 2 or noise.shape[0] == 0 or noise[0].numel() == 0:
+        raise ValueError(f"noise must be one sample (C, H, W) or a non-empty batch (B, C, H, W); got shape "
+                         f"{tuple(noise.shape)}")
+    if noise.is_complex() or not torch.isfinite(noise).all():
+        raise ValueError("noise holds NaN, infinite or complex values: the row chosen from it would be meaningless; "
+                         "draw it again (torch.randn)")
+    return noise
 
 
 def check_frequencies(freq: torch.Tensor | None, n: int) -> None:
@@ -76,7 +157,11 @@ def spoiled_rows_message(what: str, rows: list[int], dtype: torch.dtype, fix: st
 
 def as_labels(labels, n: int) -> torch.Tensor:
     """n integer labels (-1: no group); fractional values are refused instead of being cut to an integer."""
-    labels = torch.as_tensor(labels)
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"labels must be group numbers (indices into bank.label_names, -1 for none); got "
+                         f"{labels!r:.100}. For a name: bank.label_names.index(name)") from None
     if labels.numel() != n:
         raise ValueError(f"give one label per new row ({n}); got {labels.numel()} (-1 means no group)")
     if labels.is_floating_point() and not torch.equal(labels, labels.round()):
@@ -109,3 +194,15 @@ def missing_extra_message(name: str, argument: str) -> str:
             f"a bank with {name} for every row: MemoryBank(bank.rows, freq=bank.freq, labels=bank.labels, "
             f"label_names=bank.label_names, thumbnails=bank.thumbnails, meta=bank.meta) with {argument}= given "
             f"for all rows")
+
+
+def check_metadata(meta: dict) -> None:
+    """Every bank.meta value must be JSON (the file stores it as text): say which key is not, before writing."""
+    import json
+
+    for key, value in meta.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"cannot save this bank: meta[{key!r}] is not JSON-serialisable ({e}); store plain "
+                             f"numbers, strings, lists or dicts (e.g. tensor.tolist())") from None

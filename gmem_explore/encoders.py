@@ -92,7 +92,12 @@ class ConvEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 256) -> torch.Tensor:
+        if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        batch_size = int(batch_size)
         x = to_model_input(images, self.image_size)
+        if not len(x):  # an empty batch has empty snippets (torch.cat of no chunks would fail)
+            return torch.zeros(0, self.dim)
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device

@@ -30,7 +30,10 @@ def open_image(source) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, torch.Tensor):
-        source = source.cpu().numpy()
+        if source.is_meta:
+            raise ImageError("the image tensor is on the 'meta' device (a shape without values); give real pixels")
+        # NumPy has no bfloat16: floats go through float32 (values in [0, 1], as for arrays)
+        source = (source.float() if source.is_floating_point() else source).detach().cpu().numpy()
     if isinstance(source, np.ndarray):
         return array_to_image(source)
     name = None  # the path, for the messages, when the input came from one
@@ -91,7 +94,9 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
+        channels_first = arr.ndim == 3 and arr.shape[0] in (1, 3, 4)
+        hint = " (channels first: use x.permute(1, 2, 0) or np.moveaxis(x, 0, -1))" if channels_first else ""
+        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}{hint}")
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1:
             arr = (arr * 255).round().astype(np.uint8)
@@ -111,6 +116,11 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
     if img.width == 0 or img.height == 0:
         raise ImageError("the image has no pixels (0 width or height)")
     img = ImageOps.exif_transpose(img) or img
+    if img.mode == "F":  # 32-bit float pixels: PIL would cut [0, 1] values to 0 (a black image)
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageError("the float image holds NaN or infinite pixels")
+        img = Image.fromarray((arr * (255.0 if arr.max() <= 1.0 else 1.0)).round().clip(0, 255).astype(np.uint8))
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
@@ -125,6 +135,8 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
 
 def load_rgb(source, size: int | None = None) -> torch.Tensor:
     """uint8 (H, W, 3); resized to size x size (centre-cropped to square, bicubic antialiased) when size is given."""
+    if size is not None and (isinstance(size, bool) or not hasattr(size, "__index__") or int(size) < 1):
+        raise ValueError(f"size must be a positive whole number of pixels (or None to keep the image's size); got {size!r}")
     img = open_image(source)
     try:
         img = to_rgb(img)
@@ -133,20 +145,29 @@ def load_rgb(source, size: int | None = None) -> torch.Tensor:
             raise ImageError(f"{source}: {e}") from None
         raise
     if size is not None:
-        img = ImageOps.fit(img, (size, size), Image.BICUBIC)
+        img = ImageOps.fit(img, (int(size), int(size)), Image.BICUBIC)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
 
 
 def load_batch(sources, size: int) -> torch.Tensor:
     """uint8 (N, size, size, 3) from a list of images of any kind."""
+    sources = list(sources)
+    if not sources:
+        raise ValueError("no images given (an empty list): give at least one image")
     return torch.stack([load_rgb(s, size) for s in sources])
 
 
 def as_uint8_batch(images, size: int) -> torch.Tensor:
     """uint8 (N, H, W, 3) from a uint8 tensor / array of any size, or from a list of images of any kind (each
     loaded, centre-cropped and resized to size x size). Encoders call this before their own resizing."""
+    if isinstance(images, (str, Path, bytes, bytearray, Image.Image)):  # one image, not a batch
+        images = [images]
+    elif not isinstance(images, (torch.Tensor, np.ndarray)) and hasattr(images, "__iter__"):
+        images = list(images)  # a generator or another iterable of images
     if isinstance(images, (list, tuple)):
         images = load_batch(images, size)
+    if isinstance(images, torch.Tensor) and images.is_meta:
+        raise ValueError("images: the tensor is on the 'meta' device (a shape without values); give real pixels")
     images = torch.as_tensor(images)
     if images.ndim == 3:
         images = images[None]

@@ -40,6 +40,17 @@ class ModelConfig:
     condition_dropout: float = 0.2  # v1 applies dropout after the snippet projection in training only
 
     def __post_init__(self):
+        sizes = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "snippet_dim",
+                 "encoder_depth", "projector_dim", "repa_dim")
+        wrong = [f"{k}={getattr(self, k)!r}" for k in sizes if isinstance(getattr(self, k), bool)
+                 or not hasattr(getattr(self, k), "__index__") or int(getattr(self, k)) < 1]
+        if wrong:  # 0 would divide by zero below, a float fails deep in torch
+            raise ValueError(f"Invalid model config: {', '.join(wrong)}; sizes must be positive integers")
+        for k in sizes:  # NumPy integers as plain ints, so the config saves as JSON
+            object.__setattr__(self, k, int(getattr(self, k)))
+        if not 0 < self.mlp_ratio < math.inf or not 0 <= self.condition_dropout <= 1:
+            raise ValueError(f"Invalid model config: mlp_ratio must be > 0 (got {self.mlp_ratio}) and condition_dropout "
+                             f"in [0, 1] (got {self.condition_dropout})")
         problems = []
         if self.input_size % self.patch_size:
             problems.append(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")

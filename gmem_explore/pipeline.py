@@ -19,7 +19,7 @@ from .bank import MIX_METHODS, MemoryBank, normalize
 from .bank import mix as mix_snippets  # interpolate's `mix` argument names the method
 from .bank_checks import check_snippets
 from .checkpoint import Checkpoint, load_checkpoint
-from .sampling import StepInfo, check_method_and_steps, initial_noise, make_generators, sample
+from .sampling import StepInfo, check_guidance, check_method_and_steps, initial_noise, make_generators, sample
 from .viz import image_grid, to_pil
 
 CHOICES = ("noise", "frequency", "uniform")
@@ -84,9 +84,36 @@ def is_row_number(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def check_device(device) -> torch.device:
+    """A device this machine has; torch's own error for cuda on a CPU-only build is a bare AssertionError."""
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"unknown device {device!r} ({e}); use 'cpu', 'cuda', 'cuda:0' or 'mps'") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ValueError(f"device {str(device)!r} is not available here ({have} CUDA device(s) visible); use "
+                         f"device='cpu'" + (f" or 'cuda:0'..'cuda:{have - 1}'" if have else ""))
+    if device.type == "meta":
+        raise ValueError("device='meta' holds no values, so nothing can be generated; use 'cpu' or 'cuda'")
+    return device
+
+
+def resolve_snippet(pipe: "GMemPipeline", x) -> tuple[int | None, torch.Tensor]:
+    """(bank row or None, normalised snippet (1, D) or (N, D)) for a bank row number or a snippet vector."""
+    if is_row_number(x):
+        row = as_integer(x, "bank rows")
+        return row, pipe.bank.snippets([row])
+    if isinstance(x, numbers.Real) and not isinstance(x, bool) or isinstance(x, torch.Tensor) and x.ndim == 0:
+        raise ValueError(f"a bank row must be a whole number and a snippet a vector of {pipe.snippet_dim} values; "
+                         f"got {x!r}")
+    return None, normalize(check_snippets(x, pipe.snippet_dim))
+
+
 class GMemPipeline:
     def __init__(self, model, bank: MemoryBank, autoencoder=None, encoder=None, sampler: dict | None = None,
                  info: dict | None = None, device="cpu"):
+        device = check_device(device)
         if bank.dim != model.config.snippet_dim:
             raise ValueError(f"the bank's rows have dimension {bank.dim} but the model expects {model.config.snippet_dim}; "
                              f"use the bank (or the snippet encoder) the model was trained with")
@@ -117,6 +144,7 @@ class GMemPipeline:
         """A named checkpoint ("emoji-32", the default; "gmem-v1-xl") or a local checkpoint folder."""
         from .hub import resolve_checkpoint  # hub imports huggingface_hub lazily
 
+        device = check_device(device)  # before a download or a load
         folder = resolve_checkpoint(name_or_path, **kwargs)
         return cls.from_checkpoint(load_checkpoint(folder, device=device), device=device)
 
@@ -132,7 +160,9 @@ class GMemPipeline:
         return normalize(self.encoder.encode(images))
 
     def mix(self, a, b, weight: float, method: str = "slerp", seed: int = 0) -> torch.Tensor:
-        return mix_snippets(a, b, weight, method, seed)
+        """Mix two snippets, each a bank row number or a snippet vector (as in interpolate); returns (N, D), what
+        generate(snippets=...) takes."""
+        return mix_snippets(resolve_snippet(self, a)[1], resolve_snippet(self, b)[1], weight, method, seed)
 
     # ---- generation -------------------------------------------------------------------------------------
     def generate(
@@ -161,6 +191,8 @@ class GMemPipeline:
         `callback(step_info, first_image_of_batch, total_images)` runs after every sampler step.
         `fast`: the fast sampling path (see sampling.sample; None = on CUDA only).
         """
+        if is_row_number(n):  # a NumPy or 0-d tensor integer counts too, as for indices and seeds
+            n = as_integer(n, "n")
         given = [x is not None for x in (indices, snippets)]
         if sum(given) > 1:
             raise ValueError("give either indices or snippets, not both")
@@ -177,6 +209,8 @@ class GMemPipeline:
         elif snippets is not None:
             snippets = normalize(check_snippets(snippets, self.snippet_dim))
             count = snippets.shape[0]
+            if not count:
+                raise ValueError(f"snippets is empty (shape {tuple(snippets.shape)}): give at least one snippet")
         else:
             if n is None and seeds is not None:  # one image per seed; a single seed makes one image
                 n = len(check_seeds(seeds, None))
@@ -194,6 +228,7 @@ class GMemPipeline:
         method = self.sampler.get("method", "sde") if method is None else method
         steps = self.sampler.get("steps", 250) if steps is None else steps
         check_method_and_steps(method, steps)
+        guidance, guidance_interval = check_guidance(guidance, guidance_interval)  # before any batch or progress bar
         steps = int(steps)  # a NumPy integer passes the check; the settings hold a plain int
 
         images, used_idx, used_snip = [], [], []
@@ -230,7 +265,7 @@ class GMemPipeline:
             used_snip.append(batch_snip.cpu())
         if bar is not None:
             bar.close()
-        settings = {"method": method, "steps": steps, "guidance": guidance, "guidance_interval": tuple(guidance_interval),
+        settings = {"method": method, "steps": steps, "guidance": guidance, "guidance_interval": guidance_interval,
                     "choose": choose}
         return Generation(torch.cat(images), seeds, used_idx, torch.cat(used_snip), settings)
 
@@ -254,9 +289,9 @@ class GMemPipeline:
             if taken in generate_kwargs:
                 raise ValueError(f"interpolate sets {taken} itself (every frame uses seed={seed}); "
                                  f"pass seed= for another seed")
-        rows = [as_integer(x, "bank rows") if is_row_number(x) else None for x in (a, b)]
-        a, b = (self.bank.snippets([r]) if r is not None else normalize(check_snippets(x, self.snippet_dim))
-                for r, x in zip(rows, (a, b)))
+        seed = check_seeds([seed], 1)[0]  # one seed for every frame (and the 'mask' mix)
+        (row_a, a), (row_b, b) = resolve_snippet(self, a), resolve_snippet(self, b)
+        rows = [row_a, row_b]
         frames = torch.cat([mix_snippets(a, b, w, mix, seed) for w in torch.linspace(0, 1, k).tolist()])
         out = self.generate(snippets=frames, seeds=[seed] * k, **generate_kwargs)
         # a frame is a mix, not a bank row (indices stay None); the endpoints' rows are said here (None: a vector)

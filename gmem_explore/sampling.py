@@ -68,13 +68,21 @@ def check_method_and_steps(method: str, steps) -> None:
         raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}]; got {steps!r} (the released SDE uses 250)")
 
 
-def check_guidance(guidance, interval=(0.0, 1.0)) -> None:
+def check_guidance(guidance, interval=(0.0, 1.0)) -> tuple[float, tuple[float, float]]:
+    """(guidance, (low, high)) as Python floats, or a ValueError; a 0-d tensor counts as a number."""
+    if isinstance(guidance, torch.Tensor) and guidance.ndim == 0 and guidance.is_floating_point():
+        guidance = guidance.item()
     if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not 0 <= guidance < math.inf:
         # NaN fails both comparisons; inf made every image NaN (black)
         raise ValueError(f"guidance must be a finite number >= 0 (1 means none); got {guidance!r}")
-    lo, hi = interval
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):  # None, one number, three numbers, strings: not a (low, high) pair
+        raise ValueError(f"guidance_interval must be a pair (low, high) of times with 0 <= low <= high <= 1, e.g. "
+                         f"(0.0, 1.0) for every step; got {interval!r}") from None
     if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"guidance_interval must satisfy 0 <= low <= high <= 1; got {tuple(interval)}")
+        raise ValueError(f"guidance_interval must satisfy 0 <= low <= high <= 1; got {(lo, hi)}")
+    return float(guidance), (lo, hi)
 
 
 def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -130,6 +138,11 @@ def sample(
     None = on for GMemSiT models on CUDA, off elsewhere; True; False; or a precision, "bf16" or "fp32".
     """
     check_method_and_steps(method, steps)
+    for name, x in (("noise", noise), ("snippets", snippets)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__} (use torch.as_tensor(...))")
+        if x.is_meta:
+            raise ValueError(f"{name}: the tensor is on the 'meta' device (a shape without values); give real values")
     if noise.ndim < 2:
         raise ValueError(f"noise must be batched (N, C, H, W); got shape {tuple(noise.shape)}")
     n = noise.shape[0]
@@ -139,10 +152,13 @@ def sample(
         raise ValueError("snippets contain NaN or infinite values; choose other rows or re-encode the image")
     if not torch.isfinite(noise).all():
         raise ValueError("noise contains NaN or infinite values")
-    check_guidance(guidance, guidance_interval)
+    guidance, guidance_interval = check_guidance(guidance, guidance_interval)
     lo, hi = guidance_interval
     if generators is not None and len(generators) != n:
         raise ValueError(f"need one generator per image: {n} images, {len(generators)} generators")
+    if generators is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise TypeError("generators must be torch.Generator objects, one per image; for seeds use "
+                        "gmem_explore.sampling.make_generators(seeds, device)")
 
     from . import fast as fast_path  # imported here: fast imports this module
 
