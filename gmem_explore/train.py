@@ -51,6 +51,7 @@ from .autoencoders import PixelSpace
 from .bank import normalize
 from .fingerprints import training_data
 from .safefiles import load_tensors, save_tensors
+from .train_checks import as_training_images, check_loss, check_snippet_conditions, data_shape_message
 from .train_config import TrainConfig
 
 EVENTS = ("on_step", "on_eval", "on_checkpoint")
@@ -115,14 +116,14 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world} processes")
 
+        self.images = as_training_images(images)
         if autoencoder == "auto":
-            autoencoder = PixelSpace(model.config.input_size) if torch.as_tensor(images).dtype == torch.uint8 else None
+            autoencoder = PixelSpace(model.config.input_size) if self.images.dtype == torch.uint8 else None
         self.autoencoder = autoencoder
-        self.images = torch.as_tensor(images)
         self.data = autoencoder.encode(self.images).float() if autoencoder is not None else self.images.float()
         want = (model.config.in_channels, model.config.input_size, model.config.input_size)
         if tuple(self.data.shape[1:]) != want:
-            raise ValueError(f"training data has shape {tuple(self.data.shape[1:])} per item; the model expects {want}")
+            raise ValueError(data_shape_message(self.data, want))
         self.conditions = self._check_conditions(conditions, model, count=len(self.data))
         self.eval_conditions = None if eval_conditions is None else self._check_conditions(eval_conditions, model, "eval_conditions")
 
@@ -161,9 +162,7 @@ class Trainer:
         if count is not None and len(conditions) != count:
             raise ValueError(f"{len(conditions)} {what} for {count} training images; give exactly one per image")
         if mode == "snippet":
-            if conditions.ndim != 2 or conditions.shape[1] != model.config.snippet_dim:
-                raise ValueError(f"snippet {what} must be (N, {model.config.snippet_dim}); got {tuple(conditions.shape)}")
-            return normalize(conditions)
+            return normalize(check_snippet_conditions(conditions, model.config.snippet_dim, what))
         if conditions.dtype.is_floating_point or conditions.ndim != 1 or int(conditions.min()) < 0:
             raise ValueError(f"label {what} must be non-negative integers (N,); got {conditions.dtype} {tuple(conditions.shape)}")
         return conditions.long()
@@ -281,6 +280,8 @@ class Trainer:
                 loss, mse, repa = self.loss_on(*batch)
             finally:
                 projection.mask = None
+            if self.world == 1:  # with many processes one alone would stop, and the others wait for it for ever
+                check_loss(loss, self.step, lr)
             self.optimizer.zero_grad(set_to_none=True)
             if self.accelerator:
                 self.accelerator.backward(loss)

@@ -3,6 +3,7 @@ record (to_dict / from_dict), and the checks that refuse a bad value before any 
 train.py so that the settings read in one place, apart from the loop that uses them."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 CONDITIONS = ("snippet", "label", "none")
@@ -41,8 +42,17 @@ class TrainConfig:
             raise ValueError(f"time_sampling must be 'logit-normal' or 'uniform'; got {self.time_sampling!r}")
         if not 0 <= self.snippet_dropout <= 1:
             raise ValueError(f"snippet_dropout must lie in [0, 1]; got {self.snippet_dropout}")
-        if self.batch_size < 1 or self.steps < 0 or self.lr <= 0:
-            raise ValueError("batch_size must be >= 1, steps >= 0 and lr > 0")
+        if self.batch_size < 1 or self.steps < 0 or not 0 < self.lr < math.inf:
+            raise ValueError(f"batch_size must be >= 1, steps >= 0 and lr a finite number > 0; got batch_size "
+                             f"{self.batch_size}, steps {self.steps}, lr {self.lr}")
+        numbers = ("lr_final", "weight_decay", "grad_clip", "ema_decay", "logit_mean", "logit_std", "repa_weight")
+        # NaN passes every comparison check, and a NaN setting makes every weight NaN from the first step
+        bad = [k for k in numbers if not math.isfinite(getattr(self, k))]
+        bad += [k for k, ok in (("ema_decay", 0 <= self.ema_decay <= 1), ("grad_clip", self.grad_clip >= 0),
+                                ("lr_final", self.lr_final >= 0)) if not ok and k not in bad]
+        if bad:
+            raise ValueError(f"training settings must be finite, ema_decay in [0, 1], grad_clip >= 0 (0: none) and "
+                             f"lr_final >= 0; got {', '.join(f'{k}={getattr(self, k)}' for k in bad)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be 0 (no periodic saves) or a number of steps; got {self.checkpoint_every}")
         if self.checkpoint_every and not self.out_dir:
