@@ -94,7 +94,7 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        channels_first = arr.ndim == 3 and arr.shape[0] in (1, 3, 4)
+        channels_first = arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and min(arr.shape[1:]) > 4  # (3, 64, 64), not (4, 4, 5)
         hint = " (channels first: use x.permute(1, 2, 0) or np.moveaxis(x, 0, -1))" if channels_first else ""
         raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}{hint}")
     if arr.dtype != np.uint8:

@@ -35,6 +35,7 @@ from gmem_explore.data import load_folder  # noqa: E402
 from gmem_explore.images import ImageError, load_rgb  # noqa: E402
 from gmem_explore.official import UnsafeCheckpointError, convert_official  # noqa: E402
 from gmem_explore.sampling import sample  # noqa: E402
+from gmem_explore.train import TrainConfig, Trainer  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
 
@@ -455,6 +456,19 @@ CASES = [
          r"1 means none", None, ValueError),
     Case("guidance-interval", "guidance interval (0.9, 0.1)", _gen(**GEN_OK, guidance=2.0, guidance_interval=(0.9, 0.1)),
          r"guidance_interval must satisfy", r"0 <= low <= high <= 1", None, ValueError),
+    Case("guidance-interval-number", "guidance interval 0.5 (one number, not a pair)",
+         _gen(**GEN_OK, guidance=2.0, guidance_interval=0.5), r"must be a pair", r"e\.g\. \(0\.0, 1\.0\)", None,
+         ValueError),
+    Case("snippet-huge", "a snippet of values 1e20 (float32 cannot normalise it)",
+         _gen(snippets=torch.full((1, 16), 1e20), seeds=[0]), r"no usable direction", r"rescale them", None, ValueError),
+    Case("bank-row-fraction", "bank.remove([1.7]): a fractional row number", lambda env: env.bank.remove([1.7]),
+         r"whole numbers", r"round it yourself", None, ValueError),
+    Case("train-nan-latents", "training latents of which item 0 holds NaN",
+         lambda env: Trainer(build_model(**TINY), torch.randn(4, 3, 8, 8) * torch.tensor([math.nan, 1, 1, 1]).view(4, 1, 1, 1), env.bank.rows[:4],
+                             TrainConfig(progress=False), autoencoder=None, use_accelerate=False),
+         r"training items \[0\] hold NaN", r"remove or re-encode", None, ValueError),
+    Case("train-lr-nan", "a training config with lr NaN", lambda env: TrainConfig(lr=math.nan),
+         r"lr a finite number > 0", r"lr nan", None, ValueError),
     Case("interpolate-frames", "interpolation with k=1 frame", lambda env: env.pipe.interpolate(0, 1, k=1),
          r"number of frames", r"\[2, 256\]", None, ValueError),
     Case("interpolate-mix-as-method", "interpolate(..., method='lerp'): a mix given as the sampler",
