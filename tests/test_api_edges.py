@@ -305,3 +305,18 @@ def test_numpy_model_sizes_become_plain_ints():
     model = build_model(input_size=np.int64(8), patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2,
                         snippet_dim=16)
     assert type(model.config.input_size) is int and model.config.to_dict()["input_size"] == 8
+
+
+def test_grids_refuse_scales_and_rows_that_are_not_whole_numbers():
+    from gmem_explore.viz import image_grid, to_pil
+
+    images = torch.zeros(5, 8, 8, 3, dtype=torch.uint8)
+    assert image_grid(images, nrow=5, pad=0, scale=2).size == (80, 16)
+    assert image_grid(images).size == (32, 22)  # 3 per row (about sqrt(5)), two rows, 2 px padding
+    for bad in (dict(scale=0), dict(scale=2.5), dict(scale=True)):
+        with pytest.raises(ValueError, match="scale is a whole upscaling factor >= 1"):
+            image_grid(images, **bad)
+    with pytest.raises(ValueError, match="scale is a whole upscaling factor"):
+        to_pil(images, scale=0)
+    with pytest.raises(ValueError, match="nrow is the number of images per row"):
+        image_grid(images, nrow=-1)
