@@ -7,7 +7,7 @@ Every encoder offers the same small interface (the pipeline, bank builder and tr
     encoder.state_dict()           dict of tensors (saved as encoder.safetensors)
 and `encoder_from_config(cfg, state)` rebuilds one from a checkpoint folder.
 
-The built-in ConvEncoder is a small CNN (0.9M parameters, 32x32 input) trained by `train_conv_encoder` on two
+The built-in ConvEncoder is a small CNN (1.1M parameters, 32x32 input) trained by `train_conv_encoder` on two
 objectives at once: classify the emoji's group (semantics, so neighbours in the bank share a group), and
 reconstruct the image from the 768-d code through a linear decoder that is thrown away afterwards (instance
 detail, so the generator conditioned on a snippet can draw that very image). Augmented views (shifts of up to
@@ -55,7 +55,7 @@ def conv_stage(cin: int, cout: int) -> nn.Sequential:
 
 
 class ConvEncoder(nn.Module):
-    """32x32 RGB -> 3 stride-2 stages (32, 64, 128 channels) -> 4x4x64 -> Linear -> dim (0.9M parameters).
+    """32x32 RGB -> 3 stride-2 stages (32, 64, 128 channels) -> 4x4x64 -> Linear -> dim (1.1M parameters at dim 768).
 
     Flattening the 4x4 map (instead of average pooling) keeps where things are, which the generator needs."""
 

@@ -51,7 +51,8 @@ from .autoencoders import PixelSpace
 from .bank import normalize
 from .fingerprints import training_data
 from .safefiles import load_tensors, save_tensors
-from .train_checks import as_training_images, check_loss, check_snippet_conditions, data_shape_message
+from .train_checks import (as_training_images, check_loss, check_resume_data, data_shape_message,
+                           refuse_unknown_labels, training_conditions)
 from .train_config import TrainConfig
 
 EVENTS = ("on_step", "on_eval", "on_checkpoint")
@@ -67,7 +68,7 @@ class TrainingModule(nn.Module):
             nn.init.normal_(self.label_embedding.weight, std=1.0)
 
     def snippets_for(self, cond: torch.Tensor, condition: str) -> torch.Tensor:
-        """What fills the snippet slot. Snippet conditions arrive L2-normalised (Trainer._check_conditions)."""
+        """What fills the snippet slot. Snippet conditions arrive L2-normalised (train_checks.training_conditions)."""
         if condition == "label":
             return normalize(self.label_embedding(cond))
         if condition == "none":
@@ -124,12 +125,12 @@ class Trainer:
         want = (model.config.in_channels, model.config.input_size, model.config.input_size)
         if tuple(self.data.shape[1:]) != want:
             raise ValueError(data_shape_message(self.data, want))
-        self.conditions = self._check_conditions(conditions, model, count=len(self.data))
-        self.eval_conditions = None if eval_conditions is None else self._check_conditions(eval_conditions, model, "eval_conditions")
+        self.conditions = training_conditions(conditions, cfg.condition, model, count=len(self.data))
+        self.eval_conditions = None if eval_conditions is None else training_conditions(eval_conditions, cfg.condition, model, "eval_conditions")
 
         num_labels = int(self.conditions.max()) + 1 if cfg.condition == "label" else 0
         if self.eval_conditions is not None:
-            self._refuse_unknown_labels(self.eval_conditions, num_labels, "eval_conditions")
+            refuse_unknown_labels(self.eval_conditions, num_labels, "eval_conditions", cfg.condition)
         torch.manual_seed(cfg.seed)  # the label embedding's initial values
         self.module = TrainingModule(model, num_labels)
         if cfg.repa_weight <= 0:  # unused parameters would stall DDP; they keep their values in the checkpoint
@@ -149,30 +150,6 @@ class Trainer:
         self.history: list[dict] = []
 
     # ---- set-up helpers ------------------------------------------------------------------------------------
-    def _check_conditions(self, conditions, model, what="conditions", count: int | None = None):
-        """Conditions as the module takes them: snippet rows L2-normalised (as the pipeline does, so raw and
-        normalised rows give the same images), labels as long, and for condition "none" placeholder zeros, one per
-        item (`count` training images, else one per condition given). `count` also demands exactly that many."""
-        mode = self.config.condition
-        if mode == "none":
-            return torch.zeros(count if count is not None else len(conditions), dtype=torch.long)
-        if conditions is None:
-            raise ValueError(f"condition={mode!r} needs {what}: one bank row (snippet) or label per training image")
-        conditions = torch.as_tensor(conditions)
-        if count is not None and len(conditions) != count:
-            raise ValueError(f"{len(conditions)} {what} for {count} training images; give exactly one per image")
-        if mode == "snippet":
-            return normalize(check_snippet_conditions(conditions, model.config.snippet_dim, what))
-        if conditions.dtype.is_floating_point or conditions.ndim != 1 or int(conditions.min()) < 0:
-            raise ValueError(f"label {what} must be non-negative integers (N,); got {conditions.dtype} {tuple(conditions.shape)}")
-        return conditions.long()
-
-    def _refuse_unknown_labels(self, labels, num_labels: int, what: str) -> None:
-        """The label embedding has one row per label seen in training; a larger label would fail deep inside it."""
-        if self.config.condition == "label" and len(labels) and int(labels.max()) >= num_labels:
-            raise ValueError(f"{what} holds label {int(labels.max())} but training saw labels 0 to {num_labels - 1} "
-                             f"only; give labels of the training images")
-
     def _repa_targets(self, encoder):
         if encoder is None or self.images.dtype != torch.uint8:
             raise ValueError("repa_weight > 0 needs the snippet encoder and uint8 training images")
@@ -338,9 +315,9 @@ class Trainer:
         cfg = self.config
         module = self.ema if use_ema else (self.accelerator.unwrap_model(self.module) if self.accelerator else self.module)
         if conditions is not None:
-            conditions = self._check_conditions(conditions, module.model, "conditions given to sample")
+            conditions = training_conditions(conditions, cfg.condition, module.model, "conditions given to sample")
             num_labels = module.label_embedding.num_embeddings if module.label_embedding is not None else 0
-            self._refuse_unknown_labels(conditions, num_labels, "conditions given to sample")
+            refuse_unknown_labels(conditions, num_labels, "conditions given to sample", cfg.condition)
         seeds = None if seeds is None else list(seeds)  # a range or generator is read once
         n = self._sample_count(n, seeds, conditions)
         seeds = list(range(n)) if seeds is None else seeds
@@ -412,17 +389,7 @@ class Trainer:
         tensors, meta = load_tensors(path, mmap=False)
         if meta.get("format") != "gmem-explore-train-1":
             raise ValueError(f"{path} is not a gmem-explore training state (format {meta.get('format')!r})")
-        saved, ours = meta.get("data"), self.data_fingerprint()  # states from before the record: not checked
-        if saved is not None and saved.get("encoder") and ours.get("encoder") and saved["encoder"] != ours["encoder"]:
-            raise ValueError(f"{path} was trained on snippets from another encoder (fingerprint {saved['encoder']} "
-                             f"saved, {ours['encoder']} now): resuming would condition the run on other bank rows. "
-                             f"Give the same --init as the saved run (gmem train), or start a new run (a new --out).")
-        if saved is not None and (saved.get("images"), saved.get("sha256")) != (ours["images"], ours["sha256"]):
-            other = "other images" if saved.get("images") == ours["images"] else f"{ours['images']} images"
-            raise ValueError(f"{path} was trained on {saved.get('images')} images, and this trainer has {other} "
-                             f"(fingerprint {saved.get('sha256')} saved, {ours['sha256']} now): resuming would not "
-                             f"continue that run. Give the same images (gmem train: the same --data and --split), "
-                             f"or start a new run (a new --out).")
+        check_resume_data(path, meta.get("data"), self.data_fingerprint())
         module = self.accelerator.unwrap_model(self.module) if self.accelerator else self.module
         module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("module.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})

@@ -1,5 +1,6 @@
-"""What a Trainer is given, checked once before anything is built: training images, their conditions, and each
-step's loss. A mistake here would otherwise train for minutes into NaN weights or stop deep inside torch.
+"""What a Trainer is given, checked before anything is built or changed: training images, their conditions, each
+step's loss, and the data of a state it resumes. A mistake here would otherwise train for minutes into NaN weights,
+stop deep inside torch, or continue another run.
 
 Images are uint8 pixels (N, H, W, 3), which the pixel autoencoder encodes, or float latents (N, C, h, w) already
 in the model's space (autoencoder=None).
@@ -10,6 +11,7 @@ import math
 
 import torch
 
+from .bank import normalize
 from .bank_checks import check_snippets
 
 
@@ -52,12 +54,33 @@ def data_shape_message(data: torch.Tensor, want: tuple[int, int, int]) -> str:
     return message
 
 
-def check_snippet_conditions(conditions: torch.Tensor, dim: int, what: str) -> torch.Tensor:
-    """Snippet rows the network can be conditioned on: (N, dim), finite and with a direction (an all-zero row
-    would train the unconditional branch under that image's name)."""
-    if conditions.ndim != 2 or conditions.shape[1] != dim:
-        raise ValueError(f"snippet {what} must be (N, {dim}); got {tuple(conditions.shape)}")
-    return check_snippets(conditions, dim, what)
+def training_conditions(conditions, mode: str, model, what: str = "conditions", count: int | None = None):
+    """Conditions as the training module takes them, for config.condition `mode`: snippet rows L2-normalised (as the
+    pipeline does, so raw and normalised rows give the same images) and finite with a direction (an all-zero row
+    would train the unconditional branch under that image's name), labels as long, and for "none" placeholder
+    zeros, one per item (`count` training images, else one per condition given). `count` also demands that many."""
+    if mode == "none":
+        return torch.zeros(count if count is not None else len(conditions), dtype=torch.long)
+    if conditions is None:
+        raise ValueError(f"condition={mode!r} needs {what}: one bank row (snippet) or label per training image")
+    conditions = torch.as_tensor(conditions)
+    if count is not None and len(conditions) != count:
+        raise ValueError(f"{len(conditions)} {what} for {count} training images; give exactly one per image")
+    if mode == "snippet":
+        dim = model.config.snippet_dim
+        if conditions.ndim != 2 or conditions.shape[1] != dim:
+            raise ValueError(f"snippet {what} must be (N, {dim}); got {tuple(conditions.shape)}")
+        return normalize(check_snippets(conditions, dim, what))
+    if conditions.dtype.is_floating_point or conditions.ndim != 1 or int(conditions.min()) < 0:
+        raise ValueError(f"label {what} must be non-negative integers (N,); got {conditions.dtype} {tuple(conditions.shape)}")
+    return conditions.long()
+
+
+def refuse_unknown_labels(labels, num_labels: int, what: str, mode: str) -> None:
+    """The label embedding has one row per label seen in training; a larger label would fail deep inside it."""
+    if mode == "label" and len(labels) and int(labels.max()) >= num_labels:
+        raise ValueError(f"{what} holds label {int(labels.max())} but training saw labels 0 to {num_labels - 1} "
+                         f"only; give labels of the training images")
 
 
 def check_loss(loss: torch.Tensor, step: int, lr: float) -> None:
@@ -67,3 +90,18 @@ def check_loss(loss: torch.Tensor, step: int, lr: float) -> None:
     if not math.isfinite(value):
         raise FloatingPointError(f"the training loss became {value} at step {step + 1} (lr {lr:.3g}); the weights were "
                                  f"left as they were after step {step}. Lower lr, set grad_clip, or check the data")
+
+
+def check_resume_data(path, saved: dict | None, ours: dict) -> None:
+    """Refuse to resume a train state on other data: `saved` and `ours` are fingerprints.training_data records (the
+    state's, None in states from before the record: not checked, and this trainer's)."""
+    if saved is not None and saved.get("encoder") and ours.get("encoder") and saved["encoder"] != ours["encoder"]:
+        raise ValueError(f"{path} was trained on snippets from another encoder (fingerprint {saved['encoder']} "
+                         f"saved, {ours['encoder']} now): resuming would condition the run on other bank rows. "
+                         f"Give the same --init as the saved run (gmem train), or start a new run (a new --out).")
+    if saved is not None and (saved.get("images"), saved.get("sha256")) != (ours["images"], ours["sha256"]):
+        other = "other images" if saved.get("images") == ours["images"] else f"{ours['images']} images"
+        raise ValueError(f"{path} was trained on {saved.get('images')} images, and this trainer has {other} "
+                         f"(fingerprint {saved.get('sha256')} saved, {ours['sha256']} now): resuming would not "
+                         f"continue that run. Give the same images (gmem train: the same --data and --split), "
+                         f"or start a new run (a new --out).")
