@@ -257,8 +257,7 @@ class Trainer:
                 loss, mse, repa = self.loss_on(*batch)
             finally:
                 projection.mask = None
-            if self.world == 1:  # with many processes one alone would stop, and the others wait for it for ever
-                check_loss(loss, self.step, lr)
+            self._stop_on_non_finite(loss, lr)
             self.optimizer.zero_grad(set_to_none=True)
             if self.accelerator:
                 self.accelerator.backward(loss)
@@ -272,6 +271,15 @@ class Trainer:
         self.step += 1
         self._update_ema()
         return {"step": self.step, "loss": loss.item(), "mse": mse.item(), "repa": repa.item(), "lr": lr}
+
+    def _stop_on_non_finite(self, loss: torch.Tensor, lr: float) -> None:
+        """Every process stops when any process's loss is NaN or infinite, before the optimizer applies the step: one
+        stopping alone would leave the others waiting in the next gradient all-reduce for ever (one float reduced
+        per step; the step's loss.item() synchronises anyway)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.world > 1:
+            bad = self.accelerator.reduce(bad, reduction="max")
+        check_loss(float(loss.detach()), bool(bad.item()), self.step, lr)
 
     def fit(self, steps: int | None = None) -> list[dict]:
         """Train until config.steps (or for `steps` more steps); returns the per-step history of this call."""

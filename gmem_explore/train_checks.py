@@ -83,13 +83,14 @@ def refuse_unknown_labels(labels, num_labels: int, what: str, mode: str) -> None
                          f"only; give labels of the training images")
 
 
-def check_loss(loss: torch.Tensor, step: int, lr: float) -> None:
-    """Refuse a non-finite loss before the optimizer applies it, so the weights and EMA stay those of the last good
-    step (save_state then still holds a usable model)."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise FloatingPointError(f"the training loss became {value} at step {step + 1} (lr {lr:.3g}); the weights were "
-                                 f"left as they were after step {step}. Lower lr, set grad_clip, or check the data")
+def check_loss(value: float, any_process_bad: bool, step: int, lr: float) -> None:
+    """Refuse a non-finite loss (this process's `value`, or another's: `any_process_bad`) before the optimizer applies
+    it, so the weights and EMA stay those of the last good step (save_state then still holds a usable model)."""
+    if math.isfinite(value) and not any_process_bad:
+        return
+    what = f"became {value}" if not math.isfinite(value) else "became NaN or infinite on another process"
+    raise FloatingPointError(f"the training loss {what} at step {step + 1} (lr {lr:.3g}); the weights were left as "
+                             f"they were after step {step}. Lower lr, set grad_clip, or check the data")
 
 
 def check_resume_data(path, saved: dict | None, ours: dict) -> None:

@@ -181,25 +181,19 @@ def test_accelerate_single_process_matches_plain_loop(digits):
 
 
 
-def test_two_accelerate_processes_train_like_one(digits, tmp_path):
-    """The docstring's promise, through torchrun (two CPU processes; Accelerate sees WORLD_SIZE and uses gloo, the
-    same code path as on several GPUs):
-    each process takes its slice of the same global batch and DDP averages the gradients, so two processes end
-    with the weights of the plain one-process loop (float rounding aside), and their saved state resumes in one."""
-    pytest.importorskip("accelerate")
+def run_two_processes(out, **env) -> tuple[int, str]:
+    """tests/two_process_train.py under torchrun, two CPU processes: (return code, output)."""
     import os
     import signal
     import subprocess
     import sys
     from pathlib import Path
 
-    from gmem_explore.safefiles import load_tensors
-
     script = Path(__file__).with_name("two_process_train.py")
     # `accelerate launch --cpu` starts one process unless MPI is installed; torchrun starts two here
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(script), str(tmp_path)]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+               "--master_port", str(free_port()), str(script), str(out)]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=Path(__file__).parents[1], start_new_session=True)
     try:
@@ -208,7 +202,19 @@ def test_two_accelerate_processes_train_like_one(digits, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher's workers too: nothing may outlive the test
         output, _ = proc.communicate()
         pytest.fail(f"two-process training did not finish in 180 s:\n{output[-3000:]}")
-    assert proc.returncode == 0, output[-3000:]
+    return proc.returncode, output
+
+
+def test_two_accelerate_processes_train_like_one(digits, tmp_path):
+    """The docstring's promise, through torchrun (two CPU processes; Accelerate sees WORLD_SIZE and uses gloo, the
+    same code path as on several GPUs):
+    each process takes its slice of the same global batch and DDP averages the gradients, so two processes end
+    with the weights of the plain one-process loop (float rounding aside), and their saved state resumes in one."""
+    pytest.importorskip("accelerate")
+    from gmem_explore.safefiles import load_tensors
+
+    returncode, output = run_two_processes(tmp_path)
+    assert returncode == 0, output[-3000:]
     weights, meta = load_tensors(tmp_path / "weights.safetensors")
     assert meta["world"] == 2
     plain = make(digits, steps=3)
@@ -220,6 +226,17 @@ def test_two_accelerate_processes_train_like_one(digits, tmp_path):
     assert resumed.step == 3
     for name, value in plain.ema_model.state_dict().items():
         torch.testing.assert_close(resumed.ema_model.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_nan_loss_on_one_of_two_processes_stops_both(tmp_path):
+    """Process 1's loss alone turns NaN at step 2: both processes stop there (none waits for ever in the next
+    gradient all-reduce), process 0 saying that it was another process's loss."""
+    pytest.importorskip("accelerate")
+    returncode, output = run_two_processes(tmp_path, GMEM_TEST_NAN_RANK="1")
+    assert returncode != 0, output[-3000:]
+    assert "rank 1 stopped at step 1: the training loss became nan at step 2" in output, output[-3000:]
+    assert "rank 0 stopped at step 1: the training loss became NaN or infinite on another process at step 2" in output
+    assert not (tmp_path / "weights.safetensors").exists()
 
 
 def test_a_launch_accelerate_does_not_join_is_refused(digits, monkeypatch):

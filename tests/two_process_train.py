@@ -1,5 +1,8 @@
 """One process of tests/test_train.py's two-process run (started by torchrun --nproc_per_node 2, on the CPU):
-train exactly like the test's make(steps=3), then save the state and, on the main process, the weights."""
+train exactly like the test's make(steps=3), then save the state and, on the main process, the weights.
+With GMEM_TEST_NAN_RANK=r, process r's loss turns NaN at step 2: every process must stop, none may hang."""
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +23,15 @@ digits = load_digits().subset(torch.arange(256))
 torch.manual_seed(0)
 config = TrainConfig(steps=3, batch_size=16, lr=3e-3, warmup=2, progress=False)
 trainer = Trainer(build_model(**TINY), digits.images, conditions(len(digits)), config, use_accelerate=True)
-trainer.fit()
+if os.environ.get("GMEM_TEST_NAN_RANK") == str(trainer.rank):
+    real_loss = trainer.loss_on
+    trainer.loss_on = lambda *b: tuple(v * (math.nan if trainer.step == 1 and i == 0 else 1)
+                                       for i, v in enumerate(real_loss(*b)))
+try:
+    trainer.fit()
+except FloatingPointError as e:
+    print(f"rank {trainer.rank} stopped at step {trainer.step}: {e}", flush=True)
+    sys.exit(3)
 trainer.save_state(out / "state.safetensors")  # written by the main process only
 if trainer.is_main:
     save_tensors(out / "weights.safetensors", dict(trainer.network.state_dict()), {"world": trainer.world})
