@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from gmem_explore.commands.checks import check_device, int_in, output_file, positive_int
+
 
 STATS = """Print statistics of a bank as JSON: rows, dimension, storage type and size; row norms and zero or
 non-finite rows; the sampling frequencies (effective number of rows, share of the top 1%); cosine similarity
@@ -39,23 +41,30 @@ def add_arguments(p):
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = sub.add_parser("stats", help="size, norms, frequencies, similarity of rows (JSON)",
                        description=STATS, formatter_class=raw)
-    s.add_argument("bank", help="checkpoint name / folder or bank .safetensors")
-    s.add_argument("--sample", type=int, default=4096,
-                   help="rows sampled for the pairwise-similarity estimate (default 4096)")
+    s.add_argument("bank", metavar="BANK", help="checkpoint name / folder or bank .safetensors")
+    s.add_argument("--sample", type=int_in(2, unit="rows"), default=4096,
+                   help="rows sampled for the pairwise-similarity estimate, at least 2 (default 4096; all rows when "
+                        "the bank has fewer)")
     n = sub.add_parser("nearest", help="the k most similar rows (cosine) to a row or to an image",
                        description=NEAREST, formatter_class=raw)
-    n.add_argument("bank", help="checkpoint name / folder or bank .safetensors")
-    n.add_argument("--row", type=int, nargs="*", default=None, help="query rows (bank indices)")
-    n.add_argument("--image", nargs="*", default=None, help="query images (encoded with the checkpoint's encoder)")
-    n.add_argument("--k", type=int, default=8, help="neighbours printed per query (default 8)")
+    n.add_argument("bank", metavar="BANK", help="checkpoint name / folder or bank .safetensors")
+    n.add_argument("--row", type=int, nargs="+", default=None, metavar="ROW",
+                   help="query rows, bank indices from 0 (default: none; give --row or --image)")
+    n.add_argument("--image", nargs="+", default=None, metavar="FILE",
+                   help="query image files, encoded with the checkpoint's snippet encoder (default: none)")
+    n.add_argument("--k", type=positive_int, default=8,
+                   help="neighbours printed per query, at most the bank's rows - 1 (default 8)")
     n.add_argument("--device", default="cpu",
-                   help="torch device of the search, e.g. cuda: the bank streams through it in chunks (default cpu)")
+                   help="torch device of the search, cpu, cuda, cuda:N or mps: the bank streams through it in chunks "
+                        "(default cpu)")
     c = sub.add_parser("compress", help="low-rank (SVD) compression; reports relative error and mean cosine",
                        description=COMPRESS, formatter_class=raw)
-    c.add_argument("bank", help="checkpoint name / folder or bank .safetensors")
-    c.add_argument("--rank", type=int, default=64, help="kept rank (default 64, what the v2 code keeps)")
-    c.add_argument("--out", default=None, help="write the compressed bank here (.safetensors; default: only report)")
-    c.add_argument("--device", default="cpu", help="torch device of the SVD, e.g. cuda (default cpu)")
+    c.add_argument("bank", metavar="BANK", help="checkpoint name / folder or bank .safetensors")
+    c.add_argument("--rank", type=positive_int, default=64,
+                   help="kept rank, 1 to the rows' dimension (default 64, what the v2 code keeps)")
+    c.add_argument("--out", default=None,
+                   help="write the compressed bank to this .safetensors file (default: only report)")
+    c.add_argument("--device", default="cpu", help="torch device of the SVD: cpu, cuda, cuda:N or mps (default cpu)")
     for q in (s, n, c):
         q.add_argument("--revision", default=None, help="Hub revision of a named checkpoint (default: main)")
 
@@ -64,7 +73,10 @@ def open_bank(spec: str, revision=None):
     from gmem_explore.bank import MemoryBank
 
     path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec}: no such bank file; give a bank .safetensors file, a checkpoint folder "
+                                    f"or a checkpoint name (emoji-32, gmem-v1-xl)")
         return MemoryBank.load(path), None
     from gmem_explore.hub import resolve_checkpoint
 
@@ -75,6 +87,13 @@ def open_bank(spec: str, revision=None):
 def run(args) -> int:
     from gmem_explore import bank_tools
 
+    if getattr(args, "out", None):  # before the bank is read and the SVD runs
+        output_file(args.out, suffixes=(".safetensors",), kind="a compressed bank")
+    if getattr(args, "device", None):
+        check_device(args.device)
+    for image in getattr(args, "image", None) or []:
+        if Path(image).expanduser().is_dir():
+            raise ValueError(f"--image {image} is a folder; give image files (e.g. {Path(image) / '*.png'})")
     bank, folder = open_bank(args.bank, args.revision)
     if args.action == "stats":
         print(json.dumps(bank_tools.statistics(bank, sample=args.sample), indent=1))

@@ -10,18 +10,21 @@ model trained on the same encoder: pass it to the app, the notebooks or GMemPipe
 """
 from __future__ import annotations
 
+from gmem_explore.commands.checks import image_source, int_in, output_file
+
 DTYPES = {"float16": "float16", "float32": "float32"}
 
 
 def add_arguments(p):
-    p.add_argument("--images", required=True, help="an image folder, or 'twemoji' / 'twemoji-skin' / 'digits'")
-    p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
+    p.add_argument("--images", required=True, help="an image folder (its sub-folders become labels), or 'twemoji' / 'twemoji-skin' / 'digits' (required)")
+    p.add_argument("--out", required=True, help="output bank, a .safetensors file (required; written whole or not at all)")
     p.add_argument("--checkpoint", default=None, help="checkpoint whose snippet encoder is used (default: 'emoji-32')")
     p.add_argument("--split", choices=["train", "held_out", "all"], default="all",
                    help="which part of the images (split by a hash of the name; default: all)")
-    p.add_argument("--thumb-size", type=int, default=32, help="side of the stored thumbnails in pixels (default 32)")
+    p.add_argument("--thumb-size", type=int_in(8, 256, "pixels"), default=32,
+                   help="side of the stored thumbnails in pixels, 8 to 256 (default 32)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
-                   help="storage type of the rows (default float16: half the size)")
+                   help="storage type of the rows (default float16: 2 bytes a number, half of float32's size)")
 
 
 def build_bank(images: str, checkpoint=None, split="all", thumb_size=32):
@@ -49,8 +52,8 @@ def build_bank(images: str, checkpoint=None, split="all", thumb_size=32):
 def run(args) -> int:
     import torch
 
-    if not 8 <= args.thumb_size <= 256:
-        raise ValueError(f"--thumb-size must lie in [8, 256]; got {args.thumb_size}")
+    image_source(args.images, "--images")  # before the encoder loads
+    output_file(args.out, suffixes=(".safetensors",), kind="a bank")
     bank = build_bank(args.images, args.checkpoint, args.split, args.thumb_size)
     bank.save(args.out, dtype=getattr(torch, DTYPES[args.dtype]))
     print(f"wrote {args.out}: {len(bank)} rows of dimension {bank.dim}, labels {bank.label_names}")

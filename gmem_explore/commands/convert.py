@@ -11,17 +11,23 @@ Examples:
 from __future__ import annotations
 
 import json
+import re
+
+from gmem_explore.commands.checks import output_folder
 
 
 def add_arguments(p):
-    p.add_argument("source", help="the released .pth file (dict with network, memorybank, memoryfreq)")
-    p.add_argument("out", help="new checkpoint folder (must not exist or be empty)")
+    p.add_argument("source", metavar="SOURCE", help="the released .pth file (dict with network, memorybank, memoryfreq)")
+    p.add_argument("out", metavar="OUT", help="new checkpoint folder (must not exist or be empty)")
     p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default="fp16",
                    help="bank precision: fp16 (0.98 GB, default) or fp32 (1.97 GB, bit-exact)")
     p.add_argument("--model", default="SiT-XL/2", help="model size of the network (default SiT-XL/2, the release)")
     p.add_argument("--model-config", default=None,
-                   help="JSON of build_model keywords on top of --model, for released-format files of other sizes")
-    p.add_argument("--sha256", default=None, help="expected sha256 of the source file (checked before converting)")
+                   help="a JSON object of build_model keywords on top of --model, for released-format files of other "
+                        "sizes, e.g. '{\"depth\": 12}' (default: none, the release's sizes)")
+    p.add_argument("--sha256", default=None,
+                   help="expected sha256 of the source file, 64 hex digits, checked before converting (default: the "
+                        "Hugging Face cache's record when the file is in it, else not checked)")
 
 
 def run(args) -> int:
@@ -31,6 +37,12 @@ def run(args) -> int:
         overrides = json.loads(args.model_config) if args.model_config else None
     except json.JSONDecodeError as e:
         raise ValueError(f"--model-config is not valid JSON: {e}") from None
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"--model-config must be a JSON object of build_model keywords, e.g. "
+                         f"'{{\"depth\": 12, \"hidden_size\": 768}}'; got {args.model_config}")
+    if args.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256):
+        raise ValueError(f"--sha256 must be 64 hexadecimal digits (what `sha256sum FILE` prints); got {args.sha256!r}")
+    output_folder(args.out, "OUT")  # before the 4.7 GB source is read
     out = convert_official(args.source, args.out, bank_dtype=args.bank_dtype, model=args.model,
                            model_overrides=overrides, sha256=args.sha256, progress=True)
     print(f"wrote {out} (config.json, model.safetensors, bank.safetensors)")

@@ -31,11 +31,13 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from gmem_explore.commands.checks import check_device, non_negative_int, output_folder, positive_int
+
 ENCODE_CHUNK = 1000  # images per encoder call: a progress bar that moves, and bounded memory for 50,000 images
 
 
 def add_arguments(p):
-    p.add_argument("--checkpoint", default=None, help="checkpoint name or folder (default: the embedded 'emoji-32')")
+    p.add_argument("--checkpoint", default=None, help="checkpoint name, folder or released .pth file (default: the embedded 'emoji-32')")
     p.add_argument("--images", default=None,
                    help="evaluate these images instead of generating: a folder of images or an .npz (arr_0: uint8 "
                         "N x H x W x 3, as `gmem sample-fid` writes)")
@@ -45,17 +47,19 @@ def add_arguments(p):
     p.add_argument("--split", choices=["train", "held_out", "all"], default=None,
                    help="which --data images to compare with (held_out: the ~10%% that `gmem train --split train` "
                         "leaves out; default all)")
-    p.add_argument("--samples", type=int, default=1000, help="images to generate (default 1000; ignored with --images)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the first generated image, and of the measures' random draws and subsets (default 0)")
-    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
+    p.add_argument("--samples", type=int, default=1000, help="images to generate, more than 3 (default 1000; ignored with --images)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the first generated image, and of the measures' random draws and subsets, 0 or more "
+                        "(default 0)")
+    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's, heun for emoji-32)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps, 1 to 5000 (default: the checkpoint's, 8 for emoji-32)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale, 0 or more (default 1: none)")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
                    help="how bank rows are picked (default noise: the released rule)")
-    p.add_argument("--batch-size", type=int, default=250, help="images per sampler batch (default 250)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
-    p.add_argument("--out", default=None, help="folder for report.json, samples.png and nearest.png (default: print only)")
+    p.add_argument("--batch-size", type=positive_int, default=250,
+                   help="images per sampler batch (default 250; ignored with --images)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--out", default=None, help="folder for report.json, samples.png and nearest.png (created; default: print only)")
 
 
 def npz_images(path):
@@ -107,6 +111,9 @@ def read_images(path):
         from gmem_explore.data import image_files, read_image_files
 
         return read_image_files(image_files(path))
+    if path.is_file():
+        raise ValueError(f"--images {path}: not an .npz file; give a folder of images or the .npz of "
+                         f"`gmem sample-fid` (arr_0: uint8 N x H x W x 3)")
     raise FileNotFoundError(f"--images {path}: no such folder or .npz file")
 
 
@@ -152,6 +159,9 @@ def run(args) -> int:
     if args.images is None and args.samples <= PR_K:
         raise ValueError(f"--samples must be more than {PR_K} (a few hundred for a meaningful FD); got {args.samples}")
     check_guidance(args.guidance, (0.0, 1.0))
+    if args.out:  # the report is written at the very end: an unwritable --out must not cost the sampling
+        output_folder(args.out)
+    check_device(args.device)
     if args.steps is not None:
         check_method_and_steps(args.method or "sde", args.steps)
     folder = resolve_checkpoint(args.checkpoint)

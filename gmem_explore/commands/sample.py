@@ -10,24 +10,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gmem_explore.commands.checks import check_device, int_in, non_negative_int, output_file, positive_int
+
+MAX_SCALE = 32  # a 4 x 4 grid of 256 px images at 32x is 32768 px a side (3 GB): more is a typo
+
 
 def add_arguments(p):
-    p.add_argument("--checkpoint", default=None, help="checkpoint name or folder (default: the embedded 'emoji-32')")
-    p.add_argument("--n", type=int, default=16, help="number of images (default 16; ignored with --rows)")
-    p.add_argument("--rows", type=int, nargs="*", help="bank rows to generate from, one image each")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i (default 0)")
-    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint name, folder or released .pth file (default: the embedded 'emoji-32')")
+    p.add_argument("--n", type=positive_int, default=16, help="number of images, 1 or more (default 16; ignored with --rows)")
+    p.add_argument("--rows", type=int, nargs="+", metavar="ROW",
+                   help="bank rows (0 to the bank's size - 1) to generate from, one image each (default: none, "
+                        "rows are picked by --choose)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the first image, 0 or more; image i uses seed + i (default 0)")
+    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's, heun for emoji-32)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps, 1 to 5000 (default: the checkpoint's, 8 for emoji-32)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale, 0 or more (default 1: none)")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                    help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step)")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
                    help="how rows are picked without --rows (default noise: the released rule)")
-    p.add_argument("--scale", type=int, default=1,
-                   help="upscale the grid by this factor (nearest neighbour; default 1)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument("--scale", type=int_in(1, MAX_SCALE), default=1,
+                   help=f"upscale the grid by this whole factor, 1 to {MAX_SCALE} (nearest neighbour; default 1: "
+                        f"the model's own pixels)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--out", default="samples.png",
-                   help="output PNG (default samples.png); a .json with seeds and rows is written beside it")
+                   help="output image file, .png (lossless), .jpg or .webp (default samples.png); a .json with the seeds "
+                        "and rows is written beside it")
 
 
 def image_format(path: Path) -> str:
@@ -48,9 +59,11 @@ def run(args) -> int:
 
     path = Path(args.out)
     fmt = image_format(path)
-    check_guidance(args.guidance, args.guidance_interval)  # before the model loads: a typo should not cost a load and a progress bar
+    output_file(path, example="samples.png")  # before the model loads and samples: a typo should not cost a load and a progress bar
+    check_guidance(args.guidance, args.guidance_interval)
     if args.steps is not None:
         check_method_and_steps(args.method or "sde", args.steps)
+    check_device(args.device)
     pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device)
     count = len(args.rows) if args.rows else args.n
     out = pipe.generate(None if args.rows else args.n, indices=args.rows or None,

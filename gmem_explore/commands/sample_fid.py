@@ -18,6 +18,10 @@ Examples:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from gmem_explore.commands.checks import check_device, non_negative_int, output_file, output_folder, positive_int
+
 
 def add_arguments(p):
     p.add_argument("--checkpoint", default="gmem-v1-xl",
@@ -26,40 +30,57 @@ def add_arguments(p):
                    help="Hub revision (branch, tag or commit) of a named checkpoint (default: main)")
     p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default="fp16",
                    help="bank precision of the converted checkpoint (default fp16: halves the 1.97 GB bank)")
-    p.add_argument("--out", required=True, help="folder for the PNGs (created; reused to resume)")
+    p.add_argument("--out", required=True, help="folder for the PNGs, one per image as OUT/000042.png (required; created; reused to resume)")
     # not "--num": torchrun would read it as an abbreviation of its own --numa-binding
-    p.add_argument("--num-fid-samples", type=int, default=50_000, dest="num",
-                   help="number of images (default 50000, as for FID-50K)")
-    p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i (default 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch on each process (default 64)")
+    p.add_argument("--num-fid-samples", type=positive_int, default=50_000, dest="num",
+                   help="number of images, 1 or more (default 50000, as for FID-50K)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of image 0, 0 or more; image i uses seed + i (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch on each process; lower it when the GPU runs out of memory (default 64)")
     p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's, 250 for gmem-v1-xl)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps, 1 to 5000 (default: the checkpoint's, 250 for gmem-v1-xl)")
     p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale (default 1: none; the all-zero snippet is the unconditional)")
+                   help="classifier-free guidance scale, 0 or more (default 1: none; the all-zero snippet is the "
+                        "unconditional)")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                    help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step)")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
                    help="how bank rows are picked (default noise: the released rule, by frequency from the "
                         "initial noise)")
     p.add_argument("--precision", choices=["tf32", "fp32", "bf16"], default="tf32",
-                   help="default tf32: fp32 weights with TF32 matmuls, the reference's setting; bf16 is faster, "
-                        "not identical")
+                   help="arithmetic of the network (default tf32: fp32 weights with TF32 matmuls, the reference's setting; "
+                        "bf16 runs the network in bfloat16, faster, not identical; on a CPU tf32 is plain fp32)")
     p.add_argument("--device", default="auto",
-                   help="torch device (default auto: cuda:LOCAL_RANK when a GPU exists, else cpu)")
-    p.add_argument("--npz", default="auto", help="path of the .npz (default: OUT.npz)")
-    p.add_argument("--no-npz", action="store_true", help="only write PNGs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+                   help="torch device (default auto: cuda:LOCAL_RANK when a GPU exists, else cpu; cuda alone also means "
+                        "cuda:LOCAL_RANK, each process its own GPU)")
+    p.add_argument("--npz", default="auto", help="path of the evaluator's .npz, written at the end (default: OUT.npz, beside the folder)")
+    p.add_argument("--no-npz", action="store_true", help="only write PNGs, no .npz (default: off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, for logs and batch jobs (default: off)")
 
 
 def run(args) -> int:
     from gmem_explore.sharded import dist_env, run as run_sharded
 
+    # before a download, a load and hours of sampling: the PNG folder and the .npz written at the very end
+    output_folder(args.out)
+    if not args.no_npz:
+        output_file(Path(f"{Path(args.out).expanduser().as_posix().rstrip('/')}.npz") if args.npz == "auto"
+                    else args.npz, "--npz", (".npz",), "the evaluator's file")
+    if args.steps is not None:  # sharded.run checks it only once the checkpoint has loaded (gmem-v1-xl: 4.7 GB)
+        from gmem_explore.sampling import check_method_and_steps
+
+        check_method_and_steps(args.method or "sde", args.steps)
+    device = check_device(args.device, allow_auto=True)
+    if device == "cuda":  # torch.cuda.set_device (in sharded.run) refuses a device without its number
+        import torch
+
+        device = f"cuda:{dist_env()[2] % torch.cuda.device_count()}"
     kwargs = {"bank_dtype": args.bank_dtype}
     if args.revision:
         kwargs["revision"] = args.revision
     npz = run_sharded(args.checkpoint, args.out, num=args.num, base_seed=args.seed, batch_size=args.batch_size,
                       method=args.method, steps=args.steps, choose=args.choose, precision=args.precision,
-                      device=args.device, npz=None if args.no_npz else args.npz, progress=not args.no_progress,
+                      device=device, npz=None if args.no_npz else args.npz, progress=not args.no_progress,
                       guidance=args.guidance, guidance_interval=tuple(args.guidance_interval), **kwargs)
     rank, world, _ = dist_env()
     if rank == 0:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 
+from gmem_explore.commands.checks import float_in, image_source, output_folder, positive_int
+
 
 def non_negative_int(text: str) -> int:
     """argparse type for --checkpoint-every: a count of steps where 0 means "never"."""
@@ -38,23 +40,24 @@ RESUME_MUST_MATCH = {"batch_size": "--batch-size", "lr": "--lr", "condition": "-
 
 
 def add_arguments(p):
-    p.add_argument("--data", required=True, help="image folder, or 'twemoji' / 'twemoji-skin' / 'digits'")
-    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--data", required=True, help="image folder (its sub-folders become labels), or 'twemoji' / 'twemoji-skin' / 'digits' (required)")
+    p.add_argument("--out", required=True, help="output checkpoint folder (required; created, or replaced as a whole)")
     p.add_argument("--init", default=None, help="checkpoint to start from and take the encoder of (default: emoji-32)")
-    p.add_argument("--from-scratch", action="store_true", help="re-initialise the network (keep its architecture)")
-    p.add_argument("--steps", type=int, default=1000, help="total optimizer steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=32,
+    p.add_argument("--from-scratch", action="store_true", help="re-initialise the network, keeping its architecture (default: off, fine-tune --init's weights)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="total optimizer steps, 1 or more (default 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
                    help="images per optimizer step, split across processes when launched on several (default 32)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 from scratch, 2e-4 fine-tuning)")
+    p.add_argument("--lr", type=float_in(0, low_open=True), default=None,
+                   help="AdamW learning rate, more than 0 (default: 1e-3 from scratch, 2e-4 fine-tuning)")
     p.add_argument("--condition", choices=["snippet", "label", "none"], default="snippet",
                    help="what the network is conditioned on: snippet = the image's bank row (GMem; default), "
                         "label = its sub-folder / class label (SiT-style), none = unconditional. label and none are "
                         "baselines for comparison: OUT gets their training state only, no checkpoint to sample")
-    p.add_argument("--snippet-dropout", type=float, default=0.1,
+    p.add_argument("--snippet-dropout", type=float_in(0, 1), default=0.1,
                    help="probability (0 to 1) that an image's condition is dropped in a step; trains the "
                         "unconditional branch that guidance (gmem sample --guidance) needs (default 0.1)")
-    p.add_argument("--repa-weight", type=float, default=0.0,
-                   help="weight of the REPA-style alignment loss (default 0: off)")
+    p.add_argument("--repa-weight", type=float_in(0), default=0.0,
+                   help="weight (0 or more) of the REPA-style alignment loss beside the flow loss (default 0: off)")
     p.add_argument("--split", choices=["train", "held_out", "all"], default="all",
                    help="which images to train on: held_out is about 10%% of them, chosen by a hash of the name, "
                         "train the rest (default: all)")
@@ -65,17 +68,18 @@ def add_arguments(p):
                    help="continue from OUT/train-state.safetensors with the settings saved there (--steps may "
                         "extend the run; other flags that change training must match the saved ones)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the batches drawn, their noise, times and condition dropout, and of the weights "
-                        "with --from-scratch; the same seed repeats the run (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and batch jobs)")
+                   help="seed (a whole number) of the batches drawn, their noise, times and condition dropout, and of the "
+                        "weights with --from-scratch; the same seed repeats the run (default 0)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads, 1 or more (default: torch's choice, usually one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, for logs and batch jobs (default: off)")
 
 
 def new_run_config(args):
     """The TrainConfig of a run started now from the command line."""
     from gmem_explore.train import TrainConfig
 
-    lr = args.lr or (1e-3 if args.from_scratch else 2e-4)
+    lr = args.lr if args.lr is not None else (1e-3 if args.from_scratch else 2e-4)
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup=min(200, args.steps // 5 + 1),
                        snippet_dropout=args.snippet_dropout, condition=args.condition, repa_weight=args.repa_weight,
                        seed=args.seed, progress=not args.no_progress)
@@ -121,7 +125,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.steps < 1 or args.batch_size < 1:
         raise ValueError("--steps and --batch-size must be at least 1")
-    out = Path(args.out)
+    out = output_folder(args.out)  # before the data loads and training runs: the state is saved at the end
+    image_source(args.data, "--data")
     state = out / "train-state.safetensors"
     if args.resume and not state.is_file():
         raise FileNotFoundError(f"--resume: no training state at {state}; start without --resume")

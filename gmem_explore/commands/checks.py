@@ -1,0 +1,148 @@
+"""Checks the commands make before anything slow happens: argparse types for counts, rates and sizes, the output
+paths (written at the end of seconds to hours of work, so tried first) and the torch device.
+
+Only the standard library is imported here (torch inside check_device): `gmem --help` must not wait for torch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+
+def int_in(low: int, high: int | None = None, unit: str = ""):
+    """argparse type: a whole number in [low, high] (no upper bound when high is None)."""
+    unit = f" {unit}" if unit else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number{unit}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            wanted = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}{unit}, got {value}")
+        return value
+
+    return parse
+
+
+def float_in(low: float, high: float | None = None, low_open: bool = False):
+    """argparse type: a finite number >= low (> low when low_open), <= high when given."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = value != value or value in (float("inf"), float("-inf")) or value < low or (low_open and value == low) \
+            or (high is not None and value > high)
+        if bad:
+            if high is not None:
+                wanted = f"between {low:g} and {high:g}"
+            else:
+                wanted = f"{'more than' if low_open else 'at least'} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {wanted}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = int_in(1)
+non_negative_int = int_in(0)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The path itself when it exists, else the nearest folder above it that does (what would be created under)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _try_writing_in(folder: Path, option: str, path) -> None:
+    """A real write (and removal) of an empty temporary file: os.access says yes to root even on /proc."""
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: {folder} is a file, not a folder; choose a path in an existing or new "
+                         f"folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".gmem-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write in {folder} ({e.strerror or e}); choose a folder you can "
+                         f"write to") from None
+
+
+def output_file(path, option: str = "--out", suffixes: tuple[str, ...] = (), kind: str = "",
+                example: str = "") -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder at its place, a file where a folder
+    of its path should be, an unwritable place, or (with `suffixes`) the wrong extension. Missing folders are fine:
+    the writers create them."""
+    path = Path(path).expanduser()
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} {path}: {kind or 'the output'} must be a {' or '.join(suffixes)} file; end the "
+                         f"name in {suffixes[0]}")
+    if path.is_dir():
+        example = path / (example or f"out{suffixes[0] if suffixes else '.png'}")
+        raise ValueError(f"{option} {path} is a folder; give a file name, e.g. {example}")
+    _try_writing_in(_existing_ancestor(path.parent), option, path)
+    return path
+
+
+def output_folder(path, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be made or written: an existing file at its place or
+    on its path, or an unwritable place. An existing folder is fine (resumed, or replaced as a whole)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder; give the name of a new or existing folder")
+    _try_writing_in(_existing_ancestor(path), option, path)
+    return path
+
+
+def image_source(value: str, option: str) -> str:
+    """A dataset name or an existing image folder (said now, not after the model has loaded)."""
+    names = ("twemoji", "twemoji-skin", "digits")  # data.DATASET_NAMES (data imports torch)
+    if value in names:
+        return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        raise ValueError(f"{option} {value} is a file; give a folder of images (sub-folders become labels) or one "
+                         f"of {', '.join(names)}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{option} {value}: no such folder; give a folder of images or one of "
+                                f"{', '.join(names)}")
+    return value
+
+
+def check_device(spec: str, option: str = "--device", allow_auto: bool = False) -> str:
+    """The device, refused at once when torch cannot use it (instead of an AssertionError deep in a model load)."""
+    if allow_auto and spec == "auto":
+        return spec
+    import torch
+
+    usage = "use cpu, cuda, cuda:N (a GPU's number), mps or xpu"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{option} {spec!r} is not a device torch knows; {usage}") from None
+    if device.type == "cpu":
+        return spec
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"{option} {spec}: {why} (torch {torch.__version__}); use --device cpu, or install a "
+                             f"CUDA build of torch on a machine with an NVIDIA GPU")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{option} {spec}: there {'is' if count == 1 else 'are'} only {count} CUDA "
+                             f"GPU{'s' if count != 1 else ''} here (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+        return spec
+    if device.type in ("mps", "xpu"):
+        backend = torch.backends.mps if device.type == "mps" else getattr(torch, "xpu", None)
+        if backend is None or not backend.is_available():
+            raise ValueError(f"{option} {spec}: torch cannot use a {device.type} device on this machine; "
+                             f"use --device cpu")
+        return spec
+    raise ValueError(f"{option} {spec}: gmem does not run on {device.type} devices; {usage}")
