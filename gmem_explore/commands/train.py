@@ -110,8 +110,6 @@ def resumed_config(state, args):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     import torch
 
     from gmem_explore.bank import MemoryBank
