@@ -19,6 +19,7 @@ from .bank import MIX_METHODS, MemoryBank, normalize
 from .bank import mix as mix_snippets  # interpolate's `mix` argument names the method
 from .bank_checks import check_snippets
 from .checkpoint import Checkpoint, load_checkpoint
+from .devices import check_device
 from .sampling import StepInfo, check_guidance, check_method_and_steps, initial_noise, make_generators, sample
 from .viz import image_grid, to_pil
 
@@ -82,21 +83,6 @@ def is_row_number(x) -> bool:
     if isinstance(x, torch.Tensor):
         return x.ndim == 0 and not x.is_floating_point() and x.dtype != torch.bool
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def check_device(device) -> torch.device:
-    """A device this machine has; torch's own error for cuda on a CPU-only build is a bare AssertionError."""
-    try:
-        device = torch.device(device)
-    except (TypeError, RuntimeError) as e:
-        raise ValueError(f"unknown device {device!r} ({e}); use 'cpu', 'cuda', 'cuda:0' or 'mps'") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        raise ValueError(f"device {str(device)!r} is not available here ({have} CUDA device(s) visible); use "
-                         f"device='cpu'" + (f" or 'cuda:0'..'cuda:{have - 1}'" if have else ""))
-    if device.type == "meta":
-        raise ValueError("device='meta' holds no values, so nothing can be generated; use 'cpu' or 'cuda'")
-    return device
 
 
 def resolve_snippet(pipe: "GMemPipeline", x) -> tuple[int | None, torch.Tensor]:

@@ -120,29 +120,7 @@ def check_device(spec: str, option: str = "--device", allow_auto: bool = False) 
     """The device, refused at once when torch cannot use it (instead of an AssertionError deep in a model load)."""
     if allow_auto and spec == "auto":
         return spec
-    import torch
+    from gmem_explore.devices import check_device as check  # imports torch: only when a command runs
 
-    usage = "use cpu, cuda, cuda:N (a GPU's number), mps or xpu"
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"{option} {spec!r} is not a device torch knows; {usage}") from None
-    if device.type == "cpu":
-        return spec
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ValueError(f"{option} {spec}: {why} (torch {torch.__version__}); use --device cpu, or install a "
-                             f"CUDA build of torch on a machine with an NVIDIA GPU")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"{option} {spec}: there {'is' if count == 1 else 'are'} only {count} CUDA "
-                             f"GPU{'s' if count != 1 else ''} here (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
-        return spec
-    if device.type in ("mps", "xpu"):
-        backend = torch.backends.mps if device.type == "mps" else getattr(torch, "xpu", None)
-        if backend is None or not backend.is_available():
-            raise ValueError(f"{option} {spec}: torch cannot use a {device.type} device on this machine; "
-                             f"use --device cpu")
-        return spec
-    raise ValueError(f"{option} {spec}: gmem does not run on {device.type} devices; {usage}")
+    check(spec, option, cpu_hint=f"{option} cpu")
+    return spec
