@@ -12,6 +12,7 @@ Everything works in chunks of 65,536 rows, so a memory-mapped fp16 bank is never
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -48,7 +49,15 @@ def _chunks(n: int, chunk: int = CHUNK):
 
 
 def statistics(bank: MemoryBank, sample: int = 4096, seed: int = 0) -> dict:
-    """Size, norms, frequency concentration and how similar rows are (estimated on `sample` random rows)."""
+    """Size, norms, frequency concentration and how similar rows are (estimated on `sample` random rows, at least
+    2: a similarity needs a pair; a bank of fewer rows than `sample` uses them all, and one of a single row has no
+    similarity figures)."""
+    if isinstance(sample, bool) or not isinstance(sample, numbers.Integral) or sample < 2:
+        raise ValueError(f"sample must be a whole number of rows >= 2 (the similarity figures compare pairs of rows; "
+                         f"a bank with fewer rows uses all of them); got {sample!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer; got {seed!r}")
+    sample = int(sample)
     n, d = len(bank), bank.dim
     out = {"rows": n, "dim": d, "dtype": str(bank.rows.dtype).removeprefix("torch."),
            "megabytes": round(bank.rows.numel() * bank.rows.element_size() / 2**20, 1)}

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -100,7 +100,40 @@ def _write_checkpoint_files(folder: Path, ckpt: Checkpoint, bank_dtype) -> None:
     write_bytes_atomic(folder / "config.json", json.dumps(config, indent=2).encode())
 
 
+AGAIN = "Copy the checkpoint folder again, or save it again (save_checkpoint, `gmem convert`)"
+SECTIONS = ("autoencoder", "encoder", "sampler", "training")  # objects (or null) that the loaders call .get on
+
+
+def _damaged(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path} is damaged: {what}. {AGAIN}.")
+
+
+def _check_model_section(path: Path, model) -> None:
+    """Each model size a positive integer and each ratio a number, named by its key; then ModelConfig's own checks
+    (unknown keys, geometry), whose message is kept and said to come from config.json."""
+    if not isinstance(model, dict):
+        raise _damaged(path, f"its \"model\" entry is {_short(model)}, not an object of model sizes")
+    kinds = {f.name: type(f.default).__name__ for f in fields(ModelConfig)}  # "int" or "float"
+    for key, value in model.items():
+        kind = kinds.get(key)
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise _damaged(path, f"\"model\".{key} is {_short(value)}, not a positive integer")
+        if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise _damaged(path, f"\"model\".{key} is {_short(value)}, not a number")
+    try:
+        ModelConfig.from_dict(model)
+    except (ValueError, TypeError) as e:
+        raise _damaged(path, f"its \"model\" entry is not a valid network ({e})") from e
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or value == value else "NaN"
+    return f"{text[:60]}..." if len(text) > 60 else text
+
+
 def read_config(folder) -> dict:
+    """config.json as a dict, checked: a JSON object of this format whose sections have the right kinds and whose
+    model settings build a network. Anything else is a ValueError naming config.json and the wrong key."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a gmem-explore checkpoint folder: it has no config.json "
@@ -109,8 +142,20 @@ def read_config(folder) -> dict:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is damaged: copy or save it again") from None
+    if not isinstance(config, dict):
+        raise _damaged(path, f"it holds {_short(config)} (a JSON {type(config).__name__}), not the object of "
+                             f"settings a checkpoint's config.json holds")
     if config.get("format") != FORMAT:
         raise ValueError(f"{path} has format {config.get('format')!r}; this version reads {FORMAT!r}")
+    if "model" not in config:
+        raise _damaged(path, "it has no \"model\" entry (the network's sizes)")
+    _check_model_section(path, config["model"])
+    for key in SECTIONS:
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise _damaged(path, f"its \"{key}\" entry is {_short(config[key])}, not an object (or null)")
+    training = config.get("training") or {}
+    if training.get("config") is not None and not isinstance(training["config"], dict):
+        raise _damaged(path, f"\"training\".config is {_short(training['config'])}, not an object (or null)")
     return config
 
 

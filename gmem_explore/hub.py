@@ -31,6 +31,17 @@ def available() -> list[str]:
     return sorted(EMBEDDED) + sorted(HUB)
 
 
+def checkpoint_name(name_or_path) -> str:
+    """The name or path as resolve_checkpoint reads it: a known name typed with a trailing slash ("emoji-32/", what
+    shell completion gives beside a folder of that name) is that name, unless such a local folder exists: then the
+    folder wins, as any path does."""
+    name = str(name_or_path or DEFAULT_NAME)
+    bare = name.rstrip("/\\")
+    if bare != name and (bare in EMBEDDED or bare in HUB) and not Path(name).expanduser().is_dir():
+        return bare
+    return name
+
+
 def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None = None, cache_dir=None,
                        bank_dtype: str = "fp16", progress: bool = True, model_overrides: dict | None = None,
                        **kwargs) -> Path:
@@ -40,7 +51,7 @@ def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None 
     size; the tests use it for a tiny model in the official layout."""
     if kwargs:
         raise TypeError(f"resolve_checkpoint got unknown options {sorted(kwargs)}")
-    name = str(name_or_path or DEFAULT_NAME)
+    name = checkpoint_name(name_or_path)
     if name in EMBEDDED:
         folder = EMBEDDED[name]
         if not (folder / "config.json").is_file():

@@ -39,6 +39,10 @@ def open_image(source) -> Image.Image:
     name = None  # the path, for the messages, when the input came from one
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if path.is_dir():
+            raise ImageError(f"{path} is a folder, not an image file: give the path of one image inside it (PNG, "
+                             f"JPEG, WebP, GIF or BMP); to load a whole folder of images, use "
+                             f"gmem_explore.data.load_folder(folder)")
         if not path.is_file():
             raise ImageError(f"No image file at {path}")
         name = str(path)

@@ -194,6 +194,8 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
 
     The folder is assembled in a temporary sibling and renamed into place, so `out` either does not exist or
     is complete. `sha256`, when given (or known from the HF cache), is checked before anything is written.
+    `model_overrides` (a dict of build_model keywords on top of `model`) describe a released-format file of another
+    size.
     """
     if bank_dtype not in BANK_DTYPES:
         raise ValueError(f"bank_dtype must be one of {sorted(BANK_DTYPES)}; got {bank_dtype!r}")
@@ -202,12 +204,23 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
         raise FileExistsError(f"{out} already holds a checkpoint; delete it or choose another folder")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
+    if model_overrides is not None and not isinstance(model_overrides, dict):
+        raise TypeError(f"model_overrides must be a dict of build_model keywords (e.g. {{'depth': 12}}) or None; "
+                        f"got {type(model_overrides).__name__} {model_overrides!r:.80}")
+    if sha256 not in (None, "") and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
+        raise ValueError(f"sha256 must be 64 hexadecimal digits (what `sha256sum FILE` prints); got {sha256!r:.80}")
+    given = bool(sha256)  # the caller's hash, else the HF cache's record of the Hub's (the blob's name)
     sha256 = sha256 or expected_sha256_from_cache(src)
     if sha256:
         actual = file_sha256(src, progress)
         if actual != sha256.lower():
-            raise ValueError(f"{src} is corrupt: its sha256 is {actual} but the Hub says {sha256}. "
-                             f"Delete it and download it again.")
+            if given:  # a mistyped hash is as likely as a damaged file: name both, and whose hash it was
+                raise ValueError(f"{src} does not match the sha256 you gave: the file's sha256 is {actual}, you gave "
+                                 f"{sha256.lower()}. Check the hash (the file's page on huggingface.co lists it); "
+                                 f"if it is right, the file is corrupt: delete it and download it again.")
+            raise ValueError(f"{src} is corrupt: its sha256 is {actual} but the Hugging Face cache records "
+                             f"{sha256.lower()} (the Hub's sha256, the name of its blob). Delete it and download it "
+                             f"again.")
     raw = load_official(src)
     overrides = dict(model_overrides or {})
     config = check_network(raw["network"], model, **overrides)

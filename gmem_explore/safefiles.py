@@ -51,24 +51,57 @@ def remove_stale_temps(path: Path) -> list[Path]:
     return removed
 
 
+def _is_temp_of(name, path: Path) -> bool:
+    """Whether `name` is one of atomic_path's temporary files for `path` (.NAME.xxxxxxxx.tmp beside it)."""
+    if not isinstance(name, (str, os.PathLike)):
+        return False
+    name = Path(name)
+    return name.parent == path.parent and name.name.startswith(f".{path.name}.") and name.name.endswith(".tmp")
+
+
+def naming_target(error: Exception, path: Path, tmp: Path | None = None) -> Exception | None:
+    """The same kind of error, naming `path` where it named our temporary file (the user never gave that name and
+    cannot find it afterwards); None when it did not name it or cannot be rebuilt."""
+    try:
+        if isinstance(error, OSError) and error.errno is not None:
+            names = [str(path) if _is_temp_of(n, path) else n for n in (error.filename, error.filename2)]
+            if names == [error.filename, error.filename2]:
+                return None
+            if names[1] == names[0]:  # os.replace(tmp, path): both are the target now
+                names[1] = None
+            return type(error)(error.errno, error.strerror, names[0], *((None, names[1]) if names[1] else ()))
+        if tmp is not None and str(tmp) in str(error):
+            return type(error)(str(error).replace(str(tmp), str(path)))
+    except Exception:  # noqa: BLE001 - an exception class with another signature: keep the original
+        return None
+    return None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path beside `path`; on success it replaces `path`, on error it is removed.
-    Temporary files of earlier writers that died are cleaned up first (remove_stale_temps)."""
+    Temporary files of earlier writers that died are cleaned up first (remove_stale_temps). An error that names
+    the temporary file (e.g. PermissionError on a read-only folder) is raised again, of the same type, naming
+    `path` instead, with the original chained."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved bank should get the usual permissions
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved bank should get the usual permissions
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        renamed = naming_target(e, path, tmp) if isinstance(e, Exception) else None
+        if renamed is None:
+            raise
+        raise renamed from e
 
 
 def write_bytes_atomic(path, data: bytes) -> None:

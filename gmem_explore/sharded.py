@@ -16,6 +16,7 @@ the .npz), over gloo, so no GPU-to-GPU link is needed and CPU runs (the tests) u
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -110,8 +111,12 @@ def count_pngs(out_dir) -> int:
 def checkpoint_identity(checkpoint) -> str:
     """What run.json records: a checkpoint name as given, a path as an absolute path, so that resuming from another
     folder, or with `./ck` for `ck`, is the same run."""
-    path = Path(str(checkpoint)).expanduser()
-    return str(path.resolve()) if path.exists() else str(checkpoint)
+    from .hub import checkpoint_name
+
+    # "emoji-32/" is the name "emoji-32" when no such folder exists
+    checkpoint = checkpoint_name(checkpoint) if checkpoint else str(checkpoint)
+    path = Path(checkpoint).expanduser()
+    return str(path.resolve()) if path.exists() else checkpoint
 
 
 def check_settings(out_dir: Path, settings: RunSettings) -> None:
@@ -191,6 +196,60 @@ def set_precision(pipe, precision: str, device: torch.device) -> None:
         pipe.model.to(torch.bfloat16)  # the sampler keeps its state in float64 and casts per call
 
 
+def check_run_arguments(out_dir, num, base_seed, batch_size, method, steps, choose, precision, guidance,
+                        guidance_interval) -> None:
+    """Every argument of run() that can be judged without the checkpoint, so that a mistake is refused before a
+    download, a load (gmem-v1-xl: 4.7 GB) or a write (run.json), not after."""
+    from .pipeline import CHOICES, MAX_SEED
+    from .sampling import check_method_and_steps
+
+    def whole(x) -> bool:
+        return not isinstance(x, bool) and isinstance(x, numbers.Integral)
+
+    if not whole(num) or num < 1:
+        raise ValueError(f"num must be a positive number of images; got {num!r}")
+    if not whole(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of images per batch; got {batch_size!r}")
+    if not whole(base_seed) or not 0 <= base_seed <= MAX_SEED - (num - 1):
+        raise ValueError(f"base_seed must be an integer >= 0 with base_seed + num - 1 <= 2^63 - 1 (image i uses seed "
+                         f"base_seed + i); got {base_seed!r}")
+    if method is not None or steps is not None:  # the checkpoint's defaults are checked once it has loaded
+        check_method_and_steps("sde" if method is None else method, 1 if steps is None else steps)
+    if choose not in CHOICES:
+        raise ValueError(f"Unknown choice {choose!r}; choose one of {CHOICES}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    check_guidance(guidance, guidance_interval)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {out} is a file; the images go into a folder: give a new or existing folder")
+
+
+def resolve_device(device, local_rank: int = 0) -> torch.device:
+    """The torch device of this process. "auto": cuda:LOCAL_RANK when a GPU exists, else cpu; "cuda" without a
+    number: cuda:LOCAL_RANK too (each process its own GPU; torch.cuda.set_device refuses a device without its
+    number). More processes than GPUs share them round-robin."""
+    if isinstance(device, str) and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device {device!r} is not a device torch knows; use 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                         f"(a GPU's number)") from None
+    if resolved.type != "cuda":
+        return resolved
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: no CUDA GPU is visible to this torch ({torch.__version__}); use "
+                         f"device='cpu' or 'auto'")
+    count = torch.cuda.device_count()
+    if resolved.index is None:
+        return torch.device("cuda", local_rank % count)
+    if resolved.index >= count:
+        raise ValueError(f"device {str(device)!r}: there {'is' if count == 1 else 'are'} only {count} CUDA "
+                         f"GPU{'s' if count != 1 else ''} here; use 'cuda' (cuda:LOCAL_RANK) or 'auto'")
+    return resolved
+
+
 def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_size: int = 64,
         method: str | None = None, steps: int | None = None, choose: str = "noise", precision: str = "tf32",
         device: str = "auto", npz: str | os.PathLike | None = "auto", progress: bool = True,
@@ -198,17 +257,14 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         **resolve_kwargs) -> Path | None:
     """Sample `num` images of `checkpoint` into `out_dir` as this process's share, then (rank 0) the .npz.
     Returns the .npz path (rank 0, when npz is not None) or None. `guidance` > 1 applies classifier-free guidance
-    for the step times t inside `guidance_interval` (both recorded in run.json: a resume must use the same)."""
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be a positive number of images; got {num!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    check_guidance(guidance, guidance_interval)  # before any download or load
+    for the step times t inside `guidance_interval` (both recorded in run.json: a resume must use the same).
+    `device` "auto" or "cuda" means cuda:LOCAL_RANK (see resolve_device). Every argument is checked before the
+    checkpoint is downloaded or loaded and before anything is written."""
     rank, world, local_rank = dist_env()
-    if device == "auto":
-        # one GPU per process; more processes than GPUs share them round-robin
-        device = f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    check_run_arguments(out_dir, num, base_seed, batch_size, method, steps, choose, precision, guidance,
+                        guidance_interval)
+    num, base_seed, batch_size = int(num), int(base_seed), int(batch_size)  # NumPy integers as plain ints
+    device = resolve_device(device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     out_dir = Path(out_dir)
@@ -225,10 +281,10 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         if rank != 0:
             folder = resolve_checkpoint(checkpoint, progress=False, **resolve_kwargs)
         pipe = GMemPipeline.from_pretrained(str(folder), device=device)
-        # `is None`, not `or`: steps=0 must be refused (check_method_and_steps), not replaced by the default 250
+        # `is None`, not `or`: steps=0 is refused (check_run_arguments), not replaced by the default 250
         method = pipe.sampler.get("method", "sde") if method is None else method
         steps = pipe.sampler.get("steps", 250) if steps is None else steps
-        check_method_and_steps(method, steps)
+        check_method_and_steps(method, steps)  # the checkpoint's own sampler settings
         low, high = (float(v) for v in guidance_interval)
         settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance),
                                [low, high], checkpoint_files(folder))

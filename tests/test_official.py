@@ -201,7 +201,7 @@ def test_convert_command(official_pth, tmp_path, capsys):
     assert main(["convert", str(path), str(out)]) == 1
     assert "already holds a checkpoint" in capsys.readouterr().err
     assert main(["convert", str(path), str(tmp_path / "o2"), "--sha256", "0" * 64, "--model-config", json.dumps(TINY)]) == 1
-    assert "is corrupt: its sha256" in capsys.readouterr().err
+    assert "does not match the sha256 you gave" in capsys.readouterr().err
 
 
 def test_online_download_is_size_checked(tmp_path, monkeypatch):
