@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from .devices import check_device
 from .safefiles import atomic_path, write_bytes_atomic
 from .sampling import check_guidance
 
@@ -228,16 +229,13 @@ def check_run_arguments(out_dir, num, base_seed, batch_size, method, steps, choo
 def resolve_device(device, local_rank: int = 0) -> torch.device:
     """The torch device of this process. "auto": cuda:LOCAL_RANK when a GPU exists, else cpu; "cuda" without a
     number: cuda:LOCAL_RANK too (each process its own GPU; torch.cuda.set_device refuses a device without its
-    number). More processes than GPUs share them round-robin."""
+    number). More processes than GPUs share them round-robin. Devices this machine lacks: devices.check_device."""
     if isinstance(device, str) and device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"device {device!r} is not a device torch knows; use 'auto', 'cpu', 'cuda' or 'cuda:N' "
-                         f"(a GPU's number)") from None
-    if resolved.type != "cuda":
-        return resolved
+    resolved = check_device(device, cpu_hint="device='cpu' or 'auto'")
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return resolved
     if not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r}: no CUDA GPU is visible to this torch ({torch.__version__}); use "
                          f"device='cpu' or 'auto'")

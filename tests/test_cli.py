@@ -207,7 +207,7 @@ def test_an_unusable_device_is_refused_before_loading(command, places, capsys, m
 
 
 def test_sample_fid_gives_plain_cuda_its_process_gpu(tmp_path, monkeypatch, capsys):
-    """torch.cuda.set_device (in sharded.run) refuses 'cuda' without a number: the command passes cuda:LOCAL_RANK."""
+    """torch.cuda.set_device refuses 'cuda' without a number: sharded.run makes it cuda:LOCAL_RANK."""
     import torch
 
     import gmem_explore.sharded
@@ -215,7 +215,8 @@ def test_sample_fid_gives_plain_cuda_its_process_gpu(tmp_path, monkeypatch, caps
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(gmem_explore.sharded, "run", lambda *a, **k: seen.update(k))
+    monkeypatch.setattr(gmem_explore.sharded, "run", lambda *a, **k: seen.update(
+        device=str(gmem_explore.sharded.resolve_device(k["device"], gmem_explore.sharded.dist_env()[2]))))
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")

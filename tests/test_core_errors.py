@@ -152,10 +152,10 @@ def test_sharded_run_resolves_cuda_to_the_local_rank(two_gpus, tmp_path, monkeyp
 def test_sharded_device_errors(two_gpus, monkeypatch):
     from gmem_explore.sharded import resolve_device
 
-    with pytest.raises(ValueError, match=r"device 'cuda:5': there are only 2 CUDA GPUs here"):
+    with pytest.raises(ValueError, match=r"device 'cuda:5' is not available here: there are only 2 CUDA GPUs here"):
         resolve_device("cuda:5", 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match=r"device 'cuda': no CUDA GPU is visible .*use device='cpu'"):
+    with pytest.raises(ValueError, match=r"device 'cuda' is not available here: .*use device='cpu'"):
         resolve_device("cuda", 0)
     assert resolve_device("auto", 3) == torch.device("cpu") and two_gpus == []
 

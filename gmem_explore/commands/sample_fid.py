@@ -70,11 +70,7 @@ def run(args) -> int:
         from gmem_explore.sampling import check_method_and_steps
 
         check_method_and_steps(args.method or "sde", args.steps)
-    device = check_device(args.device, allow_auto=True)
-    if device == "cuda":  # torch.cuda.set_device (in sharded.run) refuses a device without its number
-        import torch
-
-        device = f"cuda:{dist_env()[2] % torch.cuda.device_count()}"
+    device = check_device(args.device, allow_auto=True)  # "cuda" alone becomes cuda:LOCAL_RANK in sharded.run
     kwargs = {"bank_dtype": args.bank_dtype}
     if args.revision:
         kwargs["revision"] = args.revision
