@@ -15,7 +15,7 @@ import os
 import sys
 
 # Errors whose message is written for the person at the keyboard (what is wrong and what to do).
-EXPECTED = (ValueError, OSError, RuntimeError, IndexError, ImportError)
+EXPECTED = (ValueError, OSError, RuntimeError, IndexError, ImportError, FloatingPointError)  # the last: a NaN loss
 DEBUG_HELP = "on an error, show the Python traceback instead of the one-paragraph message, for bug reports " \
              "(default: off)"
 

@@ -358,6 +358,10 @@ def test_unexpected_errors_are_one_paragraph_and_debug_shows_the_traceback(monke
         main(["convert", "a.pth", "out", "--debug"])
     assert main(["convert", "a.pth", "out"]) == 1
     assert capsys.readouterr().err == "gmem convert: error: said plainly\n"
+    # the trainer's stop at a non-finite loss says what to change: shown as it is, not as a bug
+    monkeypatch.setattr(convert, "run", lambda args: (_ for _ in ()).throw(FloatingPointError("lower lr")))
+    assert main(["convert", "a.pth", "out"]) == 1
+    assert capsys.readouterr().err == "gmem convert: error: lower lr\n"
 
 
 def test_ctrl_c_and_a_closed_pipe_end_without_a_traceback(monkeypatch, capsys):
