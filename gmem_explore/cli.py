@@ -20,7 +20,7 @@ DEBUG_HELP = "on an error, show the Python traceback instead of the one-paragrap
              "(default: off)"
 
 # Subcommands in the order `gmem --help` lists them; a module that fails to import is reported, not hidden.
-COMMANDS = ["sample", "sample-fid", "convert", "bank", "build-bank", "train", "evaluate"]
+COMMANDS = ["sample", "sample-fid", "convert", "info", "bank", "build-bank", "train", "evaluate"]
 
 
 class Parser(argparse.ArgumentParser):

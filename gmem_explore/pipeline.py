@@ -134,6 +134,44 @@ class GMemPipeline:
         folder = resolve_checkpoint(name_or_path, **kwargs)
         return cls.from_checkpoint(load_checkpoint(folder, device=device), device=device)
 
+    # ---- what it is ---------------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """{"generating", "projector", "encoder"} parameters: the REPA projector only serves the training loss
+        (emoji-32: 4.3M generate, 0.3M of projector), so it is counted apart."""
+        projector = sum(p.numel() for n, p in self.model.named_parameters() if n.startswith("projectors."))
+        encoder = sum(p.numel() for p in self.encoder.parameters()) if hasattr(self.encoder, "parameters") else 0
+        return {"generating": sum(p.numel() for p in self.model.parameters()) - projector, "projector": projector,
+                "encoder": encoder}
+
+    @property
+    def image_size(self) -> int:
+        """Pixels per side of the images it makes (the SD-VAE decodes 8 pixels per latent)."""
+        return self.model.config.input_size * (8 if getattr(self.autoencoder, "name", "") == "sd-vae" else 1)
+
+    def summary(self) -> str:
+        """What this pipeline is, a line per part (also its repr, so a notebook cell that ends in `pipe` shows it)."""
+        cfg, bank, counts = self.model.config, self.bank, self.parameter_counts()
+        projector = f" (+{counts['projector'] / 1e6:.1f}M REPA projector, training only)" if counts["projector"] else ""
+        extras = [name for name in ("freq", "labels", "thumbnails") if getattr(bank, name) is not None]
+        groups = f", {len(bank.label_names)} groups" if bank.label_names else ""
+        encoder = (f"{type(self.encoder).__name__}, {counts['encoder'] / 1e6:.1f}M parameters" if counts["encoder"]
+                   else type(self.encoder).__name__ if self.encoder is not None
+                   else "none (snippets of new images cannot be made)")
+        lines = [f"GMemPipeline({self.info.get('name', 'unnamed')!r})",
+                 f"  model        SiT, {self.image_size} px images, {cfg.input_size}x{cfg.input_size}x{cfg.in_channels} "
+                 f"input, patch {cfg.patch_size}, width {cfg.hidden_size}, depth {cfg.depth}: "
+                 f"{counts['generating'] / 1e6:.1f}M parameters{projector}",
+                 f"  bank         {len(bank):,} rows x {bank.dim} ({str(bank.rows.dtype).replace('torch.', '')}), "
+                 f"with {', '.join(extras) or 'rows only'}{groups}",
+                 f"  encoder      {encoder}",
+                 f"  autoencoder  {getattr(self.autoencoder, 'name', type(self.autoencoder).__name__)}",
+                 f"  sampler      {self.sampler.get('method', 'sde')}, {self.sampler.get('steps', 250)} steps by default",
+                 f"  device       {self.device}"]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
     # ---- snippets ---------------------------------------------------------------------------------------
     @property
     def snippet_dim(self) -> int:

@@ -65,16 +65,11 @@ def default_factory(device: str = "cpu") -> Callable[[str], GMemPipeline]:
 
 
 def describe(pipe: GMemPipeline, name: str) -> str:
-    cfg = pipe.model.config
-    # the parameters that generate: the REPA projector only serves the training loss (emoji-32: 4.3M, as the
-    # README says, and 0.3M of projector)
-    projector = sum(p.numel() for n, p in pipe.model.named_parameters() if n.startswith("projectors."))
-    params = sum(p.numel() for p in pipe.model.parameters()) - projector
-    training_only = f" (+{projector / 1e6:.1f}M REPA projector, training only)" if projector else ""
+    counts = pipe.parameter_counts()  # the parameters that generate; the REPA projector only serves training
+    training_only = f" (+{counts['projector'] / 1e6:.1f}M REPA projector, training only)" if counts["projector"] else ""
     enc = "yes" if pipe.encoder is not None else "no (uploads are disabled)"
     sampler = pipe.sampler
-    return (f"**{name}** · {params / 1e6:.1f}M parameters{training_only} · "
-            f"{cfg.input_size * (8 if pipe.autoencoder.__class__.__name__ == 'SDVAE' else 1)} px"
+    return (f"**{name}** · {counts['generating'] / 1e6:.1f}M parameters{training_only} · {pipe.image_size} px"
             f" · bank {len(pipe.bank):,} × {pipe.bank.dim} · snippet encoder: {enc} · default sampler "
             f"{sampler.get('method', 'sde')}, {sampler.get('steps', 250)} steps · device {pipe.device}")
 

@@ -1,6 +1,7 @@
 """The `gmem` command line as a user meets it: fast help, and bad input answered with one clear error line."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every command and `gmem bank` action, as typed before --help.
-HELP_COMMANDS = [[], ["sample"], ["sample-fid"], ["convert"], ["bank"], ["bank", "stats"], ["bank", "nearest"],
+HELP_COMMANDS = [[], ["sample"], ["sample-fid"], ["convert"], ["info"], ["bank"], ["bank", "stats"], ["bank", "nearest"],
                  ["bank", "compress"], ["build-bank"], ["train"], ["evaluate"]]
 
 # Runs `python -m gmem_explore ARGS` in this interpreter, then says whether torch was imported on the way.
@@ -414,3 +415,22 @@ def test_every_example_in_the_help_parses():
     assert len(examples) >= 20, examples
     for argv in examples:
         parser.parse_args(argv)  # argparse exits (SystemExit 2) on an unknown option or a bad value
+
+
+def test_info_describes_a_checkpoint_in_text_and_json(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("GMemPipeline('emoji-32')\n  model        SiT, 32 px images, 32x32x3 input, patch 4")
+    assert "  bank         1,697 rows x 768 (float16), with freq, labels, thumbnails, 9 groups" in out
+    assert "\norigin\n  description  GMem on 32x32 Twemoji" in out and "CC-BY 4.0" in out  # the attribution
+    assert "  training     7,200 steps, batch 512, lr 0.001" in out
+    assert main(["info", "emoji-32", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["parameters"] == {"generating": 4337712, "projector": 312576, "encoder": 1083360}
+    assert facts["bank"]["rows"] == 1697 and facts["image_size"] == 32 and facts["sampler"]["method"] == "heun"
+
+
+def test_every_command_has_its_help_checked_for_torch():
+    from gmem_explore.cli import COMMANDS
+
+    assert set(COMMANDS) <= {c[0] for c in HELP_COMMANDS if c}

@@ -261,3 +261,24 @@ def test_guidance_and_its_interval_reach_the_sampler(tiny_pipeline):
         direct = sample(tiny_pipeline.model, noise, tiny_pipeline.bank.snippets(torch.tensor([3])), "euler", 3,
                         generators=gens, guidance=3.0, guidance_interval=interval)
         torch.testing.assert_close(got.float(), direct, rtol=0, atol=1e-6)
+
+
+def test_a_pipeline_says_what_it_is(tiny_pipeline):
+    """`pipe` at the end of a notebook cell (its repr) names every part, with the parameters that generate apart
+    from the REPA projector that only training uses."""
+    counts = tiny_pipeline.parameter_counts()
+    total = sum(p.numel() for p in tiny_pipeline.model.parameters())
+    assert counts["projector"] > 0 and counts["generating"] + counts["projector"] == total and counts["encoder"] == 0
+    text = repr(tiny_pipeline)
+    assert text.splitlines() == [
+        "GMemPipeline('unnamed')",
+        "  model        SiT, 8 px images, 8x8x3 input, patch 2, width 32, depth 2: "
+        f"{counts['generating'] / 1e6:.1f}M parameters (+{counts['projector'] / 1e6:.1f}M REPA projector, training only)",
+        "  bank         20 rows x 16 (float32), with freq, labels, thumbnails, 3 groups",
+        "  encoder      none (snippets of new images cannot be made)",
+        "  autoencoder  pixels",
+        "  sampler      euler, 4 steps by default",
+        "  device       cpu"]
+    default = GMemPipeline.from_pretrained()
+    assert default.summary().startswith("GMemPipeline('emoji-32')\n  model        SiT, 32 px images")
+    assert "  encoder      ConvEncoder, 1.1M parameters" in default.summary()

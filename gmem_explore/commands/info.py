@@ -1,0 +1,64 @@
+"""Describe a checkpoint: its network, bank, snippet encoder, autoencoder and default sampler, then what its
+config.json records of where it came from (description, data and licence, training recipe).
+
+CHECKPOINT is a name (default: the embedded 'emoji-32') or a checkpoint folder. Nothing is generated; the weights
+are read once (the released gmem-v1-xl is downloaded and converted first, as for every command).
+
+Examples:
+  gmem info                       # the embedded default
+  gmem info path/to/folder
+  gmem info gmem-v1-xl --json     # the same facts as JSON, for scripts
+"""
+from __future__ import annotations
+
+import json
+
+# what config.json's "info" says of a checkpoint's origin, in the order a reader wants it
+ORIGIN = ("description", "data", "licence", "recipe", "trained_on", "source")
+
+
+def add_arguments(p):
+    p.add_argument("checkpoint", nargs="?", default="emoji-32",
+                   help="checkpoint name or folder (default: the embedded 'emoji-32')")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (parts, parameter counts, sampler, info) instead of text (default: off)")
+
+
+def origin_lines(info: dict) -> list[str]:
+    lines = []
+    for key in ORIGIN:
+        value = info.get(key)
+        if isinstance(value, dict):  # e.g. data: {dataset, images, attribution}
+            value = "; ".join(f"{k} {v}" for k, v in value.items())
+        if value:
+            lines.append(f"  {key:<12} {value}")
+    training = info.get("training")
+    if isinstance(training, dict) and training.get("steps"):
+        config = training.get("config") or {}
+        lines.append(f"  {'training':<12} {training['steps']:,} steps" + (
+            f", batch {config['batch_size']}, lr {config['lr']:g}" if {"batch_size", "lr"} <= set(config) else ""))
+    return lines
+
+
+def run(args) -> int:
+    from gmem_explore.pipeline import GMemPipeline
+
+    pipe = GMemPipeline.from_pretrained(args.checkpoint)
+    if args.json:
+        cfg = pipe.model.config
+        print(json.dumps({"name": pipe.info.get("name"), "image_size": pipe.image_size,
+                          "model": {k: getattr(cfg, k) for k in ("input_size", "patch_size", "in_channels",
+                                                                 "hidden_size", "depth", "num_heads", "snippet_dim")},
+                          "parameters": pipe.parameter_counts(),
+                          "bank": {"rows": len(pipe.bank), "dim": pipe.bank.dim,
+                                   "dtype": str(pipe.bank.rows.dtype).replace("torch.", ""),
+                                   "groups": list(pipe.bank.label_names or [])},
+                          "encoder": type(pipe.encoder).__name__ if pipe.encoder is not None else None,
+                          "autoencoder": getattr(pipe.autoencoder, "name", type(pipe.autoencoder).__name__),
+                          "sampler": pipe.sampler, "info": pipe.info}, indent=1, default=str))
+        return 0
+    print(pipe.summary())
+    lines = origin_lines(pipe.info)
+    if lines:
+        print("origin\n" + "\n".join(lines))
+    return 0
