@@ -9,7 +9,8 @@
 # an fp8+mk step and re-times the matrix products (fast accumulation included). Sections already measured and
 # met (exact mode, guidance, batch 64, GELU separate) are skipped. With time left in the session, the second
 # call is `PART=2 bash scripts/gpu_sampler_session.sh` (timeout_s 200): profiles of the bf16 step with and
-# without +mk (why did the fused GELU save 8.5 ms, not the 16 predicted?).
+# without +mk (why did the fused GELU save 8.5 ms, not the 16 predicted?), after a 64-image sample-fid smoke run
+# with --device cuda (the device handling rewritten in session 7).
 # Results land under $OUT: commit them to benchmarks/results/ (rename, do not overwrite older runs) and update
 # benchmarks/README.md and the README's "Fast sampling" table; make the fastest variant within 2% the default.
 set -u
@@ -25,6 +26,10 @@ if [ "${PART:-1}" = 1 ]; then
   timeout 100 python3 benchmarks/gpu_profile.py --out "$OUT/profile_fp8_mk" --variant fp8+mk --parts profile,matmuls \
     2>&1 | quiet | tail -30
 else
+  # session 7's device handling on a real GPU (CPU-tested with mocks only): plain `--device cuda` becomes
+  # cuda:LOCAL_RANK inside sharded.run; 64 emoji-32 images, a few seconds
+  timeout 60 python3 -m gmem_explore sample-fid --checkpoint emoji-32 --num-fid-samples 64 --device cuda \
+    --out /tmp/fid_smoke --no-npz --no-progress 2>&1 | quiet | tail -3; ls /tmp/fid_smoke | head -3
   timeout 90 python3 benchmarks/gpu_profile.py --out "$OUT/profile_bf16" --parts profile 2>&1 | quiet | tail -22
   timeout 90 python3 benchmarks/gpu_profile.py --out "$OUT/profile_bf16_mk" --variant bf16+mk --parts profile \
     2>&1 | quiet | tail -22
