@@ -19,6 +19,7 @@ import torch
 
 from .bank import CHUNK, MemoryBank, normalize
 from .bank_checks import check_snippets
+from .devices import check_device
 from .safefiles import load_tensors, save_tensors
 
 LOW_RANK_FORMAT = "gmem-explore-lowrank-bank-1"  # MemoryBank.load recognises a compressed file by it
@@ -64,10 +65,12 @@ def statistics(bank: MemoryBank, sample: int = 4096, seed: int = 0) -> dict:
     if n == 0:
         return out
     norms = torch.cat([bank.rows[a:b].float().norm(dim=1) for a, b in _chunks(n)])
-    finite = torch.isfinite(norms)
-    out.update(norm_mean=float(norms[finite].mean()), norm_std=float(norms[finite].std()) if finite.sum() > 1 else 0.0,
-               norm_min=float(norms[finite].min()), norm_max=float(norms[finite].max()),
-               zero_rows=int((norms == 0).sum()), nonfinite_rows=int((~finite).sum()))
+    finite = torch.isfinite(norms)  # NaN or infinite values (or a norm beyond float32)
+    good = norms[finite]
+    if len(good):  # NaN / infinite rows are only counted (nonfinite_rows), never part of a figure
+        out.update(norm_mean=float(good.mean()), norm_std=float(good.std()) if len(good) > 1 else 0.0,
+                   norm_min=float(good.min()), norm_max=float(good.max()))
+    out.update(zero_rows=int((norms == 0).sum()), nonfinite_rows=int((~finite).sum()))
     if bank.freq is not None:
         p = bank.freq / bank.freq.sum()
         nz = p[p > 0]
@@ -78,7 +81,8 @@ def statistics(bank: MemoryBank, sample: int = 4096, seed: int = 0) -> dict:
                    effective_rows=float(torch.exp(-(nz * nz.log()).sum())),
                    top_1pct_share=float(p.sort(descending=True).values[:top].sum()))
     g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(n, generator=g)[:min(sample, n)].sort().values
+    usable = finite.nonzero().flatten()  # all rows (in order) when none is broken: the same draw as before
+    pick = usable[torch.randperm(len(usable), generator=g)[:min(sample, len(usable))]].sort().values
     x = normalize(bank.rows[pick])
     sims = x @ x.T
     m = len(pick)
@@ -96,9 +100,16 @@ def nearest_rows(bank: MemoryBank, queries, k: int = 8, device="cpu", chunk: int
     """Top-k rows by cosine similarity: (indices (Q, k), similarities (Q, k)), best first.
 
     `queries` are row indices (a list / 1-D integer tensor; each row itself is excluded unless exclude_self is
-    False) or snippets (Q, D). On a GPU the bank streams through in chunks (fp16 matmuls when the bank is fp16)."""
-    device = torch.device(device)
+    False) or snippets (Q, D). On a GPU the bank streams through in chunks (fp16 matmuls when the bank is fp16).
+    Broken (NaN / infinite) rows are never returned, so a bank of few usable rows gives fewer than k columns."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k (how many nearest rows) must be a whole number >= 1; got {k!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+        raise ValueError(f"chunk (rows compared at a time) must be a whole number >= 1; got {chunk!r}")
+    device = check_device(device)
     q_tensor = torch.as_tensor(queries)
+    if q_tensor.numel() == 0:
+        raise ValueError("no queries given: give row numbers (e.g. [12, 99]) or snippets (Q, D)")
     self_rows = None
     if not q_tensor.is_floating_point():
         self_rows = bank._check_index(q_tensor).to(device)
@@ -107,7 +118,7 @@ def nearest_rows(bank: MemoryBank, queries, k: int = 8, device="cpu", chunk: int
         q = normalize(check_snippets(q_tensor, bank.dim, "query"))
     want = min(int(k), len(bank) - (1 if self_rows is not None and exclude_self else 0))
     if want < 1:
-        raise ValueError("nearest_rows needs k >= 1 and a bank with more rows than that")
+        raise ValueError(f"nearest_rows needs a bank with another row than the query; this one has {len(bank)}")
     dtype = bank.rows.dtype if device.type == "cuda" and bank.rows.dtype in (torch.float16, torch.bfloat16) else torch.float32
     q = q.to(device, dtype)
     best_s = torch.full((q.shape[0], 0), -2.0, device=device)
@@ -115,13 +126,19 @@ def nearest_rows(bank: MemoryBank, queries, k: int = 8, device="cpu", chunk: int
     for a, b in _chunks(len(bank), chunk):
         rows = normalize(bank.rows[a:b].to(device)).to(dtype)
         sims = (q @ rows.T).float()
+        sims[torch.isnan(sims)] = float("-inf")  # broken (NaN / infinite) rows: never a neighbour
         if self_rows is not None and exclude_self:
             inside = (self_rows >= a) & (self_rows < b)
-            sims[inside.nonzero().flatten(), (self_rows[inside] - a)] = -3.0  # below any cosine
+            sims[inside.nonzero().flatten(), (self_rows[inside] - a)] = float("-inf")
         s, i = sims.topk(min(want, sims.shape[1]), dim=1)
         best_s, order = torch.cat([best_s, s], 1).topk(min(want, best_s.shape[1] + s.shape[1]), dim=1)
         best_i = torch.cat([best_i, i + a], 1).gather(1, order)
-    return best_i.cpu(), best_s.cpu()
+    # every query has the same number of usable rows (the bank's finite rows, less itself): drop the -inf tail
+    found = torch.isfinite(best_s).all(dim=0)
+    if not found.any():
+        raise ValueError("the bank has no usable row to compare with: its other rows are NaN or infinite; replace or "
+                         "remove them (bank.replace / bank.remove)")
+    return best_i[:, found].cpu(), best_s[:, found].cpu()
 
 
 @dataclass
@@ -174,6 +191,13 @@ class LowRankBank:
         if missing:
             raise ValueError(f"{path} is a damaged low-rank bank file: it has no {missing} tensor(s); compress the "
                              f"full bank again (gmem bank compress)")
+        coeffs, basis, mean = tensors["coeffs"], tensors["basis"], tensors["mean"]
+        if not (coeffs.ndim == 2 and basis.ndim == 2 and mean.ndim == 1 and coeffs.shape[1] == basis.shape[0]
+                and basis.shape[1] == mean.shape[0] and all(t.is_floating_point() for t in (coeffs, basis, mean))):
+            raise ValueError(f"{path} is a damaged low-rank bank file: coeffs {tuple(coeffs.shape)} {coeffs.dtype}, "
+                             f"basis {tuple(basis.shape)} {basis.dtype} and mean {tuple(mean.shape)} {mean.dtype} do "
+                             f"not fit together (float (N, r), (r, D), (D,)); compress the full bank again "
+                             f"(gmem bank compress)")
         return cls(tensors["coeffs"], tensors["basis"], tensors["mean"], tensors.get("freq"), meta.get("report", {}),
                    tensors.get("labels"), meta.get("label_names"), tensors.get("thumbnails"))
 
@@ -185,11 +209,19 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
     its reconstruction (what matters to the model, which renormalises). Frequencies, labels and thumbnails
     are carried over unchanged."""
     n, d = len(bank), bank.dim
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d:
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= d:
         raise ValueError(f"rank must be an integer in [1, {d}]; got {rank!r}")
+    rank = int(rank)
+    if not isinstance(coeff_dtype, torch.dtype) or not coeff_dtype.is_floating_point:
+        raise TypeError(f"coeff_dtype must be a floating torch dtype (torch.float16, torch.float32); "
+                        f"got {coeff_dtype!r}")
     if n == 0:
         raise ValueError("cannot compress an empty bank")
-    device = torch.device(device)
+    device = check_device(device)
+    broken = torch.cat([(~torch.isfinite(bank.rows[a:b]).all(dim=1)).nonzero().flatten() + a for a, b in _chunks(n)])
+    if len(broken):  # one NaN row would make the whole SVD fail (or every row NaN)
+        raise ValueError(f"bank rows {broken.tolist()[:10]} hold NaN or infinite values ({len(broken)} row(s)); "
+                         f"remove or replace them (bank.remove / bank.replace) before compressing")
     mean = torch.zeros(d, dtype=torch.float64, device=device)
     if center:
         for a, b in _chunks(n):

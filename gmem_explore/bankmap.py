@@ -17,6 +17,7 @@ then belong to the rows `subsample_indices(len(bank), max_rows, seed)` (sorted),
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -116,24 +117,35 @@ def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000,
         raise ValueError(f"Unknown map method {method!r}; choose one of {METHODS}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
         raise ValueError(f"max_rows must be an integer >= 2; got {max_rows!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer; got {seed!r}")
+    seed = int(seed)
     rows, idx, chosen, method, params, path = _plan(bank, method, cache_dir, max_rows, seed)
+    key = None if path is None else path.stem.split("-", 1)[1]
     if path is not None and path.is_file():
         try:
-            coords = load_tensors(path, mmap=False)[0]["coords"]
-            if coords.shape == (len(idx), 2):
+            tensors, meta = load_tensors(path, mmap=False)
+            coords = tensors["coords"]
+            # trusted only when it says it is this map (a file copied or renamed from another bank's is not) and
+            # holds what a fit returns: float32, one finite point per row
+            if (meta.get("key") == key and coords.shape == (len(idx), 2) and coords.dtype == torch.float32
+                    and bool(torch.isfinite(coords).all())):
                 return (coords, idx) if return_indices else coords
         except (ValueError, OSError, KeyError):
             pass  # a damaged cache file is simply refitted and rewritten
 
     x = normalize(chosen)
-    if not torch.isfinite(x).all():
-        raise ValueError("the bank holds NaN or infinite rows; fix or remove them before mapping it")
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bad.any():
+        rows_bad = idx[bad].tolist()
+        raise ValueError(f"the bank holds NaN or infinite rows ({len(rows_bad)}, e.g. rows {rows_bad[:10]}); fix or "
+                         f"remove them (bank.replace / bank.remove) before mapping it")
     coords = umap_2d(x, seed) if method == "umap" else pca_2d(x)
     coords = coords.contiguous().float()
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_tensors(path, {"coords": coords}, {"method": method, "rows": str(rows.shape[0])})
+            save_tensors(path, {"coords": coords}, {"method": method, "rows": str(rows.shape[0]), "key": key})
         except OSError as e:
             warnings.warn(f"could not write the bank-map cache {path}: {e}; the map will be refitted next time")
     return (coords, idx) if return_indices else coords

@@ -12,6 +12,7 @@ Decoding 1884 PNGs takes about 5 s, so decoded arrays are cached as safetensors 
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -63,8 +64,7 @@ def is_held_out(key: str, fraction: float = HELD_OUT_FRACTION) -> bool:
 
 
 def split_mask(keys, split: str, fraction: float = HELD_OUT_FRACTION) -> torch.Tensor:
-    if split not in ("train", "held_out", "all"):
-        raise ValueError(f"split must be 'train', 'held_out' or 'all'; got {split!r}")
+    check_split(split)
     held = torch.tensor([is_held_out(k, fraction) for k in keys], dtype=torch.bool)
     return {"train": ~held, "held_out": held, "all": torch.ones_like(held)}[split]
 
@@ -125,12 +125,23 @@ def _decode_twemoji(size: int, skin_tones: bool) -> ImageSet:
     return ImageSet(images, labels, groups, names)
 
 
+def _cache_fits(data: ImageSet, size: int) -> bool:
+    """Whether a cached set is one of size x size images with a label and a name each (a cache file written by
+    another version, or copied under the wrong name, would give wrong images or an IndexError in subset)."""
+    n = len(data.images)
+    return (data.images.dtype == torch.uint8 and tuple(data.images.shape) == (n, size, size, 3) and n > 0
+            and tuple(data.labels.shape) == (n,) and not data.labels.is_floating_point()
+            and isinstance(data.names, list) and len(data.names) == n and isinstance(data.label_names, list)
+            and 0 <= int(data.labels.min()) and int(data.labels.max()) < len(data.label_names))
+
+
 def load_twemoji(size: int = 32, split: str = "train", skin_tones: bool = False, cache: bool = True) -> ImageSet:
     """Twemoji at size x size over white, with group labels; split "train", "held_out" (~10%) or "all".
 
     The held-out emojis are chosen by a hash of the base code point (skin-tone variants follow their base emoji)."""
     if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 72:
         raise ValueError(f"size must be an integer in [4, 72] (the PNGs are 72x72); got {size!r}")
+    check_split(split)  # before a decode of 5 s
     data = None
     path = cache_dir() / f"twemoji-{size}{'-skin' if skin_tones else ''}.safetensors"
     if cache and path.is_file():
@@ -138,6 +149,8 @@ def load_twemoji(size: int = 32, split: str = "train", skin_tones: bool = False,
         try:
             tensors, meta = load_tensors(path, mmap=False)
             data = ImageSet(tensors["images"], tensors["labels"], meta["label_names"], meta["names"])
+            if not _cache_fits(data, size):
+                data = None
         except (ValueError, KeyError, OSError):
             data = None  # a damaged cache is rebuilt, never trusted
     if data is None:
@@ -159,18 +172,86 @@ def split_key(name: str) -> str:
 
 
 # ---- other sources -------------------------------------------------------------------------------------------
+MAX_SIZE = 1024  # pixels a side: GMem models are 32 to 256 px; 100,000 would ask for terabytes, not an image set
+SKIPPED_FOLDERS = ("__MACOSX",)  # macOS zip archives: '._name.png' resource forks, not images
+
+
+def check_size(size, allow_none: bool = False):
+    """The side in pixels a loader resizes to: a whole number in [1, MAX_SIZE] (None keeps sizes when allowed)."""
+    if size is None and allow_none:
+        return None
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size <= MAX_SIZE:
+        keep = " (or None to keep the images' own size)" if allow_none else ""
+        raise ValueError(f"size must be a whole number of pixels in [1, {MAX_SIZE}]{keep}, the side the images are "
+                         f"resized to (the model's input size, e.g. 32 or 256); got {size!r}")
+    return int(size)
+
+
+def check_split(split: str) -> str:
+    if split not in ("train", "held_out", "all"):
+        raise ValueError(f"split must be 'train', 'held_out' or 'all'; got {split!r}")
+    return split
+
+
+def _hidden(name: str) -> bool:
+    """Names no image folder means to hold: dot-files ('.DS_Store', macOS '._photo.png' resource forks, '.git',
+    '.ipynb_checkpoints') and macOS zip leftovers (__MACOSX)."""
+    return name.startswith(".") or name in SKIPPED_FOLDERS
+
+
+def _folder(folder) -> Path:
+    """`folder` as a Path (str, Path, '~/...'), or FileNotFoundError saying what is there instead."""
+    if isinstance(folder, bytes) or not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"an image folder must be a path (str or pathlib.Path); got {type(folder).__name__}")
+    path = Path(folder).expanduser()
+    if path.is_file():
+        raise FileNotFoundError(f"No image folder at {path}: that is a file. Give the folder that holds the images "
+                                f"(for one image use gmem_explore.images.load_rgb(path))")
+    if not path.is_dir():
+        raise FileNotFoundError(f"No image folder at {path}" + (": it is a broken link" if path.is_symlink() else ""))
+    return path
+
+
 def image_files(folder) -> list[Path]:
-    """Every image file under `folder` (recursively, sorted); a folder without any is refused."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Every image file under `folder` (recursively, sorted); a folder without any is refused.
+
+    Links to files and to folders are followed (a link back to a folder above is not: it would never end); hidden
+    files and folders (.DS_Store, macOS '._name.png', .ipynb_checkpoints) and __MACOSX are skipped. A link with an
+    image name whose target is gone is refused by name: an image the user meant to include would be missing."""
+    root = _folder(folder)
+    files, broken = [], []
+    stack = [(root, frozenset([os.path.realpath(root)]))]
+    while stack:
+        here, above = stack.pop()
+        for entry in os.scandir(here):
+            if _hidden(entry.name):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir():  # follows links
+                real = os.path.realpath(path)
+                if real not in above:  # a link to a folder above this one would loop forever
+                    stack.append((path, above | {real}))
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                if entry.is_file():
+                    files.append(path)
+                elif entry.is_symlink() and not path.exists():
+                    broken.append(path)
+    if broken:
+        raise FileNotFoundError(f"{len(broken)} image link(s) under {root} point to files that do not exist: "
+                                f"{', '.join(str(b) for b in sorted(broken)[:5])}; fix or remove the link(s)")
     if not files:
-        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+        raise ValueError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}; hidden files are skipped)")
+    return sorted(files)
 
 
 def read_image_files(files: list[Path], size: int | None = None) -> torch.Tensor:
     """uint8 (N, H, W, 3): the files, resized to size x size when given, else all of one size (refused otherwise).
     Filled into one tensor image by image: a list then torch.stack would hold every image twice at the peak
     (50,000 images of 256 px: 19.7 GB instead of 9.8)."""
+    size = check_size(size, allow_none=True)
+    files = list(files)
+    if not files:
+        raise ValueError("no image files given (an empty list): give at least one image, e.g. image_files(folder)")
     first = load_rgb(files[0], size)
     images = torch.empty((len(files), *first.shape), dtype=torch.uint8)
     images[0] = first
@@ -183,22 +264,28 @@ def read_image_files(files: list[Path], size: int | None = None) -> torch.Tensor
     return images
 
 
-def load_folder(folder, size: int = 32, split: str = "all") -> ImageSet:
-    """Every image under `folder` (recursively); the label is the first sub-folder name ("" for top-level files)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"No image folder at {folder}")
+def load_folder(folder, size: int | None = 32, split: str = "all") -> ImageSet:
+    """Every image under `folder` (recursively, see image_files); the label is the first sub-folder name ("" for
+    top-level files). size=None keeps the images' size (they must then share it)."""
+    size, split = check_size(size, allow_none=True), check_split(split)  # before any image is decoded
+    folder = _folder(folder)
     files = image_files(folder)
     rel = [p.relative_to(folder) for p in files]
+    names = [r.as_posix() for r in rel]  # the split key: the same on every system
+    keep = split_mask(names, split)
+    if not keep.any():
+        raise ValueError(f"the {split!r} split of {folder} is empty: {len(files)} image(s), of which about "
+                         f"{HELD_OUT_FRACTION:.0%} are held out by name; use split='all' or add images")
     groups = [r.parts[0] if len(r.parts) > 1 else "" for r in rel]
-    label_names = sorted(set(groups))
-    images = read_image_files(files, size)
-    data = ImageSet(images, torch.tensor([label_names.index(g) for g in groups]), label_names, [str(r) for r in rel])
-    return data.subset(split_mask(data.names, split))
+    label_names = sorted(set(groups))  # of the whole folder: a label means the same group in every split
+    files, groups, names = ([x for x, k in zip(seq, keep.tolist()) if k] for seq in (files, groups, names))
+    images = read_image_files(files, size)  # only the split's images are decoded
+    return ImageSet(images, torch.tensor([label_names.index(g) for g in groups]), label_names, names)
 
 
 def load_digits(size: int = 8, split: str = "all") -> ImageSet:
     """sklearn's 1797 handwritten digits (8x8, 10 classes) as black-on-white RGB: the fast test set."""
+    size, split = check_size(8 if size is None else size), check_split(split)
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()

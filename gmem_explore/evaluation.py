@@ -30,9 +30,11 @@ nearest neighbours are found a chunk of samples at a time.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-from .metrics import frechet_distance, nearest_training, precision_recall
+from .metrics import features_of, frechet_distance, nearest_training, precision_recall, same_dim
 
 # emoji-32's encoder: samples from training rows lie at median cosine 0.996 to a training emoji, samples from
 # unseen emojis' snippets at 0.86 on average to their source (quality.md); 0.95 separates the two
@@ -80,7 +82,9 @@ def compare(sample_features, reference_features, seed: int = 0) -> dict:
     if samples.shape[1] != reals.shape[1]:
         raise ValueError(f"samples have {samples.shape[1]} features and references {reals.shape[1]}: encode both "
                          f"with the same encoder")
-    g = torch.Generator().manual_seed(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer; got {seed!r}")
+    g = torch.Generator().manual_seed(int(seed))
     floor_size = min(len(samples), len(reals) // 2)  # >= 2: check_features asks for 4 references or more
     copies, floor, split = [], [], []
     for _ in range(DRAWS):
@@ -107,8 +111,24 @@ def nearest_pairs(sample_images, reference_images, sample_features, reference_fe
     """uint8 (min(count, samples), H, 2W + 2, 3): `count` samples picked at random (seeded), each beside its nearest
     reference image (a 2-pixel white gap between them; references of another size resized to the samples'), ordered
     from the closest pair down: what the samples look like and how near the real images they come."""
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+        raise ValueError(f"count (how many pairs) must be a whole number >= 1; got {count!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer; got {seed!r}")
+    sample_features = features_of(sample_features, "the sample features")
+    reference_features = features_of(reference_features, "the reference features")
+    same_dim(sample_features, reference_features, "samples", "references")
+    for images, features, what in ((sample_images, sample_features, "sample"),
+                                   (reference_images, reference_features, "reference")):
+        shape = tuple(getattr(images, "shape", ()))
+        if len(shape) != 4 or shape[-1] != 3 or str(getattr(images, "dtype", "")).split(".")[-1] != "uint8":
+            kind = getattr(images, "dtype", type(images).__name__)
+            raise ValueError(f"the {what} images must be uint8 (N, H, W, 3); got {shape} {kind}")
+        if shape[0] != len(features):
+            raise ValueError(f"{shape[0]} {what} images but {len(features)} {what} feature rows: give the features of "
+                             f"exactly these images, in the same order")
     cosine, nearest = nearest_real(sample_features, reference_features)
-    picks = _random_rows(len(cosine), count, torch.Generator().manual_seed(seed))
+    picks = _random_rows(len(cosine), int(count), torch.Generator().manual_seed(int(seed)))
     picks = picks[cosine[picks].argsort(descending=True)]
     samples = torch.as_tensor(sample_images)[picks]
     reals = torch.as_tensor(reference_images)[nearest[picks]]
