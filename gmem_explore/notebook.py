@@ -10,7 +10,11 @@ click does, without a browser.
 """
 from __future__ import annotations
 
+import contextlib
+import html
+import io
 import os
+import re
 from typing import Sequence
 
 import torch
@@ -35,8 +39,6 @@ def with_bank(pipe: GMemPipeline, bank: MemoryBank) -> GMemPipeline:
 
 def figure_png(fig) -> bytes:
     """PNG bytes of a matplotlib Figure (figures here are built without pyplot: no global state, no window)."""
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)
     return buf.getvalue()
@@ -51,10 +53,7 @@ def show(obj, out=None):
         return
     if hasattr(obj, "savefig"):
         obj = Image(data=figure_png(obj), format="png")
-    if out is None:
-        display(obj)
-        return
-    with out:
+    with out if out is not None else contextlib.nullcontext():
         display(obj)
 
 
@@ -95,6 +94,53 @@ def status_progress(status, text: str):
     return callback
 
 
+def rows_said(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def problem(text: str) -> str:
+    """A refusal or failure in a widget's HTML status, red and escaped (typed text may hold '<'); guidance is plain."""
+    return f"<span style='color:red'>{html.escape(text, quote=False)}</span>"
+
+
+def seed_of(box) -> int:
+    """The seed in an IntText (which takes any integer), checked as generate checks seeds, the box named."""
+    if not 0 <= int(box.value) < 2 ** 63:
+        raise ValueError(f"the seed must be a whole number from 0 to 2^63 - 1; got {box.value}: change the seed box")
+    return int(box.value)
+
+
+def guarded(status, button: str, fn, *args):
+    """Run a button's work: an exception in a widget callback never reaches the cell (ipywidgets only logs it), so a
+    refusal or failure becomes a red status line and None; an interrupt says where it stopped and is re-raised."""
+    try:
+        return fn(*args)
+    except KeyboardInterrupt:
+        last = html.unescape(re.sub("<[^>]*>", "", status.value))
+        status.value = problem(f"stopped before it finished ({last}); nothing new is shown: press {button} to run "
+                               f"it again")
+        raise
+    except Exception as e:  # noqa: BLE001 - shown to the user instead of lost in the browser console
+        status.value = problem(f"{button} failed: {e}")
+        return None
+
+
+def parse_rows(text: str, n: int) -> list[int]:
+    """Typed rows: numbers and inclusive ranges, separated by commas or spaces ("3, 17 256", "10-20"), each in
+    0..n-1. ValueError in plain words."""
+    rows = []
+    for part in text.replace(",", " ").split():
+        m = re.fullmatch(r"(-?\d+)(?:-(\d+))?", part)
+        if m is None:
+            raise ValueError(f"rows must be integers or ranges separated by commas (e.g. 3, 17, 256 or 10-20); "
+                             f"got {part!r}")
+        ends = sorted({int(m[1]), int(m[2] or m[1])})  # "20-10" is the same rows as "10-20"
+        if not (0 <= ends[0] and ends[-1] < n):  # checked before a range is expanded: "0-99999999999" stops here
+            raise ValueError(f"row {part} is outside the bank (rows 0..{n - 1})")
+        rows.extend(range(ends[0], ends[-1] + 1))
+    return rows
+
+
 class progress_bar:
     """`with progress_bar("mixing") as callback: pipe.generate(..., callback=callback)`: a tqdm bar (a widget in
     Jupyter, text elsewhere) over the images of one pipeline call, with the sampler step; the notebooks' generating
@@ -117,8 +163,8 @@ class progress_bar:
 
     def close(self):
         if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+            self.bar, bar = None, self.bar
+            bar.close()
 
     def __enter__(self):
         return self
@@ -229,18 +275,21 @@ class BankExplorer:
         self.y_range = W.FloatRangeSlider(value=(lo[1], hi[1]), min=lo[1], max=hi[1], step=(hi[1] - lo[1]) / 200 or 0.01,
                                           description="map y", **opts)
         self.color_by = W.Dropdown(options=["group", "frequency"], value="group", description="colour by")
-        self.rows_text = W.Text(placeholder="rows, e.g. 3, 17, 256", description="rows", continuous_update=False)
+        self.rows_text = W.Text(placeholder="rows, e.g. 3, 17, 256 or 10-20", description="rows",
+                                continuous_update=False)
         groups = ["(any)"] + (list(self.bank.label_names) if self.bank.label_names else [])
         self.group = W.Dropdown(options=groups, value="(any)", description="group")
         self.seed = W.IntText(value=seed, description="seed")
         self.generate_button = W.Button(description="Generate", button_style="primary")
         self.map_out, self.thumbs_out, self.gen_out, self.nn_out = (W.Output() for _ in range(4))
         self.status = W.HTML()
+        self._syncing = False  # set while one selection resets the other controls: their observers stay quiet
         for w in (self.x_range, self.y_range):
-            w.observe(lambda _: self.select_region(self.x_range.value, self.y_range.value), names="value")
+            w.observe(lambda _: self._syncing or self.select_region(self.x_range.value, self.y_range.value),
+                      names="value")
         self.color_by.observe(lambda _: self.draw_map(), names="value")
-        self.rows_text.observe(lambda change: self.select_rows(change["new"]), names="value")
-        self.group.observe(lambda change: self.select_group(change["new"]), names="value")
+        self.rows_text.observe(lambda change: self._syncing or self.select_rows(change["new"]), names="value")
+        self.group.observe(lambda change: self._syncing or self.select_group(change["new"]), names="value")
         self.generate_button.on_click(lambda _: self.generate())
         self.widget = W.VBox([
             W.HBox([self.color_by, self.group]), self.x_range, self.y_range,
@@ -293,22 +342,25 @@ class BankExplorer:
         inside = ((self.coords[:, 0] >= x[0]) & (self.coords[:, 0] <= x[1]) &
                   (self.coords[:, 1] >= y[0]) & (self.coords[:, 1] <= y[1]))
         self._box = (tuple(x), tuple(y))
-        return self._select(self.rows[inside].tolist(), f"{int(inside.sum())} rows in the region")
+        self._reset_others("region")
+        empty = "no mapped rows in this region: widen the map x / map y sliders"
+        return self._select(self.rows[inside].tolist(), f"{rows_said(int(inside.sum()))} in the region", empty=empty)
 
     def select_rows(self, rows) -> list[int]:
-        """A list of row indices, or text such as "3, 17 256"; bad input gives a message, not a crash."""
-        if isinstance(rows, str):
-            try:
-                rows = [int(r) for r in rows.replace(",", " ").split()]
-            except ValueError:
-                self.status.value = f"<span style='color:red'>rows must be integers separated by commas; got {rows!r}</span>"
-                return self.selection
-        bad = [r for r in rows if not 0 <= r < len(self.bank)]
-        if bad:
-            self.status.value = f"<span style='color:red'>rows {bad[:5]} are outside the bank (0..{len(self.bank) - 1})</span>"
-            return self.selection
+        """A list of row indices, or text such as "3, 17 256" or "10-20"; bad input gives a message, not a crash,
+        and keeps the selection (the status says so)."""
+        rows = rows if isinstance(rows, str) else " ".join(map(str, rows.tolist() if hasattr(rows, "tolist") else rows))
+        if not rows.strip():  # a list, array or tensor is read as if typed: the same checks apply
+            return self._refuse("type row numbers, e.g. 3, 17, 256 or 10-20, then press Enter", plain=True)
+        try:
+            rows = parse_rows(rows, len(self.bank))
+        except ValueError as e:
+            return self._refuse(str(e))
         self._box = None
-        return self._select(list(rows), f"{len(rows)} rows typed")
+        self._reset_others("rows")
+        unique = list(dict.fromkeys(rows))
+        repeats = f" ({len(rows) - len(unique)} repeated dropped)" if len(unique) < len(rows) else ""
+        return self._select(unique, f"{rows_said(len(unique))} typed{repeats}")
 
     def select_group(self, name: str) -> list[int]:
         """The mapped rows of one group."""
@@ -316,21 +368,40 @@ class BankExplorer:
             return self.selection
         g = list(self.bank.label_names).index(name)
         self._box = None
-        return self._select(self.rows[self.bank.labels[self.rows] == g].tolist(), f"group {name}", one_group=True)
+        self._reset_others("group")
+        empty = (f"group {name} has no rows on the map (it shows {len(self.rows):,} of {len(self.bank):,} rows): "
+                 f"pick another group, or map more rows")
+        return self._select(self.rows[self.bank.labels[self.rows] == g].tolist(), f"group {name}", one_group=True,
+                            empty=empty)
 
-    def _select(self, rows: list[int], what: str, one_group: bool = False) -> list[int]:
-        self.selection = rows
+    def _refuse(self, text: str, plain: bool = False) -> list[int]:
+        held = f" · still selected: {self.selection_note}" if self.selection else ""
+        self.status.value = (html.escape(text) if plain else problem(text)) + html.escape(held)
+        return self.selection
+
+    def _reset_others(self, keep: str):
+        """The other selecting controls back to neutral, quietly (a group left shown could not be picked again)."""
+        self._syncing = True
+        try:
+            self.group.value = self.group.value if keep == "group" else "(any)"
+            self.rows_text.value = self.rows_text.value if keep == "rows" else ""
+            for r in () if keep == "region" else (self.x_range, self.y_range):
+                r.value = (r.min, r.max)
+        finally:
+            self._syncing = False
+
+    def _select(self, rows: list[int], what: str, one_group: bool = False, empty: str = "") -> list[int]:
+        self.selection, self.generation = rows, None
         shown = rows[:MAX_SHOWN]
         # kept apart from the status box, which also shows errors and generation progress: Generate starts from it
         self.selection_note = f"{what}; showing {len(shown)} of {len(rows)}"
-        self.status.value = self.selection_note
-        self.thumbs_out.clear_output(wait=True)
-        self.gen_out.clear_output(wait=True)
+        self.status.value = html.escape(self.selection_note if rows else empty or f"{what}: nothing selected")
+        for out in (self.thumbs_out, self.gen_out, self.nn_out):
+            out.clear_output(wait=bool(shown))
+        self.neighbours = self.nearest(shown[0]) if shown else None  # never the previous selection's
         if shown and self.bank.thumbnails is not None:
             titles = self.captions(shown, group_named=one_group)
             show(labelled_grid(self.bank.thumbnails[shown], titles, ncols=THUMB_COLUMNS), self.thumbs_out)
-        if shown:
-            self.nearest(shown[0])
         self.draw_map()
         return rows
 
@@ -360,13 +431,16 @@ class BankExplorer:
         if self.pipe is None:
             self.status.value = "only a bank is loaded: open the checkpoint with GMemPipeline to generate"
             return None
-        before, seed = self.selection_note, int(self.seed.value)
-        what = f"{len(shown)} images from seed {seed}, {self.steps} steps"
+        self.generation = None  # the grid below is cleared too: no earlier seed's images under this run
+        self.gen_out.clear_output()
+        return guarded(self.status, "Generate", self._generate, shown)
 
+    def _generate(self, shown: list[int]) -> Generation:
+        before, seed = html.escape(self.selection_note), seed_of(self.seed)
+        what = f"{len(shown)} images from seed {seed}, {self.steps} steps"
         self.generation = self.pipe.generate(indices=shown, seeds=[seed] * len(shown), steps=self.steps,
                                              callback=status_progress(self.status, f"{before} · generating {what}"))
         # the grid's captions are the rows; the seed they share is said here (the seed box may change later)
         self.status.value = f"{before} · generated {what}"
-        self.gen_out.clear_output(wait=True)
         show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=THUMB_COLUMNS), self.gen_out)
         return self.generation

@@ -8,36 +8,69 @@
 from __future__ import annotations
 
 import copy
+import functools
+import html
 from pathlib import Path
 
 import torch
 
 from .bank import MemoryBank
-from .notebook import labelled_grid, show
+from .notebook import labelled_grid, problem, show
+
+
+def _file_part(text: str) -> str:
+    """A name usable as one path part: no separators, and never '.' or '..' (which would leave the folder)."""
+    text = text.replace(":", "_").replace("/", "-").replace("\\", "-")
+    return "_" if text.strip(".") == "" and text else text
 
 
 def write_image_folder(images, names, labels, label_names, folder) -> Path:
-    """Write uint8 images as PNGs under folder/<group>/<name>.png (the layout data.load_folder reads back)."""
+    """Write uint8 images as PNGs under folder/<group>/<name>.png (the layout data.load_folder reads back). One
+    name and one label per image (a short list was cut silently); repeated names get -1, -2 ... (one image
+    overwrote the other)."""
     from PIL import Image
 
-    folder = Path(folder)
-    for img, name, label in zip(torch.as_tensor(images), names, torch.as_tensor(labels).tolist()):
-        group = label_names[label].replace("/", "-")  # a folder per group; the name, spaces and all, is its label
-        path = folder / group / (name.replace(":", "_").replace("/", "-") + ".png")
+    folder, images, names, labels = Path(folder), torch.as_tensor(images), list(names), torch.as_tensor(labels).tolist()
+    if not len(images) == len(names) == len(labels):
+        raise ValueError(f"{len(images)} images, {len(names)} names and {len(labels)} labels: give one name and one "
+                         f"label per image")
+    written = set()
+    for img, name, label in zip(images, names, labels):
+        group = _file_part(label_names[label])  # a folder per group; the name, spaces and all, is its label
+        stem = _file_part(name) or "_"
+        path, k = folder / group / f"{stem}.png", 0
+        while path in written:
+            k += 1
+            path = folder / group / f"{stem}-{k}.png"
+        written.add(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.numpy()).save(path)
     return folder
 
 
-def bank_from_images(encoder, data, freq: float = 1.0, batch_size: int = 256) -> MemoryBank:
+def bank_from_images(encoder, data, freq: float = 1.0, batch_size: int = 256, progress: bool = True) -> MemoryBank:
     """A bank with one row per image of `data` (a data.ImageSet): the encoder's snippet, the image as thumbnail,
-    its group as label and the same frequency for every row (no row is preferred until you say so)."""
+    its group as label and the same frequency for every row (no row is preferred until you say so). `progress`: a
+    bar over the images when there is more than one batch (a large folder through a big encoder takes minutes)."""
     if encoder is None:
         raise RuntimeError("building a bank needs the checkpoint's snippet encoder; this checkpoint has none")
     if len(data) == 0:
         raise ValueError("no images to build a bank from")
+    starts = range(0, len(data), batch_size)
+    bar = None
+    if progress and len(starts) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(data), desc="encoding images", unit="image")
+    parts = []
     with torch.no_grad():
-        rows = torch.cat([encoder.encode(data.images[i:i + batch_size]) for i in range(0, len(data), batch_size)])
+        for i in starts:
+            parts.append(encoder.encode(data.images[i:i + batch_size]))
+            if bar is not None:
+                bar.update(len(parts[-1]))
+    if bar is not None:
+        bar.close()
+    rows = torch.cat(parts)
     return MemoryBank(rows.float(), torch.full((len(data),), float(freq)), data.labels, data.label_names,
                       data.images, {"source": "bank_from_images", "images": str(len(data))})
 
@@ -62,20 +95,59 @@ class TrainingMonitor:
         display(self.widget)
 
     def attach(self, trainer) -> "TrainingMonitor":
+        """Register the callbacks, and wrap trainer.fit so the end of a run is said too: finished, stopped
+        (Kernel > Interrupt) or failed (a non-finite loss), with the loss plot drawn up to the last step."""
         self.total = trainer.config.steps
+        self.status.value = (f"waiting for trainer.fit(): {trainer.step} of {self.total} steps done" if self.total else
+                             "config.steps is 0: trainer.fit() trains nothing; set TrainConfig(steps=...)")
         trainer.on("on_step", self.on_step)
         trainer.on("on_eval", self.on_eval)
+        fit = trainer.fit
+
+        @functools.wraps(fit)
+        def fit_and_say(*args, **kwargs):
+            try:
+                history = fit(*args, **kwargs)
+            except BaseException as e:
+                self.finish(trainer, e)
+                raise
+            self.finish(trainer, None, history)
+            return history
+        trainer.fit = fit_and_say
         return self
+
+    def _of(self, step: int) -> str:
+        return f"/{self.total}" if getattr(self, "total", None) and step <= self.total else ""
 
     def on_step(self, trainer, event: dict) -> None:
         self.steps.append(int(event["step"]))
         self.losses.append(float(event["loss"]))
-        of = f"/{self.total}" if getattr(self, "total", None) else ""
-        self.status.value = (f"step {event['step']}{of}: loss {event['loss']:.4f}, lr {event['lr']:.2e}, "
-                             f"{event.get('images_per_s', 0):.0f} images/s")
-        if event["step"] % self.plot_every == 0 or event["step"] == getattr(self, "total", None):
-            self.loss_out.clear_output(wait=True)
-            show(self.loss_figure(), self.loss_out)
+        self.status.value = (f"step {event['step']}{self._of(event['step'])}: loss {event['loss']:.4f}, "
+                             f"lr {event['lr']:.2e}, {event.get('images_per_s', 0):.0f} images/s")
+        # the first step too: a plot every 20 steps left the cell empty for the first ~20 s
+        step = event["step"]
+        if len(self.steps) == 1 or step % self.plot_every == 0 or step == getattr(self, "total", None):
+            self.draw_loss()
+
+    def draw_loss(self) -> None:
+        self.loss_out.clear_output(wait=True)
+        show(self.loss_figure(), self.loss_out)
+
+    def finish(self, trainer, error: BaseException | None, history: list | None = None) -> None:
+        """What fit's end says in the status (attach calls it); the plot is redrawn with every step recorded."""
+        step = trainer.step
+        if self.steps:
+            self.draw_loss()
+        if isinstance(error, KeyboardInterrupt):
+            self.status.value = html.escape(f"stopped at step {step}{self._of(step)}: the model keeps what it "
+                                            f"learned so far; trainer.fit() goes on from there")
+        elif error is not None:
+            self.status.value = problem(f"training stopped at step {step}{self._of(step)}: {error}")
+        elif not history:
+            self.status.value = html.escape(f"nothing to train: already at step {step} of {self.total} "
+                                            f"(config.steps); trainer.fit(steps=N) trains N more")
+        else:
+            self.status.value = f"{self.status.value} · finished"
 
     def on_eval(self, trainer, event: dict) -> None:
         images = event["images"]
@@ -94,15 +166,21 @@ class TrainingMonitor:
 
         fig = Figure(figsize=(5, 3), dpi=90)
         ax = fig.subplots()
-        if self.losses:
-            loss = torch.tensor(self.losses)
-            ax.plot(self.steps, loss.numpy(), lw=0.6, alpha=0.5, label="loss")
+        loss, steps = torch.tensor(self.losses, dtype=torch.float64), torch.tensor(self.steps)
+        ok = torch.isfinite(loss) & (loss > 0)  # a log axis shows neither NaN, inf nor 0, and one NaN blanked the mean
+        loss, steps, title = loss[ok], steps[ok], "training loss"
+        if len(loss):
+            # one step is one point: a line through it is invisible without a marker
+            ax.plot(steps.numpy(), loss.numpy(), lw=0.6, alpha=0.5, label="loss", marker="o" if len(loss) < 3 else None)
             window = min(20, len(loss))
-            smooth = torch.nn.functional.avg_pool1d(loss[None, None], window, 1)[0, 0]
-            ax.plot(self.steps[window - 1:], smooth.numpy(), lw=1.5, label=f"mean of {window}")
+            if window > 1:
+                smooth = torch.nn.functional.avg_pool1d(loss[None, None], window, 1)[0, 0]
+                ax.plot(steps[window - 1:].numpy(), smooth.numpy(), lw=1.5, label=f"mean of {window}")
             ax.set_yscale("log")
             ax.legend(fontsize=8)
-        ax.set(xlabel="step", ylabel="velocity MSE", title="training loss")
+        if not ok.all():
+            title += f" ({int((~ok).sum())} not drawn: not finite or 0)"
+        ax.set(xlabel="step", ylabel="velocity MSE", title=title)
         fig.tight_layout()
         return fig
 
@@ -117,7 +195,7 @@ def finetune_worker(pipe_name, folder, out_dir, steps: int, batch_size: int = 64
 
     pipe = GMemPipeline.from_pretrained(pipe_name)
     data = load_folder(folder, size=pipe.model.config.input_size)
-    bank = bank_from_images(pipe.encoder, data)
+    bank = bank_from_images(pipe.encoder, data, progress=False)  # one bar per process would be noise
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps), progress=False)
     trainer = Trainer(copy.deepcopy(pipe.model), data.images, conditions=bank.rows, config=config, use_accelerate=True)
     trainer.fit()
