@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import html
 from pathlib import Path
 
@@ -95,25 +94,14 @@ class TrainingMonitor:
         display(self.widget)
 
     def attach(self, trainer) -> "TrainingMonitor":
-        """Register the callbacks, and wrap trainer.fit so the end of a run is said too: finished, stopped
-        (Kernel > Interrupt) or failed (a non-finite loss), with the loss plot drawn up to the last step."""
+        """Register the callbacks; on_end says how the run ended: finished, stopped (Kernel > Interrupt) or failed (a
+        non-finite loss), with the loss plot drawn up to the last step."""
         self.total = trainer.config.steps
         self.status.value = (f"waiting for trainer.fit(): {trainer.step} of {self.total} steps done" if self.total else
                              "config.steps is 0: trainer.fit() trains nothing; set TrainConfig(steps=...)")
         trainer.on("on_step", self.on_step)
         trainer.on("on_eval", self.on_eval)
-        fit = trainer.fit
-
-        @functools.wraps(fit)
-        def fit_and_say(*args, **kwargs):
-            try:
-                history = fit(*args, **kwargs)
-            except BaseException as e:
-                self.finish(trainer, e)
-                raise
-            self.finish(trainer, None, history)
-            return history
-        trainer.fit = fit_and_say
+        trainer.on("on_end", lambda tr, event: self.finish(tr, event["error"], event["steps"]))
         return self
 
     def _of(self, step: int) -> str:
@@ -133,8 +121,9 @@ class TrainingMonitor:
         self.loss_out.clear_output(wait=True)
         show(self.loss_figure(), self.loss_out)
 
-    def finish(self, trainer, error: BaseException | None, history: list | None = None) -> None:
-        """What fit's end says in the status (attach calls it); the plot is redrawn with every step recorded."""
+    def finish(self, trainer, error: BaseException | None, steps_done: int = 0) -> None:
+        """What the end of a fit call says in the status (the trainer's on_end event); the plot is redrawn with every
+        step recorded."""
         step = trainer.step
         if self.steps:
             self.draw_loss()
@@ -143,7 +132,7 @@ class TrainingMonitor:
                                             f"learned so far; trainer.fit() goes on from there")
         elif error is not None:
             self.status.value = problem(f"training stopped at step {step}{self._of(step)}: {error}")
-        elif not history:
+        elif not steps_done:
             self.status.value = html.escape(f"nothing to train: already at step {step} of {self.total} "
                                             f"(config.steps); trainer.fit(steps=N) trains N more")
         else:

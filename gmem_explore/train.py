@@ -23,7 +23,8 @@ encoder_depth) and the encoder's feature of the clean image (per token when the 
 `patch_features(images, grid)`, else its global feature broadcast to every token).
 
 Event payloads (dicts): on_step {step, loss, mse, repa, lr, images_per_s}; on_eval {step, images (uint8), seeds,
-loss}; on_checkpoint {step, path}. Callbacks get (trainer, event).
+loss}; on_checkpoint {step, path}; on_end {step, steps (done in this fit call), error (None, or the exception that
+stopped it: KeyboardInterrupt, a non-finite loss)}, after every fit call. Callbacks get (trainer, event).
 
 Determinism: batches, t and noise come from the trainer's own torch.Generator; the whole global batch is drawn
 and each process takes its slice, so results do not depend on the number of processes. A saved state holds the
@@ -55,7 +56,7 @@ from .train_checks import (as_training_images, check_loss, check_resume_data, da
                            refuse_unknown_labels, training_conditions)
 from .train_config import TrainConfig
 
-EVENTS = ("on_step", "on_eval", "on_checkpoint")
+EVENTS = ("on_step", "on_eval", "on_checkpoint", "on_end")
 class TrainingModule(nn.Module):
     """What the optimizer sees: the GMem network plus, for label conditioning, the label embedding that fills the
     snippet slot. One module so that Accelerate/DDP wraps (and synchronises) both."""
@@ -289,7 +290,22 @@ class Trainer:
         if cfg.progress and self.is_main and stop > self.step:
             from tqdm.auto import tqdm
             bar = tqdm(total=stop, initial=self.step, desc="training", unit="step")
-        done, start = [], time.perf_counter()
+        done, start, error = [], time.perf_counter(), None
+        try:
+            self._run_until(stop, bar, done)
+        except BaseException as e:  # KeyboardInterrupt too: on_end says the run stopped, then it propagates
+            error = e
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.is_main and done:
+                self.elapsed = time.perf_counter() - start
+            self._fire("on_end", {"step": self.step, "steps": len(done), "error": error})
+        return done
+
+    def _run_until(self, stop: int, bar, done: list) -> None:
+        cfg = self.config
         while self.step < stop:
             tick = time.perf_counter()
             event = self.train_step()
@@ -304,11 +320,6 @@ class Trainer:
                 self.evaluate()
             if cfg.checkpoint_every and cfg.out_dir and self.step % cfg.checkpoint_every == 0:
                 self.save_state(Path(cfg.out_dir) / "state.safetensors")
-        if bar is not None:
-            bar.close()
-        if self.is_main and done:
-            self.elapsed = time.perf_counter() - start
-        return done
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -92,3 +92,16 @@ def test_a_nan_loss_stops_training_before_the_weights_change():
     assert all(torch.equal(ema_before[k], v) for k, v in tr.ema.state_dict().items())
     tr.loss_on = real_loss  # the run goes on from its last good step
     assert tr.fit(steps=1)[-1]["step"] == 3
+
+
+def test_on_end_says_how_each_fit_call_ended():
+    tr = trainer(pixels(), rows())
+    ends = []
+    tr.on("on_end", lambda t, event: ends.append((event["step"], event["steps"], type(event["error"]).__name__)))
+    tr.fit(steps=2)
+    tr.fit(steps=0)
+    real_loss = tr.loss_on
+    tr.loss_on = lambda *batch: tuple(v * float("nan") for v in real_loss(*batch))
+    with pytest.raises(FloatingPointError):
+        tr.fit(steps=1)
+    assert ends == [(2, 2, "NoneType"), (2, 0, "NoneType"), (2, 0, "FloatingPointError")]
