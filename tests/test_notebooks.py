@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from gmem_explore import bank_figures
 from gmem_explore import notebook as nbh
 from gmem_explore import notebook_remix as remix
 from gmem_explore import notebook_train as nbt
@@ -121,9 +122,9 @@ def test_explorer_on_a_subsampled_map_only_selects_mapped_rows(pipe):
 
 
 def test_bank_figures_and_neighbour_agreement(pipe, tiny_bank):
-    fig = nbh.frequency_figure(tiny_bank)
+    fig = bank_figures.frequency_figure(tiny_bank)
     assert len(fig.axes) == 2 and nbh.figure_png(fig).startswith(b"\x89PNG")
-    agreement = nbh.neighbour_agreement(tiny_bank, k=3)
+    agreement = bank_figures.neighbour_agreement(tiny_bank, k=3)
     assert set(agreement) == {"a", "b", "c"}
     for score, chance, count in agreement.values():
         assert 0 <= score <= 1 and 0 < chance < 1 and count in (6, 7)
@@ -131,10 +132,10 @@ def test_bank_figures_and_neighbour_agreement(pipe, tiny_bank):
     centres = torch.eye(16)[:3]
     clustered = type(tiny_bank)(centres[torch.arange(12) % 3] + 0.01 * torch.randn(12, 16), labels=torch.arange(12) % 3,
                                 label_names=["x", "y", "z"])
-    assert all(score == 1.0 for score, _, _ in nbh.neighbour_agreement(clustered, k=3).values())
-    assert nbh.group_similarity_figure(clustered).axes
+    assert all(score == 1.0 for score, _, _ in bank_figures.neighbour_agreement(clustered, k=3).values())
+    assert bank_figures.group_similarity_figure(clustered).axes
     with pytest.raises(ValueError, match="labels"):
-        nbh.neighbour_agreement(type(tiny_bank)(torch.randn(4, 16)))
+        bank_figures.neighbour_agreement(type(tiny_bank)(torch.randn(4, 16)))
 
 
 def test_swap_changes_only_the_edited_copy(pipe):
@@ -312,8 +313,10 @@ def kernel_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("gmem-cache")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_fast_mode(path, kernel_cache, monkeypatch, tmp_path):
+def run_notebook(path, kernel_cache, monkeypatch, tmp_path, settings: dict | None = None):
+    """Execute a notebook in fast mode on the embedded default; `settings` NAME -> value are typed over the
+    notebook's `NAME = ...` lines, as a user edits them. Returns the executed notebook, after checking no cell
+    failed."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -327,19 +330,41 @@ def test_notebook_runs_in_fast_mode(path, kernel_cache, monkeypatch, tmp_path):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     book = nbformat.read(path, as_version=4)
+    for cell in book.cells:
+        for name, value in (settings or {}).items():
+            cell.source = re.sub(rf"^{name} = \S+", f"{name} = {value}", cell.source, flags=re.M)
     client = NotebookClient(book, timeout=240, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    return book
+
+
+def printed_by(book) -> str:
+    return "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_fast_mode(path, kernel_cache, monkeypatch, tmp_path):
+    book = run_notebook(path, kernel_cache, monkeypatch, tmp_path)
     images = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} displayed no picture"
-    printed = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs
-                      if o.output_type == "stream")
+    printed = printed_by(book)
     if path.stem == "02_remix":  # the mixing figure's images share one seed, said under it
         assert re.search(r"every image: seed \d+, \d+ \w+ steps", printed)
     if path.stem == "03_finetune":  # the measuring cell prints one line per model
         assert re.search(r"default +FD +[\d.]+ +near copies", printed) and re.search(r"fine-tuned +FD +[\d.]+", printed)
+
+
+def test_bank_explorer_notebook_runs_on_a_bank_alone(kernel_cache, monkeypatch, tmp_path):
+    """BANK_ONLY = True (the released bank on a laptop: no model loaded): every cell runs, the explorer selects and
+    shows neighbours, and Generate says a model is needed instead of failing."""
+    book = run_notebook(ROOT / "notebooks" / "01_bank_explorer.ipynb", kernel_cache, monkeypatch, tmp_path,
+                        {"BANK_ONLY": "True"})
+    printed = printed_by(book)
+    assert "rows selected; nearest neighbours of row" in printed and "generated rows" not in printed
 
 
 def test_strip_script_removes_outputs(tmp_path):
