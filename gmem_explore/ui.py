@@ -90,7 +90,8 @@ def load_failure(e: Exception) -> str:
 def load_checkpoint(ctx: AppContext, session: Session, name: str, path: str):
     """Switch this session to another checkpoint; on failure the session keeps its current model, and the
     message says which one."""
-    target = (path or "").strip() or (name or "").strip()
+    # a dropdown with custom values passes on whatever an API client sends (4.0, a list): only text names a checkpoint
+    target = (path.strip() if isinstance(path, str) else "") or (name.strip() if isinstance(name, str) else "")
     if not target:
         raise gr.Error("Choose a checkpoint name or type a local checkpoint folder.")
     from .hub import available

@@ -14,6 +14,7 @@ from .bank import normalize
 from .bankmap import embed_2d, is_cached, scatter_figure, uniform_frequency
 from .ui_common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, step_progress,
                         thumbnails, upscale)
+from .ui_files import RAW_INPUTS
 
 PAGE_SIZE = 48
 SHOW_SELECTED = 48  # thumbnails shown for a box selection (the most frequent rows first)
@@ -79,6 +80,16 @@ def map_coords(ctx: AppContext, session: Session, method: str):
     return coords, idx, note
 
 
+def ring_row(row, rows: int) -> int | None:
+    """The row to ring on the map: the row box's value when it is a row of the bank, else None (the box may hold
+    anything an API client sends; 2**64 made torch raise an OverflowError)."""
+    try:
+        number = float(row)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) and 0 <= number < rows else None
+
+
 def box_mask(coords: torch.Tensor, box) -> torch.Tensor:
     """Points inside a box given in percent of the map's extent: (x from, x to, y from, y to)."""
     x0, x1, y0, y1 = [as_float(v, "box edge", 0.0, 100.0) / 100 for v in box]
@@ -92,6 +103,8 @@ def box_mask(coords: torch.Tensor, box) -> torch.Tensor:
 def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, x1, y0, y1, row=None):
     """(figure, selected thumbnails, selected rows, summary) for the map with a box selection."""
     bank = ctx.bank(session)
+    if color_by not in COLOR_BY:
+        raise UserError(f"Unknown colouring {color_by!r}; choose one of {', '.join(COLOR_BY)}")
     coords, idx, note = map_coords(ctx, session, method)
     inside = box_mask(coords, (x0, x1, y0, y1))
     selected = idx[inside]
@@ -116,8 +129,9 @@ def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, 
     # blob); only the row shown in the details is ringed
     keep = inside if not bool(inside.all()) else None
     highlight = torch.zeros(0, dtype=torch.long)
-    if isinstance(row, (int, float)) and math.isfinite(row):
-        highlight = (idx == int(row)).nonzero().flatten()
+    ringed = ring_row(row, len(bank))
+    if ringed is not None:
+        highlight = (idx == ringed).nonzero().flatten()
     subsample = f" (a random {len(idx):,} of {len(bank):,} rows)" if len(idx) < len(bank) else ""
     fig = scatter_figure(coords, colour, bank.label_names if color_by == "group" else None,
                          highlight=highlight, selected=keep,
@@ -277,21 +291,26 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     map_inputs = [state, method, color, x0, x1, y0, y1, row]
     map_outputs = [plot, selection, selected_rows, summary]
     draw_map = ctx.model_call(on_map)
-    draw.click(draw_map, map_inputs, map_outputs, api_name="bank_map", **ctx.model_queue)
+    # RAW_INPUTS on the events an API client can call: the handlers check every value (as_int, as_float, the
+    # choices); gradio's own checks answered "4", None or NaN with "Could not preprocess input component at index 7
+    # (a `number` component) of the event handler ..." (and 2**64 reached the handler)
+    draw.click(draw_map, map_inputs, map_outputs, api_name="bank_map", **RAW_INPUTS, **ctx.model_queue)
     for control in (method, color):
-        control.change(draw_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
+        control.change(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS, **ctx.model_queue)
     for slider in (x0, x1, y0, y1):
-        slider.release(draw_map, map_inputs, map_outputs, api_visibility="private", **ctx.model_queue)
+        slider.release(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS,
+                       **ctx.model_queue)
     details_outputs = [thumb, row_md, neighbours, neighbour_rows]
     # the map redrawn with its ring on the row just shown; the old map stays up meanwhile (a progress overlay on
     # every thumbnail click blanked it for about a second)
     ring = dict(fn=ctx.model_call(on_ring), inputs=map_inputs, outputs=plot, api_visibility="private",
-                show_progress="hidden", **ctx.model_queue)
+                show_progress="hidden", **RAW_INPUTS, **ctx.model_queue)
     # check first (no outputs), fill only on success: a bad row is one toast, not an error badge per output
-    row.submit(on_check, [state, row], None, api_visibility="private").success(
-        on_details, [state, row], details_outputs, api_name="bank_row").then(**ring)
-    gen_btn.click(on_check, [state, row], None, api_visibility="private").success(
-        ctx.model_call(on_row_generate), [state, row], generations, api_name="bank_row_generate", **ctx.model_queue)
+    row.submit(on_check, [state, row], None, api_visibility="private", **RAW_INPUTS).success(
+        on_details, [state, row], details_outputs, api_name="bank_row", **RAW_INPUTS).then(**ring)
+    gen_btn.click(on_check, [state, row], None, api_visibility="private", **RAW_INPUTS).success(
+        ctx.model_call(on_row_generate), [state, row], generations, api_name="bank_row_generate", **RAW_INPUTS,
+        **ctx.model_queue)
 
     def pick(rows, evt: gr.SelectData):
         return rows[evt.index] if rows and evt.index is not None and evt.index < len(rows) else gr.update()
@@ -304,12 +323,14 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         gal.change(unmark, None, gal, api_visibility="private", queue=False)
 
     page_outputs = [page_gallery, page_rows, page_no, page_md]
-    page_no.submit(on_page, [state, page_no], page_outputs, api_name="bank_page")
+    page_no.submit(on_page, [state, page_no], page_outputs, api_name="bank_page", **RAW_INPUTS)
 
     @friendly
     def on_step(session, page_number, delta):
         pages = max(1, -(-len(ctx.bank(session)) // PAGE_SIZE))
-        current = as_int(page_number, "page", 1, pages) if page_number is not None else 1
+        # the box may name a page the bank no longer has (Reset dropped the rows added on the Swap tab, or another
+        # model was loaded): step from the nearest page there is
+        current = min(as_int(page_number, "page", 1, 10**12), pages) if page_number is not None else 1
         items, rows, number, text = page(ctx, session, min(max(current + delta, 1), pages))
         return short_captions(items), rows, number, text
 

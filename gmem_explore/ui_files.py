@@ -77,6 +77,8 @@ def upload_to_image(upload, size: int | None = None) -> torch.Tensor:
         # before any look at the file: the answer must not tell whether some server path exists
         if not in_upload_folder(path):
             raise UserError(f"{name!r} is not a file uploaded to this app; upload the image again.")
+        if path.is_dir():  # only an API request can name one
+            raise UserError(f"The upload {name!r} is a folder, not an image file; upload an image.")
         if not path.is_file():
             raise UserError(f"The upload {name!r} is no longer on the server; upload it again.")
         if path.stat().st_size > MAX_BYTES:

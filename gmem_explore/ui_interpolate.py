@@ -37,6 +37,14 @@ def endpoint(ctx: AppContext, session: Session, which: str, source: str, row, up
     raise UserError(f"Unknown source {source!r} for {which}; choose one of {ENDPOINT_SOURCES}")
 
 
+def same_snippet(a, b) -> bool:
+    """Whether both ends are one snippet (the same row, or uploads with equal snippets): k identical frames would
+    cost k runs of the sampler and show nothing."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+
+
 def write_gif(frames: torch.Tensor) -> str:
     """Frames forth and back (a seamless loop) as an animated GIF in a fresh temporary folder."""
     images = [upscale(f, GIF_SIZE) for f in frames]
@@ -59,6 +67,10 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
     pipe = ctx.pipeline(session)
     a, a_name = endpoint(ctx, session, "A", a_source, a_row, a_upload)
     b, b_name = endpoint(ctx, session, "B", b_source, b_row, b_upload)
+    if same_snippet(a, b):
+        what = f"both {a_name}" if isinstance(a, int) else "the same image"
+        raise UserError(f"A and B are {what}: all frames would be alike. Pick two different "
+                        f"{'rows' if isinstance(a, int) else 'images'}.")
     weights = torch.linspace(0, 1, k).tolist()
     yield [], None, None, seed, {"status": "starting", "seed": seed}
 

@@ -4,6 +4,11 @@
 The bank file on disk is never written: the first edit copies the bank into the session's gr.State."""
 from __future__ import annotations
 
+import math
+import os
+import shutil
+import threading
+import weakref
 
 import gradio as gr
 import torch
@@ -121,15 +126,34 @@ def row_box(ctx: AppContext, session: Session, row=None) -> dict:
     handlers check the row themselves (as_int names the range)."""
     bank = ctx.bank(session)
     update = row_range(bank, bounded=False)
-    if isinstance(row, (int, float)) and row == row:  # not None, not NaN
-        update["value"] = min(int(row), max(len(bank) - 1, 0))  # a row added here is gone after Reset: the last one
+    if isinstance(row, (int, float)) and math.isfinite(row):  # not None, NaN or inf (int(inf) raised)
+        # a row added here is gone after Reset: the last one
+        update["value"] = min(max(int(row), 0), max(len(bank) - 1, 0))
     return update
 
 
+# The file last written for each bank (the checkpoint's, shared; a session's edited copy) and the edit count it holds.
+# A click used to save the whole bank again (8 MB for emoji-32, ~1 GB for gmem-v1-xl), kept an hour: a script
+# clicking Download filled the server's disk without a single edit or model call.
+_downloads: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_downloads_lock = threading.Lock()
+
+
 def download(ctx: AppContext, session: Session) -> str:
+    """The bank as a .safetensors file: written once per state of the bank (the unedited checkpoint bank once for
+    every session; an edited copy again only after a further edit, replacing its previous file)."""
     bank = ctx.bank(session)
-    path = scratch_path("bank-edited.safetensors" if session.bank is not None else "bank.safetensors")
-    bank.save(path)
+    edits = len(session.edits) if session.bank is not None else 0
+    with _downloads_lock:
+        held = _downloads.get(bank)
+        if held is not None and held[0] == edits and os.path.isfile(held[1]):
+            os.utime(os.path.dirname(held[1]))  # still in use: the scratch folder's hourly cleanup passes it by
+            return held[1]
+        if held is not None:  # the same copy, edited since: its earlier file is out of date
+            shutil.rmtree(os.path.dirname(held[1]), ignore_errors=True)
+        path = scratch_path("bank-edited.safetensors" if session.bank is not None else "bank.safetensors")
+        bank.save(path)
+        _downloads[bank] = (edits, str(path))
     return str(path)
 
 
@@ -217,8 +241,11 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                       **RAW_INPUTS, **model).success(**relabel)
     add_btn.click(ctx.model_call(on_add), [state, upload], [state, row, log], api_name="swap_add", **RAW_INPUTS,
                   **model).success(**relabel)
+    # RAW_INPUTS: compare_row checks the row and steps itself; gradio's checks answered "4" or None with "Could not
+    # preprocess input component at index 2 (a `slider` component) ..."
     compare_btn.click(ctx.model_call(on_compare), [state, row, steps], [before, after], api_name="swap_compare",
-                      **model).success(lambda session, r: compare_note(ctx, session, r), [state, row], note, **quiet)
+                      **RAW_INPUTS, **model).success(lambda session, r: compare_note(ctx, session, r), [state, row],
+                                                     note, **quiet)
     download_btn.click(on_download, state, file_out, api_name="swap_download").success(
         lambda: gr.update(visible=True), None, file_out, **quiet)  # the file box appears once there is a file
     reset_btn.click(on_reset, state, [state, log], api_name="swap_reset").success(

@@ -1,0 +1,145 @@
+"""The app's handlers given what a visitor or an API client (gradio_client sends any JSON) may send, and actions in
+an odd order: each ends in a result or a message in the visitor's words, never a server error or gradio's own
+"Could not preprocess input component ..." text."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import gradio as gr
+import pytest
+from gradio.state_holder import SessionState
+from PIL import Image
+
+from app_tiny import ROWS, tiny_factory
+from conftest import upload_folder
+from gmem_explore import ui_bank, ui_interpolate, ui_swap
+from gmem_explore.ui import build_app, load_checkpoint
+from gmem_explore.ui_common import Limits, friendly
+from gmem_explore.ui_files import upload_to_image
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0, max_images=8, max_frames=12),
+                     use_spaces_gpu=False)
+
+
+@pytest.fixture
+def ctx(demo):
+    return demo.gmem_context
+
+
+@pytest.fixture(scope="module")
+def red():
+    path = upload_folder("edges") / "red.png"
+    Image.new("RGB", (24, 20), (230, 20, 20)).save(path)
+    return str(path)
+
+
+def run_api(demo, name, inputs):
+    """One call of a named endpoint as gradio runs it (its preprocessing included), in a fresh session."""
+    (index,) = [i for i, f in demo.fns.items() if f.api_name == name]
+    return asyncio.run(demo.process_api(index, inputs, state=SessionState(demo), explicit_call=True))["data"]
+
+
+@pytest.mark.parametrize("name, inputs, message", [
+    ("bank_row", [None, "4"], None),  # a number as text, as other endpoints take it
+    ("bank_row", [None, float("nan")], "row must be a finite number"),
+    ("bank_row_generate", [None, "abc"], "row must be a number; got 'abc'"),
+    ("bank_page", [None, "1"], None),
+    ("bank_map", [None, "pca", "group", None, 100, 0, 100, 0], "box edge must be a number; got None"),
+    ("bank_map", [None, "pca", "colour", 0, 100, 0, 100, 0], "Unknown colouring 'colour'"),
+    ("swap_compare", [None, 3, None], "steps must be a number; got None"),
+    ("swap_compare", [None, "3", "2"], None),
+])
+def test_endpoints_check_their_own_inputs(demo, name, inputs, message):
+    """gradio's own checks answered these with "Could not preprocess input component at index 2 (a `slider`
+    component) of the event handler (named "on_compare") ..." (not a gr.Error), while /generate took "4"."""
+    if message is None:
+        assert run_api(demo, name, inputs)
+        return
+    with pytest.raises(gr.Error) as caught:
+        run_api(demo, name, inputs)
+    assert caught.value.message.startswith(message) or message in caught.value.message
+
+
+def test_the_map_rings_only_a_row_of_the_bank(ctx):
+    """The map's ring reads the row box, which an API client may fill with anything: 2**64 raised OverflowError."""
+    s = ctx.new_session()
+    for row in (2**64, -3, ROWS, "x", float("inf")):
+        fig, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, row)
+        assert summary.startswith(f"{ROWS} rows in the box") and len(rows) == ROWS
+    assert ui_bank.ring_row("7", ROWS) == 7 and ui_bank.ring_row(7.5, ROWS) is None
+    assert ui_bank.ring_row(ROWS, ROWS) is None and ui_bank.ring_row(None, ROWS) is None
+
+
+def test_page_buttons_step_into_a_bank_that_shrank(demo, ctx, red):
+    """Add 9 rows on the Swap tab (2 pages), go to page 2, Reset: "◀ previous" said "page must be between 1 and 1;
+    got 2" instead of showing page 1."""
+    (prev_btn,) = [b for b in demo.blocks.values() if isinstance(b, gr.Button) and b.value == "◀ previous"]
+    (step,) = [f for f in demo.fns.values() if f.targets and f.targets[0][0] == prev_btn._id]
+    s = ctx.new_session()
+    for _ in range(9):
+        s, _, _ = ui_swap.add_row(ctx, s, red)
+    assert ui_bank.page(ctx, s, 2)[1] == list(range(48, ROWS + 9))
+    s, _ = ui_swap.reset(ctx, s)
+    items, rows, number, text = step.fn(s, 2)
+    assert number == 1 and rows == list(range(ROWS)) and text.startswith("page 1 of 1")
+
+
+def test_interpolating_one_snippet_into_itself_is_refused(ctx, red):
+    """Both ends the same row (or the same image) cost k sampler runs for k identical frames; the notebook's
+    Interpolator already refuses it."""
+    run = friendly(ui_interpolate.interpolate)
+    s = ctx.new_session()
+    with pytest.raises(gr.Error, match=r"A and B are both row 5 · blue: all frames would be alike\. Pick two "
+                                       r"different rows"):
+        list(run(ctx, s, "bank row", 5, None, "bank row", "5", None, "slerp", 3, 0, False, 1, "euler"))
+    with pytest.raises(gr.Error, match="A and B are the same image: all frames would be alike. Pick two different"):
+        list(run(ctx, s, "uploaded image", 0, red, "uploaded image", 0, red, "lerp", 3, 0, False, 1, "euler"))
+    *_, (items, *_rest) = run(ctx, s, "bank row", 5, None, "bank row", 6, None, "slerp", 3, 0, False, 1, "euler")
+    assert len(items) == 3
+
+
+@pytest.mark.parametrize("name", [4.0, True, ["tiny"]])
+def test_a_checkpoint_name_that_is_not_text_is_a_message(ctx, name):
+    """The dropdown takes custom values, so an API client can send a number or a list: 'float' object has no
+    attribute 'strip' (a server error) before."""
+    with pytest.raises(gr.Error, match="Choose a checkpoint name"):
+        load_checkpoint(ctx, ctx.new_session(), name, None)
+
+
+def test_downloads_write_a_bank_once_per_state(ctx, red):
+    """Every click saved the whole bank into a new folder kept an hour (~1 GB for gmem-v1-xl): a script clicking
+    Download filled the disk without an edit. Now one file per state of a bank: the checkpoint's bank is written
+    once for all sessions, and an edited copy again only after a further edit (its old file goes)."""
+    first, second = ctx.new_session(), ctx.new_session()
+    shared = ui_swap.download(ctx, first)
+    assert ui_swap.download(ctx, second) == shared == ui_swap.download(ctx, first)
+    s, _, _ = ui_swap.replace_row(ctx, ctx.new_session(), red, 2)
+    edited = ui_swap.download(ctx, s)
+    assert edited != shared and ui_swap.download(ctx, s) == edited
+    s, _, _ = ui_swap.add_row(ctx, s, red)
+    newer = ui_swap.download(ctx, s)
+    assert newer != edited and not os.path.exists(edited) and os.path.exists(shared)
+    from gmem_explore import MemoryBank
+
+    assert len(MemoryBank.load(newer)) == ROWS + 1 and len(MemoryBank.load(shared)) == ROWS
+    s, _ = ui_swap.reset(ctx, s)
+    assert ui_swap.download(ctx, s) == shared
+
+
+def test_a_folder_is_not_an_upload():
+    folder = upload_folder("folder-upload")
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        upload_to_image({"path": str(folder), "orig_name": "holiday"})
+
+
+def test_the_swap_row_box_takes_any_number(ctx):
+    """row_box (the box's value after Add, Replace and Reset) raised OverflowError for inf and kept -3."""
+    s = ctx.new_session()
+    assert "value" not in ui_swap.row_box(ctx, s, float("inf"))
+    assert ui_swap.row_box(ctx, s, -3)["value"] == 0
+    assert ui_swap.row_box(ctx, s, 10**30)["value"] == ROWS - 1
+
