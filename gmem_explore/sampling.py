@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -118,6 +119,24 @@ def _model_dtype(model) -> torch.dtype:
         return torch.float32
 
 
+@contextmanager
+def eval_mode(model):
+    """Sampling is inference: a torch module in training mode (build_model's default, before .eval()) applied the
+    snippet dropout on every step, so the same seeds gave other images on every run, and other images than the fast
+    path (which never applies it). Such a module runs in eval mode for the call; every submodule's own flag is
+    restored afterwards. Modules already in eval mode, and plain callables, are left alone."""
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    if not any(training for _, training in modes):
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 @torch.no_grad()
 def sample(
     model: Callable,
@@ -136,6 +155,7 @@ def sample(
 
     fast: route to gmem_explore.fast (same noise, same images within 2% in bf16, 1e-4 in fp32; float32 state):
     None = on for GMemSiT models on CUDA, off elsewhere; True; False; or a precision, "bf16" or "fp32".
+    A torch module left in training mode samples as in eval mode (no snippet dropout; see eval_mode).
     """
     check_method_and_steps(method, steps)
     for name, x in (("noise", noise), ("snippets", snippets)):
@@ -184,23 +204,24 @@ def sample(
 
     sde_noise = draw_sde_noise(generators, n, steps, noise.shape[1:], noise.device) if method == "sde" else None
 
-    x = noise.to(state_dtype)
-    for i in range(steps):
-        t_cur, t_next = float(grid[i]), float(grid[i + 1])
-        dt = t_next - t_cur
-        v = velocity(x, t_cur)
-        denoised = x - t_cur * v
-        if method == "sde":
-            x = x + sde_drift(v, x, t_cur) * dt
-            if i < steps - 1:  # every step but the last adds noise: sqrt(2t) * sqrt(|dt|) * eps
-                x = x + (2.0 * t_cur * abs(dt)) ** 0.5 * sde_noise[:, i].to(state_dtype)
-        else:
-            x_euler = x + dt * v
-            if method == "heun" and i < steps - 1:
-                v_next = velocity(x_euler, t_next)
-                x = x + dt * 0.5 * (v + v_next)
+    with eval_mode(model):
+        x = noise.to(state_dtype)
+        for i in range(steps):
+            t_cur, t_next = float(grid[i]), float(grid[i + 1])
+            dt = t_next - t_cur
+            v = velocity(x, t_cur)
+            denoised = x - t_cur * v
+            if method == "sde":
+                x = x + sde_drift(v, x, t_cur) * dt
+                if i < steps - 1:  # every step but the last adds noise: sqrt(2t) * sqrt(|dt|) * eps
+                    x = x + (2.0 * t_cur * abs(dt)) ** 0.5 * sde_noise[:, i].to(state_dtype)
             else:
-                x = x_euler
-        if callback is not None:
-            callback(StepInfo(i + 1, steps, t_next, x, denoised))
+                x_euler = x + dt * v
+                if method == "heun" and i < steps - 1:
+                    v_next = velocity(x_euler, t_next)
+                    x = x + dt * 0.5 * (v + v_next)
+                else:
+                    x = x_euler
+            if callback is not None:
+                callback(StepInfo(i + 1, steps, t_next, x, denoised))
     return x.float()
