@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from app_tiny import ROWS, tiny_factory, tiny_pipeline
+from app_tiny import ROWS, tiny_demo, tiny_pipeline
 from gmem_explore import MemoryBank, bank_tools
 from gmem_explore.checkpoint import Checkpoint, save_checkpoint
-from gmem_explore.ui import build_app, load_checkpoint
-from gmem_explore.ui_common import RANDOM_SEEDS, Limits, UserError, friendly, spaces_gpu, stopped
+from gmem_explore.ui import load_checkpoint
+from gmem_explore.ui_common import RANDOM_SEEDS, UserError, friendly, spaces_gpu, stopped
 from gmem_explore.ui_files import upload_to_image
 from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
 
@@ -30,8 +30,7 @@ RANDOM, ROW, GROUP, UPLOAD = ui_generate.SOURCES
 
 @pytest.fixture(scope="module")
 def demo():
-    return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0, max_images=8, max_frames=12),
-                     use_spaces_gpu=False)
+    return tiny_demo(max_images=8, max_frames=12)
 
 
 @pytest.fixture

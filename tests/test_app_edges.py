@@ -11,18 +11,17 @@ import pytest
 from gradio.state_holder import SessionState
 from PIL import Image
 
-from app_tiny import ROWS, tiny_factory
+from app_tiny import ROWS, tiny_demo
 from conftest import upload_folder
 from gmem_explore import ui_bank, ui_interpolate, ui_swap
-from gmem_explore.ui import build_app, load_checkpoint
-from gmem_explore.ui_common import Limits, friendly
+from gmem_explore.ui import load_checkpoint
+from gmem_explore.ui_common import friendly
 from gmem_explore.ui_files import upload_to_image
 
 
 @pytest.fixture(scope="module")
 def demo():
-    return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0, max_images=8, max_frames=12),
-                     use_spaces_gpu=False)
+    return tiny_demo(max_images=8, max_frames=12)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import gradio as gr
 import pytest
 import torch
 
-from app_tiny import ROWS, tiny_factory
+from app_tiny import ROWS, tiny_demo, tiny_factory
 from gmem_explore import ui, ui_bank
 from gmem_explore.bankmap import FADED_ALPHA, scatter_figure
 from gmem_explore.ui import build_app, load_checkpoint
@@ -20,7 +20,7 @@ from gmem_explore.ui_common import Limits, UserError
 
 @pytest.fixture(scope="module")
 def demo():
-    return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0), use_spaces_gpu=False)
+    return tiny_demo()
 
 
 @pytest.fixture
