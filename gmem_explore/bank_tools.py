@@ -12,7 +12,6 @@ Everything works in chunks of 65,536 rows, so a memory-mapped fp16 bank is never
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +20,7 @@ from .bank import CHUNK, MemoryBank, normalize
 from .bank_checks import check_snippets
 from .devices import check_device
 from .safefiles import load_tensors, save_tensors
+from .values import is_whole
 
 LOW_RANK_FORMAT = "gmem-explore-lowrank-bank-1"  # MemoryBank.load recognises a compressed file by it
 
@@ -53,10 +53,10 @@ def statistics(bank: MemoryBank, sample: int = 4096, seed: int = 0) -> dict:
     """Size, norms, frequency concentration and how similar rows are (estimated on `sample` random rows, at least
     2: a similarity needs a pair; a bank of fewer rows than `sample` uses them all, and one of a single row has no
     similarity figures)."""
-    if isinstance(sample, bool) or not isinstance(sample, numbers.Integral) or sample < 2:
+    if not is_whole(sample) or sample < 2:
         raise ValueError(f"sample must be a whole number of rows >= 2 (the similarity figures compare pairs of rows; "
                          f"a bank with fewer rows uses all of them); got {sample!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_whole(seed):
         raise ValueError(f"seed must be an integer; got {seed!r}")
     sample = int(sample)
     n, d = len(bank), bank.dim
@@ -102,9 +102,9 @@ def nearest_rows(bank: MemoryBank, queries, k: int = 8, device="cpu", chunk: int
     `queries` are row indices (a list / 1-D integer tensor; each row itself is excluded unless exclude_self is
     False) or snippets (Q, D). On a GPU the bank streams through in chunks (fp16 matmuls when the bank is fp16).
     Broken (NaN / infinite) rows are never returned, so a bank of few usable rows gives fewer than k columns."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+    if not is_whole(k) or k < 1:
         raise ValueError(f"k (how many nearest rows) must be a whole number >= 1; got {k!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+    if not is_whole(chunk) or chunk < 1:
         raise ValueError(f"chunk (rows compared at a time) must be a whole number >= 1; got {chunk!r}")
     device = check_device(device)
     q_tensor = torch.as_tensor(queries)
@@ -209,7 +209,7 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
     its reconstruction (what matters to the model, which renormalises). Frequencies, labels and thumbnails
     are carried over unchanged."""
     n, d = len(bank), bank.dim
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= d:
+    if not is_whole(rank) or not 1 <= rank <= d:
         raise ValueError(f"rank must be an integer in [1, {d}]; got {rank!r}")
     rank = int(rank)
     if not isinstance(coeff_dtype, torch.dtype) or not coeff_dtype.is_floating_point:

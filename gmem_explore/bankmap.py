@@ -17,7 +17,6 @@ then belong to the rows `subsample_indices(len(bank), max_rows, seed)` (sorted),
 from __future__ import annotations
 
 import hashlib
-import numbers
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from .bank import MemoryBank, normalize
 from .safefiles import load_tensors, save_tensors
+from .values import is_whole
 
 METHODS = ("umap", "pca")
 UMAP_PARAMS = {"n_neighbors": 15, "min_dist": 0.1}
@@ -117,7 +117,7 @@ def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000,
         raise ValueError(f"Unknown map method {method!r}; choose one of {METHODS}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
         raise ValueError(f"max_rows must be an integer >= 2; got {max_rows!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_whole(seed):
         raise ValueError(f"seed must be an integer; got {seed!r}")
     seed = int(seed)
     rows, idx, chosen, method, params, path = _plan(bank, method, cache_dir, max_rows, seed)

@@ -30,11 +30,11 @@ nearest neighbours are found a chunk of samples at a time.
 """
 from __future__ import annotations
 
-import numbers
 
 import torch
 
 from .metrics import features_of, frechet_distance, nearest_training, precision_recall, same_dim
+from .values import is_whole
 
 # emoji-32's encoder: samples from training rows lie at median cosine 0.996 to a training emoji, samples from
 # unseen emojis' snippets at 0.86 on average to their source (quality.md); 0.95 separates the two
@@ -82,7 +82,7 @@ def compare(sample_features, reference_features, seed: int = 0) -> dict:
     if samples.shape[1] != reals.shape[1]:
         raise ValueError(f"samples have {samples.shape[1]} features and references {reals.shape[1]}: encode both "
                          f"with the same encoder")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_whole(seed):
         raise ValueError(f"seed must be an integer; got {seed!r}")
     g = torch.Generator().manual_seed(int(seed))
     floor_size = min(len(samples), len(reals) // 2)  # >= 2: check_features asks for 4 references or more
@@ -111,9 +111,9 @@ def nearest_pairs(sample_images, reference_images, sample_features, reference_fe
     """uint8 (min(count, samples), H, 2W + 2, 3): `count` samples picked at random (seeded), each beside its nearest
     reference image (a 2-pixel white gap between them; references of another size resized to the samples'), ordered
     from the closest pair down: what the samples look like and how near the real images they come."""
-    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+    if not is_whole(count) or count < 1:
         raise ValueError(f"count (how many pairs) must be a whole number >= 1; got {count!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_whole(seed):
         raise ValueError(f"seed must be an integer; got {seed!r}")
     sample_features = features_of(sample_features, "the sample features")
     reference_features = features_of(reference_features, "the reference features")

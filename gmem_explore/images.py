@@ -7,13 +7,14 @@ first frame, and images too small or too large to be sensible are refused before
 from __future__ import annotations
 
 import io
-import numbers
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .values import is_whole
 
 MAX_PIXELS = 40_000_000  # about 6300 x 6300; a decompression bomb beyond this is refused, not decoded
 MAX_BYTES = 50 * 1024 * 1024  # uploads larger than 50 MB are refused
@@ -145,7 +146,7 @@ def check_size(size, allow_none: bool = False):
     """The side in pixels an image is resized to: a whole number in [1, MAX_SIZE] (None keeps sizes when allowed)."""
     if size is None and allow_none:
         return None
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size <= MAX_SIZE:
+    if not is_whole(size) or not 1 <= size <= MAX_SIZE:
         keep = " (or None to keep the images' own size)" if allow_none else ""
         raise ValueError(f"size must be a whole number of pixels in [1, {MAX_SIZE}]{keep}, the side the images are "
                          f"resized to (the model's input size, e.g. 32 or 256); got {size!r}")

@@ -22,6 +22,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .devices import check_device
 from .sampling import StepInfo, check_guidance, check_method_and_steps, initial_noise, make_generators, sample
 from .viz import image_grid, to_pil
+from .values import is_whole
 
 CHOICES = ("noise", "frequency", "uniform")
 MAX_SEED = 2**63 - 1
@@ -82,7 +83,7 @@ def is_row_number(x) -> bool:
     """A bank row given as a number (Python, NumPy or 0-d tensor integer), not a snippet vector."""
     if isinstance(x, torch.Tensor):
         return x.ndim == 0 and not x.is_floating_point() and x.dtype != torch.bool
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return is_whole(x)
 
 
 def resolve_snippet(pipe: "GMemPipeline", x) -> tuple[int | None, torch.Tensor]:
@@ -302,7 +303,7 @@ class GMemPipeline:
 
         `mix`: how snippets are blended (lerp, slerp, concat, mask); every other keyword goes to generate(), so
         `method` and `steps` choose the sampler as they do there. The settings record the mix and the endpoints."""
-        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+        if is_whole(k):
             k = int(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 256:
             raise ValueError(f"k (number of frames) must be an integer in [2, 256]; got {k!r}")

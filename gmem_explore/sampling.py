@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .values import is_whole
+
 METHODS = ("sde", "euler", "heun")
 MAX_STEPS = 5000  # beyond this a typo is likelier than a wish; 250 is the released setting
 SDE_LAST_T = 0.04  # the released SDE grid stops its noisy steps here
@@ -64,8 +66,8 @@ def evaluations(method: str, steps: int) -> int:
 def check_method_and_steps(method: str, steps) -> None:
     if method not in METHODS:
         raise ValueError(f"Unknown sampler {method!r}; choose one of {METHODS}")
-    # numbers.Integral: a NumPy integer (np.int64 from an array of settings) is an integer too
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
+    # is_whole: a NumPy integer (np.int64 from an array of settings) is an integer too
+    if not is_whole(steps) or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}]; got {steps!r} (the released SDE uses 250)")
 
 

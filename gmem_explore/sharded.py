@@ -16,7 +16,6 @@ the .npz), over gloo, so no GPU-to-GPU link is needed and CPU runs (the tests) u
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from PIL import Image, PngImagePlugin
 from .devices import check_device
 from .safefiles import atomic_path, write_bytes_atomic
 from .sampling import check_guidance
+from .values import is_whole
 
 PRECISIONS = ("tf32", "fp32", "bf16")
 
@@ -204,14 +204,11 @@ def check_run_arguments(out_dir, num, base_seed, batch_size, method, steps, choo
     from .pipeline import CHOICES, MAX_SEED
     from .sampling import check_method_and_steps
 
-    def whole(x) -> bool:
-        return not isinstance(x, bool) and isinstance(x, numbers.Integral)
-
-    if not whole(num) or num < 1:
+    if not is_whole(num) or num < 1:
         raise ValueError(f"num must be a positive number of images; got {num!r}")
-    if not whole(batch_size) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images per batch; got {batch_size!r}")
-    if not whole(base_seed) or not 0 <= base_seed <= MAX_SEED - (num - 1):
+    if not is_whole(base_seed) or not 0 <= base_seed <= MAX_SEED - (num - 1):
         raise ValueError(f"base_seed must be an integer >= 0 with base_seed + num - 1 <= 2^63 - 1 (image i uses seed "
                          f"base_seed + i); got {base_seed!r}")
     if method is not None or steps is not None:  # the checkpoint's defaults are checked once it has loaded
