@@ -16,6 +16,7 @@ from .bank_checks import (CHUNK, as_labels, as_thumbnails, check_bank_rows, chec
                           check_metadata, check_noise, check_snippets, missing_extra_message, refuse_meta, row_indices,
                           rows_spoiled_by_cast, spoiled_rows_message)
 from .safefiles import load_tensors, save_tensors
+from .values import as_whole
 
 MIX_METHODS = ("lerp", "slerp", "concat", "mask")
 CHOOSE_STRATEGIES = ("frequency", "uniform")
@@ -77,7 +78,7 @@ def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", 
         raise ValueError(f"Unknown mixing method {method!r}; choose one of {MIX_METHODS}")
     if not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"weight must lie in [0, 1]; got {weight}")
-    if method == "mask" and (isinstance(seed, bool) or not hasattr(seed, "__index__")):
+    if method == "mask" and as_whole(seed) is None:
         raise ValueError(f"seed (for the 'mask' mix) must be an integer; got {seed!r}")
     refuse_meta(a, "snippets to mix"), refuse_meta(b, "snippets to mix")
     a, b = torch.as_tensor(a), torch.as_tensor(b)
@@ -190,7 +191,7 @@ class MemoryBank:
         freq."""
         if strategy not in CHOOSE_STRATEGIES:
             raise ValueError(f"Unknown choice strategy {strategy!r}; choose one of {CHOOSE_STRATEGIES} (or use from_noise)")
-        if isinstance(n, bool) or not hasattr(n, "__index__") or int(n) < 0:
+        if as_whole(n) is None or as_whole(n) < 0:
             raise ValueError(f"choose needs a whole number of rows n >= 0; got {n!r}")
         n = int(n)
         if len(self) == 0:
@@ -213,7 +214,7 @@ class MemoryBank:
         Chunked so that 640,000 rows never need a second full-size copy in float32; any chunk >= 1 gives the same
         answer."""
         query = normalize(check_snippets(query, self.dim, "query"))
-        if isinstance(chunk, bool) or not hasattr(chunk, "__index__") or int(chunk) < 1:
+        if (as_whole(chunk) or 0) < 1:
             raise ValueError(f"nearest needs chunk >= 1 (rows compared at a time); got {chunk!r}")
         if len(self) == 0:
             raise ValueError("nearest: the bank is empty; add rows first")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .autoencoders import from_uint8
+from .values import as_whole
 
 
 def encoder_from_config(cfg: dict, state: dict):
@@ -92,7 +93,7 @@ class ConvEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 256) -> torch.Tensor:
-        if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or int(batch_size) < 1:
+        if (as_whole(batch_size) or 0) < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         batch_size = int(batch_size)
         x = to_model_input(images, self.image_size)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .values import as_whole
+
 # depth, hidden size, heads: the SiT / DiT size table.
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 PATCHES = (2, 4, 8)
@@ -42,8 +44,7 @@ class ModelConfig:
     def __post_init__(self):
         sizes = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "snippet_dim",
                  "encoder_depth", "projector_dim", "repa_dim")
-        wrong = [f"{k}={getattr(self, k)!r}" for k in sizes if isinstance(getattr(self, k), bool)
-                 or not hasattr(getattr(self, k), "__index__") or int(getattr(self, k)) < 1]
+        wrong = [f"{k}={getattr(self, k)!r}" for k in sizes if (as_whole(getattr(self, k)) or 0) < 1]
         if wrong:  # 0 would divide by zero below, a float fails deep in torch
             raise ValueError(f"Invalid model config: {', '.join(wrong)}; sizes must be positive integers")
         for k in sizes:  # NumPy integers as plain ints, so the config saves as JSON

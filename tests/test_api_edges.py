@@ -10,6 +10,8 @@ from PIL import Image
 
 from gmem_explore import GMemPipeline, MemoryBank, build_model, index_from_noise, mix, normalize
 from gmem_explore.encoders import ConvEncoder
+from gmem_explore.model import ModelConfig
+from gmem_explore.viz import image_grid
 from gmem_explore.images import ImageError, as_uint8_batch, load_rgb
 from gmem_explore.sampling import check_guidance, sample
 
@@ -320,3 +322,27 @@ def test_grids_refuse_scales_and_rows_that_are_not_whole_numbers():
         to_pil(images, scale=0)
     with pytest.raises(ValueError, match="nrow is the number of images per row"):
         image_grid(images, nrow=-1)
+
+
+# ---- whole numbers given as 0-d tensors ------------------------------------------------------------------------
+FLOAT_TENSOR = torch.tensor(2.7)  # int() would cut it to 2; it has __index__, which raises when called
+
+
+@pytest.mark.parametrize("call", [
+    lambda bank: bank.choose(FLOAT_TENSOR),
+    lambda bank: bank.nearest(bank.rows[:1], chunk=FLOAT_TENSOR),
+    lambda bank: mix(bank.rows[0], bank.rows[1], 0.5, method="mask", seed=FLOAT_TENSOR),
+    lambda bank: image_grid(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), scale=FLOAT_TENSOR),
+    lambda bank: image_grid(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), nrow=FLOAT_TENSOR),
+    lambda bank: ConvEncoder(16, image_size=8).encode(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), batch_size=FLOAT_TENSOR),
+    lambda bank: ModelConfig(depth=FLOAT_TENSOR, encoder_depth=1),
+], ids=["choose", "nearest_chunk", "mask_seed", "grid_scale", "grid_nrow", "encode_batch", "model_depth"])
+def test_a_float_tensor_is_refused_where_a_whole_number_goes(tiny_bank, call):
+    with pytest.raises(ValueError):
+        call(tiny_bank)
+
+
+def test_integer_tensors_still_count_as_whole_numbers(tiny_bank):
+    assert len(tiny_bank.choose(torch.tensor(3))) == 3
+    assert image_grid(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), nrow=torch.tensor(4), pad=0).size == (32, 8)
+    assert ModelConfig(depth=np.int64(2), encoder_depth=torch.tensor(1)).depth == 2
