@@ -100,10 +100,49 @@ def _plan(bank, method, cache_dir, max_rows, seed):
     return rows, idx, chosen, method, params, path
 
 
+def _check_arguments(method, max_rows, seed) -> int:
+    """The seed as an int, after the checks embed_2d and is_cached share (is_cached answers for the same call)."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown map method {method!r}; choose one of {METHODS}")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
+        raise ValueError(f"max_rows must be an integer >= 2; got {max_rows!r}")
+    if not is_whole(seed):
+        raise ValueError(f"seed must be an integer; got {seed!r}")
+    return int(seed)
+
+
+def _cached_coords(path: Path | None, rows: int, warn: bool) -> torch.Tensor | None:
+    """The coordinates stored at `path` when the file is this map's, else None (no file, or one not to trust).
+
+    Trusted only when the file says it is this map (its key: a file copied or renamed from another bank's is not)
+    and holds what a fit returns: float32, one finite point per mapped row. A file that is there but fails this
+    (truncated by a full disk, written by another version) is refitted and overwritten; with `warn` it is named,
+    so a map that takes a minute instead of milliseconds is explained."""
+    if path is None or not path.is_file():
+        return None
+    key = path.stem.split("-", 1)[1]
+    try:
+        tensors, meta = load_tensors(path, mmap=False)
+        coords = tensors["coords"]
+        if (meta.get("key") == key and coords.shape == (rows, 2) and coords.dtype == torch.float32
+                and bool(torch.isfinite(coords).all())):
+            return coords
+        why = ("it was written for another bank (copied or renamed)" if meta.get("key") != key else
+               f"it holds {tuple(coords.shape)} {coords.dtype} coordinates, not ({rows}, 2) finite float32 ones")
+    except Exception as e:  # noqa: BLE001 - any file we cannot read is a cache miss, never a failed map
+        why = f"it cannot be read ({type(e).__name__}: {str(e).replace(str(path), 'the file')[:200]})"
+    if warn:
+        warnings.warn(f"ignoring the bank-map cache file {path}: {why}; the map is fitted again and the file "
+                      f"rewritten", stacklevel=3)
+    return None
+
+
 def is_cached(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000, seed: int = 0) -> bool:
-    """Whether embed_2d with these arguments would read its cache instead of fitting (UMAP takes a while)."""
-    path = _plan(bank, method, cache_dir, max_rows, seed)[-1]
-    return path is not None and path.is_file()
+    """Whether embed_2d with these arguments would read its cache instead of fitting (UMAP takes a while): a cache
+    file that embed_2d would not trust (damaged, or another map's) counts as not cached."""
+    seed = _check_arguments(method, max_rows, seed)
+    _, idx, _, _, _, path = _plan(bank, method, cache_dir, max_rows, seed)
+    return _cached_coords(path, len(idx), warn=False) is not None
 
 
 def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000, seed: int = 0,
@@ -112,27 +151,14 @@ def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000,
 
     `bank` is a MemoryBank or an (N, D) float matrix. cache_dir=None uses the default cache, False disables it.
     Banks with fewer than 32 rows are mapped with PCA whatever the method (UMAP needs a neighbourhood).
+    A cache file that cannot be trusted is refitted with a warning that names it.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown map method {method!r}; choose one of {METHODS}")
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
-        raise ValueError(f"max_rows must be an integer >= 2; got {max_rows!r}")
-    if not is_whole(seed):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
-    seed = int(seed)
+    seed = _check_arguments(method, max_rows, seed)
     rows, idx, chosen, method, params, path = _plan(bank, method, cache_dir, max_rows, seed)
+    coords = _cached_coords(path, len(idx), warn=True)
+    if coords is not None:
+        return (coords, idx) if return_indices else coords
     key = None if path is None else path.stem.split("-", 1)[1]
-    if path is not None and path.is_file():
-        try:
-            tensors, meta = load_tensors(path, mmap=False)
-            coords = tensors["coords"]
-            # trusted only when it says it is this map (a file copied or renamed from another bank's is not) and
-            # holds what a fit returns: float32, one finite point per row
-            if (meta.get("key") == key and coords.shape == (len(idx), 2) and coords.dtype == torch.float32
-                    and bool(torch.isfinite(coords).all())):
-                return (coords, idx) if return_indices else coords
-        except (ValueError, OSError, KeyError):
-            pass  # a damaged cache file is simply refitted and rewritten
 
     x = normalize(chosen)
     bad = ~torch.isfinite(x).all(dim=1)

@@ -42,7 +42,8 @@ def test_damaged_cache_file_is_refitted(tmp_path):
     coords = embed_2d(bank, "pca", cache_dir=tmp_path)
     (path,) = tmp_path.glob("pca-*.safetensors")
     path.write_bytes(b"garbage")
-    assert torch.allclose(embed_2d(bank, "pca", cache_dir=tmp_path), coords)
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert torch.allclose(embed_2d(bank, "pca", cache_dir=tmp_path), coords)
 
 
 def test_pca_separates_scaled_clusters():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from gmem_explore.bank import MemoryBank
 from gmem_explore.bank_tools import LowRankBank, compress, nearest_rows, statistics
-from gmem_explore.bankmap import _plan, embed_2d, pca_2d
+from gmem_explore.bankmap import _plan, embed_2d, is_cached, pca_2d
 from gmem_explore.data import image_files, load_digits, load_folder, load_twemoji, read_image_files
 from gmem_explore.evaluation import compare, nearest_pairs
 from gmem_explore.metrics import frechet_distance, knn_accuracy, nearest_training, precision_recall
@@ -182,9 +182,13 @@ def test_a_map_cache_copied_from_another_bank_is_not_trusted(tmp_path):
     embed_2d(a, "pca", cache_dir=tmp_path)
     path_a, path_b = _plan(a, "pca", tmp_path, 50_000, 0)[-1], _plan(b, "pca", tmp_path, 50_000, 0)[-1]
     shutil.copy(path_a, path_b)  # a cache folder copied between machines, a file renamed by hand
-    assert torch.allclose(embed_2d(b, "pca", cache_dir=tmp_path), pca_2d(torch.nn.functional.normalize(b, dim=1)))
+    assert not is_cached(b, "pca", cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="another bank"):
+        assert torch.allclose(embed_2d(b, "pca", cache_dir=tmp_path), pca_2d(torch.nn.functional.normalize(b, dim=1)))
     save_tensors(path_b, {"coords": torch.full((10, 2), float("nan"))}, {"key": path_b.stem.split("-", 1)[1]})
-    coords = embed_2d(b, "pca", cache_dir=tmp_path)
+    assert not is_cached(b, "pca", cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="not \\(10, 2\\) finite float32"):
+        coords = embed_2d(b, "pca", cache_dir=tmp_path)
     assert torch.isfinite(coords).all() and coords.dtype == torch.float32
 
 
