@@ -17,7 +17,8 @@ from .ui_common import (AppContext, Session, UserError, as_int, friendly, hidden
                         row_range, step_progress, upscale)
 from .ui_files import RAW_INPUTS, encode_upload, image_upload, scratch_path
 
-MAX_EDITS = 1000  # rows a session may add; beyond this a script (gmem build-bank) is the right tool
+MAX_EDITS = 1000  # edits (replaced and added rows) a session may make; beyond this a script (gmem build-bank) is
+# the right tool. Replacements count too: each adds a line to the session's edit log, kept for the session's hour.
 UPLOAD_GROUP = "your upload"  # the group of a row replaced or added here: its old group no longer describes it
 
 
@@ -47,8 +48,16 @@ def upload_label(bank) -> int | None:
     return bank.label_names.index(UPLOAD_GROUP)
 
 
+def check_edit_limit(session: Session) -> None:
+    """Refuse an edit beyond MAX_EDITS, before any work (decoding the upload, copying the bank)."""
+    if len(session.edits) >= MAX_EDITS:
+        raise UserError(f"This session already made {MAX_EDITS} edits, the limit; download the bank and build larger "
+                        f"banks with a script (gmem build-bank), or press Reset to start again from the original.")
+
+
 def replace_row(ctx: AppContext, session: Session, upload, row):
     pipe = ctx.pipeline(session)
+    check_edit_limit(session)
     r = as_int(row, "row", 0, len(pipe.bank) - 1)
     snippet, thumb = encode_upload(pipe, upload)
     bank = ctx.private_bank(session)  # copy-on-first-edit: the file stays as it is
@@ -61,9 +70,7 @@ def replace_row(ctx: AppContext, session: Session, upload, row):
 
 def add_row(ctx: AppContext, session: Session, upload):
     pipe = ctx.pipeline(session)
-    if len(session.edits) >= MAX_EDITS:
-        raise UserError(f"This session already made {MAX_EDITS} edits; download the bank and build larger banks "
-                        f"with a script.")
+    check_edit_limit(session)
     snippet, thumb = encode_upload(pipe, upload)
     bank = ctx.private_bank(session)  # copy-on-first-edit: the file stays as it is
     label = upload_label(bank)
