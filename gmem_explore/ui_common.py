@@ -258,6 +258,10 @@ RANDOM_SEEDS = 1_000_000  # random seeds stay below this: at most 6 digits fit a
 
 
 def pick_seed(seed, randomize: bool) -> int:
+    """A random seed when the "Random seed" box is ticked, else the seed box's. The box must send a real bool: an API
+    client's "false" is a truthy string, and it used to draw a random seed where the client asked for its own."""
+    if not isinstance(randomize, bool):
+        raise UserError(f"Random seed must be true or false; got {randomize!r}")
     return secrets.randbelow(RANDOM_SEEDS) if randomize else as_int(seed, "seed", 0, MAX_SEED)
 
 
