@@ -1,13 +1,22 @@
-"""A tiny pipeline with a toy snippet encoder, for the app's tests (8x8 images, 16-d snippets, 40 bank rows).
+"""A tiny pipeline with a toy snippet encoder, for the app's tests (8x8 images, 16-d snippets, 40 bank rows), and
+the fixtures those tests share: `demo` (the app on it), `ctx` (its AppContext), `pictures` (uploads) and `red`.
+A test module takes the fixtures with `pytest_plugins = ["app_tiny"]` (one definition for test_app,
+test_app_edges and test_ui_bank_panel; tests/conftest.py stays the tiny models' own). PYTEST_DONT_REWRITE: this
+module has no asserts to rewrite, and the test modules import it before pytest loads it as a plugin, which
+otherwise warns "Module already imported so cannot be rewritten".
 
 The toy encoder is a fixed random projection of the image shrunk to 8x8: deterministic, and different images
 give different snippets, which is all the app's tests need from an encoder."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from conftest import TINY, randomize
+from conftest import TINY, randomize, upload_folder
 from gmem_explore import GMemPipeline, MemoryBank, build_model
 from gmem_explore.autoencoders import PixelSpace
 
@@ -67,3 +76,36 @@ def tiny_demo(**limits):
     from gmem_explore.ui_common import Limits
 
     return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0, **limits), use_spaces_gpu=False)
+
+
+# ---- fixtures (pytest_plugins = ["app_tiny"]) -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo():
+    """One app per test module: at most 8 images and 12 frames a request, so a limit is quick to reach."""
+    return tiny_demo(max_images=8, max_frames=12)
+
+
+@pytest.fixture
+def ctx(demo):
+    return demo.gmem_context
+
+
+@pytest.fixture(scope="module")
+def pictures() -> dict[str, str]:
+    """Uploads by name: red and blue 24x20 images, a fully transparent PNG and a file that only starts like a PNG.
+    They lie in gradio's upload folder, as uploads do: the app reads nothing outside it."""
+    folder = upload_folder("pictures")
+    paths = {}
+    for name, colour in (("red", (230, 20, 20)), ("blue", (20, 20, 230))):
+        paths[name] = str(folder / f"{name}.png")
+        Image.new("RGB", (24, 20), colour).save(paths[name])
+    paths["transparent"] = str(folder / "transparent.png")
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(paths["transparent"])
+    paths["broken"] = str(folder / "broken.png")
+    Path(paths["broken"]).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def red(pictures) -> str:
+    return pictures["red"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app_tiny import ROWS, tiny_demo, tiny_pipeline
+from app_tiny import ROWS, tiny_pipeline
 from gmem_explore import MemoryBank, bank_tools
 from gmem_explore.checkpoint import Checkpoint, save_checkpoint
 from gmem_explore.ui import load_checkpoint
@@ -24,33 +24,9 @@ from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
 
 from conftest import free_port, upload_folder
 
+pytest_plugins = ["app_tiny"]  # the demo, ctx and pictures fixtures
 ROOT = Path(__file__).resolve().parents[1]
 RANDOM, ROW, GROUP, UPLOAD = ui_generate.SOURCES
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return tiny_demo(max_images=8, max_frames=12)
-
-
-@pytest.fixture
-def ctx(demo):
-    return demo.gmem_context
-
-
-@pytest.fixture(scope="module")
-def pictures():
-    folder = upload_folder("pictures")  # as if uploaded: the app reads nothing outside gradio's upload folder
-    paths = {}
-    for name, colour in (("red", (230, 20, 20)), ("blue", (20, 20, 230))):
-        paths[name] = str(folder / f"{name}.png")
-        Image.new("RGB", (24, 20), colour).save(paths[name])
-    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
-    paths["transparent"] = str(folder / "transparent.png")
-    rgba.save(paths["transparent"])
-    paths["broken"] = str(folder / "broken.png")
-    Path(paths["broken"]).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    return paths
 
 
 def final(gen):

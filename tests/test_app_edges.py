@@ -9,31 +9,15 @@ import os
 import gradio as gr
 import pytest
 from gradio.state_holder import SessionState
-from PIL import Image
 
-from app_tiny import ROWS, tiny_demo
+from app_tiny import ROWS
 from conftest import upload_folder
 from gmem_explore import ui_bank, ui_interpolate, ui_swap
 from gmem_explore.ui import load_checkpoint
 from gmem_explore.ui_common import friendly
 from gmem_explore.ui_files import upload_to_image
 
-
-@pytest.fixture(scope="module")
-def demo():
-    return tiny_demo(max_images=8, max_frames=12)
-
-
-@pytest.fixture
-def ctx(demo):
-    return demo.gmem_context
-
-
-@pytest.fixture(scope="module")
-def red():
-    path = upload_folder("edges") / "red.png"
-    Image.new("RGB", (24, 20), (230, 20, 20)).save(path)
-    return str(path)
+pytest_plugins = ["app_tiny"]  # the demo, ctx and red fixtures
 
 
 def run_api(demo, name, inputs):
@@ -142,3 +126,36 @@ def test_the_swap_row_box_takes_any_number(ctx):
     assert ui_swap.row_box(ctx, s, -3)["value"] == 0
     assert ui_swap.row_box(ctx, s, 10**30)["value"] == ROWS - 1
 
+
+
+def test_replacing_a_row_counts_against_the_edit_limit(ctx, red, monkeypatch):
+    """Add stopped at MAX_EDITS edits, but Replace went on for ever (each one a line more in the session's log): a
+    script could grow a session without limit by replacing row 0 again and again."""
+    monkeypatch.setattr(ui_swap, "MAX_EDITS", 2)
+    s = ctx.new_session()
+    s, _, _ = ui_swap.replace_row(ctx, s, red, 0)
+    s, _, _ = ui_swap.add_row(ctx, s, red)
+    for edit in (lambda: ui_swap.replace_row(ctx, s, red, 1), lambda: ui_swap.add_row(ctx, s, red)):
+        with pytest.raises(gr.Error, match="This session already made 2 edits, the limit; download the bank"):
+            friendly(edit)()
+    assert len(s.edits) == 2 and len(ctx.bank(s)) == ROWS + 1
+    s, _ = ui_swap.reset(ctx, s)  # Reset starts the count again
+    assert ui_swap.replace_row(ctx, s, red, 1)[1] == 1
+
+
+@pytest.mark.parametrize("name, inputs", [
+    ("generate", [None, "random (by frequency)", 0, None, None, 1, 5, "false", 1, "euler", 1.0]),
+    ("swap_generate", [None, "red", 1, 5, "false", 1]),
+    ("interpolate", [None, "bank row", 0, None, "bank row", 1, None, "lerp", 2, 5, "false", 1, "euler"]),
+])
+def test_the_random_seed_box_takes_only_true_or_false(demo, red, name, inputs):
+    """An API client's "false" (or 0, or None) is not False: "false" is a truthy string, so the app drew a random
+    seed where the client had asked for seed 5. Anything but a real bool is a message naming the box."""
+    inputs = [{"path": red, "orig_name": "red.png", "meta": {"_type": "gradio.FileData"}} if v == "red" else v
+              for v in inputs]
+    for value in ("false", 0, None):
+        sent = [value if v == "false" else v for v in inputs]
+        with pytest.raises(gr.Error, match=f"Random seed must be true or false; got {value!r}"):
+            run_api(demo, name, sent)
+    seed_at = {"generate": 1, "swap_generate": 1, "interpolate": 3}[name]
+    assert run_api(demo, name, [False if v == "false" else v for v in inputs])[seed_at] == 5

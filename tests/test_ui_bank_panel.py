@@ -11,21 +11,13 @@ import gradio as gr
 import pytest
 import torch
 
-from app_tiny import ROWS, tiny_demo, tiny_factory
+from app_tiny import ROWS, tiny_factory
 from gmem_explore import ui, ui_bank
 from gmem_explore.bankmap import FADED_ALPHA, scatter_figure
 from gmem_explore.ui import build_app, load_checkpoint
 from gmem_explore.ui_common import Limits, UserError
 
-
-@pytest.fixture(scope="module")
-def demo():
-    return tiny_demo()
-
-
-@pytest.fixture
-def ctx(demo):
-    return demo.gmem_context
+pytest_plugins = ["app_tiny"]  # the demo and ctx fixtures
 
 
 def session_with_freq(ctx, freq):
