@@ -4,6 +4,9 @@ thumbnails of their source images.
 Rows may be stored unnormalised and in fp16 (640,000 x 768 fp16 = 0.98 GB); every snippet handed to a model is
 L2-normalised in float32 at use, as in the released code. Files are safetensors, written atomically and opened
 memory-mapped, so the released bank opens at once and is never held twice.
+
+The arithmetic of single snippets (normalize, mix) lives in snippet_math.py and the checks on inputs in
+bank_checks.py; both are importable from here as before.
 """
 from __future__ import annotations
 
@@ -16,21 +19,16 @@ from .bank_checks import (CHUNK, as_labels, as_thumbnails, check_bank_rows, chec
                           check_metadata, check_noise, check_snippets, missing_extra_message, refuse_meta, row_indices,
                           rows_spoiled_by_cast, spoiled_rows_message)
 from .safefiles import load_tensors, save_tensors
+from .snippet_math import MIX_METHODS, mix, normalize
 from .values import as_whole
 
-MIX_METHODS = ("lerp", "slerp", "concat", "mask")
+# the public names, including those defined in snippet_math.py and importable from here as before
+__all__ = ["CHOOSE_STRATEGIES", "MIX_METHODS", "SAVE_DTYPES", "MemoryBank", "cumulative_frequency", "index_from_noise",
+           "load_bank", "mix", "normalize"]
+
 CHOOSE_STRATEGIES = ("frequency", "uniform")
 # dtypes a bank file may store its rows in: MemoryBank.load reads floating-point rows only
 SAVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise rows in float32; a zero row stays zero instead of becoming NaN. Rows shorter than 1e-12 count
-    as zero too: dividing them by the clamp would give a short non-unit vector, and normalising twice would
-    then change it again (found by tests/test_properties.py)."""
-    x = torch.as_tensor(x).float()
-    norm = x.norm(dim=-1, keepdim=True)
-    return torch.where(norm <= 1e-12, torch.zeros_like(x), x / norm.clamp_min(1e-12))  # NaN rows stay NaN
 
 
 def cumulative_frequency(freq: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -65,57 +63,6 @@ def index_from_noise(noise: torch.Tensor, freq: torch.Tensor | None, num_rows: i
     # answer is the last row that can be drawn, never a trailing row of frequency 0
     last = n - 1 if freq is None else int((freq > 0).nonzero().max())
     return torch.searchsorted(cdf, u.cpu(), right=True).clamp_max(last)
-
-
-def mix(a: torch.Tensor, b: torch.Tensor, weight: float, method: str = "slerp", seed: int = 0) -> torch.Tensor:
-    """Mix two snippets (or two batches of them); weight 0 gives a, 1 gives b; the result has unit norm.
-
-    lerp: straight line; slerp: great circle; concat: the first (1 - weight) of the dimensions from a and the
-    rest from b (weight 0.5 is the v2 code's half-and-half); mask: each dimension from b with probability
-    `weight`, by a seeded random mask.
-    """
-    if method not in MIX_METHODS:
-        raise ValueError(f"Unknown mixing method {method!r}; choose one of {MIX_METHODS}")
-    if not 0.0 <= float(weight) <= 1.0:
-        raise ValueError(f"weight must lie in [0, 1]; got {weight}")
-    if method == "mask" and as_whole(seed) is None:
-        raise ValueError(f"seed (for the 'mask' mix) must be an integer; got {seed!r}")
-    refuse_meta(a, "snippets to mix"), refuse_meta(b, "snippets to mix")
-    a, b = torch.as_tensor(a), torch.as_tensor(b)
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"snippets to mix are vectors (D,) or batches (N, D), not numbers; got shapes "
-                         f"{tuple(a.shape)} and {tuple(b.shape)} (for bank rows: bank.snippets([row]))")
-    for name, x in (("first", a), ("second", b)):  # NaN would pass the zero-norm check below and come out as NaN
-        if not torch.isfinite(x).all():
-            raise ValueError(f"the {name} snippet to mix holds NaN or infinite values; use a bank row or an encoded "
-                             f"image instead")
-    a, b = normalize(a), normalize(b)
-    if a.shape != b.shape:
-        raise ValueError(f"snippets to mix must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
-    w = float(weight)
-    if method == "lerp":
-        out = (1 - w) * a + w * b
-    elif method == "slerp":
-        cos = (a * b).sum(-1, keepdim=True).clamp(-1.0, 1.0)
-        omega = torch.arccos(cos)
-        sin = torch.sin(omega)
-        near = sin.abs() < 1e-6  # parallel vectors: slerp degenerates to lerp
-        safe = torch.where(near, torch.ones_like(sin), sin)
-        out = torch.where(near, (1 - w) * a + w * b,
-                          (torch.sin((1 - w) * omega) * a + torch.sin(w * omega) * b) / safe)
-    elif method == "concat":
-        split = round((1 - w) * a.shape[-1])
-        out = torch.cat([a[..., :split], b[..., split:]], dim=-1)
-    else:
-        g = torch.Generator().manual_seed(int(seed))
-        take_b = torch.rand(a.shape[-1], generator=g) < w
-        out = torch.where(take_b, b, a)
-    if bool((out.norm(dim=-1) < 1e-6).any()):  # e.g. lerp / slerp of opposite snippets at weight 0.5
-        why = ("they point in opposite directions" if method in ("lerp", "slerp")
-               else "every dimension it takes is zero in its snippet")
-        raise ValueError(f"Mixing these snippets by {method} at weight {w} gives the zero vector ({why}), which has "
-                         "no direction to condition on; use another weight or the 'concat' or 'mask' method")
-    return normalize(out)
 
 
 class MemoryBank:
