@@ -32,6 +32,7 @@ from .sampling import check_guidance
 from .values import is_whole
 
 PRECISIONS = ("tf32", "fp32", "bf16")
+BANK_DTYPES = ("fp16", "fp32")  # official.BANK_DTYPES: what a released .pth converts to
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class RunSettings:
     # fingerprints.checkpoint_files of the folder sampled: the name "gmem-v1-xl" stays the same across Hub revisions and
     # --bank-dtype, and a local folder's name across retraining; its files do not
     weights: str = ""
+    # the precision of the bank sampled ("fp16", "fp32": what --bank-dtype converted, or a folder's own) and the Hub
+    # revision of a named checkpoint ("main" unless pinned; None for a local folder or file). The fingerprint differs
+    # too when they do, but only these say which option to pass to resume
+    bank_dtype: str = ""
+    revision: str | None = None
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -105,8 +111,13 @@ def png_info(path) -> dict:
         return json.loads(img.text.get("gmem", "{}"))
 
 
-def count_pngs(out_dir) -> int:
-    return sum(1 for e in os.scandir(out_dir) if e.name.endswith(".png") and not e.name.startswith("."))
+def count_done(out_dir, seeds: list[int]) -> int:
+    """How many of `seeds` have their PNG in out_dir (one directory listing). Only this run's seeds count: a folder
+    that also holds images of an earlier, longer run or of other --seed values showed more than 100%. A killed
+    write leaves a hidden .NAME.png.xxxx.tmp (safefiles.atomic_path), never a .png, so it is neither counted nor
+    skipped on resume."""
+    wanted = {png_path("", s).name for s in seeds}
+    return sum(1 for e in os.scandir(out_dir) if e.name in wanted)
 
 
 def checkpoint_identity(checkpoint) -> str:
@@ -120,39 +131,89 @@ def checkpoint_identity(checkpoint) -> str:
     return str(path.resolve()) if path.exists() else checkpoint
 
 
-def check_settings(out_dir: Path, settings: RunSettings) -> None:
-    """Refuse to resume OUT with other settings than its run.json's."""
+def hub_revision(checkpoint, revision: str | None) -> str | None:
+    """The Hub revision run.json records: for a Hub name, the one asked for ("main" when none); for a local folder or
+    file None, and a revision given for one is refused (resolve_checkpoint would ignore it: a pinned run that is not)."""
+    from .hub import EMBEDDED, HUB, checkpoint_name
+
+    name = checkpoint_name(checkpoint)
+    if name in HUB:
+        return "main" if revision is None else str(revision)
+    if revision is not None:
+        what = "the embedded checkpoint" if name in EMBEDDED else "a local folder or file"
+        raise ValueError(f"revision {revision!r} (--revision) picks a version of a Hub checkpoint ({', '.join(HUB)}); "
+                         f"{checkpoint} is {what}, which has none: drop --revision")
+    return None
+
+
+def bank_dtype_of(folder) -> str:
+    """The precision of a checkpoint folder's bank rows, as --bank-dtype spells it ("fp16", "fp32"), from the file's
+    header alone."""
+    from .safefiles import read_header
+
+    entries, _, _ = read_header(Path(folder) / "bank.safetensors")
+    stored = entries.get("rows", {}).get("dtype", "?")
+    return {"F16": "fp16", "F32": "fp32", "BF16": "bf16", "F64": "fp64"}.get(stored, stored.lower())
+
+
+def check_settings(out_dir: Path, settings: RunSettings) -> bool:
+    """Refuse to resume OUT with other settings than its run.json's. True when run.json is to be (re)written: there
+    is none yet, or it predates a field (then filled in, so that the next resume checks that field too)."""
     record = out_dir / "run.json"
-    if record.is_file():
-        # runs from before a field: guidance_interval had one value; their weights were not recorded (trusted)
-        old = {"guidance_interval": [0.0, 1.0], "weights": settings.weights, **json.loads(record.read_text())}
-        old["checkpoint"] = checkpoint_identity(old.get("checkpoint", ""))  # older runs kept the path as typed
-        if old != asdict(settings):
-            diff = {k: (old.get(k), v) for k, v in asdict(settings).items() if old.get(k) != v}
-            why = (" The checkpoint's files differ from the ones the images were made with: another --revision, "
-                   "--bank-dtype or retrained weights." if "weights" in diff else "")
-            raise ValueError(f"{out_dir} holds images made with other settings {diff} (old, new); resuming would mix "
-                             f"them.{why} Use another --out folder or the same settings.")
+    if not record.is_file():
+        return True
+    recorded = json.loads(record.read_text())
+    # runs from before a field: guidance_interval had one value; weights, bank_dtype and revision were not recorded
+    # (trusted: the images' own were those of this run)
+    new = asdict(settings)
+    old = {"guidance_interval": [0.0, 1.0], "weights": settings.weights, "bank_dtype": settings.bank_dtype,
+           "revision": settings.revision, **recorded}
+    old["checkpoint"] = checkpoint_identity(old.get("checkpoint", ""))  # older runs kept the path as typed
+    if old != new:
+        diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+        hints = []
+        if "revision" in diff and old["revision"] and settings.revision:  # None: not a Hub name (checkpoint differs)
+            hints.append(f" The images were made from Hub revision {old['revision']!r} and this run's is "
+                         f"{settings.revision!r}: resume with --revision {old['revision']} (revision=).")
+        if "bank_dtype" in diff and old["bank_dtype"]:
+            hints.append(f" The images were made with an {old['bank_dtype']} bank and this run's is "
+                         f"{settings.bank_dtype}: resume with --bank-dtype {old['bank_dtype']} (bank_dtype=).")
+        if "weights" in diff and not hints:
+            hints.append(" The checkpoint's files differ from the ones the images were made with: another --revision, "
+                         "--bank-dtype or retrained weights.")
+        raise ValueError(f"{out_dir} holds images made with other settings {diff} (old, new); resuming would mix "
+                         f"them.{''.join(hints)} Use another --out folder or the same settings.")
+    return set(recorded) != set(new)
 
 
-def sample_seeds(pipe, out_dir: Path, seeds: list[int], settings: RunSettings, batch_size: int, num: int,
-                 show_progress: bool) -> int:
-    """Make the images of `seeds` that are not on disk yet; returns how many were written."""
+def sampler_path(precision: str) -> bool | None:
+    """pipe.generate's `fast` for a --precision. tf32 and fp32 name the released sampler's arithmetic (fp32 weights,
+    float64 state; TF32 matmuls or strict), so they must not take the fast path, which generate's default (None)
+    turns on for every CUDA run in bf16: run.json said tf32 while the images were bf16's (0.5% off in the final
+    latents). bf16 keeps the default: the fast path on CUDA (3.6x the released sampler's speed on an H100)."""
+    return None if precision == "bf16" else False
+
+
+def sample_seeds(pipe, out_dir: Path, seeds: list[int], settings: RunSettings, batch_size: int,
+                 run_seeds: list[int], show_progress: bool) -> int:
+    """Make the images of `seeds` (this process's share of `run_seeds`) that are not on disk yet; returns how many
+    were written."""
     todo = [s for s in seeds if not png_path(out_dir, s).exists()]
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=num, initial=count_pngs(out_dir), unit="img", desc="sampling (all ranks)", smoothing=0.05)
+        bar = tqdm(total=len(run_seeds), initial=count_done(out_dir, run_seeds), unit="img",
+                   desc="sampling (all ranks)", smoothing=0.05)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         out = pipe.generate(seeds=batch, choose=settings.choose, method=settings.method, steps=settings.steps,
                             guidance=settings.guidance, guidance_interval=tuple(settings.guidance_interval),
-                            batch_size=len(batch))
+                            batch_size=len(batch), fast=sampler_path(settings.precision))
         images = out.images.numpy()
         for seed, row, image in zip(out.seeds, out.indices, images):
             save_png(png_path(out_dir, seed), image, {"seed": seed, "row": row, **asdict(settings)})
         if bar is not None:
-            bar.n = count_pngs(out_dir)  # the other ranks' images count too
+            bar.n = count_done(out_dir, run_seeds)  # the other ranks' images count too
             bar.refresh()
     if bar is not None:
         bar.close()
@@ -179,8 +240,12 @@ def write_npz(out_dir, seeds: list[int], npz_path, progress: bool = False) -> Pa
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array_header_1_0(f, header)
                 for p in iterator:
-                    with Image.open(p) as img:
-                        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                    try:
+                        with Image.open(p) as img:
+                            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for a cut or damaged file
+                        raise ValueError(f"{p} is damaged ({e}): delete it and run the sampler again, which makes "
+                                         f"that image again from its seed") from None
                     if arr.shape != (h, w, 3):
                         raise ValueError(f"{p} is {arr.shape}, not ({h}, {w}, 3) like the first image")
                     f.write(arr.tobytes())
@@ -233,16 +298,6 @@ def resolve_device(device, local_rank: int = 0) -> torch.device:
     if resolved.type == "cuda" and resolved.index is None:
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return resolved
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r}: no CUDA GPU is visible to this torch ({torch.__version__}); use "
-                         f"device='cpu' or 'auto'")
-    count = torch.cuda.device_count()
-    if resolved.index is None:
-        return torch.device("cuda", local_rank % count)
-    if resolved.index >= count:
-        raise ValueError(f"device {str(device)!r}: there {'is' if count == 1 else 'are'} only {count} CUDA "
-                         f"GPU{'s' if count != 1 else ''} here; use 'cuda' (cuda:LOCAL_RANK) or 'auto'")
-    return resolved
 
 
 def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_size: int = 64,
@@ -258,11 +313,18 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
     rank, world, local_rank = dist_env()
     check_run_arguments(out_dir, num, base_seed, batch_size, method, steps, choose, precision, guidance,
                         guidance_interval)
+    revision = hub_revision(checkpoint, resolve_kwargs.get("revision"))
+    bank_dtype = resolve_kwargs.get("bank_dtype")
+    if bank_dtype is not None and bank_dtype not in BANK_DTYPES:
+        raise ValueError(f"bank_dtype must be one of {BANK_DTYPES} (the released bank's precision once converted); "
+                         f"got {bank_dtype!r}")
     num, base_seed, batch_size = int(num), int(base_seed), int(batch_size)  # NumPy integers as plain ints
     device = resolve_device(device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    out_dir = Path(out_dir)
+    # "~/samples" as a quoted or --out=~/... argument reaches us unexpanded: the CLI checked ~/samples, so write there
+    # too, not into a folder named "~" under the current one
+    out_dir = Path(out_dir).expanduser()
     group = Group(world)
     try:
         from .fingerprints import checkpoint_files
@@ -275,26 +337,34 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         group.barrier()
         if rank != 0:
             folder = resolve_checkpoint(checkpoint, progress=False, **resolve_kwargs)
+        folder_bank_dtype = bank_dtype_of(folder)
+        if bank_dtype is not None and bank_dtype != folder_bank_dtype:  # a converted folder keeps its own precision
+            raise ValueError(f"bank_dtype {bank_dtype!r} (--bank-dtype) chooses the precision a released .pth is "
+                             f"converted to; {checkpoint} is a converted folder whose bank is {folder_bank_dtype}, and "
+                             f"its images would be made with that. Drop --bank-dtype, or convert the .pth again: "
+                             f"gmem convert FILE.pth OUT/ --bank-dtype {bank_dtype}")
         pipe = GMemPipeline.from_pretrained(str(folder), device=device)
-        # `is None`, not `or`: steps=0 is refused (check_run_arguments), not replaced by the default 250
-        method = pipe.sampler.get("method", "sde") if method is None else method
-        steps = pipe.sampler.get("steps", 250) if steps is None else steps
-        check_method_and_steps(method, steps)  # the checkpoint's own sampler settings
+        if method is None or steps is None:  # given ones were checked before the load (check_run_arguments)
+            # `is None`, not `or`: steps=0 is refused there, not replaced by the default 250
+            method = pipe.sampler.get("method", "sde") if method is None else method
+            steps = pipe.sampler.get("steps", 250) if steps is None else steps
+            check_method_and_steps(method, steps)  # the checkpoint's own sampler settings
         low, high = (float(v) for v in guidance_interval)
         settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance),
-                               [low, high], checkpoint_files(folder))
-        check_settings(out_dir, settings)
+                               [low, high], checkpoint_files(folder), folder_bank_dtype, revision)
+        record_needed = check_settings(out_dir, settings)
         set_precision(pipe, precision, device)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if rank == 0 and not (out_dir / "run.json").exists():
+        if rank == 0 and record_needed:
             write_bytes_atomic(out_dir / "run.json", json.dumps(asdict(settings), indent=1).encode())
-        sample_seeds(pipe, out_dir, shard(num, base_seed, rank, world), settings, batch_size, num,
+        run_seeds = [base_seed + i for i in range(num)]
+        sample_seeds(pipe, out_dir, shard(num, base_seed, rank, world), settings, batch_size, run_seeds,
                      progress and rank == 0)
         group.barrier()
         if rank != 0 or npz is None:
             return None
-        npz_path = Path(f"{out_dir.as_posix().rstrip('/')}.npz") if npz == "auto" else Path(npz)
-        return write_npz(out_dir, [base_seed + i for i in range(num)], npz_path, progress)
+        npz_path = Path(f"{out_dir.as_posix().rstrip('/')}.npz") if npz == "auto" else Path(npz).expanduser()
+        return write_npz(out_dir, run_seeds, npz_path, progress)
     finally:
         group.close()
 

@@ -2,9 +2,10 @@
 
 Defaults are the released GMem v1 recipe: checkpoint gmem-v1-xl, 250-step SDE, rows chosen from the noise by
 frequency, no guidance, 50,000 images, seeds 0..49999 (image i uses seed --seed + i). Images go to OUT/<seed>.png
-(six digits: OUT/000042.png); a restart skips finished seeds; OUT.npz (arr_0: uint8 N x 256 x 256 x 3, in seed
-order) is written at the end. OUT/run.json records the settings and a fingerprint of the checkpoint's files: a
-restart with other settings, another --revision or --bank-dtype, or retrained weights is refused, not mixed in.
+(six digits: OUT/000042.png); a restart skips finished seeds; OUT.npz (arr_0: uint8 N x H x W x 3, 256 x 256 for
+gmem-v1-xl, in seed order: what the ADM evaluator reads) is written at the end. OUT/run.json records the settings,
+the bank's precision, the Hub revision and a fingerprint of the checkpoint's files: a restart with other settings,
+another --revision or --bank-dtype, or retrained weights is refused, not mixed in.
 
 Examples:
   # the released scripts/sample-gmem-xl.sh: 8 GPUs x 64 images per batch, 50,000 samples, 250-step SDE
@@ -27,9 +28,11 @@ def add_arguments(p):
     p.add_argument("--checkpoint", default="gmem-v1-xl",
                    help="checkpoint name, folder or released .pth file (default: gmem-v1-xl, the released model)")
     p.add_argument("--revision", default=None,
-                   help="Hub revision (branch, tag or commit) of a named checkpoint (default: main)")
-    p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default="fp16",
-                   help="bank precision of the converted checkpoint (default fp16: halves the 1.97 GB bank)")
+                   help="Hub revision (branch, tag or commit) of a named checkpoint such as gmem-v1-xl (default: main; "
+                        "refused for a local folder or file, which has none)")
+    p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default=None,
+                   help="bank precision when converting the released .pth (default fp16: halves the 1.97 GB bank); a "
+                        "converted folder keeps its own, and another value for it is refused")
     p.add_argument("--out", required=True, help="folder for the PNGs, one per image as OUT/000042.png (required; created; reused to resume)")
     # not "--num": torchrun would read it as an abbreviation of its own --numa-binding
     p.add_argument("--num-fid-samples", type=positive_int, default=50_000, dest="num",
@@ -48,8 +51,9 @@ def add_arguments(p):
                    help="how bank rows are picked (default noise: the released rule, by frequency from the "
                         "initial noise)")
     p.add_argument("--precision", choices=["tf32", "fp32", "bf16"], default="tf32",
-                   help="arithmetic of the network (default tf32: fp32 weights with TF32 matmuls, the reference's setting; "
-                        "bf16 runs the network in bfloat16, faster, not identical; on a CPU tf32 is plain fp32)")
+                   help="arithmetic of the network (default tf32: the released sampler, fp32 weights with TF32 "
+                        "matmuls, the reference's setting; fp32: the same with strict fp32 matmuls; bf16: the fast "
+                        "path on a GPU, about 3.6x faster, images not bit-identical; on a CPU tf32 is plain fp32)")
     p.add_argument("--device", default="auto",
                    help="torch device (default auto: cuda:LOCAL_RANK when a GPU exists, else cpu; cuda alone also means "
                         "cuda:LOCAL_RANK, each process its own GPU)")
@@ -66,14 +70,10 @@ def run(args) -> int:
     if not args.no_npz:
         output_file(Path(f"{Path(args.out).expanduser().as_posix().rstrip('/')}.npz") if args.npz == "auto"
                     else args.npz, "--npz", (".npz",), "the evaluator's file")
-    if args.steps is not None:  # sharded.run checks it only once the checkpoint has loaded (gmem-v1-xl: 4.7 GB)
-        from gmem_explore.sampling import check_method_and_steps
-
-        check_method_and_steps(args.method or "sde", args.steps)
     device = check_device(args.device, allow_auto=True)  # "cuda" alone becomes cuda:LOCAL_RANK in sharded.run
-    kwargs = {"bank_dtype": args.bank_dtype}
-    if args.revision:
-        kwargs["revision"] = args.revision
+    # --steps, --seed + --num-fid-samples, --guidance-interval, --revision and --bank-dtype are checked by
+    # sharded.run before the checkpoint is resolved, loaded or anything is written
+    kwargs = {k: v for k, v in (("bank_dtype", args.bank_dtype), ("revision", args.revision or None)) if v is not None}
     npz = run_sharded(args.checkpoint, args.out, num=args.num, base_seed=args.seed, batch_size=args.batch_size,
                       method=args.method, steps=args.steps, choose=args.choose, precision=args.precision,
                       device=device, npz=None if args.no_npz else args.npz, progress=not args.no_progress,
