@@ -120,6 +120,12 @@ def _check_model_section(path: Path, model) -> None:
             raise _damaged(path, f"\"model\".{key} is {_short(value)}, not a positive integer")
         if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise _damaged(path, f"\"model\".{key} is {_short(value)}, not a number")
+    unknown = sorted(set(model) - set(kinds))
+    if unknown:  # a setting this version cannot build: written by a newer gmem-explore, not damaged
+        raise ValueError(f"{path} describes a network with settings this version of gmem-explore does not know "
+                         f"(Unknown model config keys {unknown}; known keys: {sorted(kinds)}). It was probably "
+                         f"written by a newer gmem-explore: upgrade gmem-explore to load this checkpoint (if no "
+                         f"version wrote it, the file is damaged: {AGAIN.lower()}).")
     try:
         ModelConfig.from_dict(model)
     except (ValueError, TypeError) as e:
@@ -146,7 +152,10 @@ def read_config(folder) -> dict:
         raise _damaged(path, f"it holds {_short(config)} (a JSON {type(config).__name__}), not the object of "
                              f"settings a checkpoint's config.json holds")
     if config.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {config.get('format')!r}; this version reads {FORMAT!r}")
+        newer = isinstance(config.get("format"), str) and config["format"].startswith(FORMAT.rsplit("-", 1)[0])
+        raise ValueError(f"{path} has format {config.get('format')!r}; this version reads {FORMAT!r}" + (
+            ": the checkpoint was written by another version of gmem-explore; upgrade gmem-explore to load it"
+            if newer else ": it is not a gmem-explore checkpoint folder"))
     if "model" not in config:
         raise _damaged(path, "it has no \"model\" entry (the network's sizes)")
     _check_model_section(path, config["model"])
@@ -176,6 +185,10 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
     model = model.to_empty(device=device)
     # Memory-mapped: the weights are copied once into the model, never held twice (2.7 GB for SiT-XL/2).
     state, _ = load_tensors(folder / "model.safetensors", mmap=True)
+    whole = sorted(k for k, v in state.items() if not v.is_floating_point())
+    if whole:  # load_state_dict would cast integers into the float weights without a word
+        raise _damaged(folder / "model.safetensors", f"tensors {whole[:4]} hold {state[whole[0]].dtype} values, "
+                                                     f"where the network's weights are floating point")
     load_network_state(model, state)
     del state
     model.eval()

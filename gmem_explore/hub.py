@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -110,16 +112,40 @@ def how_to_get(name: str, why: str) -> str:
     )
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connection to the Hub endpoint: without it huggingface_hub retries for ~25 s before failing."""
+def hub_address() -> tuple[str, int]:
+    """Where a connection to the Hub goes first: the endpoint (HF_ENDPOINT, e.g. a mirror on its own port), or the
+    proxy that requests / httpx use for it (HTTPS_PROXY, ALL_PROXY; NO_PROXY honoured)."""
     from huggingface_hub import constants
 
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    scheme, host = endpoint.scheme or "https", endpoint.hostname or "huggingface.co"
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        where = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        if where.hostname:
+            return where.hostname, where.port or (1080 if where.scheme.startswith("socks") else 80)
+    return host, endpoint.port or (443 if scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the Hub endpoint or its proxy: without it huggingface_hub retries for ~25 s before
+    failing. The name look-up counts too (a resolver that does not answer takes 5 s per try), so the attempt runs
+    in a thread that is given up after `timeout` seconds."""
+    host, port = hub_address()
+    answer = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    attempt = threading.Thread(target=connect, name="gmem-hub-probe", daemon=True)
+    attempt.start()
+    attempt.join(timeout)
+    return bool(answer and answer[0])
 
 
 def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=None) -> Path:
@@ -160,5 +186,7 @@ def verify_download(path: Path, repo_id: str, filename: str, revision: str | Non
         return
     size = path.stat().st_size
     if meta.size is not None and meta.size != size:
+        from .official import delete_hint
+
         raise CheckpointUnavailable(f"{path} has {size} bytes but the Hub says {meta.size}: the download is "
-                                    f"incomplete or corrupt. Delete it and run again.")
+                                    f"incomplete or corrupt. {delete_hint(path, sentence=True)}.")

@@ -14,6 +14,7 @@ one 64 MB slice plus the small tensors; the rest is reclaimable page cache (benc
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,7 +29,8 @@ import torch
 
 from .checkpoint import FORMAT
 from .model import build_model, load_network_state
-from .safefiles import write_bytes_atomic
+from .official_layouts import describe_network, explain_foreign, how_to_convert
+from .safefiles import read_header, write_bytes_atomic
 from .safetensors_stream import write_streaming
 
 OFFICIAL_REPO = "Tangentone/GMem"
@@ -63,7 +65,8 @@ def load_official(path, mmap: bool = True) -> dict:
         raise ValueError(
             f"{path} is not a PyTorch checkpoint (.pth) at all: {not_torch}. Expected the released GMem checkpoint "
             f"{OFFICIAL_FILE} from {OFFICIAL_REPO} on Hugging Face (a file written by torch.save): check the path, "
-            f"or download that file again if this one is a cut-off download or an error page.")
+            f"or download that file again if this one is a cut-off download or an error page"
+            f"{' (' + delete_hint(path) + ')' if path.is_symlink() else ''}.")
     try:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -82,7 +85,7 @@ def load_official(path, mmap: bool = True) -> dict:
         # Damaged bytes after a valid start make torch's reader fail in many ways (a random file starting with
         # b"\x80" gave an IndexError); all of them mean the same to the user.
         raise ValueError(f"Could not read {path} as a torch checkpoint ({e}). The file is truncated or damaged: "
-                         f"delete it and download {OFFICIAL_FILE} again.") from None
+                         f"{delete_hint(path)}.") from None
     return check_official_dict(raw, path)
 
 
@@ -119,13 +122,31 @@ def _not_a_torch_file(path: Path) -> str | None:
     return f"it starts with the bytes {head[:8]!r}, {expected}"
 
 
+def delete_hint(path, sentence: bool = False) -> str:
+    """What to delete so that the next load downloads a damaged file afresh. In a Hugging Face cache the file is a
+    link, snapshots/<commit>/<file> -> blobs/<sha256>: deleting only the link does nothing, since huggingface_hub
+    links the damaged blob again without downloading it; the blob must go."""
+    path = Path(path).expanduser()
+    target = path.resolve()
+    first = "Delete" if sentence else "delete"
+    if target != path.absolute() and target.exists():
+        return (f"{first} the damaged download {target} (the Hugging Face cache's copy; {path} only links to it) and "
+                f"run again where a network exists: huggingface_hub then downloads it afresh (or "
+                f"`hf download {OFFICIAL_REPO} {OFFICIAL_FILE} --force-download`)")
+    return f"{first} it and download {OFFICIAL_FILE} again ({OFFICIAL_REPO} on Hugging Face)"
+
+
 def check_official_dict(raw, path="checkpoint") -> dict:
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a {type(raw).__name__}, not the released dict with keys {list(OFFICIAL_KEYS)}")
     missing = [k for k in OFFICIAL_KEYS if k not in raw]
     if missing:
-        raise ValueError(f"{path} is not a released GMem v1 checkpoint: keys {missing} are missing "
-                         f"(found {sorted(map(str, raw))}; expected {list(OFFICIAL_KEYS)})")
+        what = explain_foreign(raw)
+        if what is None:  # at most 8 of its keys: a bare state_dict of SiT-XL/2 has 680
+            keys = sorted(map(str, raw))
+            what = f"found {keys[:8]}" + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        raise ValueError(f"{path} is not a released GMem v1 checkpoint: keys {missing} are missing; {what}. "
+                         f"Expected the dict {list(OFFICIAL_KEYS)} of {OFFICIAL_FILE} ({OFFICIAL_REPO}).")
     network = raw["network"]
     if not isinstance(network, dict) or not all(isinstance(v, torch.Tensor) for v in network.values()):
         raise ValueError(f"{path}: 'network' must be a state_dict of tensors")
@@ -219,11 +240,16 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
                                  f"{sha256.lower()}. Check the hash (the file's page on huggingface.co lists it); "
                                  f"if it is right, the file is corrupt: delete it and download it again.")
             raise ValueError(f"{src} is corrupt: its sha256 is {actual} but the Hugging Face cache records "
-                             f"{sha256.lower()} (the Hub's sha256, the name of its blob). Delete it and download it "
-                             f"again.")
+                             f"{sha256.lower()} (the Hub's sha256, the name of its blob). {delete_hint(src, sentence=True)}.")
     raw = load_official(src)
     overrides = dict(model_overrides or {})
-    config = check_network(raw["network"], model, **overrides)
+    try:
+        config = check_network(raw["network"], model, **overrides)
+    except ValueError as e:  # say what the file holds and how to convert it, before the key-by-key details
+        asked = model if not overrides else f"{model or 'the default sizes'} with {overrides}"
+        fix = how_to_convert(raw["network"])
+        raise ValueError(f"{src} holds {describe_network(raw['network'])}, but {asked} was asked for"
+                         f"{': ' + fix if fix else ''}. Details: {e}") from None
     if raw["memorybank"].shape[1] != config.snippet_dim:
         raise ValueError(f"{src}: bank rows have {raw['memorybank'].shape[1]} dimensions but the model's "
                          f"condition_projection expects {config.snippet_dim}")
@@ -234,6 +260,10 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
     default_autoencoder = {**AUTOENCODER, "image_size": config.input_size * 8} if config.in_channels == 4 \
         else {"type": "pixels"}
     out.parent.mkdir(parents=True, exist_ok=True)
+    needed = conversion_bytes(raw, bank_dtype)
+    free = shutil.disk_usage(out.parent).free
+    if free < needed:  # refused before a byte is written: a full disk fails late, after minutes of writing
+        raise no_space(src, out, needed, free)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     os.chmod(work, 0o755)  # mkdtemp makes it 0700: other users of a shared HF_HOME could not read the conversion
     try:
@@ -255,17 +285,45 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
         full = {"format": FORMAT, "model": config.to_dict(), "autoencoder": autoencoder or default_autoencoder,
                 "encoder": encoder if encoder is not None else default_encoder, "sampler": dict(SAMPLER),
                 "name": "gmem-v1-xl" if model == OFFICIAL_MODEL and not overrides else src.stem,
-                "source": {"repo": OFFICIAL_REPO, "file": src.name, "bytes": src.stat().st_size,
-                           "mtime_ns": src.stat().st_mtime_ns, "sha256": sha256, "bank_dtype": bank_dtype},
-                "license": "MIT (GMem weights, Tangentone/GMem)", **(info or {})}
+                "source": {"repo": OFFICIAL_REPO, "file": src.name, "revision": snapshot_commit(src),
+                           "bytes": src.stat().st_size, "mtime_ns": src.stat().st_mtime_ns, "sha256": sha256,
+                           "bank_dtype": bank_dtype},
+                "licence": "MIT (GMem weights, Tangentone/GMem)", **(info or {})}
         write_bytes_atomic(work / "config.json", json.dumps(full, indent=2).encode())
         if out.exists():
             out.rmdir()  # empty (checked above); rename needs the name free
         os.replace(work, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the disk filled while writing (another writer)
+            raise no_space(src, out, needed, shutil.disk_usage(out.parent).free, while_writing=True) from e
         raise
     return out
+
+
+def conversion_bytes(raw: dict, bank_dtype: str) -> int:
+    """Bytes the converted folder takes: the network as stored, the bank rows in `bank_dtype`, the frequencies,
+    and 1 MB for the headers and config.json (SiT-XL/2 with the released bank: 2.7 GB + 0.98 GB in fp16)."""
+    network = sum(t.numel() * t.element_size() for t in raw["network"].values())
+    bank = raw["memorybank"].numel() * BANK_DTYPES[bank_dtype].itemsize
+    return network + bank + raw["memoryfreq"].numel() * raw["memoryfreq"].element_size() + (1 << 20)
+
+
+def no_space(src: Path, out: Path, needed: int, free: int, while_writing: bool = False) -> OSError:
+    when = "ran out of space while writing" if while_writing else "does not fit"
+    return OSError(errno.ENOSPC, (
+        f"Converting {src.name} {when}: it needs {needed / 1e9:.2f} GB free in {out.parent}, which has "
+        f"{free / 1e9:.2f} GB. Nothing was left behind. Free some space there, or convert into a folder on another "
+        f"disk (`gmem convert {src} OTHER_DISK/FOLDER`, then pass that folder wherever a checkpoint goes)"))
+
+
+def snapshot_commit(path) -> str | None:
+    """The commit of a file in a Hugging Face cache (snapshots/<commit>/<file>): the revision it was loaded at,
+    whatever branch or tag was asked for; None for a file outside a cache."""
+    path = Path(path).expanduser().absolute()
+    if path.parent.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", path.parent.name):
+        return path.parent.name
+    return None
 
 
 def converted_folder_for(src, bank_dtype: str = "fp16") -> Path:
@@ -301,9 +359,30 @@ def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **con
             fcntl.flock(lock, fcntl.LOCK_EX)
         except ImportError:  # Windows: no flock; concurrent conversions are still atomic, just duplicated
             pass
-        if (out / "config.json").is_file():
-            recorded = json.loads((out / "config.json").read_text()).get("source", {})
-            if is_conversion_of(recorded, src):
+        if out.exists():
+            if is_conversion_of(recorded_source(out), src) and conversion_is_complete(out):
                 return out
-            shutil.rmtree(out)  # the source changed (re-download, re-save): convert again
+            # the source changed (re-download, re-save), or the folder lost or damaged a file (a cleaned disk, a
+            # partial copy of a cache): the folder is ours, so it is converted again rather than left to fail
+            shutil.rmtree(out)
         return convert_official(src, out, bank_dtype, progress=progress, **convert_kwargs)
+
+
+def recorded_source(folder: Path) -> dict:
+    """config.json's "source" of a cached conversion; {} when it is missing or unreadable (then not reused)."""
+    try:
+        source = json.loads((folder / "config.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return source if isinstance(source, dict) else {}
+
+
+def conversion_is_complete(folder: Path) -> bool:
+    """Both tensor files there, with readable headers and all the bytes those describe (read_header's checks:
+    a few kB read, not the 3.7 GB)."""
+    try:
+        for name in ("model.safetensors", "bank.safetensors"):
+            read_header(folder / name)
+    except (OSError, ValueError):
+        return False
+    return True

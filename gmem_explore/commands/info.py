@@ -1,8 +1,10 @@
 """Describe a checkpoint: its network, bank, snippet encoder, autoencoder and default sampler, then what its
 config.json records of where it came from (description, data and licence, training recipe).
 
-CHECKPOINT is a name (default: the embedded 'emoji-32') or a checkpoint folder. Nothing is generated; the weights
-are read once (the released gmem-v1-xl is downloaded and converted first, as for every command).
+CHECKPOINT is a name (default: the embedded 'emoji-32'), a checkpoint folder or a released-format .pth file.
+Nothing is generated; the weights are read once (the released gmem-v1-xl, or a .pth, is downloaded and converted
+first, as for every command). The autoencoder and a DINOv2 encoder are named, not loaded: describing gmem-v1-xl
+needs neither diffusers nor the SD-VAE's weights.
 
 Examples:
   gmem info                       # the embedded default
@@ -15,11 +17,12 @@ import json
 
 # what config.json's "info" says of a checkpoint's origin, in the order a reader wants it
 ORIGIN = ("description", "data", "licence", "recipe", "trained_on", "source")
+SPELLINGS = {"licence": ("licence", "license")}  # conversions before this version wrote "license"
 
 
 def add_arguments(p):
     p.add_argument("checkpoint", nargs="?", default="emoji-32",
-                   help="checkpoint name or folder (default: the embedded 'emoji-32')")
+                   help="checkpoint name, folder or released-format .pth (default: the embedded 'emoji-32')")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (parts, parameter counts, sampler, info) instead of text (default: off)")
 
@@ -27,9 +30,9 @@ def add_arguments(p):
 def origin_lines(info: dict) -> list[str]:
     lines = []
     for key in ORIGIN:
-        value = info.get(key)
+        value = next((info[k] for k in SPELLINGS.get(key, (key,)) if info.get(k)), None)
         if isinstance(value, dict):  # e.g. data: {dataset, images, attribution}
-            value = "; ".join(f"{k} {v}" for k, v in value.items())
+            value = "; ".join(f"{k} {v}" for k, v in value.items() if v is not None)
         if value:
             lines.append(f"  {key:<12} {value}")
     training = info.get("training")
@@ -40,10 +43,27 @@ def origin_lines(info: dict) -> list[str]:
     return lines
 
 
-def run(args) -> int:
+class NamedAutoencoder:
+    """The autoencoder a checkpoint's config names, not loaded: its `name` is all the description uses (the
+    SD-VAE would need diffusers and a download, which a description must not)."""
+
+    def __init__(self, config: dict | None):
+        self.name = (config or {}).get("type", "pixels")
+
+
+def describe(checkpoint):
+    """A GMemPipeline over the checkpoint's network and bank, with its autoencoder named but not loaded."""
+    from gmem_explore.checkpoint import load_checkpoint
+    from gmem_explore.hub import resolve_checkpoint
     from gmem_explore.pipeline import GMemPipeline
 
-    pipe = GMemPipeline.from_pretrained(args.checkpoint)
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    return GMemPipeline(ckpt.model, ckpt.bank, NamedAutoencoder(ckpt.autoencoder), ckpt.encoder, ckpt.sampler,
+                        ckpt.info)
+
+
+def run(args) -> int:
+    pipe = describe(args.checkpoint)
     if args.json:
         cfg = pipe.model.config
         print(json.dumps({"name": pipe.info.get("name"), "image_size": pipe.image_size,

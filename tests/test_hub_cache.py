@@ -1,0 +1,169 @@
+"""Loading gmem-v1-xl as a researcher with a network would, simulated with a pre-filled Hugging Face cache (its exact
+layout: blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/<sha256>, refs/<branch>) and HF_HUB_OFFLINE=1:
+revisions honoured and recorded, the conversion reused, a damaged cache file or conversion named with a way out,
+a full disk refused before writing, and the reachability probe bounded and aimed where the traffic really goes."""
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+from gmem_explore import load_checkpoint
+from gmem_explore.hub import HUB, CheckpointUnavailable, download, resolve_checkpoint
+from gmem_explore.official import convert_official, file_sha256
+from test_official import released_dict
+
+FILE = HUB["gmem-v1-xl"]["filename"]
+OLD, NEW = "1" * 40, "2" * 40  # two commits of the Hub repository
+
+
+def cache_with(root: Path, commits: dict[str, dict], main: str) -> Path:
+    """A Hugging Face cache holding one file per commit; refs/main names `main`. Returns the repo folder."""
+    repo = root / "models--Tangentone--GMem"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    for commit, raw in commits.items():
+        incoming = repo / "blobs" / "incoming"
+        torch.save(raw, incoming)
+        sha = file_sha256(incoming)
+        incoming.rename(repo / "blobs" / sha)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / FILE).symlink_to(Path("..") / ".." / "blobs" / sha)
+    (repo / "refs" / "main").write_text(main)
+    return repo
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    raws = {OLD: released_dict(seed=1), NEW: released_dict(seed=2)}
+    return cache_with(tmp_path / "hf" / "hub", raws, main=NEW), raws
+
+
+def test_each_revision_loads_its_own_weights_and_records_its_commit(offline_cache):
+    _, raws = offline_cache
+    for revision, commit in ((None, NEW), ("main", NEW), (OLD, OLD)):
+        folder = resolve_checkpoint("gmem-v1-xl", revision=revision, model_overrides=TINY, progress=False)
+        source = json.loads((folder / "config.json").read_text())["source"]
+        assert source["revision"] == commit, revision  # what "main" meant on that day: a record to reproduce it
+        weights = load_checkpoint(folder).model.state_dict()
+        assert torch.equal(weights["pos_embed"], raws[commit]["network"]["pos_embed"])
+        assert torch.equal(weights["final_layer.linear.weight"], raws[commit]["network"]["final_layer.linear.weight"])
+
+
+def test_a_damaged_conversion_is_converted_again_not_reported_as_a_bad_copy(offline_cache):
+    first = resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False)
+    stamp = (first / "bank.safetensors").stat().st_mtime_ns
+    assert resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False) == first  # reused ...
+    assert (first / "bank.safetensors").stat().st_mtime_ns == stamp  # ... not rewritten
+    # a truncated file (a disk cleaner, a partial rsync of the cache): the load said "copy or save it again"
+    data = (first / "bank.safetensors").read_bytes()
+    (first / "bank.safetensors").write_bytes(data[:len(data) // 2])
+    again = resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False)
+    assert len(load_checkpoint(again).bank) == 24
+    # a folder without its config.json: convert_official refused it as "exists and is not empty; choose a new
+    # folder", a folder the user never chose
+    (again / "config.json").unlink()
+    assert load_checkpoint(resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False)).bank.dim == 16
+
+
+def test_a_corrupt_cached_download_names_the_blob_to_delete(offline_cache):
+    repo, _ = offline_cache
+    link = repo / "snapshots" / NEW / FILE
+    blob = link.resolve()
+    data = bytearray(blob.read_bytes())
+    data[-100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is corrupt: its sha256") as err:
+        resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False)
+    message = str(err.value)
+    # deleting the link alone changes nothing: huggingface_hub links the same damaged blob again
+    assert f"Delete the damaged download {blob}" in message and "only links to it" in message
+    blob.unlink()  # the way out the message gives: now the cache no longer has it ...
+    with pytest.raises(CheckpointUnavailable, match="not in the Hugging Face cache"):
+        download("gmem-v1-xl")  # ... so, online, huggingface_hub downloads it afresh
+
+
+def test_a_full_disk_is_refused_before_writing_with_the_space_needed(tmp_path, monkeypatch):
+    import gmem_explore.official as official
+
+    src = tmp_path / FILE
+    torch.save(released_dict(), src)
+    real = official.shutil.disk_usage
+    monkeypatch.setattr(official.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(OSError, match=r"needs 0\.00 GB free in .* which has 0\.00 GB") as err:
+        convert_official(src, tmp_path / "out", model_overrides=TINY)
+    assert err.value.errno == errno.ENOSPC and "gmem convert" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILE]  # nothing half-written
+
+
+def test_a_disk_that_fills_while_converting_leaves_nothing_and_says_so(tmp_path, monkeypatch):
+    import gmem_explore.official as official
+
+    src = tmp_path / FILE
+    torch.save(released_dict(), src)
+    real_write = official.write_streaming
+
+    def fills_up(path, tensors, **kwargs):
+        if Path(path).name == "bank.safetensors":  # the network is written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, tensors, **kwargs)
+
+    monkeypatch.setattr(official, "write_streaming", fills_up)
+    with pytest.raises(OSError, match="ran out of space while writing: it needs .* GB free") as err:
+        convert_official(src, tmp_path / "out", model_overrides=TINY)
+    assert err.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILE]
+
+
+@pytest.fixture
+def listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_the_probe_goes_to_a_mirror_on_its_own_port_and_through_a_proxy(listener, monkeypatch):
+    from huggingface_hub import constants
+
+    from gmem_explore import hub
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    # HF_ENDPOINT=http://mirror:8080: the probe dialled port 443 and called a working mirror unreachable
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listener}")
+    assert hub.hub_address() == ("127.0.0.1", listener) and hub.hub_reachable(timeout=2)
+    # behind a proxy the Hub itself is not dialled directly (a firewall drops it), the proxy is
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{listener}")
+    assert hub.hub_address() == ("127.0.0.1", listener) and hub.hub_reachable(timeout=2)
+    monkeypatch.setenv("NO_PROXY", "hub.invalid")
+    assert hub.hub_address() == ("hub.invalid", 443)
+
+
+def test_the_probe_gives_up_on_a_name_lookup_that_never_answers(monkeypatch):
+    from gmem_explore import hub
+
+    release, finished = threading.Event(), threading.Event()
+
+    def stuck(address, timeout=None):  # getaddrinfo of a dead resolver: create_connection's timeout never applies
+        release.wait(30)
+        finished.set()
+        raise OSError("resolver timed out")
+
+    monkeypatch.setattr(hub.socket, "create_connection", stuck)
+    try:
+        assert hub.hub_reachable(timeout=0.2) is False
+        assert not finished.is_set()  # it answered while the look-up was still hanging
+    finally:
+        release.set()

@@ -1,0 +1,121 @@
+"""Loading files a researcher has on disk: .pth files that are not the released dict (a bare state_dict, a REPA /
+GMem training checkpoint, a class-conditional network, a GMem network of another size) are named with what to do;
+our own folders from a newer version, or holding integer weights, say so; `gmem info` describes a converted release
+without its SD-VAE and shows its licence."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY
+from gmem_explore import build_model, load_checkpoint
+from gmem_explore.checkpoint import Checkpoint, save_checkpoint
+from gmem_explore.official import convert_official, load_official
+from gmem_explore.official_layouts import describe_network, how_to_convert, network_sizes
+from gmem_explore.safefiles import load_tensors, save_tensors
+from test_official import released_dict
+
+
+def test_a_bare_state_dict_is_named_in_a_short_message(tmp_path):
+    path = tmp_path / "DiT-XL-2-256x256.pt"
+    with torch.device("meta"):
+        keys = list(build_model("SiT-XL/2").state_dict())
+    network = {k: torch.zeros(1) for k in keys}  # 260 keys (SiT-XL/2's): the message listed every one
+    torch.save(network, path)
+    with pytest.raises(ValueError, match="it holds a bare network state_dict") as err:
+        load_official(path)
+    assert len(str(err.value)) < 1000 and "no memory bank" in str(err.value)  # was over 9,000 characters
+
+
+def test_a_training_checkpoint_names_its_ema_weights_and_the_missing_bank(tmp_path):
+    raw = released_dict()
+    path = tmp_path / "0400000.pt"
+    torch.save({"model": raw["network"], "ema": raw["network"], "opt": {}, "args": {"model": "SiT-XL/2"},
+                "steps": 400000}, path)
+    with pytest.raises(ValueError, match="it is a training checkpoint") as err:
+        load_official(path)
+    assert "ckpt['ema']" in str(err.value) and "memory bank is a separate file" in str(err.value)
+    # a REPA (class-conditional) run has the same layout, but its network is not GMem at all
+    repa = {k: v for k, v in raw["network"].items() if not k.startswith("condition_projection.")}
+    repa["y_embedder.embedding_table.weight"] = torch.zeros(1001, TINY["hidden_size"])
+    torch.save({"model": repa, "ema": repa, "opt": {}, "args": {}}, path)
+    with pytest.raises(ValueError, match="class-conditional DiT / SiT / REPA network .*1001 rows.*not a GMem") as err:
+        load_official(path)
+    assert "ckpt['ema']" not in str(err.value)
+
+
+def test_a_network_of_another_size_is_named_and_the_suggested_options_convert_it(tmp_path):
+    deeper = dict(TINY, depth=3)
+    path = tmp_path / "gmem-deeper.pth"
+    torch.save(released_dict() | {"network": build_model(**deeper).state_dict()}, path)
+    with pytest.raises(ValueError, match=r"holds a GMem network of a custom size \(depth 3, width 32") as err:
+        convert_official(path, tmp_path / "out", model_overrides=TINY)
+    suggested = json.loads(re.search(r"--model-config '(.*?)'", str(err.value)).group(1))
+    out = convert_official(path, tmp_path / "out", model_overrides=suggested)  # the advice works as given
+    assert load_checkpoint(out).model.config.depth == 3
+
+
+def test_sit_b_is_named_with_the_model_to_pass():
+    with torch.device("meta"):
+        network = build_model("SiT-B/2").state_dict()
+    assert describe_network(network).startswith("a GMem SiT-B/2 network (depth 12, width 768, patch 2, 32x32x4")
+    assert how_to_convert(network) == "convert it with `gmem convert FILE OUT --model SiT-B/2`"
+    assert network_sizes(network)["num_heads"] == 12
+    with torch.device("meta"):
+        network = build_model("SiT-XL/4", input_size=64).state_dict()  # 512 px latents
+    assert how_to_convert(network) == "convert it with `gmem convert FILE OUT --model SiT-XL/4 --model-config " \
+                                      "'{\"input_size\": 64}'`"
+
+
+@pytest.fixture
+def saved(tmp_path):
+    from gmem_explore import MemoryBank
+
+    model = build_model(**TINY)
+    return save_checkpoint(tmp_path / "ckpt", Checkpoint(model, MemoryBank(torch.randn(6, 16), torch.ones(6))))
+
+
+def edit_config(folder, change):
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_folder_from_a_newer_version_says_upgrade_not_damaged(saved):
+    edit_config(saved, lambda c: c["model"].__setitem__("qk_norm", True))
+    with pytest.raises(ValueError, match="written by a newer gmem-explore: upgrade") as err:
+        load_checkpoint(saved)
+    assert "qk_norm" in str(err.value) and not str(err.value).startswith(f"{saved / 'config.json'} is damaged")
+    edit_config(saved, lambda c: (c["model"].pop("qk_norm"), c.__setitem__("format", "gmem-explore-2")))
+    with pytest.raises(ValueError, match="another version of gmem-explore; upgrade"):
+        load_checkpoint(saved)
+
+
+def test_integer_weights_are_refused_not_cast(saved):
+    state, _ = load_tensors(saved / "model.safetensors", mmap=False)
+    save_tensors(saved / "model.safetensors", {k: (v * 100).to(torch.int32) for k, v in state.items()})
+    with pytest.raises(ValueError, match=r"model.safetensors is damaged: tensors .* hold torch.int32 values"):
+        load_checkpoint(saved)
+
+
+def test_info_describes_a_converted_release_without_its_sd_vae_and_shows_the_licence(tmp_path, monkeypatch, capsys):
+    from gmem_explore.cli import main
+
+    monkeypatch.setenv("GMEM_SD_VAE", str(tmp_path / "no-vae-here"))  # the SD-VAE cannot load: info must not try
+    latent = dict(TINY, in_channels=4)
+    src = tmp_path / "gmem.pth"
+    torch.save(released_dict() | {"network": build_model(**latent).state_dict()}, src)
+    out = convert_official(src, tmp_path / "conv", model_overrides=latent)
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "autoencoder  sd-vae" in text and "64 px images" in text
+    assert "licence      MIT (GMem weights, Tangentone/GMem)" in text and "revision None" not in text
+    old = tmp_path / "old"  # converted by an earlier version, which spelled it "license"
+    shutil.copytree(out, old)
+    edit_config(old, lambda c: c.__setitem__("license", c.pop("licence")))
+    assert main(["info", str(old), "--json"]) == 0 and main(["info", str(old)]) == 0
+    assert "licence      MIT" in capsys.readouterr().out
