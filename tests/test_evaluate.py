@@ -205,3 +205,33 @@ def test_evaluate_refusals_say_what_to_do(tiny_with_encoder, tiny_model, tiny_ba
     no_thumbs = save_checkpoint(tmp_path / "no-thumbs", Checkpoint(tiny_model, bare, {"type": "pixels"}, encoder))
     assert main(["evaluate", "--checkpoint", str(no_thumbs), "--samples", "8", "--steps", "1"]) == 1
     assert "give --data" in capsys.readouterr().err
+
+
+def test_images_with_samples_or_an_interval_are_refused_and_the_report_keeps_the_measures_seed(tiny_with_encoder,
+                                                                                                tmp_path, capsys):
+    """--samples with --images was silently ignored (all images measured) while --steps and the like were refused;
+    the help said 'ignored' for --batch-size, which was refused. And with --images, report.json did not record the
+    --seed its draws (fd_copies, fd_split, fd_floor) came from."""
+    np.savez(tmp_path / "s.npz", arr_0=np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    for extra, named in ((["--samples", "4"], "--samples"), (["--guidance-interval", "0", "0.5"], "--guidance-interval")):
+        assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--images", str(tmp_path / "s.npz"),
+                     *extra]) == 1
+        assert f"so {named} would change nothing" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--images", str(tmp_path / "s.npz"), "--seed", "7",
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["seed"] == 7
+
+
+def test_evaluate_samples_with_the_guidance_interval_it_is_given(tiny_with_encoder, tmp_path, monkeypatch):
+    """sample-fid takes --guidance-interval; evaluating the same recipe needs it too, and the report says so."""
+    from gmem_explore import GMemPipeline
+
+    seen = []
+    generate = GMemPipeline.generate
+    monkeypatch.setattr(GMemPipeline, "generate", lambda self, *a, **k: seen.append(k) or generate(self, *a, **k))
+    assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--samples", "6", "--guidance", "2",
+                 "--guidance-interval", "0", "0.5", "--out", str(tmp_path / "eval")]) == 0
+    assert seen[0]["guidance_interval"] == (0.0, 0.5) and seen[0]["guidance"] == 2.0
+    generated = json.loads((tmp_path / "eval" / "report.json").read_text())["generated"]
+    assert generated["guidance_interval"] == [0.0, 0.5] and generated["seeds"] == [0, 5]
+    assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--guidance-interval", "0.9", "0.1"]) == 1

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from gmem_explore.commands.checks import check_device, non_negative_int, output_folder, positive_int
 
+DEFAULT_SAMPLES = 1000
 ENCODE_CHUNK = 1000  # images per encoder call: a progress bar that moves, and bounded memory for 50,000 images
 
 
@@ -47,17 +48,21 @@ def add_arguments(p):
     p.add_argument("--split", choices=["train", "held_out", "all"], default=None,
                    help="which --data images to compare with (held_out: the ~10%% that `gmem train --split train` "
                         "leaves out; default all)")
-    p.add_argument("--samples", type=int, default=1000, help="images to generate, more than 3 (default 1000; ignored with --images)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="images to generate, more than 3 (default 1000; refused with --images, which are all measured)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the first generated image, and of the measures' random draws and subsets, 0 or more "
                         "(default 0)")
     p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's, heun for emoji-32)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps, 1 to 5000 (default: the checkpoint's, 8 for emoji-32)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale, 0 or more (default 1: none)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step), as "
+                        "sample-fid's --guidance-interval")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
                    help="how bank rows are picked (default noise: the released rule)")
     p.add_argument("--batch-size", type=positive_int, default=250,
-                   help="images per sampler batch (default 250; ignored with --images)")
+                   help="images per sampler batch (default 250; refused with --images)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--out", default=None, help="folder for report.json, samples.png and nearest.png (created; default: print only)")
 
@@ -151,14 +156,18 @@ def run(args) -> int:
     from gmem_explore.hub import resolve_checkpoint
     from gmem_explore.sampling import check_guidance, check_method_and_steps
 
-    sampling = {"--method": args.method is not None, "--steps": args.steps is not None, "--guidance": args.guidance != 1.0,
+    # --samples too: with --images every image is measured, and a --samples 500 that silently measured 50,000
+    sampling = {"--samples": args.samples is not None, "--method": args.method is not None,
+                "--steps": args.steps is not None, "--guidance": args.guidance != 1.0,
+                "--guidance-interval": tuple(args.guidance_interval) != (0.0, 1.0),
                 "--choose": args.choose != "noise", "--batch-size": args.batch_size != 250}
     if args.images is not None and any(sampling.values()):  # said, not silently ignored
         raise ValueError(f"--images evaluates images already made, so {', '.join(k for k, v in sampling.items() if v)} "
                          f"would change nothing: drop them, or drop --images to generate with them")
-    if args.images is None and args.samples <= PR_K:
-        raise ValueError(f"--samples must be more than {PR_K} (a few hundred for a meaningful FD); got {args.samples}")
-    check_guidance(args.guidance, (0.0, 1.0))
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
+    if args.images is None and samples <= PR_K:
+        raise ValueError(f"--samples must be more than {PR_K} (a few hundred for a meaningful FD); got {samples}")
+    check_guidance(args.guidance, args.guidance_interval)
     if args.out:  # the report is written at the very end: an unwritable --out must not cost the sampling
         output_folder(args.out)
     check_device(args.device)
@@ -177,13 +186,15 @@ def run(args) -> int:
         pipe = GMemPipeline.from_checkpoint(load_checkpoint(folder, device=args.device), device=args.device)
     # before minutes of sampling: a missing reference fails now (the bank is read once: the pipeline's, if any)
     thumbnails = reference_thumbnails(args, folder, pipe.bank if pipe is not None else None)
-    record = {"checkpoint": str(args.checkpoint or "emoji-32")}
+    # the measures' seed: with --images nothing else records it, and fd_copies / fd_split / fd_floor depend on it
+    record = {"checkpoint": str(args.checkpoint or "emoji-32"), "seed": args.seed}
     if pipe is None:
         samples = read_images(args.images)
         record["images"] = str(args.images)
     else:
-        out = pipe.generate(args.samples, seeds=args.seed, choose=args.choose, method=args.method, steps=args.steps,
-                            guidance=args.guidance, batch_size=args.batch_size, progress=True)
+        out = pipe.generate(samples, seeds=args.seed, choose=args.choose, method=args.method, steps=args.steps,
+                            guidance=args.guidance, guidance_interval=tuple(args.guidance_interval),
+                            batch_size=args.batch_size, progress=True)
         samples = out.images
         record["generated"] = {"seeds": [out.seeds[0], out.seeds[-1]], **out.settings}
     if thumbnails is None:
