@@ -197,3 +197,33 @@ def test_steps_are_checked_once_and_before_the_checkpoint_is_looked_up(tiny_fold
     # was three times: by the command, by sharded.run before the load, and again after it
     assert calls == [("gmem_explore.sharded", "euler", 1)]
     assert Image.open(png_path(tmp_path / "fid", 0)).size == (8, 8)
+
+
+class NoGroup:
+    """Stands in for the gloo group when the ranks of a run are played one after another in this process."""
+
+    def __init__(self, world):
+        pass
+
+    def barrier(self):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("world", [3, 7])  # 5 images over 3 ranks (2, 2, 1); over 7 (two ranks have none)
+def test_every_image_is_made_once_by_one_rank_for_odd_sizes(tiny_folder, tmp_path, monkeypatch, world):
+    one = quick(tiny_folder, tmp_path / "one", num=5, batch_size=2, npz="auto")
+    monkeypatch.setattr(sharded, "Group", NoGroup)
+    written = []
+    save = sharded.save_png
+    monkeypatch.setattr(sharded, "save_png", lambda path, image, info: written.append(info["seed"]) or save(path, image,
+                                                                                                             info))
+    for rank in [*range(1, world), 0]:  # rank 0 last: it writes the .npz once the others are done
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        npz = quick(tiny_folder, tmp_path / "many", num=5, batch_size=2, npz="auto")
+    assert sorted(written) == [10, 11, 12, 13, 14]  # each seed once
+    many = np.load(npz)["arr_0"]
+    assert np.array_equal(many, np.load(one)["arr_0"]) and len({image.tobytes() for image in many}) == 5
