@@ -333,8 +333,11 @@ def converted_folder_for(src, bank_dtype: str = "fp16") -> Path:
     beside = src.parent / f"{src.stem}.gmem-explore-{bank_dtype}"
     if os.access(src.parent, os.W_OK):
         return beside
-    cache = Path(os.environ.get("GMEM_CACHE", Path.home() / ".cache" / "gmem-explore"))
-    return cache / "converted" / f"{src.stem}-{src.stat().st_size}-{bank_dtype}"
+    cache = Path(os.environ.get("GMEM_CACHE", Path.home() / ".cache" / "gmem-explore")).expanduser()
+    # keyed by the file's real path (in a HF cache: its blob, named by its sha256): two revisions of the release in
+    # a read-only shared cache have the same name and size, and took turns deleting each other's conversion
+    where = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]
+    return cache / "converted" / f"{src.stem}-{where}-{bank_dtype}"
 
 
 def is_conversion_of(recorded: dict, src: Path) -> bool:

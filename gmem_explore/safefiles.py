@@ -20,7 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 # What to do about a damaged or foreign file, appended to the errors below.
 AGAIN = "The file is damaged or was not copied completely: download, copy or save it again."
@@ -144,7 +144,16 @@ def read_header(path) -> tuple[dict, dict, int]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise ValueError(f"{path} is not a valid safetensors file (unreadable header). {AGAIN} {NOT_PICKLE}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a valid safetensors file (its header is a JSON {type(header).__name__}, not "
+                         f"an object). {AGAIN} {NOT_PICKLE}")
     meta_raw = header.pop("__metadata__", {}) or {}
+    if not isinstance(meta_raw, dict):
+        raise ValueError(f"{path} is not a valid safetensors file (its __metadata__ is not an object). {AGAIN}")
+    for name, entry in header.items():
+        wrong = _entry_problem(entry)
+        if wrong:
+            raise ValueError(f"{path} is not a valid safetensors file (tensor {name!r}: {wrong}). {AGAIN}")
     metadata = {}
     for k, v in meta_raw.items():
         try:
@@ -155,6 +164,20 @@ def read_header(path) -> tuple[dict, dict, int]:
     if 8 + n + end > size:
         raise ValueError(f"{path} is truncated: it holds {size} bytes but its header describes {8 + n + end}. {AGAIN}")
     return header, metadata, 8 + n
+
+
+def _entry_problem(entry) -> str | None:
+    """What is wrong with one tensor's header entry, or None: a damaged header must not reach the reader (an
+    offset below 0 read bytes of the header itself as weights; a missing key was a bare KeyError)."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        return "its entry lacks dtype, shape or data_offsets"
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        return f"shape {str(shape)[:40]} is not a list of sizes"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        return f"data_offsets {str(offsets)[:40]} are not [begin, end] with 0 <= begin <= end"
+    return None
 
 
 def load_tensors(path, mmap: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
@@ -168,7 +191,8 @@ def load_tensors(path, mmap: bool = True) -> tuple[dict[str, torch.Tensor], dict
     for name, entry in header.items():
         dtype = DTYPES.get(entry["dtype"])
         if dtype is None:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
+            raise ValueError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, which gmem-explore does not read "
+                             f"(it reads {', '.join(DTYPES)}): convert the file's tensors to one of those, e.g. F32")
         start, stop = entry["data_offsets"]
         shape = tuple(entry["shape"])
         count = stop - start

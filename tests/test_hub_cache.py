@@ -167,3 +167,22 @@ def test_the_probe_gives_up_on_a_name_lookup_that_never_answers(monkeypatch):
         assert not finished.is_set()  # it answered while the look-up was still hanging
     finally:
         release.set()
+
+
+def test_two_revisions_in_a_read_only_cache_keep_their_own_conversions(offline_cache, tmp_path, monkeypatch):
+    """A cluster's shared HF cache is often read-only: conversions then go to $GMEM_CACHE/converted, where both
+    revisions (same file name, same size) got one folder, and each load of the other deleted and redid it."""
+    import gmem_explore.official as official
+
+    repo, raws = offline_cache
+    monkeypatch.setenv("GMEM_CACHE", str(tmp_path / "gmem-cache"))
+    real_access = official.os.access
+    monkeypatch.setattr(official.os, "access", lambda p, mode: False if repo in Path(p).parents else real_access(p, mode))
+    old = resolve_checkpoint("gmem-v1-xl", revision=OLD, model_overrides=TINY, progress=False)
+    new = resolve_checkpoint("gmem-v1-xl", revision=NEW, model_overrides=TINY, progress=False)
+    assert old != new and old.parent == new.parent == tmp_path / "gmem-cache" / "converted"
+    stamp = (old / "model.safetensors").stat().st_mtime_ns
+    assert resolve_checkpoint("gmem-v1-xl", revision=OLD, model_overrides=TINY, progress=False) == old
+    assert (old / "model.safetensors").stat().st_mtime_ns == stamp  # still there, not converted again
+    for folder, commit in ((old, OLD), (new, NEW)):
+        assert torch.equal(load_checkpoint(folder).model.state_dict()["pos_embed"], raws[commit]["network"]["pos_embed"])

@@ -119,3 +119,22 @@ def test_info_describes_a_converted_release_without_its_sd_vae_and_shows_the_lic
     edit_config(old, lambda c: c.__setitem__("license", c.pop("licence")))
     assert main(["info", str(old), "--json"]) == 0 and main(["info", str(old)]) == 0
     assert "licence      MIT" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("header, problem", [
+    ([1, 2], "its header is a JSON list"),
+    ({"a": {"dtype": "F32", "shape": [1]}}, "lacks dtype, shape or data_offsets"),
+    ({"a": 5}, "lacks dtype, shape or data_offsets"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}}, r"data_offsets \[-4, 0\] are not"),
+    ({"a": {"dtype": "F32", "shape": "x", "data_offsets": [0, 4]}}, "shape x is not a list of sizes"),
+    ({"__metadata__": [1]}, "its __metadata__ is not an object"),
+])
+def test_a_damaged_safetensors_header_is_a_clear_error(tmp_path, header, problem):
+    """Each was a bare TypeError / KeyError / AttributeError, and offset -4 read the header's own bytes as weights."""
+    import struct
+
+    raw = json.dumps(header).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))
+    with pytest.raises(ValueError, match=f"is not a valid safetensors file .*{problem}.*copy or save it again"):
+        load_tensors(path)
