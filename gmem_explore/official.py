@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import FORMAT
-from .model import build_model, load_network_state
+from .model import build_model, load_network_state, model_config
 from .official_layouts import describe_network, explain_foreign, how_to_convert
 from .safefiles import read_header, write_bytes_atomic
 from .safetensors_stream import write_streaming
@@ -52,14 +52,7 @@ def load_official(path, mmap: bool = True) -> dict:
     the file is in torch's zip format). Raises UnsafeCheckpointError for code-carrying pickles,
     ValueError for files that are not torch checkpoints at all or not the released layout, and
     IsADirectoryError / FileNotFoundError for a folder / a missing path."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"{path} is a folder, not a checkpoint file: give the path of the released .pth file ({OFFICIAL_FILE}). "
-            f"A folder that is already converted needs no converting: load it with load_checkpoint(folder) or "
-            f"`gmem sample --checkpoint FOLDER`.")
-    if not path.is_file():
-        raise FileNotFoundError(f"No such checkpoint file: {path}")
+    path = check_source_path(path)
     not_torch = _not_a_torch_file(path)
     if not_torch:
         raise ValueError(
@@ -87,6 +80,19 @@ def load_official(path, mmap: bool = True) -> dict:
         raise ValueError(f"Could not read {path} as a torch checkpoint ({e}). The file is truncated or damaged: "
                          f"{delete_hint(path)}.") from None
     return check_official_dict(raw, path)
+
+
+def check_source_path(path) -> Path:
+    """The path of an existing file, or IsADirectoryError / FileNotFoundError saying what to give instead."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder, not a checkpoint file: give the path of the released .pth file ({OFFICIAL_FILE}). "
+            f"A folder that is already converted needs no converting: load it with load_checkpoint(folder) or "
+            f"`gmem sample --checkpoint FOLDER`.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No such checkpoint file: {path}")
+    return path
 
 
 def _unpickling_reason(text: str) -> str:
@@ -230,6 +236,8 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
                         f"got {type(model_overrides).__name__} {model_overrides!r:.80}")
     if sha256 not in (None, "") and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
         raise ValueError(f"sha256 must be 64 hexadecimal digits (what `sha256sum FILE` prints); got {sha256!r:.80}")
+    model_config(model, **(model_overrides or {}))  # an unknown size or keyword: before hashing and reading 4.7 GB
+    check_source_path(src)
     given = bool(sha256)  # the caller's hash, else the HF cache's record of the Hub's (the blob's name)
     sha256 = sha256 or expected_sha256_from_cache(src)
     if sha256:

@@ -138,3 +138,23 @@ def test_a_damaged_safetensors_header_is_a_clear_error(tmp_path, header, problem
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))
     with pytest.raises(ValueError, match=f"is not a valid safetensors file .*{problem}.*copy or save it again"):
         load_tensors(path)
+
+
+def test_convert_checks_the_model_and_the_source_before_hashing(tmp_path, monkeypatch):
+    """`gmem convert` checks its options before slow work: a mistyped --model was found after hashing 4.7 GB."""
+    import gmem_explore.official as official
+
+    src = tmp_path / "gmem.pth"
+    torch.save(released_dict(), src)
+
+    def never(*args, **kwargs):
+        raise AssertionError("hashed before the options were checked")
+
+    monkeypatch.setattr(official, "file_sha256", never)
+    with pytest.raises(ValueError, match="Unknown model name 'SiT-Q/2'"):
+        convert_official(src, tmp_path / "out", model="SiT-Q/2", sha256="0" * 64)
+    with pytest.raises(ValueError, match=r"Unknown model config keys \['wings'\]"):
+        convert_official(src, tmp_path / "out", model_overrides={"wings": 2}, sha256="0" * 64)
+    with pytest.raises(FileNotFoundError, match="No such checkpoint file"):  # was open()'s bare errno message
+        convert_official(tmp_path / "missing.pth", tmp_path / "out", sha256="0" * 64)
+    assert not (tmp_path / "out").exists()

@@ -18,10 +18,13 @@ from gmem_explore.commands.checks import output_folder
 
 def add_arguments(p):
     p.add_argument("source", metavar="SOURCE", help="the released .pth file (dict with network, memorybank, memoryfreq)")
-    p.add_argument("out", metavar="OUT", help="new checkpoint folder (must not exist or be empty)")
+    p.add_argument("out", metavar="OUT", help="new checkpoint folder (must not exist or be empty); needs room for the "
+                                              "network (2.7 GB for SiT-XL/2) and the bank, checked before writing")
     p.add_argument("--bank-dtype", choices=["fp16", "fp32"], default="fp16",
                    help="bank precision: fp16 (0.98 GB, default) or fp32 (1.97 GB, bit-exact)")
-    p.add_argument("--model", default="SiT-XL/2", help="model size of the network (default SiT-XL/2, the release)")
+    p.add_argument("--model", default="SiT-XL/2",
+                   help="model size of the network: SiT-S, SiT-B, SiT-L or SiT-XL with patch /2, /4 or /8 (default "
+                        "SiT-XL/2, the release; a file of another size says which it holds)")
     p.add_argument("--model-config", default=None,
                    help="a JSON object of build_model keywords on top of --model, for released-format files of other "
                         "sizes, e.g. '{\"depth\": 12}' (default: none, the release's sizes)")
