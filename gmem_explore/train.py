@@ -22,9 +22,16 @@ Optional REPA-style alignment: repa_weight x (1 - cosine) between the model's pr
 encoder_depth) and the encoder's feature of the clean image (per token when the encoder has
 `patch_features(images, grid)`, else its global feature broadcast to every token).
 
-Event payloads (dicts): on_step {step, loss, mse, repa, lr, images_per_s}; on_eval {step, images (uint8), seeds,
-loss}; on_checkpoint {step, path}; on_end {step, steps (done in this fit call), error (None, or the exception that
-stopped it: KeyboardInterrupt, a non-finite loss)}, after every fit call. Callbacks get (trainer, event).
+Event payloads (dicts): on_step {step, loss, mse, repa, lr, grad_norm (before clipping), images_per_s}; on_eval
+{step, images (uint8), seeds, loss}; on_checkpoint {step, path}; on_end {step, steps (done in this fit call), error
+(None, or the exception that stopped it: KeyboardInterrupt, FloatingPointError for a NaN or infinite loss or
+gradient)}, after every fit call. Callbacks get (trainer, event).
+
+A step whose loss or gradients are NaN or infinite on any process stops the run on every process before the
+optimizer applies it (FloatingPointError): the weights, EMA and optimizer stay those of the last good step.
+
+Files: train_config.py (TrainConfig), train_checks.py (input and per-step checks), train_module.py (what the
+optimizer trains, the Accelerator), train_state.py (save_state / load_state / export); this file the loop.
 
 Determinism: batches, t and noise come from the trainer's own torch.Generator; the whole global batch is drawn
 and each process takes its slice, so results do not depend on the number of processes. A saved state holds the
@@ -39,78 +46,33 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .autoencoders import PixelSpace
-from .bank import normalize
-from .fingerprints import training_data
-from .safefiles import load_tensors, save_tensors
-from .train_checks import (as_training_images, check_loss, check_resume_data, data_shape_message,
+from .train_checks import (as_training_images, check_step, data_shape_message, non_finite_gradients,
                            refuse_unknown_labels, training_conditions)
 from .train_config import TrainConfig
+from .train_module import TrainingModule, make_accelerator
+from .train_state import TrainerState, baseline_refusal
+
+__all__ = ["EVENTS", "TrainConfig", "Trainer", "TrainingModule", "baseline_refusal"]
 
 EVENTS = ("on_step", "on_eval", "on_checkpoint", "on_end")
-class TrainingModule(nn.Module):
-    """What the optimizer sees: the GMem network plus, for label conditioning, the label embedding that fills the
-    snippet slot. One module so that Accelerate/DDP wraps (and synchronises) both."""
-
-    def __init__(self, model, num_labels: int = 0):
-        super().__init__()
-        self.model = model
-        self.label_embedding = nn.Embedding(num_labels, model.config.snippet_dim) if num_labels else None
-        if self.label_embedding is not None:
-            nn.init.normal_(self.label_embedding.weight, std=1.0)
-
-    def snippets_for(self, cond: torch.Tensor, condition: str) -> torch.Tensor:
-        """What fills the snippet slot. Snippet conditions arrive L2-normalised (train_checks.training_conditions)."""
-        if condition == "label":
-            return normalize(self.label_embedding(cond))
-        if condition == "none":
-            return torch.zeros(len(cond), self.model.config.snippet_dim, device=cond.device)
-        return cond
-
-    def forward(self, x, t, cond, condition: str, keep: torch.Tensor, want_projection: bool):
-        s = self.snippets_for(cond, condition) * keep[:, None]
-        if want_projection:
-            return self.model.forward_with_projection(x, t, s)
-        return self.model(x, t, s), None
 
 
-def _accelerator(use_accelerate: bool | None):
-    """An Accelerator when asked (None: when the accelerate package is importable), else None (plain loop)."""
-    if use_accelerate is False:
-        return None
-    try:
-        from accelerate import Accelerator
-    except ImportError:
-        if use_accelerate:
-            raise ImportError("Multi-process training needs accelerate: pip install 'accelerate>=1.0'") from None
-        return None
-    cuda = torch.cuda.is_available()
-    # cpu=True on machines without CUDA: otherwise Accelerate ignores torchrun's WORLD_SIZE there and every process
-    # would train the whole batch alone (found by tests/test_train.py's two-process run)
-    accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes != launched:
-        raise RuntimeError(f"started as {launched} processes (WORLD_SIZE) but Accelerate joined "
-                           f"{accelerator.num_processes}: each would train alone. Launch with torchrun or "
-                           f"`accelerate launch --multi_gpu`, one process per GPU.")
-    return accelerator
+class Trainer(TrainerState):
+    state_name = "state.safetensors"  # config.checkpoint_every's file in config.out_dir (gmem train's differs)
 
-
-class Trainer:
     def __init__(self, model, images, conditions=None, config: TrainConfig | None = None, autoencoder="auto",
-                 encoder=None, eval_conditions=None, use_accelerate: bool | None = None):
+                 encoder=None, eval_conditions=None, use_accelerate: bool | None = None, data_source: dict | None = None):
         self.config = cfg = config or TrainConfig()
         self.callbacks = defaultdict(list)
-        self.accelerator = _accelerator(use_accelerate)
+        self.accelerator = make_accelerator(use_accelerate)
         self.device = self.accelerator.device if self.accelerator else torch.device("cpu")
         self.is_main = self.accelerator.is_main_process if self.accelerator else True
         self.world = self.accelerator.num_processes if self.accelerator else 1
@@ -138,6 +100,7 @@ class Trainer:
             self.module.model.projectors.requires_grad_(False)
         self.repa_targets = self._repa_targets(encoder) if cfg.repa_weight > 0 else None
         self.encoder = encoder  # its weights are part of data_fingerprint: they make the snippet conditions
+        self.data_source = data_source  # where the images came from ({"--data": ..., ...}): named if a resume is refused
         self.ema = copy.deepcopy(self.module).requires_grad_(False).eval()
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -240,7 +203,6 @@ class Trainer:
             p.lerp_(source[name].detach().to(p.dtype), 1 - decay)
 
     def train_step(self) -> dict:
-        cfg = self.config
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -258,29 +220,49 @@ class Trainer:
                 loss, mse, repa = self.loss_on(*batch)
             finally:
                 projection.mask = None
-            self._stop_on_non_finite(loss, lr)
             self.optimizer.zero_grad(set_to_none=True)
             if self.accelerator:
                 self.accelerator.backward(loss)
-                if cfg.grad_clip:
-                    self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
             else:
                 loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+            grad_norm = self._gradient_norm()
+        self._stop_on_non_finite(loss, grad_norm, lr)
         self.optimizer.step()
         self.step += 1
         self._update_ema()
-        return {"step": self.step, "loss": loss.item(), "mse": mse.item(), "repa": repa.item(), "lr": lr}
+        return {"step": self.step, "loss": loss.item(), "mse": mse.item(), "repa": repa.item(), "lr": lr,
+                "grad_norm": float(grad_norm)}
 
-    def _stop_on_non_finite(self, loss: torch.Tensor, lr: float) -> None:
-        """Every process stops when any process's loss is NaN or infinite, before the optimizer applies the step: one
-        stopping alone would leave the others waiting in the next gradient all-reduce for ever (one float reduced
-        per step; the step's loss.item() synchronises anyway)."""
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    def _gradient_norm(self) -> torch.Tensor:
+        """The gradients' total L2 norm, then clipping to config.grad_clip when set: torch's clip_grad_norm_ written
+        out (same formula, coefficient min(1, clip / (norm + 1e-6))) so that a non-finite norm is seen before the
+        clip multiplies every gradient by NaN, and the parameters at fault can still be named. Under Accelerate the
+        gradients are already averaged over processes, and no loss scaler is used (bf16 or fp32), so there is
+        nothing to unscale."""
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
+        clip = self.config.grad_clip
+        if clip:  # a non-finite norm leaves the gradients as they are (no host sync here): the step stops below
+            coefficient = torch.where(torch.isfinite(norm), torch.clamp(clip / (norm + 1e-6), max=1.0), 1.0)
+            for g in grads:
+                g.detach().mul_(coefficient.to(g.device))
+        return norm
+
+    def _stop_on_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        """Every process stops when any process's loss or gradient norm is NaN or infinite, before the optimizer
+        applies the step (a finite loss can still give NaN gradients: sqrt or norm at 0, an overflow in backward).
+        One stopping alone would leave the others waiting in the next gradient all-reduce for ever, so the two flags
+        are reduced across processes in one call per step (the step's loss.item() synchronises anyway)."""
+        flags = torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm.to(loss.device))]).float()
         if self.world > 1:
-            bad = self.accelerator.reduce(bad, reduction="max")
-        check_loss(float(loss.detach()), bool(bad.item()), self.step, lr)
+            flags = self.accelerator.reduce(flags, reduction="max")
+        loss_bad, grads_bad = (bool(f) for f in flags.tolist())
+        if loss_bad or grads_bad:  # the gradients stay in place (p.grad) for a closer look
+            named = ((name.removeprefix("model."), p) for name, p in self._unwrapped().named_parameters())
+            check_step(float(loss.detach()), float(grad_norm), loss_bad, grads_bad, self.step, lr,
+                       non_finite_gradients(named))
 
     def fit(self, steps: int | None = None) -> list[dict]:
         """Train until config.steps (or for `steps` more steps); returns the per-step history of this call."""
@@ -319,7 +301,7 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate()
             if cfg.checkpoint_every and cfg.out_dir and self.step % cfg.checkpoint_every == 0:
-                self.save_state(Path(cfg.out_dir) / "state.safetensors")
+                self.save_state(Path(cfg.out_dir) / self.state_name)  # on every process: it waits for all
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -368,84 +350,3 @@ class Trainer:
                  "loss": self.history[-1]["loss"] if self.history else None}
         self._fire("on_eval", event)
         return event
-
-    # ---- state: save, resume, export ----------------------------------------------------------------------
-    def state_tensors(self) -> tuple[dict, dict]:
-        module = self.accelerator.unwrap_model(self.module) if self.accelerator else self.module
-        tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        opt = self.optimizer.state_dict()
-        for pid, slots in opt["state"].items():
-            for key, value in slots.items():
-                tensors[f"optimizer.{pid}.{key}"] = torch.as_tensor(value)
-        tensors["rng.trainer"] = self.generator.get_state()
-        meta = {"format": "gmem-explore-train-1", "step": self.step, "config": self.config.to_dict(),
-                "param_groups": opt["param_groups"], "model": self.network.config.to_dict(), "history": self.history,
-                "data": self.data_fingerprint()}
-        return tensors, meta
-
-    def data_fingerprint(self) -> dict:
-        """What this run trains on (fingerprints.training_data), computed once: load_state compares it."""
-        if getattr(self, "_data_fingerprint", None) is None:
-            labels = self.conditions if self.config.condition == "label" else None
-            encoder = self.encoder if self.config.condition == "snippet" else None
-            self._data_fingerprint = training_data(self.images, labels, encoder)
-        return self._data_fingerprint
-
-    def save_state(self, path) -> Path:
-        """Everything needed for an exact resume, in one safetensors file written atomically."""
-        path = Path(path)
-        if self.accelerator:
-            self.accelerator.wait_for_everyone()
-        if self.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tensors, meta = self.state_tensors()
-            save_tensors(path, tensors, meta)
-        self._fire("on_checkpoint", {"step": self.step, "path": str(path)})
-        return path
-
-    def load_state(self, path) -> None:
-        tensors, meta = load_tensors(path, mmap=False)
-        if meta.get("format") != "gmem-explore-train-1":
-            raise ValueError(f"{path} is not a gmem-explore training state (format {meta.get('format')!r})")
-        check_resume_data(path, meta.get("data"), self.data_fingerprint())
-        module = self.accelerator.unwrap_model(self.module) if self.accelerator else self.module
-        module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("module.")})
-        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        state = defaultdict(dict)
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, pid, slot = key.split(".", 2)
-                state[int(pid)][slot] = value
-        self.optimizer.load_state_dict({"state": dict(state), "param_groups": meta["param_groups"]})
-        self.generator.set_state(tensors["rng.trainer"])
-        self.step = int(meta["step"])
-        self.history = list(meta.get("history", []))
-
-    def export(self, folder, bank, encoder=None, sampler: dict | None = None, info: dict | None = None,
-               bank_dtype=None, autoencoder: dict | None = None) -> Path:
-        """The EMA network + bank (+ encoder) as a checkpoint folder (see checkpoint.py). Snippet-conditioned runs
-        only: a checkpoint's user feeds the network bank rows (see baseline_refusal)."""
-        from .checkpoint import Checkpoint, save_checkpoint
-
-        if self.config.condition != "snippet":
-            raise ValueError(baseline_refusal(self.config.condition))
-        model = copy.deepcopy(self.ema_model).cpu().float()
-        info = {"training": {"steps": self.step, "config": self.config.to_dict()}, **(info or {})}
-        ckpt = Checkpoint(model, bank, autoencoder or {"type": "pixels"}, encoder,
-                          sampler or {"method": "euler", "steps": 20}, info)
-        if self.is_main:
-            save_checkpoint(folder, ckpt, bank_dtype=bank_dtype)
-        return Path(folder)
-
-
-def baseline_refusal(condition: str) -> str:
-    """Why a condition "label" / "none" run gets no checkpoint folder, and how to sample it instead. These runs are
-    training baselines for comparison with GMem: the network learnt from a label embedding (kept in the train state,
-    not in the network) or from zeros. A checkpoint folder holds the network and a bank, and the pipeline would
-    condition it on bank rows: plausible-looking, meaningless images."""
-    how = "trainer.sample(conditions=labels)" if condition == "label" else "trainer.sample(n)"
-    return (f"condition={condition!r} trains a baseline for comparison, not a model for the pipeline: its network was "
-            f"not trained on bank snippets, so a checkpoint folder would feed it the wrong input. Sample it from the "
-            f"Trainer instead: {how}, also after trainer.load_state(path) of a saved train state. Train with "
-            f"condition='snippet' for a checkpoint GMemPipeline loads.")

@@ -83,26 +83,58 @@ def refuse_unknown_labels(labels, num_labels: int, what: str, mode: str) -> None
                          f"only; give labels of the training images")
 
 
-def check_loss(value: float, any_process_bad: bool, step: int, lr: float) -> None:
-    """Refuse a non-finite loss (this process's `value`, or another's: `any_process_bad`) before the optimizer applies
-    it, so the weights and EMA stay those of the last good step (save_state then still holds a usable model)."""
-    if math.isfinite(value) and not any_process_bad:
+def check_step(loss: float, grad_norm: float, loss_bad: bool, grads_bad: bool, step: int, lr: float,
+               at_fault: list[str]) -> None:
+    """Refuse a step whose loss or gradients are NaN or infinite (on this process: `loss`, `grad_norm`; on any:
+    `loss_bad`, `grads_bad`) before the optimizer applies it, so the weights and EMA stay those of the last good
+    step (save_state then still holds a usable model). `at_fault`: parameters whose gradient is not finite here."""
+    if not (loss_bad or grads_bad):
         return
-    what = f"became {value}" if not math.isfinite(value) else "became NaN or infinite on another process"
-    raise FloatingPointError(f"the training loss {what} at step {step + 1} (lr {lr:.3g}); the weights were left as "
-                             f"they were after step {step}. Lower lr, set grad_clip, or check the data")
+    kept = f"the weights were left as they were after step {step}"
+    if loss_bad:
+        what = f"became {loss}" if not math.isfinite(loss) else "became NaN or infinite on another process"
+        raise FloatingPointError(f"the training loss {what} at step {step + 1} (lr {lr:.3g}); {kept}. Lower lr, set "
+                                 f"grad_clip, or check the data")
+    where = (f" in {', '.join(at_fault[:3])}" + (f" and {len(at_fault) - 3} more" if len(at_fault) > 3 else "")
+             if at_fault else " on another process")
+    raise FloatingPointError(f"the gradients became NaN or infinite{where} at step {step + 1} (norm {grad_norm}, "
+                             f"with a finite loss {loss:.4g}; lr {lr:.3g}); {kept}. grad_clip cannot bound a NaN: "
+                             f"lower lr, or look for an operation with an infinite derivative (sqrt or norm of 0, "
+                             f"log of 0) in the model, the loss or a hook; p.grad still holds the bad gradients")
+
+
+def non_finite_gradients(named_parameters) -> list[str]:
+    """Names of the parameters whose gradient holds a NaN or infinity (asked only once a step has failed)."""
+    return [name for name, p in named_parameters if p.grad is not None and not torch.isfinite(p.grad).all()]
+
+
+def describe_source(source: dict | None) -> str:
+    """A Trainer's data_source as the words that made it ({"--data": "digits", "--split": "train"} -> "--data digits
+    --split train"); "" when there is none."""
+    return " ".join(f"{key} {value}" for key, value in source.items()) if source else ""
 
 
 def check_resume_data(path, saved: dict | None, ours: dict) -> None:
     """Refuse to resume a train state on other data: `saved` and `ours` are fingerprints.training_data records (the
-    state's, None in states from before the record: not checked, and this trainer's)."""
-    if saved is not None and saved.get("encoder") and ours.get("encoder") and saved["encoder"] != ours["encoder"]:
+    state's, None in states from before the record: not checked, and this trainer's), each with the Trainer's
+    data_source as "source" where one was given (gmem train: --data, --split, --init), which the refusal names."""
+    if saved is None:
+        return
+    was, now = describe_source(saved.get("source")), describe_source(ours.get("source"))
+    if saved.get("encoder") and ours.get("encoder") and saved["encoder"] != ours["encoder"]:
+        named = f"; saved run: {was}; this run: {now}" if was and now else ""
         raise ValueError(f"{path} was trained on snippets from another encoder (fingerprint {saved['encoder']} "
-                         f"saved, {ours['encoder']} now): resuming would condition the run on other bank rows. "
+                         f"saved, {ours['encoder']} now{named}): resuming would condition the run on other bank rows. "
                          f"Give the same --init as the saved run (gmem train), or start a new run (a new --out).")
-    if saved is not None and (saved.get("images"), saved.get("sha256")) != (ours["images"], ours["sha256"]):
-        other = "other images" if saved.get("images") == ours["images"] else f"{ours['images']} images"
-        raise ValueError(f"{path} was trained on {saved.get('images')} images, and this trainer has {other} "
-                         f"(fingerprint {saved.get('sha256')} saved, {ours['sha256']} now): resuming would not "
-                         f"continue that run. Give the same images (gmem train: the same --data and --split), "
-                         f"or start a new run (a new --out).")
+    if (saved.get("images"), saved.get("sha256")) == (ours["images"], ours["sha256"]):
+        return
+    if was and now:
+        changed = " (the same source, whose images have changed since)" if was == now else ""
+        raise ValueError(f"{path} was trained on {saved.get('images')} images from {was}, and this run has "
+                         f"{ours['images']} images from {now}{changed}: resuming would not continue that run. "
+                         f"Resume with {was}, or start a new run with this data (a new --out).")
+    other = "other images" if saved.get("images") == ours["images"] else f"{ours['images']} images"
+    raise ValueError(f"{path} was trained on {saved.get('images')} images, and this trainer has {other} "
+                     f"(fingerprint {saved.get('sha256')} saved, {ours['sha256']} now): resuming would not "
+                     f"continue that run. Give the same images (gmem train: the same --data and --split), "
+                     f"or start a new run (a new --out).")

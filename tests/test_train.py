@@ -258,13 +258,21 @@ def test_a_launch_accelerate_does_not_join_is_refused(digits, monkeypatch):
 
 def test_gmem_train_checkpoint_every(tmp_path, monkeypatch, capsys):
     """`gmem train --checkpoint-every 0` saves no periodic state (it used to divide by zero) but still the final
-    one; N saves every N steps; a negative count is refused by argparse before anything loads."""
+    one; N saves every N steps, on every process (a save waits for all of them: saved from an on_step callback,
+    which runs on the main process only, it hung a multi-process run at the first save); a negative count is
+    refused by argparse before anything loads."""
     from gmem_explore.cli import main
     from gmem_explore.safefiles import load_tensors
 
     saved = []
     original = Trainer.save_state
-    monkeypatch.setattr(Trainer, "save_state", lambda self, path: saved.append(self.step) or original(self, path))
+
+    def save_state(self, path):
+        saved.append(self.step)
+        assert path.name == "train-state.safetensors", path  # what --resume reads
+        return original(self, path)
+
+    monkeypatch.setattr(Trainer, "save_state", save_state)
     # held_out digits and 2 steps of 4 images: the cheapest real run of the command
     common = ["train", "--data", "digits", "--split", "held_out", "--steps", "2", "--batch-size", "4", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "never"), "--checkpoint-every", "0"]) == 0
@@ -274,7 +282,13 @@ def test_gmem_train_checkpoint_every(tmp_path, monkeypatch, capsys):
     saved.clear()
     assert main([*common, "--out", str(tmp_path / "every"), "--checkpoint-every", "1"]) == 0
     assert saved == [1, 2, 2]  # after each step, then the final save
+    # a process other than the main one saves as often (it writes nothing, and prints nothing)
+    built = Trainer.__init__
+    monkeypatch.setattr(Trainer, "__init__", lambda self, *a, **k: built(self, *a, **k) or setattr(self, "is_main", False))
     capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "other"), "--checkpoint-every", "1"]) == 0
+    assert saved == [1, 2, 2, 1, 2, 2] and capsys.readouterr().out == ""
+    assert not (tmp_path / "other" / "train-state.safetensors").exists()
     with pytest.raises(SystemExit) as exit_info:
         main([*common, "--out", str(tmp_path / "bad"), "--checkpoint-every", "-1"])
     assert exit_info.value.code == 2
@@ -462,7 +476,10 @@ def test_gmem_train_resume_on_other_data_is_refused(tmp_path, capsys):
     assert main([*common, "--split", "held_out"]) == 0
     assert f"gmem evaluate --checkpoint {tmp_path / 'run'} --data digits --split held_out" in capsys.readouterr().out
     assert main([*common, "--split", "train", "--resume"]) == 1
-    assert "resuming would not continue that run" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # one paragraph, wrapped
+    assert ("images from --data digits --split held_out --init emoji-32, and this run has" in err
+            and "images from --data digits --split train --init emoji-32: resuming would not continue that run. "
+                "Resume with --data digits --split held_out --init emoji-32, or start a new run" in err), err
 
 
 # ---- the objective, the EMA, snippet dropout and normalisation, each checked against its formula ---------------

@@ -105,3 +105,44 @@ def test_on_end_says_how_each_fit_call_ended():
     with pytest.raises(FloatingPointError):
         tr.fit(steps=1)
     assert ends == [(2, 2, "NoneType"), (2, 0, "NoneType"), (2, 0, "FloatingPointError")]
+
+
+@pytest.mark.parametrize("grad_clip, bad", [(1.0, float("nan")), (0.0, float("inf"))])
+def test_a_nan_gradient_with_a_finite_loss_stops_training_before_the_weights_change(grad_clip, bad):
+    """A NaN or infinite gradient (here one parameter's, through a hook) with a finite loss: the step stops before
+    the optimizer applies it, naming the parameter. With clipping the NaN norm used to turn every gradient NaN and
+    the step went on, so every weight and the EMA became NaN."""
+    tr = trainer(pixels(), rows(), grad_clip=grad_clip)
+    tr.fit(steps=2)
+    before = {k: v.clone() for k, v in tr.module.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in tr.ema.state_dict().items()}
+    moments = {k: v.clone() for k, v in tr.state_tensors()[0].items() if k.startswith("optimizer.")}
+    weight = tr.network.final_layer.linear.weight
+    hook = weight.register_hook(lambda g: torch.full_like(g, bad))
+    with pytest.raises(FloatingPointError, match=r"gradients became NaN or infinite in final_layer\.linear\.weight "
+                                                 r"at step 3 .*finite loss.*after step 2"):
+        tr.fit(steps=1)
+    assert tr.step == 2 and torch.isfinite(weight).all()
+    assert all(torch.equal(before[k], v) for k, v in tr.module.state_dict().items())
+    assert all(torch.equal(ema_before[k], v) for k, v in tr.ema.state_dict().items())
+    assert all(torch.equal(moments[k], v) for k, v in tr.state_tensors()[0].items() if k.startswith("optimizer."))
+    hook.remove()  # the run goes on from its last good step
+    event = tr.fit(steps=1)[-1]
+    assert event["step"] == 3 and 0 < event["grad_norm"] < float("inf")
+
+
+def test_gradient_clipping_bounds_the_step_as_clip_grad_norm_does():
+    """The clip written out in Trainer._gradient_norm gives torch.nn.utils.clip_grad_norm_'s gradients and norm."""
+    tr = trainer(pixels(), rows(), grad_clip=1e-3)
+    loss, _, _ = tr.loss_on(*tr._draw_batch())
+    loss.backward()
+    params = [p for p in tr.module.parameters() if p.grad is not None]
+    copies = [p.grad.clone() for p in params]
+    norm = tr._gradient_norm()
+    ours = [p.grad.clone() for p in params]
+    for p, g in zip(params, copies):
+        p.grad = g
+    assert norm > 1e-3  # so the clip acts
+    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(params, 1e-3))
+    for p, g in zip(params, ours):
+        torch.testing.assert_close(g, p.grad)

@@ -11,16 +11,19 @@ the bank of the new checkpoint holds one row per training image. Images are resi
 The training state (weights, EMA, optimizer, RNG, step) is saved to OUT/train-state.safetensors every
 --checkpoint-every steps (0: only at the end) and when training ends; --resume continues from it with the saved
 run's settings (warm-up included; --steps may extend it) and gives the same weights as an uninterrupted run; it
-refuses other images or another snippet encoder than the saved run's (another --data, --split or --init: the state
-records their fingerprints).
+refuses other images or another snippet encoder than the saved run's (the state records --data, --split and --init
+and the fingerprints of the images and the encoder; a moved folder with the same images resumes).
 --condition label / none train baselines to compare GMem with: they write the training state only, no checkpoint
 folder (the pipeline would condition their network on bank rows); sample them with gmem_explore.train.Trainer.
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gmem_explore.commands.checks import float_in, image_source, output_folder, positive_int
+
+DATASET_NAMES = ("twemoji", "twemoji-skin", "digits")  # data.DATASET_NAMES (data imports torch)
 
 
 def non_negative_int(text: str) -> int:
@@ -75,14 +78,35 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar, for logs and batch jobs (default: off)")
 
 
+STATE_NAME = "train-state.safetensors"  # in --out; the Trainer's periodic saves (checkpoint_every) go there too
+
+
 def new_run_config(args):
-    """The TrainConfig of a run started now from the command line."""
+    """The TrainConfig of a run started now from the command line. The periodic saves are the Trainer's own
+    (config.checkpoint_every): its loop runs on every process, where an on_step callback runs on the main one only,
+    and a save waits for all processes (the others would go on into the next step's all-reduce: a hang)."""
     from gmem_explore.train import TrainConfig
 
     lr = args.lr if args.lr is not None else (1e-3 if args.from_scratch else 2e-4)
+    every = args.checkpoint_every
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup=min(200, args.steps // 5 + 1),
                        snippet_dropout=args.snippet_dropout, condition=args.condition, repa_weight=args.repa_weight,
-                       seed=args.seed, progress=not args.no_progress)
+                       seed=args.seed, progress=not args.no_progress, checkpoint_every=every,
+                       out_dir=str(args.out) if every else None)
+
+
+def data_source(args) -> dict:
+    """What decides which images a run trains on, as the flags that say it: --data (a folder as an absolute path,
+    so another working directory names the same one), --split, and --init (its encoder makes the snippets and its
+    input size the image size). The train state records it; a refused --resume names both."""
+    from gmem_explore.hub import checkpoint_name
+
+    def where(value):
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.is_dir() else value
+
+    data = args.data if args.data in DATASET_NAMES else where(args.data)
+    return {"--data": data, "--split": args.split, "--init": where(checkpoint_name(args.init))}
 
 
 def resumed_config(state, args):
@@ -106,7 +130,8 @@ def resumed_config(state, args):
     if changed:
         raise ValueError(f"--resume continues the run saved in {state}, but this command changes " + "; ".join(changed)
                          + ". Give the saved values, or a new --out to start a new run")
-    return TrainConfig.from_dict({**saved, "steps": asked.steps, "progress": asked.progress})
+    now = {k: getattr(asked, k) for k in ("steps", "progress", "checkpoint_every", "out_dir")}
+    return TrainConfig.from_dict({**saved, **now})
 
 
 def run(args) -> int:
@@ -117,7 +142,9 @@ def run(args) -> int:
     from gmem_explore.data import load_dataset
     from gmem_explore.hub import resolve_checkpoint
     from gmem_explore.model import GMemSiT
+    from gmem_explore.safefiles import read_header
     from gmem_explore.train import Trainer, baseline_refusal
+    from gmem_explore.train_checks import describe_source
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,7 +152,7 @@ def run(args) -> int:
         raise ValueError("--steps and --batch-size must be at least 1")
     out = output_folder(args.out)  # before the data loads and training runs: the state is saved at the end
     image_source(args.data, "--data")
-    state = out / "train-state.safetensors"
+    state = out / STATE_NAME
     if args.resume and not state.is_file():
         raise FileNotFoundError(f"--resume: no training state at {state}; start without --resume")
     config = resumed_config(state, args) if args.resume else new_run_config(args)
@@ -147,26 +174,28 @@ def run(args) -> int:
         print(f"--condition {config.condition} trains a baseline for comparison: {out} will hold its training state "
               f"only, no checkpoint folder")
     conditions = rows if config.condition == "snippet" else data.labels
-    trainer = Trainer(model, data.images, conditions, config, encoder=ckpt.encoder)
+    source = data_source(args)
+    trainer = Trainer(model, data.images, conditions, config, encoder=ckpt.encoder, data_source=source)
+    trainer.state_name = STATE_NAME
+    say = print if trainer.is_main else (lambda *a, **k: None)  # once, not once per process
     if args.resume:
-        trainer.load_state(state)
-        print(f"resumed at step {trainer.step}")
-    if args.checkpoint_every:  # 0: no periodic saves (as TrainConfig.checkpoint_every); the final save_state stays
-        every = args.checkpoint_every
-        trainer.on("on_step", lambda tr, ev: tr.save_state(state) if ev["step"] % every == 0 else None)
+        saved = (read_header(state)[1].get("data") or {}).get("source")
+        trainer.load_state(state)  # refuses other images or another encoder, naming the saved and the given flags
+        moved = f" (the saved run's {describe_source(saved)} holds the same images)" if saved and saved != source else ""
+        say(f"resumed at step {trainer.step}{moved}")
     trainer.fit()
     trainer.save_state(state)
     last = trainer.history[-1]["loss"] if trainer.history else float("nan")
     if is_baseline:
-        print(f"wrote {state} after {trainer.step} steps (last loss {last:.4f}); no checkpoint folder: "
-              f"{baseline_refusal(config.condition)}")
+        say(f"wrote {state} after {trainer.step} steps (last loss {last:.4f}); no checkpoint folder: "
+            f"{baseline_refusal(config.condition)}")
         return 0
     info = {"name": out.name, "description": f"trained with `gmem train` on {args.data} ({len(data)} images)",
-            "data": {"source": args.data, "images": len(data)}}
+            "data": {"source": args.data, "split": args.split, "images": len(data)}}
     trainer.export(out, bank, ckpt.encoder, sampler=ckpt.sampler, info=info, bank_dtype=torch.float16)
     # measured against what it learnt from, or, after --split train, against the images it never saw
     against = {"all": "", "held_out": " --split held_out", "train": " --split held_out"}[args.split]
     which = " on the images it did not train on" if args.split == "train" else ""
-    print(f"wrote {out} after {trainer.step} steps (last loss {last:.4f}); try it: gmem sample --checkpoint {out}; "
-          f"measure it{which}: gmem evaluate --checkpoint {out} --data {args.data}{against}")
+    say(f"wrote {out} after {trainer.step} steps (last loss {last:.4f}); try it: gmem sample --checkpoint {out}; "
+        f"measure it{which}: gmem evaluate --checkpoint {out} --data {args.data}{against}")
     return 0

@@ -1,0 +1,114 @@
+"""A Trainer's state on disk: the train state for an exact resume (save_state / load_state) and the checkpoint
+folder GMemPipeline loads (export). A mixin of train.Trainer, apart from the step loop it saves.
+
+A train state is one safetensors file, written atomically: the weights ("module."), the EMA ("ema."), AdamW's
+moments ("optimizer.<param>.<slot>"), the trainer's RNG ("rng.trainer") and, in the metadata, the step, the
+TrainConfig, the optimizer's param groups, the model config, the per-step history and what the run trains on
+(fingerprints.training_data, plus the Trainer's data_source: gmem train's --data, --split and --init), which
+load_state compares before it changes anything.
+"""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from .fingerprints import training_data
+from .safefiles import load_tensors, save_tensors
+from .train_checks import check_resume_data
+
+STATE_FORMAT = "gmem-explore-train-1"
+
+
+class TrainerState:
+    """save_state / load_state / export for train.Trainer (uses its module, ema, optimizer, generator, step,
+    history, config, images, conditions, encoder, data_source and accelerator)."""
+
+    def _unwrapped(self):
+        return self.accelerator.unwrap_model(self.module) if self.accelerator else self.module
+
+    def state_tensors(self) -> tuple[dict, dict]:
+        tensors = {f"module.{k}": v for k, v in self._unwrapped().state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt = self.optimizer.state_dict()
+        for pid, slots in opt["state"].items():
+            for key, value in slots.items():
+                tensors[f"optimizer.{pid}.{key}"] = torch.as_tensor(value)
+        tensors["rng.trainer"] = self.generator.get_state()
+        meta = {"format": STATE_FORMAT, "step": self.step, "config": self.config.to_dict(),
+                "param_groups": opt["param_groups"], "model": self.network.config.to_dict(), "history": self.history,
+                "data": self.data_fingerprint()}
+        return tensors, meta
+
+    def data_fingerprint(self) -> dict:
+        """What this run trains on (fingerprints.training_data), computed once, with the data_source given to the
+        Trainer (as "source", when given): load_state compares the former and names the latter."""
+        if getattr(self, "_data_fingerprint", None) is None:
+            labels = self.conditions if self.config.condition == "label" else None
+            encoder = self.encoder if self.config.condition == "snippet" else None
+            record = training_data(self.images, labels, encoder)
+            if self.data_source:
+                record["source"] = dict(self.data_source)
+            self._data_fingerprint = record
+        return self._data_fingerprint
+
+    def save_state(self, path) -> Path:
+        """Everything needed for an exact resume, in one safetensors file written atomically. Every process calls it
+        (it waits for all of them; the main process writes)."""
+        path = Path(path)
+        if self.accelerator:
+            self.accelerator.wait_for_everyone()
+        if self.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tensors, meta = self.state_tensors()
+            save_tensors(path, tensors, meta)
+        self._fire("on_checkpoint", {"step": self.step, "path": str(path)})
+        return path
+
+    def load_state(self, path) -> None:
+        """Continue the run saved at `path`; refused (nothing changed) when it trained on other data."""
+        tensors, meta = load_tensors(path, mmap=False)
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not a gmem-explore training state (format {meta.get('format')!r})")
+        check_resume_data(path, meta.get("data"), self.data_fingerprint())
+        self._unwrapped().load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("module.")})
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        state = defaultdict(dict)
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, pid, slot = key.split(".", 2)
+                state[int(pid)][slot] = value
+        self.optimizer.load_state_dict({"state": dict(state), "param_groups": meta["param_groups"]})
+        self.generator.set_state(tensors["rng.trainer"])
+        self.step = int(meta["step"])
+        self.history = list(meta.get("history", []))
+
+    def export(self, folder, bank, encoder=None, sampler: dict | None = None, info: dict | None = None,
+               bank_dtype=None, autoencoder: dict | None = None) -> Path:
+        """The EMA network + bank (+ encoder) as a checkpoint folder (see checkpoint.py). Snippet-conditioned runs
+        only: a checkpoint's user feeds the network bank rows (see baseline_refusal)."""
+        from .checkpoint import Checkpoint, save_checkpoint
+
+        if self.config.condition != "snippet":
+            raise ValueError(baseline_refusal(self.config.condition))
+        model = copy.deepcopy(self.ema_model).cpu().float()
+        info = {"training": {"steps": self.step, "config": self.config.to_dict()}, **(info or {})}
+        ckpt = Checkpoint(model, bank, autoencoder or {"type": "pixels"}, encoder,
+                          sampler or {"method": "euler", "steps": 20}, info)
+        if self.is_main:
+            save_checkpoint(folder, ckpt, bank_dtype=bank_dtype)
+        return Path(folder)
+
+
+def baseline_refusal(condition: str) -> str:
+    """Why a condition "label" / "none" run gets no checkpoint folder, and how to sample it instead. These runs are
+    training baselines for comparison with GMem: the network learnt from a label embedding (kept in the train state,
+    not in the network) or from zeros. A checkpoint folder holds the network and a bank, and the pipeline would
+    condition it on bank rows: plausible-looking, meaningless images."""
+    how = "trainer.sample(conditions=labels)" if condition == "label" else "trainer.sample(n)"
+    return (f"condition={condition!r} trains a baseline for comparison, not a model for the pipeline: its network was "
+            f"not trained on bank snippets, so a checkpoint folder would feed it the wrong input. Sample it from the "
+            f"Trainer instead: {how}, also after trainer.load_state(path) of a saved train state. Train with "
+            f"condition='snippet' for a checkpoint GMemPipeline loads.")

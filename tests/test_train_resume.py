@@ -1,0 +1,64 @@
+"""Resuming a train state: the state records where its images came from (the Trainer's data_source; gmem train:
+--data, --split, --init), and a resume on other images names the saved source and the given one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gmem_explore import build_model
+from gmem_explore.safefiles import read_header
+from gmem_explore.train import TrainConfig, Trainer
+
+from conftest import TINY
+
+
+def pixels(n, seed=0):
+    return torch.randint(0, 256, (n, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def trainer(images, source):
+    torch.manual_seed(0)
+    rows = torch.randn(len(images), 16, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=2, batch_size=4, lr=3e-3, warmup=1, progress=False)
+    return Trainer(build_model(**TINY), images, rows, config, use_accelerate=False, data_source=source)
+
+
+SAVED = {"--data": "/photos/cats", "--split": "train", "--init": "emoji-32"}
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "state.safetensors"
+    first = trainer(pixels(8), SAVED)
+    first.fit()
+    first.save_state(path)
+    return path
+
+
+def test_the_state_records_the_data_source(saved_state):
+    assert read_header(saved_state)[1]["data"]["source"] == SAVED
+
+
+def test_a_resume_on_other_images_names_both_sources_and_what_to_do(saved_state):
+    other = trainer(pixels(6, seed=1), {**SAVED, "--data": "/photos/dogs"})
+    with pytest.raises(ValueError, match="trained on 8 images from --data /photos/cats --split train --init emoji-32, "
+                                         "and this run has 6 images from --data /photos/dogs --split train --init "
+                                         "emoji-32: resuming would not continue that run. Resume with --data "
+                                         "/photos/cats --split train --init emoji-32, or start a new run with this "
+                                         r"data \(a new --out\)"):
+        other.load_state(saved_state)
+    assert other.step == 0
+    changed = trainer(pixels(8, seed=2), SAVED)  # the same folder, whose files changed
+    with pytest.raises(ValueError, match=r"from --data /photos/cats --split train --init emoji-32 \(the same "
+                                         r"source, whose images have changed since\)"):
+        changed.load_state(saved_state)
+
+
+def test_the_same_images_from_another_place_resume(saved_state):
+    """A folder moved or named another way holds the same images: the fingerprint decides, not the path."""
+    moved = trainer(pixels(8), {**SAVED, "--data": "/archive/cats"})
+    moved.load_state(saved_state)
+    assert moved.step == 2
+    unnamed = trainer(pixels(8), None)  # and a trainer given no source resumes it too
+    unnamed.load_state(saved_state)
+    assert unnamed.step == 2
