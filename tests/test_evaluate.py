@@ -235,3 +235,24 @@ def test_evaluate_samples_with_the_guidance_interval_it_is_given(tiny_with_encod
     generated = json.loads((tmp_path / "eval" / "report.json").read_text())["generated"]
     assert generated["guidance_interval"] == [0.0, 0.5] and generated["seeds"] == [0, 5]
     assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--guidance-interval", "0.9", "0.1"]) == 1
+
+
+def test_too_few_images_are_refused_before_anything_is_encoded(tiny_with_encoder, tmp_path, monkeypatch, capsys):
+    """One image in --images was refused only after every reference had been encoded (with gmem-v1-xl and ImageNet
+    references, DINOv2 on 50,000 images first); too few references likewise before the samples' encoding."""
+    from gmem_explore.commands import evaluate as command
+
+    def never(*args, **kwargs):
+        pytest.fail("images were encoded before the count was checked")
+
+    monkeypatch.setattr(command, "encode", never)
+    (tmp_path / "one").mkdir()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "one" / "a.png")
+    assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--images", str(tmp_path / "one")]) == 1
+    assert "one: 1 image, too few to compare; give at least 4" in capsys.readouterr().err
+    (tmp_path / "refs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (0, 80 * i, 0)).save(tmp_path / "refs" / f"{i}.png")
+    assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--samples", "6", "--steps", "1",
+                 "--data", str(tmp_path / "refs")]) == 1
+    assert "the reference images: 3 images, too few to compare" in capsys.readouterr().err

@@ -141,6 +141,16 @@ def reference_thumbnails(args, folder, bank=None):
     return bank.thumbnails
 
 
+def enough(images, what: str) -> None:
+    """Refuse too few images before any is encoded: evaluation.compare would, but only after the other set's encoding
+    (50,000 ImageNet references through DINOv2: most of an hour)."""
+    from gmem_explore.evaluation import PR_K
+
+    if len(images) <= PR_K:
+        raise ValueError(f"{what}: {len(images)} image{'' if len(images) == 1 else 's'}, too few to compare; give at "
+                         f"least {PR_K + 1} (FD and precision / recall need a few hundred to mean much)")
+
+
 def encode(encoder, images, what: str):
     import torch
     from tqdm.auto import tqdm
@@ -190,6 +200,7 @@ def run(args) -> int:
     record = {"checkpoint": str(args.checkpoint or "emoji-32"), "seed": args.seed}
     if pipe is None:
         samples = read_images(args.images)
+        enough(samples, f"--images {args.images}")
         record["images"] = str(args.images)
     else:
         out = pipe.generate(samples, seeds=args.seed, choose=args.choose, method=args.method, steps=args.steps,
@@ -206,6 +217,7 @@ def run(args) -> int:
     else:
         reference = thumbnails
         record["reference"] = "the bank's thumbnails"
+    enough(reference, "the reference images" if thumbnails is None else "the bank's thumbnails")
     features = encode(encoder, samples, "samples"), encode(encoder, reference, "references")
     report = {**record, **compare(*features, seed=args.seed)}
     print(summary(report))
