@@ -186,16 +186,17 @@ def check_settings(out_dir: Path, settings: RunSettings) -> bool:
     return set(recorded) != set(new)
 
 
-def sampler_path(precision: str) -> bool | None:
+def sampler_path(precision: str, device: torch.device) -> bool | str:
     """pipe.generate's `fast` for a --precision. tf32 and fp32 name the released sampler's arithmetic (fp32 weights,
     float64 state; TF32 matmuls or strict), so they must not take the fast path, which generate's default (None)
     turns on for every CUDA run in bf16: run.json said tf32 while the images were bf16's (0.5% off in the final
-    latents). bf16 keeps the default: the fast path on CUDA (3.6x the released sampler's speed on an H100)."""
-    return None if precision == "bf16" else False
+    latents). bf16 on a GPU is the fast path in its tested setting (fp32 weights, bf16 network: 3.6x the released
+    sampler on an H100); on a CPU, which has no fast bf16, the released sampler with the network cast to bf16."""
+    return "bf16" if precision == "bf16" and device.type == "cuda" else False
 
 
 def sample_seeds(pipe, out_dir: Path, seeds: list[int], settings: RunSettings, batch_size: int,
-                 run_seeds: list[int], show_progress: bool) -> int:
+                 run_seeds: list[int], show_progress: bool, fast: bool | str = False) -> int:
     """Make the images of `seeds` (this process's share of `run_seeds`) that are not on disk yet; returns how many
     were written."""
     todo = [s for s in seeds if not png_path(out_dir, s).exists()]
@@ -208,7 +209,7 @@ def sample_seeds(pipe, out_dir: Path, seeds: list[int], settings: RunSettings, b
         batch = todo[start:start + batch_size]
         out = pipe.generate(seeds=batch, choose=settings.choose, method=settings.method, steps=settings.steps,
                             guidance=settings.guidance, guidance_interval=tuple(settings.guidance_interval),
-                            batch_size=len(batch), fast=sampler_path(settings.precision))
+                            batch_size=len(batch), fast=fast)
         images = out.images.numpy()
         for seed, row, image in zip(out.seeds, out.indices, images):
             save_png(png_path(out_dir, seed), image, {"seed": seed, "row": row, **asdict(settings)})
@@ -258,7 +259,7 @@ def set_precision(pipe, precision: str, device: torch.device) -> None:
     if device.type == "cuda":
         # tf32: the reference's setting (fp32 weights, TF32 matmuls); ~3x faster than strict fp32 on A100/H100
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    if precision == "bf16":
+    if precision == "bf16" and not sampler_path(precision, device):  # the fast path casts for itself
         pipe.model.to(torch.bfloat16)  # the sampler keeps its state in float64 and casts per call
 
 
@@ -359,7 +360,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
             write_bytes_atomic(out_dir / "run.json", json.dumps(asdict(settings), indent=1).encode())
         run_seeds = [base_seed + i for i in range(num)]
         sample_seeds(pipe, out_dir, shard(num, base_seed, rank, world), settings, batch_size, run_seeds,
-                     progress and rank == 0)
+                     progress and rank == 0, sampler_path(precision, device))
         group.barrier()
         if rank != 0 or npz is None:
             return None

@@ -90,10 +90,11 @@ def test_revision_or_bank_dtype_that_would_be_ignored_is_refused_before_anything
     quick(tiny_folder, tmp_path / "d", bank_dtype="fp32")  # what the folder holds: no conflict
 
 
-@pytest.mark.parametrize("precision, fast", [("tf32", False), ("fp32", False), ("bf16", None)])
+@pytest.mark.parametrize("precision, fast", [("tf32", False), ("fp32", False), ("bf16", False)])
 def test_the_recorded_precision_picks_the_sampler(tiny_folder, tmp_path, monkeypatch, precision, fast):
     """generate's default fast=None takes the bf16 fast path on every CUDA run: a tf32 run ('the reference's
-    setting', as run.json says) must ask for the released sampler."""
+    setting', as run.json says) must ask for the released sampler. On a GPU bf16 is the fast path, on a CPU the
+    released sampler on a bf16 network."""
     seen = []
     generate = GMemPipeline.generate
 
@@ -104,6 +105,8 @@ def test_the_recorded_precision_picks_the_sampler(tiny_folder, tmp_path, monkeyp
     monkeypatch.setattr(GMemPipeline, "generate", spy)
     quick(tiny_folder, tmp_path / "fid", precision=precision)
     assert seen == [fast]
+    gpu = torch.device("cuda", 0)
+    assert sharded.sampler_path(precision, gpu) == ("bf16" if precision == "bf16" else False)
 
 
 def test_a_home_relative_out_is_written_under_home(tiny_folder, tmp_path, monkeypatch):
