@@ -221,6 +221,16 @@ def sample_seeds(pipe, out_dir: Path, seeds: list[int], settings: RunSettings, b
     return len(todo)
 
 
+def read_png(path) -> np.ndarray:
+    """uint8 (H, W, 3) of one sampled image, or a ValueError naming a damaged file and what to do."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for a cut or damaged file
+        raise ValueError(f"{path} is damaged ({e}): delete it and run the sampler again, which makes that image again "
+                         f"from its seed") from None
+
+
 def write_npz(out_dir, seeds: list[int], npz_path, progress: bool = False) -> Path:
     """Stream the PNGs of `seeds` (in that order) into an .npz whose arr_0 is uint8 (N, H, W, 3), without holding
     them all (50,000 x 256 x 256 x 3 is 9.8 GB): the npy header first, then one image at a time."""
@@ -229,8 +239,7 @@ def write_npz(out_dir, seeds: list[int], npz_path, progress: bool = False) -> Pa
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(paths)} images are missing in {out_dir} "
                                 f"(e.g. {missing[:3]}); run the sampler again to finish them")
-    with Image.open(paths[0]) as first:
-        w, h = first.size
+    h, w = read_png(paths[0]).shape[:2]
     header = {"descr": "|u1", "fortran_order": False, "shape": (len(paths), h, w, 3)}
     iterator = paths
     if progress:
@@ -241,12 +250,7 @@ def write_npz(out_dir, seeds: list[int], npz_path, progress: bool = False) -> Pa
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array_header_1_0(f, header)
                 for p in iterator:
-                    try:
-                        with Image.open(p) as img:
-                            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-                    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for a cut or damaged file
-                        raise ValueError(f"{p} is damaged ({e}): delete it and run the sampler again, which makes "
-                                         f"that image again from its seed") from None
+                    arr = read_png(p)
                     if arr.shape != (h, w, 3):
                         raise ValueError(f"{p} is {arr.shape}, not ({h}, {w}, 3) like the first image")
                     f.write(arr.tobytes())

@@ -171,6 +171,8 @@ def test_a_damaged_png_is_named_with_what_to_do(tmp_path):
     png_path(tmp_path, 1).write_bytes(whole[:len(whole) // 2])  # a disk that lost the end of the file
     with pytest.raises(ValueError, match=r"000001.png is damaged .*delete it and run the sampler again"):
         write_npz(tmp_path, [0, 1, 2], tmp_path / "run.npz")
+    with pytest.raises(ValueError, match=r"000001.png is damaged"):  # the first image, which gives the size
+        write_npz(tmp_path, [1, 0, 2], tmp_path / "run.npz")
     assert not (tmp_path / "run.npz").exists()
 
 
