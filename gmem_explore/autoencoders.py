@@ -61,11 +61,17 @@ class SDVAE:
             raise ImportError("SD-VAE decoding needs diffusers: pip install 'gmem-explore[sd]'") from e
         if source == SD_VAE_REPO and os.environ.get(SD_VAE_ENV):
             source = os.environ[SD_VAE_ENV]  # a local copy, for machines without a network (CLI, app, notebooks)
+        from .hub import cache_only
+
+        offline = cache_only(source)
         try:
-            self.vae = AutoencoderKL.from_pretrained(source, revision=revision, torch_dtype=dtype).to(device).eval()
+            self.vae = AutoencoderKL.from_pretrained(source, revision=revision, torch_dtype=dtype,
+                                                     local_files_only=offline).to(device).eval()
         except OSError as e:
             raise OSError(
-                f"Could not load the SD-VAE from {source!r}: {e}\nWithout a network, download it once where one "
+                f"Could not load the SD-VAE from {source!r}"
+                f"{' (the Hugging Face Hub is unreachable or HF_HUB_OFFLINE is set, and it is not cached)' if offline else ''}"
+                f": {e}\nWithout a network, download it once where one "
                 f"exists (hf download {SD_VAE_REPO} --local-dir DIR), copy DIR here and set {SD_VAE_ENV}=DIR, or "
                 f"set HF_HOME to a cache that holds it."
             ) from e

@@ -87,11 +87,16 @@ class DINOv2Encoder:
         source = self.source
         if source == DINOV2_REPO and os.environ.get(DINOV2_ENV):
             source = os.environ[DINOV2_ENV]  # a local copy, for machines without a network (CLI, app, notebooks)
+        from .hub import cache_only
+
+        offline = cache_only(source)
         try:
-            model = Dinov2Model.from_pretrained(source, revision=self.revision, dtype=self.dtype)
+            model = Dinov2Model.from_pretrained(source, revision=self.revision, dtype=self.dtype,
+                                                local_files_only=offline)
         except OSError as e:
+            unreachable = "the Hugging Face Hub is unreachable or HF_HUB_OFFLINE is set: " if offline else ""
             raise OSError(
-                f"Could not load DINOv2 from {source!r} ({str(e).splitlines()[0] if str(e) else e}). "
+                f"Could not load DINOv2 from {source!r} ({unreachable}{str(e).splitlines()[0] if str(e) else e}). "
                 f"Without a network, download it once where one exists "
                 f"(hf download {DINOV2_REPO} --local-dir DIR), copy DIR here and set {DINOV2_ENV}=DIR (or use "
                 f"DINOv2Encoder(source='DIR')), or set HF_HOME to a cache that holds it. Sampling from the bank "

@@ -85,6 +85,15 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def cache_only(source) -> bool:
+    """Whether weights named by a Hub id (the SD-VAE, DINOv2) must come from the cache alone: HF_HUB_OFFLINE is set
+    or the Hub cannot be reached. Without this, diffusers and transformers retry the unreachable Hub for 25-60 s
+    before failing; with it they load the cached copy, or fail at once. A local folder needs no Hub."""
+    if Path(str(source)).expanduser().is_dir():
+        return False
+    return is_offline() or not hub_reachable()
+
+
 def hub_cache_dir() -> Path:
     """HF_HUB_CACHE, else HF_HOME/hub, else huggingface_hub's default; read at call time."""
     from huggingface_hub import constants
