@@ -58,9 +58,10 @@ from .train_checks import (as_training_images, check_step, data_shape_message, n
                            refuse_unknown_labels, training_conditions)
 from .train_config import TrainConfig
 from .train_module import TrainingModule, make_accelerator
+from .train_interrupt import StopRequested, deferred_interrupt
 from .train_state import TrainerState, baseline_refusal
 
-__all__ = ["EVENTS", "TrainConfig", "Trainer", "TrainingModule", "baseline_refusal"]
+__all__ = ["EVENTS", "StopRequested", "TrainConfig", "Trainer", "TrainingModule", "baseline_refusal"]
 
 EVENTS = ("on_step", "on_eval", "on_checkpoint", "on_end")
 
@@ -112,6 +113,7 @@ class Trainer(TrainerState):
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.history: list[dict] = []
+        self._interrupt, self._stop_after_step = None, False  # fit's Ctrl-C flag; set when the processes agreed
 
     # ---- set-up helpers ------------------------------------------------------------------------------------
     def _repa_targets(self, encoder):
@@ -147,13 +149,14 @@ class Trainer(TrainerState):
     def lr_at(self, step: int) -> float:
         """Linear warm-up, constant, then a half cosine to lr_final over the last `decay` steps of config.steps.
         Beyond config.steps (fit(steps=N) may go there) the rate stays at lr_final: the cosine must not climb
-        back up its next period."""
+        back up its next period. Where warm-up and decay overlap (decay=steps: a cosine over the whole run) the
+        warm-up scales the cosine: it replaced it, so such a run started at the full rate, with no warm-up."""
         cfg = self.config
-        lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+        level = cfg.lr
         if cfg.decay and step >= cfg.steps - cfg.decay:
             frac = min(1.0, (step - (cfg.steps - cfg.decay)) / cfg.decay)
-            lr = cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
-        return lr
+            level = cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
+        return level * min(1.0, (step + 1) / max(cfg.warmup, 1))
 
     def _draw_batch(self):
         """The global batch (indices, t, noise, keep mask), then this process's slice."""
@@ -226,7 +229,7 @@ class Trainer(TrainerState):
             else:
                 loss.backward()
             grad_norm = self._gradient_norm()
-        self._stop_on_non_finite(loss, grad_norm, lr)
+        self._agree_on_step(loss, grad_norm, lr)
         self.optimizer.step()
         self.step += 1
         self._update_ema()
@@ -250,15 +253,18 @@ class Trainer(TrainerState):
                 g.detach().mul_(coefficient.to(g.device))
         return norm
 
-    def _stop_on_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+    def _agree_on_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
         """Every process stops when any process's loss or gradient norm is NaN or infinite, before the optimizer
-        applies the step (a finite loss can still give NaN gradients: sqrt or norm at 0, an overflow in backward).
-        One stopping alone would leave the others waiting in the next gradient all-reduce for ever, so the two flags
-        are reduced across processes in one call per step (the step's loss.item() synchronises anyway)."""
-        flags = torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm.to(loss.device))]).float()
+        applies the step (a finite loss can still give NaN gradients: sqrt or norm at 0, an overflow in backward),
+        and every process stops after this step when Ctrl-C reached any (train_interrupt). One stopping alone would
+        leave the others waiting in the next gradient all-reduce for ever, so the three flags are reduced across
+        processes in one call per step (the step's loss.item() synchronises anyway)."""
+        asked = self._interrupt is not None and self._interrupt.requested
+        flags = torch.stack([~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm.to(loss.device)),
+                             torch.tensor(asked, device=loss.device)]).float()
         if self.world > 1:
             flags = self.accelerator.reduce(flags, reduction="max")
-        loss_bad, grads_bad = (bool(f) for f in flags.tolist())
+        loss_bad, grads_bad, self._stop_after_step = (bool(f) for f in flags.tolist())
         if loss_bad or grads_bad:  # the gradients stay in place (p.grad) for a closer look
             named = ((name.removeprefix("model."), p) for name, p in self._unwrapped().named_parameters())
             check_step(float(loss.detach()), float(grad_norm), loss_bad, grads_bad, self.step, lr,
@@ -274,11 +280,13 @@ class Trainer(TrainerState):
             bar = tqdm(total=stop, initial=self.step, desc="training", unit="step")
         done, start, error = [], time.perf_counter(), None
         try:
-            self._run_until(stop, bar, done)
+            with deferred_interrupt(announce=self.is_main) as self._interrupt:
+                self._run_until(stop, bar, done)
         except BaseException as e:  # KeyboardInterrupt too: on_end says the run stopped, then it propagates
             error = e
             raise
         finally:
+            self._interrupt, self._stop_after_step = None, False
             if bar is not None:
                 bar.close()
             if self.is_main and done:
@@ -302,6 +310,8 @@ class Trainer(TrainerState):
                 self.evaluate()
             if cfg.checkpoint_every and cfg.out_dir and self.step % cfg.checkpoint_every == 0:
                 self.save_state(Path(cfg.out_dir) / self.state_name)  # on every process: it waits for all
+            if self._stop_after_step:  # Ctrl-C, agreed by every process in this step's flags
+                raise StopRequested(f"stopped by Ctrl-C after step {self.step}")
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()

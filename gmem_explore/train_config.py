@@ -6,7 +6,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from .values import as_whole
+
 CONDITIONS = ("snippet", "label", "none")
+# the whole-number settings and their least values (None: any whole number)
+COUNTS = {"steps": 0, "batch_size": 1, "warmup": 0, "decay": 0, "seed": None, "eval_every": 0, "eval_images": 1,
+          "eval_steps": 1, "checkpoint_every": 0}
 
 
 @dataclass
@@ -42,7 +47,8 @@ class TrainConfig:
             raise ValueError(f"time_sampling must be 'logit-normal' or 'uniform'; got {self.time_sampling!r}")
         if not 0 <= self.snippet_dropout <= 1:
             raise ValueError(f"snippet_dropout must lie in [0, 1]; got {self.snippet_dropout}")
-        if self.batch_size < 1 or self.steps < 0 or not 0 < self.lr < math.inf:
+        self._check_counts()
+        if not 0 < self.lr < math.inf:  # the message docs/bad_input.md quotes
             raise ValueError(f"batch_size must be >= 1, steps >= 0 and lr a finite number > 0; got batch_size "
                              f"{self.batch_size}, steps {self.steps}, lr {self.lr}")
         numbers = ("lr_final", "weight_decay", "grad_clip", "ema_decay", "logit_mean", "logit_std", "repa_weight")
@@ -53,13 +59,26 @@ class TrainConfig:
         if bad:
             raise ValueError(f"training settings must be finite, ema_decay in [0, 1], grad_clip >= 0 (0: none) and "
                              f"lr_final >= 0; got {', '.join(f'{k}={getattr(self, k)}' for k in bad)}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be 0 (no periodic saves) or a number of steps; got {self.checkpoint_every}")
         if self.checkpoint_every and not self.out_dir:
             # fit() would have nowhere to save, and skipping the saves silently loses the run on a crash
             raise ValueError(f"checkpoint_every={self.checkpoint_every} saves to out_dir/state.safetensors, but out_dir "
                              f"is not set: give out_dir, or checkpoint_every=0 and call trainer.save_state(path) yourself")
         self.betas = tuple(self.betas)
+
+    def _check_counts(self) -> None:
+        """Counts are whole numbers from their least sensible value (COUNTS), kept as Python ints (a NumPy int would
+        not go into the JSON of a train state). A negative decay or eval_every made the schedule or the evaluations
+        misbehave without a word, eval_images 0 failed deep in the sampler, 2.5 images per batch inside torch."""
+        bad = []
+        for name, least in COUNTS.items():
+            value = as_whole(getattr(self, name))
+            if value is None or (least is not None and value < least):
+                bad.append(f"{name}={getattr(self, name)!r}")
+            else:
+                setattr(self, name, value)
+        if bad:
+            wanted = ", ".join(f"{k} >= {least}" for k, least in COUNTS.items() if least is not None)
+            raise ValueError(f"training counts must be whole numbers ({wanted}; seed any); got {', '.join(bad)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -146,3 +146,25 @@ def test_gradient_clipping_bounds_the_step_as_clip_grad_norm_does():
     torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(params, 1e-3))
     for p, g in zip(params, ours):
         torch.testing.assert_close(g, p.grad)
+
+
+@pytest.mark.parametrize("setting", [dict(decay=-5), dict(eval_every=-2), dict(eval_images=0), dict(eval_steps=0),
+                                     dict(batch_size=2.5), dict(steps=True), dict(warmup=-1), dict(checkpoint_every=-1),
+                                     dict(seed=1.5)])
+def test_counts_that_are_not_whole_or_below_their_least_are_refused(setting):
+    """A negative decay bent the LR schedule (a cosine of negative length), a negative eval_every evaluated every
+    few steps anyway, eval_images 0 failed deep in the sampler, 2.5 images per batch inside torch."""
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"training counts must be whole numbers .*got {name}="):
+        TrainConfig(**setting)
+
+
+def test_numpy_counts_are_kept_as_python_ints(tmp_path):
+    """A NumPy count (a value from an array, a sweep) went into the train state's JSON, which cannot hold it."""
+    import numpy as np
+
+    config = TrainConfig(**{**QUIET, "steps": np.int64(2), "batch_size": np.int32(4)})
+    assert type(config.steps) is int and type(config.batch_size) is int
+    tr = trainer(pixels(), rows(), steps=np.int64(2))
+    tr.fit()
+    tr.save_state(tmp_path / "state.safetensors")

@@ -9,7 +9,8 @@ Examples:
 The snippet encoder (and, unless --from-scratch, the network's weights) come from --init (default 'emoji-32');
 the bank of the new checkpoint holds one row per training image. Images are resized to the model's input size.
 The training state (weights, EMA, optimizer, RNG, step) is saved to OUT/train-state.safetensors every
---checkpoint-every steps (0: only at the end) and when training ends; --resume continues from it with the saved
+--checkpoint-every steps (0: only at the end), when training ends, and at Ctrl-C (after the step under way; a second
+Ctrl-C stops at once, keeping the last saved state); --resume continues from it with the saved
 run's settings (warm-up included; --steps may extend it) and gives the same weights as an uninterrupted run; it
 refuses other images or another snippet encoder than the saved run's (the state records --data, --split and --init
 and the fingerprints of the images and the encoder; a moved folder with the same images resumes).
@@ -19,6 +20,7 @@ folder (the pipeline would condition their network on bank rows); sample them wi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from gmem_explore.commands.checks import float_in, image_source, output_folder, positive_int
@@ -66,7 +68,7 @@ def add_arguments(p):
                         "train the rest (default: all)")
     p.add_argument("--checkpoint-every", type=non_negative_int, default=200, metavar="STEPS",
                    help="save the training state for --resume every STEPS steps (default 200); 0: no periodic "
-                        "saves, only the final state at the end")
+                        "saves, only the final state at the end (and at Ctrl-C)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/train-state.safetensors with the settings saved there (--steps may "
                         "extend the run; other flags that change training must match the saved ones)")
@@ -92,7 +94,7 @@ def new_run_config(args):
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup=min(200, args.steps // 5 + 1),
                        snippet_dropout=args.snippet_dropout, condition=args.condition, repa_weight=args.repa_weight,
                        seed=args.seed, progress=not args.no_progress, checkpoint_every=every,
-                       out_dir=str(args.out) if every else None)
+                       out_dir=str(Path(args.out).expanduser()) if every else None)
 
 
 def data_source(args) -> dict:
@@ -143,7 +145,7 @@ def run(args) -> int:
     from gmem_explore.hub import resolve_checkpoint
     from gmem_explore.model import GMemSiT
     from gmem_explore.safefiles import read_header
-    from gmem_explore.train import Trainer, baseline_refusal
+    from gmem_explore.train import StopRequested, Trainer, baseline_refusal
     from gmem_explore.train_checks import describe_source
 
     if args.threads:
@@ -183,7 +185,13 @@ def run(args) -> int:
         trainer.load_state(state)  # refuses other images or another encoder, naming the saved and the given flags
         moved = f" (the saved run's {describe_source(saved)} holds the same images)" if saved and saved != source else ""
         say(f"resumed at step {trainer.step}{moved}")
-    trainer.fit()
+    try:
+        trainer.fit()
+    except StopRequested:  # Ctrl-C, honoured between two steps (a second one stops at once, mid-step, unsaved)
+        trainer.save_state(state)
+        say(f"stopped at step {trainer.step} of {config.steps}; the training state is saved in {state}: the same "
+            f"command with --resume continues it", file=sys.stderr)
+        raise
     trainer.save_state(state)
     last = trainer.history[-1]["loss"] if trainer.history else float("nan")
     if is_baseline:
