@@ -171,17 +171,30 @@ def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=No
         return cached
     if is_offline():
         raise CheckpointUnavailable(how_to_get(name, f"HF_HUB_OFFLINE is set and revision {revision or 'main'!r} "
-                                                     f"is not in the Hugging Face cache"))
+                                                     f"is not in the Hugging Face cache{partial_note(spec, cache_dir)}"))
     if not hub_reachable():
         if cached is not None:
             return cached
-        raise CheckpointUnavailable(how_to_get(name, "the Hugging Face Hub is unreachable and the file is not cached"))
+        raise CheckpointUnavailable(how_to_get(name, f"the Hugging Face Hub is unreachable and the file is not "
+                                                     f"cached{partial_note(spec, cache_dir)}"))
     try:
         path = Path(hf_hub_download(spec["repo_id"], spec["filename"], revision=revision, cache_dir=cache_dir))
     except Exception as e:  # network errors, a missing revision, a full disk: all end here with the how-to
         raise CheckpointUnavailable(how_to_get(name, f"the download failed ({type(e).__name__}: {e})")) from e
     verify_download(path, spec["repo_id"], spec["filename"], revision)
     return path
+
+
+def partial_note(spec: dict, cache_dir: Path) -> str:
+    """What an interrupted download left in the cache (huggingface_hub resumes blobs/<sha256>.incomplete), so the
+    user knows that a run with a network continues it rather than starting the 4.7 GB again."""
+    blobs = Path(cache_dir) / f"models--{spec['repo_id'].replace('/', '--')}" / "blobs"
+    parts = [p for p in blobs.glob("*.incomplete") if p.is_file()]
+    if not parts:
+        return ""
+    biggest = max(parts, key=lambda p: p.stat().st_size)
+    return (f" (an interrupted download is there: {biggest.stat().st_size / 1e9:.2f} GB of {spec['size']} in "
+            f"{biggest}; a run where the Hub is reachable resumes it)")
 
 
 def verify_download(path: Path, repo_id: str, filename: str, revision: str | None) -> None:

@@ -186,3 +186,17 @@ def test_two_revisions_in_a_read_only_cache_keep_their_own_conversions(offline_c
     assert (old / "model.safetensors").stat().st_mtime_ns == stamp  # still there, not converted again
     for folder, commit in ((old, OLD), (new, NEW)):
         assert torch.equal(load_checkpoint(folder).model.state_dict()["pos_embed"], raws[commit]["network"]["pos_embed"])
+
+
+def test_an_interrupted_download_is_mentioned_when_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    blobs = tmp_path / "hub" / "models--Tangentone--GMem" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / ("a" * 64 + ".incomplete")).write_bytes(bytes(1_500_000))
+    with pytest.raises(CheckpointUnavailable, match=r"an interrupted download is there: 0\.00 GB of 4\.7 GB .*resumes"):
+        download("gmem-v1-xl")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("gmem_explore.hub.hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(CheckpointUnavailable, match="unreachable and the file is not cached .an interrupted download"):
+        download("gmem-v1-xl")
