@@ -60,7 +60,7 @@ def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None 
             raise FileNotFoundError(f"The embedded checkpoint {name!r} is missing from {folder}; reinstall gmem-explore")
         return folder
     if name in HUB:
-        from .official import ensure_converted
+        from .conversion_cache import ensure_converted
 
         return ensure_converted(download(name, revision=revision, cache_dir=cache_dir), bank_dtype,
                                 progress=progress, model_overrides=model_overrides)
@@ -68,7 +68,7 @@ def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None 
     if path.is_dir():
         return path
     if path.is_file() and path.suffix in PTH_SUFFIXES:
-        from .official import ensure_converted
+        from .conversion_cache import ensure_converted
 
         return ensure_converted(path, bank_dtype, progress=progress, model_overrides=model_overrides)
     raise ValueError(f"{name_or_path!r} is neither a known checkpoint name {available()}, a checkpoint folder, "
@@ -199,7 +199,7 @@ def partial_note(spec: dict, cache_dir: Path) -> str:
 
 def verify_download(path: Path, repo_id: str, filename: str, revision: str | None) -> None:
     """Size against the Hub's metadata (cheap). The sha256 (the LFS etag, which is also the blob's name in the
-    cache) is checked once, when the file is converted (official.ensure_converted), since it reads 4.7 GB."""
+    cache) is checked once, when the file is converted (conversion_cache.ensure_converted), since it reads 4.7 GB."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     try:

@@ -15,6 +15,7 @@ one 64 MB slice plus the small tensors; the rest is reclaimable page cache (benc
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import torch
 from .checkpoint import FORMAT
 from .model import build_model, load_network_state, model_config
 from .official_layouts import describe_network, explain_foreign, how_to_convert
-from .safefiles import read_header, write_bytes_atomic
+from .safefiles import STALE_TEMP_SECONDS, write_bytes_atomic
 from .safetensors_stream import write_streaming
 
 OFFICIAL_REPO = "Tangentone/GMem"
@@ -268,6 +270,7 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
     default_autoencoder = {**AUTOENCODER, "image_size": config.input_size * 8} if config.in_channels == 4 \
         else {"type": "pixels"}
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)  # before the space check: a killed conversion's 3.7 GB count as free again
     needed = conversion_bytes(raw, bank_dtype)
     free = shutil.disk_usage(out.parent).free
     if free < needed:  # refused before a byte is written: a full disk fails late, after minutes of writing
@@ -309,6 +312,22 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
     return out
 
 
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Delete the `.OUT.*.partial` folders of conversions into `out` that were killed outright (SIGKILL, the OOM
+    killer, a job's time limit: no `except` ran), judged by their newest file being over STALE_TEMP_SECONDS old; a
+    younger one may be a conversion still running in another process."""
+    removed = []
+    for partial in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        try:
+            newest = max([partial.stat().st_mtime] + [p.stat().st_mtime for p in partial.iterdir()])
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if time.time() - newest > STALE_TEMP_SECONDS:
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+    return removed
+
+
 def conversion_bytes(raw: dict, bank_dtype: str) -> int:
     """Bytes the converted folder takes: the network as stored, the bank rows in `bank_dtype`, the frequencies,
     and 1 MB for the headers and config.json (SiT-XL/2 with the released bank: 2.7 GB + 0.98 GB in fp16)."""
@@ -332,68 +351,3 @@ def snapshot_commit(path) -> str | None:
     if path.parent.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", path.parent.name):
         return path.parent.name
     return None
-
-
-def converted_folder_for(src, bank_dtype: str = "fp16") -> Path:
-    """Where the cached conversion of `src` lives: beside the file (inside the HF snapshot folder, so deleting
-    that revision from the cache deletes it too), or under ~/.cache/gmem-explore when that is read-only."""
-    src = Path(src).expanduser()
-    beside = src.parent / f"{src.stem}.gmem-explore-{bank_dtype}"
-    if os.access(src.parent, os.W_OK):
-        return beside
-    cache = Path(os.environ.get("GMEM_CACHE", Path.home() / ".cache" / "gmem-explore")).expanduser()
-    # keyed by the file's real path (in a HF cache: its blob, named by its sha256): two revisions of the release in
-    # a read-only shared cache have the same name and size, and took turns deleting each other's conversion
-    where = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]
-    return cache / "converted" / f"{src.stem}-{where}-{bank_dtype}"
-
-
-def is_conversion_of(recorded: dict, src: Path) -> bool:
-    """Whether a conversion's recorded source (config.json's "source") is the file `src` as it is now."""
-    st = src.stat()
-    return recorded.get("bytes") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns
-
-
-def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **convert_kwargs) -> Path:
-    """Convert once, then reuse: the cached folder is valid while its recorded source size and modification time
-    match (size alone is the same for every checkpoint of one architecture: a re-saved .pth loaded stale weights).
-    A file lock makes concurrent callers (e.g. 8 torchrun ranks) convert once and wait for each other."""
-    src = Path(src).expanduser()
-    if not src.is_file():
-        raise FileNotFoundError(f"No such checkpoint file: {src}")
-    out = converted_folder_for(src, bank_dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
-    with open(lock_path, "w") as lock:
-        try:
-            import fcntl
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:  # Windows: no flock; concurrent conversions are still atomic, just duplicated
-            pass
-        if out.exists():
-            if is_conversion_of(recorded_source(out), src) and conversion_is_complete(out):
-                return out
-            # the source changed (re-download, re-save), or the folder lost or damaged a file (a cleaned disk, a
-            # partial copy of a cache): the folder is ours, so it is converted again rather than left to fail
-            shutil.rmtree(out)
-        return convert_official(src, out, bank_dtype, progress=progress, **convert_kwargs)
-
-
-def recorded_source(folder: Path) -> dict:
-    """config.json's "source" of a cached conversion; {} when it is missing or unreadable (then not reused)."""
-    try:
-        source = json.loads((folder / "config.json").read_text()).get("source")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return source if isinstance(source, dict) else {}
-
-
-def conversion_is_complete(folder: Path) -> bool:
-    """Both tensor files there, with readable headers and all the bytes those describe (read_header's checks:
-    a few kB read, not the 3.7 GB)."""
-    try:
-        for name in ("model.safetensors", "bank.safetensors"):
-            read_header(folder / name)
-    except (OSError, ValueError):
-        return False
-    return True

@@ -172,12 +172,12 @@ def test_the_probe_gives_up_on_a_name_lookup_that_never_answers(monkeypatch):
 def test_two_revisions_in_a_read_only_cache_keep_their_own_conversions(offline_cache, tmp_path, monkeypatch):
     """A cluster's shared HF cache is often read-only: conversions then go to $GMEM_CACHE/converted, where both
     revisions (same file name, same size) got one folder, and each load of the other deleted and redid it."""
-    import gmem_explore.official as official
+    import gmem_explore.conversion_cache as conversion_cache
 
     repo, raws = offline_cache
     monkeypatch.setenv("GMEM_CACHE", str(tmp_path / "gmem-cache"))
-    real_access = official.os.access
-    monkeypatch.setattr(official.os, "access", lambda p, mode: False if repo in Path(p).parents else real_access(p, mode))
+    real_access = conversion_cache.os.access
+    monkeypatch.setattr(conversion_cache.os, "access", lambda p, mode: False if repo in Path(p).parents else real_access(p, mode))
     old = resolve_checkpoint("gmem-v1-xl", revision=OLD, model_overrides=TINY, progress=False)
     new = resolve_checkpoint("gmem-v1-xl", revision=NEW, model_overrides=TINY, progress=False)
     assert old != new and old.parent == new.parent == tmp_path / "gmem-cache" / "converted"
@@ -200,3 +200,23 @@ def test_an_interrupted_download_is_mentioned_when_offline(tmp_path, monkeypatch
     monkeypatch.setattr("gmem_explore.hub.hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(CheckpointUnavailable, match="unreachable and the file is not cached .an interrupted download"):
         download("gmem-v1-xl")
+
+
+def test_a_killed_conversion_is_cleaned_up_by_the_next_one(offline_cache):
+    """SIGKILL (the OOM killer, a job's time limit) runs no `except`: its hidden .partial folder, 3.7 GB for
+    gmem-v1-xl, stayed in the HF snapshot folder for good."""
+    import os
+    import time
+
+    repo, _ = offline_cache
+    snapshot = repo / "snapshots" / NEW
+    killed = snapshot / f".{Path(FILE).stem}.gmem-explore-fp16.k1ll3d.partial"
+    running = snapshot / f".{Path(FILE).stem}.gmem-explore-fp16.st1ll.partial"  # another process, still writing
+    for folder in (killed, running):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(bytes(1000))
+    hours_ago = time.time() - 2 * 3600
+    for path in (killed / "model.safetensors", killed):
+        os.utime(path, (hours_ago, hours_ago))
+    resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False)
+    assert not killed.exists() and running.exists()

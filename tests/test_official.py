@@ -14,8 +14,8 @@ from conftest import TINY, randomize
 from gmem_explore import GMemPipeline, build_model, load_checkpoint
 from gmem_explore.bank import MemoryBank
 from gmem_explore.hub import HUB, CheckpointUnavailable, download, resolve_checkpoint
-from gmem_explore.official import (UnsafeCheckpointError, convert_official, converted_folder_for, file_sha256,
-                                   load_official)
+from gmem_explore.conversion_cache import converted_folder_for
+from gmem_explore.official import UnsafeCheckpointError, convert_official, file_sha256, load_official
 from gmem_explore.safefiles import load_tensors
 
 FILE = HUB["gmem-v1-xl"]["filename"]
