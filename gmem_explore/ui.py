@@ -37,8 +37,14 @@ INTRO = (
 # would be 80 px: "seed 905427 · row 1225" would read "seed 9054…", the Bank's neighbours would lose their cosine
 # and its generations their seed. The widths (captions measured in chromium, plus the 6-digit seeds and rows
 # of gmem-v1-xl): "seed 123456 · row 639999" 150 px, "row 639999 · cos 0.99" 121, "row 639999 · seed 3" 115,
-# "w 0.14 · 250/250" 98, "row 639999" 73, "seed 3" 50. Rows take the square thumbnails' height: gradio's 100 px
-# minimum row would stretch 45 px wide page thumbnails into tall, cropped strips.
+# "w 0.14 · 250/250" 98, "seed 2147483647" (the largest typed seed, Swap) 96, "row 639999" 73, "seed 3" 50. Rows take
+# the square thumbnails' height: gradio's 100 px minimum row would stretch 45 px wide page thumbnails into tall,
+# cropped strips.
+# The strip's frames are as tall as the strip is wide allows (44 px on a phone, 15 px for 48 frames at 1280 px): the
+# label "Strip" and the download buttons, drawn over the image's top 28 px, covered them; the image starts below.
+# Phones (up to 480 px): a caption may wrap onto two lines, so that the Generate gallery shows two columns. Two
+# 156 px columns need 320 px, and a 400 px phone's gallery is 318 px wide (360 px: 278): one column of 318 px images
+# made 16 images 5,000 px tall.
 CSS = """
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
 #swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
@@ -47,7 +53,8 @@ CSS = """
   grid-template-columns: repeat(auto-fill, minmax(max(var(--thumb-min, 0px),
       calc((100% - (var(--grid-cols) - 1) * var(--spacing-lg)) / var(--grid-cols))), 1fr)) !important;
   grid-auto-rows: auto !important; }
-#generate-gallery, #swap-gallery { --thumb-min: 156px; }
+#generate-gallery { --thumb-min: 156px; }
+#swap-gallery { --thumb-min: 104px; }
 #bank-neighbours { --thumb-min: 128px; }
 #bank-generations { --thumb-min: 120px; }
 #interp-frames { --thumb-min: 104px; }
@@ -55,6 +62,11 @@ CSS = """
 .fit-grid .caption-label { max-width: 100% !important; }
 .fit-grid .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; overflow-y: auto; }
 .grid-wrap:not(.fixed-height) { overflow-y: auto !important; }
+#interp-strip .image-frame { padding-top: 28px; }
+@media (max-width: 480px) {
+  #generate-gallery { --thumb-min: 120px; }
+  .fit-grid .caption-label { white-space: normal !important; }
+}
 """
 
 
@@ -72,6 +84,12 @@ def describe(pipe: GMemPipeline, name: str) -> str:
     return (f"**{name}** · {counts['generating'] / 1e6:.1f}M parameters{training_only} · {pipe.image_size} px"
             f" · bank {len(pipe.bank):,} × {pipe.bank.dim} · snippet encoder: {enc} · default sampler "
             f"{sampler.get('method', 'sde')}, {sampler.get('steps', 250)} steps · device {pipe.device}")
+
+
+def model_label(checkpoint: str) -> str:
+    """The Model panel's label: 'Model: emoji-32' (a folder by its name, not its server path)."""
+    name = str(checkpoint).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or str(checkpoint)
+    return f"Model: {name}"
 
 
 def load_failure(e: Exception) -> str:
@@ -136,7 +154,8 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
         # Per-session: gr.State deep-copies this for every browser tab; dropped an hour after the last change.
         state = gr.State(ctx.new_session(), time_to_live=3600)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Accordion("Model", open=False):
+        # the label names the model in use, so a visitor sees it without opening the panel
+        with gr.Accordion(model_label(checkpoint), open=False, elem_id="model-panel") as model_panel:
             with gr.Row():
                 ck_name = gr.Dropdown(available(), value=checkpoint if checkpoint in available() else None,
                                       allow_custom_value=True, label="Checkpoint",
@@ -175,11 +194,11 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
             """The dropdown names the model in use, also after a failed switch (it kept the old one), and the row
             boxes give the range of that model's bank."""
             return [gr.update(value=session.checkpoint if session.checkpoint in available() else None),
-                    *ranges(*row_boxes)(session)]
+                    gr.update(label=model_label(session.checkpoint)), *ranges(*row_boxes)(session)]
 
         ck_btn.click(on_load, [state, ck_name, ck_path],
                      [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue).then(
-            after_load, state, [ck_name, *row_boxes.values()], api_visibility="private")
+            after_load, state, [ck_name, model_panel, *row_boxes.values()], api_visibility="private")
         generate_tab.select(ranges("Bank row"), state, gen["row"], queue=False, api_visibility="private")
         interpolate_tab.select(ranges(*interp["rows"]), state, list(interp["rows"].values()), queue=False,
                                api_visibility="private")

@@ -14,7 +14,7 @@ from .bank import normalize
 from .bankmap import embed_2d, is_cached, scatter_figure, uniform_frequency
 from .ui_common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, step_progress,
                         thumbnails, upscale)
-from .ui_files import RAW_INPUTS
+from .ui_files import RAW_INPUTS, png_files
 
 PAGE_SIZE = 48
 SHOW_SELECTED = 48  # thumbnails shown for a box selection (the most frequent rows first)
@@ -286,7 +286,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     @friendly
     def on_row_generate(session, row, progress=gr.Progress()):
-        return row_generations(ctx, session, row, steps_default, progress=progress)
+        return png_files(row_generations(ctx, session, row, steps_default, progress=progress), "gmem")
 
     map_inputs = [state, method, color, x0, x1, y0, y1, row]
     map_outputs = [plot, selection, selected_rows, summary]

@@ -265,6 +265,13 @@ def pick_seed(seed, randomize: bool) -> int:
     return secrets.randbelow(RANDOM_SEEDS) if randomize else as_int(seed, "seed", 0, MAX_SEED)
 
 
+def typing_a_seed_unticks_random(seed: gr.Number, randomize: gr.Checkbox) -> None:
+    """A seed typed into the box is the seed wanted: the "Random seed" box (ticked by default on the Generate tab)
+    is unticked, where the typed seed used to be ignored for a random one. Only a person's typing (.input): the
+    seed a run copies into the box leaves the tick as it is."""
+    seed.input(lambda: False, None, randomize, queue=False, api_visibility="private")
+
+
 # ---- display ------------------------------------------------------------------------------------------------
 def upscale(image: torch.Tensor, size: int = DISPLAY_SIZE) -> Image.Image:
     """uint8 (H, W, 3) -> PIL, enlarged by a whole factor (nearest) so that it is at least `size` pixels wide."""

@@ -4,6 +4,7 @@ itself."""
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import tempfile
 import time
@@ -116,10 +117,10 @@ SCRATCH = Path(tempfile.gettempdir()) / "gmem-explore-app"
 SCRATCH_TTL_S = 3600  # a download link is used within the hour; a bank download of gmem-v1-xl is ~1 GB
 
 
-def scratch_path(filename: str) -> Path:
-    """A path in a fresh folder under SCRATCH for a file the app returns (a bank download, a GIF). Folders older
-    than SCRATCH_TTL_S are deleted first: one mkdtemp per click filled /tmp (a folder per interpolation, 8 MB per
-    bank download). gradio copies the returned file into its cache, which Blocks(delete_cache=...) cleans."""
+def scratch_folder() -> Path:
+    """A fresh folder under SCRATCH for files the app returns (a bank download, a GIF, a gallery's PNGs). Folders
+    older than SCRATCH_TTL_S are deleted first: one mkdtemp per click filled /tmp (a folder per interpolation, 8 MB
+    per bank download). gradio copies a returned file into its cache, which Blocks(delete_cache=...) cleans."""
     SCRATCH.mkdir(exist_ok=True)
     cutoff = time.time() - SCRATCH_TTL_S
     for old in SCRATCH.iterdir():
@@ -128,4 +129,36 @@ def scratch_path(filename: str) -> Path:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:  # removed by a concurrent call
             pass
-    return Path(tempfile.mkdtemp(dir=SCRATCH)) / filename
+    return Path(tempfile.mkdtemp(dir=SCRATCH))
+
+
+def scratch_path(filename: str) -> Path:
+    """A path for `filename` in a fresh scratch folder (scratch_folder)."""
+    return scratch_folder() / filename
+
+
+def file_stem(text: str) -> str:
+    """A caption or a name as part of a file name: 'seed 284400 · row 480' -> 'seed284400-row480' (each ' · ' part
+    without its spaces, joined by '-'; anything but letters, digits and . _ + - dropped, so no path can come of it)."""
+    parts = (re.sub(r"[^A-Za-z0-9._+-]", "", part).strip(".") for part in str(text).split(" · "))
+    return "-".join(p for p in parts if p) or "image"
+
+
+def png_files(items, prefix: str) -> list[tuple[str, str]]:
+    """Gallery items (PIL image, caption) -> (PNG file, caption), the files named '<prefix>-<caption>.png' in one
+    scratch folder. A downloaded image then says what makes it again ('gmem-seed284400-row480.png'): gradio saved
+    every image of a gallery as 'image.png' (its Download All zip: image.png, image-2.png, ...)."""
+    if not items:
+        return []
+    folder = scratch_folder()
+    files, used = [], set()
+    for image, caption in items:
+        stem = name = f"{prefix}-{file_stem(caption)}"
+        copy = 2
+        while name in used:  # equal captions (none today) must not overwrite each other
+            name, copy = f"{stem}-{copy}", copy + 1
+        used.add(name)
+        path = folder / f"{name}.png"
+        image.save(path, format="PNG")
+        files.append((str(path), caption))
+    return files

@@ -6,8 +6,8 @@ import torch
 
 from .sampling import METHODS
 from .ui_common import (AppContext, Session, UserError, as_float, as_int, friendly, hidden_seed, pick_seed, row_range,
-                        run_live, stopped, upscale)
-from .ui_files import RAW_INPUTS, encode_upload, image_upload
+                        run_live, stopped, typing_a_seed_unticks_random, upscale)
+from .ui_files import RAW_INPUTS, encode_upload, image_upload, png_files
 
 SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
 # One plain sentence per choice, shown under the radio for the current choice.
@@ -123,6 +123,7 @@ def build(ctx: AppContext, state: gr.State) -> dict:
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)",
                                  elem_id="generate-seed")
                 randomize = gr.Checkbox(True, label="Random seed", elem_id="generate-random")
+                typing_a_seed_unticks_random(seed, randomize)
             with gr.Accordion("Sampler", open=False):
                 method = gr.Radio(list(METHODS), value=pipe.sampler.get("method", "sde"), label="Sampler",
                                   info="sde: the paper's Euler-Maruyama; euler / heun: ODE")
@@ -157,8 +158,11 @@ def build(ctx: AppContext, state: gr.State) -> dict:
     @friendly
     def on_generate(session, source, row, group, upload, n, seed, randomize, steps, method, guidance,
                     progress=gr.Progress()):
-        yield from generate(ctx, session, source, row, group, upload, n, seed, randomize, steps, method, guidance,
-                            progress)
+        for items, used, details in generate(ctx, session, source, row, group, upload, n, seed, randomize, steps,
+                                             method, guidance, progress):
+            if details.get("status") == "done":  # the final images as files named for their seed and row
+                items = png_files(items, "gmem")
+            yield items, used, details
 
     go.click(lambda: "", None, status, queue=False, api_visibility="private")  # an old "Stopped ..." goes
     event = go.click(on_generate, [state, source, row, group, upload, n, seed, randomize, steps_in, method, guidance],

@@ -10,8 +10,8 @@ from .bank import MIX_METHODS, MemoryBank
 from .bank_tools import partner_row
 from .sampling import METHODS
 from .ui_common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
-                        row_range, run_live, stopped, upscale)
-from .ui_files import RAW_INPUTS, encode_upload, image_upload, scratch_path
+                        row_range, run_live, stopped, typing_a_seed_unticks_random, upscale)
+from .ui_files import RAW_INPUTS, encode_upload, file_stem, image_upload, png_files, scratch_path
 from .viz import image_grid
 
 ENDPOINT_SOURCES = ("bank row", "uploaded image")
@@ -45,11 +45,18 @@ def same_snippet(a, b) -> bool:
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
 
 
-def write_gif(frames: torch.Tensor) -> str:
-    """Frames forth and back (a seamless loop) as an animated GIF in a fresh temporary folder."""
+def file_name(details: dict) -> str:
+    """The stem of a finished interpolation's files, e.g. 'gmem-row0-to-row956-slerp-seed0': what makes it again
+    (the frames add their weight: '...-seed0-w0.25.png')."""
+    ends = [file_stem(str(details[k]).split(" · ")[0]) for k in ("from", "to")]  # 'row 0 · Smileys...' -> 'row0'
+    return f"gmem-{ends[0]}-to-{ends[1]}-{details['mix']}-seed{details['seed']}"
+
+
+def write_gif(frames: torch.Tensor, stem: str = "interpolation") -> str:
+    """Frames forth and back (a seamless loop) as an animated GIF `stem`.gif in a fresh temporary folder."""
     images = [upscale(f, GIF_SIZE) for f in frames]
     loop = images + images[-2:0:-1]
-    path = scratch_path("interpolation.gif")
+    path = scratch_path(f"{stem}.gif")
     loop[0].save(path, save_all=True, append_images=loop[1:], duration=GIF_FRAME_MS, loop=0, disposal=2)
     return str(path)
 
@@ -93,7 +100,7 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
             strip = image_grid(out.images, nrow=k, scale=max(1, 64 // out.images.shape[1]))
             details = {"status": "done", "seed": seed, "frames": k, "from": a_name, "to": b_name, "mix": mix,
                        "weights": [round(w, 4) for w in weights], "sampler": method, "steps": steps}
-            yield items, strip, write_gif(out.images), seed, details
+            yield items, strip, write_gif(out.images, file_name(details)), seed, details
 
 
 def done_status(details) -> str:
@@ -126,6 +133,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed (shared by all frames)", elem_id="interp-seed")
                 randomize = gr.Checkbox(False, label="Random seed")
+                typing_a_seed_unticks_random(seed, randomize)
             with gr.Accordion("Sampler", open=False):
                 method = gr.Radio(list(METHODS), value=method_default, label="Sampler")
                 steps = gr.Slider(1, ctx.limits.max_steps, value=steps_default, step=1, label="Steps")
@@ -136,7 +144,10 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
             status = gr.Markdown(elem_id="interp-status")
             strip = gr.Image(label="Strip", interactive=False, format="png", elem_id="interp-strip")
             with gr.Row():
-                gif = gr.Image(label="Animation (GIF)", interactive=False, height=200, elem_id="interp-gif")
+                # min_width 240: on a phone the row wraps and the GIF gets the width; beside Details its 160 px box
+                # cut its label to "Animation (" under the download buttons
+                gif = gr.Image(label="Animation (GIF)", interactive=False, height=200, min_width=240,
+                               elem_id="interp-gif")
                 with gr.Accordion("Details", open=False):
                     details = gr.JSON()
             # 6 columns: gradio's grid columns are at least 100 px wide, and 8 overflowed the column sideways
@@ -159,8 +170,14 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
     @friendly
     def on_interpolate(session, a_source, a_row, a_upload, b_source, b_row, b_upload, mix, k, seed, randomize,
                        steps, method, progress=gr.Progress()):
-        yield from interpolate(ctx, session, a_source, a_row, a_upload, b_source, b_row, b_upload, mix, k, seed,
-                               randomize, steps, method, progress)
+        for frames, strip, gif, used, details in interpolate(ctx, session, a_source, a_row, a_upload, b_source, b_row,
+                                                             b_upload, mix, k, seed, randomize, steps, method,
+                                                             progress):
+            if details.get("status") == "done":  # files named for what makes them again, for downloads
+                stem = file_name(details)
+                frames = png_files(frames, stem)
+                (strip, _), = png_files([(strip, "strip")], stem)
+            yield frames, strip, gif, used, details
 
     go.click(lambda: "", None, status, queue=False, api_visibility="private")  # an old "Stopped ..." goes
     event = go.click(on_interpolate, [state, a_source, a_row, a_upload, b_source, b_row, b_upload, mix, k, seed,

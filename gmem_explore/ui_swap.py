@@ -14,8 +14,8 @@ import gradio as gr
 import torch
 
 from .ui_common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
-                        row_range, step_progress, upscale)
-from .ui_files import RAW_INPUTS, encode_upload, image_upload, scratch_path
+                        row_range, step_progress, typing_a_seed_unticks_random, upscale)
+from .ui_files import RAW_INPUTS, encode_upload, file_stem, image_upload, png_files, scratch_path
 
 MAX_EDITS = 1000  # edits (replaced and added rows) a session may make; beyond this a script (gmem build-bank) is
 # the right tool. Replacements count too: each adds a line to the session's edit log, kept for the session's hour.
@@ -158,7 +158,10 @@ def download(ctx: AppContext, session: Session) -> str:
             return held[1]
         if held is not None:  # the same copy, edited since: its earlier file is out of date
             shutil.rmtree(os.path.dirname(held[1]), ignore_errors=True)
-        path = scratch_path("bank-edited.safetensors" if session.bank is not None else "bank.safetensors")
+        # named for its model: "emoji-32-bank-edited.safetensors" beside other downloads says what it is
+        model = file_stem(os.path.basename(str(session.checkpoint).rstrip("/\\")).removesuffix(".pth"))
+        path = scratch_path(f"{model}-bank-edited.safetensors" if session.bank is not None else
+                            f"{model}-bank.safetensors")
         bank.save(path)
         _downloads[bank] = (edits, str(path))
     return str(path)
@@ -182,6 +185,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)", elem_id="swap-seed")
                 randomize = gr.Checkbox(False, label="Random seed")
+                typing_a_seed_unticks_random(seed, randomize)
             go = gr.Button("Generate from this image", variant="primary", elem_id="swap-generate")
             nearest_md = gr.Markdown()
         with gr.Column(scale=2):
@@ -200,7 +204,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                                     elem_id="swap-compare")
             # one button a row: side by side they wrapped onto three lines in a 300 px column
             download_btn = gr.Button("Download the bank (.safetensors)", elem_id="swap-download")
-            file_out = gr.File(label="Edited bank", interactive=False, visible=False, elem_id="swap-file")
+            file_out = gr.File(label="Bank file", interactive=False, visible=False, elem_id="swap-file")
             reset_btn = gr.Button("Reset to the original bank", variant="stop", elem_id="swap-reset")
             log = gr.Markdown(edit_log(Session(ctx.store.default)), elem_id="swap-log")
         with gr.Column(scale=2):
@@ -216,7 +220,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     @friendly
     def on_generate(session, upload, n, seed, randomize, steps, progress=gr.Progress()):
-        return generate_from_upload(ctx, session, upload, n, seed, randomize, steps, progress)
+        items, used, nearest = generate_from_upload(ctx, session, upload, n, seed, randomize, steps, progress)
+        return png_files(items, "gmem-upload"), used, nearest
 
     @friendly
     def on_replace(session, upload, row):
@@ -228,7 +233,9 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     @friendly
     def on_compare(session, row, steps, progress=gr.Progress()):
-        return compare_row(ctx, session, row, steps, progress=progress)
+        before, after = compare_row(ctx, session, row, steps, progress=progress)
+        r = int(float(row))  # compare_row checked it
+        return png_files(before, f"gmem-row{r}-original"), png_files(after, f"gmem-row{r}-edited")
 
     @friendly
     def on_download(session):
@@ -244,10 +251,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
              api_name="swap_generate", **RAW_INPUTS, **model).success(lambda used: used, seed_used, seed, **quiet)
     # the endpoints return the row as a number (API clients read it); a quiet step then gives the box its range
     relabel = {"fn": lambda session, r: row_box(ctx, session, r), "inputs": [state, row], "outputs": row, **quiet}
+    # an edit makes a shown download out of date: its link goes (it gave the bank without this edit), Download again
+    stale_file = {"fn": lambda: gr.update(value=None, visible=False), "inputs": None, "outputs": file_out, **quiet}
     replace_btn.click(ctx.model_call(on_replace), [state, upload, row], [state, row, log], api_name="swap_replace",
-                      **RAW_INPUTS, **model).success(**relabel)
+                      **RAW_INPUTS, **model).success(**relabel).success(**stale_file)
     add_btn.click(ctx.model_call(on_add), [state, upload], [state, row, log], api_name="swap_add", **RAW_INPUTS,
-                  **model).success(**relabel)
+                  **model).success(**relabel).success(**stale_file)
     # RAW_INPUTS: compare_row checks the row and steps itself; gradio's checks answered "4" or None with "Could not
     # preprocess input component at index 2 (a `slider` component) ..."
     compare_btn.click(ctx.model_call(on_compare), [state, row, steps], [before, after], api_name="swap_compare",
@@ -255,6 +264,6 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                                                      note, **quiet)
     download_btn.click(on_download, state, file_out, api_name="swap_download").success(
         lambda: gr.update(visible=True), None, file_out, **quiet)  # the file box appears once there is a file
-    reset_btn.click(on_reset, state, [state, log], api_name="swap_reset").success(
-        lambda: (gr.update(value=None, visible=False), ""), None, [file_out, note], **quiet).success(**relabel)
+    reset_btn.click(on_reset, state, [state, log], api_name="swap_reset").success(**stale_file).success(
+        lambda: "", None, note, **quiet).success(**relabel)
     return {"log": log, "row": row, "relabel": relabel}

@@ -133,6 +133,11 @@ def gallery(driver, elem_id: str) -> list[tuple[str, str]]:
             for img in css(driver, f"#{elem_id} .thumbnail-item img")]
 
 
+def content(src: str) -> str:
+    """What a served image holds: gradio's cache folder for a file is named by the hash of its bytes."""
+    return src.rsplit("/", 2)[-2]
+
+
 def final_gallery(driver, elem_id: str, count: int, done=lambda caption: not re.search(r"\d+/\d+", caption)):
     """Wait until the gallery shows `count` final images (live previews say their step: 'step k/N' in Generate,
     'w 0.25 · k/N' in Interpolate)."""
@@ -187,7 +192,9 @@ def test_swap_changes_what_a_row_generates(browser, red_png):
     css(browser, "#swap-compare")[0].click()
     before = final_gallery(browser, "swap-before", 4)
     after = final_gallery(browser, "swap-after", 4)
-    assert [s for s, _ in before] == [s for s, _ in after]  # unedited: the same row gives the same images
+    # unedited: the same row gives the same images. gradio serves a file from a folder named by its content's hash;
+    # the names differ ("gmem-row2-original-seed0.png", "gmem-row2-edited-seed0.png")
+    assert [content(s) for s, _ in before] == [content(s) for s, _ in after]
     wait_for(browser, lambda: css(browser, "#swap-upload input[type=file]"), "the upload box")[0].send_keys(red_png)
     wait_for(browser, lambda: css(browser, "#swap-upload img"), "the uploaded image's preview")
     css(browser, "#swap-replace")[0].click()
@@ -196,7 +203,7 @@ def test_swap_changes_what_a_row_generates(browser, red_png):
 
     def changed():
         now = gallery(browser, "swap-after")
-        return len(now) == 4 and [s for s, _ in now] != [s for s, _ in after]
+        return len(now) == 4 and [content(s) for s, _ in now] != [content(s) for s, _ in after]
     wait_for(browser, changed, "images from the swapped row")
     css(browser, "#swap-generate")[0].click()
     final_gallery(browser, "swap-gallery", 4)
@@ -268,4 +275,43 @@ def test_captions_fit_a_narrow_window(browser):
         side = "const g = document.querySelector('#swap-after .grid-wrap'); return g.scrollWidth - g.clientWidth;"
         assert browser.execute_script(side) == 0 and not captions_cut(browser, "swap-after")
     finally:
+        browser.set_window_size(1280, 1000)
+
+
+def phone(driver, width: int = 400):
+    """A phone's viewport (headless chromium's windows are at least 500 px wide, so the page is emulated)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900,
+                                                                  "deviceScaleFactor": 1, "mobile": True})
+
+
+def test_a_phone_shows_two_columns_and_uncovered_images(browser):
+    """At 400 px the Generate gallery showed one column (two 156 px columns need 320 px of its 318): four images
+    were 1,300 px tall. The Interpolate strip (44 px tall there) lay under its label and buttons, and the GIF's label
+    read "Animation (" under its buttons."""
+    phone(browser)
+    try:
+        open_tab(browser, "Generate")
+        random = css(browser, "#generate-random input[type=checkbox]")[0]
+        if random.is_selected():
+            random.click()
+        set_number(browser, "generate-seed", 987654)
+        css(browser, "#generate-button")[0].click()
+        final_gallery(browser, "generate-gallery", 4)
+        columns = "return getComputedStyle(document.querySelector('#generate-gallery .grid-container'))" \
+                  ".gridTemplateColumns.split(' ').length;"
+        assert browser.execute_script(columns) == 2 and not captions_cut(browser, "generate-gallery")
+        open_tab(browser, "Interpolate")
+        set_number(browser, "interp-k", 8)
+        css(browser, "#interp-button")[0].click()
+        final_gallery(browser, "interp-frames", 8)
+        wait_for(browser, lambda: css(browser, "#interp-strip img") and css(browser, "#interp-gif img"), "strip, GIF")
+        overlaps = browser.execute_script("""
+            const box = s => document.querySelector(s).getBoundingClientRect();
+            const label = box('#interp-strip label'), buttons = box('#interp-strip .icon-button-wrapper');
+            const strip = box('#interp-strip img');
+            const gifLabel = box('#interp-gif label'), gifButtons = box('#interp-gif .icon-button-wrapper');
+            return [strip.top < label.bottom - 1, strip.top < buttons.bottom - 1, gifLabel.right > gifButtons.left + 1];""")
+        assert overlaps == [False, False, False]  # [strip under its label, under its buttons, GIF label under buttons]
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         browser.set_window_size(1280, 1000)

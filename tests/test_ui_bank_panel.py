@@ -194,18 +194,26 @@ def test_dropdown_is_reset_to_the_model_in_use(demo, ctx, monkeypatch):
     trigger = reset.trigger_after if isinstance(reset.trigger_after, int) else reset.trigger_after[0]
     assert demo.fns[trigger] is load  # runs after every load, failed or not
     assert reset.outputs[0].label == "Checkpoint"
-    assert [o.elem_id for o in reset.outputs[1:]] == ["generate-row", "interp-row-a", "interp-row-b"]
+    assert [o.elem_id for o in reset.outputs[1:]] == ["model-panel", "generate-row", "interp-row-a", "interp-row-b"]
     s = ctx.new_session()
     bank = ctx.bank(s)
-    _, *rows = reset.fn(s)  # every row box gives the range of the bank now in use
+    _, panel, *rows = reset.fn(s)  # every row box gives the range of the bank now in use
     last = len(bank) - 1
     assert [r["label"] for r in rows] == [f"Bank row (0–{last})", f"Row A (0–{last})", f"Row B (0–{last})"]
     assert all(r["maximum"] == last for r in rows)
     monkeypatch.setattr(ctx, "bank", lambda session: bank)  # the names below are not loaded in this test
     s.checkpoint = "emoji-32"
-    assert reset.fn(s)[0]["value"] == "emoji-32"
-    s.checkpoint = "/a/folder"  # loaded by path: no name in the list fits
-    assert reset.fn(s)[0]["value"] is None
+    assert reset.fn(s)[0]["value"] == "emoji-32" and reset.fn(s)[1]["label"] == "Model: emoji-32"
+    s.checkpoint = "/a/folder/"  # loaded by path: no name in the list fits
+    assert reset.fn(s)[0]["value"] is None and reset.fn(s)[1]["label"] == "Model: folder"
+
+
+def test_the_model_panel_names_the_model_in_use(demo):
+    """The panel said only "Model" while closed (as it opens): a visitor saw which model runs only by opening it.
+    Its label now names the model, and a load relabels it (test_dropdown_is_reset_to_the_model_in_use)."""
+    (panel,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model-panel"]
+    assert panel.label == "Model: tiny" and not panel.open
+    assert ui.model_label("C:\\models\\mine") == "Model: mine"
 
 
 def test_row_boxes_take_the_grown_bank_when_their_tab_opens(demo, ctx):
