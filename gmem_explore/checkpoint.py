@@ -101,6 +101,7 @@ def _write_checkpoint_files(folder: Path, ckpt: Checkpoint, bank_dtype) -> None:
 
 
 AGAIN = "Copy the checkpoint folder again, or save it again (save_checkpoint, `gmem convert`)"
+WEIGHTS_ELSEWHERE = ("dinov2",)  # snippet encoders whose config names their source instead of an encoder.safetensors
 SECTIONS = ("autoencoder", "encoder", "sampler", "training")  # objects (or null) that the loaders call .get on
 
 
@@ -213,5 +214,9 @@ def load_encoder(folder, config: dict | None = None):
     # encoder.safetensors exists only for encoders whose weights we trained; a DINOv2 config names its
     # source instead and is loaded lazily, so a converted official checkpoint loads offline.
     enc_path = folder / "encoder.safetensors"
+    kind = config["encoder"].get("type")
+    if not enc_path.is_file() and kind not in WEIGHTS_ELSEWHERE:  # was AttributeError: 'NoneType' ... 'items'
+        raise FileNotFoundError(f"{folder} is missing encoder.safetensors: its config.json names a {kind!r} snippet "
+                                f"encoder whose weights are kept in that file. {AGAIN}.")
     enc_state = load_tensors(enc_path, mmap=False)[0] if enc_path.is_file() else None
     return encoder_from_config(config["encoder"], enc_state)

@@ -158,3 +158,12 @@ def test_convert_checks_the_model_and_the_source_before_hashing(tmp_path, monkey
     with pytest.raises(FileNotFoundError, match="No such checkpoint file"):  # was open()'s bare errno message
         convert_official(tmp_path / "missing.pth", tmp_path / "out", sha256="0" * 64)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_that_lost_its_encoder_file_says_so(tmp_path):
+    from gmem_explore.hub import EMBEDDED
+
+    folder = shutil.copytree(EMBEDDED["emoji-32"], tmp_path / "emoji-copy")
+    (folder / "encoder.safetensors").unlink()  # a partial copy: was AttributeError 'NoneType' has no 'items'
+    with pytest.raises(FileNotFoundError, match=r"emoji-copy is missing encoder.safetensors: .*'conv' snippet encoder"):
+        load_checkpoint(folder)
