@@ -15,6 +15,7 @@ import torch
 
 from .bank import MemoryBank
 from .notebook import labelled_grid, problem, show
+from .values import as_whole
 
 
 def _file_part(text: str) -> str:
@@ -33,6 +34,10 @@ def write_image_folder(images, names, labels, label_names, folder) -> Path:
     if not len(images) == len(names) == len(labels):
         raise ValueError(f"{len(images)} images, {len(names)} names and {len(labels)} labels: give one name and one "
                          f"label per image")
+    outside = sorted({label for label in labels if not 0 <= label < len(label_names)})
+    if outside:  # -1 picked the last group without a word; a label past the end failed as a bare IndexError
+        raise ValueError(f"labels {outside[:5]} name no group: label_names has {len(label_names)} "
+                         f"(labels 0 to {len(label_names) - 1})")
     written = set()
     for img, name, label in zip(images, names, labels):
         group = _file_part(label_names[label])  # a folder per group; the name, spaces and all, is its label
@@ -55,6 +60,8 @@ def bank_from_images(encoder, data, freq: float = 1.0, batch_size: int = 256, pr
         raise RuntimeError("building a bank needs the checkpoint's snippet encoder; this checkpoint has none")
     if len(data) == 0:
         raise ValueError("no images to build a bank from")
+    if as_whole(batch_size) is None or batch_size < 1:  # 0 failed as "range() arg 3 must not be zero"
+        raise ValueError(f"batch_size must be a whole number of images, 1 or more; got {batch_size!r}")
     starts = range(0, len(data), batch_size)
     bar = None
     if progress and len(starts) > 1:

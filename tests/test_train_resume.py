@@ -62,3 +62,24 @@ def test_the_same_images_from_another_place_resume(saved_state):
     unnamed = trainer(pixels(8), None)  # and a trainer given no source resumes it too
     unnamed.load_state(saved_state)
     assert unnamed.step == 2
+
+
+def test_gmem_train_resume_refuses_another_seed_only_when_given(tmp_path):
+    """--seed on --resume was dropped without a word (the saved seed went on); its default 0 could not tell a
+    given --seed 0 from none. Now a --seed given is compared like the other flags that shape training."""
+    import argparse
+
+    from gmem_explore.commands.train import add_arguments, resumed_config
+    from gmem_explore.safefiles import save_tensors
+
+    state = tmp_path / "train-state.safetensors"
+    save_tensors(state, {"x": torch.zeros(1)}, {"config": TrainConfig(seed=5, batch_size=32, lr=2e-4).to_dict()})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def resume(*flags):
+        return resumed_config(state, parser.parse_args(["--data", "digits", "--out", str(tmp_path), "--resume", *flags]))
+
+    assert resume().seed == 5 and resume("--seed", "5").seed == 5
+    with pytest.raises(ValueError, match=r"--seed 0 \(the saved run used 5\)"):
+        resume("--seed", "0")

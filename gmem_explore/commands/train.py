@@ -9,11 +9,12 @@ Examples:
 The snippet encoder (and, unless --from-scratch, the network's weights) come from --init (default 'emoji-32');
 the bank of the new checkpoint holds one row per training image. Images are resized to the model's input size.
 The training state (weights, EMA, optimizer, RNG, step) is saved to OUT/train-state.safetensors every
---checkpoint-every steps (0: only at the end), when training ends, and at Ctrl-C (after the step under way; a second
-Ctrl-C stops at once, keeping the last saved state); --resume continues from it with the saved
-run's settings (warm-up included; --steps may extend it) and gives the same weights as an uninterrupted run; it
-refuses other images or another snippet encoder than the saved run's (the state records --data, --split and --init
-and the fingerprints of the images and the encoder; a moved folder with the same images resumes).
+--checkpoint-every steps (0: only at the end), when training ends, and at Ctrl-C (after the step under way; a
+second Ctrl-C stops at once, keeping the last saved state). --resume continues from it with the saved run's
+settings and gives the same weights as an uninterrupted run. --steps may extend it; the warm-up stays that of the
+first --steps (min(200, steps / 5 + 1)), so a run under 1,000 steps, extended, differs from one started with the
+larger --steps. It refuses other images or another snippet encoder than the saved run's (the state records --data,
+--split and --init and the fingerprints of the images and the encoder; a moved folder with the same images resumes).
 --condition label / none train baselines to compare GMem with: they write the training state only, no checkpoint
 folder (the pipeline would condition their network on bank rows); sample them with gmem_explore.train.Trainer.
 """
@@ -41,7 +42,9 @@ def non_negative_int(text: str) -> int:
 
 # The settings that shape the training itself: a resumed run that changed one would not continue the saved run.
 RESUME_MUST_MATCH = {"batch_size": "--batch-size", "lr": "--lr", "condition": "--condition",
-                     "snippet_dropout": "--snippet-dropout", "repa_weight": "--repa-weight"}
+                     "snippet_dropout": "--snippet-dropout", "repa_weight": "--repa-weight", "seed": "--seed"}
+# compared only when given: their defaults are None (--lr's depends on --from-scratch, which a resume does not need)
+ONLY_WHEN_GIVEN = ("lr", "seed")
 
 
 def add_arguments(p):
@@ -72,7 +75,7 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/train-state.safetensors with the settings saved there (--steps may "
                         "extend the run; other flags that change training must match the saved ones)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=None,
                    help="seed (a whole number) of the batches drawn, their noise, times and condition dropout, and of the "
                         "weights with --from-scratch; the same seed repeats the run (default 0)")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -93,7 +96,7 @@ def new_run_config(args):
     every = args.checkpoint_every
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=lr, warmup=min(200, args.steps // 5 + 1),
                        snippet_dropout=args.snippet_dropout, condition=args.condition, repa_weight=args.repa_weight,
-                       seed=args.seed, progress=not args.no_progress, checkpoint_every=every,
+                       seed=args.seed or 0, progress=not args.no_progress, checkpoint_every=every,
                        out_dir=str(Path(args.out).expanduser()) if every else None)
 
 
@@ -116,12 +119,13 @@ def resumed_config(state, args):
     because the schedule must go on as it began: the warm-up is derived from --steps, so extending a run with a
     larger --steps would otherwise restart part of the warm-up mid-run. Flags that change the training itself and
     differ from the saved run are refused rather than silently dropped; --lr only when given (its default depends
-    on --from-scratch, which a resumed run does not need)."""
+    on --from-scratch, which a resumed run does not need), --seed likewise only when given."""
     from gmem_explore.safefiles import read_header
     from gmem_explore.train import TrainConfig
 
     asked = new_run_config(args)
-    must_match = {k: flag for k, flag in RESUME_MUST_MATCH.items() if not (k == "lr" and args.lr is None)}
+    must_match = {k: flag for k, flag in RESUME_MUST_MATCH.items()
+                  if not (k in ONLY_WHEN_GIVEN and getattr(args, k) is None)}
     saved = read_header(state)[1].get("config")
     if not isinstance(saved, dict):
         raise ValueError(f"--resume: {state} holds no training config, so it is not a `gmem train` state; "
@@ -165,7 +169,7 @@ def run(args) -> int:
         raise ValueError("the --init checkpoint has no snippet encoder, so training images cannot be turned into snippets")
     model = ckpt.model
     if args.from_scratch:
-        torch.manual_seed(args.seed)
+        torch.manual_seed(config.seed)
         model = GMemSiT(model.config)
     data = load_dataset(args.data, model.config.input_size, args.split)
     rows = ckpt.encoder.encode(data.images)
