@@ -53,11 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="port to listen on (default: $GRADIO_SERVER_PORT if set, else the first free one from 7860 up)")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
-    # A Space runs `python app.py` with no flags: these four also read GMEM_<NAME> (e.g. GMEM_MAX_STEPS=100), set
-    # as the Space's variables, to lower what one anonymous request may cost
+    # A Space runs `python app.py` with no flags: these five also read GMEM_<NAME> (e.g. GMEM_MAX_STEPS=100), set
+    # as the Space's variables, to lower what one anonymous request may cost. --max-frames: an interpolation's frames
+    # are images too (48 by default, three times --max-images), and lowering --max-images left them as they were.
     for flag, default, text in (("--concurrency", 1, "model calls served at once (more only helps on a large GPU)"),
                                 ("--max-queue", 32, "requests that may wait; later ones are refused"),
                                 ("--max-images", 16, "images per request"),
+                                ("--max-frames", 48, "frames per interpolation request (at least 2)"),
                                 ("--max-steps", 500, "sampler steps per request")):
         env = "GMEM_" + flag[2:].upper().replace("-", "_")
         p.add_argument(flag, type=int, default=env_int(p, env, default),
@@ -73,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("concurrency", "max_queue", "max_images", "max_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_frames < 2:  # an interpolation has its two ends at least
+        p.error("--max-frames must be at least 2")
     if args.port is not None and not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
     return args
@@ -100,8 +104,8 @@ def main(argv=None) -> None:
     from gmem_explore.ui_common import Limits
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    limits = Limits(max_images=args.max_images, max_steps=args.max_steps, concurrency=args.concurrency,
-                    allow_local_checkpoints=args.allow_local_checkpoints)
+    limits = Limits(max_images=args.max_images, max_steps=args.max_steps, max_frames=args.max_frames,
+                    concurrency=args.concurrency, allow_local_checkpoints=args.allow_local_checkpoints)
     try:
         demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device)
     except (ValueError, OSError, RuntimeError) as e:

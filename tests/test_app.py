@@ -416,6 +416,14 @@ def test_app_help_and_flags(monkeypatch, capsys):
     args = app.parse_args([])
     assert (args.max_steps, args.concurrency, args.max_images) == (100, 2, 16)
     assert app.parse_args(["--max-steps", "50"]).max_steps == 50
+    # an interpolation's frames are images too: an operator lowers them as well (48 stayed after --max-images 4)
+    assert app.parse_args([]).max_frames == 48
+    monkeypatch.setenv("GMEM_MAX_FRAMES", "12")
+    assert app.parse_args([]).max_frames == 12 and app.parse_args(["--max-frames", "6"]).max_frames == 6
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-frames", "1"])
+    assert "--max-frames must be at least 2" in capsys.readouterr().err
+    monkeypatch.delenv("GMEM_MAX_FRAMES")
     monkeypatch.setenv("GMEM_MAX_STEPS", "lots")
     with pytest.raises(SystemExit):
         app.parse_args([])
@@ -427,6 +435,7 @@ def test_app_help_and_flags(monkeypatch, capsys):
     # each default is stated once: --port's own text, not also argparse's "(default: None)"; flags get none
     assert "(default: None)" not in out.stdout and "(default: False)" not in out.stdout
     assert "from 7860 up" in out.stdout and "$GMEM_MAX_STEPS if" in out.stdout and "else 500)" in out.stdout
+    assert "$GMEM_MAX_FRAMES if" in out.stdout
 
 
 def test_app_refuses_a_bad_checkpoint_with_a_message(tmp_path):
