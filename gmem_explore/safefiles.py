@@ -203,7 +203,8 @@ def load_tensors(path, mmap: bool = True) -> tuple[dict[str, torch.Tensor], dict
         if storage is not None and begin % itemsize == 0:
             t = torch.empty(0, dtype=dtype).set_(storage, begin // itemsize, shape)
         else:
-            src = raw if raw is not None else Path(path).read_bytes()
-            t = torch.frombuffer(bytearray(src[begin:offset + stop]), dtype=dtype).reshape(shape) if count else torch.empty(shape, dtype=dtype)
+            if raw is None:  # a tensor off its dtype's alignment (another writer's file): read the file once
+                raw = Path(path).read_bytes()
+            t = torch.frombuffer(bytearray(raw[begin:offset + stop]), dtype=dtype).reshape(shape) if count else torch.empty(shape, dtype=dtype)
         out[name] = t
     return out, metadata
