@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -180,9 +181,26 @@ def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=No
     try:
         path = Path(hf_hub_download(spec["repo_id"], spec["filename"], revision=revision, cache_dir=cache_dir))
     except Exception as e:  # network errors, a missing revision, a full disk: all end here with the how-to
+        if disk_full(e):  # no other machine or copy helps here: the cache's disk is the problem
+            raise CheckpointUnavailable(
+                f"{name}: the disk of the Hugging Face cache ({cache_dir}) filled up while downloading "
+                f"{spec['repo_id']}/{spec['filename']} ({spec['size']}, plus about 3.7 GB for its conversion beside "
+                f"it). Free space there and run again (huggingface_hub resumes the partial download), or set "
+                f"HF_HUB_CACHE (or HF_HOME) to a folder on a bigger disk and run again.") from e
         raise CheckpointUnavailable(how_to_get(name, f"the download failed ({type(e).__name__}: {e})")) from e
     verify_download(path, spec["repo_id"], spec["filename"], revision)
     return path
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether an error, or one it was raised from, is "No space left on device" (huggingface_hub may wrap it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def partial_note(spec: dict, cache_dir: Path) -> str:

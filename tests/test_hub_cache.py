@@ -220,3 +220,25 @@ def test_a_killed_conversion_is_cleaned_up_by_the_next_one(offline_cache):
         os.utime(path, (hours_ago, hours_ago))
     resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False)
     assert not killed.exists() and running.exists()
+
+
+def test_a_download_that_fills_the_disk_says_so_not_to_download_elsewhere(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from gmem_explore import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
+
+    def fills_up(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            raise RuntimeError("download interrupted") from e  # wrapped, as a library may
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fills_up)
+    with pytest.raises(CheckpointUnavailable, match="filled up while downloading") as err:
+        download("gmem-v1-xl")
+    assert str(tmp_path / "cache") in str(err.value) and "HF_HUB_CACHE" in str(err.value)
+    assert "where a network exists" not in str(err.value)  # the old advice: the network was never the problem
