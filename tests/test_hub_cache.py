@@ -242,3 +242,15 @@ def test_a_download_that_fills_the_disk_says_so_not_to_download_elsewhere(tmp_pa
         download("gmem-v1-xl")
     assert str(tmp_path / "cache") in str(err.value) and "HF_HUB_CACHE" in str(err.value)
     assert "where a network exists" not in str(err.value)  # the old advice: the network was never the problem
+
+
+def test_gmem_info_takes_a_revision_and_shows_its_commit(offline_cache, capsys):
+    from gmem_explore.cli import main
+
+    for commit in (OLD, NEW):  # converted once with the tiny sizes; info reuses the conversions
+        resolve_checkpoint("gmem-v1-xl", revision=commit, model_overrides=TINY, progress=False)
+    capsys.readouterr()
+    assert main(["info", "gmem-v1-xl", "--revision", OLD, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["info"]["source"]["revision"] == OLD
+    assert main(["info", "gmem-v1-xl"]) == 0
+    assert f"revision {NEW}" in capsys.readouterr().out

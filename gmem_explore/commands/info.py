@@ -10,6 +10,7 @@ Examples:
   gmem info                       # the embedded default
   gmem info path/to/folder
   gmem info gmem-v1-xl --json     # the same facts as JSON, for scripts
+  gmem info gmem-v1-xl --revision COMMIT   # another Hub revision (its commit is in "source")
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ SPELLINGS = {"licence": ("licence", "license")}  # conversions before this versi
 def add_arguments(p):
     p.add_argument("checkpoint", nargs="?", default="emoji-32",
                    help="checkpoint name, folder or released-format .pth (default: the embedded 'emoji-32')")
+    p.add_argument("--revision", default=None,
+                   help="Hub revision (branch, tag or commit) of a named checkpoint such as gmem-v1-xl (default: main)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (parts, parameter counts, sampler, info) instead of text (default: off)")
 
@@ -51,19 +54,19 @@ class NamedAutoencoder:
         self.name = (config or {}).get("type", "pixels")
 
 
-def describe(checkpoint):
+def describe(checkpoint, revision: str | None = None):
     """A GMemPipeline over the checkpoint's network and bank, with its autoencoder named but not loaded."""
     from gmem_explore.checkpoint import load_checkpoint
     from gmem_explore.hub import resolve_checkpoint
     from gmem_explore.pipeline import GMemPipeline
 
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint, **({"revision": revision} if revision else {})))
     return GMemPipeline(ckpt.model, ckpt.bank, NamedAutoencoder(ckpt.autoencoder), ckpt.encoder, ckpt.sampler,
                         ckpt.info)
 
 
 def run(args) -> int:
-    pipe = describe(args.checkpoint)
+    pipe = describe(args.checkpoint, args.revision)
     if args.json:
         cfg = pipe.model.config
         print(json.dumps({"name": pipe.info.get("name"), "image_size": pipe.image_size,
