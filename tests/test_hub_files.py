@@ -191,3 +191,14 @@ def test_misaligned_tensors_read_the_file_once(tmp_path, monkeypatch):
     tensors, _ = load_tensors(path, mmap=True)
     assert len(reads) == 1 and int(tensors["flag"][0]) == 7
     assert all(torch.equal(tensors[f"t{i}"], v) for i, v in enumerate(values))
+
+
+def test_a_file_given_for_its_folder_or_an_upper_case_pth_is_understood(tmp_path, saved):
+    from gmem_explore.hub import resolve_checkpoint
+
+    with pytest.raises(ValueError, match=f"model.safetensors is one file of a checkpoint folder; give the folder "
+                                         f"itself, {re.escape(str(saved))}"):
+        resolve_checkpoint(str(saved / "model.safetensors"))
+    src = tmp_path / "GMEM.PTH"
+    torch.save(released_dict(), src)
+    assert load_checkpoint(resolve_checkpoint(str(src), model_overrides=TINY, progress=False)).bank.dim == 16
