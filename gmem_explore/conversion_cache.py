@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .official import convert_official
+from .official import convert_official, expected_sha256_from_cache
 from .safefiles import read_header
 
 
@@ -34,9 +34,15 @@ def converted_folder_for(src, bank_dtype: str = "fp16") -> Path:
 
 
 def is_conversion_of(recorded: dict, src: Path) -> bool:
-    """Whether a conversion's recorded source (config.json's "source") is the file `src` as it is now."""
+    """Whether a conversion's recorded source (config.json's "source") is the file `src` as it is now: the same size
+    and modification time, or, in a Hugging Face cache, the same size and the blob the conversion was checked
+    against (blobs are named by their sha256, so a cache copied without its times, as the README suggests for
+    machines without a network, keeps its conversions instead of redoing 3.7 GB)."""
     st = src.stat()
-    return recorded.get("bytes") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns
+    if recorded.get("bytes") != st.st_size:
+        return False
+    sha256 = recorded.get("sha256")
+    return recorded.get("mtime_ns") == st.st_mtime_ns or bool(sha256) and sha256 == expected_sha256_from_cache(src)
 
 
 def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **convert_kwargs) -> Path:

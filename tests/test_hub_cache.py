@@ -254,3 +254,17 @@ def test_gmem_info_takes_a_revision_and_shows_its_commit(offline_cache, capsys):
     assert json.loads(capsys.readouterr().out)["info"]["source"]["revision"] == OLD
     assert main(["info", "gmem-v1-xl"]) == 0
     assert f"revision {NEW}" in capsys.readouterr().out
+
+
+def test_a_cache_copied_without_its_times_keeps_its_conversion(offline_cache):
+    """`cp -r` (no -p) or a download of a tarred cache gives every file a new mtime: the conversion, checked against
+    the blob's sha256 when it was made, was thrown away and redone."""
+    import os
+
+    repo, _ = offline_cache
+    folder = resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False)
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    blob = (repo / "snapshots" / NEW / FILE).resolve()
+    os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 10**12))
+    assert resolve_checkpoint("gmem-v1-xl", model_overrides=TINY, progress=False) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
