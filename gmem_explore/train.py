@@ -8,6 +8,7 @@
     trainer.fit()                        # runs to config.steps (or trainer.fit(steps=N) for N more steps)
     trainer.save_state("run/state.safetensors"); trainer.load_state("run/state.safetensors")  # exact resume
     trainer.export("my-model", bank, encoder)   # EMA weights as a checkpoint folder GMemPipeline loads
+    Trainer(..., data_source={"--data": "pics/"})  # named in the state, and when load_state refuses other images
 
 Inputs: `images` uint8 (N, H, W, 3) (or already-encoded latents, float (N, C, h, w), with autoencoder=None);
 `conditions` what each image is conditioned on: config.condition "snippet" -> float (N, D) rows (the image's
@@ -24,14 +25,17 @@ encoder_depth) and the encoder's feature of the clean image (per token when the 
 
 Event payloads (dicts): on_step {step, loss, mse, repa, lr, grad_norm (before clipping), images_per_s}; on_eval
 {step, images (uint8), seeds, loss}; on_checkpoint {step, path}; on_end {step, steps (done in this fit call), error
-(None, or the exception that stopped it: KeyboardInterrupt, FloatingPointError for a NaN or infinite loss or
-gradient)}, after every fit call. Callbacks get (trainer, event).
+(None, or the exception that stopped it: StopRequested (Ctrl-C), another KeyboardInterrupt, FloatingPointError
+for a NaN or infinite loss or gradient)}, after every fit call. Callbacks get (trainer, event).
 
 A step whose loss or gradients are NaN or infinite on any process stops the run on every process before the
 optimizer applies it (FloatingPointError): the weights, EMA and optimizer stay those of the last good step.
+Ctrl-C during fit stops after the step under way (StopRequested, a KeyboardInterrupt; train_interrupt.py), so
+save_state then resumes exactly and fit() goes on from there; a second Ctrl-C stops at once.
 
 Files: train_config.py (TrainConfig), train_checks.py (input and per-step checks), train_module.py (what the
-optimizer trains, the Accelerator), train_state.py (save_state / load_state / export); this file the loop.
+optimizer trains, the Accelerator), train_state.py (save_state / load_state / export), train_interrupt.py
+(Ctrl-C between steps); this file the loop.
 
 Determinism: batches, t and noise come from the trainer's own torch.Generator; the whole global batch is drawn
 and each process takes its slice, so results do not depend on the number of processes. A saved state holds the
@@ -57,8 +61,8 @@ from .autoencoders import PixelSpace
 from .train_checks import (as_training_images, check_step, data_shape_message, non_finite_gradients,
                            refuse_unknown_labels, training_conditions)
 from .train_config import TrainConfig
-from .train_module import TrainingModule, make_accelerator
 from .train_interrupt import StopRequested, deferred_interrupt
+from .train_module import TrainingModule, make_accelerator
 from .train_state import TrainerState, baseline_refusal
 
 __all__ = ["EVENTS", "StopRequested", "TrainConfig", "Trainer", "TrainingModule", "baseline_refusal"]

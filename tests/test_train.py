@@ -239,6 +239,17 @@ def test_a_nan_loss_on_one_of_two_processes_stops_both(tmp_path):
     assert not (tmp_path / "weights.safetensors").exists()
 
 
+def test_ctrl_c_on_one_of_two_processes_stops_both_after_the_same_step(tmp_path):
+    """Process 1 alone gets SIGINT during step 2: both stop after step 2 (the request travels with the step's
+    reduced flags), where process 0 would otherwise go on into step 3's all-reduce and wait for ever. ~50 s: the only
+    check of that agreement (two CPU processes under torchrun)."""
+    pytest.importorskip("accelerate")
+    returncode, output = run_two_processes(tmp_path, GMEM_TEST_CTRL_C_RANK="1")
+    assert returncode != 0, output[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} stopped by Ctrl-C after step 2" in output, output[-3000:]
+
+
 def test_a_launch_accelerate_does_not_join_is_refused(digits, monkeypatch):
     """Started as several processes but Accelerate sees one: each process would train the whole batch alone."""
     accelerate = pytest.importorskip("accelerate")
