@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 
@@ -64,7 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         env = "GMEM_" + flag[2:].upper().replace("-", "_")
         p.add_argument(flag, type=int, default=env_int(p, env, default),
                        help=f"{text} (default: ${env} if set, else {default})")
-    p.add_argument("--max-file-size", default="10mb", help="largest upload accepted")
+    # also from the environment, as the limits above: a Space cannot pass flags
+    p.add_argument("--max-file-size", default=os.environ.get("GMEM_MAX_FILE_SIZE") or "10mb",
+                   help="largest upload accepted, e.g. 500kb or 10mb (default: $GMEM_MAX_FILE_SIZE if set, else 10mb)")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
     p.add_argument("--allow-local-checkpoints", action="store_true",
                    help="let the Model panel load checkpoint folders or .pth files by server-side path "
@@ -77,6 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_frames < 2:  # an interpolation has its two ends at least
         p.error("--max-frames must be at least 2")
+    # gradio reads the size only at launch, after the model has loaded, and fails there with a traceback
+    if not re.fullmatch(r"\d+\s*(b|kb|mb|gb|tb)", args.max_file_size.strip(), re.IGNORECASE):
+        from_env = args.max_file_size == os.environ.get("GMEM_MAX_FILE_SIZE")
+        source = "$GMEM_MAX_FILE_SIZE" if from_env else "--max-file-size"
+        p.error(f"{source} is {args.max_file_size!r}: give a whole number and a unit, e.g. 500kb or 10mb")
     if args.port is not None and not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
     return args

@@ -424,6 +424,18 @@ def test_app_help_and_flags(monkeypatch, capsys):
         app.parse_args(["--max-frames", "1"])
     assert "--max-frames must be at least 2" in capsys.readouterr().err
     monkeypatch.delenv("GMEM_MAX_FRAMES")
+    # the upload limit too (a Space passes no flags), checked before the model loads: gradio failed at launch
+    assert app.parse_args([]).max_file_size == "10mb"
+    monkeypatch.setenv("GMEM_MAX_FILE_SIZE", "2mb")
+    assert app.parse_args([]).max_file_size == "2mb" and app.parse_args(["--max-file-size", "1 MB"]).max_file_size
+    monkeypatch.setenv("GMEM_MAX_FILE_SIZE", "lots")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "$GMEM_MAX_FILE_SIZE is 'lots': give a whole number and a unit" in capsys.readouterr().err
+    monkeypatch.delenv("GMEM_MAX_FILE_SIZE")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-file-size", "10 megs"])
+    assert "--max-file-size is '10 megs'" in capsys.readouterr().err
     monkeypatch.setenv("GMEM_MAX_STEPS", "lots")
     with pytest.raises(SystemExit):
         app.parse_args([])

@@ -48,7 +48,8 @@ def test_an_interpolation_downloads_under_its_ends_mix_and_seed(demo, ctx, red):
         ctx.new_session(), "bank row", 3, None, "uploaded image", 0, red, "lerp", 3, 9, False, 1, "euler")
     stem = "gmem-row3-to-upload-lerp-seed9"
     assert names(frames) == [f"{stem}-w0.00.png", f"{stem}-w0.50.png", f"{stem}-w1.00.png"]
-    assert Path(strip).name == f"{stem}-strip.png" and Path(gif).name == f"{stem}.gif"  # not image.png, interpolation.gif
+    # they were image.png and interpolation.gif
+    assert Path(strip).name == f"{stem}-strip.png" and Path(gif).name == f"{stem}.gif"
 
 
 def test_a_bank_download_is_named_for_its_model(ctx, red):

@@ -310,7 +310,8 @@ def test_a_phone_shows_two_columns_and_uncovered_images(browser):
             const label = box('#interp-strip label'), buttons = box('#interp-strip .icon-button-wrapper');
             const strip = box('#interp-strip img');
             const gifLabel = box('#interp-gif label'), gifButtons = box('#interp-gif .icon-button-wrapper');
-            return [strip.top < label.bottom - 1, strip.top < buttons.bottom - 1, gifLabel.right > gifButtons.left + 1];""")
+            return [strip.top < label.bottom - 1, strip.top < buttons.bottom - 1,
+                    gifLabel.right > gifButtons.left + 1];""")
         assert overlaps == [False, False, False]  # [strip under its label, under its buttons, GIF label under buttons]
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
