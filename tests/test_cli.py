@@ -238,9 +238,6 @@ def test_sample_fid_refuses_unwritable_outputs_before_loading(places, capsys, mo
     assert_refused(["sample-fid", "--out", tmp_path / "notes.txt"], "notes.txt is a file, not a folder", capsys)
     assert_refused(["sample-fid", "--out", tmp_path / "fid", "--npz", tmp_path / "x.zip"],
                    "must be a .npz file; end the name in .npz", capsys)
-    # refused before the model loads (sharded.run checks it after: for gmem-v1-xl, a 4.7 GB load later)
-    assert_refused(["sample-fid", "--out", tmp_path / "fid", "--steps", "0"], "steps must be an integer in [1,",
-                   capsys)
     assert_only(tmp_path)
 
 
