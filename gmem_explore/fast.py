@@ -20,10 +20,12 @@ on the CPU; the CUDA-only parts are switched on by the device):
 
 Entry point: `sample_fast(model, noise, snippets, ...)`, reached through `sampling.sample(..., fast=True)`
 (the default on CUDA). `last_run` records which optimisations actually ran (for the benchmarks).
+This file holds the step (one network evaluation fused with the sampler update), its compilation and the loop;
+the network copy and the precomputed modulation live in fast_conditioning.py, the CUDA graphs in fast_graphs.py
+(their names are importable from here too).
 """
 from __future__ import annotations
 
-import copy
 import functools
 import threading
 import warnings
@@ -34,13 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from . import fp8
+from .fast_conditioning import DEFAULT_MODULATION_BUDGET, Modulation, _fingerprint, network_for
+from .fast_graphs import GraphedSteps, graphs_possible
 from .fused_ops import linear_gelu
 from .model import GMemSiT, modulate
 from .sampling import StepInfo, check_method_and_steps, draw_sde_noise, time_grid
 
 PRECISIONS = ("bf16", "fp32", "fp8", "fp8-mlp")  # fp8*: experimental, see fp8.py
 GRAPH_MAX_BATCH = 16  # CUDA graphs pay off where launch overhead dominates: small, fixed live batches
-DEFAULT_MODULATION_BUDGET = 1 << 30  # bytes of precomputed adaLN modulation held at once (chunked above it)
 
 last_run: dict = {}  # what the latest sample_fast call used: precision, compiled, graphs, chunking
 FUSED_GELU = True  # fc1 + GELU as one op (fused_ops.linear_gelu); False: two ops (the benchmark's comparison)
@@ -55,82 +58,6 @@ COMPILE_OPTIONS: dict = {}
 def supports(model) -> bool:
     """The fast path needs the GMemSiT layout (blocks with adaLN_modulation); other callables use the reference."""
     return isinstance(model, GMemSiT)
-
-
-# ---- network copies ------------------------------------------------------------------------------------------
-_copies: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model) -> tuple:
-    # Storage address + in-place version counter of every tensor: changes when weights are trained or reloaded.
-    return tuple((t.data_ptr(), t._version, t.dtype, str(t.device)) for t in model.state_dict().values())
-
-
-def network_for(model: GMemSiT, dtype: torch.dtype, fp8_layers: tuple = ()) -> GMemSiT:
-    """The model itself in its own dtype, else a cached copy cast to `dtype` (rebuilt when the weights change),
-    with FP8 weights for the named block linears (fp8.attach) when asked."""
-    if next(model.parameters()).dtype == dtype and not fp8_layers:
-        return model
-    key = _fingerprint(model)
-    cached = _copies.get(model, {}).get((dtype, fp8_layers))
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    net = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
-    if fp8_layers:
-        fp8.attach(net, fp8_layers)
-    _copies.setdefault(model, {})[(dtype, fp8_layers)] = (key, net)
-    return net
-
-
-# ---- conditioning, computed once -----------------------------------------------------------------------------
-class Modulation:
-    """adaLN modulation of every block for every step time, computed in chunks of steps.
-
-    c = t_embedder(t) + condition_projection(snippet) comes from `model` (its own precision, so t is not
-    rounded to bf16); the adaLN layers are `net`'s (bf16 in the fast mode: 28 big bf16 products per chunk).
-
-    get(k) -> (blocks (depth, N, 6D), final (N, 2D)) for time index k, in `dtype`; with `uncond` the zero-
-    snippet rows (the guidance branch) are appended, giving 2N rows.
-    """
-
-    def __init__(self, model: GMemSiT, snippets: torch.Tensor, times: Sequence[float], net: GMemSiT | None = None,
-                 budget: int = DEFAULT_MODULATION_BUDGET):
-        self.model, self.net, self.times = model, net or model, list(times)
-        self.dtype = dtype = next(self.net.parameters()).dtype
-        p = next(model.parameters())
-        self.snippet_proj = model.condition_projection.linear(snippets.to(p.device, p.dtype))  # (N, D), no dropout
-        self.null_proj = model.condition_projection.linear.bias[None]  # Linear(0) = bias: the zero snippet
-        c = model.config
-        n = snippets.shape[0]
-        per_step = (c.depth * 6 + 2) * c.hidden_size * (n + 1) * torch.finfo(dtype).bits // 8
-        self.chunk = max(1, min(len(self.times), budget // max(per_step, 1)))
-        self.start, self.cond, self.null = -1, None, None
-
-    def _compute(self, start: int):
-        stop = min(start + self.chunk, len(self.times))
-        p = next(self.model.parameters())
-        t = torch.tensor(self.times[start:stop], dtype=p.dtype, device=p.device)
-        temb = self.model.t_embedder(t)  # (K, D): the reference's float values (ones * t in the model's dtype)
-        net = self.net
-
-        def mods(proj):  # proj (R, D) -> blocks (K, depth, R, 6D), final (K, R, 2D)
-            cond = (temb[:, None] + proj[None]).to(self.dtype)
-            blocks = torch.stack([b.adaLN_modulation(cond) for b in net.blocks], dim=1)
-            return blocks, net.final_layer.adaLN_modulation(cond)
-
-        self.cond, self.null = mods(self.snippet_proj), mods(self.null_proj)
-        self.start = start
-
-    def get(self, k: int, uncond: bool = False):
-        if not self.start <= k < self.start + self.chunk or self.cond is None:
-            self._compute(k)
-        j = k - self.start
-        blocks, final = self.cond[0][j], self.cond[1][j]
-        if uncond:
-            n = blocks.shape[1]
-            blocks = torch.cat([blocks, self.null[0][j].expand(-1, n, -1)], dim=1)
-            final = torch.cat([final, self.null[1][j].expand(n, -1)], dim=0)
-        return blocks, final
 
 
 # ---- one network evaluation and one sampler update -----------------------------------------------------------
@@ -240,41 +167,6 @@ class Stepper:
 _graphs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # net -> (fingerprint, {compiled: GraphedSteps})
 
 
-class GraphedSteps:
-    """One CUDA graph per step kind (guided or not, Heun corrector or not), captured on first use.
-
-    Inputs are copied into static buffers before each replay (device-to-device, no host sync); the outputs
-    live in static buffers overwritten by the next replay, so callers clone what they keep.
-    """
-
-    def __init__(self, warmup: int = 2):
-        self.warmup, self.graphs = warmup, {}  # no reference to the network: the cache is keyed weakly by it
-
-    def __call__(self, fn: Callable, *args):
-        key = tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(fn, args)
-        graph, static_in, static_out = self.graphs[key]
-        for dst, src in zip(static_in, args):
-            if dst is not None:
-                dst.copy_(src)
-        graph.replay()
-        return static_out
-
-    def _capture(self, fn, args):
-        static_in = tuple(None if a is None else a.clone() for a in args)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up (and compilation) on a side stream, as torch.cuda.graph requires
-            for _ in range(self.warmup):
-                fn(*static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = fn(*static_in)
-        return graph, static_in, static_out
-
-
 # ---- the sampler ---------------------------------------------------------------------------------------------
 def _plan(method: str, steps: int, guidance: float, interval) -> list[tuple]:
     """Per network evaluation: (time index, kind, guided, a, b, c, s, t). Pure Python floats: no device syncs."""
@@ -295,9 +187,6 @@ def _plan(method: str, steps: int, guidance: float, interval) -> list[tuple]:
             plan.append((i, "euler", guided(t), 1.0, dt, 0.0, 0.0, t))
     return plan
 
-
-def graphs_possible(device: torch.device) -> bool:
-    return device.type == "cuda"
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
