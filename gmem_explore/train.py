@@ -306,9 +306,10 @@ class Trainer(TrainerState):
             event["images_per_s"] = cfg.batch_size / max(time.perf_counter() - tick, 1e-9)
             self.history.append(event)
             done.append(event)
-            if bar is not None:
+            if bar is not None:  # the loss rides on the update, which redraws at tqdm's own rate (mininterval 0.1 s):
+                # set_postfix's default refresh redrew every step (a notebook widget message per step)
+                bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{event['loss']:.4f}")
             self._fire("on_step", event)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate()

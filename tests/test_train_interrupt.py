@@ -97,3 +97,31 @@ def test_gmem_train_saves_its_state_at_ctrl_c(tmp_path, monkeypatch, capsys):
     # exactly the state of step 2 (test_ctrl_c_stops_after_the_step_and_the_saved_state_resumes_exactly resumes one);
     # a whole command run, the only check that gmem train saves at Ctrl-C: ~10 s (loading emoji-32 and digits)
     assert read_header(tmp_path / "run" / "train-state.safetensors")[1]["step"] == 2
+
+
+def test_the_progress_bar_redraws_at_its_own_rate_with_the_current_loss(monkeypatch):
+    """set_postfix redrew the bar on every step (its refresh=True default), past tqdm's mininterval: in a notebook
+    one widget message per step. The loss now rides on the next update, which tqdm draws at its own rate."""
+    import tqdm.auto
+
+    calls = []
+
+    class Bar:
+        def __init__(self, total, initial, desc, unit):
+            calls.append(("open", total, initial))
+
+        def set_postfix(self, refresh=True, **values):
+            calls.append(("postfix", values["loss"], refresh))
+
+        def update(self, n):
+            calls.append(("update", n))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    tr = trainer(steps=2, progress=True)
+    history = tr.fit()
+    losses = [f"{h['loss']:.4f}" for h in history]
+    assert calls == [("open", 2, 0), ("postfix", losses[0], False), ("update", 1), ("postfix", losses[1], False),
+                     ("update", 1), ("close",)]
