@@ -1,5 +1,5 @@
-"""Ctrl-C during Trainer.fit stops between two steps, so the state saved then resumes exactly; a second Ctrl-C
-stops at once. The LR schedule's warm-up also holds when the cosine decay spans the whole run."""
+"""Around fit's step loop: Ctrl-C stops between two steps, so the state saved then resumes exactly (a second Ctrl-C
+stops at once); the LR schedule's warm-up holds when the cosine decay spans the whole run; the progress bar."""
 from __future__ import annotations
 
 import os
