@@ -80,3 +80,20 @@ def test_negative_row_numbers_are_refused_not_read_from_the_end(tiny_bank):
         with pytest.raises(IndexError, match="rows 0..19"):
             call()
     assert len(tiny_bank) == 20
+
+
+def test_fractional_row_numbers_are_refused_not_cut(tiny_bank):
+    import pytest
+
+    with pytest.raises(ValueError, match="whole numbers"):
+        tiny_bank.snippets([1.7])
+    assert torch.equal(tiny_bank.snippets([2.0]), tiny_bank.snippets([2]))
+
+
+def test_a_row_float16_cannot_hold_is_named_by_its_number_beyond_the_first_chunk(tmp_path):
+    import pytest
+
+    rows = torch.ones(65_537, 1)  # one more row than a chunk (bank_checks.CHUNK), so the last is in chunk two
+    rows[65_536] = 1e6  # beyond float16's 65504
+    with pytest.raises(ValueError, match=r"rows \[65536\] do not fit"):
+        MemoryBank(rows).save(tmp_path / "b.safetensors", dtype=torch.float16)

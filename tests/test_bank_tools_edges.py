@@ -12,3 +12,21 @@ def test_partner_row_is_never_the_row_itself_even_when_every_other_row_points_aw
     assert partner_row(MemoryBank(rows), 0) == 2  # the one nearest cosine 0.5, not row 0 (cosine 1)
     one_group = MemoryBank(rows, labels=torch.zeros(3, dtype=torch.long), label_names=["all"])
     assert partner_row(one_group, 0) == 2  # no other group: the same rule as without groups
+
+
+def test_bank_cli_prints_row_then_similarity_and_honours_sample(tmp_path, capsys):
+    import json
+
+    from gmem_explore.cli import main
+
+    rows = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "bank.safetensors"
+    MemoryBank(rows).save(path)
+    assert main(["bank", "nearest", str(path), "--row", "7", "--k", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    pairs = [p.strip() for p in line.removeprefix("row 7: ").split(",")]
+    assert len(pairs) == 3
+    row, sim = pairs[0].split(" ")
+    assert int(row) != 7 and -1 <= float(sim.strip("()")) <= 1  # "12 (0.731)": the row, then its cosine
+    assert main(["bank", "stats", str(path), "--sample", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["sample_rows"] == 10

@@ -1,0 +1,37 @@
+"""Bank maps and their figures (tests written to kill mutants of bankmap.py that the suite let through): PCA's
+fixed signs, small banks mapped by PCA whatever the method, the 'drawn uniformly' sentence, a selection that
+keeps its points in full colour and fades the rest."""
+from __future__ import annotations
+
+import torch
+
+from gmem_explore import MemoryBank
+from gmem_explore.bankmap import FADED_ALPHA, embed_2d, pca_2d, uniform_frequency, scatter_figure
+
+
+def test_pca_signs_put_each_components_largest_loading_positive():
+    for seed in range(8):
+        x = torch.randn(30, 6, generator=torch.Generator().manual_seed(seed))
+        coords = pca_2d(x).double()
+        loadings = (x - x.mean(0)).double().T @ coords  # (6, 2): each column along its component
+        top = loadings.gather(0, loadings.abs().argmax(0, keepdim=True))
+        assert bool((top > 0).all()), seed
+
+
+def test_a_bank_below_32_rows_is_mapped_by_pca_even_when_umap_is_asked():
+    rows = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(embed_2d(rows, "umap", cache_dir=False), pca_2d(torch.nn.functional.normalize(rows, dim=1)))
+
+
+def test_uniform_frequency_only_when_every_row_is_equally_frequent():
+    rows = torch.randn(3, 4)
+    assert "no frequencies" in uniform_frequency(MemoryBank(rows))
+    assert "frequency 2" in uniform_frequency(MemoryBank(rows, freq=torch.tensor([2.0, 2.0, 2.0])))
+    assert uniform_frequency(MemoryBank(rows, freq=torch.tensor([2.0, 2.0, 3.0]))) is None
+
+
+def test_a_selection_is_drawn_in_full_colour_and_the_rest_faded():
+    coords = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    fig = scatter_figure(coords, selected=[1, 4, 99])  # 99 is outside the map: ignored
+    sizes = {round(c.get_alpha(), 2): len(c.get_offsets()) for c in fig.axes[0].collections}
+    assert sizes == {round(FADED_ALPHA, 2): 8, 0.85: 2}
