@@ -12,6 +12,7 @@ new one, never the model of one save with the bank or config of another.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -68,14 +69,33 @@ def save_checkpoint(folder, ckpt: Checkpoint, bank_dtype: torch.dtype | None = N
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.rename(staging, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # it named the hidden staging folder, now gone
+            raise OSError(errno.ENOSPC, f"No space left on device while saving {folder}: the checkpoint needs about "
+                                        f"{checkpoint_bytes(ckpt, bank_dtype) / 1e9:.2f} GB free in {folder.parent} "
+                                        f"(nothing was left behind; an existing checkpoint there is unchanged). "
+                                        f"Free some space, or save to another disk") from e
         raise
     for stale in folder.parent.glob(f".{folder.name}.saving-*"):  # left by saves that were killed
         shutil.rmtree(stale, ignore_errors=True)
     for stale in folder.parent.glob(f".{folder.name}.old-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return folder
+
+
+def checkpoint_bytes(ckpt: Checkpoint, bank_dtype=None) -> int:
+    """About how many bytes a saved checkpoint takes: every tensor of the network, bank and encoder."""
+    def size(t):
+        return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+    bank = ckpt.bank
+    rows = bank.rows.numel() * (torch.empty((), dtype=bank_dtype).element_size() if bank_dtype else
+                                bank.rows.element_size())
+    encoder = ckpt.encoder.state_dict().values() if ckpt.encoder is not None else ()
+    return (sum(map(size, ckpt.model.state_dict().values())) + rows
+            + sum(size(getattr(bank, name, None)) for name in ("freq", "labels", "thumbnails"))
+            + sum(map(size, encoder)))
 
 
 def interrupted_save(folder) -> Path | None:

@@ -202,3 +202,23 @@ def test_a_file_given_for_its_folder_or_an_upper_case_pth_is_understood(tmp_path
     src = tmp_path / "GMEM.PTH"
     torch.save(released_dict(), src)
     assert load_checkpoint(resolve_checkpoint(str(src), model_overrides=TINY, progress=False)).bank.dim == 16
+
+
+def test_a_save_that_fills_the_disk_names_the_folder_and_the_space(tmp_path, monkeypatch, saved):
+    """It named `.ckpt.saving-xxxx/model.safetensors`, a hidden folder the user never chose and that is gone."""
+    import errno
+
+    import gmem_explore.checkpoint as checkpoint
+
+    ckpt = load_checkpoint(saved)
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+
+    def fills_up(path, tensors, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "save_tensors", fills_up)
+    with pytest.raises(OSError, match=f"while saving {re.escape(str(saved))}: the checkpoint needs about 0.00 GB") as err:
+        save_checkpoint(saved, ckpt)
+    assert ".saving-" not in str(err.value) and err.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]  # no staging folder left
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before  # the old checkpoint is untouched
