@@ -94,7 +94,10 @@ class TrainerState:
         if self.config.condition != "snippet":
             raise ValueError(baseline_refusal(self.config.condition))
         model = copy.deepcopy(self.ema_model).cpu().float()
-        info = {"training": {"steps": self.step, "config": self.config.to_dict()}, **(info or {})}
+        # where and how often the run saved its state is no part of the model, and a shared folder should not carry
+        # a local path (gmem train sets out_dir for its periodic saves)
+        recipe = {**self.config.to_dict(), "out_dir": None, "checkpoint_every": 0}
+        info = {"training": {"steps": self.step, "config": recipe}, **(info or {})}
         ckpt = Checkpoint(model, bank, autoencoder or {"type": "pixels"}, encoder,
                           sampler or {"method": "euler", "steps": 20}, info)
         if self.is_main:

@@ -83,3 +83,22 @@ def test_gmem_train_resume_refuses_another_seed_only_when_given(tmp_path):
     assert resume().seed == 5 and resume("--seed", "5").seed == 5
     with pytest.raises(ValueError, match=r"--seed 0 \(the saved run used 5\)"):
         resume("--seed", "0")
+
+
+def test_an_export_records_the_recipe_without_the_run_s_save_folder(tmp_path):
+    """gmem train now saves through config.out_dir / checkpoint_every; the exported config.json keeps the recipe
+    without that local path, and still reads back as a TrainConfig."""
+    import json
+
+    from gmem_explore import MemoryBank
+
+    images = pixels(8)
+    config = TrainConfig(steps=1, batch_size=4, progress=False, checkpoint_every=1, out_dir=str(tmp_path / "secret"))
+    torch.manual_seed(0)
+    rows = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    tr = Trainer(build_model(**TINY), images, rows, config, use_accelerate=False)
+    tr.fit()
+    tr.export(tmp_path / "ckpt", MemoryBank(rows, torch.ones(8)))
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())["training"]["config"]
+    assert saved["out_dir"] is None and saved["checkpoint_every"] == 0 and "secret" not in json.dumps(saved)
+    assert TrainConfig.from_dict(saved).batch_size == 4
