@@ -1,5 +1,6 @@
 """Resuming a train state: the state records where its images came from (the Trainer's data_source; gmem train:
---data, --split, --init), and a resume on other images names the saved source and the given one."""
+--data, --split, --init), and a resume on other images names the saved source and the given one; gmem train's
+--seed on --resume; what an export records of the run."""
 from __future__ import annotations
 
 import pytest
