@@ -196,7 +196,8 @@ def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4, p
     return [(upscale(im), f"row {r} · seed {s}") for im, s in zip(out.images, out.seeds)]
 
 
-GRID = {"allow_preview": False, "format": "png", "elem_classes": ["fit-grid"]}  # see the module docstring
+# no buttons: "Download All" of row-picking thumbnails gave image.png, image-2.png ... (rows are picked here, not saved)
+GRID = {"allow_preview": False, "format": "png", "elem_classes": ["fit-grid"], "buttons": []}  # see the module docstring
 
 
 def unmark() -> gr.Gallery:

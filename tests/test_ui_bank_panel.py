@@ -239,3 +239,10 @@ def test_row_boxes_take_the_grown_bank_when_their_tab_opens(demo, ctx):
         fn_index = next(i for i, g in demo.fns.items() if g is f)
         result = asyncio.run(demo.process_api(fn_index, [None], state=SessionState(demo), explicit_call=True))
         assert len(result["data"]) == len(f.outputs)
+
+
+def test_the_row_picking_grids_offer_no_downloads(demo):
+    """Their thumbnails are for picking rows: 'Download All' gave image.png, image-2.png, ... (rows unnamed)."""
+    grids = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Gallery)}
+    for name in ("bank-selection", "bank-neighbours", "bank-pages"):
+        assert grids[name].buttons == [], name
