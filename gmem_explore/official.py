@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .bank_checks import check_frequencies
 from .checkpoint import FORMAT
 from .model import build_model, load_network_state, model_config
 from .official_layouts import describe_network, explain_foreign, how_to_convert
@@ -168,6 +169,10 @@ def check_official_dict(raw, path="checkpoint") -> dict:
     if not isinstance(freq, torch.Tensor) or freq.shape != (bank.shape[0],):
         raise ValueError(f"{path}: 'memoryfreq' must hold one count per bank row ({bank.shape[0]}); got "
                          f"{getattr(freq, 'shape', type(freq).__name__)}")
+    try:  # MemoryBank.load refuses these: found here, before 3.7 GB are written and every load fails
+        check_frequencies(freq.double(), bank.shape[0])
+    except ValueError as e:
+        raise ValueError(f"{path}: 'memoryfreq' is unusable: {e}") from None
     return {"network": network, "memorybank": bank, "memoryfreq": freq}
 
 

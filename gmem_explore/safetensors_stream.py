@@ -55,20 +55,27 @@ def write_streaming(path, tensors: dict[str, torch.Tensor], dtypes: dict[str, to
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
             for name, t, dtype in plan:
-                _write_tensor(f, t, dtype, chunk_bytes, progress)
+                _write_tensor(f, name, t, dtype, chunk_bytes, progress)
     return path
 
 
-def _write_tensor(f, t: torch.Tensor, dtype: torch.dtype, chunk_bytes: int, progress) -> None:
+def _write_tensor(f, name: str, t: torch.Tensor, dtype: torch.dtype, chunk_bytes: int, progress) -> None:
     t = t.detach()
     if t.numel() == 0:
         return
     if t.ndim == 0:
         t = t.reshape(1)
+    # a float cast to a narrower float (fp32 -> fp16) overflows to inf above its range: checked slice by slice
+    narrowed = t.is_floating_point() and dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(t.dtype).max
     row_bytes = max(1, t[0].numel() * max(_itemsize(dtype), t.element_size()))
     rows = max(1, chunk_bytes // row_bytes)
     for start in range(0, t.shape[0], rows):
-        piece = t[start:start + rows].to(device="cpu", dtype=dtype).contiguous()
+        source = t[start:start + rows]
+        piece = source.to(device="cpu", dtype=dtype).contiguous()
+        if narrowed and not torch.isfinite(piece).all() and torch.isfinite(source).all():
+            raise ValueError(f"tensor {name!r} holds values up to {source.abs().max().item():.4g}, which do not fit "
+                             f"{dtype} (largest {torch.finfo(dtype).max:.4g}): they would be stored as infinity. Keep "
+                             f"a wider dtype (a converted bank: `gmem convert --bank-dtype fp32`)")
         f.write(memoryview(piece.reshape(-1).view(torch.uint8).numpy()))
         if progress is not None:
             progress(piece.numel() * _itemsize(dtype))

@@ -222,3 +222,20 @@ def test_a_save_that_fills_the_disk_names_the_folder_and_the_space(tmp_path, mon
     assert ".saving-" not in str(err.value) and err.value.errno == errno.ENOSPC
     assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]  # no staging folder left
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before  # the old checkpoint is untouched
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw.__setitem__("memoryfreq", torch.zeros(24)), "'memoryfreq' is unusable: freq sums to zero"),
+    (lambda raw: raw["memoryfreq"].__setitem__(0, -1.0), "'memoryfreq' is unusable: freq must be non-negative"),
+    (lambda raw: raw.__setitem__("memorybank", raw["memorybank"] * 1e5),
+     r"tensor 'rows' holds values up to .* do not fit torch.float16 .*--bank-dtype fp32"),
+])
+def test_a_bank_that_cannot_load_or_would_overflow_is_refused_before_it_is_written(tmp_path, edit, message):
+    """Unusable counts converted fine and then failed every load; fp16 turned bank values above 65504 into inf."""
+    raw = released_dict()
+    edit(raw)
+    src = tmp_path / "gmem.pth"
+    torch.save(raw, src)
+    with pytest.raises(ValueError, match=message):
+        convert_official(src, tmp_path / "out", model_overrides=TINY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gmem.pth"]
