@@ -42,7 +42,7 @@ def build_bank(images: str, checkpoint=None, split="all", thumb_size=32):
         raise ValueError(f"no images in the {split!r} split of {images}; try --split all")
     rows = ckpt.encoder.encode(data.images)
     meta = {"source": str(images), "split": split, "names": data.names, "encoder": ckpt.encoder.config_dict()}
-    if images.startswith("twemoji"):
+    if images in ("twemoji", "twemoji-skin"):  # the named data sets, not a folder such as twemoji_fanart/
         meta["attribution"] = TWEMOJI_ATTRIBUTION
     import torch
 

@@ -1,0 +1,35 @@
+"""gmem build-bank's bank (with a stand-in encoder, so no checkpoint is loaded): one row per image with its label,
+thumbnail and frequency 1, and the Twemoji licence only on banks of the Twemoji data set."""
+from __future__ import annotations
+
+import types
+
+import torch
+from PIL import Image
+
+import gmem_explore.checkpoint
+import gmem_explore.hub
+from gmem_explore.commands.build_bank import build_bank
+
+
+class StandInEncoder:
+    def encode(self, images):
+        return images.float().mean(dim=(1, 2))  # (N, 3): enough to tell the rows apart
+
+    def config_dict(self):
+        return {"kind": "stand-in"}
+
+
+def test_a_folder_whose_name_starts_with_twemoji_gets_no_twemoji_licence(tmp_path, monkeypatch):
+    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", lambda name: "stand-in")
+    monkeypatch.setattr(gmem_explore.checkpoint, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
+    folder = tmp_path / "twemoji_fanart"
+    for i, group in enumerate(["cats", "dogs", "cats"]):
+        (folder / group).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (60 * i + 10, 20, 30)).save(folder / group / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    bank = build_bank("twemoji_fanart", thumb_size=8)
+    assert "attribution" not in bank.meta  # the user's own pictures, not Twitter's
+    assert len(bank) == 3 and bank.label_names == ["cats", "dogs"] and bank.labels.tolist() == [0, 0, 1]
+    assert bank.thumbnails.shape == (3, 8, 8, 3) and torch.equal(bank.freq, torch.ones(3, dtype=torch.float64))
+    assert bank.meta["names"] == ["cats/0.png", "cats/2.png", "dogs/1.png"]
