@@ -136,9 +136,9 @@ def delete_hint(path, sentence: bool = False) -> str:
     link, snapshots/<commit>/<file> -> blobs/<sha256>: deleting only the link does nothing, since huggingface_hub
     links the damaged blob again without downloading it; the blob must go."""
     path = Path(path).expanduser()
-    target = path.resolve()
     first = "Delete" if sentence else "delete"
-    if target != path.absolute() and target.exists():
+    target = path.resolve() if path.is_symlink() else None  # not resolve() alone: a linked folder above is no cache
+    if target is not None and target.exists():
         return (f"{first} the damaged download {target} (the Hugging Face cache's copy; {path} only links to it) and "
                 f"run again where a network exists: huggingface_hub then downloads it afresh (or "
                 f"`hf download {OFFICIAL_REPO} {OFFICIAL_FILE} --force-download`)")

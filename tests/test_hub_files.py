@@ -239,3 +239,16 @@ def test_a_bank_that_cannot_load_or_would_overflow_is_refused_before_it_is_writt
     with pytest.raises(ValueError, match=message):
         convert_official(src, tmp_path / "out", model_overrides=TINY)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gmem.pth"]
+
+
+def test_a_damaged_file_under_a_linked_folder_is_not_called_a_cache_link(tmp_path):
+    """/tmp -> /private/tmp (macOS), a home folder on a linked disk: the file itself is no link to a blob."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "linked").symlink_to(real)
+    src = tmp_path / "linked" / "gmem.pth"
+    torch.save(released_dict(), src)
+    src.write_bytes(src.read_bytes()[:500])
+    with pytest.raises(ValueError, match="truncated or damaged: delete it and download") as err:
+        load_official(src)
+    assert "only links to it" not in str(err.value)
