@@ -6,7 +6,7 @@ would leave a state that resumes to other weights. So while fit runs, the first 
 loop reduces it across processes with its other per-step flags (all processes stop after the same step) and raises
 StopRequested, a KeyboardInterrupt, once the step and its callbacks are done. A second Ctrl-C interrupts at once
 (plain KeyboardInterrupt: the trainer may then be mid-step). Off the main thread (where Python takes no signal
-handler) Ctrl-C behaves as usual.
+handler), and where SIGINT is ignored or handled outside Python, Ctrl-C behaves as usual.
 """
 from __future__ import annotations
 
@@ -30,10 +30,12 @@ def deferred_interrupt(announce: bool = True):
     """While inside, the first SIGINT sets flag.requested (and says so on stderr when `announce`); the second calls
     the handler that was there before (Python's raises KeyboardInterrupt). The previous handler is restored after."""
     flag = InterruptFlag()
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None or previous == signal.SIG_IGN:
+        # off the main thread; a handler set outside Python, which could not be put back; or Ctrl-C ignored (a job
+        # started with nohup or `&`), which must stay ignored
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum, frame):
         if flag.requested:

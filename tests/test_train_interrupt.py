@@ -125,3 +125,15 @@ def test_the_progress_bar_redraws_at_its_own_rate_with_the_current_loss(monkeypa
     losses = [f"{h['loss']:.4f}" for h in history]
     assert calls == [("open", 2, 0), ("postfix", losses[0], False), ("update", 1), ("postfix", losses[1], False),
                      ("update", 1), ("close",)]
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    """A run whose SIGINT is ignored (started with nohup, or `&` in a script) got fit's handler anyway and stopped."""
+    original = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        tr = trainer()
+        ctrl_c_during_step(tr, 2)
+        assert len(tr.fit()) == 4
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, original)
