@@ -33,3 +33,17 @@ def test_a_folder_whose_name_starts_with_twemoji_gets_no_twemoji_licence(tmp_pat
     assert len(bank) == 3 and bank.label_names == ["cats", "dogs"] and bank.labels.tolist() == [0, 0, 1]
     assert bank.thumbnails.shape == (3, 8, 8, 3) and torch.equal(bank.freq, torch.ones(3, dtype=torch.float64))
     assert bank.meta["names"] == ["cats/0.png", "cats/2.png", "dogs/1.png"]
+
+
+def test_the_split_asked_for_is_the_split_encoded(tmp_path, monkeypatch):
+    from gmem_explore.data import load_folder
+
+    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", lambda name: "stand-in")
+    monkeypatch.setattr(gmem_explore.checkpoint, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
+    for i in range(20):
+        Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    train = load_folder(tmp_path, 8, "train")
+    assert 0 < len(train) < 20  # the hash holds some of these 20 names out: the test can tell the splits apart
+    bank = build_bank(str(tmp_path), split="train", thumb_size=8)
+    assert bank.meta["names"] == train.names and bank.meta["split"] == "train"
+    assert torch.equal(bank.thumbnails, train.images)
