@@ -88,8 +88,11 @@ def test_sdvae_decode_and_encode_through_diffusers(tiny_vae):
     ref = diffusers.AutoencoderKL.from_pretrained(tiny_vae).eval()
     with torch.no_grad():
         x = ref.decode(latents / SD_VAE_SCALE).sample
-    expect = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    # the released sampler's FID images (LINs-lab/GMem engine/generate.py): (x + 1) / 2, times 255, clamped, cast to
+    # uint8, which truncates; rounding would make them half a level brighter on average
+    expect = torch.clamp(255.0 * ((x + 1) / 2.0), 0, 255).permute(0, 2, 3, 1).to(torch.uint8)
     assert images.dtype == torch.uint8 and torch.equal(images, expect)
+    assert not torch.equal(images, ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
     assert vae.encode(images).shape == (2, 4, 8, 8)
 
 
