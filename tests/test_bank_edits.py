@@ -97,3 +97,13 @@ def test_a_row_float16_cannot_hold_is_named_by_its_number_beyond_the_first_chunk
     rows[65_536] = 1e6  # beyond float16's 65504
     with pytest.raises(ValueError, match=r"rows \[65536\] do not fit"):
         MemoryBank(rows).save(tmp_path / "b.safetensors", dtype=torch.float16)
+
+
+def test_thumbnail_values_beyond_255_are_refused_not_wrapped(tiny_bank):
+    import pytest
+
+    tile = torch.full((1, 8, 8, 3), 255, dtype=torch.int64)
+    tiny_bank.add(torch.ones(1, 16), thumbnails=tile)  # 255 in a wider integer type is fine
+    assert int(tiny_bank.thumbnails[-1].min()) == 255
+    with pytest.raises(ValueError, match="0..255"):
+        tiny_bank.add(torch.ones(1, 16), thumbnails=tile + 1)  # 256 would wrap to 0 (black) in uint8
