@@ -56,6 +56,7 @@ def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None 
     if kwargs:
         raise TypeError(f"resolve_checkpoint got unknown options {sorted(kwargs)}")
     name = checkpoint_name(name_or_path)
+    check_revision(name_or_path, revision)
     if name in EMBEDDED:
         folder = EMBEDDED[name]
         if not (folder / "config.json").is_file():
@@ -80,6 +81,17 @@ def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None 
         hint = f": {path} is a {path.suffix or 'suffix-less'} file, while a released-format file ends in .pth or .pt"
     raise ValueError(f"{name_or_path!r} is neither a known checkpoint name {available()}, a checkpoint folder, "
                      f"nor a released-format .pth file{hint}")
+
+
+def check_revision(name_or_path, revision) -> None:
+    """A revision picks a version of a Hub checkpoint; for the embedded one or a local folder or file it would be
+    ignored, and a run the user believes pinned would not be, so it is refused."""
+    name = checkpoint_name(name_or_path)
+    if revision is None or name in HUB:
+        return
+    what = "the embedded checkpoint" if name in EMBEDDED else "a local folder or file"
+    raise ValueError(f"revision {revision!r} (--revision) picks a version of a Hub checkpoint ({', '.join(HUB)}); "
+                     f"{name_or_path or name} is {what}, which has none: drop --revision")
 
 
 def is_offline() -> bool:

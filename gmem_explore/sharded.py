@@ -134,15 +134,11 @@ def checkpoint_identity(checkpoint) -> str:
 def hub_revision(checkpoint, revision: str | None) -> str | None:
     """The Hub revision run.json records: for a Hub name, the one asked for ("main" when none); for a local folder or
     file None, and a revision given for one is refused (resolve_checkpoint would ignore it: a pinned run that is not)."""
-    from .hub import EMBEDDED, HUB, checkpoint_name
+    from .hub import HUB, check_revision, checkpoint_name
 
-    name = checkpoint_name(checkpoint)
-    if name in HUB:
+    check_revision(checkpoint, revision)
+    if checkpoint_name(checkpoint) in HUB:
         return "main" if revision is None else str(revision)
-    if revision is not None:
-        what = "the embedded checkpoint" if name in EMBEDDED else "a local folder or file"
-        raise ValueError(f"revision {revision!r} (--revision) picks a version of a Hub checkpoint ({', '.join(HUB)}); "
-                         f"{checkpoint} is {what}, which has none: drop --revision")
     return None
 
 

@@ -431,3 +431,25 @@ def test_every_command_has_its_help_checked_for_torch():
     from gmem_explore.cli import COMMANDS
 
     assert set(COMMANDS) <= {c[0] for c in HELP_COMMANDS if c}
+
+
+def test_sample_pins_a_hub_revision_and_refuses_one_for_a_checkpoint_without_versions(tmp_path, capsys, monkeypatch):
+    from gmem_explore import hub
+
+    assert_refused(["sample", "--revision", "abc123", "--out", tmp_path / "x.png"],
+                   "'abc123' (--revision) picks a version of a Hub checkpoint", capsys)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="which has none: drop --revision"):
+        hub.resolve_checkpoint(str(tmp_path), revision="abc123")  # a local folder: the revision would be ignored
+    asked = []
+    real = hub.resolve_checkpoint
+
+    def fake_hub(name, revision=None, **kwargs):  # gmem-v1-xl at a pinned commit, faked by the embedded model
+        asked.append((name, revision))
+        return real("emoji-32", **kwargs)
+
+    monkeypatch.setattr(hub, "resolve_checkpoint", fake_hub)
+    assert main(["sample", "--checkpoint", "gmem-v1-xl", "--revision", "abc123", "--n", "1", "--steps", "1",
+                 "--out", str(tmp_path / "x.png")]) == 0
+    assert asked == [("gmem-v1-xl", "abc123")]
+    assert json.loads((tmp_path / "x.json").read_text())["revision"] == "abc123"

@@ -4,6 +4,7 @@ Examples:
   gmem sample --out grid.png                      # 16 images from the embedded default 'emoji-32'
   gmem sample --rows 3 17 42 --seed 0 --out rows.png
   gmem sample --checkpoint path/to/folder --method sde --steps 250 --n 8
+  gmem sample --checkpoint gmem-v1-xl --revision COMMIT --device cuda --n 8   # a pinned Hub version
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ MAX_SCALE = 32  # a 4 x 4 grid of 256 px images at 32x is 32768 px a side (3 GB)
 
 def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="checkpoint name, folder or released .pth file (default: the embedded 'emoji-32')")
+    p.add_argument("--revision", default=None,
+                   help="Hub revision (branch, tag or commit) of a named checkpoint such as gmem-v1-xl (default: main)")
     p.add_argument("--n", type=positive_int, default=16, help="number of images, 1 or more (default 16; ignored with --rows)")
     p.add_argument("--rows", type=int, nargs="+", metavar="ROW",
                    help="bank rows (0 to the bank's size - 1) to generate from, one image each (default: none, "
@@ -54,6 +57,7 @@ def image_format(path: Path) -> str:
 
 def run(args) -> int:
     from gmem_explore import GMemPipeline
+    from gmem_explore.hub import check_revision
     from gmem_explore.safefiles import atomic_path, write_bytes_atomic
     from gmem_explore.sampling import check_guidance, check_method_and_steps
 
@@ -64,7 +68,9 @@ def run(args) -> int:
     if args.steps is not None:
         check_method_and_steps(args.method or "sde", args.steps)
     check_device(args.device)
-    pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device)
+    check_revision(args.checkpoint, args.revision)  # before a load: the embedded model or a folder has no revisions
+    pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device,
+                                        **({"revision": args.revision} if args.revision else {}))
     count = len(args.rows) if args.rows else args.n
     out = pipe.generate(None if args.rows else args.n, indices=args.rows or None,
                         seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
@@ -72,7 +78,8 @@ def run(args) -> int:
                         guidance_interval=tuple(args.guidance_interval), progress=True)
     with atomic_path(path) as tmp:  # an existing grid is replaced whole or kept, never left half-written
         out.grid(scale=args.scale).save(tmp, format=fmt)
-    record = {"seeds": out.seeds, "rows": out.indices, **out.settings}
+    record = {"seeds": out.seeds, "rows": out.indices, **out.settings,
+              **({"revision": args.revision} if args.revision else {})}
     write_bytes_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
     print(f"wrote {path} ({len(out)} images) and {path.with_suffix('.json')}")
     return 0
