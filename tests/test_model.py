@@ -181,3 +181,24 @@ def test_a_shallow_custom_model_builds_without_naming_its_repa_block():
     assert build_model(input_size=8, patch_size=2, hidden_size=64, depth=12, num_heads=4).config.encoder_depth == 8
     with pytest.raises(ValueError, match="encoder_depth 3 must lie in"):  # an explicit value is still checked
         build_model(input_size=8, patch_size=2, hidden_size=64, depth=2, num_heads=4, encoder_depth=3)
+
+
+def test_snippet_dropout_acts_in_training_only(tiny_model):
+    """GMEM.md: v1 applies dropout (p 0.2) after the snippet projection in training only. An eval model is
+    deterministic, also when the trainer's dropout mask was left on the module; a model in training mode drops."""
+    g = torch.Generator().manual_seed(5)
+    x, t, s = torch.randn(3, 3, 8, 8, generator=g), torch.rand(3, generator=g), torch.randn(3, 16, generator=g)
+    reference = tiny_model(x, t, s)
+    projection = tiny_model.condition_projection
+    projection.mask = torch.zeros(3, 32)  # a mask that drops everything: visible wherever it is applied
+    try:
+        assert torch.equal(tiny_model(x, t, s), reference)
+        tiny_model.train()
+        assert not torch.equal(tiny_model(x, t, s), reference)  # the given mask applies in training
+        projection.mask = None
+        torch.manual_seed(0)
+        dropped = tiny_model(x, t, s)  # nn.Dropout's own draw, p = 0.2
+        assert not torch.equal(dropped, reference) and not torch.equal(dropped, tiny_model(x, t, s))
+    finally:
+        projection.mask = None
+        tiny_model.eval()

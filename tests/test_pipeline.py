@@ -59,6 +59,10 @@ def test_interpolation_uses_one_seed_and_ends_on_the_rows(tiny_pipeline):
     assert strip.seeds == [3] * 5 and strip.images.shape[0] == 5
     assert (strip.images[0].int() - ends.images[0].int()).abs().max() <= 1
     assert (strip.images[-1].int() - ends.images[1].int()).abs().max() <= 1
+    # the tiny model's images barely depend on the snippet, so the frames' snippets say where the strip ends:
+    # the first frame is row 2's snippet and the last row 7's (weights 0 and 1, not 0 .. (k - 1) / k)
+    torch.testing.assert_close(strip.snippets[0], ends.snippets[0])
+    torch.testing.assert_close(strip.snippets[-1], ends.snippets[1])
 
 
 def test_interpolation_takes_the_sampler_like_generate_and_records_the_mix(tiny_pipeline):
@@ -105,6 +109,17 @@ def test_callback_and_previews(tiny_pipeline):
     tiny_pipeline.generate(3, seeds=range(3), steps=3, batch_size=2,
                            callback=lambda info, start, total: seen.append((info.step, start, total)))
     assert seen == [(1, 0, 3), (2, 0, 3), (3, 0, 3), (1, 2, 3), (2, 2, 3), (3, 2, 3)]
+
+
+def test_previews_show_the_denoised_estimate_not_the_noisy_state(tiny_pipeline):
+    """The app's live previews decode x_t - t v (the clean estimate): after the first of 3 Euler steps the state is
+    still two thirds noise, which a preview of the state itself would show."""
+    decode = tiny_pipeline.autoencoder.decode
+    shown = []
+    tiny_pipeline.generate(2, seeds=[0, 1], method="euler", steps=3, callback=lambda info, start, total: shown.append(
+        (tiny_pipeline.decode_preview(info), decode(info.denoised.float()), decode(info.x.float()))))
+    preview, denoised, state = shown[0]
+    assert torch.equal(preview, denoised) and not torch.equal(preview, state)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
