@@ -107,3 +107,14 @@ def test_thumbnail_values_beyond_255_are_refused_not_wrapped(tiny_bank):
     assert int(tiny_bank.thumbnails[-1].min()) == 255
     with pytest.raises(ValueError, match="0..255"):
         tiny_bank.add(torch.ones(1, 16), thumbnails=tile + 1)  # 256 would wrap to 0 (black) in uint8
+
+
+def test_rows_too_long_for_float32_are_refused_not_turned_into_the_unconditional_zero():
+    import pytest
+
+    rows = torch.ones(3, 4, dtype=torch.float64)
+    rows[1] = 1e20  # finite, but its float32 norm (2e20 squared) overflows: normalize would give zeros
+    with pytest.raises(ValueError, match=r"rows \[1\] have no usable direction"):
+        MemoryBank(rows).snippets([0, 1, 2])
+    with pytest.raises(ValueError, match="no usable direction"):
+        MemoryBank(rows[[0]]).add(rows[[1]])
