@@ -205,7 +205,7 @@ def test_cuda_fast_path_matches(tiny_model):
 def smoke_run(script: str, tmp_path) -> dict:
     """Run a GPU benchmark script with --smoke (tiny model, CPU); its JSON result, after checking nothing failed."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)  # 194 s seen on 2 cores at load 15
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / f"{Path(script).stem}_cpu-smoke.json").read_text())
     assert not result["errors"], result["errors"]
