@@ -10,6 +10,8 @@ load_state compares before it changes anything.
 from __future__ import annotations
 
 import copy
+import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 from .fingerprints import training_data
 from .safefiles import load_tensors, save_tensors
 from .train_checks import check_resume_data
+from .train_config import TrainConfig
 
 STATE_FORMAT = "gmem-explore-train-1"
 
@@ -73,6 +76,7 @@ class TrainerState:
         if meta.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a gmem-explore training state (format {meta.get('format')!r})")
         check_resume_data(path, meta.get("data"), self.data_fingerprint())
+        warn_on_other_recipe(path, meta.get("config"), self.config)
         self._unwrapped().load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("module.")})
         self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         state = defaultdict(dict)
@@ -103,6 +107,29 @@ class TrainerState:
         if self.is_main:
             save_checkpoint(folder, ckpt, bank_dtype=bank_dtype)
         return Path(folder)
+
+
+# settings that only say how long the run goes, how often it looks at itself or where it saves: free to change on resume
+NOT_RECIPE = {"steps", "eval_every", "eval_images", "eval_steps", "checkpoint_every", "out_dir", "progress"}
+
+
+def warn_on_other_recipe(path, saved: dict | None, config) -> None:
+    """A state loaded into a Trainer built with another recipe (batch size, lr, EMA decay, ...) continues a different
+    run from the one saved; gmem train rebuilds the saved TrainConfig, a notebook user may not. Said, not refused:
+    changing a setting mid-run can be deliberate."""
+    if not saved:
+        return
+    try:
+        saved = TrainConfig.from_dict(saved).to_dict()  # the same spelling as ours (tuples, defaults of older files)
+    except (TypeError, ValueError):
+        return  # a state from another version: its data check above already passed; nothing to compare by name
+    ours = config.to_dict()
+    differ = [f"{k}: saved {json.dumps(saved[k])}, this trainer {json.dumps(ours[k])}" for k in sorted(ours)
+              if k not in NOT_RECIPE and k in saved and saved[k] != ours[k]]
+    if differ:
+        warnings.warn(f"{path} was trained with other settings than this Trainer's ({'; '.join(differ)}); the run "
+                      f"continues with this Trainer's. For an exact resume build it with "
+                      f"TrainConfig.from_dict(saved config) (gmem train --resume does).", stacklevel=3)
 
 
 def baseline_refusal(condition: str) -> str:

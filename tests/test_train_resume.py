@@ -103,3 +103,18 @@ def test_an_export_records_the_recipe_without_the_run_s_save_folder(tmp_path):
     saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())["training"]["config"]
     assert saved["out_dir"] is None and saved["checkpoint_every"] == 0 and "secret" not in json.dumps(saved)
     assert TrainConfig.from_dict(saved).batch_size == 4
+
+
+def test_a_state_loaded_into_a_trainer_with_another_recipe_says_which_settings_differ(saved_state):
+    import warnings
+
+    same = trainer(pixels(8), SAVED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the saved recipe itself, after its JSON round trip (betas a list): silent
+        same.load_state(saved_state)
+    other = trainer(pixels(8), SAVED)
+    other.config.batch_size, other.config.ema_decay, other.config.steps = 8, 0.99, 50  # steps may grow: not named
+    with pytest.warns(UserWarning, match=r"batch_size: saved 4, this trainer 8; ema_decay: saved 0.999, this "
+                                         r"trainer 0.99\); the run continues with this Trainer's") as record:
+        other.load_state(saved_state)
+    assert "steps:" not in str(record[0].message) and other.step == 2
