@@ -118,3 +118,10 @@ def test_rows_too_long_for_float32_are_refused_not_turned_into_the_unconditional
         MemoryBank(rows).snippets([0, 1, 2])
     with pytest.raises(ValueError, match="no usable direction"):
         MemoryBank(rows[[0]]).add(rows[[1]])
+
+
+def test_a_boolean_mask_selects_the_rows_it_marks(tiny_bank):
+    mask = tiny_bank.labels == 1
+    assert torch.equal(tiny_bank.snippets(mask), tiny_bank.snippets(mask.nonzero().flatten()))
+    tiny_bank.remove(mask)
+    assert len(tiny_bank) == 13 and not bool((tiny_bank.labels == 1).any())
