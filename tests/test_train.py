@@ -307,6 +307,19 @@ def test_gmem_train_checkpoint_every(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_gmem_train_baseline_notice_is_printed_once_by_the_main_process(tmp_path, monkeypatch, capsys):
+    from gmem_explore.cli import main
+
+    common = ["train", "--data", "digits", "--split", "held_out", "--steps", "1", "--batch-size", "4", "--no-progress",
+              "--condition", "none", "--checkpoint-every", "0"]
+    assert main([*common, "--out", str(tmp_path / "main")]) == 0
+    assert "--condition none trains a baseline for comparison" in capsys.readouterr().out
+    built = Trainer.__init__
+    monkeypatch.setattr(Trainer, "__init__", lambda self, *a, **k: built(self, *a, **k) or setattr(self, "is_main", False))
+    assert main([*common, "--out", str(tmp_path / "other")]) == 0
+    assert capsys.readouterr().out == ""  # was printed by every process, before the Trainer knew which it was
+
+
 # ---- the condition baselines, the schedule, the config and sample()'s inputs ----------------------------------
 
 

@@ -176,14 +176,14 @@ def run(args) -> int:
     bank = MemoryBank(rows, torch.ones(len(rows)), data.labels, data.label_names, data.images,
                       {"source": args.data, "names": data.names})
     is_baseline = config.condition != "snippet"
-    if is_baseline:  # said before training, not after minutes of it
-        print(f"--condition {config.condition} trains a baseline for comparison: {out} will hold its training state "
-              f"only, no checkpoint folder")
     conditions = rows if config.condition == "snippet" else data.labels
     source = data_source(args)
     trainer = Trainer(model, data.images, conditions, config, encoder=ckpt.encoder, data_source=source)
     trainer.state_name = STATE_NAME
     say = print if trainer.is_main else (lambda *a, **k: None)  # once, not once per process
+    if is_baseline:  # said before training, not after minutes of it
+        say(f"--condition {config.condition} trains a baseline for comparison: {out} will hold its training state "
+            f"only, no checkpoint folder")
     if args.resume:
         saved = (read_header(state)[1].get("data") or {}).get("source")
         trainer.load_state(state)  # refuses other images or another encoder, naming the saved and the given flags
