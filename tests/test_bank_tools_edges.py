@@ -30,3 +30,12 @@ def test_bank_cli_prints_row_then_similarity_and_honours_sample(tmp_path, capsys
     assert int(row) != 7 and -1 <= float(sim.strip("()")) <= 1  # "12 (0.731)": the row, then its cosine
     assert main(["bank", "stats", str(path), "--sample", "10"]) == 0
     assert json.loads(capsys.readouterr().out)["sample_rows"] == 10
+
+
+def test_statistics_top_1pct_share_counts_the_most_frequent_hundredth_of_rows():
+    from gmem_explore.bank_tools import statistics
+
+    freq = torch.ones(200, dtype=torch.float64)
+    freq[17] = 100.0  # 200 rows: the top 1% is 2 rows, row 17 and one of count 1
+    s = statistics(MemoryBank(torch.randn(200, 4), freq=freq), sample=10)
+    assert abs(s["top_1pct_share"] - 101 / 299) < 1e-9 and s["freq_total"] == 299.0
