@@ -39,3 +39,11 @@ def test_statistics_top_1pct_share_counts_the_most_frequent_hundredth_of_rows():
     freq[17] = 100.0  # 200 rows: the top 1% is 2 rows, row 17 and one of count 1
     s = statistics(MemoryBank(torch.randn(200, 4), freq=freq), sample=10)
     assert abs(s["top_1pct_share"] - 101 / 299) < 1e-9 and s["freq_total"] == 299.0
+
+
+def test_compress_reports_sizes_against_the_rows_in_float16():
+    from gmem_explore.bank_tools import compress
+
+    low = compress(MemoryBank(torch.randn(300, 32, generator=torch.Generator().manual_seed(0))), rank=4)
+    full, small = 300 * 32 * 2, 300 * 4 * 2 + 4 * 32 * 4 + 32 * 4  # fp16 rows; fp16 coeffs + fp32 basis and mean
+    assert low.report["compression_ratio"] == round(full / small, 2)
