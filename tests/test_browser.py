@@ -249,19 +249,24 @@ def captions_cut(driver, elem_id: str) -> list[str]:
         ".filter(e => e.scrollWidth > e.clientWidth).map(e => e.textContent);", elem_id)
 
 
+def generate_four(browser, seed: int):
+    """The Generate tab's four images from one fixed seed (Random seed off), waited for until final."""
+    open_tab(browser, "Generate")
+    random = css(browser, "#generate-random input[type=checkbox]")[0]
+    if random.is_selected():
+        random.click()
+    set_number(browser, "generate-seed", seed)
+    css(browser, "#generate-button")[0].click()
+    final_gallery(browser, "generate-gallery", 4)
+
+
 def test_captions_fit_a_narrow_window(browser):
     """In an 800 px window a gallery shows fewer columns rather than cut its captions: 4 columns of 80 px cut the
     Generate gallery's 'seed 905427 · row 12' to 'seed 9054…' (and scrolled sideways), and the Bank's neighbours
     lost their cosine."""
     browser.set_window_size(800, 1000)
     try:
-        open_tab(browser, "Generate")
-        random = css(browser, "#generate-random input[type=checkbox]")[0]
-        if random.is_selected():
-            random.click()
-        set_number(browser, "generate-seed", 987654)
-        css(browser, "#generate-button")[0].click()
-        final_gallery(browser, "generate-gallery", 4)
+        generate_four(browser, seed=987654)
         wait_for(browser, lambda: "from seed 987654" in css(browser, "#generate-status")[0].text, "the status line")
         assert not captions_cut(browser, "generate-gallery")
         wrap = "const g = document.querySelector('#generate-gallery .grid-wrap'); return g.scrollWidth - g.clientWidth;"
@@ -290,13 +295,7 @@ def test_a_phone_shows_two_columns_and_uncovered_images(browser):
     read "Animation (" under its buttons."""
     phone(browser)
     try:
-        open_tab(browser, "Generate")
-        random = css(browser, "#generate-random input[type=checkbox]")[0]
-        if random.is_selected():
-            random.click()
-        set_number(browser, "generate-seed", 987654)
-        css(browser, "#generate-button")[0].click()
-        final_gallery(browser, "generate-gallery", 4)
+        generate_four(browser, seed=987654)
         columns = "return getComputedStyle(document.querySelector('#generate-gallery .grid-container'))" \
                   ".gridTemplateColumns.split(' ').length;"
         assert browser.execute_script(columns) == 2 and not captions_cut(browser, "generate-gallery")
