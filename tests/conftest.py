@@ -61,3 +61,26 @@ def tiny_bank():
 @pytest.fixture
 def tiny_pipeline(tiny_model, tiny_bank):
     return GMemPipeline(tiny_model, tiny_bank, PixelSpace(8), sampler={"method": "euler", "steps": 4})
+
+
+@pytest.fixture
+def tqdm_bars(monkeypatch):
+    """tqdm.auto.tqdm replaced by a recorder: the list of bars made, each with its total, desc, n (the sum of its
+    updates) and whether it was closed, so a test can check that a bar ends full and closes."""
+    import tqdm.auto
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total=None, desc=None, **kwargs):
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    return bars

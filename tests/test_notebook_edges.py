@@ -264,25 +264,10 @@ def test_image_folder_keeps_every_image_inside_the_folder(tmp_path):
     assert len(load_folder(folder, size=4)) == 3
 
 
-def test_building_a_bank_from_many_images_shows_progress(monkeypatch):
-    import tqdm.auto
-
+def test_building_a_bank_from_many_images_shows_progress(tqdm_bars):
     from gmem_explore.data import ImageSet
 
-    bars = []
-
-    class Bar:
-        def __init__(self, total, desc, unit):
-            self.total, self.desc, self.n, self.closed = total, desc, 0, False
-            bars.append(self)
-
-        def update(self, k):
-            self.n += k
-
-        def close(self):
-            self.closed = True
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    bars = tqdm_bars
     images = torch.zeros(5, 4, 4, 3, dtype=torch.uint8)
     data = ImageSet(images, torch.zeros(5, dtype=torch.long), ["g"], [f"i{i}" for i in range(5)])
     assert len(nbt.bank_from_images(MeanColourEncoder(), data, batch_size=2)) == 5

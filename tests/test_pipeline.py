@@ -111,27 +111,12 @@ def test_callback_and_previews(tiny_pipeline):
     assert seen == [(1, 0, 3), (2, 0, 3), (3, 0, 3), (1, 2, 3), (2, 2, 3), (3, 2, 3)]
 
 
-def test_progress_bar_counts_every_image_step_and_ends_full(tiny_pipeline, monkeypatch):
+def test_progress_bar_counts_every_image_step_and_ends_full(tiny_pipeline, tqdm_bars):
     """progress=True: a bar of images x steps (3 x 2), advanced by the batch's size at each step (batches of 2
     and 1), so it ends at its total rather than at a third of it."""
-    import tqdm.auto
-
-    bars = []
-
-    class Recorder:
-        def __init__(self, total, **kwargs):
-            self.total, self.n, self.closed = total, 0, False
-            bars.append(self)
-
-        def update(self, k):
-            self.n += k
-
-        def close(self):
-            self.closed = True
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
     tiny_pipeline.generate(3, seeds=range(3), steps=2, batch_size=2, progress=True)
-    assert [(b.total, b.n, b.closed) for b in bars] == [(6, 6, True)]
+    assert [(b.total, b.n, b.closed) for b in tqdm_bars] == [(6, 6, True)]
+
 
 def test_previews_show_the_denoised_estimate_not_the_noisy_state(tiny_pipeline):
     """The app's live previews decode x_t - t v (the clean estimate): after the first of 3 Euler steps the state is
