@@ -77,6 +77,10 @@ class ConvEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict, state: dict) -> "ConvEncoder":
+        missing = [k for k in ("dim", "image_size", "widths", "head_channels") if k not in cfg]
+        if missing:  # was a bare KeyError: 'widths'
+            raise ValueError(f"the snippet encoder's config lacks {missing} (config.json's \"encoder\" entry is "
+                             f"damaged or was written by another tool); copy or save the checkpoint again")
         enc = cls(dim=cfg["dim"], image_size=cfg["image_size"], widths=cfg["widths"], head_channels=cfg["head_channels"])
         missing, unexpected = enc.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         if missing or unexpected:

@@ -86,6 +86,12 @@ def is_row_number(x) -> bool:
     return is_whole(x)
 
 
+def parameters(n: int) -> str:
+    """A parameter count for people: 4.3M, or the number itself below 0.1M (a tiny model's 2,304-parameter projector
+    read "+0.0M")."""
+    return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
+
+
 def resolve_snippet(pipe: "GMemPipeline", x) -> tuple[int | None, torch.Tensor]:
     """(bank row or None, normalised snippet (1, D) or (N, D)) for a bank row number or a snippet vector."""
     if is_row_number(x):
@@ -152,16 +158,16 @@ class GMemPipeline:
     def summary(self) -> str:
         """What this pipeline is, a line per part (also its repr, so a notebook cell that ends in `pipe` shows it)."""
         cfg, bank, counts = self.model.config, self.bank, self.parameter_counts()
-        projector = f" (+{counts['projector'] / 1e6:.1f}M REPA projector, training only)" if counts["projector"] else ""
+        projector = f" (+{parameters(counts['projector'])} REPA projector, training only)" if counts["projector"] else ""
         extras = [name for name in ("freq", "labels", "thumbnails") if getattr(bank, name) is not None]
         groups = f", {len(bank.label_names)} groups" if bank.label_names else ""
-        encoder = (f"{type(self.encoder).__name__}, {counts['encoder'] / 1e6:.1f}M parameters" if counts["encoder"]
+        encoder = (f"{type(self.encoder).__name__}, {parameters(counts['encoder'])} parameters" if counts["encoder"]
                    else type(self.encoder).__name__ if self.encoder is not None
                    else "none (snippets of new images cannot be made)")
         lines = [f"GMemPipeline({self.info.get('name', 'unnamed')!r})",
                  f"  model        SiT, {self.image_size} px images, {cfg.input_size}x{cfg.input_size}x{cfg.in_channels} "
                  f"input, patch {cfg.patch_size}, width {cfg.hidden_size}, depth {cfg.depth}: "
-                 f"{counts['generating'] / 1e6:.1f}M parameters{projector}",
+                 f"{parameters(counts['generating'])} parameters{projector}",
                  f"  bank         {len(bank):,} rows x {bank.dim} ({str(bank.rows.dtype).replace('torch.', '')}), "
                  f"with {', '.join(extras) or 'rows only'}{groups}",
                  f"  encoder      {encoder}",

@@ -92,3 +92,12 @@ def test_downscaling_for_the_encoder_low_passes():
     x = to_model_input(noise, 32)
     assert x.shape == (1, 3, 32, 32)
     assert x.std() < 0.3 * from_uint8(noise).std()
+
+
+def test_an_encoder_config_without_its_sizes_is_named_not_a_key_error():
+    from gmem_explore.encoders import ConvEncoder
+
+    enc = ConvEncoder(16, image_size=8)
+    cfg = {k: v for k, v in enc.config_dict().items() if k != "widths"}
+    with pytest.raises(ValueError, match=r"the snippet encoder's config lacks \['widths'\].*copy or save the checkpoint again"):
+        ConvEncoder.from_config(cfg, enc.state_dict())

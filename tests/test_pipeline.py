@@ -295,7 +295,7 @@ def test_a_pipeline_says_what_it_is(tiny_pipeline):
     assert text.splitlines() == [
         "GMemPipeline('unnamed')",
         "  model        SiT, 8 px images, 8x8x3 input, patch 2, width 32, depth 2: "
-        f"{counts['generating'] / 1e6:.1f}M parameters (+{counts['projector'] / 1e6:.1f}M REPA projector, training only)",
+        f"{counts['generating']:,} parameters (+{counts['projector']:,} REPA projector, training only)",  # not 0.0M
         "  bank         20 rows x 16 (float32), with freq, labels, thumbnails, 3 groups",
         "  encoder      none (snippets of new images cannot be made)",
         "  autoencoder  pixels",
@@ -304,3 +304,4 @@ def test_a_pipeline_says_what_it_is(tiny_pipeline):
     default = GMemPipeline.from_pretrained()
     assert default.summary().startswith("GMemPipeline('emoji-32')\n  model        SiT, 32 px images")
     assert "  encoder      ConvEncoder, 1.1M parameters" in default.summary()
+    assert "4.3M parameters (+0.3M REPA projector, training only)" in default.summary()
