@@ -47,3 +47,22 @@ def test_the_split_asked_for_is_the_split_encoded(tmp_path, monkeypatch):
     bank = build_bank(str(tmp_path), split="train", thumb_size=8)
     assert bank.meta["names"] == train.names and bank.meta["split"] == "train"
     assert torch.equal(bank.thumbnails, train.images)
+
+
+def test_the_command_stores_rows_in_the_dtype_asked_and_credits_twemoji(tmp_path, monkeypatch):
+    import gmem_explore.data
+    from gmem_explore.bank import MemoryBank
+    from gmem_explore.cli import main
+    from gmem_explore.data import TWEMOJI_ATTRIBUTION, ImageSet
+
+    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", lambda name: "stand-in")
+    monkeypatch.setattr(gmem_explore.checkpoint, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
+    emoji = ImageSet(torch.randint(1, 255, (3, 8, 8, 3), dtype=torch.uint8), torch.tensor([0, 1, 0]), ["x", "y"],
+                     ["1f600:grinning", "1f601:grin", "1f602:joy"])
+    monkeypatch.setattr(gmem_explore.data, "load_dataset", lambda name, size, split: emoji)  # no 5 s decode
+    out = tmp_path / "bank.safetensors"
+    assert main(["build-bank", "--images", "twemoji", "--out", str(out)]) == 0
+    bank = MemoryBank.load(out)
+    assert bank.rows.dtype == torch.float16 and bank.meta["attribution"] == TWEMOJI_ATTRIBUTION  # the default
+    assert main(["build-bank", "--images", "twemoji", "--out", str(out), "--dtype", "float32"]) == 0
+    assert MemoryBank.load(out).rows.dtype == torch.float32

@@ -37,3 +37,11 @@ def test_a_subset_keeps_names_labels_and_images_together(tmp_path):
     part = data.subset(torch.tensor([False, True, False, True]))
     assert part.names == [data.names[1], data.names[3]] and torch.equal(part.labels, data.labels[[1, 3]])
     assert torch.equal(part.images, data.images[[1, 3]])
+
+
+def test_the_held_out_split_is_pinned_to_the_hash():
+    from gmem_explore.data import is_held_out
+
+    # The shipped emoji-32 model and the README figures use this split: it must never move
+    keys = [f"img{i}.png" for i in range(100)]
+    assert [k for k in keys if is_held_out(k)] == ['img32.png', 'img47.png', 'img65.png', 'img66.png', 'img70.png', 'img73.png', 'img79.png', 'img84.png']

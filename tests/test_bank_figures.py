@@ -24,3 +24,19 @@ def test_group_similarity_is_a_cosine_of_unit_centroids():
     sim = torch.as_tensor(fig.axes[0].images[0].get_array())
     assert torch.allclose(torch.diagonal(sim), torch.ones(2, dtype=sim.dtype), atol=1e-6)
     assert float(sim.max()) <= 1 + 1e-6
+
+
+def test_agreement_draws_its_queries_from_every_part_of_the_bank():
+    rows = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    bank = MemoryBank(rows, labels=torch.arange(40) // 20, label_names=["first half", "second half"])
+    assert set(neighbour_agreement(bank, k=2, queries=6)) == {"first half", "second half"}  # not rows 0..5 only
+
+
+def test_the_share_curve_starts_with_the_most_frequent_rows():
+    from gmem_explore.bank_figures import frequency_figure
+
+    freq = torch.ones(10, dtype=torch.float64)
+    freq[7] = 91.0
+    fig = frequency_figure(MemoryBank(torch.randn(10, 4), freq=freq))
+    share = fig.axes[1].lines[0].get_ydata()
+    assert abs(share[0] - 0.91) < 1e-6 and abs(share[-1] - 1.0) < 1e-6

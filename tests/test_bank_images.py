@@ -57,3 +57,16 @@ def test_grid_places_image_i_in_row_i_over_nrow_and_column_i_mod_nrow():
     assert int(grid[1 + 3, 1 + 3 * 2, 0]) == 255  # the sixth cell is background
     big = to_pil(images[:1], scale=3)[0]
     assert big.size == (6, 6)
+
+
+def test_exif_rotation_is_applied_and_scale_0_is_refused():
+    import pytest
+
+    img = Image.new("RGB", (4, 2), (0, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", exif=exif.tobytes())
+    assert tuple(load_rgb(buf.getvalue()).shape) == (4, 2, 3)
+    with pytest.raises(ValueError, match="scale"):
+        image_grid(torch.zeros(1, 2, 2, 3, dtype=torch.uint8), scale=0)

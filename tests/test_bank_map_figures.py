@@ -35,3 +35,13 @@ def test_a_selection_is_drawn_in_full_colour_and_the_rest_faded():
     fig = scatter_figure(coords, selected=[1, 4, 99])  # 99 is outside the map: ignored
     sizes = {round(c.get_alpha(), 2): len(c.get_offsets()) for c in fig.axes[0].collections}
     assert sizes == {round(FADED_ALPHA, 2): 8, 0.85: 2}
+
+
+def test_frequencies_spanning_more_than_100x_get_a_log_colour_scale():
+    from matplotlib.colors import LogNorm
+
+    coords = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))
+    wide = scatter_figure(coords, color_by=torch.logspace(0, 4, 30).double())
+    narrow = scatter_figure(coords, color_by=torch.linspace(1, 50, 30).double())
+    assert isinstance(wide.axes[0].collections[-1].norm, LogNorm)
+    assert not isinstance(narrow.axes[0].collections[-1].norm, LogNorm)

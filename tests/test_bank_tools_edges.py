@@ -47,3 +47,15 @@ def test_compress_reports_sizes_against_the_rows_in_float16():
     low = compress(MemoryBank(torch.randn(300, 32, generator=torch.Generator().manual_seed(0))), rank=4)
     full, small = 300 * 32 * 2, 300 * 4 * 2 + 4 * 32 * 4 + 32 * 4  # fp16 rows; fp16 coeffs + fp32 basis and mean
     assert low.report["compression_ratio"] == round(full / small, 2)
+
+
+def test_compress_reports_the_variance_kept_and_orders_its_basis_largest_first():
+    from gmem_explore.bank_tools import compress
+
+    g = torch.Generator().manual_seed(0)
+    rows = (torch.randn(300, 4, generator=g) * torch.tensor([8.0, 4.0, 2.0, 1.0])) @ torch.linalg.qr(
+        torch.randn(32, 32, generator=g))[0][:4]
+    low = compress(MemoryBank(rows), rank=5, coeff_dtype=torch.float32)
+    assert low.report["variance_kept"] > 0.9999  # rank 4 data (plus the centring): nothing is lost
+    spread = low.coeffs.var(0)
+    assert bool((spread[:-1] >= spread[1:]).all())  # the first direction carries the most
