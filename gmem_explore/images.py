@@ -129,7 +129,9 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
         img = Image.fromarray((arr * (255.0 if arr.max() <= 1.0 else 1.0)).round().clip(0, 255).astype(np.uint8))
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
+        # I;16 modes are 16-bit by their mode (a dark one, every value <= 255, came out ~250x too bright when the
+        # range was guessed from its maximum); "I" (32-bit, also how older Pillows open 16-bit PNGs) is guessed
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         img = Image.fromarray((arr / top * 255).round().clip(0, 255).astype(np.uint8))
     if img.mode == "P" or img.mode == "PA" or img.mode == "LA" or "transparency" in img.info:
         img = img.convert("RGBA")

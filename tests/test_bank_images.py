@@ -31,6 +31,8 @@ def test_float_16_bit_and_greyscale_inputs_keep_their_brightness():
     assert load_rgb(np.full((4, 4, 3), 0.5, dtype=np.float32)).unique().tolist() == [128]
     grey16 = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))  # half of 16-bit white
     assert load_rgb(png_bytes(grey16)).unique().tolist() == [128]
+    dark16 = Image.fromarray(np.full((4, 4), 200, dtype=np.uint16))  # 16-bit by its mode, however dark: 200/65535
+    assert load_rgb(png_bytes(dark16)).unique().tolist() == [1]  # not 200 (read as 8-bit because every value <= 255)
     grey = load_rgb(np.full((4, 5), 200, dtype=np.uint8))
     assert grey.shape == (4, 5, 3) and grey.unique().tolist() == [200]
 
