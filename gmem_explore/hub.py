@@ -24,7 +24,6 @@ EMBEDDED = {"emoji-32": WEIGHTS / "emoji-32"}
 HUB = {"gmem-v1-xl": {"repo_id": "Tangentone/GMem", "filename": "GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth",
                       "size": "4.7 GB"}}
 PTH_SUFFIXES = (".pth", ".pt")
-FOLDER_FILES = ("config.json", "model.safetensors", "bank.safetensors", "encoder.safetensors")  # checkpoint.py
 
 
 class CheckpointUnavailable(OSError):
@@ -74,8 +73,10 @@ def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None 
         from .conversion_cache import ensure_converted
 
         return ensure_converted(path, bank_dtype, progress=progress, model_overrides=model_overrides)
+    from .checkpoint import CHECKPOINT_FILES  # here, on the way to an error: checkpoint.py imports torch
+
     hint = ""
-    if path.is_file() and path.name in FOLDER_FILES:  # the file inside the folder, given for the folder
+    if path.is_file() and path.name in CHECKPOINT_FILES:  # the file inside the folder, given for the folder
         hint = f": {path.name} is one file of a checkpoint folder; give the folder itself, {path.parent}"
     elif path.is_file():
         hint = f": {path} is a {path.suffix or 'suffix-less'} file, while a released-format file ends in .pth or .pt"
