@@ -143,8 +143,7 @@ class Trainer(TrainerState):
     @property
     def network(self):
         """The training (non-EMA) GMem network, unwrapped."""
-        module = self.accelerator.unwrap_model(self.module) if self.accelerator else self.module
-        return module.model
+        return self._unwrapped().model
 
     @property
     def ema_model(self):
@@ -205,7 +204,7 @@ class Trainer(TrainerState):
     @torch.no_grad()
     def _update_ema(self):
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        source = dict((self.accelerator.unwrap_model(self.module) if self.accelerator else self.module).named_parameters())
+        source = dict(self._unwrapped().named_parameters())
         for name, p in self.ema.named_parameters():
             p.lerp_(source[name].detach().to(p.dtype), 1 - decay)
 
@@ -329,7 +328,7 @@ class Trainer(TrainerState):
         from .sampling import initial_noise, make_generators, sample
 
         cfg = self.config
-        module = self.ema if use_ema else (self.accelerator.unwrap_model(self.module) if self.accelerator else self.module)
+        module = self.ema if use_ema else self._unwrapped()
         if conditions is not None:
             conditions = training_conditions(conditions, cfg.condition, module.model, "conditions given to sample")
             num_labels = module.label_embedding.num_embeddings if module.label_embedding is not None else 0
