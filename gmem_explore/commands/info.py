@@ -60,7 +60,7 @@ def describe(checkpoint, revision: str | None = None):
     from gmem_explore.hub import resolve_checkpoint
     from gmem_explore.pipeline import GMemPipeline
 
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint, **({"revision": revision} if revision else {})))
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint, revision=revision))
     return GMemPipeline(ckpt.model, ckpt.bank, NamedAutoencoder(ckpt.autoencoder), ckpt.encoder, ckpt.sampler,
                         ckpt.info)
 

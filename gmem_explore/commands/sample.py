@@ -57,7 +57,6 @@ def image_format(path: Path) -> str:
 
 def run(args) -> int:
     from gmem_explore import GMemPipeline
-    from gmem_explore.hub import check_revision
     from gmem_explore.safefiles import atomic_path, write_bytes_atomic
     from gmem_explore.sampling import check_guidance, check_method_and_steps
 
@@ -68,9 +67,8 @@ def run(args) -> int:
     if args.steps is not None:
         check_method_and_steps(args.method or "sde", args.steps)
     check_device(args.device)
-    check_revision(args.checkpoint, args.revision)  # before a load: the embedded model or a folder has no revisions
-    pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device,
-                                        **({"revision": args.revision} if args.revision else {}))
+    # resolve_checkpoint refuses a --revision for the embedded model or a folder (they have none) before a load
+    pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device, revision=args.revision)
     count = len(args.rows) if args.rows else args.n
     out = pipe.generate(None if args.rows else args.n, indices=args.rows or None,
                         seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
