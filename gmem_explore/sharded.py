@@ -32,7 +32,6 @@ from .sampling import check_guidance
 from .values import is_whole
 
 PRECISIONS = ("tf32", "fp32", "bf16")
-BANK_DTYPES = ("fp16", "fp32")  # official.BANK_DTYPES: what a released .pth converts to
 
 
 @dataclass(frozen=True)
@@ -311,14 +310,16 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
     for the step times t inside `guidance_interval` (both recorded in run.json: a resume must use the same).
     `device` "auto" or "cuda" means cuda:LOCAL_RANK (see resolve_device). Every argument is checked before the
     checkpoint is downloaded or loaded and before anything is written."""
+    from .official import BANK_DTYPES  # what a released .pth converts to
+
     rank, world, local_rank = dist_env()
     check_run_arguments(out_dir, num, base_seed, batch_size, method, steps, choose, precision, guidance,
                         guidance_interval)
     revision = hub_revision(checkpoint, resolve_kwargs.get("revision"))
     bank_dtype = resolve_kwargs.get("bank_dtype")
     if bank_dtype is not None and bank_dtype not in BANK_DTYPES:
-        raise ValueError(f"bank_dtype must be one of {BANK_DTYPES} (the released bank's precision once converted); "
-                         f"got {bank_dtype!r}")
+        raise ValueError(f"bank_dtype must be one of {tuple(BANK_DTYPES)} (the released bank's precision once "
+                         f"converted); got {bank_dtype!r}")
     num, base_seed, batch_size = int(num), int(base_seed), int(batch_size)  # NumPy integers as plain ints
     device = resolve_device(device, local_rank)
     if device.type == "cuda":
