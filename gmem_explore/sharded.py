@@ -94,6 +94,11 @@ def shard(num: int, base_seed: int, rank: int, world: int) -> list[int]:
     return [base_seed + i for i in range(rank, num, world)]
 
 
+def default_npz(out_dir) -> Path:
+    """Where npz="auto" (sample-fid's --npz default) puts the evaluator's file: OUT.npz beside the folder OUT."""
+    return Path(f"{Path(out_dir).expanduser().as_posix().rstrip('/')}.npz")
+
+
 def png_path(out_dir, seed: int) -> Path:
     return Path(out_dir) / f"{seed:06d}.png"
 
@@ -365,7 +370,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         group.barrier()
         if rank != 0 or npz is None:
             return None
-        npz_path = Path(f"{out_dir.as_posix().rstrip('/')}.npz") if npz == "auto" else Path(npz).expanduser()
+        npz_path = default_npz(out_dir) if npz == "auto" else Path(npz).expanduser()
         return write_npz(out_dir, run_seeds, npz_path, progress)
     finally:
         group.close()

@@ -19,8 +19,6 @@ Examples:
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from gmem_explore.commands.checks import check_device, non_negative_int, output_file, output_folder, positive_int
 
 
@@ -63,13 +61,13 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from gmem_explore.sharded import dist_env, run as run_sharded
+    from gmem_explore.sharded import default_npz, dist_env, run as run_sharded
 
     # before a download, a load and hours of sampling: the PNG folder and the .npz written at the very end
     output_folder(args.out)
     if not args.no_npz:
-        output_file(Path(f"{Path(args.out).expanduser().as_posix().rstrip('/')}.npz") if args.npz == "auto"
-                    else args.npz, "--npz", (".npz",), "the evaluator's file")
+        output_file(default_npz(args.out) if args.npz == "auto" else args.npz, "--npz", (".npz",),
+                    "the evaluator's file")
     device = check_device(args.device, allow_auto=True)  # "cuda" alone becomes cuda:LOCAL_RANK in sharded.run
     # --steps, --seed + --num-fid-samples, --guidance-interval, --revision and --bank-dtype are checked by
     # sharded.run before the checkpoint is resolved, loaded or anything is written
