@@ -90,8 +90,7 @@ def checkpoint_bytes(ckpt: Checkpoint, bank_dtype=None) -> int:
         return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
     bank = ckpt.bank
-    rows = bank.rows.numel() * (torch.empty((), dtype=bank_dtype).element_size() if bank_dtype else
-                                bank.rows.element_size())
+    rows = bank.rows.numel() * (bank_dtype or bank.rows.dtype).itemsize
     encoder = ckpt.encoder.state_dict().values() if ckpt.encoder is not None else ()
     return (sum(map(size, ckpt.model.state_dict().values())) + rows
             + sum(size(getattr(bank, name, None)) for name in ("freq", "labels", "thumbnails"))
