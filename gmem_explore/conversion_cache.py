@@ -46,8 +46,9 @@ def is_conversion_of(recorded: dict, src: Path) -> bool:
 
 
 def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **convert_kwargs) -> Path:
-    """Convert once, then reuse: the cached folder is valid while its recorded source size and modification time
-    match (size alone is the same for every checkpoint of one architecture: a re-saved .pth loaded stale weights).
+    """Convert once, then reuse: the cached folder is valid while it is a conversion of the file as it is now
+    (is_conversion_of: size and modification time, or size and HF blob; size alone is the same for every checkpoint
+    of one architecture: a re-saved .pth loaded stale weights) and whole (conversion_is_complete).
     A file lock makes concurrent callers (e.g. 8 torchrun ranks) convert once and wait for each other."""
     src = Path(src).expanduser()
     if not src.is_file():

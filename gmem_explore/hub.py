@@ -3,7 +3,8 @@
 - "emoji-32": the embedded default, shipped inside the package (gmem_explore/weights/emoji-32), no download.
 - "gmem-v1-xl": the released GMem v1 SiT-XL/2 (Hugging Face `Tangentone/GMem`, 4.7 GB .pth), downloaded with
   huggingface_hub (revision pinnable, HF_HOME / HF_HUB_CACHE honoured, HF_HUB_OFFLINE honoured), checked, and
-  converted once into a pickle-free folder beside the downloaded file (official.py), then reused.
+  converted once into a pickle-free folder beside the downloaded file (official.py converts,
+  conversion_cache.py keeps it), then reused.
 - a local folder in our checkpoint format (see checkpoint.py).
 - a local released-format .pth file (e.g. the official file copied from elsewhere): converted once, then reused.
 """
