@@ -174,9 +174,9 @@ def run(args) -> int:
     if args.images is not None and any(sampling.values()):  # said, not silently ignored
         raise ValueError(f"--images evaluates images already made, so {', '.join(k for k, v in sampling.items() if v)} "
                          f"would change nothing: drop them, or drop --images to generate with them")
-    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
-    if args.images is None and samples <= PR_K:
-        raise ValueError(f"--samples must be more than {PR_K} (a few hundred for a meaningful FD); got {samples}")
+    count = DEFAULT_SAMPLES if args.samples is None else args.samples
+    if args.images is None and count <= PR_K:
+        raise ValueError(f"--samples must be more than {PR_K} (a few hundred for a meaningful FD); got {count}")
     check_guidance(args.guidance, args.guidance_interval)
     if args.out:  # the report is written at the very end: an unwritable --out must not cost the sampling
         output_folder(args.out)
@@ -203,7 +203,7 @@ def run(args) -> int:
         enough(samples, f"--images {args.images}")
         record["images"] = str(args.images)
     else:
-        out = pipe.generate(samples, seeds=args.seed, choose=args.choose, method=args.method, steps=args.steps,
+        out = pipe.generate(count, seeds=args.seed, choose=args.choose, method=args.method, steps=args.steps,
                             guidance=args.guidance, guidance_interval=tuple(args.guidance_interval),
                             batch_size=args.batch_size, progress=True)
         samples = out.images
