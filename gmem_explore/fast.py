@@ -188,7 +188,6 @@ def _plan(method: str, steps: int, guidance: float, interval) -> list[tuple]:
     return plan
 
 
-
 def resolve_precision(precision: str | None, device: torch.device) -> str:
     if precision is None:  # bf16 matrix units on CUDA; CPUs here lack bf16 instructions, so fp32 is faster
         return "bf16" if device.type == "cuda" else "fp32"
