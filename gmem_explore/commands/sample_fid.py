@@ -71,11 +71,12 @@ def run(args) -> int:
     device = check_device(args.device, allow_auto=True)  # "cuda" alone becomes cuda:LOCAL_RANK in sharded.run
     # --steps, --seed + --num-fid-samples, --guidance-interval, --revision and --bank-dtype are checked by
     # sharded.run before the checkpoint is resolved, loaded or anything is written
-    kwargs = {k: v for k, v in (("bank_dtype", args.bank_dtype), ("revision", args.revision or None)) if v is not None}
+    kwargs = {} if args.bank_dtype is None else {"bank_dtype": args.bank_dtype}  # None: resolve_checkpoint's default
     npz = run_sharded(args.checkpoint, args.out, num=args.num, base_seed=args.seed, batch_size=args.batch_size,
                       method=args.method, steps=args.steps, choose=args.choose, precision=args.precision,
                       device=device, npz=None if args.no_npz else args.npz, progress=not args.no_progress,
-                      guidance=args.guidance, guidance_interval=tuple(args.guidance_interval), **kwargs)
+                      guidance=args.guidance, guidance_interval=tuple(args.guidance_interval),
+                      revision=args.revision or None, **kwargs)
     rank, world, _ = dist_env()
     if rank == 0:
         print(f"{args.num} images in {args.out}" + (f"; evaluator file {npz}" if npz else ""))
