@@ -453,3 +453,11 @@ def test_sample_pins_a_hub_revision_and_refuses_one_for_a_checkpoint_without_ver
                  "--out", str(tmp_path / "x.png")]) == 0
     assert asked == [("gmem-v1-xl", "abc123")]
     assert json.loads((tmp_path / "x.json").read_text())["revision"] == "abc123"
+
+
+def test_the_cli_knows_the_same_data_set_names_as_the_loader():
+    """commands/checks spells them out so that --help need not import torch (data.py does): they must not drift."""
+    from gmem_explore.commands.checks import DATASET_NAMES
+    from gmem_explore.data import DATASET_NAMES as LOADED
+
+    assert DATASET_NAMES == LOADED

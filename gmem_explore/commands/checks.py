@@ -101,18 +101,20 @@ def output_folder(path, option: str = "--out") -> Path:
     return path
 
 
+DATASET_NAMES = ("twemoji", "twemoji-skin", "digits")  # data.DATASET_NAMES, spelt here: data imports torch (--help)
+
+
 def image_source(value: str, option: str) -> str:
     """A dataset name or an existing image folder (said now, not after the model has loaded)."""
-    names = ("twemoji", "twemoji-skin", "digits")  # data.DATASET_NAMES (data imports torch)
-    if value in names:
+    if value in DATASET_NAMES:
         return value
     path = Path(value).expanduser()
     if path.is_file():
         raise ValueError(f"{option} {value} is a file; give a folder of images (sub-folders become labels) or one "
-                         f"of {', '.join(names)}")
+                         f"of {', '.join(DATASET_NAMES)}")
     if not path.is_dir():
         raise FileNotFoundError(f"{option} {value}: no such folder; give a folder of images or one of "
-                                f"{', '.join(names)}")
+                                f"{', '.join(DATASET_NAMES)}")
     return value
 
 

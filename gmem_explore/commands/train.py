@@ -24,9 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gmem_explore.commands.checks import float_in, image_source, output_folder, positive_int
-
-DATASET_NAMES = ("twemoji", "twemoji-skin", "digits")  # data.DATASET_NAMES (data imports torch)
+from gmem_explore.commands.checks import DATASET_NAMES, float_in, image_source, output_folder, positive_int
 
 
 def non_negative_int(text: str) -> int:
