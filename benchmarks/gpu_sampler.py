@@ -43,7 +43,8 @@ from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa
 ERROR_SEEDS = 4  # images compared against the baseline at full steps
 SAME_IMAGES = 0.02  # issue 5: the fast mode's final latents within 2% relative L2 of the reference's
 TARGET_IMAGES_PER_S = 11.0
-VARIANT_OPTIONS = {"mk": "inductor multi_kernel", "fa": "FP8 fast accumulation"}
+VARIANT_OPTIONS = {"mk": "inductor multi_kernel", "fa": "FP8 fast accumulation",
+                   "st": "FP8 static (calibrated) activation scales"}
 VARIANT_HELP = "a precision (bf16, fp8, fp8-mlp) plus options " + ", ".join(
     f"+{k} ({v})" for k, v in VARIANT_OPTIONS.items())
 
@@ -89,13 +90,14 @@ def parse_variant(spec: str) -> tuple[str, set]:
 @contextlib.contextmanager
 def variant_options(options: set):
     """fast.COMPILE_OPTIONS / fp8.FAST_ACCUM as the variant asks, restored afterwards."""
-    old = dict(fast.COMPILE_OPTIONS), fp8.FAST_ACCUM
+    old = dict(fast.COMPILE_OPTIONS), fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES
     fast.COMPILE_OPTIONS = {"triton.multi_kernel": 1} if "mk" in options else {}
     fp8.FAST_ACCUM = "fa" in options
+    fp8.STATIC_INPUT_SCALES = "st" in options
     try:
         yield
     finally:
-        fast.COMPILE_OPTIONS, fp8.FAST_ACCUM = old
+        fast.COMPILE_OPTIONS, fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES = old
 
 
 @contextlib.contextmanager

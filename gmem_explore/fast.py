@@ -261,11 +261,13 @@ def sample_fast(
         key = _fingerprint(net)  # graphs read weights by address: recapture when the tensors were replaced
         if net not in _graphs or _graphs[net][0] != key:
             _graphs[net] = (key, {})
-        variant = (stepper.compiled, FUSED_GELU, fp8.FAST_ACCUM, tuple(sorted(COMPILE_OPTIONS.items())))
+        variant = (stepper.compiled, FUSED_GELU, fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES,
+                   tuple(sorted(COMPILE_OPTIONS.items())))
         graphed = _graphs[net][1].setdefault(variant, GraphedSteps())
         run = lambda *args: graphed(stepper, *args)  # noqa: E731
     last_run.clear()
     last_run.update(precision=precision, fused_gelu=FUSED_GELU, fp8_fast_accum=fp8.FAST_ACCUM,
+                    fp8_static_input_scales=fp8.STATIC_INPUT_SCALES,
                     compile_options=dict(COMPILE_OPTIONS), compiled=stepper.compiled, cuda_graphs=graphs,
                     modulation_chunk=mods.chunk, evaluations=len(plan), guided_evaluations=sum(p[2] for p in plan))
 

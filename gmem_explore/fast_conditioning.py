@@ -40,6 +40,7 @@ def network_for(model: GMemSiT, dtype: torch.dtype, fp8_layers: tuple = ()) -> G
     net = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
     if fp8_layers:
         fp8.attach(net, fp8_layers)
+        fp8.calibrate(net)  # fixed input scales for fp8.STATIC_INPUT_SCALES (a few small forwards)
     _copies.setdefault(model, {})[(dtype, fp8_layers)] = (key, net)
     return net
 

@@ -282,6 +282,60 @@ def test_fp8_modes_quantise_the_named_products_and_stay_close(tiny_model, precis
     assert rel_l2(out, ref) < 0.05
 
 
+def test_fp8_static_input_scale_is_one_fixed_scale_and_saturates(monkeypatch):
+    """With STATIC_INPUT_SCALES every row is divided by the layer's calibrated scale (not its own max), the product
+    stays within e4m3's error of the exact one, and an input far beyond the calibration saturates at +-448 instead
+    of becoming NaN (what a plain cast to e4m3 gives)."""
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(32, 48)
+    fp8.attach_linear(layer)
+    layer.fp8_input_scale = torch.tensor(4.0 / fp8.E4M3_MAX)  # inputs up to 4 keep full precision
+    monkeypatch.setattr(fp8, "STATIC_INPUT_SCALES", True)
+    x = torch.randn(2, 5, 32, generator=g)
+    x[0, 0] *= 1e-2  # a quiet token: per-token scaling would give it a scale of its own
+    w8, sw = fp8.quantize_rows(layer.weight)
+    x8 = (x.reshape(-1, 32) / layer.fp8_input_scale).to(fp8.E4M3)
+    expected = (x8.float() * layer.fp8_input_scale) @ (w8.float() * sw).T + layer.bias
+    got = fp8.linear(layer, x)
+    torch.testing.assert_close(got.reshape(-1, 48), expected.detach(), rtol=1e-5, atol=1e-5)
+    assert 1e-3 < rel_l2(got, layer(x).detach()) < 0.06
+    huge = fp8.linear(layer, torch.full((1, 32), 1e4))
+    assert torch.isfinite(huge).all()
+    torch.testing.assert_close(fp8.quantize_static(torch.tensor([1e4, -1e4]), torch.tensor(1.0)).float(),
+                               torch.tensor([fp8.E4M3_MAX, -fp8.E4M3_MAX]))
+
+
+def test_fp8_calibration_gives_every_quantised_layer_the_largest_input_with_margin(tiny_model):
+    """calibrate() records, per FP8 layer, the largest |input| over the synthetic forwards (checked here against a
+    hook of our own on the same forwards) and sets scale = that x CALIBRATION_MARGIN / 448; it is deterministic."""
+    net = fast.network_for(tiny_model, torch.bfloat16, fp8.LAYER_SETS["fp8"])
+    layers = [m for m in net.modules() if hasattr(m, "fp8_weight")]
+    assert len(layers) == 4 * tiny_model.config.depth
+    first = {id(m): m.fp8_input_scale.clone() for m in layers}
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a: seen.__setitem__(
+        id(mod), max(seen.get(id(mod), 0.0), a[0].float().abs().max().item()))) for m in layers]
+    try:
+        fp8.calibrate(net)
+    finally:
+        for h in hooks:
+            h.remove()
+    for m in layers:
+        assert m.fp8_input_scale.item() == pytest.approx(seen[id(m)] * fp8.CALIBRATION_MARGIN / fp8.E4M3_MAX)
+        assert torch.equal(m.fp8_input_scale, first[id(m)])  # same synthetic inputs, same scales
+
+
+def test_fp8_static_scales_keep_the_images(tiny_model, monkeypatch):
+    """The whole fast sampler with static FP8 input scales stays as close to the reference as per-token scaling."""
+    ref = run(tiny_model)
+    per_token = run(tiny_model, fast_mode="fp8")
+    monkeypatch.setattr(fp8, "STATIC_INPUT_SCALES", True)
+    static = run(tiny_model, fast_mode="fp8")
+    assert fast.last_run["fp8_static_input_scales"] is True
+    assert not torch.equal(static, per_token)  # the other scheme really ran
+    assert rel_l2(static, ref) < 0.05
+
+
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="inductor's CPU backend needs a C++ compiler")
 def test_fp8_step_compiles_with_inductor_options_and_matches_eager(tiny_model, monkeypatch):
     """The FP8 block goes through torch.compile (inductor, here its CPU backend) with the options the GPU benchmark
