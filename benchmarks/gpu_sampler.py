@@ -12,7 +12,9 @@ Times, on the same random weights (the speed of a network does not depend on its
 (c) batch 4 end to end (noise from seeds, snippets, 250 steps, CUDA graphs), cold and warm;
 (d) variants (--variants) at the largest batch, with their error: do they keep the images? A variant is a
     precision (bf16, fp8, fp8-mlp) with options: +mk inductor's multi_kernel (persistent LayerNorm reductions, see
-    fast.COMPILE_OPTIONS), +fa FP8 fast accumulation (fp8.FAST_ACCUM). "fp8+mk+fa" is all three.
+    fast.COMPILE_OPTIONS), +fa FP8 fast accumulation (fp8.FAST_ACCUM), +st FP8 static activation scales
+    (fp8.STATIC_INPUT_SCALES), +cg CUDA graphs at any batch size. A variant's unnamed options are off; the runs
+    without a variant use the library's defaults (on Hopper: fp8 with +fa and +st, see fast.fp8_by_default).
 For each: images/s, ratio to (a), model TFLOP/s (2 x MACs of one forward from the config, 237.2 GFLOP for XL/2
 at 256 px), fraction of a bf16 matmul peak measured here, peak memory, and the per-image relative L2 error of
 the final latents against (a) at full steps on seeds 0..3 (the noise is per image, so the same at any batch).
@@ -44,7 +46,7 @@ ERROR_SEEDS = 4  # images compared against the baseline at full steps
 SAME_IMAGES = 0.02  # issue 5: the fast mode's final latents within 2% relative L2 of the reference's
 TARGET_IMAGES_PER_S = 11.0
 VARIANT_OPTIONS = {"mk": "inductor multi_kernel", "fa": "FP8 fast accumulation",
-                   "st": "FP8 static (calibrated) activation scales"}
+                   "st": "FP8 static (calibrated) activation scales", "cg": "CUDA graphs at any batch size"}
 VARIANT_HELP = "a precision (bf16, fp8, fp8-mlp) plus options " + ", ".join(
     f"+{k} ({v})" for k, v in VARIANT_OPTIONS.items())
 
@@ -88,16 +90,21 @@ def parse_variant(spec: str) -> tuple[str, set]:
 
 
 @contextlib.contextmanager
-def variant_options(options: set):
-    """fast.COMPILE_OPTIONS / fp8.FAST_ACCUM as the variant asks, restored afterwards."""
-    old = dict(fast.COMPILE_OPTIONS), fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES
+def variant_options(options: set | None):
+    """fast.COMPILE_OPTIONS, fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES and fast.GRAPH_MAX_BATCH as the variant asks
+    (an option named: on, else off), restored afterwards; None (no variant): the library's defaults untouched."""
+    if options is None:
+        yield
+        return
+    old = dict(fast.COMPILE_OPTIONS), fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES, fast.GRAPH_MAX_BATCH
     fast.COMPILE_OPTIONS = {"triton.multi_kernel": 1} if "mk" in options else {}
+    fast.GRAPH_MAX_BATCH = 1 << 20 if "cg" in options else old[3]
     fp8.FAST_ACCUM = "fa" in options
     fp8.STATIC_INPUT_SCALES = "st" in options
     try:
         yield
     finally:
-        fast.COMPILE_OPTIONS, fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES = old
+        fast.COMPILE_OPTIONS, fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES, fast.GRAPH_MAX_BATCH = old
 
 
 @contextlib.contextmanager
@@ -254,7 +261,7 @@ class Bench:
         extra = {"variant": variant} if variant else {}
 
         def go():
-            with variant_options(set(options)):
+            with variant_options(set(options) if variant else None):
                 _, warm, _ = self.timed(lambda: self.run(n, 3, mode))  # compiles this batch size (kept in the cache)
                 latents, seconds, peak = self.timed(lambda: self.run(n, steps, mode))
             self.record(f"b_fast_b{n}{label}", n, seconds, steps, peak, latents if steps == self.args.steps else None,
@@ -273,7 +280,7 @@ class Bench:
 
     def live(self, variant=None):
         n, steps = self.args.live_batch, self.args.steps
-        precision, options = parse_variant(variant) if variant else (True, set())
+        precision, options = parse_variant(variant) if variant else (True, None)
         with variant_options(options):
             cold_latents, cold, _ = self.timed(lambda: self.run(n, steps, precision))
             latents, seconds, peak = self.timed(lambda: self.run(n, steps, precision))
@@ -289,6 +296,45 @@ class Bench:
         default = runs.get(f"b_fast_b{self.args.largest_batch}", {}).get("images_per_s", 0.0)
         if kept and max(kept)[0] > default:
             self.live(max(kept)[1])
+
+    def cuda_checks(self):
+        """What the CPU cannot check, with the default fast path (after fast_b<largest> and live compiled it):
+        (1) host synchronisations in a warm live run, counted by torch.cuda.set_sync_debug_mode("warn") at 10 and
+        20 steps (equal counts: none inside the step loop); (2) batch independence: seeds 0..3 with the same
+        snippets alone (batch 4) and as the first rows of the largest batch, 20 steps (cuBLAS may pick other
+        kernels per batch size)."""
+        import warnings
+
+        n, steps = self.args.live_batch, 20
+        noise, snippets, gens = self.inputs(n)
+        syncs = {}
+        for k in (10, 20):
+            self.run(n, k, True)  # warm: graphs and compiled code exist for the live batch
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if self.cuda:
+                    torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    self.run(n, k, True)
+                    self.sync()
+                finally:
+                    if self.cuda:
+                        torch.cuda.set_sync_debug_mode("default")
+            found = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+            syncs[k] = {"count": len(found), "first": found[:3]}
+        big = self.args.largest_batch
+        small = sample(self.model, noise, snippets, "sde", steps, gens, fast=True)
+        noise, snippets, gens = self.inputs(n)  # the same again: generators in the state after the initial noise
+        more_noise, more_snippets, more_gens = self.inputs(big - n, first_seed=n)
+        large = sample(self.model, torch.cat([noise, more_noise]), torch.cat([snippets, more_snippets.roll(1, 0)]),
+                       "sde", steps, list(gens) + list(more_gens), fast=True)[:n]
+        diff = (small - large).abs().max().item()
+        rel = ((small - large).flatten(1).norm(dim=1) / small.flatten(1).norm(dim=1)).max().item()
+        self.results["cuda_checks"] = {"host_syncs_warm_live": syncs, "batch_independence": {
+            "batch_sizes": [n, big], "steps": steps, "max_abs_diff": diff, "max_rel_l2": rel}, "run": dict(fast.last_run)}
+        print(f"host syncs (warm live run, 10 / 20 steps): {syncs[10]['count']} / {syncs[20]['count']} "
+              f"{syncs[20]['first'][:1]}; seeds 0..{n - 1} at batch {n} vs inside batch {big}: max |diff| {diff:.3g}, "
+              f"rel L2 {rel:.3g}", flush=True)
 
     def guided(self):
         """Guidance on a third of the steps costs about a third of a pass more (steps outside run one pass)."""
@@ -392,7 +438,8 @@ def main(argv=None):
         sections.append((f"fast_b{batches[0]}{label}", bench.fast_batch(batches[0], label=label, precision=precision,
                                                                         options=options, variant=spec)))
     args.largest_batch = batches[0]
-    sections += [("live_best", bench.live_with_best_variant), ("exact", bench.exact_mode), ("guided", bench.guided)]
+    sections += [("live_best", bench.live_with_best_variant), ("checks", bench.cuda_checks), ("exact", bench.exact_mode),
+                 ("guided", bench.guided)]
     sections += [(f"fast_b{n}", bench.fast_batch(n)) for n in batches[1:]]
     total = time.perf_counter()
     for name, fn in sections:

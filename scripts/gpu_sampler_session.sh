@@ -20,15 +20,13 @@ mkdir -p "$OUT"
 quiet() { grep -v -i -E "warn|^\s*$" ; }
 if [ "${PART:-1}" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  # session 9: FP8 with static (calibrated) activation scales, "+st" (fp8.STATIC_INPUT_SCALES): the per-token
-  # max-and-divide kernels took 54 of fp8+mk's 119 ms step. bf16, live and fp8 without +st were measured earlier
-  # in session 9 (benchmarks/results/*_session9a*).
-  timeout 290 python3 benchmarks/gpu_sampler.py --out "$OUT" --skip gelu_separate,exact,guided,fast_b64,fast_b256,live \
-    --variants fp8+mk+fa+st,fp8+fa+st,fp8-mlp+mk+fa+st --budget-s 200 2>&1 | quiet
-  timeout 60 python3 -m gmem_explore sample-fid --checkpoint emoji-32 --num-fid-samples 64 --device cuda \
-    --out /tmp/fid_smoke --no-npz --no-progress 2>&1 | quiet | tail -3; ls /tmp/fid_smoke | head -3
-  timeout 80 python3 benchmarks/gpu_profile.py --out "$OUT/profile_fp8_mk_fa_st" --variant fp8+mk+fa+st \
-    --parts profile 2>&1 | quiet | tail -24
+  # session 9, third run: the new defaults (fp8 with static scales and fast accumulation on Hopper) at batch 256
+  # and live, CUDA graphs at batch 256 (+cg: device time per step implied 10.9 images/s, wall 10.6), and the
+  # checks the CPU cannot do (host syncs in the loop, batch independence on CUDA)
+  timeout 220 python3 benchmarks/gpu_sampler.py --out "$OUT" --skip gelu_separate,exact,guided,fast_b64,live_best \
+    --variants fp8+fa+st+cg --budget-s 150 2>&1 | quiet
+  timeout 45 python3 -m gmem_explore sample-fid --checkpoint emoji-32 --num-fid-samples 64 --device cuda \
+    --precision fp8 --out /tmp/fid_smoke --no-npz --no-progress 2>&1 | quiet | tail -3; ls /tmp/fid_smoke | head -2
 else
   # session 7's device handling on a real GPU (CPU-tested with mocks only): plain `--device cuda` becomes
   # cuda:LOCAL_RANK inside sharded.run; 64 emoji-32 images, a few seconds

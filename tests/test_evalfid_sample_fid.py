@@ -90,11 +90,11 @@ def test_revision_or_bank_dtype_that_would_be_ignored_is_refused_before_anything
     quick(tiny_folder, tmp_path / "d", bank_dtype="fp32")  # what the folder holds: no conflict
 
 
-@pytest.mark.parametrize("precision, fast", [("tf32", False), ("fp32", False), ("bf16", False)])
+@pytest.mark.parametrize("precision, fast", [("tf32", False), ("fp32", False), ("bf16", False), ("fp8", "fp8")])
 def test_the_recorded_precision_picks_the_sampler(tiny_folder, tmp_path, monkeypatch, precision, fast):
     """generate's default fast=None takes the bf16 fast path on every CUDA run: a tf32 run ('the reference's
     setting', as run.json says) must ask for the released sampler. On a GPU bf16 is the fast path, on a CPU the
-    released sampler on a bf16 network."""
+    released sampler on a bf16 network. fp8 is the fast path's FP8 mode everywhere (slow but correct on a CPU)."""
     seen = []
     generate = GMemPipeline.generate
 
@@ -106,7 +106,7 @@ def test_the_recorded_precision_picks_the_sampler(tiny_folder, tmp_path, monkeyp
     quick(tiny_folder, tmp_path / "fid", precision=precision)
     assert seen == [fast]
     gpu = torch.device("cuda", 0)
-    assert sharded.sampler_path(precision, gpu) == ("bf16" if precision == "bf16" else False)
+    assert sharded.sampler_path(precision, gpu) == (precision if precision in ("bf16", "fp8") else False)
 
 
 def test_a_home_relative_out_is_written_under_home(tiny_folder, tmp_path, monkeypatch):

@@ -253,9 +253,10 @@ def test_fused_and_separate_gelu_give_the_same_block(tiny_model, monkeypatch):
     torch.testing.assert_close(fused, separate, rtol=0, atol=0)
 
 
-def test_fp8_linear_is_the_row_scaled_e4m3_product():
-    """fp8.linear = (x quantised per row) @ (W quantised per output row)^T + b, within 6% of the exact product."""
-
+def test_fp8_linear_is_the_row_scaled_e4m3_product(monkeypatch):
+    """Per-token scales (STATIC_INPUT_SCALES off): fp8.linear = (x quantised per row) @ (W quantised per output
+    row)^T + b, within 6% of the exact product."""
+    monkeypatch.setattr(fp8, "STATIC_INPUT_SCALES", False)
     g = torch.Generator().manual_seed(0)
     layer = torch.nn.Linear(32, 48)
     x = torch.randn(2, 5, 32, generator=g)
@@ -305,6 +306,20 @@ def test_fp8_static_input_scale_is_one_fixed_scale_and_saturates(monkeypatch):
                                torch.tensor([fp8.E4M3_MAX, -fp8.E4M3_MAX]))
 
 
+@pytest.mark.parametrize("capability, expected", [((9, 0), "fp8"), ((8, 9), "bf16"), ((8, 0), "bf16"),
+                                                  ((10, 0), "bf16")])
+def test_default_precision_is_fp8_on_hopper_only(monkeypatch, capability, expected):
+    """With no precision asked for, CUDA runs FP8 on compute capability 9.0 (H100/H200, where it was measured),
+    bf16 on every other card, and the CPU the exact fp32 mode; an asked-for precision is kept."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda", 0)
+    assert fast.resolve_precision(None, cuda) == expected
+    assert fast.resolve_precision("bf16", cuda) == "bf16"
+    assert fast.resolve_precision(None, torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fast.resolve_precision("fp4", cuda)
+
+
 def test_fp8_calibration_gives_every_quantised_layer_the_largest_input_with_margin(tiny_model):
     """calibrate() records, per FP8 layer, the largest |input| over the synthetic forwards (checked here against a
     hook of our own on the same forwards) and sets scale = that x CALIBRATION_MARGIN / 448; it is deterministic."""
@@ -326,12 +341,15 @@ def test_fp8_calibration_gives_every_quantised_layer_the_largest_input_with_marg
 
 
 def test_fp8_static_scales_keep_the_images(tiny_model, monkeypatch):
-    """The whole fast sampler with static FP8 input scales stays as close to the reference as per-token scaling."""
+    """The whole fast sampler with static FP8 input scales (the default) stays as close to the reference as
+    per-token scaling."""
+    assert fp8.STATIC_INPUT_SCALES is True and fp8.FAST_ACCUM is True  # the measured-fastest defaults (H100)
     ref = run(tiny_model)
-    per_token = run(tiny_model, fast_mode="fp8")
-    monkeypatch.setattr(fp8, "STATIC_INPUT_SCALES", True)
     static = run(tiny_model, fast_mode="fp8")
     assert fast.last_run["fp8_static_input_scales"] is True
+    monkeypatch.setattr(fp8, "STATIC_INPUT_SCALES", False)
+    per_token = run(tiny_model, fast_mode="fp8")
+    assert fast.last_run["fp8_static_input_scales"] is False
     assert not torch.equal(static, per_token)  # the other scheme really ran
     assert rel_l2(static, ref) < 0.05
 
