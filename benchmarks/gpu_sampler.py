@@ -7,8 +7,9 @@ Times, on the same random weights (the speed of a network does not depend on its
 (a) the released sampler as released: fp32 weights with TF32 matmuls, unfused attention (q k^T, softmax, v, as
     timm's Attention without fused_attn), float64 sampler state, batch 64. It is timed over --baseline-steps
     steps and scaled to --steps (its cost per step is constant: same network, same batch, every step);
-(b) the fast path (sampling.sample(fast=True): bf16, fused attention, regional torch.compile, modulation
-    precomputed, float32 state) at batch 64 and 256, warm (compilation is done by a 3-step run first);
+(b) the fast path (sampling.sample(fast=True): its default precision, FP8 on Hopper and bf16 on other cards,
+    fused attention, regional torch.compile, modulation precomputed, float32 state) at batch 64 and 256, warm
+    (compilation is done by a 3-step run first);
 (c) batch 4 end to end (noise from seeds, snippets, 250 steps, CUDA graphs), cold and warm;
 (d) variants (--variants) at the largest batch, with their error: do they keep the images? A variant is a
     precision (bf16, fp8, fp8-mlp) with options: +mk inductor's multi_kernel (persistent LayerNorm reductions, see
@@ -412,7 +413,7 @@ def main(argv=None):
     p.add_argument("--baseline-batch", type=int, default=64)
     p.add_argument("--batches", default="64,256", help="fast-path batch sizes")
     p.add_argument("--live-batch", type=int, default=4)
-    p.add_argument("--variants", default="fp8+mk,fp8+mk+fa,bf16+mk,fp8,fp8-mlp+mk",
+    p.add_argument("--variants", default="bf16,fp8+fa,fp8-mlp+fa+st",
                    help="fast-path variants also timed at the largest batch, with their error vs (a): " + VARIANT_HELP)
     p.add_argument("--budget-s", type=float, default=0,
                    help="seconds after which no further variant starts (0: no limit); the later sections still run")

@@ -217,7 +217,11 @@ def test_gpu_benchmark_smoke(tmp_path):
     result = smoke_run("gpu_sampler.py", tmp_path)
     assert {"a_released", "b_fast_b4", "b_fast_b8", "b_fast_b8_gelu_separate", "c_live_b2"} <= set(result["runs"])
     assert result["runs"]["b_fast_b8"]["error_vs_a"]["max"] < 1e-4  # smoke runs the fp32 path on the CPU
-    assert result["runs"]["b_fast_b8_fp8"]["error_vs_a"]["max"] < 0.05  # fp8 products: rounded, not wrong
+    assert result["runs"]["b_fast_b8_fp8_fa"]["error_vs_a"]["max"] < 0.05  # fp8 products: rounded, not wrong
+    assert result["runs"]["b_fast_b8_fp8_fa"]["fast"]["fp8_static_input_scales"] is False  # unnamed option: off
+    assert result["runs"]["b_fast_b8_fp8-mlp_fa_st"]["fast"]["fp8_static_input_scales"] is True
+    assert result["cuda_checks"]["batch_independence"]["max_rel_l2"] < 1e-5  # exact up to rounding on the CPU
+    assert {10, 20} == {int(k) for k in result["cuda_checks"]["host_syncs_warm_live"]}
     assert result["exact_fp32_vs_strict_reference"]["max"] < 1e-4
     assert "| b_fast_b8 | 8 |" in (tmp_path / "gpu_sampler_cpu-smoke.md").read_text()
 
