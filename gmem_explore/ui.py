@@ -14,7 +14,7 @@ from typing import Callable
 import gradio as gr
 
 from . import ui_bank, ui_generate, ui_interpolate, ui_swap
-from .pipeline import GMemPipeline
+from .pipeline import GMemPipeline, parameters
 from .ui_common import AppContext, Limits, PipelineStore, Session, friendly, row_range, spaces_gpu
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,10 @@ def default_factory(device: str = "cpu") -> Callable[[str], GMemPipeline]:
 
 def describe(pipe: GMemPipeline, name: str) -> str:
     counts = pipe.parameter_counts()  # the parameters that generate; the REPA projector only serves training
-    training_only = f" (+{counts['projector'] / 1e6:.1f}M REPA projector, training only)" if counts["projector"] else ""
+    training_only = f" (+{parameters(counts['projector'])} REPA projector, training only)" if counts["projector"] else ""
     enc = "yes" if pipe.encoder is not None else "no (uploads are disabled)"
     sampler = pipe.sampler
-    return (f"**{name}** · {counts['generating'] / 1e6:.1f}M parameters{training_only} · {pipe.image_size} px"
+    return (f"**{name}** · {parameters(counts['generating'])} parameters{training_only} · {pipe.image_size} px"
             f" · bank {len(pipe.bank):,} × {pipe.bank.dim} · snippet encoder: {enc} · default sampler "
             f"{sampler.get('method', 'sde')}, {sampler.get('steps', 250)} steps · device {pipe.device}")
 
