@@ -288,17 +288,20 @@ def test_gmem_train_checkpoint_every(tmp_path, monkeypatch, capsys):
     common = ["train", "--data", "digits", "--split", "held_out", "--steps", "2", "--batch-size", "4", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "never"), "--checkpoint-every", "0"]) == 0
     assert saved == [2]  # only the final save
+    saved.clear()
+    assert main([*common, "--out", str(tmp_path / "odd"), "--checkpoint-every", "3"]) == 0
+    assert saved == [2]  # no periodic save at step 2: the final one still happens
     _, state = load_tensors(tmp_path / "never" / "train-state.safetensors")
     assert state["step"] == 2 and (tmp_path / "never" / "config.json").is_file()
     saved.clear()
     assert main([*common, "--out", str(tmp_path / "every"), "--checkpoint-every", "1"]) == 0
-    assert saved == [1, 2, 2]  # after each step, then the final save
+    assert saved == [1, 2]  # after each step; the final save is the one at step 2 (it was written twice)
     # a process other than the main one saves as often (it writes nothing, and prints nothing)
     built = Trainer.__init__
     monkeypatch.setattr(Trainer, "__init__", lambda self, *a, **k: built(self, *a, **k) or setattr(self, "is_main", False))
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "other"), "--checkpoint-every", "1"]) == 0
-    assert saved == [1, 2, 2, 1, 2, 2] and capsys.readouterr().out == ""
+    assert saved == [1, 2, 1, 2] and capsys.readouterr().out == ""
     assert not (tmp_path / "other" / "train-state.safetensors").exists()
     with pytest.raises(SystemExit) as exit_info:
         main([*common, "--out", str(tmp_path / "bad"), "--checkpoint-every", "-1"])

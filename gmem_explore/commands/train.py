@@ -190,11 +190,11 @@ def run(args) -> int:
     try:
         trainer.fit()
     except StopRequested:  # Ctrl-C, honoured between two steps (a second one stops at once, mid-step, unsaved)
-        trainer.save_state(state)
+        trainer.save_state_unless_current(state)
         say(f"stopped at step {trainer.step} of {config.steps}; the training state is saved in {state}: the same "
             f"command with --resume continues it", file=sys.stderr)
         raise
-    trainer.save_state(state)
+    trainer.save_state_unless_current(state)
     last = trainer.history[-1]["loss"] if trainer.history else float("nan")
     if is_baseline:
         say(f"wrote {state} after {trainer.step} steps (last loss {last:.4f}); no checkpoint folder: "
