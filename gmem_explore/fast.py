@@ -12,7 +12,8 @@ on the CPU; the CUDA-only parts are switched on by the device):
   (fp8.py): 10.6 images/s at batch 256 on an H100 against bf16's 8.1, final latents within 0.92% (bf16: 0.51%).
 - No host synchronisation inside the loop: the time grid is Python floats, the per-step coefficients a
   device tensor built once, the SDE noise drawn up front from each image's generator exactly as the reference
-  does (so the same seed gives the same image at any batch size).
+  does (so the same seed gives the same image at any batch size: exactly on the CPU; on CUDA within 0.24% relative
+  L2 between batch 4 and 256, measured on an H100, as cuBLAS picks kernels by shape).
 - Guidance doubles the batch only on the steps where it is active.
 - Each block's closing residual add is deferred into the next block (block_forward's carry), so that a compiled
   block starts with it in the kernel of its first LayerNorm: one pass over the hidden state fewer per block.
