@@ -7,7 +7,7 @@ Times, on the same random weights (the speed of a network does not depend on its
 (a) the released sampler as released: fp32 weights with TF32 matmuls, unfused attention (q k^T, softmax, v, as
     timm's Attention without fused_attn), float64 sampler state, batch 64. It is timed over --baseline-steps
     steps and scaled to --steps (its cost per step is constant: same network, same batch, every step);
-(b) the fast path (sampling.sample(fast=True): its default precision, FP8 on Hopper and bf16 on other cards,
+(b) the fast path (sampling.sample(fast=True): its default precision, bf16 on every GPU,
     fused attention, regional torch.compile, modulation precomputed, float32 state) at batch 64 and 256, warm
     (compilation is done by a 3-step run first);
 (c) batch 4 end to end (noise from seeds, snippets, 250 steps, CUDA graphs), cold and warm;
@@ -15,7 +15,7 @@ Times, on the same random weights (the speed of a network does not depend on its
     precision (bf16, fp8, fp8-mlp) with options: +mk inductor's multi_kernel (persistent LayerNorm reductions, see
     fast.COMPILE_OPTIONS), +fa FP8 fast accumulation (fp8.FAST_ACCUM), +st FP8 static activation scales
     (fp8.STATIC_INPUT_SCALES), +cg CUDA graphs at any batch size. A variant's unnamed options are off; the runs
-    without a variant use the library's defaults (on Hopper: fp8 with +fa and +st, see fast.fp8_by_default).
+    without a variant use the library's defaults (bf16 on CUDA; fp8, when asked for, with +fa and +st).
 For each: images/s, ratio to (a), model TFLOP/s (2 x MACs of one forward from the config, 237.2 GFLOP for XL/2
 at 256 px), fraction of a bf16 matmul peak measured here, peak memory, and the per-image relative L2 error of
 the final latents against (a) at full steps on seeds 0..3 (the noise is per image, so the same at any batch).

@@ -4,9 +4,9 @@ Why: at batch 256 on an H100 a bf16 SiT-XL/2 step spends 82 of its 123 ms in mat
 about 650 TFLOP/s, and 11 images/s leaves 93 ms for everything; FP8 products measured 894 to 1,135 TFLOP/s at the
 XL shapes (benchmarks/results/gpu_profile_*.md). The cost is accuracy: e4m3 keeps 3 mantissa bits, and one
 product with row-wise scales has about 3.7% relative error (bf16: 0.17%), so whether the final images stay within
-the 2% "same images" tolerance is measured by benchmarks/gpu_sampler.py, not assumed: 0.92% at most with the
-defaults below (H100, session 9). Used when asked for (precision "fp8" or "fp8-mlp") and, as fast.resolve_precision
-decides, by default on Hopper GPUs, where it was measured.
+the 2% "same images" tolerance is measured, not assumed: 0.92% at most on SiT-XL/2 with random weights
+(benchmarks/gpu_sampler.py, H100), but up to 7.9% on the trained emoji-32 model at 250 steps
+(benchmarks/fp8_error_trained.py). So only used when asked for (precision "fp8" or "fp8-mlp"), never by default.
 
 Scheme: weights quantised once per output row (scale = row max / 448), activations per token inside the compiled
 block (so inductor fuses the max, division and cast into the LayerNorm / GELU kernel before the product), then

@@ -192,8 +192,8 @@ def sampler_path(precision: str, device: torch.device) -> bool | str:
     turns on for every CUDA run in bf16: run.json said tf32 while the images were bf16's (0.5% off in the final
     latents). bf16 on a GPU is the fast path in its tested setting (fp32 weights, bf16 network: 3.6x the released
     sampler on an H100); on a CPU, which has no fast bf16, the released sampler with the network cast to bf16.
-    fp8 is the fast path's FP8 mode on any device (4.5x the released sampler on an H100, 0.92% off in the final
-    latents; on a CPU it runs, slowly, for checks)."""
+    fp8 is the fast path's FP8 mode on any device (4.6x the released sampler on an H100, but up to 7.9% off in the
+    final latents of a trained model; on a CPU it runs, slowly, for checks)."""
     if precision == "fp8":
         return "fp8"
     return "bf16" if precision == "bf16" and device.type == "cuda" else False

@@ -85,7 +85,7 @@ def no_load(monkeypatch):
     (dict(base_seed=2**63 - 2), r"base_seed must be an integer >= 0 with base_seed \+ num - 1 <= 2\^63 - 1"),
     (dict(batch_size="8"), r"batch_size must be a positive number"),
     (dict(choose="best"), r"Unknown choice 'best'"),
-    (dict(precision="fp8"), r"precision must be one of"),
+    (dict(precision="fp4"), r"precision must be one of"),
     (dict(device="gpu"), r"device 'gpu' is not a device torch knows"),
 ])
 def test_sharded_run_checks_every_argument_before_loading_or_writing(tmp_path, monkeypatch, kwargs, message):

@@ -51,8 +51,9 @@ def add_arguments(p):
     p.add_argument("--precision", choices=["tf32", "fp32", "bf16", "fp8"], default="tf32",
                    help="arithmetic of the network (default tf32: the released sampler, fp32 weights with TF32 "
                         "matmuls, the reference's setting; fp32: the same with strict fp32 matmuls; bf16: the fast "
-                        "path on a GPU, about 3.6x faster, images not bit-identical; fp8: the fast path with FP8 products, 4.5x "
-                        "faster on an H100, final latents within 1%%; on a CPU tf32 is plain fp32)")
+                        "path on a GPU, about 3.6x faster, images not bit-identical; fp8: the fast path with FP8 products, 4.6x "
+                        "faster on an H100 but up to 8%% off on a trained model, not for reported FIDs; on a CPU tf32 is "
+                        "plain fp32)")
     p.add_argument("--device", default="auto",
                    help="torch device (default auto: cuda:LOCAL_RANK when a GPU exists, else cpu; cuda alone also means "
                         "cuda:LOCAL_RANK, each process its own GPU)")
