@@ -286,8 +286,9 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
         bar = None
         if progress:
             from tqdm.auto import tqdm
+            freq = raw["memoryfreq"]  # written too (the bar stopped 5 MB short of its end on the released file)
             total = sum(t.numel() * t.element_size() for t in raw["network"].values()) + \
-                raw["memorybank"].numel() * BANK_DTYPES[bank_dtype].itemsize
+                raw["memorybank"].numel() * BANK_DTYPES[bank_dtype].itemsize + freq.numel() * freq.element_size()
             bar = tqdm(total=total, unit="B", unit_scale=True, desc="converting")
         step = bar.update if bar is not None else None
         write_streaming(work / "model.safetensors", raw["network"], progress=step)

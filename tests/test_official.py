@@ -55,6 +55,15 @@ def hf_cache(root: Path, raw: dict, commit: str = COMMIT) -> Path:
     return snap / FILE
 
 
+def test_conversion_progress_bar_ends_full(official_pth, tqdm_bars):
+    """The 'converting' bar counts every byte written, the memoryfreq counts included (it stopped short of its
+    total by their size), and closes."""
+    path, _ = official_pth
+    resolve_checkpoint(str(path), bank_dtype="fp16", model_overrides=TINY, progress=True)
+    (bar,) = [b for b in tqdm_bars if b.desc == "converting"]
+    assert bar.n == bar.total > 0 and bar.closed
+
+
 def test_local_pth_converts_once_and_loads_exactly(official_pth):
     path, raw = official_pth
     folder = resolve_checkpoint(str(path), bank_dtype="fp32", model_overrides=TINY, progress=False)
