@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -158,11 +159,19 @@ def hub_address() -> tuple[str, int]:
     return host, endpoint.port or (443 if scheme == "https" else 80)
 
 
+UNREACHABLE_MEMORY_SECONDS = 60.0  # a failed probe is believed this long: one load asks up to three times
+_unreachable_since: dict = {}  # (host, port) -> time.monotonic() of the failed probe
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One TCP connection to the Hub endpoint or its proxy: without it huggingface_hub retries for ~25 s before
     failing. The name look-up counts too (a resolver that does not answer takes 5 s per try), so the attempt runs
-    in a thread that is given up after `timeout` seconds."""
+    in a thread that is given up after `timeout` seconds. A failure is remembered for UNREACHABLE_MEMORY_SECONDS:
+    behind a firewall that drops packets, a pipeline with the SD-VAE and DINOv2 asked three times, 3 s each."""
     host, port = hub_address()
+    failed = _unreachable_since.get((host, port))
+    if failed is not None and time.monotonic() - failed < UNREACHABLE_MEMORY_SECONDS:
+        return False
     answer = []
 
     def connect():
@@ -175,7 +184,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     attempt = threading.Thread(target=connect, name="gmem-hub-probe", daemon=True)
     attempt.start()
     attempt.join(timeout)
-    return bool(answer and answer[0])
+    reachable = bool(answer and answer[0])
+    if reachable:
+        _unreachable_since.pop((host, port), None)
+    else:
+        _unreachable_since[(host, port)] = time.monotonic()
+    return reachable
 
 
 def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=None) -> Path:

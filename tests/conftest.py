@@ -42,6 +42,17 @@ def randomize(model, seed=0, std=0.05):
     return model
 
 
+@pytest.fixture(autouse=True)
+def forget_failed_hub_probes():
+    """hub_reachable remembers a failed probe for a minute (per address): each test starts without that memory,
+    so a test that fakes a reachable Hub is not answered by an earlier test's failure."""
+    from gmem_explore import hub
+
+    hub._unreachable_since.clear()
+    yield
+    hub._unreachable_since.clear()
+
+
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)

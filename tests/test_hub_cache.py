@@ -151,6 +151,35 @@ def test_the_probe_goes_to_a_mirror_on_its_own_port_and_through_a_proxy(listener
     assert hub.hub_address() == ("hub.invalid", 443)
 
 
+def test_a_failed_probe_is_remembered_for_a_minute_per_address(monkeypatch):
+    """Behind a firewall that drops packets each probe costs its full timeout, and loading a pipeline with the
+    SD-VAE and DINOv2 probes up to three times: a failure is believed for UNREACHABLE_MEMORY_SECONDS at the same
+    address, then asked again; a success is never remembered, and another address is probed afresh."""
+    from gmem_explore import hub
+
+    calls = []
+
+    def refused(address, timeout=None):
+        calls.append(address)
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(hub.socket, "create_connection", refused)
+    monkeypatch.setattr(hub, "hub_address", lambda: ("hub.invalid", 443))
+    clock = [1000.0]
+    monkeypatch.setattr(hub.time, "monotonic", lambda: clock[0])
+    assert hub.hub_reachable(timeout=1) is False and hub.hub_reachable(timeout=1) is False
+    assert len(calls) == 1  # the second answer came from memory
+    clock[0] += hub.UNREACHABLE_MEMORY_SECONDS + 1
+    assert hub.hub_reachable(timeout=1) is False and len(calls) == 2  # forgotten: asked again
+    monkeypatch.setattr(hub, "hub_address", lambda: ("mirror.invalid", 8080))
+    assert hub.hub_reachable(timeout=1) is False and len(calls) == 3  # another endpoint: its own probe
+    monkeypatch.setattr(hub.socket, "create_connection", lambda address, timeout=None: type(
+        "Socket", (), {"close": lambda self: None})())
+    clock[0] += hub.UNREACHABLE_MEMORY_SECONDS + 1
+    assert hub.hub_reachable(timeout=1) is True and hub.hub_reachable(timeout=1) is True
+    assert ("mirror.invalid", 8080) not in hub._unreachable_since
+
+
 def test_the_probe_gives_up_on_a_name_lookup_that_never_answers(monkeypatch):
     from gmem_explore import hub
 
