@@ -45,9 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                "neighbours, statistics), Swap (your image into this session's copy of the bank, download it), "
                "Interpolate (two snippets, lerp/slerp/concat/mask, strip and GIF). Stop with Ctrl+C.",
         formatter_class=HelpFormatter)
-    p.add_argument("--checkpoint", default="emoji-32",
+    # A Space passes no flags: its variables GMEM_CHECKPOINT / GMEM_REVISION choose (and pin) the model instead
+    p.add_argument("--checkpoint", default=os.environ.get("GMEM_CHECKPOINT") or "emoji-32",
                    help="a named checkpoint (emoji-32 is built in; gmem-v1-xl downloads from the Hub), a local "
-                        "checkpoint folder or a released-format .pth file")
+                        "checkpoint folder or a released-format .pth file (default: $GMEM_CHECKPOINT if set, else "
+                        "emoji-32)")
+    p.add_argument("--revision", default=os.environ.get("GMEM_REVISION") or None,
+                   help="version of a Hub checkpoint: a branch, tag or commit hash (a hash pins the app to one "
+                        "version, and loads from the cache without asking the Hub) (default: $GMEM_REVISION if set, "
+                        "else the newest)")
     p.add_argument("--host", default=env_host or "127.0.0.1",
                    help="address to listen on; 0.0.0.0 makes the app reachable from other machines")
     p.add_argument("--port", type=int, default=int(env_port) if env_port and env_port.isdigit() else None,
@@ -87,6 +93,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"{source} is {args.max_file_size!r}: give a whole number and a unit, e.g. 500kb or 10mb")
     if args.port is not None and not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
+    from gmem_explore.hub import check_revision  # light: huggingface_hub is imported only when a download starts
+
+    try:
+        check_revision(args.checkpoint, args.revision)  # before the model loads, not after
+    except ValueError as e:
+        from_env = args.revision == os.environ.get("GMEM_REVISION")
+        p.error(str(e).replace("(--revision)", "($GMEM_REVISION)").replace("drop --revision", "unset GMEM_REVISION")
+                if from_env else str(e))
     return args
 
 
@@ -115,7 +129,7 @@ def main(argv=None) -> None:
     limits = Limits(max_images=args.max_images, max_steps=args.max_steps, max_frames=args.max_frames,
                     concurrency=args.concurrency, allow_local_checkpoints=args.allow_local_checkpoints)
     try:
-        demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device)
+        demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device, revision=args.revision)
     except (ValueError, OSError, RuntimeError) as e:
         # The loaders' messages already say what to do; a traceback would bury them. Exit status 2 as for a bad
         # flag, since the cause is the command line (a wrong --checkpoint or --device), not the app.

@@ -70,9 +70,12 @@ CSS = """
 """
 
 
-def default_factory(device: str = "cpu") -> Callable[[str], GMemPipeline]:
+def default_factory(device: str = "cpu", revisions: dict | None = None) -> Callable[[str], GMemPipeline]:
+    """Loads a checkpoint by name or path; `revisions` pins Hub names to a version (app.py --revision applies to
+    its --checkpoint only: another model picked in the Model panel loads its newest version)."""
     def load(name: str) -> GMemPipeline:
-        return GMemPipeline.from_pretrained(name, device=device)
+        revision = (revisions or {}).get(name)
+        return GMemPipeline.from_pretrained(name, device=device, **({"revision": revision} if revision else {}))
     return load
 
 
@@ -138,11 +141,17 @@ def load_checkpoint(ctx: AppContext, session: Session, name: str, path: str):
 
 
 def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, checkpoint: str = "emoji-32",
-              limits: Limits | None = None, device: str = "cpu", use_spaces_gpu: bool = True) -> gr.Blocks:
-    """The app's Blocks. The default checkpoint is loaded now, so a broken one fails before the server starts."""
+              limits: Limits | None = None, device: str = "cpu", use_spaces_gpu: bool = True,
+              revision: str | None = None) -> gr.Blocks:
+    """The app's Blocks. The default checkpoint is loaded now, so a broken one fails before the server starts.
+    `revision` pins `checkpoint` (a Hub name) to a version; it is for the default factory only."""
     from .hub import available
 
-    ctx = AppContext(PipelineStore(pipeline_factory or default_factory(device), checkpoint), limits or Limits(),
+    if revision is not None and pipeline_factory is not None:
+        raise ValueError("revision= pins the default factory's checkpoint; a pipeline_factory of your own "
+                         "chooses its versions itself")
+    factory = pipeline_factory or default_factory(device, {checkpoint: revision} if revision else None)
+    ctx = AppContext(PipelineStore(factory, checkpoint), limits or Limits(),
                      spaces_gpu() if use_spaces_gpu else (lambda fn: fn))
     pipe = ctx.store.get()
     steps_default = int(min(pipe.sampler.get("steps", 50), ctx.limits.max_steps))

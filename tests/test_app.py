@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from app_tiny import ROWS, tiny_pipeline
-from gmem_explore import MemoryBank, bank_tools
+from gmem_explore import GMemPipeline, MemoryBank, bank_tools
 from gmem_explore.checkpoint import Checkpoint, save_checkpoint
 from gmem_explore.ui import load_checkpoint
 from gmem_explore.ui_common import RANDOM_SEEDS, UserError, friendly, spaces_gpu, stopped
@@ -396,6 +396,25 @@ def test_spaces_gpu_is_a_no_op_without_spaces():
     assert spaces_gpu()(fn) is fn
 
 
+def test_app_revision_pins_its_checkpoint_only(monkeypatch):
+    """build_app(revision=...) loads its checkpoint at that version; a model picked later in the Model panel
+    loads without it (a revision belongs to one Hub checkpoint); with a factory of one's own it is refused."""
+    from gmem_explore.ui import build_app
+
+    loads = []
+
+    def from_pretrained(name, device="cpu", **kwargs):
+        loads.append((name, kwargs.get("revision")))
+        return tiny_pipeline()
+
+    monkeypatch.setattr(GMemPipeline, "from_pretrained", from_pretrained)
+    demo = build_app(checkpoint="gmem-v1-xl", revision="b" * 40, use_spaces_gpu=False)
+    demo.gmem_context.store.get("emoji-32")
+    assert loads == [("gmem-v1-xl", "b" * 40), ("emoji-32", None)]
+    with pytest.raises(ValueError, match="revision= pins the default factory's checkpoint"):
+        build_app(lambda name: tiny_pipeline(), checkpoint="gmem-v1-xl", revision="v1")
+
+
 def test_app_help_and_flags(monkeypatch, capsys):
     sys.path.insert(0, str(ROOT))
     import app
@@ -443,6 +462,24 @@ def test_app_help_and_flags(monkeypatch, capsys):
     assert "$GMEM_MAX_STEPS is 'lots', not a whole number" in capsys.readouterr().err
     monkeypatch.delenv("GMEM_MAX_STEPS")
     monkeypatch.delenv("GMEM_CONCURRENCY")
+    # the model too: a Space's GMEM_CHECKPOINT / GMEM_REVISION, the flags winning; a revision for a checkpoint that
+    # has none (the embedded one, a folder) is refused before anything loads, naming where it came from
+    assert (app.parse_args([]).checkpoint, app.parse_args([]).revision) == ("emoji-32", None)
+    monkeypatch.setenv("GMEM_CHECKPOINT", "gmem-v1-xl")
+    monkeypatch.setenv("GMEM_REVISION", "a" * 40)
+    args = app.parse_args([])
+    assert (args.checkpoint, args.revision) == ("gmem-v1-xl", "a" * 40)
+    assert app.parse_args(["--revision", "main"]).revision == "main"
+    with pytest.raises(SystemExit):
+        app.parse_args(["--checkpoint", "emoji-32"])
+    err = capsys.readouterr().err
+    assert "revision '" + "a" * 40 + "' ($GMEM_REVISION) picks a version of a Hub checkpoint" in err
+    assert "unset GMEM_REVISION" in err
+    monkeypatch.delenv("GMEM_REVISION")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--checkpoint", "emoji-32", "--revision", "v2"])
+    assert "(--revision) picks a version" in capsys.readouterr().err
+    monkeypatch.delenv("GMEM_CHECKPOINT")
     out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--host" in out.stdout and "--share" in out.stdout and "Interpolate" in out.stdout
     # each default is stated once: --port's own text, not also argparse's "(default: None)"; flags get none
