@@ -8,9 +8,10 @@ the 2% "same images" tolerance is measured, not assumed: 0.92% at most on SiT-XL
 (benchmarks/gpu_sampler.py, H100), but up to 7.9% on the trained emoji-32 model at 250 steps
 (benchmarks/fp8_error_trained.py). So only used when asked for (precision "fp8" or "fp8-mlp"), never by default.
 
-Scheme: weights quantised once per output row (scale = row max / 448), activations per token inside the compiled
-block (so inductor fuses the max, division and cast into the LayerNorm / GELU kernel before the product), then
-torch._scaled_mm with the two scale vectors and the bias, bf16 out. Runs on the CPU too (for the tests).
+Scheme: weights quantised once per output row (scale = row max / 448), activations by one calibrated scale per
+layer (STATIC_INPUT_SCALES, below; or, with it off, per token), quantised inside the compiled block so inductor
+fuses the cast into the LayerNorm / GELU kernel before the product, then torch._scaled_mm with the scales and the
+bias, bf16 out. Runs on the CPU too (for the tests).
 
 STATIC_INPUT_SCALES (the benchmark's "+st"): one fixed scale per layer input instead of per token. The H100 profile
 of the per-token scheme (benchmarks/results/gpu_profile_*_fp8_mk.md) spends 54 of a 119 ms step in the kernels that

@@ -155,8 +155,8 @@ def sample(
 ) -> torch.Tensor:
     """Integrate from t = 1 (noise) to t = 0; returns the final state in float32.
 
-    fast: route to gmem_explore.fast (same noise, same images within 2% in bf16 and fp8, 1e-4 in fp32; float32
-    state): None = on for GMemSiT models on CUDA, off elsewhere; True; False; or a precision of fast.PRECISIONS
+    fast: route to gmem_explore.fast (same noise, same images within 2% in bf16, 1e-4 in fp32; fp8 is faster but
+    not within 2% on a trained model; float32 state): None = on for GMemSiT models on CUDA, off elsewhere; True; False; or a precision of fast.PRECISIONS
     ("bf16", "fp32", "fp8", "fp8-mlp"). With None or True the precision is fast.resolve_precision's default.
     A torch module left in training mode samples as in eval mode (no snippet dropout; see eval_mode).
     """

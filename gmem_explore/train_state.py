@@ -98,6 +98,7 @@ class TrainerState:
         self.generator.set_state(tensors["rng.trainer"])
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
+        self._last_save = None  # another state from here on, maybe at the same step: the next save must write
 
     def export(self, folder, bank, encoder=None, sampler: dict | None = None, info: dict | None = None,
                bank_dtype=None, autoencoder: dict | None = None) -> Path:

@@ -8,6 +8,7 @@ import torch
 
 from gmem_explore import GMemPipeline, MemoryBank, build_model
 from gmem_explore.data import load_digits
+from gmem_explore.safefiles import load_tensors
 from gmem_explore.train import TrainConfig, Trainer
 
 from conftest import TINY, free_port, randomize
@@ -593,3 +594,24 @@ def test_snippet_conditions_are_normalised(digits):
     torch.testing.assert_close(scaled.conditions, rows / rows.norm(dim=1, keepdim=True))
     assert scaled_loss == loss
     assert first_loss(conditions(len(digits), seed=3))[1] != loss  # the check can fail: the snippet matters
+
+
+def test_save_unless_current_writes_after_a_load_at_the_same_step(digits, tmp_path):
+    """save_state_unless_current skips only a save this Trainer already made of its current state: after load_state
+    of another file at the same step the weights differ, so it writes again."""
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    trainer = make(digits, steps=2, batch_size=4)
+    trainer.fit()
+    trainer.save_state(a)
+    stamp = a.stat().st_mtime_ns
+    trainer.save_state_unless_current(a)
+    assert a.stat().st_mtime_ns == stamp  # the same state at the same step: not written again
+    other = make(digits, steps=2, batch_size=4, lr=1e-2)
+    other.fit()
+    other.save_state(b)
+    trainer.load_state(b)  # step 2 again, other weights
+    trainer.save_state_unless_current(a)
+    assert load_tensors(a)[1]["step"] == 2
+    written, loaded = load_tensors(a)[0], load_tensors(b)[0]
+    modules = [k for k in loaded if k.startswith("module.")]
+    assert modules and all(torch.equal(written[k], loaded[k]) for k in modules)  # b's weights, not the first run's
