@@ -231,12 +231,17 @@ def test_fp8_error_trained_smoke(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import fp8_error_trained
 
-    result = fp8_error_trained.main(["--steps", "2", "--images", "2", "--out", str(tmp_path)])
-    assert set(result["runs"]) == {label for label, _, _ in fp8_error_trained.RUNS}
+    linear = fp8.linear
+    result = fp8_error_trained.main(["--steps", "4", "--images", "2", "--out", str(tmp_path), "--fp8-until", "0.5"])
+    half = "fp8 for the first 50% of the steps, then bf16"
+    assert set(result["runs"]) == {label for label, _, _ in fp8_error_trained.RUNS} | {half}
     assert all(0 < row["max"] < 0.5 for row in result["runs"].values())  # rounded, not wrong
-    assert fp8.STATIC_INPUT_SCALES is True  # restored after the per-token run
+    runs = result["runs"]  # half the steps in FP8: neither the all-FP8 images nor bf16's
+    assert runs[half]["per_image"] != runs["fp8 (static scales, the fp8 default)"]["per_image"]
+    assert runs[half]["per_image"] != runs["bf16"]["per_image"]
+    assert fp8.STATIC_INPUT_SCALES is True and fp8.linear is linear  # restored
     table = (tmp_path / "fp8_error_trained.md").read_text()
-    assert table.count("\n| ") == 1 + len(fp8_error_trained.RUNS)  # header + one row per run
+    assert table.count("\n| ") == 2 + len(fp8_error_trained.RUNS)  # header + one row per run
 
 
 def test_gpu_profile_smoke(tmp_path):
