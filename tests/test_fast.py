@@ -242,6 +242,9 @@ def test_fp8_error_trained_smoke(tmp_path):
     assert fp8.STATIC_INPUT_SCALES is True and fp8.linear is linear  # restored
     table = (tmp_path / "fp8_error_trained.md").read_text()
     assert table.count("\n| ") == 2 + len(fp8_error_trained.RUNS)  # header + one row per run
+    with pytest.raises(SystemExit):  # the step switch only works eagerly: refused on CUDA before anything loads
+        fp8_error_trained.main(["--device", "cuda", "--out", str(tmp_path / "no")])
+    assert not (tmp_path / "no").exists()
 
 
 def test_gpu_profile_smoke(tmp_path):
