@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from gmem_explore.model import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
-from gpu_sampler import randomize  # noqa: E402  (benchmarks/ is this script's folder)
+from gpu_sampler import randomize, relative_l2  # noqa: E402  (benchmarks/ is this script's folder)
 
 
 def main(argv=None):
@@ -55,7 +55,7 @@ def main(argv=None):
     print(f"reference (fp32): {seconds:.0f} s", flush=True)
     for precision in filter(None, args.precisions.split(",")):
         out, seconds = run(precision)
-        rel = ((out - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).tolist()
+        rel = relative_l2(out, reference)
         result["errors"][precision] = {"max": max(rel), "per_image": rel, "seconds": round(seconds, 1)}
         print(f"{precision}: max rel L2 {max(rel):.4f} ({seconds:.0f} s)", flush=True)
         out_dir = Path(args.out)

@@ -32,6 +32,7 @@ from gmem_explore import fp8  # noqa: E402
 from gmem_explore.pipeline import GMemPipeline  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
+from gpu_sampler import relative_l2  # noqa: E402  (benchmarks/ is this script's folder)
 
 SAME_IMAGES = 0.02  # issue 5's bound on the final latents' relative L2 error
 RUNS = (("bf16", "bf16", None), ("fp8-mlp", "fp8-mlp", True), ("fp8, per-token scales", "fp8", False),
@@ -59,24 +60,24 @@ def main(argv=None):
     rows = [i * len(pipe.bank) // args.images for i in range(args.images)]
     snippets = torch.nn.functional.normalize(pipe.bank.snippets(rows).float(), dim=-1).to(args.device)
 
-    fp8_on = {"until": None}
+    switch = {"until": None, "fp8": True}  # FP8 products until step `until` (None: the whole run)
     quantised = fp8.linear
 
-    def linear_until(layer, x):  # bf16 product (the layer itself) once the step callback has passed `until`
-        return layer(x) if fp8_on["until"] == "passed" else quantised(layer, x)
+    def linear_until(layer, x):  # bf16 product (the layer itself) once the step callback has switched FP8 off
+        return quantised(layer, x) if switch["fp8"] else layer(x)
 
     def switch_off_after(info):
-        if fp8_on["until"] is not None and fp8_on["until"] != "passed" and info.step >= fp8_on["until"]:
-            fp8_on["until"] = "passed"
+        if switch["until"] is not None and info.step >= switch["until"]:
+            switch["fp8"] = False
 
     def run(fast, until=None):
-        fp8_on["until"] = until
+        switch.update(until=until, fp8=True)
         gens = make_generators(range(args.images), args.device)
         noise = initial_noise(gens, (cfg.in_channels, cfg.input_size, cfg.input_size), args.device)
         return sample(model, noise, snippets, "sde", args.steps, gens, fast=fast, callback=switch_off_after)
 
     start = time.perf_counter()
-    reference = run(False).double()
+    reference = run(False)
     results = {"checkpoint": args.checkpoint, "steps": args.steps, "images": args.images, "bank_rows": rows,
                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "torch": torch.__version__, "runs": {}}
@@ -88,8 +89,8 @@ def main(argv=None):
         for label, precision, static, *until in runs:
             if static is not None:
                 fp8.STATIC_INPUT_SCALES = static
-            out = run(precision, *until).double()
-            rel = ((out - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).tolist()
+            out = run(precision, *until)
+            rel = relative_l2(out, reference)
             results["runs"][label] = {"precision": precision, "static_scales": static, "max": max(rel),
                                       "mean": sum(rel) / len(rel), "per_image": rel}
             print(f"{label:40s} max {max(rel):.4f}  mean {sum(rel) / len(rel):.4f}", flush=True)

@@ -74,8 +74,7 @@ def default_factory(device: str = "cpu", revisions: dict | None = None) -> Calla
     """Loads a checkpoint by name or path; `revisions` pins Hub names to a version (app.py --revision applies to
     its --checkpoint only: another model picked in the Model panel loads its newest version)."""
     def load(name: str) -> GMemPipeline:
-        revision = (revisions or {}).get(name)
-        return GMemPipeline.from_pretrained(name, device=device, **({"revision": revision} if revision else {}))
+        return GMemPipeline.from_pretrained(name, device=device, revision=(revisions or {}).get(name))
     return load
 
 
@@ -150,7 +149,7 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
     if revision is not None and pipeline_factory is not None:
         raise ValueError("revision= pins the default factory's checkpoint; a pipeline_factory of your own "
                          "chooses its versions itself")
-    factory = pipeline_factory or default_factory(device, {checkpoint: revision} if revision else None)
+    factory = pipeline_factory or default_factory(device, {checkpoint: revision})
     ctx = AppContext(PipelineStore(factory, checkpoint), limits or Limits(),
                      spaces_gpu() if use_spaces_gpu else (lambda fn: fn))
     pipe = ctx.store.get()
