@@ -5,7 +5,7 @@
     python app.py --host 0.0.0.0 --port 8080
 
 Also the entry point of the Hugging Face Space (README front matter: sdk gradio, app_file app.py).
-The app itself lives in gmem_explore/ui.py; this file only reads flags and launches it.
+The app itself lives in gmem_explore/app/; this file only reads flags and launches it.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"{source} is {args.max_file_size!r}: give a whole number and a unit, e.g. 500kb or 10mb")
     if args.port is not None and not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
-    from gmem_explore.hub import check_revision  # light: huggingface_hub is imported only when a download starts
+    from gmem_explore.checkpoints.hub import check_revision  # light: huggingface_hub is imported only when a download starts
 
     try:
         check_revision(args.checkpoint, args.revision)  # before the model loads, not after
@@ -106,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_error(checkpoint: str, device: str, error: Exception) -> int:
     """Print why the start-up checkpoint could not be loaded, as `gmem` prints its errors; the exit status."""
-    from gmem_explore.hub import available
+    from gmem_explore.checkpoints.hub import available
 
     message = f"python app.py: error: could not load checkpoint {checkpoint!r} on device {device!r}: {error}"
     if isinstance(error, (ValueError, OSError)):
@@ -122,8 +122,8 @@ def main(argv=None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no telemetry calls
     import torch
 
-    from gmem_explore.ui import build_app, launch
-    from gmem_explore.ui_common import Limits
+    from gmem_explore.app.server import build_app, launch
+    from gmem_explore.app.common import Limits
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     limits = Limits(max_images=args.max_images, max_steps=args.max_steps, max_frames=args.max_frames,

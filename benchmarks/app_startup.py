@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))  # the uninstalled checkout
-from gmem_explore.sharded import free_port  # noqa: E402
+from gmem_explore.evaluation.fid_sampling import free_port  # noqa: E402
 BASELINE_APP = textwrap.dedent("""
     import sys, gradio as gr
     with gr.Blocks() as demo:
@@ -99,7 +99,7 @@ def bench_generation(checkpoint: str, repeats: int) -> dict:
     from gradio_client import Client
 
     from gmem_explore.pipeline import GMemPipeline
-    from gmem_explore.ui import build_app, launch
+    from gmem_explore.app.server import build_app, launch
 
     pipe = GMemPipeline.from_pretrained(checkpoint)
     method, steps = pipe.sampler.get("method", "sde"), int(pipe.sampler.get("steps", 250))

@@ -1,4 +1,4 @@
-"""What a 2-D map of the released-size bank (640,000 x 768, fp16) costs through gmem_explore.bankmap.embed_2d.
+"""What a 2-D map of the released-size bank (640,000 x 768, fp16) costs through gmem_explore.bank.map2d.embed_2d.
 
     python benchmarks/bank_map_640k.py                        # UMAP on 5,000 / 10,000 / 20,000 rows, extrapolated
     python benchmarks/bank_map_640k.py --umap-rows 50000      # measure the default 50,000-row map directly
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gmem_explore.bankmap import embed_2d, subsample_indices  # noqa: E402
-from gmem_explore.bank import normalize  # noqa: E402
+from gmem_explore.bank.map2d import embed_2d, subsample_indices  # noqa: E402
+from gmem_explore.bank.memory import normalize  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

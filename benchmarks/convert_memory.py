@@ -45,7 +45,7 @@ class PeakSampler(threading.Thread):
 def child(method: str, src: str, out: str, model: str) -> dict:
     import torch  # noqa: F401  (imported before the baseline is taken)
 
-    from gmem_explore.official import convert_official
+    from gmem_explore.checkpoints.official import convert_official
 
     sampler = PeakSampler()
     sampler.start()

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gmem_explore.model import build_model, model_config  # noqa: E402
+from gmem_explore.models.sit import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
 from gpu_sampler import randomize, relative_l2  # noqa: E402  (benchmarks/ is this script's folder)

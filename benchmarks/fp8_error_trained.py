@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gmem_explore import fp8  # noqa: E402
+from gmem_explore.sampling import fp8  # noqa: E402
 from gmem_explore.pipeline import GMemPipeline  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402

@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gmem_explore import fast, fp8, model as model_module  # noqa: E402
-from gmem_explore.model import build_model, model_config  # noqa: E402
+from gmem_explore.sampling import fast, fp8
+from gmem_explore.models import sit as model_module  # noqa: E402
+from gmem_explore.models.sit import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
 

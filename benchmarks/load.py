@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]  # the package (uninstalled checkout) and the tests' tiny app
-from gmem_explore.sharded import free_port  # noqa: E402
+from gmem_explore.evaluation.fid_sampling import free_port  # noqa: E402
 ROW = 5  # the bank row every session overwrites with its own colour
 MAX_CLIENTS = 64  # a hard cap: this is a benchmark on one machine, not a stress tool
 
@@ -45,15 +45,15 @@ def build_tiny_app(max_images: int = 4):
     torch.set_num_threads(1)
     from app_tiny import tiny_factory
 
-    from gmem_explore.ui import build_app
-    from gmem_explore.ui_common import Limits
+    from gmem_explore.app.server import build_app
+    from gmem_explore.app.common import Limits
 
     return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0, max_images=max_images),
                      use_spaces_gpu=False)
 
 
 def serve(port: int, max_queue: int) -> None:
-    from gmem_explore.ui import launch
+    from gmem_explore.app.server import launch
 
     demo = build_tiny_app()
     launch(demo, host="127.0.0.1", port=port, max_queue=max_queue, prevent_thread_lock=True, quiet=True)
@@ -113,7 +113,7 @@ def one_client(url: str, i: int, folder: Path, deadline: float, steps: int = 2) 
             seen = mean_colour(details[0])
             mine = colour_of(i)
             out["isolated"] = max(abs(a - b) for a, b in zip(seen, mine)) < 24
-    from gmem_explore.ui_generate import SOURCES
+    from gmem_explore.app.generate_tab import SOURCES
 
     images = call(SOURCES[0], 0, "red", None, 2, i, False, steps, "euler", 1.0, api_name="/generate")
     if images is not None and len(images[0]) != 2:

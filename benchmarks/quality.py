@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from gmem_explore import GMemPipeline, build_model  # noqa: E402
 from gmem_explore.data import load_twemoji  # noqa: E402
-from gmem_explore.metrics import frechet_distance, nearest_training, precision_recall  # noqa: E402
-from gmem_explore.train import TrainConfig, Trainer  # noqa: E402
+from gmem_explore.evaluation.metrics import frechet_distance, nearest_training, precision_recall  # noqa: E402
+from gmem_explore.train.trainer import TrainConfig, Trainer  # noqa: E402
 from gmem_explore.viz import image_grid  # noqa: E402
 
 

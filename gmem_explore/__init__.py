@@ -11,14 +11,16 @@ __version__ = "0.1.0"
 # public name -> the submodule that defines it
 _WHERE = {
     "MemoryBank": "bank", "index_from_noise": "bank", "mix": "bank", "normalize": "bank",
-    "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "GMemSiT": "model", "ModelConfig": "model", "build_model": "model", "load_network_state": "model",
+    "Checkpoint": "checkpoints.folder", "load_checkpoint": "checkpoints.folder",
+    "save_checkpoint": "checkpoints.folder",
+    "GMemSiT": "models", "ModelConfig": "models", "build_model": "models", "load_network_state": "models",
     "Generation": "pipeline", "GMemPipeline": "pipeline",
     "METHODS": "sampling", "StepInfo": "sampling", "sample": "sampling", "time_grid": "sampling",
 }
 
-# submodules that `import gmem_explore` used to load (through the names above): still reachable as attributes
-_SUBMODULES = {"autoencoders", "bank", "bank_checks", "checkpoint", "model", "pipeline", "safefiles", "sampling", "viz"}
+# subpackages reachable as attributes after a bare `import gmem_explore` (gmem_explore.bank.MemoryBank)
+_SUBMODULES = {"app", "autoencoders", "bank", "checkpoints", "cli", "encoders", "evaluation", "models", "notebook",
+               "pipeline", "safefiles", "sampling", "train", "viz"}
 
 __all__ = [
     "Checkpoint", "GMemPipeline", "GMemSiT", "Generation", "METHODS", "MemoryBank", "ModelConfig", "StepInfo",

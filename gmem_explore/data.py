@@ -144,7 +144,7 @@ def load_twemoji(size: int = 32, split: str = "train", skin_tones: bool = False,
     data = None
     path = cache_dir() / f"twemoji-{size}{'-skin' if skin_tones else ''}.safetensors"
     if cache and path.is_file():
-        from .safefiles import load_tensors
+        from .safefiles import load_tensors  # imports torch: `import gmem_explore.data` (the CLI) does not wait for it
         try:
             tensors, meta = load_tensors(path, mmap=False)
             data = ImageSet(tensors["images"], tensors["labels"], meta["label_names"], meta["names"])
@@ -155,7 +155,7 @@ def load_twemoji(size: int = 32, split: str = "train", skin_tones: bool = False,
     if data is None:
         data = _decode_twemoji(size, skin_tones)
         if cache:
-            from .safefiles import save_tensors
+            from .safefiles import save_tensors  # imports torch, as above
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_tensors(path, {"images": data.images, "labels": data.labels},

@@ -40,7 +40,7 @@ def checkpoint_files(folder) -> str:
     (safetensors writes metadata keys in no fixed order; a streamed conversion and save_checkpoint order tensors
     differently) does not count. Every byte is read, as sampled blocks would miss an edited bank row: gmem-v1-xl's
     2.7 GB network and 1 GB bank take about 2-4 s of one core (sha256 at 1-2 GB/s) on a run of GPU-hours."""
-    from .safefiles import read_header
+    from .safefiles import read_header  # imports torch: the CLI reads fingerprints before any command runs
 
     folder = Path(folder)
     digest = hashlib.sha256()

@@ -15,14 +15,15 @@ from typing import Callable, Sequence
 import torch
 
 from .autoencoders import PixelSpace, SDVAE
-from .bank import MIX_METHODS, MemoryBank, normalize
-from .bank import mix as mix_snippets  # interpolate's `mix` argument names the method
-from .bank_checks import check_snippets
-from .checkpoint import Checkpoint, load_checkpoint
+from .bank.memory import MIX_METHODS, MemoryBank, normalize
+from .bank.memory import mix as mix_snippets  # interpolate's `mix` argument names the method
+from .bank.checks import check_snippets
+from .checkpoints.folder import Checkpoint, load_checkpoint
 from .devices import check_device
 from .sampling import StepInfo, check_guidance, check_method_and_steps, initial_noise, make_generators, sample
 from .viz import image_grid, to_pil
 from .values import is_whole
+from .checkpoints import hub
 
 CHOICES = ("noise", "frequency", "uniform")
 MAX_SEED = 2**63 - 1
@@ -135,10 +136,9 @@ class GMemPipeline:
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device="cpu", **kwargs) -> "GMemPipeline":
         """A named checkpoint ("emoji-32", the default; "gmem-v1-xl") or a local checkpoint folder."""
-        from .hub import resolve_checkpoint  # hub imports huggingface_hub lazily
 
         device = check_device(device)  # before a download or a load
-        folder = resolve_checkpoint(name_or_path, **kwargs)
+        folder = hub.resolve_checkpoint(name_or_path, **kwargs)  # looked up here: tests replace it
         return cls.from_checkpoint(load_checkpoint(folder, device=device), device=device)
 
     # ---- what it is ---------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from gmem_explore.bank import MemoryBank  # noqa: E402
-from gmem_explore.bankmap import embed_2d, scatter_figure  # noqa: E402
-from gmem_explore.hub import resolve_checkpoint  # noqa: E402
-from gmem_explore.notebook import labelled_grid  # noqa: E402
+from gmem_explore.bank.memory import MemoryBank  # noqa: E402
+from gmem_explore.bank.map2d import embed_2d, scatter_figure  # noqa: E402
+from gmem_explore.checkpoints.hub import resolve_checkpoint  # noqa: E402
+from gmem_explore.notebook.helpers import labelled_grid  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 
 

@@ -11,7 +11,7 @@ Stages (each is skipped when its output already exists in --out, so an interrupt
 1. snippet encoder: ConvEncoder trained on the Twemoji train split (group head + linear reconstruction);
    k-NN (k=5) group accuracy on the held-out emojis is measured against raw pixels and written to encoder.json.
 2. bank: one row per training emoji = encoder(thumbnail), group labels, 32x32 thumbnails, frequency 1.
-3. generator: a small GMem SiT on 32x32 pixels, trained with gmem_explore.train.Trainer; the training state is
+3. generator: a small GMem SiT on 32x32 pixels, trained with gmem_explore.train.trainer.Trainer; the training state is
    saved every --checkpoint-every steps to --out/state.safetensors and picked up again on restart.
 4. export (--export FOLDER): EMA weights + bank (fp16) + encoder + sampler settings + figures as a checkpoint folder.
 """
@@ -29,13 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gmem_explore.autoencoders import from_uint8  # noqa: E402
-from gmem_explore.bank import MemoryBank  # noqa: E402
+from gmem_explore.bank.memory import MemoryBank  # noqa: E402
 from gmem_explore.data import TWEMOJI_ATTRIBUTION, load_twemoji  # noqa: E402
-from gmem_explore.encoders import ConvEncoder, train_conv_encoder  # noqa: E402
-from gmem_explore.metrics import knn_accuracy  # noqa: E402
-from gmem_explore.model import build_model  # noqa: E402
+from gmem_explore.encoders.conv import ConvEncoder, train_conv_encoder  # noqa: E402
+from gmem_explore.evaluation.metrics import knn_accuracy  # noqa: E402
+from gmem_explore.models.sit import build_model  # noqa: E402
 from gmem_explore.safefiles import load_tensors, save_tensors  # noqa: E402
-from gmem_explore.train import TrainConfig, Trainer  # noqa: E402
+from gmem_explore.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 # The generator: 64 tokens (patch 4) keep sampling cheap on a 2-core CPU. Measured here, 16 images with heun 8:
 # width 192 depth 6 1.4 s, width 192 depth 8 1.9 s, width 256 depth 8 2.9 s, patch 2 (width 128) 4.5 s; the

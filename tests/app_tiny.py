@@ -72,8 +72,8 @@ def tiny_factory(name: str) -> GMemPipeline:
 
 def tiny_demo(**limits):
     """The app on the tiny pipeline, without the live preview's pause; `limits` override Limits' other defaults."""
-    from gmem_explore.ui import build_app
-    from gmem_explore.ui_common import Limits
+    from gmem_explore.app.server import build_app
+    from gmem_explore.app.common import Limits
 
     return build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0, **limits), use_spaces_gpu=False)
 

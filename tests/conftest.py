@@ -19,9 +19,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 hypothesis.settings.register_profile("gmem", derandomize=True, database=None)
 hypothesis.settings.load_profile("gmem")
 
-from gmem_explore import GMemPipeline, MemoryBank, build_model  # noqa: E402
+from gmem_explore import GMemPipeline, offline, MemoryBank, build_model  # noqa: E402
 from gmem_explore.autoencoders import PixelSpace  # noqa: E402
-from gmem_explore.sharded import free_port  # noqa: E402,F401  (tests import it from here)
+from gmem_explore.evaluation.fid_sampling import free_port  # noqa: E402,F401  (tests import it from here)
 
 TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, encoder_depth=1,
             projector_dim=32, repa_dim=16, snippet_dim=16)
@@ -46,11 +46,9 @@ def randomize(model, seed=0, std=0.05):
 def forget_failed_hub_probes():
     """hub_reachable remembers a failed probe for a minute (per address): each test starts without that memory,
     so a test that fakes a reachable Hub is not answered by an earlier test's failure."""
-    from gmem_explore import hub
-
-    hub._unreachable_since.clear()
+    offline._unreachable_since.clear()
     yield
-    hub._unreachable_since.clear()
+    offline._unreachable_since.clear()
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from gmem_explore import GMemPipeline, MemoryBank, build_model, index_from_noise, mix, normalize
-from gmem_explore.encoders import ConvEncoder
-from gmem_explore.model import ModelConfig
+from gmem_explore.encoders.conv import ConvEncoder
+from gmem_explore.models.sit import ModelConfig
 from gmem_explore.viz import image_grid
 from gmem_explore.images import ImageError, as_uint8_batch, load_rgb
 from gmem_explore.sampling import check_guidance, sample

@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 
 from app_tiny import ROWS, tiny_pipeline
-from gmem_explore import GMemPipeline, MemoryBank, bank_tools
-from gmem_explore.checkpoint import Checkpoint, save_checkpoint
-from gmem_explore.ui import load_checkpoint
-from gmem_explore.ui_common import RANDOM_SEEDS, UserError, friendly, spaces_gpu, stopped
-from gmem_explore.ui_files import upload_to_image
-from gmem_explore import ui_bank, ui_generate, ui_interpolate, ui_swap
+from gmem_explore import GMemPipeline, MemoryBank
+from gmem_explore.bank import tools as bank_tools
+from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
+from gmem_explore.app.server import load_checkpoint
+from gmem_explore.app.common import RANDOM_SEEDS, UserError, friendly, spaces_gpu, stopped
+from gmem_explore.app.files import upload_to_image
+from gmem_explore.app import bank_tab as ui_bank, generate_tab as ui_generate, interpolate_tab as ui_interpolate, swap_tab as ui_swap
 
 from conftest import free_port, upload_folder
 
@@ -214,7 +215,7 @@ def test_generate_and_swap_name_their_shared_settings_alike(demo):
 def test_model_panel_counts_the_parameters_that_generate():
     """The panel counted the REPA projector, which only the training loss uses: emoji-32 read 4.7M parameters where
     the README says 4.3M in use. Counts below 0.1M are written out (a tiny model read "0.0M parameters")."""
-    from gmem_explore.ui import describe
+    from gmem_explore.app.server import describe
 
     pipe = tiny_pipeline()
     projector = sum(p.numel() for n, p in pipe.model.named_parameters() if n.startswith("projectors."))
@@ -399,7 +400,7 @@ def test_spaces_gpu_is_a_no_op_without_spaces():
 def test_app_revision_pins_its_checkpoint_only(monkeypatch):
     """build_app(revision=...) loads its checkpoint at that version; a model picked later in the Model panel
     loads without it (a revision belongs to one Hub checkpoint); with a factory of one's own it is refused."""
-    from gmem_explore.ui import build_app
+    from gmem_explore.app.server import build_app
 
     loads = []
 
@@ -503,7 +504,7 @@ def test_app_refuses_a_bad_checkpoint_with_a_message(tmp_path):
 # ---- through gradio_client -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(demo):
-    from gmem_explore.ui import launch
+    from gmem_explore.app.server import launch
 
     launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
     yield demo.local_url
@@ -573,7 +574,7 @@ def test_two_sessions_do_not_share_an_edited_bank(server, pictures):
 
 
 def test_edited_bank_reuses_the_umap_map(ctx, pictures, tmp_path, monkeypatch):
-    import gmem_explore.bankmap as bankmap
+    import gmem_explore.bank.map2d as bankmap
 
     monkeypatch.setenv("GMEM_CACHE", str(tmp_path))
     monkeypatch.setattr(bankmap, "umap_2d", lambda x, seed: bankmap.pca_2d(x))  # a stand-in fit, fast

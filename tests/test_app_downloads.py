@@ -9,8 +9,8 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from gmem_explore import ui_swap
-from gmem_explore.ui_files import file_stem, png_files
+from gmem_explore.app import swap_tab as ui_swap
+from gmem_explore.app.files import file_stem, png_files
 
 pytest_plugins = ["app_tiny"]  # the demo, ctx and red fixtures
 

@@ -12,10 +12,10 @@ from gradio.state_holder import SessionState
 
 from app_tiny import ROWS
 from conftest import upload_folder
-from gmem_explore import ui_bank, ui_interpolate, ui_swap
-from gmem_explore.ui import load_checkpoint
-from gmem_explore.ui_common import friendly
-from gmem_explore.ui_files import upload_to_image
+from gmem_explore.app import bank_tab as ui_bank, interpolate_tab as ui_interpolate, swap_tab as ui_swap
+from gmem_explore.app.server import load_checkpoint
+from gmem_explore.app.common import friendly
+from gmem_explore.app.files import upload_to_image
 
 pytest_plugins = ["app_tiny"]  # the demo, ctx and red fixtures
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from app_tiny import tiny_pipeline
-from gmem_explore import ui_files
+from gmem_explore.app import files as ui_files
 from gmem_explore.sampling import StepInfo
-from gmem_explore.ui_common import AppContext, Limits, PipelineStore, run_live
-from gmem_explore.ui_files import scratch_path
+from gmem_explore.app.common import AppContext, Limits, PipelineStore, run_live
+from gmem_explore.app.files import scratch_path
 
 
 def test_a_slow_load_blocks_only_requests_for_that_model():
@@ -92,7 +92,7 @@ def test_scratch_files_older_than_an_hour_are_removed(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("writer", ["download", "gif"])
 def test_downloads_and_gifs_are_written_to_the_scratch_folder(writer, tmp_path, monkeypatch):
-    from gmem_explore import ui_interpolate, ui_swap
+    from gmem_explore.app import interpolate_tab as ui_interpolate, swap_tab as ui_swap
 
     monkeypatch.setattr(ui_files, "SCRATCH", tmp_path / "scratch")
     if writer == "gif":
@@ -106,7 +106,7 @@ def test_downloads_and_gifs_are_written_to_the_scratch_folder(writer, tmp_path, 
 def test_edited_banks_together_stay_within_their_memory_limit():
     import gc
 
-    from gmem_explore.ui_common import UserError, bank_bytes
+    from gmem_explore.app.common import UserError, bank_bytes
 
     one = bank_bytes(tiny_pipeline().bank)
     ctx = AppContext(PipelineStore(lambda name: tiny_pipeline(), "tiny"), Limits(max_edited_bank_bytes=one * 3 // 2))

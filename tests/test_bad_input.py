@@ -30,12 +30,12 @@ from conftest import TINY, randomize  # noqa: E402
 
 from gmem_explore import GMemPipeline, MemoryBank, build_model, mix  # noqa: E402
 from gmem_explore.autoencoders import PixelSpace  # noqa: E402
-from gmem_explore.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from gmem_explore.checkpoints.folder import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from gmem_explore.data import load_folder  # noqa: E402
 from gmem_explore.images import ImageError, load_rgb  # noqa: E402
-from gmem_explore.official import UnsafeCheckpointError, convert_official  # noqa: E402
+from gmem_explore.checkpoints.official import UnsafeCheckpointError, convert_official  # noqa: E402
 from gmem_explore.sampling import sample  # noqa: E402
-from gmem_explore.train import TrainConfig, Trainer  # noqa: E402
+from gmem_explore.train.trainer import TrainConfig, Trainer  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gmem_explore import MemoryBank, index_from_noise, mix
-from gmem_explore.bank import CHOOSE_STRATEGIES, MIX_METHODS, SAVE_DTYPES, normalize
+from gmem_explore.bank.memory import CHOOSE_STRATEGIES, MIX_METHODS, SAVE_DTYPES, normalize
 
 
 def test_round_trip_keeps_everything(tmp_path, tiny_bank):
@@ -371,7 +371,7 @@ def test_nearest_refuses_a_chunk_below_one(tiny_bank):
 
 # ---- compressed banks ----------------------------------------------------------------------------------------
 def test_memorybank_load_reads_a_compressed_bank_with_its_extras(tmp_path, tiny_bank):
-    from gmem_explore.bank_tools import LowRankBank, compress
+    from gmem_explore.bank.lowrank import LowRankBank, compress
 
     path = tmp_path / "low.safetensors"
     compress(tiny_bank, rank=16, coeff_dtype=torch.float32).save(path)
@@ -387,7 +387,7 @@ def test_memorybank_load_reads_a_compressed_bank_with_its_extras(tmp_path, tiny_
 
 
 def test_the_cli_compressed_file_opens_with_memorybank_load(tmp_path, capsys, tiny_bank):
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     tiny_bank.save(tmp_path / "bank.safetensors")
     out = tmp_path / "low.safetensors"

@@ -7,9 +7,9 @@ import types
 import torch
 from PIL import Image
 
-import gmem_explore.checkpoint
-import gmem_explore.hub
-from gmem_explore.commands.build_bank import build_bank
+import gmem_explore.checkpoints.folder
+import gmem_explore.checkpoints.hub
+from gmem_explore.cli.build_bank import build_bank
 
 
 class StandInEncoder:
@@ -21,8 +21,8 @@ class StandInEncoder:
 
 
 def test_a_folder_whose_name_starts_with_twemoji_gets_no_twemoji_licence(tmp_path, monkeypatch):
-    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", lambda name: "stand-in")
-    monkeypatch.setattr(gmem_explore.checkpoint, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
+    monkeypatch.setattr(gmem_explore.checkpoints.hub, "resolve_checkpoint", lambda name: "stand-in")
+    monkeypatch.setattr(gmem_explore.checkpoints.folder, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
     folder = tmp_path / "twemoji_fanart"
     for i, group in enumerate(["cats", "dogs", "cats"]):
         (folder / group).mkdir(parents=True, exist_ok=True)
@@ -38,8 +38,8 @@ def test_a_folder_whose_name_starts_with_twemoji_gets_no_twemoji_licence(tmp_pat
 def test_the_split_asked_for_is_the_split_encoded(tmp_path, monkeypatch):
     from gmem_explore.data import load_folder
 
-    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", lambda name: "stand-in")
-    monkeypatch.setattr(gmem_explore.checkpoint, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
+    monkeypatch.setattr(gmem_explore.checkpoints.hub, "resolve_checkpoint", lambda name: "stand-in")
+    monkeypatch.setattr(gmem_explore.checkpoints.folder, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
     for i in range(20):
         Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(tmp_path / f"{i}.png")
     train = load_folder(tmp_path, 8, "train")
@@ -51,12 +51,12 @@ def test_the_split_asked_for_is_the_split_encoded(tmp_path, monkeypatch):
 
 def test_the_command_stores_rows_in_the_dtype_asked_and_credits_twemoji(tmp_path, monkeypatch):
     import gmem_explore.data
-    from gmem_explore.bank import MemoryBank
-    from gmem_explore.cli import main
+    from gmem_explore.bank.memory import MemoryBank
+    from gmem_explore.cli.main import main
     from gmem_explore.data import TWEMOJI_ATTRIBUTION, ImageSet
 
-    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", lambda name: "stand-in")
-    monkeypatch.setattr(gmem_explore.checkpoint, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
+    monkeypatch.setattr(gmem_explore.checkpoints.hub, "resolve_checkpoint", lambda name: "stand-in")
+    monkeypatch.setattr(gmem_explore.checkpoints.folder, "load_checkpoint", lambda folder: types.SimpleNamespace(encoder=StandInEncoder()))
     emoji = ImageSet(torch.randint(1, 255, (3, 8, 8, 3), dtype=torch.uint8), torch.tensor([0, 1, 0]), ["x", "y"],
                      ["1f600:grinning", "1f601:grin", "1f602:joy"])
     monkeypatch.setattr(gmem_explore.data, "load_dataset", lambda name, size, split: emoji)  # no 5 s decode

@@ -63,7 +63,7 @@ def test_replace_in_a_bank_whose_rows_share_memory_changes_one_row():
 
 
 def test_normalize_gives_unit_rows_or_exact_zeros_and_is_idempotent():
-    from gmem_explore.bank import normalize
+    from gmem_explore.bank.memory import normalize
 
     rows = torch.tensor([[3.0, 4.0], [1e-13, 0.0], [0.0, 0.0]])
     out = normalize(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gmem_explore import MemoryBank
-from gmem_explore.bank_figures import group_similarity_figure, neighbour_agreement
+from gmem_explore.notebook.bank_figures import group_similarity_figure, neighbour_agreement
 
 
 def crossed_bank() -> MemoryBank:
@@ -33,7 +33,7 @@ def test_agreement_draws_its_queries_from_every_part_of_the_bank():
 
 
 def test_the_share_curve_starts_with_the_most_frequent_rows():
-    from gmem_explore.bank_figures import frequency_figure
+    from gmem_explore.notebook.bank_figures import frequency_figure
 
     freq = torch.ones(10, dtype=torch.float64)
     freq[7] = 91.0

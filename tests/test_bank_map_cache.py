@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gmem_explore import MemoryBank
-from gmem_explore.bankmap import embed_2d, is_cached
+from gmem_explore.bank.map2d import embed_2d, is_cached
 from gmem_explore.safefiles import save_tensors
 
 

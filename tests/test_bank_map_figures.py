@@ -1,4 +1,4 @@
-"""Bank maps and their figures (tests written to kill mutants of bankmap.py that the suite let through): PCA's
+"""Bank maps and their figures (tests written to kill mutants of bank/map2d.py that the suite let through): PCA's
 fixed signs, small banks mapped by PCA whatever the method, the 'drawn uniformly' sentence, a selection that
 keeps its points in full colour and fades the rest."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from gmem_explore import MemoryBank
-from gmem_explore.bankmap import FADED_ALPHA, embed_2d, pca_2d, uniform_frequency, scatter_figure
+from gmem_explore.bank.map2d import FADED_ALPHA, embed_2d, pca_2d, uniform_frequency, scatter_figure
 
 
 def test_pca_signs_put_each_components_largest_loading_positive():

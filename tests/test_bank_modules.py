@@ -1,9 +1,9 @@
-"""bank.py was split (snippet arithmetic into snippet_math.py): every public name stays importable from where it was,
-as the same object, so user code and notebooks written against gmem_explore.bank keep working."""
+"""The bank package is split into modules (snippet arithmetic in bank/snippets.py): every public name is importable
+from gmem_explore.bank and from bank/memory.py as the same object, so user code does not depend on the split."""
 from __future__ import annotations
 
 import gmem_explore
-from gmem_explore import bank, snippet_math
+from gmem_explore.bank import memory as bank, snippets as snippet_math
 
 
 def test_the_names_moved_out_of_bank_are_still_there_and_the_same_objects():

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from gmem_explore.bank import MemoryBank, normalize
-from gmem_explore.bank_tools import LowRankBank, compress, nearest_rows, partner_row, statistics
-from gmem_explore.cli import main
+from gmem_explore.bank.memory import MemoryBank, normalize
+from gmem_explore.bank.tools import nearest_rows, partner_row, statistics
+from gmem_explore.bank.lowrank import LowRankBank, compress
+from gmem_explore.cli.main import main
 
 
 def low_rank_bank(n=300, d=32, rank=4, noise=0.0, seed=0):

@@ -1,10 +1,10 @@
-"""Bank tools at their edges (tests written to kill mutants of bank_tools.py that the older tests let through)."""
+"""Bank tools at their edges (tests written to kill mutants of bank/tools.py that the older tests let through)."""
 from __future__ import annotations
 
 import torch
 
-from gmem_explore.bank import MemoryBank
-from gmem_explore.bank_tools import partner_row
+from gmem_explore.bank.memory import MemoryBank
+from gmem_explore.bank.tools import partner_row
 
 
 def test_partner_row_is_never_the_row_itself_even_when_every_other_row_points_away():
@@ -17,7 +17,7 @@ def test_partner_row_is_never_the_row_itself_even_when_every_other_row_points_aw
 def test_bank_cli_prints_row_then_similarity_and_honours_sample(tmp_path, capsys):
     import json
 
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     rows = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
     path = tmp_path / "bank.safetensors"
@@ -33,7 +33,7 @@ def test_bank_cli_prints_row_then_similarity_and_honours_sample(tmp_path, capsys
 
 
 def test_statistics_top_1pct_share_counts_the_most_frequent_hundredth_of_rows():
-    from gmem_explore.bank_tools import statistics
+    from gmem_explore.bank.tools import statistics
 
     freq = torch.ones(200, dtype=torch.float64)
     freq[17] = 100.0  # 200 rows: the top 1% is 2 rows, row 17 and one of count 1
@@ -42,7 +42,7 @@ def test_statistics_top_1pct_share_counts_the_most_frequent_hundredth_of_rows():
 
 
 def test_compress_reports_sizes_against_the_rows_in_float16():
-    from gmem_explore.bank_tools import compress
+    from gmem_explore.bank.lowrank import compress
 
     low = compress(MemoryBank(torch.randn(300, 32, generator=torch.Generator().manual_seed(0))), rank=4)
     full, small = 300 * 32 * 2, 300 * 4 * 2 + 4 * 32 * 4 + 32 * 4  # fp16 rows; fp16 coeffs + fp32 basis and mean
@@ -50,7 +50,7 @@ def test_compress_reports_sizes_against_the_rows_in_float16():
 
 
 def test_compress_reports_the_variance_kept_and_orders_its_basis_largest_first():
-    from gmem_explore.bank_tools import compress
+    from gmem_explore.bank.lowrank import compress
 
     g = torch.Generator().manual_seed(0)
     rows = (torch.randn(300, 4, generator=g) * torch.tensor([8.0, 4.0, 2.0, 1.0])) @ torch.linalg.qr(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gmem_explore import MemoryBank
-from gmem_explore.bankmap import cache_key, embed_2d, scatter_figure, subsample_indices
+from gmem_explore.bank.map2d import cache_key, embed_2d, scatter_figure, subsample_indices
 
 
 def make_bank(n=40, dim=16, seed=0):
@@ -31,7 +31,7 @@ def test_pca_map_is_cached_and_keyed_by_content(tmp_path):
 def test_cache_hit_does_not_refit(tmp_path, monkeypatch):
     bank = make_bank()
     embed_2d(bank, "pca", cache_dir=tmp_path)
-    import gmem_explore.bankmap as bm
+    import gmem_explore.bank.map2d as bm
 
     monkeypatch.setattr(bm, "pca_2d", lambda x: (_ for _ in ()).throw(AssertionError("refitted")))
     assert embed_2d(bank, "pca", cache_dir=tmp_path).shape == (40, 2)
@@ -98,7 +98,7 @@ def test_scatter_figure_groups_and_frequency():
 
 
 def test_is_cached(tmp_path):
-    from gmem_explore.bankmap import is_cached
+    from gmem_explore.bank.map2d import is_cached
 
     bank = make_bank()
     assert not is_cached(bank, "pca", cache_dir=tmp_path)

@@ -33,12 +33,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def app_url():
-    from gmem_explore.ui import build_app, launch
-    from gmem_explore.ui_common import Limits
+    from gmem_explore.app.server import build_app, launch
+    from gmem_explore.app.common import Limits
 
     if SHOTS:
         from gmem_explore import GMemPipeline
-        from gmem_explore.bankmap import embed_2d
+        from gmem_explore.bank.map2d import embed_2d
 
         pipe = GMemPipeline.from_pretrained("emoji-32")
         embed_2d(pipe.bank, "umap")  # cached, so the Bank tab opens on the UMAP map

@@ -58,7 +58,7 @@ def test_importing_the_package_does_not_import_torch_until_a_public_name_is_used
 
 def test_lazy_public_names_behave_like_the_eager_ones():
     import gmem_explore
-    from gmem_explore.bank import MemoryBank
+    from gmem_explore.bank.memory import MemoryBank
     from gmem_explore.pipeline import GMemPipeline
 
     assert gmem_explore.MemoryBank is MemoryBank and gmem_explore.GMemPipeline is GMemPipeline
@@ -68,14 +68,14 @@ def test_lazy_public_names_behave_like_the_eager_ones():
     namespace = {}
     exec("from gmem_explore import *", namespace)
     assert {n for n in namespace if not n.startswith("__")} == set(gmem_explore.__all__)
-    assert gmem_explore.bank.MemoryBank is MemoryBank  # submodules it used to load stay reachable
+    assert gmem_explore.bank.memory.MemoryBank is MemoryBank  # submodules it used to load stay reachable
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         gmem_explore.no_such_name
     assert not hasattr(gmem_explore, "no_such_name")
 
 
 # ---- bad input: one paragraph on stderr, a non-zero status, no traceback, nothing written ---------------------
-from gmem_explore.cli import build_parser, main  # noqa: E402
+from gmem_explore.cli.main import build_parser, main  # noqa: E402
 
 LINUX_PROC = Path("/proc/self").is_dir()  # /proc takes no new files, even from root (os.access says it would)
 
@@ -185,16 +185,16 @@ def test_sample_refuses_an_unwritable_out_before_loading(places, capsys, monkeyp
 def test_an_unusable_device_is_refused_before_loading(command, places, capsys, monkeypatch):
     import torch
 
-    import gmem_explore.commands.bank
-    import gmem_explore.hub
+    import gmem_explore.cli.bank
+    import gmem_explore.checkpoints.hub
     import gmem_explore.pipeline
-    import gmem_explore.sharded
+    import gmem_explore.evaluation.fid_sampling
 
     tmp_path, _ = places
     monkeypatch.setattr(gmem_explore.pipeline.GMemPipeline, "from_pretrained", never("the model load"))
-    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", never("the checkpoint look-up"))
-    monkeypatch.setattr(gmem_explore.commands.bank, "open_bank", never("the bank load"))
-    monkeypatch.setattr(gmem_explore.sharded, "run", never("the sampling"))
+    monkeypatch.setattr(gmem_explore.checkpoints.hub, "resolve_checkpoint", never("the checkpoint look-up"))
+    monkeypatch.setattr(gmem_explore.cli.bank, "open_bank", never("the bank load"))
+    monkeypatch.setattr(gmem_explore.evaluation.fid_sampling, "run", never("the sampling"))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in command]
     assert_refused([*argv, "--device", "nosuch"], "--device 'nosuch' is not a device torch knows; use cpu, cuda",
                    capsys)
@@ -211,13 +211,13 @@ def test_sample_fid_gives_plain_cuda_its_process_gpu(tmp_path, monkeypatch, caps
     """torch.cuda.set_device refuses 'cuda' without a number: sharded.run makes it cuda:LOCAL_RANK."""
     import torch
 
-    import gmem_explore.sharded
+    import gmem_explore.evaluation.fid_sampling
 
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(gmem_explore.sharded, "run", lambda *a, **k: seen.update(
-        device=str(gmem_explore.sharded.resolve_device(k["device"], gmem_explore.sharded.dist_env()[2]))))
+    monkeypatch.setattr(gmem_explore.evaluation.fid_sampling, "run", lambda *a, **k: seen.update(
+        device=str(gmem_explore.evaluation.fid_sampling.resolve_device(k["device"], gmem_explore.evaluation.fid_sampling.dist_env()[2]))))
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
@@ -228,10 +228,10 @@ def test_sample_fid_gives_plain_cuda_its_process_gpu(tmp_path, monkeypatch, caps
 
 
 def test_sample_fid_refuses_unwritable_outputs_before_loading(places, capsys, monkeypatch):
-    import gmem_explore.sharded
+    import gmem_explore.evaluation.fid_sampling
 
     tmp_path, unwritable = places
-    monkeypatch.setattr(gmem_explore.sharded, "run", never("the sampling"))
+    monkeypatch.setattr(gmem_explore.evaluation.fid_sampling, "run", never("the sampling"))
     for where, message in unwritable:
         assert_refused(["sample-fid", "--out", where], message, capsys)
         assert_refused(["sample-fid", "--out", tmp_path / "fid", "--npz", f"{where}.npz"], message, capsys)
@@ -242,10 +242,10 @@ def test_sample_fid_refuses_unwritable_outputs_before_loading(places, capsys, mo
 
 
 def test_bank_commands_refuse_bad_paths_before_reading_the_bank(places, capsys, monkeypatch):
-    import gmem_explore.commands.bank
+    import gmem_explore.cli.bank
 
     tmp_path, unwritable = places
-    monkeypatch.setattr(gmem_explore.commands.bank, "open_bank", never("the bank load"))
+    monkeypatch.setattr(gmem_explore.cli.bank, "open_bank", never("the bank load"))
     for where, message in unwritable:
         assert_refused(["bank", "compress", "emoji-32", "--out", f"{where}.safetensors"], message, capsys)
     err = assert_refused(["bank", "compress", "emoji-32", "--out", tmp_path / "r4.txt"],
@@ -260,10 +260,10 @@ def test_bank_commands_refuse_bad_paths_before_reading_the_bank(places, capsys, 
 
 
 def test_build_bank_refuses_bad_paths_before_the_encoder_loads(places, capsys, monkeypatch):
-    import gmem_explore.commands.build_bank
+    import gmem_explore.cli.build_bank
 
     tmp_path, unwritable = places
-    monkeypatch.setattr(gmem_explore.commands.build_bank, "build_bank", never("the encoding"))
+    monkeypatch.setattr(gmem_explore.cli.build_bank, "build_bank", never("the encoding"))
     images = tmp_path / "folder"
     for where, message in unwritable:
         assert_refused(["build-bank", "--images", images, "--out", f"{where}.safetensors"], message, capsys)
@@ -277,10 +277,10 @@ def test_build_bank_refuses_bad_paths_before_the_encoder_loads(places, capsys, m
 
 
 def test_convert_refuses_bad_arguments_before_reading_the_source(places, capsys, monkeypatch):
-    import gmem_explore.official
+    import gmem_explore.checkpoints.official
 
     tmp_path, unwritable = places
-    monkeypatch.setattr(gmem_explore.official, "convert_official", never("the conversion"))
+    monkeypatch.setattr(gmem_explore.checkpoints.official, "convert_official", never("the conversion"))
     source = tmp_path / "notes.txt"  # never read: every refusal comes first
     for where, message in unwritable:
         assert_refused(["convert", source, where], message, capsys)
@@ -293,10 +293,10 @@ def test_convert_refuses_bad_arguments_before_reading_the_source(places, capsys,
 
 
 def test_train_refuses_bad_paths_before_loading(places, capsys, monkeypatch):
-    import gmem_explore.checkpoint
+    import gmem_explore.checkpoints.folder
 
     tmp_path, unwritable = places
-    monkeypatch.setattr(gmem_explore.checkpoint, "load_checkpoint", never("the checkpoint load"))
+    monkeypatch.setattr(gmem_explore.checkpoints.folder, "load_checkpoint", never("the checkpoint load"))
     for where, message in unwritable:  # were found when the state was saved: after training
         assert_refused(["train", "--data", "digits", "--out", where], message, capsys)
     assert_refused(["train", "--data", "digits", "--out", tmp_path / "notes.txt"],
@@ -307,10 +307,10 @@ def test_train_refuses_bad_paths_before_loading(places, capsys, monkeypatch):
 
 
 def test_evaluate_refuses_an_unwritable_out_before_sampling(places, capsys, monkeypatch):
-    import gmem_explore.hub
+    import gmem_explore.checkpoints.hub
 
     tmp_path, unwritable = places
-    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", never("the checkpoint look-up"))
+    monkeypatch.setattr(gmem_explore.checkpoints.hub, "resolve_checkpoint", never("the checkpoint look-up"))
     for where, message in unwritable:  # was found after sampling and encoding, when the report was written
         assert_refused(["evaluate", "--samples", "8", "--out", where], message, capsys)
     assert_refused(["evaluate", "--samples", "8", "--out", tmp_path / "notes.txt"], "is a file, not a folder",
@@ -338,7 +338,7 @@ def test_a_corrupt_checkpoint_config_is_one_paragraph(tmp_path, capsys):
 
 
 def test_unexpected_errors_are_one_paragraph_and_debug_shows_the_traceback(monkeypatch, capsys):
-    import gmem_explore.commands.convert as convert
+    import gmem_explore.cli.convert as convert
 
     def boom(args):
         raise KeyError("boom")
@@ -363,7 +363,7 @@ def test_unexpected_errors_are_one_paragraph_and_debug_shows_the_traceback(monke
 
 
 def test_ctrl_c_and_a_closed_pipe_end_without_a_traceback(monkeypatch, capsys):
-    import gmem_explore.commands.convert as convert
+    import gmem_explore.cli.convert as convert
 
     def interrupted(args):
         raise KeyboardInterrupt
@@ -393,7 +393,7 @@ def test_every_example_in_the_help_parses():
     """The `gmem ...` lines of each command's help use options that exist, with values they accept."""
     import shlex
 
-    from gmem_explore.cli import COMMANDS, subparsers
+    from gmem_explore.cli.main import COMMANDS, subparsers
 
     parser = build_parser()
     texts = [parser.description]
@@ -428,13 +428,13 @@ def test_info_describes_a_checkpoint_in_text_and_json(capsys):
 
 
 def test_every_command_has_its_help_checked_for_torch():
-    from gmem_explore.cli import COMMANDS
+    from gmem_explore.cli.main import COMMANDS
 
     assert set(COMMANDS) <= {c[0] for c in HELP_COMMANDS if c}
 
 
 def test_sample_pins_a_hub_revision_and_refuses_one_for_a_checkpoint_without_versions(tmp_path, capsys, monkeypatch):
-    from gmem_explore import hub
+    from gmem_explore.checkpoints import hub
 
     assert_refused(["sample", "--revision", "abc123", "--out", tmp_path / "x.png"],
                    "'abc123' (--revision) picks a version of a Hub checkpoint", capsys)
@@ -457,7 +457,7 @@ def test_sample_pins_a_hub_revision_and_refuses_one_for_a_checkpoint_without_ver
 
 def test_the_cli_knows_the_same_data_set_names_as_the_loader():
     """commands/checks spells them out so that --help need not import torch (data.py does): they must not drift."""
-    from gmem_explore.commands.checks import DATASET_NAMES
+    from gmem_explore.cli.checks import DATASET_NAMES
     from gmem_explore.data import DATASET_NAMES as LOADED
 
     assert DATASET_NAMES == LOADED

@@ -11,8 +11,8 @@ import torch
 
 from conftest import TINY, randomize
 from gmem_explore import build_model
-from gmem_explore.bank import MemoryBank
-from gmem_explore.checkpoint import Checkpoint, load_checkpoint, read_config, save_checkpoint
+from gmem_explore.bank.memory import MemoryBank
+from gmem_explore.checkpoints.folder import Checkpoint, load_checkpoint, read_config, save_checkpoint
 
 
 def hashes(root) -> dict:
@@ -67,7 +67,7 @@ class Stop(Exception):
 
 def no_load(monkeypatch):
     """Make any checkpoint resolution or load fail loudly: the argument checks must come before them."""
-    import gmem_explore.hub as hub
+    import gmem_explore.checkpoints.hub as hub
     import gmem_explore.pipeline as pipeline
 
     def refuse(*args, **kwargs):
@@ -89,7 +89,7 @@ def no_load(monkeypatch):
     (dict(device="gpu"), r"device 'gpu' is not a device torch knows"),
 ])
 def test_sharded_run_checks_every_argument_before_loading_or_writing(tmp_path, monkeypatch, kwargs, message):
-    from gmem_explore import sharded
+    from gmem_explore.evaluation import fid_sampling as sharded
 
     no_load(monkeypatch)
     out = tmp_path / "samples"
@@ -99,7 +99,7 @@ def test_sharded_run_checks_every_argument_before_loading_or_writing(tmp_path, m
 
 
 def test_sharded_run_with_a_bad_seed_writes_no_run_json(tiny_folder, tmp_path):
-    from gmem_explore import sharded
+    from gmem_explore.evaluation import fid_sampling as sharded
 
     out = tmp_path / "samples"
     with pytest.raises(ValueError, match=r"base_seed must be an integer >= 0 .*got -1"):
@@ -108,7 +108,7 @@ def test_sharded_run_with_a_bad_seed_writes_no_run_json(tiny_folder, tmp_path):
 
 
 def test_sharded_run_refuses_a_file_as_its_output_folder(tmp_path, monkeypatch):
-    from gmem_explore import sharded
+    from gmem_explore.evaluation import fid_sampling as sharded
 
     no_load(monkeypatch)
     (tmp_path / "samples").write_text("notes")
@@ -138,7 +138,7 @@ def two_gpus(monkeypatch):
     ("cuda", "3", "cuda:1"), ("cuda", "0", "cuda:0"), ("auto", "1", "cuda:1"), ("cuda:0", "1", "cuda:0"),
 ])
 def test_sharded_run_resolves_cuda_to_the_local_rank(two_gpus, tmp_path, monkeypatch, device, local_rank, expected):
-    from gmem_explore import sharded
+    from gmem_explore.evaluation import fid_sampling as sharded
 
     no_load(monkeypatch)
     monkeypatch.setenv("LOCAL_RANK", local_rank)
@@ -150,7 +150,7 @@ def test_sharded_run_resolves_cuda_to_the_local_rank(two_gpus, tmp_path, monkeyp
 
 
 def test_sharded_device_errors(two_gpus, monkeypatch):
-    from gmem_explore.sharded import resolve_device
+    from gmem_explore.evaluation.fid_sampling import resolve_device
 
     with pytest.raises(ValueError, match=r"device 'cuda:5' is not available here: there are only 2 CUDA GPUs here"):
         resolve_device("cuda:5", 0)
@@ -172,7 +172,7 @@ def released_pth(tmp_path):
 
 
 def test_a_wrong_sha256_from_the_caller_says_it_was_the_callers(released_pth, tmp_path):
-    from gmem_explore.official import convert_official, file_sha256
+    from gmem_explore.checkpoints.official import convert_official, file_sha256
 
     actual = file_sha256(released_pth)
     wrong = "AB" * 32
@@ -187,7 +187,7 @@ def test_a_wrong_sha256_from_the_caller_says_it_was_the_callers(released_pth, tm
 
 @pytest.mark.parametrize("sha256", ["xyz", "0" * 63, 123])
 def test_a_malformed_sha256_is_refused_before_hashing(released_pth, tmp_path, monkeypatch, sha256):
-    from gmem_explore import official
+    from gmem_explore.checkpoints import official
 
     monkeypatch.setattr(official, "file_sha256", lambda *a, **k: pytest.fail("hashed before checking the sha256"))
     with pytest.raises(ValueError, match="sha256 must be 64 hexadecimal digits"):
@@ -197,7 +197,7 @@ def test_a_malformed_sha256_is_refused_before_hashing(released_pth, tmp_path, mo
 
 @pytest.mark.parametrize("overrides", [[1], "depth=2", 3])
 def test_model_overrides_that_are_not_a_dict_are_refused_by_name(released_pth, tmp_path, overrides):
-    from gmem_explore.official import convert_official
+    from gmem_explore.checkpoints.official import convert_official
 
     before = hashes(tmp_path)
     with pytest.raises(TypeError, match=r"model_overrides must be a dict of build_model keywords .* got "
@@ -209,7 +209,7 @@ def test_model_overrides_that_are_not_a_dict_are_refused_by_name(released_pth, t
 # ---- 4. bank_tools.statistics -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("sample", [1, 0, -4, True, 2.5])
 def test_statistics_refuses_a_sample_too_small_for_a_similarity(tiny_bank, sample):
-    from gmem_explore.bank_tools import statistics
+    from gmem_explore.bank.tools import statistics
 
     # -4 took all rows but the last four, 0 and 1 silently dropped the similarity figures
     with pytest.raises(ValueError, match=r"sample must be a whole number of rows >= 2 \(the similarity figures "
@@ -218,7 +218,7 @@ def test_statistics_refuses_a_sample_too_small_for_a_similarity(tiny_bank, sampl
 
 
 def test_statistics_with_the_smallest_sample_and_a_one_row_bank(tiny_bank):
-    from gmem_explore.bank_tools import statistics
+    from gmem_explore.bank.tools import statistics
 
     assert statistics(tiny_bank, sample=2)["sample_rows"] == 2
     one = statistics(MemoryBank(torch.ones(1, 4)), sample=2)
@@ -272,8 +272,8 @@ def test_load_rgb_of_a_folder_says_it_is_a_folder(tmp_path):
 
 
 def test_a_known_name_with_a_trailing_slash_is_that_name(tmp_path, monkeypatch):
-    from gmem_explore.hub import EMBEDDED, resolve_checkpoint
-    from gmem_explore.sharded import checkpoint_identity
+    from gmem_explore.checkpoints.hub import EMBEDDED, resolve_checkpoint
+    from gmem_explore.evaluation.fid_sampling import checkpoint_identity
 
     monkeypatch.chdir(tmp_path)
     assert resolve_checkpoint("emoji-32/") == EMBEDDED["emoji-32"]  # was: "neither a known checkpoint name ..."
@@ -283,7 +283,7 @@ def test_a_known_name_with_a_trailing_slash_is_that_name(tmp_path, monkeypatch):
 
 
 def test_a_local_folder_named_like_a_checkpoint_still_wins_with_a_slash(tmp_path, monkeypatch, tiny_folder):
-    from gmem_explore.hub import EMBEDDED, resolve_checkpoint
+    from gmem_explore.checkpoints.hub import EMBEDDED, resolve_checkpoint
 
     monkeypatch.chdir(tmp_path)
     tiny_folder.rename(tmp_path / "emoji-32")

@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from gmem_explore.bank import MemoryBank
-from gmem_explore.bank_tools import LowRankBank, compress, nearest_rows, statistics
-from gmem_explore.bankmap import _plan, embed_2d, is_cached, pca_2d
+from gmem_explore.bank.memory import MemoryBank
+from gmem_explore.bank.tools import nearest_rows, statistics
+from gmem_explore.bank.lowrank import LowRankBank, compress
+from gmem_explore.bank.map2d import _plan, embed_2d, is_cached, pca_2d
 from gmem_explore.data import image_files, load_digits, load_folder, load_twemoji, read_image_files
-from gmem_explore.evaluation import compare, nearest_pairs
-from gmem_explore.metrics import frechet_distance, knn_accuracy, nearest_training, precision_recall
+from gmem_explore.evaluation.compare import compare, nearest_pairs
+from gmem_explore.evaluation.metrics import frechet_distance, knn_accuracy, nearest_training, precision_recall
 from gmem_explore.safefiles import save_tensors
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gmem_explore import GMemPipeline
-from gmem_explore.hub import resolve_checkpoint
+from gmem_explore.checkpoints.hub import resolve_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import TINY, randomize
+from gmem_explore import offline  # noqa: E402
 from gmem_explore import GMemPipeline, build_model, load_checkpoint
 from gmem_explore.autoencoders import SD_VAE_SCALE, SDVAE
-from gmem_explore.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DINOv2Encoder
-from gmem_explore.official import ENCODER, convert_official
+from gmem_explore.encoders.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DINOv2Encoder
+from gmem_explore.checkpoints.official import ENCODER, convert_official
 
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
@@ -125,7 +126,7 @@ def test_converted_checkpoint_with_sdvae_and_dinov2_end_to_end(tmp_path, tiny_va
     again = pipe.generate(snippets=snippets, seeds=[0, 1], steps=2)
     assert again.images.shape == (2, 16, 16, 3) and again.indices == [None, None]
     # `gmem bank nearest --image` encodes a picture with the checkpoint's encoder and searches the bank
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     picture = tmp_path / "photo.png"
     out.pil()[0].save(picture)
@@ -148,14 +149,14 @@ def test_released_encoder_config_loads_offline_until_needed(tmp_path):
 def test_hub_ids_come_from_the_cache_alone_when_the_hub_is_unreachable(tmp_path, monkeypatch, tiny_vae):
     """Without HF_HUB_OFFLINE and without a route to the Hub, diffusers and transformers retried for 57 s (SD-VAE)
     and 25 s (DINOv2) before failing; now they are told to use the cache alone, which fails at once."""
-    import gmem_explore.hub as hub
+    import gmem_explore.checkpoints.hub as hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     for name in ("GMEM_SD_VAE", "GMEM_DINOV2"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(offline, "hub_reachable", lambda timeout=3.0: False)
     asked = []
 
     def spy(real):

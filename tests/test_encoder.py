@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from gmem_explore.autoencoders import from_uint8
-from gmem_explore.encoders import ConvEncoder, encoder_from_config, to_model_input, train_conv_encoder
-from gmem_explore.metrics import frechet_distance, knn_accuracy, nearest_training, precision_recall
+from gmem_explore.encoders.conv import ConvEncoder, encoder_from_config, to_model_input, train_conv_encoder
+from gmem_explore.evaluation.metrics import frechet_distance, knn_accuracy, nearest_training, precision_recall
 
 
 def test_encode_accepts_tensors_of_any_size_and_pil_images():
@@ -95,7 +95,7 @@ def test_downscaling_for_the_encoder_low_passes():
 
 
 def test_an_encoder_config_without_its_sizes_is_named_not_a_key_error():
-    from gmem_explore.encoders import ConvEncoder
+    from gmem_explore.encoders.conv import ConvEncoder
 
     enc = ConvEncoder(16, image_size=8)
     cfg = {k: v for k, v in enc.config_dict().items() if k != "widths"}

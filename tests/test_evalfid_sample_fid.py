@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-import gmem_explore.hub
+import gmem_explore.checkpoints.hub
 from gmem_explore import GMemPipeline
-from gmem_explore.checkpoint import Checkpoint, save_checkpoint
-from gmem_explore.cli import main
-import gmem_explore.sharded as sharded
-from gmem_explore.sharded import png_path, run, save_png, write_npz
+from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
+from gmem_explore.cli.main import main
+import gmem_explore.evaluation.fid_sampling as sharded
+from gmem_explore.evaluation.fid_sampling import png_path, run, save_png, write_npz
 
 
 def tiny_checkpoint(model, bank, folder, bank_dtype=None):
@@ -49,7 +49,7 @@ def test_run_json_records_the_bank_precision_and_a_resume_on_another_names_both(
 
 def test_a_resume_from_another_hub_revision_is_refused_naming_both(tiny_folder, tmp_path, monkeypatch):
     """gmem-v1-xl at two revisions (the Hub is faked: both resolve to the tiny folder, so only the revision differs)."""
-    asked, resolve = [], gmem_explore.hub.resolve_checkpoint
+    asked, resolve = [], gmem_explore.checkpoints.hub.resolve_checkpoint
 
     def fake_resolve(name, revision=None, **kwargs):
         if name != "gmem-v1-xl":  # from_pretrained(folder) resolves the folder again
@@ -57,7 +57,7 @@ def test_a_resume_from_another_hub_revision_is_refused_naming_both(tiny_folder, 
         asked.append(revision)
         return tiny_folder
 
-    monkeypatch.setattr(gmem_explore.hub, "resolve_checkpoint", fake_resolve)
+    monkeypatch.setattr(gmem_explore.checkpoints.hub, "resolve_checkpoint", fake_resolve)
     out = tmp_path / "fid"
     quick("gmem-v1-xl", out)
     assert json.loads((out / "run.json").read_text())["revision"] == "main"
@@ -177,13 +177,14 @@ def test_a_damaged_png_is_named_with_what_to_do(tmp_path):
 
 
 def test_steps_are_checked_once_and_before_the_checkpoint_is_looked_up(tiny_folder, tmp_path, monkeypatch, capsys):
+    import gmem_explore.evaluation.fid_sampling
     import gmem_explore.sampling
 
     def never(*args, **kwargs):
         pytest.fail("the checkpoint was looked up before --steps 0 was refused")
 
     with monkeypatch.context() as patch:
-        patch.setattr(gmem_explore.hub, "resolve_checkpoint", never)
+        patch.setattr(gmem_explore.checkpoints.hub, "resolve_checkpoint", never)
         assert main(["sample-fid", "--checkpoint", str(tiny_folder), "--out", str(tmp_path / "bad"),
                      "--steps", "0", "--no-progress"]) == 1
     assert "steps must be an integer in [1, 5000]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
@@ -192,15 +193,17 @@ def test_steps_are_checked_once_and_before_the_checkpoint_is_looked_up(tiny_fold
 
     def counted(*args):  # the argument checks of the command and of sharded.run, not the sampler's own per call
         caller = sys._getframe(1).f_globals["__name__"]
-        if caller in ("gmem_explore.sharded", "gmem_explore.commands.sample_fid"):
+        if caller in ("gmem_explore.evaluation.fid_sampling", "gmem_explore.cli.sample_fid"):
             calls.append((caller, *args))
         return check(*args)
 
+    # where the command (imports at run time) and fid_sampling (imports at its top) look the check up
     monkeypatch.setattr(gmem_explore.sampling, "check_method_and_steps", counted)
+    monkeypatch.setattr(gmem_explore.evaluation.fid_sampling, "check_method_and_steps", counted)
     assert main(["sample-fid", "--checkpoint", str(tiny_folder), "--out", str(tmp_path / "fid"), "--steps", "1",
                  "--method", "euler", "--num-fid-samples", "1", "--no-npz", "--no-progress", "--device", "cpu"]) == 0
     # was three times: by the command, by sharded.run before the load, and again after it
-    assert calls == [("gmem_explore.sharded", "euler", 1)]
+    assert calls == [("gmem_explore.evaluation.fid_sampling", "euler", 1)]
     assert Image.open(png_path(tmp_path / "fid", 0)).size == (8, 8)
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gmem_explore import evaluation
-from gmem_explore.bank import MemoryBank
-from gmem_explore.checkpoint import Checkpoint, save_checkpoint
-from gmem_explore.cli import main
-from gmem_explore.encoders import ConvEncoder
-from gmem_explore.evaluation import compare, nearest_pairs
+from gmem_explore.evaluation import compare as evaluation
+from gmem_explore.bank.memory import MemoryBank
+from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
+from gmem_explore.cli.main import main
+from gmem_explore.encoders.conv import ConvEncoder
+from gmem_explore.evaluation.compare import compare, nearest_pairs
 
 
 def gaussian(n, dim=8, seed=0, shift=0.0):
@@ -119,8 +119,8 @@ def test_evaluate_writes_a_report_and_the_same_one_from_an_npz(tiny_with_encoder
 
 
 def test_npz_images_are_memory_mapped_when_stored_as_sample_fid_writes_them(tmp_path):
-    from gmem_explore.commands.evaluate import npz_images, read_images
-    from gmem_explore.sharded import save_png, write_npz
+    from gmem_explore.cli.evaluate import npz_images, read_images
+    from gmem_explore.evaluation.fid_sampling import save_png, write_npz
 
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     for seed, image in enumerate(images):
@@ -142,7 +142,7 @@ def test_a_folder_of_images_is_not_held_twice(tmp_path, monkeypatch):
     import weakref
 
     from gmem_explore import data as data_module
-    from gmem_explore.commands.evaluate import read_images
+    from gmem_explore.cli.evaluate import read_images
 
     pixels = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
     for i, image in enumerate(pixels):
@@ -240,7 +240,7 @@ def test_evaluate_samples_with_the_guidance_interval_it_is_given(tiny_with_encod
 def test_too_few_images_are_refused_before_anything_is_encoded(tiny_with_encoder, tmp_path, monkeypatch, capsys):
     """One image in --images was refused only after every reference had been encoded (with gmem-v1-xl and ImageNet
     references, DINOv2 on 50,000 images first); too few references likewise before the samples' encoding."""
-    from gmem_explore.commands import evaluate as command
+    from gmem_explore.cli import evaluate as command
 
     def never(*args, **kwargs):
         pytest.fail("images were encoded before the count was checked")

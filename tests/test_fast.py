@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gmem_explore import fast, fp8
+from gmem_explore.sampling import fast, fp8
 from gmem_explore.sampling import initial_noise, make_generators, sample
 
 from conftest import TINY
@@ -256,7 +256,7 @@ def test_gpu_profile_smoke(tmp_path):
 
 def test_linear_gelu_is_fc1_then_tanh_gelu():
     """The fused fc1 + GELU op computes SiT's MLP activation, survives torch.compile's tracing and op checks."""
-    from gmem_explore.fused_ops import linear_gelu
+    from gmem_explore.sampling.fused_ops import linear_gelu
 
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(2, 5, 8, generator=g), torch.randn(16, 8, generator=g), torch.randn(16, generator=g)

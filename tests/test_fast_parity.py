@@ -12,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gmem_explore import build_model, fast
+from gmem_explore import build_model
+from gmem_explore.sampling import fast
 from gmem_explore.sampling import initial_noise, make_generators, sample, time_grid
 
 from conftest import TINY, randomize

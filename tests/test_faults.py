@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TINY  # noqa: E402
 
 from gmem_explore import MemoryBank, build_model  # noqa: E402
-from gmem_explore.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from gmem_explore.checkpoints.folder import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
@@ -183,7 +183,7 @@ def digits_images() -> torch.Tensor:
 
 
 def digits_trainer(out_dir=None):
-    from gmem_explore.train import TrainConfig, Trainer
+    from gmem_explore.train.trainer import TrainConfig, Trainer
 
     images = digits_images()
     snippets = torch.randn(len(images), TINY["snippet_dim"], generator=torch.Generator().manual_seed(0))

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from conftest import TINY
+from gmem_explore import offline  # noqa: E402
 from gmem_explore import load_checkpoint
-from gmem_explore.hub import HUB, CheckpointUnavailable, download, resolve_checkpoint
-from gmem_explore.official import convert_official, file_sha256
+from gmem_explore.checkpoints.hub import HUB, CheckpointUnavailable, download, resolve_checkpoint
+from gmem_explore.checkpoints.official import convert_official, file_sha256
 from test_official import released_dict
 
 FILE = HUB["gmem-v1-xl"]["filename"]
@@ -93,7 +94,7 @@ def test_a_corrupt_cached_download_names_the_blob_to_delete(offline_cache):
 
 
 def test_a_full_disk_is_refused_before_writing_with_the_space_needed(tmp_path, monkeypatch):
-    import gmem_explore.official as official
+    import gmem_explore.checkpoints.official as official
 
     src = tmp_path / FILE
     torch.save(released_dict(), src)
@@ -106,7 +107,7 @@ def test_a_full_disk_is_refused_before_writing_with_the_space_needed(tmp_path, m
 
 
 def test_a_disk_that_fills_while_converting_leaves_nothing_and_says_so(tmp_path, monkeypatch):
-    import gmem_explore.official as official
+    import gmem_explore.checkpoints.official as official
 
     src = tmp_path / FILE
     torch.save(released_dict(), src)
@@ -136,26 +137,26 @@ def listener():
 def test_the_probe_goes_to_a_mirror_on_its_own_port_and_through_a_proxy(listener, monkeypatch):
     from huggingface_hub import constants
 
-    from gmem_explore import hub
+    from gmem_explore.checkpoints import hub
 
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     # HF_ENDPOINT=http://mirror:8080: the probe dialled port 443 and called a working mirror unreachable
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listener}")
-    assert hub.hub_address() == ("127.0.0.1", listener) and hub.hub_reachable(timeout=2)
+    assert offline.hub_address() == ("127.0.0.1", listener) and offline.hub_reachable(timeout=2)
     # behind a proxy the Hub itself is not dialled directly (a firewall drops it), the proxy is
     monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{listener}")
-    assert hub.hub_address() == ("127.0.0.1", listener) and hub.hub_reachable(timeout=2)
+    assert offline.hub_address() == ("127.0.0.1", listener) and offline.hub_reachable(timeout=2)
     monkeypatch.setenv("NO_PROXY", "hub.invalid")
-    assert hub.hub_address() == ("hub.invalid", 443)
+    assert offline.hub_address() == ("hub.invalid", 443)
 
 
 def test_a_failed_probe_is_remembered_for_a_minute_per_address(monkeypatch):
     """Behind a firewall that drops packets each probe costs its full timeout, and loading a pipeline with the
     SD-VAE and DINOv2 probes up to three times: a failure is believed for UNREACHABLE_MEMORY_SECONDS at the same
     address, then asked again; a success is never remembered, and another address is probed afresh."""
-    from gmem_explore import hub
+    from gmem_explore.checkpoints import hub
 
     calls = []
 
@@ -163,25 +164,25 @@ def test_a_failed_probe_is_remembered_for_a_minute_per_address(monkeypatch):
         calls.append(address)
         raise OSError("connection refused")
 
-    monkeypatch.setattr(hub.socket, "create_connection", refused)
-    monkeypatch.setattr(hub, "hub_address", lambda: ("hub.invalid", 443))
+    monkeypatch.setattr(offline.socket, "create_connection", refused)
+    monkeypatch.setattr(offline, "hub_address", lambda: ("hub.invalid", 443))
     clock = [1000.0]
-    monkeypatch.setattr(hub.time, "monotonic", lambda: clock[0])
-    assert hub.hub_reachable(timeout=1) is False and hub.hub_reachable(timeout=1) is False
+    monkeypatch.setattr(offline.time, "monotonic", lambda: clock[0])
+    assert offline.hub_reachable(timeout=1) is False and offline.hub_reachable(timeout=1) is False
     assert len(calls) == 1  # the second answer came from memory
-    clock[0] += hub.UNREACHABLE_MEMORY_SECONDS + 1
-    assert hub.hub_reachable(timeout=1) is False and len(calls) == 2  # forgotten: asked again
-    monkeypatch.setattr(hub, "hub_address", lambda: ("mirror.invalid", 8080))
-    assert hub.hub_reachable(timeout=1) is False and len(calls) == 3  # another endpoint: its own probe
-    monkeypatch.setattr(hub.socket, "create_connection", lambda address, timeout=None: type(
+    clock[0] += offline.UNREACHABLE_MEMORY_SECONDS + 1
+    assert offline.hub_reachable(timeout=1) is False and len(calls) == 2  # forgotten: asked again
+    monkeypatch.setattr(offline, "hub_address", lambda: ("mirror.invalid", 8080))
+    assert offline.hub_reachable(timeout=1) is False and len(calls) == 3  # another endpoint: its own probe
+    monkeypatch.setattr(offline.socket, "create_connection", lambda address, timeout=None: type(
         "Socket", (), {"close": lambda self: None})())
-    clock[0] += hub.UNREACHABLE_MEMORY_SECONDS + 1
-    assert hub.hub_reachable(timeout=1) is True and hub.hub_reachable(timeout=1) is True
-    assert ("mirror.invalid", 8080) not in hub._unreachable_since
+    clock[0] += offline.UNREACHABLE_MEMORY_SECONDS + 1
+    assert offline.hub_reachable(timeout=1) is True and offline.hub_reachable(timeout=1) is True
+    assert ("mirror.invalid", 8080) not in offline._unreachable_since
 
 
 def test_the_probe_gives_up_on_a_name_lookup_that_never_answers(monkeypatch):
-    from gmem_explore import hub
+    from gmem_explore.checkpoints import hub
 
     release, finished = threading.Event(), threading.Event()
 
@@ -190,9 +191,9 @@ def test_the_probe_gives_up_on_a_name_lookup_that_never_answers(monkeypatch):
         finished.set()
         raise OSError("resolver timed out")
 
-    monkeypatch.setattr(hub.socket, "create_connection", stuck)
+    monkeypatch.setattr(offline.socket, "create_connection", stuck)
     try:
-        assert hub.hub_reachable(timeout=0.2) is False
+        assert offline.hub_reachable(timeout=0.2) is False
         assert not finished.is_set()  # it answered while the look-up was still hanging
     finally:
         release.set()
@@ -201,7 +202,7 @@ def test_the_probe_gives_up_on_a_name_lookup_that_never_answers(monkeypatch):
 def test_two_revisions_in_a_read_only_cache_keep_their_own_conversions(offline_cache, tmp_path, monkeypatch):
     """A cluster's shared HF cache is often read-only: conversions then go to $GMEM_CACHE/converted, where both
     revisions (same file name, same size) got one folder, and each load of the other deleted and redid it."""
-    import gmem_explore.conversion_cache as conversion_cache
+    import gmem_explore.checkpoints.conversion_cache as conversion_cache
 
     repo, raws = offline_cache
     monkeypatch.setenv("GMEM_CACHE", str(tmp_path / "gmem-cache"))
@@ -226,7 +227,7 @@ def test_an_interrupted_download_is_mentioned_when_offline(tmp_path, monkeypatch
     with pytest.raises(CheckpointUnavailable, match=r"an interrupted download is there: 0\.00 GB of 4\.7 GB .*resumes"):
         download("gmem-v1-xl")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr("gmem_explore.hub.hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("gmem_explore.offline.hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(CheckpointUnavailable, match="unreachable and the file is not cached .an interrupted download"):
         download("gmem-v1-xl")
 
@@ -254,11 +255,11 @@ def test_a_killed_conversion_is_cleaned_up_by_the_next_one(offline_cache):
 def test_a_download_that_fills_the_disk_says_so_not_to_download_elsewhere(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from gmem_explore import hub
+    from gmem_explore.checkpoints import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(offline, "hub_reachable", lambda timeout=3.0: True)
 
     def fills_up(*args, **kwargs):
         try:
@@ -274,7 +275,7 @@ def test_a_download_that_fills_the_disk_says_so_not_to_download_elsewhere(tmp_pa
 
 
 def test_gmem_info_takes_a_revision_and_shows_its_commit(offline_cache, capsys):
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     for commit in (OLD, NEW):  # converted once with the tiny sizes; info reuses the conversions
         resolve_checkpoint("gmem-v1-xl", revision=commit, model_overrides=TINY, progress=False)

@@ -13,9 +13,9 @@ import torch
 
 from conftest import TINY
 from gmem_explore import build_model, load_checkpoint
-from gmem_explore.checkpoint import Checkpoint, save_checkpoint
-from gmem_explore.official import convert_official, load_official
-from gmem_explore.official_layouts import describe_network, how_to_convert, network_sizes
+from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
+from gmem_explore.checkpoints.official import convert_official, load_official
+from gmem_explore.checkpoints.official_layouts import describe_network, how_to_convert, network_sizes
 from gmem_explore.safefiles import load_tensors, save_tensors
 from test_official import released_dict
 
@@ -103,7 +103,7 @@ def test_integer_weights_are_refused_not_cast(saved):
 
 
 def test_info_describes_a_converted_release_without_its_sd_vae_and_shows_the_licence(tmp_path, monkeypatch, capsys):
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     monkeypatch.setenv("GMEM_SD_VAE", str(tmp_path / "no-vae-here"))  # the SD-VAE cannot load: info must not try
     latent = dict(TINY, in_channels=4)
@@ -142,7 +142,7 @@ def test_a_damaged_safetensors_header_is_a_clear_error(tmp_path, header, problem
 
 def test_convert_checks_the_model_and_the_source_before_hashing(tmp_path, monkeypatch):
     """`gmem convert` checks its options before slow work: a mistyped --model was found after hashing 4.7 GB."""
-    import gmem_explore.official as official
+    import gmem_explore.checkpoints.official as official
 
     src = tmp_path / "gmem.pth"
     torch.save(released_dict(), src)
@@ -161,7 +161,7 @@ def test_convert_checks_the_model_and_the_source_before_hashing(tmp_path, monkey
 
 
 def test_a_folder_that_lost_its_encoder_file_says_so(tmp_path):
-    from gmem_explore.hub import EMBEDDED
+    from gmem_explore.checkpoints.hub import EMBEDDED
 
     folder = shutil.copytree(EMBEDDED["emoji-32"], tmp_path / "emoji-copy")
     (folder / "encoder.safetensors").unlink()  # a partial copy: was AttributeError 'NoneType' has no 'items'
@@ -194,7 +194,7 @@ def test_misaligned_tensors_read_the_file_once(tmp_path, monkeypatch):
 
 
 def test_a_file_given_for_its_folder_or_an_upper_case_pth_is_understood(tmp_path, saved):
-    from gmem_explore.hub import resolve_checkpoint
+    from gmem_explore.checkpoints.hub import resolve_checkpoint
 
     with pytest.raises(ValueError, match=f"model.safetensors is one file of a checkpoint folder; give the folder "
                                          f"itself, {re.escape(str(saved))}"):
@@ -208,7 +208,7 @@ def test_a_save_that_fills_the_disk_names_the_folder_and_the_space(tmp_path, mon
     """It named `.ckpt.saving-xxxx/model.safetensors`, a hidden folder the user never chose and that is gone."""
     import errno
 
-    import gmem_explore.checkpoint as checkpoint
+    import gmem_explore.checkpoints.folder as checkpoint
 
     ckpt = load_checkpoint(saved)
     before = {p.name: p.read_bytes() for p in saved.iterdir()}

@@ -18,7 +18,7 @@ from conftest import free_port  # noqa: E402
 
 @pytest.fixture(scope="module")
 def served():
-    from gmem_explore.ui import launch
+    from gmem_explore.app.server import launch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -40,7 +40,7 @@ def test_eight_sessions_at_once_are_all_answered_and_isolated(served):
 def test_a_failing_generation_does_not_break_the_next_request(served, monkeypatch):
     from gradio_client import Client
 
-    from gmem_explore.ui_generate import SOURCES
+    from gmem_explore.app.generate_tab import SOURCES
 
     url, demo = served
     model = demo.gmem_context.store.get().model

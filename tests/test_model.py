@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gmem_explore import build_model, load_network_state
-from gmem_explore.model import (ModelConfig, TimestepEmbedder, model_config, modulate, sincos_2d,
+from gmem_explore.models.sit import (ModelConfig, TimestepEmbedder, model_config, modulate, sincos_2d,
                                  timestep_frequencies)
 
 from conftest import TINY

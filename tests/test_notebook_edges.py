@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from gmem_explore import notebook as nbh
-from gmem_explore import notebook_remix as remix
-from gmem_explore import notebook_train as nbt
+from gmem_explore.notebook import helpers as nbh
+from gmem_explore.notebook import remix
+from gmem_explore.notebook import finetune as nbt
 
 
 class MeanColourEncoder:
@@ -193,7 +193,7 @@ def test_mixing_and_sweeps_refuse_empty_inputs_in_plain_words(pipe):
 
 # ---- training ----------------------------------------------------------------------------------------------------------
 def make_trainer(tiny_model, tiny_bank, steps):
-    from gmem_explore.train import TrainConfig, Trainer
+    from gmem_explore.train.trainer import TrainConfig, Trainer
 
     config = TrainConfig(steps=steps, batch_size=4, progress=False, warmup=0)
     return Trainer(tiny_model, tiny_bank.thumbnails, conditions=tiny_bank.rows, config=config, use_accelerate=False)

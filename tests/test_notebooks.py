@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from gmem_explore import bank_figures
-from gmem_explore import notebook as nbh
-from gmem_explore import notebook_remix as remix
-from gmem_explore import notebook_train as nbt
+from gmem_explore.notebook import bank_figures
+from gmem_explore.notebook import helpers as nbh
+from gmem_explore.notebook import remix
+from gmem_explore.notebook import finetune as nbt
 
 from conftest import free_port
 
@@ -226,7 +226,7 @@ def test_interpolator_precomputes_and_slider_only_shows(pipe, monkeypatch):
 def tiny_checkpoint(tmp_path, tiny_model, tiny_bank):
     """The tiny model with a real (small, untrained) ConvEncoder, saved as a checkpoint folder."""
     from gmem_explore import Checkpoint, save_checkpoint
-    from gmem_explore.encoders import ConvEncoder
+    from gmem_explore.encoders.conv import ConvEncoder
 
     torch.manual_seed(0)
     encoder = ConvEncoder(dim=16, image_size=8, widths=(16, 16, 16), head_channels=8).eval()
@@ -254,7 +254,7 @@ def test_image_folder_round_trip_and_bank(tmp_path, tiny_checkpoint):
 
 
 def test_training_monitor_records_through_trainer_callbacks(tiny_model, tiny_bank):
-    from gmem_explore.train import TrainConfig, Trainer
+    from gmem_explore.train.trainer import TrainConfig, Trainer
 
     config = TrainConfig(steps=4, batch_size=4, eval_every=2, eval_images=3, eval_steps=2, progress=False, warmup=1)
     trainer = Trainer(tiny_model, tiny_bank.thumbnails, conditions=tiny_bank.rows, config=config, use_accelerate=False)

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import TINY, randomize
+from gmem_explore import offline  # noqa: E402
 from gmem_explore import GMemPipeline, build_model, load_checkpoint
-from gmem_explore.bank import MemoryBank
-from gmem_explore.hub import HUB, CheckpointUnavailable, download, resolve_checkpoint
-from gmem_explore.conversion_cache import converted_folder_for
-from gmem_explore.official import UnsafeCheckpointError, convert_official, file_sha256, load_official
+from gmem_explore.bank.memory import MemoryBank
+from gmem_explore.checkpoints.hub import HUB, CheckpointUnavailable, download, resolve_checkpoint
+from gmem_explore.checkpoints.conversion_cache import converted_folder_for
+from gmem_explore.checkpoints.official import UnsafeCheckpointError, convert_official, file_sha256, load_official
 from gmem_explore.safefiles import load_tensors
 
 FILE = HUB["gmem-v1-xl"]["filename"]
@@ -183,7 +184,7 @@ def test_layout_errors_name_what_is_wrong(tmp_path):
 
 
 def test_offline_name_fails_at_once_with_how_to(tmp_path, monkeypatch, capsys):
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
@@ -201,7 +202,7 @@ def test_offline_name_fails_at_once_with_how_to(tmp_path, monkeypatch, capsys):
 
 
 def test_convert_command(official_pth, tmp_path, capsys):
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     path, raw = official_pth
     out = tmp_path / "cli-out"
@@ -217,11 +218,11 @@ def test_online_download_is_size_checked(tmp_path, monkeypatch):
     """The online branch with the Hub faked: hf_hub_download's answer is checked against the Hub's metadata."""
     import huggingface_hub
 
-    import gmem_explore.hub as hub
+    import gmem_explore.checkpoints.hub as hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(offline, "hub_reachable", lambda timeout=3.0: True)
     fetched = tmp_path / FILE
     fetched.write_bytes(b"x" * 100)
     calls = []

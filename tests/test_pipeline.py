@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gmem_explore import Checkpoint, GMemPipeline, load_checkpoint, save_checkpoint
-from gmem_explore.cli import main as gmem
-from gmem_explore.model import GMemSiT
+from gmem_explore.cli.main import main as gmem
+from gmem_explore.models.sit import GMemSiT
 
 
 def test_generate_by_count_returns_what_was_used(tiny_pipeline):
@@ -229,7 +229,7 @@ def test_gmem_help_explains_itself():
 def test_every_gmem_command_and_option_explains_itself():
     """Each command and `gmem bank` action has a description, each option a help text, and an option with a
     default (other than none / off) says what it is, since the commands' help formatter does not add it."""
-    from gmem_explore.cli import build_parser
+    from gmem_explore.cli.main import build_parser
 
     def parsers(parser, name):
         yield name, parser

@@ -16,8 +16,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gmem_explore.bank import MIX_METHODS, MemoryBank, index_from_noise, mix, normalize
-from gmem_explore.bank_checks import rows_spoiled_by_cast
+from gmem_explore.bank.memory import MIX_METHODS, MemoryBank, index_from_noise, mix, normalize
+from gmem_explore.bank.checks import rows_spoiled_by_cast
 
 FAST = settings(max_examples=30, deadline=None)
 ATOL = 1e-5

@@ -1,7 +1,7 @@
 """The fast path's precomputed conditioning (fast_conditioning.Modulation) in bf16: what it rounds and what not."""
 import torch
 
-from gmem_explore import fast
+from gmem_explore.sampling import fast
 from gmem_explore.sampling import time_grid
 
 

@@ -2,7 +2,7 @@
 
 Each helper below follows the released v1 code's building blocks line by line (DiT / SiT models.py, timm's
 Attention and Mlp, MAE's get_2d_sincos_pos_embed, REPA's projector tap; GMEM.md lists them) and reads the weights
-by their state_dict names, so a layout mistake shared by model.py and the fast path (both read the same modules)
+by their state_dict names, so a layout mistake shared by models/sit.py and the fast path (both read the same modules)
 still shows: which third of qkv is q, which chunk of adaLN is shift, scale or gate, the attention's 1/sqrt(d),
 tanh GELU, LayerNorm eps 1e-6, the positional grid, after which block the REPA projector reads.
 Everything runs in float64 (the timestep frequencies in float32, as the official code computes them), so the two

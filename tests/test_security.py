@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TINY, free_port, randomize  # noqa: E402
 
+from gmem_explore import offline  # noqa: E402
 from gmem_explore import build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,9 +139,9 @@ class Evil:
 
 
 def test_every_loader_refuses_a_pickle_that_carries_code(tmp_path):
-    from gmem_explore.checkpoint import load_checkpoint
-    from gmem_explore.hub import resolve_checkpoint
-    from gmem_explore.official import load_official
+    from gmem_explore.checkpoints.folder import load_checkpoint
+    from gmem_explore.checkpoints.hub import resolve_checkpoint
+    from gmem_explore.checkpoints.official import load_official
     from gmem_explore.safefiles import load_tensors
 
     marker = tmp_path / "pwned"
@@ -169,8 +170,8 @@ def test_a_corrupt_download_is_refused_before_conversion_even_without_hub_metada
     metadata call fails (so the size check is skipped): the sha256 check must still refuse it."""
     import huggingface_hub
 
-    import gmem_explore.hub as hub
-    from gmem_explore.official import file_sha256
+    import gmem_explore.checkpoints.hub as hub
+    from gmem_explore.checkpoints.official import file_sha256
 
     spec = hub.HUB["gmem-v1-xl"]
     model = randomize(build_model(**TINY))
@@ -192,7 +193,7 @@ def test_a_corrupt_download_is_refused_before_conversion_even_without_hub_metada
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(offline, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(snap / spec["filename"]))
 
     def no_metadata(url):
@@ -220,8 +221,8 @@ def outward_address() -> str | None:
 def app_url():
     from app_tiny import tiny_factory
 
-    from gmem_explore.ui import build_app, launch
-    from gmem_explore.ui_common import Limits
+    from gmem_explore.app.server import build_app, launch
+    from gmem_explore.app.common import Limits
 
     torch.set_num_threads(1)
     demo = build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0), use_spaces_gpu=False)
@@ -288,7 +289,7 @@ def test_a_request_cannot_hand_the_app_a_server_side_file(app_url, tmp_path):
 def test_a_request_cannot_load_a_checkpoint_by_server_side_path(app_url, tmp_path):
     from gradio_client import Client
 
-    from gmem_explore.checkpoint import Checkpoint, save_checkpoint
+    from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
     from app_tiny import tiny_pipeline
 
     url, _ = app_url

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from gmem_explore import GMemPipeline
-from gmem_explore.checkpoint import Checkpoint, save_checkpoint
+from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
 from gmem_explore.fingerprints import checkpoint_files as fingerprint
-from gmem_explore.sharded import launch_local, png_info, png_path, run, shard, write_npz
+from gmem_explore.evaluation.fid_sampling import launch_local, png_info, png_path, run, shard, write_npz
 
 SEEDS = list(range(10, 16))
 
@@ -131,7 +131,7 @@ def test_fingerprint_ignores_where_a_checkpoint_came_from(tiny_folder):
 def test_fingerprint_sees_one_edited_row_of_a_large_bank(tmp_path):
     """One bank row replaced (bank.replace_rows, the app's Swap) 100 KB into a 9.6 MB bank changes the
     fingerprint: every byte counts, or a resume would mix images of two banks."""
-    from gmem_explore.bank import MemoryBank
+    from gmem_explore.bank.memory import MemoryBank
 
     rows = torch.randn(150_000, 16, generator=torch.Generator().manual_seed(0))  # 9.6 MB
     (tmp_path / "a").mkdir()

@@ -9,7 +9,7 @@ import torch
 from gmem_explore import GMemPipeline, MemoryBank, build_model
 from gmem_explore.data import load_digits
 from gmem_explore.safefiles import load_tensors
-from gmem_explore.train import TrainConfig, Trainer
+from gmem_explore.train.trainer import TrainConfig, Trainer
 
 from conftest import TINY, free_port, randomize
 
@@ -119,7 +119,7 @@ def test_label_and_unconditional_training(digits, condition):
 
 
 def test_repa_alignment_uses_the_encoder(digits):
-    from gmem_explore.encoders import ConvEncoder
+    from gmem_explore.encoders.conv import ConvEncoder
 
     encoder = ConvEncoder(dim=16, image_size=8, widths=(8, 8, 8), head_channels=8)
     torch.manual_seed(0)
@@ -273,7 +273,7 @@ def test_gmem_train_checkpoint_every(tmp_path, monkeypatch, capsys):
     one; N saves every N steps, on every process (a save waits for all of them: saved from an on_step callback,
     which runs on the main process only, it hung a multi-process run at the first save); a negative count is
     refused by argparse before anything loads."""
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
     from gmem_explore.safefiles import load_tensors
 
     saved = []
@@ -312,7 +312,7 @@ def test_gmem_train_checkpoint_every(tmp_path, monkeypatch, capsys):
 
 
 def test_gmem_train_baseline_notice_is_printed_once_by_the_main_process(tmp_path, monkeypatch, capsys):
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     common = ["train", "--data", "digits", "--split", "held_out", "--steps", "1", "--batch-size", "4", "--no-progress",
               "--condition", "none", "--checkpoint-every", "0"]
@@ -350,7 +350,7 @@ def test_baseline_conditions_are_not_exported(digits, tmp_path, condition):
 
 
 def test_gmem_train_label_writes_the_state_and_no_checkpoint(tmp_path, capsys):
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     out = tmp_path / "labels"
     assert main(["train", "--data", "digits", "--split", "held_out", "--steps", "1", "--batch-size", "4",
@@ -413,8 +413,8 @@ def test_unconditional_training_takes_eval_conditions_of_any_kind(digits):
 
 
 def test_train_config_from_dict_refuses_unknown_keys_and_reads_saved_ones(digits, tmp_path):
-    from gmem_explore.checkpoint import read_config
-    from gmem_explore.hub import resolve_checkpoint
+    from gmem_explore.checkpoints.folder import read_config
+    from gmem_explore.checkpoints.hub import resolve_checkpoint
     from gmem_explore.safefiles import read_header
 
     with pytest.raises(ValueError, match=r"Unknown training config keys \['batchsize'\]; known keys: .*'batch_size'"):
@@ -429,7 +429,7 @@ def test_train_config_from_dict_refuses_unknown_keys_and_reads_saved_ones(digits
 def test_gmem_train_resume_continues_the_saved_schedule(tmp_path, capsys):
     """The warm-up was derived from --steps again on --resume: a run of 1 step (warm-up 1) extended to --steps 10
     would have warmed up again over 3 steps. The saved config rules; a flag that changes training is refused."""
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
     from gmem_explore.safefiles import read_header
 
     common = ["train", "--data", "digits", "--split", "held_out", "--batch-size", "4", "--no-progress",
@@ -469,7 +469,7 @@ def test_a_state_resumes_only_with_the_encoder_that_made_its_snippets(digits, tm
     """`gmem train --resume --init OTHER` (another snippet encoder) would train the saved run on other bank rows:
     the state records the encoder's config and weights, and another encoder is refused. An encoder with the same
     weights (an --init that copied it, as gmem train does) resumes, and so do states saved without the record."""
-    from gmem_explore.encoders import ConvEncoder
+    from gmem_explore.encoders.conv import ConvEncoder
     from gmem_explore.safefiles import save_tensors
 
     def encoder(seed):
@@ -497,7 +497,7 @@ def test_a_state_resumes_only_with_the_encoder_that_made_its_snippets(digits, tm
 
 
 def test_gmem_train_resume_on_other_data_is_refused(tmp_path, capsys):
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
 
     common = ["train", "--data", "digits", "--batch-size", "4", "--no-progress", "--checkpoint-every", "0",
               "--steps", "1", "--out", str(tmp_path / "run")]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gmem_explore import build_model
-from gmem_explore.train import TrainConfig, Trainer
+from gmem_explore.train.trainer import TrainConfig, Trainer
 
 from conftest import TINY
 

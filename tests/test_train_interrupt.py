@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gmem_explore import build_model
-from gmem_explore.train import StopRequested, TrainConfig, Trainer
+from gmem_explore.train.trainer import StopRequested, TrainConfig, Trainer
 
 from conftest import TINY
 
@@ -78,7 +78,7 @@ def test_warm_up_holds_under_a_cosine_over_the_whole_run():
 def test_gmem_train_saves_its_state_at_ctrl_c(tmp_path, monkeypatch, capsys):
     """Ctrl-C lost every step since the last periodic save (200 by default); now the state is saved after the
     step under way, for --resume."""
-    from gmem_explore.cli import main
+    from gmem_explore.cli.main import main
     from gmem_explore.safefiles import read_header
 
     real_loss = Trainer.loss_on

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gmem_explore import notebook_train as nbt
+from gmem_explore.notebook import finetune as nbt
 from gmem_explore.data import ImageSet
 
 

@@ -8,7 +8,7 @@ import torch
 
 from gmem_explore import build_model
 from gmem_explore.safefiles import read_header
-from gmem_explore.train import TrainConfig, Trainer
+from gmem_explore.train.trainer import TrainConfig, Trainer
 
 from conftest import TINY
 
@@ -70,7 +70,7 @@ def test_gmem_train_resume_refuses_another_seed_only_when_given(tmp_path):
     given --seed 0 from none. Now a --seed given is compared like the other flags that shape training."""
     import argparse
 
-    from gmem_explore.commands.train import add_arguments, resumed_config
+    from gmem_explore.cli.train import add_arguments, resumed_config
     from gmem_explore.safefiles import save_tensors
 
     state = tmp_path / "train-state.safetensors"

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from app_tiny import ROWS, tiny_factory
-from gmem_explore import ui, ui_bank
-from gmem_explore.bankmap import FADED_ALPHA, scatter_figure
-from gmem_explore.ui import build_app, load_checkpoint
-from gmem_explore.ui_common import Limits, UserError
+from gmem_explore.app import server as ui, bank_tab as ui_bank
+from gmem_explore.bank.map2d import FADED_ALPHA, scatter_figure
+from gmem_explore.app.server import build_app, load_checkpoint
+from gmem_explore.app.common import Limits, UserError
 
 pytest_plugins = ["app_tiny"]  # the demo and ctx fixtures
 
@@ -177,7 +177,7 @@ def test_local_folder_box_only_where_paths_are_allowed(demo):
 def test_failed_loads_are_short_and_say_which_model_is_in_use(ctx, monkeypatch, caplog):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     s = ctx.new_session()
-    with caplog.at_level(logging.WARNING, logger="gmem_explore.ui"):
+    with caplog.at_level(logging.WARNING, logger="gmem_explore.app.server"):
         s, text, _ = load_checkpoint(ctx, s, "gmem-v1-xl", "")
     assert s.checkpoint == "tiny"
     assert "not available on this server (no internet and no local copy)" in text and "Still using **tiny**" in text

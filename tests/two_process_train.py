@@ -18,7 +18,7 @@ from test_train import conditions  # noqa: E402
 from gmem_explore import build_model  # noqa: E402
 from gmem_explore.data import load_digits  # noqa: E402
 from gmem_explore.safefiles import save_tensors  # noqa: E402
-from gmem_explore.train import StopRequested, TrainConfig, Trainer  # noqa: E402
+from gmem_explore.train.trainer import StopRequested, TrainConfig, Trainer  # noqa: E402
 
 out = Path(sys.argv[1])
 digits = load_digits().subset(torch.arange(256))

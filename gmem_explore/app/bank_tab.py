@@ -1,0 +1,341 @@
+"""Bank tab: the 2-D map (UMAP or PCA, cached), a box selection on it, paging through rows, one row's details
+(thumbnail, nearest neighbours, generations) and statistics (size, dimension, frequency histogram).
+
+Thumbnail grids here are for picking rows: a click selects the row (no enlarged preview, which would cover the
+grid and outlive the next selection) and their captions are short enough to be read whole at grid size."""
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+import torch
+
+from ..bank.memory import normalize
+from ..bank.map2d import embed_2d, is_cached, scatter_figure, uniform_frequency
+from .common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, step_progress,
+                        thumbnails, upscale)
+from .files import RAW_INPUTS, png_files
+
+PAGE_SIZE = 48
+SHOW_SELECTED = 48  # thumbnails shown for a box selection (the most frequent rows first)
+NEIGHBOURS = 8
+COLOR_BY = ("group", "frequency")
+
+
+def stats(ctx: AppContext, session: Session):
+    """(markdown summary, frequency histogram figure, or None when every row has the same frequency)."""
+    from matplotlib.figure import Figure
+
+    bank = ctx.bank(session)
+    s = bank.stats()
+    lines = [f"**{s['rows']:,} rows** × **{s['dim']}** dimensions ({s['dtype']}); mean row norm {s['norm_mean']:.3f}"
+             + (f", {s['zero_rows']} zero rows" if s["zero_rows"] else "")]
+    uniform = uniform_frequency(bank) if len(bank) else None
+    if uniform:
+        lines.append(uniform)
+    elif "freq_total" in s:
+        lines.append(f"frequency: min {s['freq_min']:g}, max {s['freq_max']:g}, total {s['freq_total']:g}")
+    if "groups" in s:
+        lines.append("groups: " + ", ".join(f"{k} {v}" for k, v in s["groups"].items()))
+    if session.bank is not None:
+        lines.append(f"*this session's edited copy ({len(session.edits)} edits); the file on disk is unchanged*")
+    if uniform or not len(bank):
+        return "\n\n".join(lines), None
+    fig = Figure(figsize=(5, 2.6), dpi=100)
+    ax = fig.add_subplot()
+    f = bank.freq.float()
+    ax.hist(f.numpy(), bins=min(50, max(5, len(bank) // 20)), color="tab:blue")
+    ax.set_xlabel("frequency (how often a row is drawn)")
+    ax.set_ylabel("rows")
+    if f.max() > 100 * f.clamp_min(1e-12).min():
+        ax.set_yscale("log")
+    fig.tight_layout()
+    return "\n\n".join(lines), fig
+
+
+def map_coords(ctx: AppContext, session: Session, method: str):
+    """(coords, rows, note). A session's edited bank reuses the checkpoint bank's UMAP map: refitting UMAP for
+    one swapped row would take a minute, so edited and added rows are drawn beside their nearest unedited row."""
+    if method not in ("umap", "pca"):
+        raise UserError(f"Unknown map method {method!r}; choose umap or pca")
+    bank = ctx.bank(session)
+    if session.bank is None or method == "pca" or is_cached(bank, method):
+        coords, idx = embed_2d(bank, method, return_indices=True)
+        return coords, idx, ""
+    base = ctx.store.get(session.checkpoint).bank
+    coords, idx = embed_2d(base, method, return_indices=True)
+    changed = (bank.rows[idx].float() != base.rows[idx].float()).any(dim=1)
+    moved = torch.cat([idx[changed], torch.arange(len(base), len(bank))])
+    if not len(moved) or bool(changed.all()):
+        return coords, idx, ""
+    anchors = normalize(base.rows[idx[~changed]])
+    nearest = (normalize(bank.rows[moved]) @ anchors.T).argmax(dim=1)
+    placed = coords[~changed][nearest]
+    span = (coords.max(0).values - coords.min(0).values).clamp_min(1e-6)
+    placed = placed + 0.01 * span * torch.randn(placed.shape, generator=torch.Generator().manual_seed(0))
+    coords = torch.cat([coords[~changed], placed])
+    idx = torch.cat([idx[~changed], moved])
+    note = (f"; {len(moved)} row(s) edited in this session are drawn beside their nearest unedited row "
+            f"(the {method.upper()} map is not refitted for session edits)")
+    return coords, idx, note
+
+
+def ring_row(row, rows: int) -> int | None:
+    """The row to ring on the map: the row box's value when it is a row of the bank, else None (the box may hold
+    anything an API client sends; 2**64 made torch raise an OverflowError)."""
+    try:
+        number = float(row)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) and 0 <= number < rows else None
+
+
+def box_mask(coords: torch.Tensor, box) -> torch.Tensor:
+    """Points inside a box given in percent of the map's extent: (x from, x to, y from, y to)."""
+    x0, x1, y0, y1 = [as_float(v, "box edge", 0.0, 100.0) / 100 for v in box]
+    if x0 > x1 or y0 > y1:
+        raise UserError("The box's 'from' edges must not exceed its 'to' edges.")
+    lo, hi = coords.min(0).values, coords.max(0).values
+    rel = (coords - lo) / (hi - lo).clamp_min(1e-12)
+    return (rel[:, 0] >= x0) & (rel[:, 0] <= x1) & (rel[:, 1] >= y0) & (rel[:, 1] <= y1)
+
+
+def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, x1, y0, y1, row=None):
+    """(figure, selected thumbnails, selected rows, summary) for the map with a box selection."""
+    bank = ctx.bank(session)
+    if color_by not in COLOR_BY:
+        raise UserError(f"Unknown colouring {color_by!r}; choose one of {', '.join(COLOR_BY)}")
+    coords, idx, note = map_coords(ctx, session, method)
+    inside = box_mask(coords, (x0, x1, y0, y1))
+    selected = idx[inside]
+    uniform = uniform_frequency(bank)
+    if uniform is None and len(selected):
+        selected = selected[bank.freq[selected].argsort(descending=True, stable=True)]
+        order = "most frequent"
+    else:  # equal frequencies order nothing: list the rows as the pages do
+        selected = selected.sort().values
+        order = "first (by row number)"
+    shown = selected[:SHOW_SELECTED].tolist()
+    note_colour = ""
+    if color_by == "group" and bank.labels is not None:
+        colour = bank.labels[idx]
+    elif uniform is None:
+        colour = bank.freq[idx].float()
+    else:  # one colour for every point and a colour bar from 0.9 to 1.1 would say nothing
+        colour = None
+        if color_by == "frequency":
+            note_colour = f"; {uniform.split(':')[0]}, so there is nothing to colour by"
+    # the box's points stay in their colours and the rest fade (rings on hundreds of points merged into one red
+    # blob); only the row shown in the details is ringed
+    keep = inside if not bool(inside.all()) else None
+    highlight = torch.zeros(0, dtype=torch.long)
+    ringed = ring_row(row, len(bank))
+    if ringed is not None:
+        highlight = (idx == ringed).nonzero().flatten()
+    subsample = f" (a random {len(idx):,} of {len(bank):,} rows)" if len(idx) < len(bank) else ""
+    fig = scatter_figure(coords, colour, bank.label_names if color_by == "group" else None,
+                         highlight=highlight, selected=keep,
+                         title=f"{method.upper()} map of {len(idx):,} snippets{subsample}")
+    ax = fig.axes[0]
+    lo, hi = coords.min(0).values, coords.max(0).values
+    span = hi - lo
+    bx0, bx1 = lo[0] + span[0] * float(x0) / 100, lo[0] + span[0] * float(x1) / 100
+    by0, by1 = lo[1] + span[1] * float(y0) / 100, lo[1] + span[1] * float(y1) / 100
+    if (float(x1) - float(x0)) < 100 or (float(y1) - float(y0)) < 100:
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, edgecolor="red", linestyle="--"))
+    summary = (f"{len(selected):,} rows in the box"
+               + (f"; the {len(shown)} {order} shown" if len(selected) > len(shown) else "") + note + note_colour)
+    return fig, thumbnails(bank, shown), shown, summary
+
+
+def page(ctx: AppContext, session: Session, number):
+    """(thumbnails, rows, 'page k of K') for page `number` (1-based) of PAGE_SIZE rows."""
+    bank = ctx.bank(session)
+    pages = max(1, -(-len(bank) // PAGE_SIZE))
+    number = as_int(number, "page", 1, pages)
+    rows = list(range((number - 1) * PAGE_SIZE, min(number * PAGE_SIZE, len(bank))))
+    return thumbnails(bank, rows), rows, number, f"page {number} of {pages} (rows {rows[0]}–{rows[-1]})" if rows else "empty bank"
+
+
+def row_details(ctx: AppContext, session: Session, row):
+    """(source thumbnail, markdown, nearest-neighbour thumbnails, their rows) for one row."""
+    bank = ctx.bank(session)
+    r = as_int(row, "row", 0, len(bank) - 1)
+    nn, sims = bank.nearest(bank.rows[r:r + 1].float(), NEIGHBOURS + 1)
+    pairs = [(int(i), float(s)) for i, s in zip(nn[0], sims[0]) if int(i) != r][:NEIGHBOURS]
+    # 'row 58 · cos 0.93': the group would not fit under a grid-sized thumbnail, the row's own details say it
+    items = [(img, f"row {i} · cos {s:.2f}") for (img, _), (i, s) in zip(thumbnails(bank, [i for i, _ in pairs]), pairs)]
+    info = [f"**{row_caption(bank, r)}**"]
+    if bank.freq is not None:
+        info.append(f"frequency {float(bank.freq[r]):g} (drawn with probability {float(bank.freq[r] / bank.freq.sum()):.2e})")
+    info.append(f"norm {float(bank.rows[r].float().norm()):.3f}")
+    thumb = upscale(bank.thumbnails[r], 128) if bank.thumbnails is not None else None
+    return thumb, " · ".join(info), items, [i for i, _ in pairs]
+
+
+def check_row(ctx: AppContext, session: Session, row) -> int:
+    """The row as an int, or a UserError naming the bank's range. Run as its own step with no outputs before the
+    step that fills the details, so a bad row shows one message instead of an error badge on every output."""
+    return as_int(row, "row", 0, len(ctx.bank(session)) - 1)
+
+
+def short_captions(items):
+    """Grid captions cut to 'row N': 'row 12 · Smileys & Emotion' does not fit under a thumbnail."""
+    return [(img, cap.split(" · ")[0]) for img, cap in items]
+
+
+def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4, progress=None):
+    """n images from one row with seeds 0..n-1 (the same seeds every time, so edits can be compared)."""
+    pipe = ctx.pipeline(session)
+    r = as_int(row, "row", 0, len(pipe.bank) - 1)
+    steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
+    out = pipe.generate(indices=[r] * n, seeds=list(range(n)), steps=steps, batch_size=ctx.limits.batch_size,
+                        callback=step_progress(progress))
+    return [(upscale(im), f"row {r} · seed {s}") for im, s in zip(out.images, out.seeds)]
+
+
+# no buttons: "Download All" of row-picking thumbnails gave image.png, image-2.png ... (rows are picked here, not saved)
+GRID = {"allow_preview": False, "format": "png", "elem_classes": ["fit-grid"], "buttons": []}  # see the module docstring
+
+
+def unmark() -> gr.Gallery:
+    """No thumbnail marked. Runs whenever a grid gets new content: gradio marks the clicked thumbnail by position,
+    so the mark would otherwise stay on whichever row now holds that place."""
+    return gr.Gallery(selected_index=None)
+
+
+def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
+    bank = ctx.store.get().bank
+    method0 = "umap" if is_cached(bank, "umap") else "pca"
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                method = gr.Radio(["umap", "pca"], value=method0, label="Map",
+                                  info="UMAP takes 10-60 s the first time on a CPU, then it is read from the cache")
+                color = gr.Radio(list(COLOR_BY), value="group", label="Colour by")
+            plot = gr.Plot(label="Bank map", elem_id="bank-map")
+            with gr.Row():
+                x0 = gr.Slider(0, 100, value=0, step=1, label="box x from %")
+                x1 = gr.Slider(0, 100, value=100, step=1, label="box x to %")
+                y0 = gr.Slider(0, 100, value=0, step=1, label="box y from %")
+                y1 = gr.Slider(0, 100, value=100, step=1, label="box y to %")
+            draw = gr.Button("Draw map / select box", variant="primary", elem_id="bank-map-button")
+        with gr.Column(scale=2):
+            summary = gr.Markdown(elem_id="bank-summary")
+            selection = gr.Gallery(label="Selected rows (click one for details)", columns=4, height=300,
+                                   elem_id="bank-selection", **GRID)
+            selected_rows = gr.State([])
+            # the clicked row's details sit right under the grid it was picked from
+            with gr.Row():
+                # no buttons: on a 64 px thumbnail they covered its label, and the rows' files are not the point
+                thumb = gr.Image(label="Source thumbnail", height=140, interactive=False, format="png", scale=1,
+                                 min_width=120, buttons=[], elem_id="bank-thumb")
+                with gr.Column(scale=2, min_width=160):
+                    row = gr.Number(0, precision=0, minimum=0, label="Row (press Enter, or click a thumbnail)",
+                                    elem_id="bank-row")
+                    row_md = gr.Markdown(elem_id="bank-row-info")
+            gen_btn = gr.Button("Generate 4 from this row", elem_id="bank-generate")
+    with gr.Row():
+        with gr.Column(scale=1):
+            stats_md = gr.Markdown(elem_id="bank-stats")
+            hist = gr.Plot(label="Frequency histogram", visible=False)
+        with gr.Column(scale=2):
+            neighbours = gr.Gallery(label="Nearest neighbours (cosine; click one for its details)", columns=4,
+                                    elem_id="bank-neighbours", **GRID)
+            neighbour_rows = gr.State([])
+            # no fixed height: a fixed one cut the captions off and added scroll bars
+            generations = gr.Gallery(label="Generations (seeds 0-3)", columns=4, format="png",
+                                     elem_id="bank-generations", elem_classes=["fit-grid"])
+    with gr.Accordion("All rows, page by page", open=False):
+        with gr.Row():
+            prev_btn = gr.Button("◀ previous", size="sm")
+            page_no = gr.Number(1, precision=0, minimum=1, label="Page", scale=0, min_width=100)
+            next_btn = gr.Button("next ▶", size="sm")
+            page_md = gr.Markdown()
+        page_gallery = gr.Gallery(label="Rows", columns=12, elem_id="bank-pages", **GRID)
+        page_rows = gr.State([])
+
+    @friendly
+    def on_map(session, method, color_by, x_from, x_to, y_from, y_to, row):
+        fig, items, shown, summary = bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
+        return fig, short_captions(items), shown, summary
+
+    @friendly
+    def on_ring(session, method, color_by, x_from, x_to, y_from, y_to, row):
+        """The map alone, redrawn so its red ring follows the row just picked from a grid."""
+        return bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)[0]
+
+    @friendly
+    def on_stats(session):
+        text, fig = stats(ctx, session)
+        return text, gr.Plot(value=fig, visible=fig is not None)
+
+    @friendly
+    def on_check(session, row):
+        check_row(ctx, session, row)
+
+    @friendly
+    def on_details(session, row):
+        return row_details(ctx, session, row)
+
+    @friendly
+    def on_page(session, page_number):
+        items, rows, number, text = page(ctx, session, page_number)
+        return short_captions(items), rows, number, text
+
+    @friendly
+    def on_row_generate(session, row, progress=gr.Progress()):
+        return png_files(row_generations(ctx, session, row, steps_default, progress=progress), "gmem")
+
+    map_inputs = [state, method, color, x0, x1, y0, y1, row]
+    map_outputs = [plot, selection, selected_rows, summary]
+    draw_map = ctx.model_call(on_map)
+    # RAW_INPUTS on the events an API client can call: the handlers check every value (as_int, as_float, the
+    # choices); gradio's own checks answered "4", None or NaN with "Could not preprocess input component at index 7
+    # (a `number` component) of the event handler ..." (and 2**64 reached the handler)
+    draw.click(draw_map, map_inputs, map_outputs, api_name="bank_map", **RAW_INPUTS, **ctx.model_queue)
+    for control in (method, color):
+        control.change(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS, **ctx.model_queue)
+    for slider in (x0, x1, y0, y1):
+        slider.release(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS,
+                       **ctx.model_queue)
+    details_outputs = [thumb, row_md, neighbours, neighbour_rows]
+    # the map redrawn with its ring on the row just shown; the old map stays up meanwhile (a progress overlay on
+    # every thumbnail click blanked it for about a second)
+    ring = dict(fn=ctx.model_call(on_ring), inputs=map_inputs, outputs=plot, api_visibility="private",
+                show_progress="hidden", **RAW_INPUTS, **ctx.model_queue)
+    # check first (no outputs), fill only on success: a bad row is one toast, not an error badge per output
+    row.submit(on_check, [state, row], None, api_visibility="private", **RAW_INPUTS).success(
+        on_details, [state, row], details_outputs, api_name="bank_row", **RAW_INPUTS).then(**ring)
+    gen_btn.click(on_check, [state, row], None, api_visibility="private", **RAW_INPUTS).success(
+        ctx.model_call(on_row_generate), [state, row], generations, api_name="bank_row_generate", **RAW_INPUTS,
+        **ctx.model_queue)
+
+    def pick(rows, evt: gr.SelectData):
+        return rows[evt.index] if rows and evt.index is not None and evt.index < len(rows) else gr.update()
+
+    # every grid keeps the rows it shows in a State beside it, so a click maps its position to a row
+    for gal, rows_state in ((selection, selected_rows), (page_gallery, page_rows), (neighbours, neighbour_rows)):
+        gal.select(pick, rows_state, row, api_visibility="private").then(
+            on_details, [state, row], details_outputs, api_visibility="private").then(**ring)
+    for gal in (selection, page_gallery, neighbours):
+        gal.change(unmark, None, gal, api_visibility="private", queue=False)
+
+    page_outputs = [page_gallery, page_rows, page_no, page_md]
+    page_no.submit(on_page, [state, page_no], page_outputs, api_name="bank_page", **RAW_INPUTS)
+
+    @friendly
+    def on_step(session, page_number, delta):
+        pages = max(1, -(-len(ctx.bank(session)) // PAGE_SIZE))
+        # the box may name a page the bank no longer has (Reset dropped the rows added on the Swap tab, or another
+        # model was loaded): step from the nearest page there is
+        current = min(as_int(page_number, "page", 1, 10**12), pages) if page_number is not None else 1
+        items, rows, number, text = page(ctx, session, min(max(current + delta, 1), pages))
+        return short_captions(items), rows, number, text
+
+    prev_btn.click(lambda s, p: on_step(s, p, -1), [state, page_no], page_outputs, api_visibility="private")
+    next_btn.click(lambda s, p: on_step(s, p, 1), [state, page_no], page_outputs, api_visibility="private")
+    return {"refresh": (on_stats, [state], [stats_md, hist]), "page": (on_page, page_outputs),
+            "details": (on_details, details_outputs), "row": row, "page_no": page_no}

@@ -1,0 +1,404 @@
+"""What every tab of the app shares: the per-session state, the model store, live generation with previews,
+friendly errors, captions and display helpers. No Gradio layout here (see server.py and <tab>_tab.py); files coming in
+(uploads) and going out (downloads, GIFs) are in files.py.
+
+Sessions never share mutable state: a session's edited bank lives in its own gr.State; pipelines in the store are
+shared read-only (a session that edited its bank gets a shallow copy of the pipeline pointing at its own bank).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import queue
+import secrets
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from ..bank.memory import MemoryBank
+from ..images import ImageError
+from ..pipeline import GMemPipeline
+
+DISPLAY_SIZE = 128  # 32 px images are upscaled (nearest) to at least this for display; pixels stay crisp
+MAX_SEED = 2**31 - 1  # what a browser number box holds exactly
+
+
+class UserError(ValueError):
+    """A message for the person using the app (shown by gr.Error); never a crash."""
+
+
+class Cancelled(RuntimeError):
+    """Raised inside the sampler's callback when the browser went away or the user pressed Stop."""
+
+
+@dataclass
+class Session:
+    """One browser session's state (kept in gr.State, so it is private to that session)."""
+
+    checkpoint: str
+    bank: MemoryBank | None = None  # the session's edited copy; None = the checkpoint's bank, untouched
+    edits: list[str] = field(default_factory=list)
+
+    def __deepcopy__(self, memo):  # gr.State deep-copies its initial value per session; banks copy explicitly
+        return Session(self.checkpoint, None if self.bank is None else self.bank.copy(), list(self.edits))
+
+
+@dataclass
+class Limits:
+    """Upper bounds on what one request may ask for (a shared server must stay responsive)."""
+
+    max_images: int = 16
+    max_steps: int = 500
+    max_frames: int = 48
+    batch_size: int = 16
+    preview_seconds: float = 0.4  # at most one preview image per this many seconds
+    concurrency: int = 1  # model calls at once; one already uses every CPU core, more only on a big GPU
+    # A request may name a server-side checkpoint folder or .pth only when the operator allows it: otherwise any
+    # visitor could make the server read (and convert, writing beside it) whatever path they type.
+    allow_local_checkpoints: bool = False
+    # Memory for the sessions' edited bank copies, together: a copy is made at a session's first edit and lives
+    # until the session expires (an hour after its last use), and an API client makes sessions for free. emoji-32's
+    # bank is 8 MB (~250 edited sessions); gmem-v1-xl's is ~1 GB (2).
+    max_edited_bank_bytes: int = 2 << 30
+
+
+class PipelineStore:
+    """Pipelines by checkpoint name, loaded once and shared read-only; at most `capacity` kept in memory."""
+
+    def __init__(self, factory: Callable[[str], GMemPipeline], default: str, capacity: int = 2):
+        self.factory = factory
+        self.default = default
+        self.capacity = capacity
+        self._pipes: OrderedDict[str, GMemPipeline] = OrderedDict()
+        self._lock = threading.Lock()  # guards the two dicts only, never held during a load
+        self._loading: dict[str, threading.Lock] = {}  # one per name being loaded
+
+    def _cached(self, name: str) -> GMemPipeline | None:
+        with self._lock:
+            if name in self._pipes:
+                self._pipes.move_to_end(name)
+                return self._pipes[name]
+            return None
+
+    def get(self, name: str | None = None) -> GMemPipeline:
+        """The pipeline, loaded on first use. A load (the 4.7 GB gmem-v1-xl: minutes) holds only its own name's
+        lock: a second request for that model waits and reuses it, while every other request (a page of rows,
+        the default model's generations) goes on; one global lock froze the whole app for the download."""
+        name = name or self.default
+        pipe = self._cached(name)
+        if pipe is not None:
+            return pipe
+        with self._lock:
+            loading = self._loading.setdefault(name, threading.Lock())
+        with loading:
+            pipe = self._cached(name)  # loaded by the request we waited for
+            if pipe is not None:
+                return pipe
+            pipe = self.factory(name)
+            with self._lock:
+                self._pipes[name] = pipe
+                self._loading.pop(name, None)
+                while len(self._pipes) > self.capacity:
+                    oldest = next(iter(self._pipes))
+                    if oldest == self.default:  # the default stays: it is what new sessions start on
+                        self._pipes.move_to_end(oldest)
+                        oldest = next(iter(self._pipes))
+                    self._pipes.pop(oldest)
+            return pipe
+
+
+@dataclass
+class AppContext:
+    store: PipelineStore
+    limits: Limits = field(default_factory=Limits)
+    gpu: Callable = lambda fn: fn  # spaces.GPU on Hugging Face ZeroGPU Spaces, identity elsewhere
+    # Model runs at once, counted by the runs themselves: gradio frees a queue slot when a request is cancelled,
+    # but a plain handler's thread runs on to its end, so submit-and-cancel used to start any number of runs.
+    model_slots: threading.BoundedSemaphore = field(init=False)
+    # the sessions' edited bank copies still alive (a copy leaves when its session expires or resets)
+    edited_banks: weakref.WeakSet = field(init=False)
+
+    def __post_init__(self):
+        self.model_slots = threading.BoundedSemaphore(self.limits.concurrency)
+        self.edited_banks = weakref.WeakSet()
+        self._edit_lock = threading.Lock()
+
+    def private_bank(self, session: Session) -> MemoryBank:
+        """The session's own copy of its bank, made at its first edit (the checkpoint's bank and file stay as they
+        are), within limits.max_edited_bank_bytes for all sessions together."""
+        if session.bank is not None:
+            return session.bank
+        base = self.store.get(session.checkpoint).bank
+        with self._edit_lock:
+            held = sum(bank_bytes(b) for b in list(self.edited_banks))
+            if held + bank_bytes(base) > self.limits.max_edited_bank_bytes:
+                raise UserError(f"The server already holds {len(self.edited_banks)} sessions' edited banks "
+                                f"({held / 2**20:.0f} MB), its limit; edits are refused until some expire (an hour "
+                                f"after their last use). Try again later, or run the app yourself (README).")
+            session.bank = base.copy()
+            self.edited_banks.add(session.bank)
+        return session.bank
+
+    def model_call(self, fn: Callable) -> Callable:
+        """A plain (non-generator) model handler that runs holding a model slot (on the GPU of a ZeroGPU Space).
+        Generators go through run_live(..., slots=ctx.model_slots) instead: there the worker thread holds it."""
+        on_device = self.gpu(fn)
+
+        @functools.wraps(fn)
+        def holding_a_slot(*args, **kwargs):
+            with self.model_slots:
+                return on_device(*args, **kwargs)
+        return holding_a_slot
+
+    @property
+    def model_queue(self) -> dict:
+        """Event options for calls that run the model: one shared queue slot pool for all of them."""
+        return {"concurrency_id": "model", "concurrency_limit": self.limits.concurrency}
+
+    def new_session(self) -> Session:
+        return Session(self.store.default)
+
+    def pipeline(self, session: Session) -> GMemPipeline:
+        """The session's pipeline: the shared one, or a shallow copy that samples from the session's own bank."""
+        pipe = self.store.get(session.checkpoint)
+        if session.bank is None:
+            return pipe
+        view = copy.copy(pipe)
+        view.bank = session.bank
+        return view
+
+    def bank(self, session: Session) -> MemoryBank:
+        return session.bank if session.bank is not None else self.store.get(session.checkpoint).bank
+
+
+def bank_bytes(bank: MemoryBank) -> int:
+    """Memory a bank's tensors take (rows, frequencies, labels, thumbnails)."""
+    return sum(t.numel() * t.element_size() for t in (bank.rows, bank.freq, bank.labels, bank.thumbnails)
+               if t is not None)
+
+
+def spaces_gpu(duration: int = 120) -> Callable:
+    """spaces.GPU when the `spaces` package is importable (Hugging Face Spaces), otherwise a no-op decorator."""
+    try:
+        import spaces  # noqa: F401  (only present on Spaces)
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
+
+
+# ---- errors -------------------------------------------------------------------------------------------------
+FRIENDLY = (UserError, ImageError, ValueError, IndexError, KeyError, TypeError, OSError, RuntimeError)
+
+
+def friendly(fn):
+    """Turn expected failures into gr.Error (a red message in the page); the server keeps running.
+
+    Works for plain functions and generators (live previews)."""
+    def convert(e: Exception):
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, Cancelled):
+            return gr.Error("Stopped.")
+        return gr.Error(str(e).strip() or type(e).__name__)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except FRIENDLY as e:
+                raise convert(e) from e
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FRIENDLY as e:
+            raise convert(e) from e
+    return wrapper
+
+
+# ---- checking what came from the page ---------------------------------------------------------------------
+def as_int(value, name: str, low: int, high: int) -> int:
+    """An integer in [low, high] from a number box (which may send None, floats, NaN or strings)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number; got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise UserError(f"{name} must be a finite number; got {value!r}")
+    if number != int(number):
+        raise UserError(f"{name} must be a whole number; got {value!r}")
+    if not low <= number <= high:
+        raise UserError(f"{name} must be between {low} and {high}; got {int(number)}")
+    return int(number)
+
+
+def as_float(value, name: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number; got {value!r}") from None
+    if not low <= number <= high:  # also false for NaN
+        raise UserError(f"{name} must be between {low} and {high}; got {value!r}")
+    return number
+
+
+RANDOM_SEEDS = 1_000_000  # random seeds stay below this: at most 6 digits fit a thumbnail caption ("seed N · row R")
+# beside the row and are easy to retype; a million is more variety than anyone browses. Typed seeds may go to MAX_SEED.
+
+
+def pick_seed(seed, randomize: bool) -> int:
+    """A random seed when the "Random seed" box is ticked, else the seed box's. The box must send a real bool: an API
+    client's "false" is a truthy string, and it used to draw a random seed where the client asked for its own."""
+    if not isinstance(randomize, bool):
+        raise UserError(f"Random seed must be true or false; got {randomize!r}")
+    return secrets.randbelow(RANDOM_SEEDS) if randomize else as_int(seed, "seed", 0, MAX_SEED)
+
+
+def typing_a_seed_unticks_random(seed: gr.Number, randomize: gr.Checkbox) -> None:
+    """A seed typed into the box is the seed wanted: the "Random seed" box (ticked by default on the Generate tab)
+    is unticked, where the typed seed used to be ignored for a random one. Only a person's typing (.input): the
+    seed a run copies into the box leaves the tick as it is."""
+    seed.input(lambda: False, None, randomize, queue=False, api_visibility="private")
+
+
+# ---- display ------------------------------------------------------------------------------------------------
+def upscale(image: torch.Tensor, size: int = DISPLAY_SIZE) -> Image.Image:
+    """uint8 (H, W, 3) -> PIL, enlarged by a whole factor (nearest) so that it is at least `size` pixels wide."""
+    img = Image.fromarray(torch.as_tensor(image).cpu().numpy())
+    factor = max(1, -(-size // max(img.width, 1)))
+    return img.resize((img.width * factor, img.height * factor), Image.NEAREST) if factor > 1 else img
+
+
+def row_caption(bank: MemoryBank, row: int) -> str:
+    label = bank.label_of(row)
+    return f"row {row}" + (f" · {label}" if label not in (None, "-1") else "")
+
+
+def thumbnails(bank: MemoryBank, rows, size: int = 64) -> list[tuple[Image.Image, str]]:
+    """Gallery items for bank rows: the source thumbnail (grey when the bank has none) and 'row N · group'."""
+    items = []
+    for r in rows:
+        r = int(r)
+        if bank.thumbnails is not None:
+            img = upscale(bank.thumbnails[r], size)
+        else:
+            img = Image.new("RGB", (size, size), (200, 200, 200))
+        items.append((img, row_caption(bank, r)))
+    return items
+
+
+# ---- live generation --------------------------------------------------------------------------------------
+def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: float = 0.4,
+             slots: threading.Semaphore | None = None):
+    """Run `run(callback)` (a pipeline call) in a worker thread; yield ("preview", uint8 images, done, total)
+    every `preview_seconds` and finally ("result", value). The worker holds one of `slots` (AppContext.model_slots)
+    while it samples, so a run stopped mid-step still counts until its thread ends.
+
+    The sampler's callback decodes the denoised estimate only when a preview is due (decoding every step
+    would cost as much as sampling for pixel models). Closing this generator (the browser left, Stop pressed)
+    makes the next callback raise Cancelled, which stops the worker after at most one sampler step.
+    """
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    outcome: dict = {}
+    last = [0.0]
+
+    def callback(info, start, count):
+        if stop.is_set():
+            raise Cancelled("stopped")
+        done = info.images_done(start)
+        now = time.monotonic()
+        preview = None
+        if now - last[0] >= preview_seconds and info.step < info.total:
+            last[0] = now
+            preview = (start, pipe.decode_preview(info))
+        events.put(("step", done, count, info.step, info.total, preview))
+
+    def worker():
+        try:
+            if slots is not None:
+                with slots:
+                    outcome["value"] = run(callback)
+            else:
+                outcome["value"] = run(callback)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+            outcome["error"] = e
+        finally:
+            events.put(("done",))
+
+    thread = threading.Thread(target=worker, name="gmem-generate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            event = events.get()
+            if event[0] == "done":
+                break
+            _, done, count, step, total, preview = event
+            if progress is not None:
+                progress(min(done / count, 1.0), desc=f"sampling: step {step}/{total}")
+            if preview is not None:
+                yield ("preview", preview, step, total)
+    finally:
+        stop.set()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield ("result", outcome["value"])
+
+
+def step_progress(progress, what: str = "sampling", share: tuple[float, float] = (0.0, 1.0)):
+    """A pipeline callback that moves gradio's progress bar ("what: step k/N"), or None without a progress. For the
+    model calls without live previews (Swap's Generate and compare, the Bank's "Generate 4"), which would otherwise
+    show only a timer: on gmem-v1-xl a compare is 8 images of 250 SDE steps. `share` (from, to): the part of the bar
+    this call fills, so that calls made one after the other (Swap's compare: two) fill it once, not twice."""
+    if progress is None:
+        return None
+    low, high = share
+
+    def callback(info, start, count):
+        progress(low + (high - low) * min(info.images_done(start) / count, 1.0),
+                 desc=f"{what}: step {info.step}/{info.total}")
+    return callback
+
+
+def row_range(bank, name: str = "Bank row", bounded: bool = True):
+    """A row box's label and bounds for this bank, e.g. "Bank row (0–1696)": banks differ between models and grow
+    with edits, so the boxes re-read them when shown. `bounded=False`: the label only (Swap's box, see
+    ui_swap.row_box)."""
+    last = max(len(bank) - 1, 0)
+    return gr.update(label=f"{name} (0–{last})", **({"maximum": last} if bounded else {}))
+
+
+# ---- Stop and the seed box --------------------------------------------------------------------------------------
+# A model event never writes the seed box itself: an output of an event that fails shows gradio's red "Error"
+# badge until the next success, and a seed box that looks broken after a typo elsewhere misleads. The event writes
+# the seed it used into a hidden number (the API's "seed" output), and a .success step copies it into the box.
+def hidden_seed() -> gr.Number:
+    return gr.Number(None, precision=0, visible=False, label="Seed used")
+
+
+def stopped(seed_used, details):
+    """Stop's own handler: gradio's cancel closes the generator, so nothing the run yields could say it stopped.
+    Returns (seed box, status text, details); unchanged when no run was under way."""
+    status = (details or {}).get("status") if isinstance(details, dict) else None
+    if status == "starting":
+        where = "before the first step"
+    elif isinstance(status, str) and status.startswith("step "):
+        where = f"at {status}"
+    else:
+        return gr.update(), gr.update(), gr.update()
+    seed_note = f" (seed {int(seed_used)})" if seed_used is not None else ""
+    text = f"**Stopped {where}**{seed_note}: the images are the last preview."
+    return (gr.update() if seed_used is None else int(seed_used), text,
+            {**details, "status": f"stopped {where}"})

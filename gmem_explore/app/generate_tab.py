@@ -1,0 +1,174 @@
+"""Generate tab: snippets at random (by frequency), by bank row, by group or from an uploaded image; live previews."""
+from __future__ import annotations
+
+import gradio as gr
+import torch
+
+from ..sampling import METHODS
+from .common import (AppContext, Session, UserError, as_float, as_int, friendly, hidden_seed, pick_seed, row_range,
+                        run_live, stopped, typing_a_seed_unticks_random, upscale)
+from .files import RAW_INPUTS, encode_upload, image_upload, png_files
+
+SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
+# One plain sentence per choice, shown under the radio for the current choice.
+SOURCE_HELP = {
+    SOURCES[0]: "Each image gets a random bank row; rows with a higher frequency come up more often.",
+    SOURCES[1]: "Every image uses the one bank row you pick; only the seed differs between them.",
+    SOURCES[2]: "Each image gets a random row from the group you pick.",
+    SOURCES[3]: "Your image is turned into a snippet, and every image is generated from it.",
+}
+
+
+def group_rows(bank, group: str) -> torch.Tensor:
+    if bank.labels is None or not bank.label_names:
+        raise UserError("This bank has no groups; pick rows at random or by number instead.")
+    if group not in bank.label_names:
+        raise UserError(f"Unknown group {group!r}; choose one of {', '.join(bank.label_names)}")
+    rows = (bank.labels == bank.label_names.index(group)).nonzero().flatten()
+    if not len(rows):
+        raise UserError(f"The group {group!r} has no rows in this bank.")
+    return rows
+
+
+def plan(ctx: AppContext, session: Session, source: str, row, group, upload, n: int, seed: int) -> dict:
+    """What to generate: keyword arguments for pipeline.generate plus a caption for each image."""
+    pipe = ctx.pipeline(session)
+    bank = pipe.bank
+    seeds = [(seed + i) % (2**31) for i in range(n)]
+    if source == SOURCES[0]:
+        return {"kwargs": {"n": n, "choose": "noise"}, "seeds": seeds, "source": "random by frequency"}
+    if source == SOURCES[1]:
+        r = as_int(row, "row", 0, len(bank) - 1)
+        return {"kwargs": {"indices": [r] * n}, "seeds": seeds, "source": "bank row"}
+    if source == SOURCES[2]:
+        rows = group_rows(bank, group)
+        weights = bank.freq[rows].float() if bank.freq is not None else torch.ones(len(rows))
+        g = torch.Generator().manual_seed(seed)
+        picked = rows[torch.multinomial(weights, n, replacement=True, generator=g)]
+        return {"kwargs": {"indices": picked.tolist()}, "seeds": seeds, "source": f"group {group}"}
+    if source == SOURCES[3]:
+        snippet, _ = encode_upload(pipe, upload)
+        return {"kwargs": {"snippets": snippet.repeat(n, 1)}, "seeds": seeds, "source": "uploaded image"}
+    raise UserError(f"Unknown snippet source {source!r}; choose one of {SOURCES}")
+
+
+def captions(generation) -> list[str]:
+    """'seed N · row R' (or '· upload'): short enough for a thumbnail, the seed first so it is never cut off.
+    The group and the snippet source are in Details."""
+    return [f"seed {seed} · " + (f"row {row}" if row is not None else "upload")
+            for row, seed in zip(generation.indices, generation.seeds)]
+
+
+def done_status(seed_used, details) -> str:
+    if not isinstance(details, dict) or details.get("status") != "done":
+        return ""
+    n = len(details.get("seeds") or [])
+    where = "rows and groups in Details" if any(r is not None for r in details.get("rows") or []) else \
+        "all from your image's snippet"
+    return (f"**{n} image{'s' if n != 1 else ''} from seed {seed_used}** (image i uses seed + i) · "
+            f"{details.get('steps')} {details.get('method')} steps · {where}")
+
+
+def generate(ctx: AppContext, session: Session, source, row, group, upload, n, seed, randomize, steps, method,
+             guidance, progress=None):
+    """Generator: yields (gallery items, seed, details) with previews, then the final images."""
+    limits = ctx.limits
+    n = as_int(n, "number of images", 1, limits.max_images)
+    steps = as_int(steps, "steps", 1, limits.max_steps)
+    guidance = as_float(guidance, "guidance", 0.0, 20.0)
+    if method not in METHODS:
+        raise UserError(f"Unknown sampler {method!r}; choose one of {METHODS}")
+    seed = pick_seed(seed, randomize)
+    job = plan(ctx, session, source, row, group, upload, n, seed)
+    pipe = ctx.pipeline(session)
+    yield [], seed, {"status": "starting", "seed": seed}
+
+    def run(callback):
+        return pipe.generate(seeds=job["seeds"], method=method, steps=steps, guidance=guidance,
+                             batch_size=limits.batch_size, callback=callback, **job["kwargs"])
+
+    for kind, payload, *rest in run_live(pipe, run, progress, limits.preview_seconds, ctx.model_slots):
+        if kind == "preview":
+            start, images = payload
+            step, total = rest
+            items = [(upscale(im), f"seed {job['seeds'][start + i]} · step {step}/{total}")
+                     for i, im in enumerate(images)]
+            yield items, seed, {"status": f"step {step}/{total}", "seed": seed}
+        else:
+            out = payload
+            items = [(upscale(im), c) for im, c in zip(out.images, captions(out))]
+            groups = [pipe.bank.label_of(r) if r is not None else None for r in out.indices]
+            details = {"status": "done", "seed": seed, "seeds": out.seeds, "rows": out.indices,
+                       "source": job["source"], **({"groups": groups} if any(groups) else {}),
+                       **{k: v for k, v in out.settings.items() if k != "guidance_interval"}}
+            yield items, seed, details
+
+
+def build(ctx: AppContext, state: gr.State) -> dict:
+    pipe = ctx.store.get()
+    bank = pipe.bank
+    steps = int(pipe.sampler.get("steps", 50))
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Snippets from", info=SOURCE_HELP[SOURCES[0]],
+                              elem_id="generate-source")
+            row = gr.Number(0, precision=0, minimum=0, maximum=max(len(bank) - 1, 0),
+                            label=f"Bank row (0–{max(len(bank) - 1, 0)})", visible=False, elem_id="generate-row")
+            group = gr.Dropdown(bank.label_names or [], value=(bank.label_names or [None])[0], label="Group",
+                                visible=False)
+            upload = image_upload("Image to take the snippet from", visible=False, height=160,
+                                  elem_id="generate-upload")
+            n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Number of images")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)",
+                                 elem_id="generate-seed")
+                randomize = gr.Checkbox(True, label="Random seed", elem_id="generate-random")
+                typing_a_seed_unticks_random(seed, randomize)
+            with gr.Accordion("Sampler", open=False):
+                method = gr.Radio(list(METHODS), value=pipe.sampler.get("method", "sde"), label="Sampler",
+                                  info="sde: the paper's Euler-Maruyama; euler / heun: ODE")
+                steps_in = gr.Slider(1, ctx.limits.max_steps, value=min(steps, ctx.limits.max_steps), step=1,
+                                     label="Steps")
+                guidance = gr.Slider(0.0, 10.0, value=1.0, step=0.25, label="Guidance (1 = none)",
+                                     info="classifier-free guidance with a zero snippet; GMem v1 was trained without it")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
+        with gr.Column(scale=2):
+            # height "fit-content": gradio's "auto" pins the grid between 450 px and 55% of the window (scrolling
+            # inside it); fit-content makes the gallery exactly as tall as its rows of images.
+            gallery = gr.Gallery(label="Images", columns=4, height="fit-content", format="png",
+                                 elem_id="generate-gallery", object_fit="contain", elem_classes=["fit-grid"])
+            status = gr.Markdown(elem_id="generate-status")
+            with gr.Accordion("Details", open=False):
+                details = gr.JSON(label="Seeds, rows and settings")
+    seed_used = hidden_seed()
+
+    def show_inputs(session, choice):
+        # The row's range is re-read whenever the row box is shown: the session's bank may belong to another
+        # model by now, or have grown by rows added on the Swap tab.
+        rows = {**row_range(ctx.bank(session)), "visible": True} if choice == SOURCES[1] else \
+            gr.update(visible=False)
+        return (gr.update(info=SOURCE_HELP.get(choice, "")), rows, gr.update(visible=choice == SOURCES[2]),
+                gr.update(visible=choice == SOURCES[3]))
+
+    source.change(show_inputs, [state, source], [source, row, group, upload], queue=False, api_visibility="private")
+
+    @ctx.gpu
+    @friendly
+    def on_generate(session, source, row, group, upload, n, seed, randomize, steps, method, guidance,
+                    progress=gr.Progress()):
+        for items, used, details in generate(ctx, session, source, row, group, upload, n, seed, randomize, steps,
+                                             method, guidance, progress):
+            if details.get("status") == "done":  # the final images as files named for their seed and row
+                items = png_files(items, "gmem")
+            yield items, used, details
+
+    go.click(lambda: "", None, status, queue=False, api_visibility="private")  # an old "Stopped ..." goes
+    event = go.click(on_generate, [state, source, row, group, upload, n, seed, randomize, steps_in, method, guidance],
+                     [gallery, seed_used, details], api_name="generate", **RAW_INPUTS, **ctx.model_queue)
+    event.success(lambda used, info: (used, done_status(used, info)), [seed_used, details], [seed, status],
+                  queue=False, api_visibility="private")
+    stop.click(stopped, [seed_used, details], [seed, status, details], cancels=[event], queue=False,
+               api_visibility="private")
+    return {"group": group, "row": row, "steps": steps_in, "method": method}

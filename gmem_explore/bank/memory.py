@@ -1,0 +1,363 @@
+"""MemoryBank: the external memory of GMem, N snippets of dimension D with optional frequency, labels and
+thumbnails of their source images.
+
+Rows may be stored unnormalised and in fp16 (640,000 x 768 fp16 = 0.98 GB); every snippet handed to a model is
+L2-normalised in float32 at use, as in the released code. Files are safetensors, written atomically and opened
+memory-mapped, so the released bank opens at once and is never held twice.
+
+The arithmetic of single snippets (normalize, mix) lives in snippets.py and the checks on inputs in
+checks.py; both are importable from here as before.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .checks import (CHUNK, LOW_RANK_FORMAT, as_labels, as_thumbnails, check_bank_rows, check_counts, check_frequencies,
+                          check_low_rank, check_metadata, check_noise, check_snippets, missing_extra_message, refuse_meta, row_indices,
+                          rows_spoiled_by_cast, spoiled_rows_message)
+from ..safefiles import load_tensors, save_tensors
+from .snippets import MIX_METHODS, mix, normalize
+from ..values import as_whole
+
+# the public names, including those defined in snippets.py and importable from here as before
+__all__ = ["CHOOSE_STRATEGIES", "MIX_METHODS", "SAVE_DTYPES", "MemoryBank", "cumulative_frequency", "index_from_noise",
+           "load_bank", "mix", "normalize"]
+
+CHOOSE_STRATEGIES = ("frequency", "uniform")
+# dtypes a bank file may store its rows in: MemoryBank.load reads floating-point rows only
+SAVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def cumulative_frequency(freq: torch.Tensor | None, n: int) -> torch.Tensor:
+    """float64 CDF over rows; uniform when there are no frequencies."""
+    if freq is None:
+        return torch.arange(1, n + 1, dtype=torch.float64) / n
+    p = freq.double()
+    return torch.cumsum(p / p.sum(), 0)
+
+
+def index_from_noise(noise: torch.Tensor, freq: torch.Tensor | None, num_rows: int | None = None) -> torch.Tensor:
+    """The released snippet choice: a deterministic function of each sample's initial noise.
+
+    m = mean(z) * sqrt(numel(z)) is ~N(0, 1) for Gaussian z, u = Phi(m) is ~U(0, 1), and the row is the first k
+    with cumsum(freq / sum(freq))[k] > u: rows are drawn with probability proportional to freq.
+    `noise` is one sample (C, H, W) or a batch (B, C, H, W); returns one index per sample (shape (B,)).
+    """
+    noise = check_noise(noise)
+    freq = None if freq is None else torch.as_tensor(freq)
+    n = num_rows if freq is None else len(freq)
+    if not n:
+        raise ValueError("the bank is empty (index_from_noise needs freq or num_rows > 0): add rows first")
+    flat = noise.reshape(noise.shape[0], -1).double()
+    m = flat.mean(dim=1) * math.sqrt(flat.shape[1])
+    u = 0.5 * (1 + torch.erf(m / math.sqrt(2)))
+    if freq is not None:
+        check_counts(freq)  # a negative count would make the cdf fall back and pick rows by chance
+    if freq is not None and not (freq > 0).any():
+        raise ValueError("freq has no positive entry: no row could ever be drawn; fix freq or choose uniformly")
+    cdf = cumulative_frequency(freq.cpu() if freq is not None else None, n)
+    # u can reach 1.0 (|m| > 8.3, or rounding at the top of the cdf): then no cdf entry exceeds it, and the
+    # answer is the last row that can be drawn, never a trailing row of frequency 0
+    last = n - 1 if freq is None else int((freq > 0).nonzero().max())
+    return torch.searchsorted(cdf, u.cpu(), right=True).clamp_max(last)
+
+
+class MemoryBank:
+    """N snippets (rows) of dimension D with optional per-row frequency, integer labels and thumbnails.
+
+    The bank keeps the tensors it is given, without copying. replace writes into them (rows, and thumbnails /
+    labels when given), so MemoryBank(r).replace(0, x) changes the caller's r; add and remove build new tensors
+    and leave the caller's alone. Use bank.copy() first for a private copy. An edit is all-or-nothing: a refused
+    add / replace / remove leaves the bank exactly as it was."""
+
+    def __init__(self, rows, freq=None, labels=None, label_names=None, thumbnails=None, meta=None):
+        refuse_meta(rows, "bank rows")
+        rows = torch.as_tensor(rows)
+        if rows.ndim != 2:
+            raise ValueError(f"bank rows must be a 2-D (N, D) matrix; got shape {tuple(rows.shape)} (use rows[None] for one row)")
+        if not rows.is_floating_point():
+            raise ValueError(f"bank rows must be floating point; got {rows.dtype} (convert them with .float())")
+        self.rows = rows
+        self.freq = None if freq is None else torch.as_tensor(freq).double()
+        self.labels = None if labels is None else torch.as_tensor(labels).long()
+        self.label_names = list(label_names) if label_names is not None else None
+        self.thumbnails = None if thumbnails is None else torch.as_tensor(thumbnails)
+        self.meta = dict(meta or {})
+        self.validate()
+
+    # ---- shape and checks -------------------------------------------------------------------------------
+    def __len__(self):
+        return self.rows.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.rows.shape[1]
+
+    def __repr__(self):
+        extras = [name for name in ("freq", "labels", "thumbnails") if getattr(self, name) is not None]
+        return f"MemoryBank({len(self)} rows x {self.dim}, {self.rows.dtype}, with {extras or 'rows only'})"
+
+    def validate(self, check_values: bool = False) -> None:
+        """Shapes and frequencies always; row values (NaN, infinite) when asked, since that touches every page."""
+        n = len(self)
+        check_frequencies(self.freq, n)
+        if self.labels is not None and self.labels.shape != (n,):
+            raise ValueError(f"labels must have one entry per row ({n}); got shape {tuple(self.labels.shape)}")
+        if self.thumbnails is not None and (self.thumbnails.ndim != 4 or self.thumbnails.shape[0] != n
+                                            or self.thumbnails.shape[-1] != 3 or self.thumbnails.dtype != torch.uint8):
+            raise ValueError(f"thumbnails must be uint8 (N={n}, H, W, 3); got {tuple(self.thumbnails.shape)} {self.thumbnails.dtype}")
+        if check_values:
+            for start in range(0, n, CHUNK):
+                chunk = self.rows[start:start + CHUNK]
+                if not torch.isfinite(chunk).all():
+                    raise ValueError(f"bank rows hold NaN or infinite values (first bad chunk at row {start})")
+
+    def _check_index(self, indices) -> torch.Tensor:
+        return row_indices(indices, len(self))  # fractions refused, boolean masks allowed (bank_checks)
+
+    # ---- reading --------------------------------------------------------------------------------------
+    def snippets(self, indices) -> torch.Tensor:
+        """Normalised float32 snippets of the given rows, ready for the model; unusable rows (NaN, infinite, all
+        zeros) are refused by number, since the model would turn them into noise or an unconditional sample."""
+        idx = self._check_index(indices)
+        rows = self.rows[idx].float()
+        check_bank_rows(rows, idx)
+        return normalize(rows)
+
+    def label_of(self, index: int) -> str | None:
+        if self.labels is None:
+            return None
+        label = int(self.labels[self._check_index([index])[0]])
+        return self.label_names[label] if self.label_names and 0 <= label < len(self.label_names) else str(label)
+
+    def choose(self, n: int, strategy: str = "frequency", generator: torch.Generator | None = None) -> torch.Tensor:
+        """n row indices (a long tensor; empty for n = 0) drawn with replacement, uniformly or proportionally to
+        freq."""
+        if strategy not in CHOOSE_STRATEGIES:
+            raise ValueError(f"Unknown choice strategy {strategy!r}; choose one of {CHOOSE_STRATEGIES} (or use from_noise)")
+        if as_whole(n) is None or as_whole(n) < 0:
+            raise ValueError(f"choose needs a whole number of rows n >= 0; got {n!r}")
+        n = int(n)
+        if len(self) == 0:
+            raise IndexError("the bank is empty: add rows first")
+        if n == 0:  # torch.multinomial refuses 0 draws; an empty answer is the same with or without freq
+            return torch.zeros(0, dtype=torch.long)
+        if strategy == "frequency" and self.freq is not None:
+            check_frequencies(self.freq, len(self))  # freq may have been set by hand since the bank was made
+            # shares in float64 first: counts beyond float32's range would otherwise turn infinite
+            return torch.multinomial((self.freq / self.freq.sum()).float(), n, replacement=True, generator=generator)
+        return torch.randint(len(self), (n,), generator=generator)
+
+    def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """The released rule: rows chosen from the initial noise by frequency."""
+        return index_from_noise(noise, self.freq, len(self))
+
+    def nearest(self, query: torch.Tensor, k: int = 5, chunk: int = 131072) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k rows by cosine similarity to each query: (indices (Q, k), similarities (Q, k)), best first.
+
+        Chunked so that 640,000 rows never need a second full-size copy in float32; any chunk >= 1 gives the same
+        answer."""
+        query = normalize(check_snippets(query, self.dim, "query"))
+        if (as_whole(chunk) or 0) < 1:
+            raise ValueError(f"nearest needs chunk >= 1 (rows compared at a time); got {chunk!r}")
+        if len(self) == 0:
+            raise ValueError("nearest: the bank is empty; add rows first")
+        k = min(int(k), len(self))
+        if k < 1:
+            raise ValueError("nearest needs k >= 1 and a non-empty bank")
+        best_s = torch.full((query.shape[0], 0), -2.0)
+        best_i = torch.zeros((query.shape[0], 0), dtype=torch.long)
+        for start in range(0, len(self), int(chunk)):
+            sims = query @ normalize(self.rows[start:start + chunk]).T
+            if sims.isnan().any():  # a NaN or infinite row makes its whole column NaN; cheap to spot here
+                bad = (sims.isnan().any(dim=0).nonzero().flatten() + start).tolist()[:10]
+                raise ValueError(f"bank rows {bad} hold NaN or infinite values; replace or remove them "
+                                 f"(bank.replace / bank.remove) before searching.")
+            s, i = sims.topk(min(k, sims.shape[1]), dim=1)
+            # chunks smaller than k: until k rows have been seen, keep every one of them
+            candidates = torch.cat([best_s, s], 1)
+            best_s, order = candidates.topk(min(k, candidates.shape[1]), dim=1)
+            best_i = torch.cat([best_i, i + start], 1).gather(1, order)
+        return best_i, best_s
+
+    # ---- editing (in place; use copy() for a private edited copy) ---------------------------------------
+    def copy(self) -> "MemoryBank":
+        clone = lambda t: None if t is None else t.clone()  # noqa: E731
+        return MemoryBank(self.rows.clone(), clone(self.freq), clone(self.labels), self.label_names,
+                          clone(self.thumbnails), dict(self.meta))
+
+    def _rows_to_store(self, rows, what: str) -> torch.Tensor:
+        """Checked rows in this bank's dtype; rows that a float16 bank cannot hold are refused, not stored as inf."""
+        rows, spoiled = rows_spoiled_by_cast(check_snippets(rows, self.dim, what), self.rows.dtype)
+        if spoiled:
+            raise ValueError(spoiled_rows_message(
+                what, spoiled, self.rows.dtype, "Normalise them first (gmem_explore.bank.memory.normalize(rows)): the model "
+                "only uses their direction."))
+        return rows
+
+    def _new_frequencies(self, freq, n: int) -> torch.Tensor | None:
+        """Frequencies for n new rows: those given, else the mean of the bank's (1 in an empty bank)."""
+        if self.freq is None:
+            if freq is not None:
+                raise ValueError(missing_extra_message("frequencies (rows are drawn uniformly)", "freq"))
+            return None
+        if freq is None:
+            fill = float(self.freq.mean()) if len(self.freq) else 1.0
+            return torch.full((n,), fill, dtype=torch.float64)
+        freq = torch.as_tensor(freq).double()
+        if freq.numel() != n:
+            raise ValueError(f"give one frequency per new row ({n}); got {freq.numel()}")
+        freq = freq.reshape(n)
+        check_counts(freq)  # the sum is checked on the whole bank: new rows may all have 0
+        return freq
+
+    def _new_labels(self, labels, n: int) -> torch.Tensor | None:
+        if self.labels is None:
+            if labels is not None:
+                raise ValueError(missing_extra_message("labels", "labels"))
+            return None
+        return torch.full((n,), -1) if labels is None else as_labels(labels, n)
+
+    def _new_thumbnails(self, thumbnails, n: int) -> torch.Tensor | None:
+        if self.thumbnails is None:
+            if thumbnails is not None:
+                raise ValueError(missing_extra_message("thumbnails", "thumbnails"))
+            return None
+        size = tuple(self.thumbnails.shape[1:])
+        if thumbnails is None:  # blank (white) tiles, so a grid shows where a row has no picture
+            return torch.full((n, *size), 255, dtype=torch.uint8)
+        return as_thumbnails(thumbnails, n, size)
+
+    def add(self, rows, freq=None, labels=None, thumbnails=None) -> torch.Tensor:
+        """Append rows; returns their indices. Missing extras get freq = mean freq, label -1, blank thumbnail; an
+        extra the bank does not have (labels for a bank without labels, ...) is refused rather than dropped.
+        Everything is checked before the bank changes."""
+        rows = self._rows_to_store(rows, "new rows")
+        n_new = rows.shape[0]
+        freq = self._new_frequencies(freq, n_new)
+        labels = self._new_labels(labels, n_new)
+        thumbnails = self._new_thumbnails(thumbnails, n_new)
+        joined = lambda old, new: None if old is None else torch.cat([old, new])  # noqa: E731
+        all_freq = joined(self.freq, freq)
+        check_frequencies(all_freq, len(self) + n_new)  # an empty bank given only counts of 0 could draw nothing
+        first = len(self)
+        self.rows, self.freq = torch.cat([self.rows, rows]), all_freq
+        self.labels, self.thumbnails = joined(self.labels, labels), joined(self.thumbnails, thumbnails)
+        return torch.arange(first, first + n_new)
+
+    def replace(self, index: int, row, thumbnail=None, label=None) -> None:
+        """Overwrite one row (and optionally its thumbnail and label) in place: the bank's tensors are written
+        into, so for MemoryBank(r) this changes the caller's r (bank.copy() first to keep r). Everything is
+        checked before anything is written; a thumbnail or label for a bank without them is refused."""
+        i = int(self._check_index([index])[0])
+        row = self._rows_to_store(row, "replacement row")
+        if row.shape[0] != 1:
+            raise ValueError(f"replace takes one row; got {row.shape[0]} (use add for more rows)")
+        thumbnail = None if thumbnail is None else self._new_thumbnails(thumbnail, 1)
+        label = None if label is None else self._new_labels([label], 1)
+        self.rows = self.rows.clone() if not self.rows.is_contiguous() else self.rows
+        self.rows[i] = row[0]
+        if thumbnail is not None:
+            self.thumbnails[i] = thumbnail[0]
+        if label is not None:
+            self.labels[i] = label[0]
+
+    def remove(self, indices) -> None:
+        """Drop rows (with their extras). Refused when the rows left all have frequency 0: such a bank could draw
+        no row, and its file could not be loaded."""
+        idx = self._check_index(indices)
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[idx] = False
+        if self.freq is not None and keep.any() and not self.freq[keep].sum() > 0:
+            raise ValueError(f"removing rows {idx.tolist()[:10]} would leave only rows of frequency 0, which could "
+                             f"never be drawn; remove fewer rows, raise the others' counts (bank.freq[i] = ...), or "
+                             f"drop frequencies for uniform choice (bank.freq = None) first")
+        self.rows = self.rows[keep]
+        for name in ("freq", "labels", "thumbnails"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[keep])
+
+    # ---- files ----------------------------------------------------------------------------------------
+    def save(self, path, dtype: torch.dtype | None = None) -> None:
+        """Atomic safetensors write (the old file survives any failure). dtype=torch.float16 halves the size; it
+        is refused when a row does not fit in float16 (values beyond 65504). A bank that MemoryBank.load would
+        refuse (frequencies that sum to 0, ...) is refused here, before the file is touched."""
+        if dtype is not None and dtype not in SAVE_DTYPES:
+            raise ValueError(f"cannot save bank rows as {dtype!r}: MemoryBank.load reads floating-point rows only; "
+                             f"use dtype torch.float16 (half the size), torch.bfloat16, torch.float32 or "
+                             f"torch.float64, or None to keep {self.rows.dtype}")
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{path} is a folder: give the bank a file name, e.g. {Path(path) / 'bank.safetensors'}")
+        try:
+            self.validate()
+        except ValueError as e:
+            raise ValueError(f"cannot save this bank, MemoryBank.load would refuse the file: {e}") from None
+        rows = self.rows
+        if dtype is not None and dtype != self.rows.dtype:
+            rows, spoiled = rows_spoiled_by_cast(self.rows, dtype)
+            if spoiled:
+                raise ValueError(spoiled_rows_message(
+                    f"cannot save this bank in {dtype}", spoiled, dtype, "Save with dtype=torch.float32, or normalise "
+                    "the rows first (bank.rows = gmem_explore.bank.memory.normalize(bank.rows)): the model only uses their "
+                    "direction."))
+        tensors = {"rows": rows}
+        for name in ("freq", "labels", "thumbnails"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        meta = {**self.meta, "format": "gmem-explore-bank-1", "label_names": self.label_names}  # ours win
+        check_metadata(meta)
+        save_tensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path, mmap: bool = True) -> "MemoryBank":
+        """A bank file (memory-mapped). A compressed bank (`gmem bank compress --out`, LowRankBank.save) is read too:
+        its rows are reconstructed in float16, as LowRankBank.load(path).to_bank() does, with meta['low_rank']
+        set to the rank."""
+        tensors, meta = load_tensors(path, mmap=mmap)
+        if meta.get("format") == LOW_RANK_FORMAT:  # as LowRankBank.load(path).to_bank()
+            coeffs, basis, mean = check_low_rank(tensors, meta, path)
+            return cls(low_rank_rows(coeffs, basis, mean), tensors.get("freq"), tensors.get("labels"),
+                       meta.get("label_names"), tensors.get("thumbnails"),
+                       meta={"low_rank": meta.get("report", {}).get("rank")})
+        if "rows" not in tensors:
+            raise ValueError(f"{path} is not a memory bank file: it has no 'rows' tensor (found {sorted(tensors)})")
+        meta.pop("format", None)
+        label_names = meta.pop("label_names", None)
+        return cls(tensors["rows"], tensors.get("freq"), tensors.get("labels"), label_names,
+                   tensors.get("thumbnails"), meta)
+
+    def stats(self) -> dict:
+        """Size, dimension, norms and frequency summary (computed in chunks)."""
+        norms = torch.cat([self.rows[s:s + CHUNK].float().norm(dim=1) for s in range(0, len(self), CHUNK)]) \
+            if len(self) else torch.zeros(0)
+        out = {"rows": len(self), "dim": self.dim, "dtype": str(self.rows.dtype).removeprefix("torch."),
+               "norm_mean": float(norms.mean()) if len(norms) else 0.0,
+               "norm_min": float(norms.min()) if len(norms) else 0.0,
+               "zero_rows": int((norms == 0).sum())}
+        if self.freq is not None and len(self):
+            out.update(freq_total=float(self.freq.sum()), freq_min=float(self.freq.min()), freq_max=float(self.freq.max()))
+        if self.labels is not None and self.label_names:
+            out["groups"] = {name: int((self.labels == i).sum()) for i, name in enumerate(self.label_names)}
+        return out
+
+
+def chunks(n: int, chunk: int = CHUNK):
+    """(start, stop) of consecutive row ranges: big banks are read a chunk at a time, never expanded whole."""
+    for a in range(0, n, chunk):
+        yield a, min(a + chunk, n)
+
+
+def low_rank_rows(coeffs: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor, dtype=torch.float16) -> torch.Tensor:
+    """The rows of a compressed bank, coeffs @ basis + mean, rebuilt chunk by chunk in `dtype`."""
+    rows = torch.empty(coeffs.shape[0], basis.shape[1], dtype=dtype)
+    for a, b in chunks(coeffs.shape[0]):
+        rows[a:b] = (coeffs[a:b].float() @ basis.float() + mean.float()).to(dtype)
+    return rows
+
+
+def load_bank(path) -> MemoryBank:
+    return MemoryBank.load(Path(path))

@@ -1,0 +1,84 @@
+"""Generate images from a checkpoint and write them as one grid PNG (plus the seeds and rows used).
+
+Examples:
+  gmem sample --out grid.png                      # 16 images from the embedded default 'emoji-32'
+  gmem sample --rows 3 17 42 --seed 0 --out rows.png
+  gmem sample --checkpoint path/to/folder --method sde --steps 250 --n 8
+  gmem sample --checkpoint gmem-v1-xl --revision COMMIT --device cuda --n 8   # a pinned Hub version
+"""
+from __future__ import annotations
+
+# The package's modules are imported inside run(), not here: `gmem --help` must not wait for torch (cli/main.py).
+import json
+from pathlib import Path
+
+from gmem_explore.cli.checks import check_device, int_in, non_negative_int, output_file, positive_int
+
+MAX_SCALE = 32  # a 4 x 4 grid of 256 px images at 32x is 32768 px a side (3 GB): more is a typo
+
+
+def add_arguments(p):
+    p.add_argument("--checkpoint", default=None, help="checkpoint name, folder or released .pth file (default: the embedded 'emoji-32')")
+    p.add_argument("--revision", default=None,
+                   help="Hub revision (branch, tag or commit) of a named checkpoint such as gmem-v1-xl (default: main)")
+    p.add_argument("--n", type=positive_int, default=16, help="number of images, 1 or more (default 16; ignored with --rows)")
+    p.add_argument("--rows", type=int, nargs="+", metavar="ROW",
+                   help="bank rows (0 to the bank's size - 1) to generate from, one image each (default: none, "
+                        "rows are picked by --choose)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the first image, 0 or more; image i uses seed + i (default 0)")
+    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's, heun for emoji-32)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps, 1 to 5000 (default: the checkpoint's, 8 for emoji-32)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale, 0 or more (default 1: none)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step)")
+    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
+                   help="how rows are picked without --rows (default noise: the released rule)")
+    p.add_argument("--scale", type=int_in(1, MAX_SCALE), default=1,
+                   help=f"upscale the grid by this whole factor, 1 to {MAX_SCALE} (nearest neighbour; default 1: "
+                        f"the model's own pixels)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--out", default="samples.png",
+                   help="output image file, .png (lossless), .jpg or .webp (default samples.png); a .json with the seeds "
+                        "and rows is written beside it")
+
+
+def image_format(path: Path) -> str:
+    """PIL's format name for the file's extension, checked before sampling so a typo costs no generation."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"--out {path}: cannot write images of type {path.suffix or '(no extension)'!r}; "
+                         f"end the name in .png (lossless), .jpg or .webp")
+    return fmt
+
+
+def run(args) -> int:
+    from gmem_explore import GMemPipeline
+    from gmem_explore.safefiles import atomic_path, write_bytes_atomic
+    from gmem_explore.sampling import check_guidance, check_method_and_steps
+
+    path = Path(args.out)
+    fmt = image_format(path)
+    output_file(path, example="samples.png")  # before the model loads and samples: a typo should not cost a load and a progress bar
+    check_guidance(args.guidance, args.guidance_interval)
+    if args.steps is not None:
+        check_method_and_steps(args.method or "sde", args.steps)
+    check_device(args.device)
+    # resolve_checkpoint refuses a --revision for the embedded model or a folder (they have none) before a load
+    pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device, revision=args.revision)
+    count = len(args.rows) if args.rows else args.n
+    out = pipe.generate(None if args.rows else args.n, indices=args.rows or None,
+                        seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
+                        steps=args.steps, guidance=args.guidance,
+                        guidance_interval=tuple(args.guidance_interval), progress=True)
+    with atomic_path(path) as tmp:  # an existing grid is replaced whole or kept, never left half-written
+        out.grid(scale=args.scale).save(tmp, format=fmt)
+    record = {"seeds": out.seeds, "rows": out.indices, **out.settings,
+              **({"revision": args.revision} if args.revision else {})}
+    write_bytes_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
+    print(f"wrote {path} ({len(out)} images) and {path.with_suffix('.json')}")
+    return 0

@@ -1,1 +1,0 @@
-"""Subcommands of the `gmem` command line (see gmem_explore/cli.py)."""
