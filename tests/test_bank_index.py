@@ -1,0 +1,124 @@
+"""The approximate bank index (bank/index.py) at small scale: it finds what exact search finds, its cache is
+reused only for the same rows, and a damaged or foreign cache is rebuilt, never trusted."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from gmem_explore.bank import index as bank_index
+from gmem_explore.bank import normalize
+
+pytest.importorskip("faiss")
+
+OPTIONS = bank_index.IndexOptions(min_rows=0, lists=16, code_bytes=8, probe=6, rerank=100, train_rows=3000)
+
+
+def clustered(n=6_000, dim=32, clusters=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = normalize(torch.randn(clusters, dim, generator=g))
+    x = centers[torch.randint(0, clusters, (n,), generator=g)] + 0.8 * torch.randn(n, dim, generator=g) / dim ** 0.5
+    return normalize(x).half()
+
+
+def exact_top(rows, queries, k):
+    return (normalize(queries) @ normalize(rows.float()).T).topk(k, dim=1).indices
+
+
+def search(rows, queries, k, index):
+    norms = bank_index.row_norms(rows)
+    return bank_index.rerank(rows, norms, normalize(queries), index.candidates(normalize(queries)), k)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return clustered()
+
+
+@pytest.fixture(scope="module")
+def cache(rows, tmp_path_factory):
+    """A cache folder holding this bank's index, built once for the module."""
+    folder = tmp_path_factory.mktemp("index-cache")
+    bank_index.cached_index(rows, OPTIONS, cache_dir=folder, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(rows, cache):
+    return bank_index.cached_index(rows, OPTIONS, cache_dir=cache, progress=False)
+
+
+def private_copy(cache, tmp_path):
+    shutil.copytree(cache, tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+def test_indexed_search_finds_what_exact_search_finds(rows, built):
+    g = torch.Generator().manual_seed(1)
+    queries = rows[torch.randint(0, len(rows), (50,), generator=g)].float() + 0.02 * torch.randn(50, 32, generator=g)
+    found, scores = search(rows, queries, 10, built)
+    truth = exact_top(rows, queries, 10)
+    recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, truth)) / truth.numel()
+    assert recall >= 0.95, recall
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first, by the exact cosine
+    exact = normalize(queries) @ normalize(rows[found[0]].float()).T
+    assert torch.allclose(scores[0], exact[0], atol=1e-3)
+
+
+def test_exact_scores_are_cosines_for_one_query_and_many(rows):
+    norms = bank_index.row_norms(rows)
+    q = normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(2)))
+    want = q @ normalize(rows.float()).T
+    assert torch.allclose(bank_index.exact_scores(rows, norms, q), want, atol=2e-3)
+    assert torch.allclose(bank_index.exact_scores(rows, norms, q[:1]), want[:1], atol=2e-3)
+
+
+def test_nan_rows_are_never_an_answer(rows):
+    broken = rows.clone()
+    broken[5] = float("nan")
+    norms = bank_index.row_norms(broken)
+    assert torch.isnan(norms[5]) and torch.isfinite(norms[:5]).all()
+    q = normalize(rows[5:6].float())
+    idx, _ = bank_index.rerank(broken, norms, q, torch.arange(20)[None], 5)
+    assert 5 not in idx[0].tolist() and (idx[0] >= 0).all()
+
+
+def test_fewer_candidates_than_k_are_padded_not_invented(rows):
+    norms = bank_index.row_norms(rows)
+    idx, scores = bank_index.rerank(rows, norms, normalize(rows[:1].float()), torch.tensor([[3, 7, -1, -1]]), 4)
+    assert idx[0].tolist()[2:] == [-1, -1] and torch.isinf(scores[0, 2:]).all()
+    assert sorted(idx[0, :2].tolist()) == [3, 7]
+
+
+def test_the_cache_is_reused_for_the_same_rows_only(rows, built, cache, tmp_path, monkeypatch):
+    folder = private_copy(cache, tmp_path)
+    assert len(list(folder.glob("rows-*.safetensors"))) == 1
+    monkeypatch.setattr(bank_index.RowIndex, "build", classmethod(lambda *a, **k: pytest.fail("rebuilt")))
+    again = bank_index.cached_index(rows, OPTIONS, cache_dir=folder, progress=False)
+    q = normalize(rows[:4].float())
+    assert torch.equal(built.candidates(q), again.candidates(q))
+    edited = rows.clone()
+    edited[0] = edited[1]
+    assert bank_index.fingerprint(edited) != bank_index.fingerprint(rows)
+    with pytest.raises(pytest.fail.Exception, match="rebuilt"):  # another bank: its own index, not this one
+        bank_index.cached_index(edited, OPTIONS, cache_dir=folder, progress=False)
+
+
+def test_a_damaged_or_foreign_cache_is_rebuilt_with_a_warning(rows, built, cache, tmp_path):
+    folder = private_copy(cache, tmp_path)
+    path = next(folder.glob("rows-*.safetensors"))
+    path.write_bytes(path.read_bytes()[:1000])  # cut short, as by a full disk
+    with pytest.warns(UserWarning, match="ignoring the bank index cache"):
+        rebuilt = bank_index.cached_index(rows, OPTIONS, cache_dir=folder, progress=False)
+    q = normalize(rows[:4].float())
+    assert torch.equal(rebuilt.candidates(q), built.candidates(q))  # the same rows build the same index
+    # another bank's index file (other rows, the same shape) copied under this bank's name: never used for it
+    bank_index.RowIndex.build(clustered(seed=3), OPTIONS, progress=False).save(path)
+    with pytest.warns(UserWarning, match="another bank"):
+        bank_index.cached_index(rows, OPTIONS, cache_dir=folder, progress=False)
+
+
+def test_options_that_cannot_work_are_refused(rows):
+    with pytest.raises(ValueError, match="must divide the row width"):
+        bank_index.RowIndex.build(rows, bank_index.IndexOptions(code_bytes=10), progress=False)
