@@ -154,8 +154,8 @@ def rope_tables(head_dim: int, grid: int, theta: float = 10000.0) -> tuple[torch
     them. Token r * grid + c: the first half of the head rotates by the row r, the second half by the column c;
     within a half, channels 2k and 2k + 1 form a pair turned by the angle pos * theta^(-2k / (head_dim / 2))."""
     half = head_dim // 2
-    freqs = 1.0 / theta ** (torch.arange(0, half, 2)[: half // 2].float() / half)
-    pos = torch.arange(grid) / grid * grid  # upstream's expression, so non-power-of-two grids match to the bit
+    freqs = 1.0 / theta ** (torch.arange(0, half, 2, device="cpu")[: half // 2].float() / half)
+    pos = torch.arange(grid, device="cpu") / grid * grid  # upstream's expression, so non-power-of-two grids match to the bit
     angles = (pos[:, None] * freqs[None]).repeat_interleave(2, dim=-1)  # (grid, half): pairs share an angle
     rows = angles[:, None, :].expand(grid, grid, half)
     cols = angles[None, :, :].expand(grid, grid, half)
@@ -174,9 +174,12 @@ class Rope2d(nn.Module):
 
     def __init__(self, head_dim, grid):
         super().__init__()
+        # made on the CPU (exact float32 values; no meta-device ops, which cost seconds of symbolic-shape imports),
+        # then moved where the surrounding `with torch.device(...)` builds the model
         cos, sin = rope_tables(head_dim, grid)
-        self.register_buffer("freqs_cos", cos)
-        self.register_buffer("freqs_sin", sin)
+        here = torch.empty(0).device
+        self.register_buffer("freqs_cos", cos.to(here))
+        self.register_buffer("freqs_sin", sin.to(here))
 
     def forward(self, x):
         return x * self.freqs_cos + rotate_pairs(x) * self.freqs_sin
