@@ -124,12 +124,17 @@ def test_upstream_files_load_strictly(tmp_path):
     torch.save({**state, "blocks.0.mlp.w3.weight": torch.zeros(64, 171)}, tmp_path / "shape.pth")
     with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.w3\.weight: checkpoint \(64, 171\) vs model \(64, 170\)"):
         load_upstream_checkpoint(tiny(), tmp_path / "shape.pth")
-    torch.save({"ema": {"projectors.0.0.weight": torch.zeros(1)}, "step": 3}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match=r"unexpected keys: projectors\.0\.0\.weight"):
-        load_upstream_checkpoint(tiny(), tmp_path / "other.pth")
-    torch.save({"network": state}, tmp_path / "v1_like.pth")
-    with pytest.raises(ValueError, match="Not a LightningDiT checkpoint"):
-        load_upstream_checkpoint(tiny(), tmp_path / "v1_like.pth")
+    torch.save({"ema": {**state, "y_embedder.embedding_table.weight": torch.zeros(1001, 64)}}, tmp_path / "label.pth")
+    with pytest.raises(ValueError, match=r"unexpected keys: y_embedder\.embedding_table\.weight"):
+        load_upstream_checkpoint(tiny(), tmp_path / "label.pth")  # hustvl's class-conditional LightningDiT
+    sit = build_model(input_size=4, patch_size=1, in_channels=8, hidden_size=64, depth=2, num_heads=4).state_dict()
+    for v1 in ({"network": sit, "memorybank": torch.zeros(2, 768)}, sit):
+        torch.save(v1, tmp_path / "v1.pth")
+        with pytest.raises(ValueError, match="looks like a GMem v1 file"):
+            load_upstream_checkpoint(tiny(), tmp_path / "v1.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="Not a LightningDiT checkpoint.*found list"):
+        load_upstream_checkpoint(tiny(), tmp_path / "list.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "bare.pth").read_bytes()[:2000])
     with pytest.raises(ValueError, match="truncated one must be downloaded again"):
         load_upstream_checkpoint(tiny(), tmp_path / "cut.pth")

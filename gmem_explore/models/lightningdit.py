@@ -155,7 +155,7 @@ def rope_tables(head_dim: int, grid: int, theta: float = 10000.0) -> tuple[torch
     within a half, channels 2k and 2k + 1 form a pair turned by the angle pos * theta^(-2k / (head_dim / 2))."""
     half = head_dim // 2
     freqs = 1.0 / theta ** (torch.arange(0, half, 2, device="cpu")[: half // 2].float() / half)
-    pos = torch.arange(grid, device="cpu") / grid * grid  # upstream's expression, so non-power-of-two grids match to the bit
+    pos = torch.arange(grid, device="cpu") / grid * grid  # upstream's expression: bit-equal on any grid
     angles = (pos[:, None] * freqs[None]).repeat_interleave(2, dim=-1)  # (grid, half): pairs share an angle
     rows = angles[:, None, :].expand(grid, grid, half)
     cols = angles[None, :, :].expand(grid, grid, half)
@@ -383,7 +383,11 @@ def upstream_state(obj) -> dict:
     {"model", "ema", "config"} whose "ema" weights are the ones its sampler loads (utils/loading.py)."""
     if isinstance(obj, dict) and isinstance(obj.get("ema"), dict):
         obj = obj["ema"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+    if isinstance(obj, dict) and ("network" in obj or any(str(k).startswith("projectors.") for k in obj)):
+        raise ValueError("This looks like a GMem v1 file (SiT: a 'network' entry or its plural 'projectors' head), "
+                         "not a v2 LightningDiT one: load it as a v1 checkpoint (SiT-XL/2).")
+    tensors = isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+    if not tensors:
         what = [str(k) for k in list(obj)[:6]] if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"Not a LightningDiT checkpoint: expected a state_dict of tensors or {{'ema': state_dict}}; "
                          f"found {what}")
