@@ -33,7 +33,8 @@ def sample(
     but not within 2% on a trained model; float32 state): None = on for GMemSiT models on CUDA, off elsewhere; False;
     True (FastOptions()); a precision of PRECISIONS ("bf16", "fp32", "fp8", "fp8-mlp"); or FastOptions(...) for every
     setting. With None or True the precision is resolve_precision's default (bf16 on CUDA, fp32 on the CPU).
-    fast_report: called with a FastRun record of what the fast path ran (compiled or not, graphs, precision, ...).
+    fast_report: called with a FastRun record of what the fast path ran (compiled or not, graphs, precision, ...);
+    the reference path does not call it.
     A torch module left in training mode samples as in eval mode (no snippet dropout; see eval_mode).
     """
     check_method_and_steps(method, steps)
