@@ -13,8 +13,8 @@ import torch
 from ..devices import check_device
 from ..safefiles import load_tensors, save_tensors
 from ..values import is_whole
-from .checks import LOW_RANK_FORMAT, check_low_rank
-from .memory import MemoryBank, chunks, low_rank_rows
+from .checks import LOW_RANK_FORMAT, check_low_rank, chunks
+from .memory import MemoryBank, low_rank_rows
 from .snippets import normalize
 
 

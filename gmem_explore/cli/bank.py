@@ -13,6 +13,7 @@ from __future__ import annotations
 # The package's modules are imported inside run(), not here: `gmem --help` must not wait for torch (cli/main.py).
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from gmem_explore.cli.checks import check_device, int_in, output_file, positive_int
@@ -86,7 +87,9 @@ def open_bank(spec: str, revision=None):
 
 
 def run(args) -> int:
-    from gmem_explore.bank import lowrank, tools as bank_tools
+    from gmem_explore.bank import lowrank
+    from gmem_explore.bank.search import nearest
+    from gmem_explore.bank.stats import statistics
 
     if getattr(args, "out", None):  # before the bank is read and the SVD runs
         output_file(args.out, suffixes=(".safetensors",), kind="a compressed bank")
@@ -97,7 +100,7 @@ def run(args) -> int:
             raise ValueError(f"--image {image} is a folder; give image files (e.g. {Path(image) / '*.png'})")
     bank, folder = open_bank(args.bank, args.revision)
     if args.action == "stats":
-        print(json.dumps(bank_tools.statistics(bank, sample=args.sample), indent=1))
+        print(json.dumps(statistics(bank, sample=args.sample), indent=1))
     elif args.action == "nearest":
         if bool(args.row) == bool(args.image):
             raise ValueError("give query rows (--row) or query images (--image), one of the two")
@@ -115,9 +118,12 @@ def run(args) -> int:
 
             queries = encoder.encode(load_batch(args.image, getattr(encoder, "image_size", 224)))
             labels = list(args.image)
-        idx, sims = bank_tools.nearest_rows(bank, queries, k=args.k, device=args.device)
+        idx, sims = nearest(bank, queries, k=args.k, device=args.device)
         for label, i, s in zip(labels, idx.tolist(), sims.tolist()):
             print(f"{label}: " + ", ".join(f"{a} ({b:.3f})" for a, b in zip(i, s)))
+        if idx.shape[1] < min(args.k, len(bank) - bool(args.row)):  # broken rows were left out
+            print(f"(fewer than --k {args.k}: rows with NaN or infinite values are never neighbours; `gmem bank "
+                  f"stats` counts them as nonfinite_rows)", file=sys.stderr)
     else:
         low = lowrank.compress(bank, rank=args.rank, device=args.device)
         print(json.dumps(low.report, indent=1))
