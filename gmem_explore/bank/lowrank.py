@@ -70,7 +70,7 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
     its reconstruction (what matters to the model, which renormalises). Frequencies, labels and thumbnails
     are carried over unchanged."""
     n, d = len(bank), bank.dim
-    if not is_whole(rank) or not 1 <= rank <= d:
+    if not is_whole(rank, 1, d):
         raise ValueError(f"rank must be an integer in [1, {d}]; got {rank!r}")
     rank = int(rank)
     if not isinstance(coeff_dtype, torch.dtype) or not coeff_dtype.is_floating_point:

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from gmem_explore.cli.checks import check_device, int_in, output_file, positive_int
+from gmem_explore.cli.checks import check_device, int_in, non_negative_int, output_file, positive_int
 
 
 STATS = """Print statistics of a bank as JSON: rows, dimension, storage type and size; row norms and zero or
@@ -50,7 +50,7 @@ def add_arguments(p):
     n = sub.add_parser("nearest", help="the k most similar rows (cosine) to a row or to an image",
                        description=NEAREST, formatter_class=raw)
     n.add_argument("bank", metavar="BANK", help="checkpoint name / folder or bank .safetensors")
-    n.add_argument("--row", type=int, nargs="+", default=None, metavar="ROW",
+    n.add_argument("--row", type=non_negative_int, nargs="+", default=None, metavar="ROW",
                    help="query rows, bank indices from 0 (default: none; give --row or --image)")
     n.add_argument("--image", nargs="+", default=None, metavar="FILE",
                    help="query image files, encoded with the checkpoint's snippet encoder (default: none)")
