@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import chunks
 from .memory import MemoryBank, normalize
 from ..safefiles import load_tensors, save_tensors
 from ..values import as_whole, is_whole
@@ -58,8 +59,8 @@ def cache_key(rows: torch.Tensor, method: str, params: dict) -> str:
     """sha256 of the rows' bytes (in their stored dtype), their shape and the fit's settings."""
     h = hashlib.sha256(f"v{CACHE_VERSION}|{method}|{sorted(params.items())}|{tuple(rows.shape)}|{rows.dtype}".encode())
     rows = rows.contiguous()
-    for start in range(0, rows.shape[0], 65536):  # chunks: a 640k-row bank is never copied whole
-        h.update(rows[start:start + 65536].view(torch.uint8).numpy().tobytes())
+    for start, stop in chunks(rows.shape[0]):  # a 640k-row bank is never copied whole
+        h.update(rows[start:stop].view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
 
 
