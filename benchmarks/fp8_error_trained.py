@@ -7,12 +7,11 @@ be more sensitive. Here: emoji-32 (trained by our own trainer), --images bank ro
 image from its own seed, the released 250-step SDE. Each fast-path precision against the reference path (fp32
 weights, float64 state) on the same noise: the per-image relative L2 error of the final pixels, the quantity
 issue 5 bounds by 2%. FP8 is run with both activation scalings (per token, and the default static scales), and
-(--fp8-until) for only the first part of the steps, bf16 after: early steps start from noise, so their rounding
-may matter less. That switch is this script's own (fp8.linear wrapped, turned off by the step callback): it works
-on the eager CPU path only, so --device cuda refuses it. On a GPU with the released weights cached (issue 5 waits
-for exactly this figure):
+(--fp8-until) for only the first part of the steps, bf16 after (FastOptions.fp8_steps): early steps start from
+noise, so their rounding may matter less. On a GPU with the released weights cached (issue 5 waits for exactly this
+figure):
 
-    python benchmarks/fp8_error_trained.py --checkpoint gmem-v1-xl --device cuda --fp8-until ""
+    python benchmarks/fp8_error_trained.py --checkpoint gmem-v1-xl --device cuda
 
 Results: <out>/fp8_error_trained.json and .md (<out>/fp8_error_trained_<checkpoint>.* for another checkpoint).
 """
@@ -28,15 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gmem_explore.sampling import fp8  # noqa: E402
 from gmem_explore.pipeline import GMemPipeline  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
-from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
+from gmem_explore.sampling import FastOptions, initial_noise, make_generators, sample  # noqa: E402
 from gpu_sampler import relative_l2  # noqa: E402  (benchmarks/ is this script's folder)
 
 SAME_IMAGES = 0.02  # issue 5's bound on the final latents' relative L2 error
-RUNS = (("bf16", "bf16", None), ("fp8-mlp", "fp8-mlp", True), ("fp8, per-token scales", "fp8", False),
-        ("fp8 (static scales, the fp8 default)", "fp8", True))
+RUNS = (("bf16", FastOptions(precision="bf16")), ("fp8-mlp", FastOptions(precision="fp8-mlp")),
+        ("fp8, per-token scales", FastOptions(precision="fp8", fp8_static_scales=False)),
+        ("fp8 (static scales, the fp8 default)", FastOptions(precision="fp8")))
 
 
 def main(argv=None):
@@ -45,57 +44,41 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", help="cpu, or cuda for a large checkpoint (no --fp8-until there)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for a large checkpoint")
     p.add_argument("--fp8-until", default="0.5,0.75",
                    help="fractions of the steps run in FP8 (static scales) before bf16 takes over; '' for none")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
     fractions = [float(f) for f in args.fp8_until.split(",") if f.strip()]
-    if fractions and args.device != "cpu":
-        p.error("--fp8-until switches FP8 off between eager CPU steps; compiled and graphed CUDA steps do not see "
-                "the switch: pass --fp8-until '' with --device cuda")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here; run on a GPU machine, or with --device cpu")
     torch.set_num_threads(args.threads)
     pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device)
     model, cfg = pipe.model, pipe.model.config
     rows = [i * len(pipe.bank) // args.images for i in range(args.images)]
     snippets = torch.nn.functional.normalize(pipe.bank.snippets(rows).float(), dim=-1).to(args.device)
 
-    switch = {"until": None, "fp8": True}  # FP8 products until step `until` (None: the whole run)
-    quantised = fp8.linear
-
-    def linear_until(layer, x):  # bf16 product (the layer itself) once the step callback has switched FP8 off
-        return quantised(layer, x) if switch["fp8"] else layer(x)
-
-    def switch_off_after(info):
-        if switch["until"] is not None and info.step >= switch["until"]:
-            switch["fp8"] = False
-
-    def run(fast, until=None):
-        switch.update(until=until, fp8=True)
+    def run(fast):
         gens = make_generators(range(args.images), args.device)
         noise = initial_noise(gens, (cfg.in_channels, cfg.input_size, cfg.input_size), args.device)
-        return sample(model, noise, snippets, "sde", args.steps, gens, fast=fast, callback=switch_off_after)
+        return sample(model, noise, snippets, "sde", args.steps, gens, fast=fast)
 
     start = time.perf_counter()
     reference = run(False)
     results = {"checkpoint": args.checkpoint, "steps": args.steps, "images": args.images, "bank_rows": rows,
                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "torch": torch.__version__, "runs": {}}
-    static_before = fp8.STATIC_INPUT_SCALES
-    runs = list(RUNS) + [(f"fp8 for the first {f:.0%} of the steps, then bf16", "fp8", True, round(f * args.steps))
-                         for f in fractions]
-    fp8.linear = linear_until
-    try:
-        for label, precision, static, *until in runs:
-            if static is not None:
-                fp8.STATIC_INPUT_SCALES = static
-            out = run(precision, *until)
-            rel = relative_l2(out, reference)
-            results["runs"][label] = {"precision": precision, "static_scales": static, "max": max(rel),
-                                      "mean": sum(rel) / len(rel), "per_image": rel}
-            print(f"{label:40s} max {max(rel):.4f}  mean {sum(rel) / len(rel):.4f}", flush=True)
-    finally:
-        fp8.STATIC_INPUT_SCALES, fp8.linear = static_before, quantised
+    runs = list(RUNS) + [(f"fp8 for the first {f:.0%} of the steps, then bf16",
+                          FastOptions(precision="fp8", fp8_steps=round(f * args.steps))) for f in fractions]
+    for label, options in runs:
+        out = run(options)
+        rel = relative_l2(out, reference)
+        fp8_run = options.precision != "bf16"
+        results["runs"][label] = {"precision": options.precision,
+                                  "static_scales": options.fp8_static_scales if fp8_run else None,
+                                  "fp8_steps": options.fp8_steps, "max": max(rel), "mean": sum(rel) / len(rel),
+                                  "per_image": rel}
+        print(f"{label:40s} max {max(rel):.4f}  mean {sum(rel) / len(rel):.4f}", flush=True)
     results["seconds"] = round(time.perf_counter() - start, 1)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

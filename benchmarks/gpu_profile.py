@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from gmem_explore.models.sit import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import initial_noise, make_generators, sample  # noqa: E402
-from gpu_sampler import VARIANT_HELP, card_name, parse_variant, randomize, variant_options  # noqa: E402  (same folder)
+from gpu_sampler import VARIANT_HELP, card_name, parse_variant, randomize  # noqa: E402  (same folder)
 
 FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul", r"gemm|sm90|cutlass|nvjet|cublas|xmma"),
             ("triton", r"triton"), ("other", r".")]
@@ -66,16 +66,15 @@ def profile_steps(args, device, cfg) -> dict:
     g = torch.Generator(device=device).manual_seed(1234)
     snippets = F.normalize(torch.randn(n, cfg.snippet_dim, device=device, generator=g), dim=1)
     start = time.perf_counter()
-    precision, options = parse_variant(args.variant)
+    options = parse_variant(args.variant)
     steps = args.profile_steps
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
-    with variant_options(options):
-        sample(net, noise, snippets, "sde", 3, gens, fast=precision)  # compiles for this batch
-        warm = time.perf_counter() - start
-        with torch.profiler.profile(activities=activities) as prof:
-            sample(net, noise, snippets, "sde", steps, gens, fast=precision)
-            if device == "cuda":
-                torch.cuda.synchronize()
+    sample(net, noise, snippets, "sde", 3, gens, fast=options)  # compiles for this batch
+    warm = time.perf_counter() - start
+    with torch.profiler.profile(activities=activities) as prof:
+        sample(net, noise, snippets, "sde", steps, gens, fast=options)
+        if device == "cuda":
+            torch.cuda.synchronize()
     kernels = defaultdict(float)
     for e in prof.key_averages():
         if device == "cuda":  # kernels only: an aten op's "self device time" is its kernels' time again

@@ -12,10 +12,10 @@ Times, on the same random weights (the speed of a network does not depend on its
     (compilation is done by a 3-step run first);
 (c) batch 4 end to end (noise from seeds, snippets, 250 steps, CUDA graphs), cold and warm;
 (d) variants (--variants) at the largest batch, with their error: do they keep the images? A variant is a
-    precision (bf16, fp8, fp8-mlp) with options: +mk inductor's multi_kernel (persistent LayerNorm reductions, see
-    fast.COMPILE_OPTIONS), +fa FP8 fast accumulation (fp8.FAST_ACCUM), +st FP8 static activation scales
-    (fp8.STATIC_INPUT_SCALES), +cg CUDA graphs at any batch size. A variant's unnamed options are off; the runs
-    without a variant use the library's defaults (bf16 on CUDA; fp8, when asked for, with +fa and +st).
+    precision (bf16, fp8, fp8-mlp) with options (FastOptions fields): +mk inductor's multi_kernel (persistent
+    LayerNorm reductions, see FastOptions.inductor), +fa FP8 fast accumulation (fp8_fast_accum), +st FP8 static
+    activation scales (fp8_static_scales), +cg CUDA graphs at any batch size (cuda_graphs=True). A variant's unnamed
+    options are off; the runs without a variant use the library's defaults (bf16 on CUDA; fp8 with +fa and +st).
 For each: images/s, ratio to (a), model TFLOP/s (2 x MACs of one forward from the config, 237.2 GFLOP for XL/2
 at 256 px), fraction of a bf16 matmul peak measured here, peak memory, and the per-image relative L2 error of
 the final latents against (a) at full steps on seeds 0..3 (the noise is per image, so the same at any batch).
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gmem_explore.sampling import fast, fp8
+from gmem_explore.sampling import FastOptions, FastRun, fast  # noqa: E402
 from gmem_explore.models import sit as model_module  # noqa: E402
 from gmem_explore.models.sit import build_model, model_config  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
@@ -51,8 +51,8 @@ VARIANT_OPTIONS = {"mk": "inductor multi_kernel", "fa": "FP8 fast accumulation",
                    "st": "FP8 static (calibrated) activation scales", "cg": "CUDA graphs at any batch size",
                    "cd": "inductor coordinate-descent tuning of its kernels' launch settings",
                    "ap": "inductor max_autotune_pointwise (benchmarks block sizes for its element-wise kernels)"}
-# The options that are inductor settings (fast.COMPILE_OPTIONS). cd and ap aim at session 9's profile: the
-# GELU-and-cast kernel moves its 906 MB per block at about 1.8 TB/s of the H100's 3.35.
+# The options that are inductor settings (FastOptions.inductor). cd and ap aim at the FP8 profile's GELU-and-cast
+# kernel, which moves its 906 MB per block at about 1.8 TB/s of the H100's 3.35.
 INDUCTOR_OPTIONS = {"mk": {"triton.multi_kernel": 1}, "cd": {"coordinate_descent_tuning": True},
                     "ap": {"max_autotune_pointwise": True}}
 VARIANT_HELP = "a precision (bf16, fp8, fp8-mlp) plus options " + ", ".join(
@@ -94,31 +94,16 @@ def unfused_attention():
         model_module.Attention.forward = original
 
 
-def parse_variant(spec: str) -> tuple[str, set]:
-    """"fp8+mk+fa" -> ("fp8", {"mk", "fa"}), refusing unknown precisions and options."""
+def parse_variant(spec: str) -> FastOptions:
+    """"fp8+mk+fa" -> the fast path's options: precision fp8, the named options on and the others off (cuda_graphs
+    without +cg: the library's rule, graphs for small batches); refuses unknown precisions and options."""
     precision, *options = spec.strip().split("+")
     if precision not in fast.PRECISIONS or not set(options) <= set(VARIANT_OPTIONS):
         raise SystemExit(f"variant {spec!r}: expected one of {fast.PRECISIONS} followed by any of "
                          f"{['+' + o for o in VARIANT_OPTIONS]}")
-    return precision, set(options)
-
-
-@contextlib.contextmanager
-def variant_options(options: set | None):
-    """fast.COMPILE_OPTIONS, fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES and fast.GRAPH_MAX_BATCH as the variant asks
-    (an option named: on, else off), restored afterwards; None (no variant): the library's defaults untouched."""
-    if options is None:
-        yield
-        return
-    old = dict(fast.COMPILE_OPTIONS), fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES, fast.GRAPH_MAX_BATCH
-    fast.COMPILE_OPTIONS = {k: v for o in sorted(options & set(INDUCTOR_OPTIONS)) for k, v in INDUCTOR_OPTIONS[o].items()}
-    fast.GRAPH_MAX_BATCH = 1 << 20 if "cg" in options else old[3]
-    fp8.FAST_ACCUM = "fa" in options
-    fp8.STATIC_INPUT_SCALES = "st" in options
-    try:
-        yield
-    finally:
-        fast.COMPILE_OPTIONS, fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES, fast.GRAPH_MAX_BATCH = old
+    inductor = {k: v for o in sorted(set(options) & set(INDUCTOR_OPTIONS)) for k, v in INDUCTOR_OPTIONS[o].items()}
+    return FastOptions(precision=precision, inductor=inductor, cuda_graphs=True if "cg" in options else None,
+                       fp8_fast_accum="fa" in options, fp8_static_scales="st" in options)
 
 
 @contextlib.contextmanager
@@ -165,6 +150,7 @@ class Bench:
                         "model": "SiT-XL/2" if not self.smoke else "tiny (smoke)", "latent": [self.cfg.in_channels, self.cfg.input_size, self.cfg.input_size],
                         "gflop_per_forward": round(self.gflop, 2), "runs": {}, "errors": {}}
         self.reference = None
+        self.fast_run: FastRun | None = None  # the latest fast-path run's record of what ran
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def sync(self):
@@ -192,8 +178,12 @@ class Bench:
         return out, seconds, peak
 
     def run(self, n, steps, fast_mode, **kw):
+        """sample() on fresh inputs; fast_mode is sample's `fast` (False, True or FastOptions)."""
         noise, snippets, gens = self.inputs(n)
-        return sample(self.model, noise, snippets, "sde", steps, gens, fast=fast_mode, **kw)
+        return sample(self.model, noise, snippets, "sde", steps, gens, fast=fast_mode, fast_report=self.keep_run, **kw)
+
+    def keep_run(self, record: FastRun):
+        self.fast_run = record
 
     def error(self, latents):
         ref = self.reference
@@ -261,44 +251,38 @@ class Bench:
         with tf32(False):
             strict = self.run(ERROR_SEEDS, steps, False)
             noise, snippets, gens = self.inputs(ERROR_SEEDS)  # eager, no graphs: no compile time for one check
-            exact = fast.sample_fast(self.model, noise, snippets, "sde", steps, gens, precision="fp32",
-                                     compile=False, cuda_graphs=False)
+            exact = fast.sample_fast(self.model, noise, snippets, "sde", steps, gens, report=self.keep_run,
+                                     options=FastOptions(precision="fp32", compile=False, cuda_graphs=False))
         rel = relative_l2(exact, strict)
         self.results["exact_fp32_vs_strict_reference"] = {"max": max(rel), "mean": sum(rel) / len(rel),
-                                                          "run": dict(fast.last_run)}
+                                                          "run": self.fast_run.as_dict()}
         print(f"exact fp32 mode vs strict-fp32 reference: max rel L2 {max(rel):.2e}", flush=True)
 
-    def fast_batch(self, n, steps=None, label="", precision=None, options=(), variant=None):
-        steps, mode = steps or self.args.steps, precision or True
+    def fast_batch(self, n, steps=None, label="", mode=True, variant=None):
+        """Times the fast path at batch n with `mode` (sample's fast: True for the library's defaults)."""
+        steps = steps or self.args.steps
         extra = {"variant": variant} if variant else {}
 
         def go():
-            with variant_options(set(options) if variant else None):
-                _, warm, _ = self.timed(lambda: self.run(n, 3, mode))  # compiles this batch size (kept in the cache)
-                latents, seconds, peak = self.timed(lambda: self.run(n, steps, mode))
+            _, warm, _ = self.timed(lambda: self.run(n, 3, mode))  # compiles this batch size (kept in the cache)
+            latents, seconds, peak = self.timed(lambda: self.run(n, steps, mode))
             self.record(f"b_fast_b{n}{label}", n, seconds, steps, peak, latents if steps == self.args.steps else None,
-                        warmup_seconds=round(warm, 1), fast=dict(fast.last_run), **extra)
+                        warmup_seconds=round(warm, 1), fast=self.fast_run.as_dict(), **extra)
         return go
 
     def gelu_separate(self, n):
         """The same batch with fc1 and GELU as two ops (before fused_ops.linear_gelu), timed over 100 steps."""
-        def go():
-            fast.FUSED_GELU = False
-            try:
-                self.fast_batch(n, steps=min(100, self.args.steps), label="_gelu_separate")()
-            finally:
-                fast.FUSED_GELU = True
-        return go
+        return self.fast_batch(n, steps=min(100, self.args.steps), label="_gelu_separate",
+                               mode=FastOptions(fused_gelu=False))
 
     def live(self, variant=None):
         n, steps = self.args.live_batch, self.args.steps
-        precision, options = parse_variant(variant) if variant else (True, None)
-        with variant_options(options):
-            cold_latents, cold, _ = self.timed(lambda: self.run(n, steps, precision))
-            latents, seconds, peak = self.timed(lambda: self.run(n, steps, precision))
+        mode = parse_variant(variant) if variant else True
+        cold_latents, cold, _ = self.timed(lambda: self.run(n, steps, mode))
+        latents, seconds, peak = self.timed(lambda: self.run(n, steps, mode))
         label = "_" + variant.replace("+", "_") if variant else ""
         self.record(f"c_live_b{n}{label}", n, seconds, steps, peak, latents, cold_seconds=round(cold, 2),
-                    fast=dict(fast.last_run), end_to_end="seeds -> noise -> SDE noise draws -> modulation -> 250 steps")
+                    fast=self.fast_run.as_dict(), end_to_end="seeds -> noise -> SDE noise draws -> modulation -> 250 steps")
 
     def live_with_best_variant(self):
         """The live case (CUDA graphs) again with the fastest variant within the tolerance, if one beat the
@@ -339,11 +323,11 @@ class Bench:
         noise, snippets, gens = self.inputs(n)  # the same again: generators in the state after the initial noise
         more_noise, more_snippets, more_gens = self.inputs(big - n, first_seed=n)
         large = sample(self.model, torch.cat([noise, more_noise]), torch.cat([snippets, more_snippets.roll(1, 0)]),
-                       "sde", steps, list(gens) + list(more_gens), fast=True)[:n]
+                       "sde", steps, list(gens) + list(more_gens), fast=True, fast_report=self.keep_run)[:n]
         diff = (small - large).abs().max().item()
         rel = max(relative_l2(large, small))
         self.results["cuda_checks"] = {"host_syncs_warm_live": syncs, "batch_independence": {
-            "batch_sizes": [n, big], "steps": steps, "max_abs_diff": diff, "max_rel_l2": rel}, "run": dict(fast.last_run)}
+            "batch_sizes": [n, big], "steps": steps, "max_abs_diff": diff, "max_rel_l2": rel}, "run": self.fast_run.as_dict()}
         print(f"host syncs (warm live run, 10 / 20 steps): {syncs[10]['count']} / {syncs[20]['count']} "
               f"{syncs[20]['first'][:1]}; seeds 0..{n - 1} at batch {n} vs inside batch {big}: max |diff| {diff:.3g}, "
               f"rel L2 {rel:.3g}", flush=True)
@@ -354,7 +338,7 @@ class Bench:
         kw = dict(guidance=2.0, guidance_interval=(0.0, 0.33))
         self.timed(lambda: self.run(n, self.args.steps, True, **kw))
         _, seconds, peak = self.timed(lambda: self.run(n, self.args.steps, True, **kw))
-        self.record(f"c_live_b{n}_guided_third", n, seconds, self.args.steps, peak, fast=dict(fast.last_run))
+        self.record(f"c_live_b{n}_guided_third", n, seconds, self.args.steps, peak, fast=self.fast_run.as_dict())
 
     def over_budget(self, name: str, elapsed: float) -> bool:
         """Whether variant section `name` would end after --budget-s, judged by the longest batch section so far
@@ -445,10 +429,9 @@ def main(argv=None):
     sections = [("peak", bench.peak_matmul), ("baseline", bench.baseline), (f"fast_b{batches[0]}", bench.fast_batch(batches[0])),
                 ("gelu_separate", bench.gelu_separate(batches[0])), ("live", bench.live)]
     for spec in filter(None, args.variants.split(",")):
-        precision, options = parse_variant(spec)
         label = "_" + spec.replace("+", "_")
-        sections.append((f"fast_b{batches[0]}{label}", bench.fast_batch(batches[0], label=label, precision=precision,
-                                                                        options=options, variant=spec)))
+        sections.append((f"fast_b{batches[0]}{label}", bench.fast_batch(batches[0], label=label,
+                                                                        mode=parse_variant(spec), variant=spec)))
     args.largest_batch = batches[0]
     sections += [("live_best", bench.live_with_best_variant), ("checks", bench.cuda_checks), ("exact", bench.exact_mode),
                  ("guided", bench.guided)]

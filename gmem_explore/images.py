@@ -148,7 +148,7 @@ def check_size(size, allow_none: bool = False):
     """The side in pixels an image is resized to: a whole number in [1, MAX_SIZE] (None keeps sizes when allowed)."""
     if size is None and allow_none:
         return None
-    if not is_whole(size) or not 1 <= size <= MAX_SIZE:
+    if not is_whole(size, 1, MAX_SIZE):
         keep = " (or None to keep the images' own size)" if allow_none else ""
         raise ValueError(f"size must be a whole number of pixels in [1, {MAX_SIZE}]{keep}, the side the images are "
                          f"resized to (the model's input size, e.g. 32 or 256); got {size!r}")

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import numbers
-import operator
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -22,12 +21,15 @@ from .checkpoints.folder import Checkpoint, load_checkpoint
 from .devices import check_device
 from .sampling import StepInfo, check_guidance, check_method_and_steps, initial_noise, make_generators, sample
 from .viz import image_grid, to_pil
-from .values import is_whole
+from .values import as_integer, is_whole
 from .checkpoints import hub
 
 CHOICES = ("noise", "frequency", "uniform")
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 100_000  # per call; larger runs belong to `gmem sample`, which shards and resumes
+# the model settings describe() reports
+MODEL_FIELDS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "snippet_dim")
+is_row_number = is_whole  # a bank row given as a number (not a snippet vector): a whole number in any spelling
 
 
 @dataclass
@@ -50,17 +52,6 @@ class Generation:
         return len(self.seeds)
 
 
-def as_integer(x, what: str) -> int:
-    """x as a Python int if it is an integer of any kind (int, NumPy or 0-d tensor integer), else a ValueError.
-    Floats and bools are refused: 1.7 silently becoming 1 would pick another bank row than the user meant."""
-    if isinstance(x, bool) or (isinstance(x, torch.Tensor) and (x.dtype == torch.bool or x.is_floating_point())):
-        raise ValueError(f"{what} must be integers; got {x!r}")
-    try:
-        return operator.index(x)
-    except TypeError:
-        raise ValueError(f"{what} must be integers; got {x!r}") from None
-
-
 def check_seeds(seeds, n: int | None) -> list[int]:
     """One seed per image: a sequence of n integers, or one integer s for the seeds s, s + 1, ..., s + n - 1 (what
     the CLI's and the app's --seed mean); random ones when None."""
@@ -80,22 +71,22 @@ def check_seeds(seeds, n: int | None) -> list[int]:
     return seeds
 
 
-def is_row_number(x) -> bool:
-    """A bank row given as a number (Python, NumPy or 0-d tensor integer), not a snippet vector."""
-    if isinstance(x, torch.Tensor):
-        return x.ndim == 0 and not x.is_floating_point() and x.dtype != torch.bool
-    return is_whole(x)
-
-
 def parameters(n: int) -> str:
     """A parameter count for people: 4.3M, or the number itself below 0.1M (a tiny model's 2,304-parameter projector
     read "+0.0M")."""
     return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n:,}"
 
 
+def parameter_line(counts: dict[str, int]) -> str:
+    """'4.3M parameters (+0.3M REPA projector, training only)' from parameter_counts(): the projector only serves
+    the training loss, so it is named apart from the parameters that generate."""
+    projector = f" (+{parameters(counts['projector'])} REPA projector, training only)" if counts["projector"] else ""
+    return f"{parameters(counts['generating'])} parameters{projector}"
+
+
 def resolve_snippet(pipe: "GMemPipeline", x) -> tuple[int | None, torch.Tensor]:
     """(bank row or None, normalised snippet (1, D) or (N, D)) for a bank row number or a snippet vector."""
-    if is_row_number(x):
+    if is_whole(x):
         row = as_integer(x, "bank rows")
         return row, pipe.bank.snippets([row])
     if isinstance(x, numbers.Real) and not isinstance(x, bool) or isinstance(x, torch.Tensor) and x.ndim == 0:
@@ -155,25 +146,38 @@ class GMemPipeline:
         """Pixels per side of the images it makes (the SD-VAE decodes 8 pixels per latent)."""
         return self.model.config.input_size * (8 if getattr(self.autoencoder, "name", "") == "sd-vae" else 1)
 
+    def describe(self) -> dict:
+        """What this pipeline is, as JSON-able fields: summary(), the app's model panel and `gmem info` (whose --json
+        prints this) all format these, so they cannot disagree."""
+        cfg, bank = self.model.config, self.bank
+        return {"name": self.info.get("name"), "image_size": self.image_size,
+                "model": {k: getattr(cfg, k) for k in MODEL_FIELDS},
+                "parameters": self.parameter_counts(),
+                "bank": {"rows": len(bank), "dim": bank.dim, "dtype": str(bank.rows.dtype).removeprefix("torch."),
+                         "extras": [name for name in ("freq", "labels", "thumbnails") if getattr(bank, name) is not None],
+                         "groups": list(bank.label_names or [])},
+                "encoder": type(self.encoder).__name__ if self.encoder is not None else None,
+                "autoencoder": getattr(self.autoencoder, "name", type(self.autoencoder).__name__),
+                "sampler": {"method": "sde", "steps": 250, **self.sampler},  # what generate() uses when not told
+                "device": str(self.device), "info": self.info}
+
     def summary(self) -> str:
         """What this pipeline is, a line per part (also its repr, so a notebook cell that ends in `pipe` shows it)."""
-        cfg, bank, counts = self.model.config, self.bank, self.parameter_counts()
-        projector = f" (+{parameters(counts['projector'])} REPA projector, training only)" if counts["projector"] else ""
-        extras = [name for name in ("freq", "labels", "thumbnails") if getattr(bank, name) is not None]
-        groups = f", {len(bank.label_names)} groups" if bank.label_names else ""
-        encoder = (f"{type(self.encoder).__name__}, {parameters(counts['encoder'])} parameters" if counts["encoder"]
-                   else type(self.encoder).__name__ if self.encoder is not None
-                   else "none (snippets of new images cannot be made)")
-        lines = [f"GMemPipeline({self.info.get('name', 'unnamed')!r})",
-                 f"  model        SiT, {self.image_size} px images, {cfg.input_size}x{cfg.input_size}x{cfg.in_channels} "
-                 f"input, patch {cfg.patch_size}, width {cfg.hidden_size}, depth {cfg.depth}: "
-                 f"{parameters(counts['generating'])} parameters{projector}",
-                 f"  bank         {len(bank):,} rows x {bank.dim} ({str(bank.rows.dtype).replace('torch.', '')}), "
-                 f"with {', '.join(extras) or 'rows only'}{groups}",
+        d = self.describe()
+        m, bank, counts = d["model"], d["bank"], d["parameters"]
+        groups = f", {len(bank['groups'])} groups" if bank["groups"] else ""
+        encoder = (f"{d['encoder']}, {parameters(counts['encoder'])} parameters" if counts["encoder"]
+                   else d["encoder"] or "none (snippets of new images cannot be made)")
+        lines = [f"GMemPipeline({d['name'] or 'unnamed'!r})",
+                 f"  model        SiT, {d['image_size']} px images, {m['input_size']}x{m['input_size']}x{m['in_channels']} "
+                 f"input, patch {m['patch_size']}, width {m['hidden_size']}, depth {m['depth']}: "
+                 f"{parameter_line(counts)}",
+                 f"  bank         {bank['rows']:,} rows x {bank['dim']} ({bank['dtype']}), "
+                 f"with {', '.join(bank['extras']) or 'rows only'}{groups}",
                  f"  encoder      {encoder}",
-                 f"  autoencoder  {getattr(self.autoencoder, 'name', type(self.autoencoder).__name__)}",
-                 f"  sampler      {self.sampler.get('method', 'sde')}, {self.sampler.get('steps', 250)} steps by default",
-                 f"  device       {self.device}"]
+                 f"  autoencoder  {d['autoencoder']}",
+                 f"  sampler      {d['sampler']['method']}, {d['sampler']['steps']} steps by default",
+                 f"  device       {d['device']}"]
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -11,9 +11,9 @@ from .values import as_whole
 
 def check_scale(scale) -> int:
     """A whole upscaling factor >= 1: PIL's error for 0 ('height and width must be > 0') names no argument."""
-    if (as_whole(scale) or 0) < 1:
+    if as_whole(scale, 1) is None:
         raise ValueError(f"scale is a whole upscaling factor >= 1 (nearest neighbour; 1 keeps the size); got {scale!r}")
-    return int(scale)
+    return as_whole(scale)
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1,
@@ -24,7 +24,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, scal
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"image_grid needs uint8 (N, H, W, 3); got {tuple(images.shape)} {images.dtype}")
     n, h, w, _ = images.shape
-    if nrow is not None and (as_whole(nrow) is None or as_whole(nrow) < 0):
+    if nrow is not None and as_whole(nrow, 0) is None:
         raise ValueError(f"nrow is the number of images per row (a whole number; 0 or None: about sqrt(N)); got {nrow!r}")
     nrow = int(nrow or max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / nrow)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next GPU session for issue 5, prepared on the CPU. Run it with the device tool as
 # `bash scripts/gpu_sampler_session.sh` (timeout_s 480; about 7 minutes of an H100).
-# Where issue 5 stands (session 9, benchmarks/README.md): the default, bf16, makes 8.05 to 8.30 images/s at batch
+# Where issue 5 stands (benchmarks/README.md): the default, bf16, makes 8.05 to 8.30 images/s at batch
 # 256; fast="fp8" makes 10.61 but moves a trained model's images up to 7.9% (benchmarks/fp8_error_trained.py), so
 # it is not the default. A bf16 step at batch 256 is about 120 ms, of which inductor's element-wise kernels
 # (GELU epilogue aside: LayerNorm + modulate, gate + residual) take about 30.
@@ -10,9 +10,9 @@
 #   +ap  inductor max_autotune_pointwise
 #   the default at batch 512 (larger products; the element-wise work per image is the same)
 # and the same two options on FP8, then profiles bf16+cd. Variants that would end after --budget-s are skipped
-# and named. Results land under $OUT: commit them to benchmarks/results/ under new names (keep the older runs),
-# update benchmarks/README.md and the README's "Fast sampling" table, and make an option that wins by more than
-# run-to-run noise (about 1%) the default (fast.COMPILE_OPTIONS).
+# and named. Results land under $OUT: copy them over benchmarks/results/ under the names the scripts give them (one
+# file per benchmark and card; git keeps the earlier runs), update benchmarks/README.md and the table in
+# docs/sampling.md, and make an option that wins by more than run-to-run noise (about 1%) the default.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 export PYTHONUNBUFFERED=1

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gmem_explore.autoencoders import from_uint8  # noqa: E402
-from gmem_explore.bank.memory import MemoryBank  # noqa: E402
+from gmem_explore.bank.build import bank_from_images  # noqa: E402
 from gmem_explore.data import TWEMOJI_ATTRIBUTION, load_twemoji  # noqa: E402
 from gmem_explore.encoders.conv import ConvEncoder, train_conv_encoder  # noqa: E402
 from gmem_explore.evaluation.metrics import knn_accuracy  # noqa: E402
@@ -83,12 +83,6 @@ def encoder_stage(out: Path, args, train, held) -> ConvEncoder:
     return encoder
 
 
-def build_bank(encoder, train) -> MemoryBank:
-    rows = encoder.encode(train.images)
-    return MemoryBank(rows, torch.ones(len(rows)), train.labels, train.label_names, train.images,
-                      {"dataset": "twemoji-32 train split", "names": train.names, "attribution": TWEMOJI_ATTRIBUTION})
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -97,7 +91,8 @@ def main(argv=None) -> int:
     train, held = load_twemoji(32, "train"), load_twemoji(32, "held_out")
     encoder = encoder_stage(out, args, train, held)
     # Round the bank through fp16 now (it ships in fp16), so training sees exactly the snippets users will.
-    bank = build_bank(encoder, train)
+    bank = bank_from_images(encoder, train, meta={"dataset": "twemoji-32 train split", "names": train.names,
+                                                  "attribution": TWEMOJI_ATTRIBUTION})
     bank.rows = bank.rows.half().float()
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=200, decay=0,

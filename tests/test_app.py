@@ -16,7 +16,7 @@ from PIL import Image
 
 from app_tiny import ROWS, tiny_pipeline
 from gmem_explore import GMemPipeline, MemoryBank
-from gmem_explore.bank import tools as bank_tools
+from gmem_explore.bank import search as bank_search
 from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
 from gmem_explore.app.server import load_checkpoint
 from gmem_explore.app.common import RANDOM_SEEDS, UserError, friendly, spaces_gpu, stopped
@@ -234,7 +234,7 @@ def test_interpolate_default_rows_differ_visibly():
     other = [r for r in range(1, len(bank)) if bank.label_of(r) != bank.label_of(0)]
     assert sims[b] == max(sims[r] for r in other)  # the row most like A among the other groups
     plain = MemoryBank(bank.rows)  # no groups: the row nearest cosine 0.5 to row 0
-    expected = 1 + int((sims[1:] - bank_tools.SIMILAR_BUT_DIFFERENT).abs().argmin())
+    expected = 1 + int((sims[1:] - bank_search.SIMILAR_BUT_DIFFERENT).abs().argmin())
     assert ui_interpolate.default_endpoints(plain) == (0, expected)
     assert ui_interpolate.default_endpoints(MemoryBank(bank.rows[:1])) == (0, 0)
 

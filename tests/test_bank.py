@@ -364,8 +364,21 @@ def test_nearest_matches_brute_force_for_any_chunk(chunk):
     assert torch.equal(idx, ref_i) and torch.allclose(sim, ref_s, atol=1e-6)
 
 
+def test_nearest_skips_broken_rows_and_leaves_the_query_row_out():
+    rows = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    rows[2] = float("nan")  # a broken row is like nothing: never a neighbour, and the search still answers
+    bank = MemoryBank(rows)
+    idx, sim = bank.nearest(rows[0], k=10)  # a snippet: row 0 is its own best match
+    assert idx[0].tolist()[0] == 0 and 2 not in idx[0].tolist() and idx.shape == (1, 5) and torch.isfinite(sim).all()
+    idx, _ = bank.nearest([0], k=10)  # a row number: itself left out
+    assert sorted(idx[0].tolist()) == [1, 3, 4, 5]
+    assert bank.nearest([0], k=10, exclude_self=False)[0][0, 0] == 0
+    with pytest.raises(ValueError, match=r"rows \[2\] hold NaN.*replace or remove"):  # asked about by number
+        bank.nearest([2])
+
+
 def test_nearest_refuses_a_chunk_below_one(tiny_bank):
-    with pytest.raises(ValueError, match=r"chunk >= 1.*got 0"):
+    with pytest.raises(ValueError, match=r"chunk .*>= 1; got 0"):
         tiny_bank.nearest(tiny_bank.rows[0], k=3, chunk=0)
 
 

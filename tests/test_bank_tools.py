@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gmem_explore.bank.memory import MemoryBank, normalize
-from gmem_explore.bank.tools import nearest_rows, partner_row, statistics
+from gmem_explore.bank.search import nearest, partner_row
+from gmem_explore.bank.stats import statistics
 from gmem_explore.bank.lowrank import LowRankBank, compress
 from gmem_explore.cli.main import main
 
@@ -35,7 +36,7 @@ def test_statistics_of_a_known_bank():
 def test_nearest_rows_matches_brute_force_and_excludes_self():
     bank = low_rank_bank(noise=0.5)
     bank = MemoryBank(bank.rows.half(), bank.freq)  # the released bank is stored in fp16
-    idx, sim = nearest_rows(bank, [3, 150, 299], k=5, chunk=64)  # several chunks
+    idx, sim = nearest(bank, [3, 150, 299], k=5, chunk=64)  # several chunks
     x = normalize(bank.rows)
     full = x[[3, 150, 299]] @ x.T
     full[[0, 1, 2], [3, 150, 299]] = -9
@@ -43,10 +44,10 @@ def test_nearest_rows_matches_brute_force_and_excludes_self():
     assert torch.equal(idx, ref_i) and torch.allclose(sim, ref_s, atol=1e-6)
     assert not any(q in row for q, row in zip([3, 150, 299], idx.tolist()))
     # a snippet query finds its own row first
-    idx2, sim2 = nearest_rows(bank, bank.rows[42:43].float() * 7, k=2)
+    idx2, sim2 = nearest(bank, bank.rows[42:43].float() * 7, k=2)
     assert idx2[0, 0] == 42 and sim2[0, 0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(IndexError):
-        nearest_rows(bank, [300])
+        nearest(bank, [300])
 
 
 def test_compression_is_exact_on_low_rank_data_and_reports_the_true_error(tmp_path):

@@ -1,10 +1,11 @@
-"""Bank tools at their edges (tests written to kill mutants of bank/tools.py that the older tests let through)."""
+"""Bank search and statistics at their edges (tests written to kill mutants of the old bank/tools.py that the older
+tests let through)."""
 from __future__ import annotations
 
 import torch
 
 from gmem_explore.bank.memory import MemoryBank
-from gmem_explore.bank.tools import partner_row
+from gmem_explore.bank.search import partner_row
 
 
 def test_partner_row_is_never_the_row_itself_even_when_every_other_row_points_away():
@@ -33,7 +34,7 @@ def test_bank_cli_prints_row_then_similarity_and_honours_sample(tmp_path, capsys
 
 
 def test_statistics_top_1pct_share_counts_the_most_frequent_hundredth_of_rows():
-    from gmem_explore.bank.tools import statistics
+    from gmem_explore.bank.stats import statistics
 
     freq = torch.ones(200, dtype=torch.float64)
     freq[17] = 100.0  # 200 rows: the top 1% is 2 rows, row 17 and one of count 1

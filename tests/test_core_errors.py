@@ -206,10 +206,10 @@ def test_model_overrides_that_are_not_a_dict_are_refused_by_name(released_pth, t
     assert hashes(tmp_path) == before and not (tmp_path / "out").exists()
 
 
-# ---- 4. bank_tools.statistics -----------------------------------------------------------------------------------
+# ---- 4. bank.stats.statistics ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("sample", [1, 0, -4, True, 2.5])
 def test_statistics_refuses_a_sample_too_small_for_a_similarity(tiny_bank, sample):
-    from gmem_explore.bank.tools import statistics
+    from gmem_explore.bank.stats import statistics
 
     # -4 took all rows but the last four, 0 and 1 silently dropped the similarity figures
     with pytest.raises(ValueError, match=r"sample must be a whole number of rows >= 2 \(the similarity figures "
@@ -218,7 +218,7 @@ def test_statistics_refuses_a_sample_too_small_for_a_similarity(tiny_bank, sampl
 
 
 def test_statistics_with_the_smallest_sample_and_a_one_row_bank(tiny_bank):
-    from gmem_explore.bank.tools import statistics
+    from gmem_explore.bank.stats import statistics
 
     assert statistics(tiny_bank, sample=2)["sample_rows"] == 2
     one = statistics(MemoryBank(torch.ones(1, 4)), sample=2)

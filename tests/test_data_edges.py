@@ -1,5 +1,6 @@
-"""Inputs researchers give by mistake or that real folders hold, for data, bank_tools, bankmap, evaluation, metrics:
-each is handled correctly or refused with a ValueError / TypeError / FileNotFoundError that says what to do."""
+"""Inputs researchers give by mistake or that real folders hold, for data, bank search and statistics, bankmap,
+evaluation, metrics: each is handled correctly or refused with a ValueError / TypeError / FileNotFoundError that says
+what to do."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 
 from gmem_explore.bank.memory import MemoryBank
-from gmem_explore.bank.tools import nearest_rows, statistics
+from gmem_explore.bank.search import nearest
+from gmem_explore.bank.stats import statistics
 from gmem_explore.bank.lowrank import LowRankBank, compress
 from gmem_explore.bank.map2d import _plan, embed_2d, is_cached, pca_2d
 from gmem_explore.data import image_files, load_digits, load_folder, load_twemoji, read_image_files
@@ -116,7 +118,7 @@ def test_a_twemoji_cache_of_the_wrong_shape_is_rebuilt(tmp_path, monkeypatch):
     assert data.images.shape == (1884, 16, 16, 3) and len(data.label_names) == 9
 
 
-# ---- bank tools --------------------------------------------------------------------------------------------------
+# ---- bank search and statistics ----------------------------------------------------------------------------------
 def nan_bank():
     rows = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
     rows[2] = float("nan")
@@ -136,14 +138,14 @@ def test_statistics_leave_broken_rows_out():
 
 def test_nearest_rows_never_returns_a_broken_row_or_the_query_itself():
     bank = nan_bank()
-    idx, sims = nearest_rows(bank, [0, 5], k=10)
+    idx, sims = nearest(bank, [0, 5], k=10)
     rows = torch.nn.functional.normalize(bank.rows, dim=1)
     for q, (i, s) in enumerate(zip(idx.tolist(), sims)):
         query = [0, 5][q]
         expected = sorted((j for j in range(6) if j not in (2, query)), key=lambda j: -float(rows[query] @ rows[j]))
         assert i == expected and torch.isfinite(s).all()  # the NaN row came first, with similarity nan
     with pytest.raises(ValueError, match="no usable row"):
-        nearest_rows(MemoryBank(torch.cat([torch.ones(1, 4), torch.full((2, 4), float("nan"))])), [0])
+        nearest(MemoryBank(torch.cat([torch.ones(1, 4), torch.full((2, 4), float("nan"))])), [0])
 
 
 @pytest.mark.parametrize("kwargs, says", [
@@ -153,7 +155,7 @@ def test_nearest_rows_never_returns_a_broken_row_or_the_query_itself():
 def test_nearest_rows_refusals(kwargs, says):
     args = dict(queries=[0], k=2) | kwargs
     with pytest.raises(ValueError, match=says):
-        nearest_rows(MemoryBank(torch.randn(5, 8)), **args)
+        nearest(MemoryBank(torch.randn(5, 8)), **args)
 
 
 def test_compress_refuses_broken_rows_and_accepts_numpy_ranks():

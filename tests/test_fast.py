@@ -1,6 +1,7 @@
 """The fast sampling path (gmem_explore/fast.py) gives the reference sampler's images, with less work per step."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gmem_explore.sampling import fast, fp8
+from gmem_explore.sampling import FastOptions, FastRun, fast, fp8
 from gmem_explore.sampling import initial_noise, make_generators, sample
 
 from conftest import TINY
@@ -31,6 +32,14 @@ def inputs(n, first_seed=0):
 def run(model, n=4, method="sde", steps=12, fast_mode=False, **kw):
     noise, snippets, gens = inputs(n)
     return sample(model, noise, snippets, method, steps, gens, fast=fast_mode, **kw)
+
+
+def run_and_record(model, **kw) -> tuple[torch.Tensor, FastRun]:
+    """run() on the fast path, and the one FastRun record it reported."""
+    records = []
+    out = run(model, fast_report=records.append, **kw)
+    assert len(records) == 1 and isinstance(records[0], FastRun)
+    return out, records[0]
 
 
 def rel_l2(a, b):
@@ -77,10 +86,11 @@ def test_exact_mode_matches_reference(tiny_model, method, steps, guidance):
 
 def test_bf16_mode_within_two_percent(tiny_model, method="sde"):
     ref = run(tiny_model, method=method, steps=10, guidance=2.0, guidance_interval=INTERVAL)
-    out = run(tiny_model, method=method, steps=10, guidance=2.0, guidance_interval=INTERVAL, fast_mode="bf16")
+    out, record = run_and_record(tiny_model, method=method, steps=10, guidance=2.0, guidance_interval=INTERVAL,
+                                 fast_mode="bf16")
     err = rel_l2(out, ref)
     assert 0 < err < 0.02  # > 0: bf16 really ran (an fp32 run would agree to 1e-7)
-    assert fast.last_run["precision"] == "bf16"
+    assert record.precision == "bf16"
 
 
 def test_same_image_at_batch_1_and_8(tiny_model):
@@ -95,14 +105,15 @@ def test_guidance_doubles_the_batch_only_on_active_steps(tiny_model):
     rows = []
     hook = tiny_model.x_embedder.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
     try:
-        run(tiny_model, n=3, method="sde", steps=10, fast_mode="fp32", guidance=3.0, guidance_interval=INTERVAL)
+        _, record = run_and_record(tiny_model, n=3, method="sde", steps=10, fast_mode="fp32", guidance=3.0,
+                                   guidance_interval=INTERVAL)
     finally:
         hook.remove()
     grid = torch.linspace(1.0, 0.04, 10, dtype=torch.float64)  # the SDE's evaluation times
     active = sum(INTERVAL[0] <= t <= INTERVAL[1] for t in grid.tolist())
     assert 0 < active < 10
     assert rows.count(6) == active and rows.count(3) == 10 - active and len(rows) == 10
-    assert fast.last_run["guided_evaluations"] == active
+    assert record.guided_evaluations == active
 
 
 def test_callback_sees_every_step_like_the_reference(tiny_model):
@@ -118,10 +129,13 @@ def test_callback_sees_every_step_like_the_reference(tiny_model):
 
 def test_modulation_in_chunks_changes_nothing(tiny_model):
     noise, snippets, gens = inputs(2)
-    whole = fast.sample_fast(tiny_model, noise, snippets, "sde", 9, gens, precision="fp32")
+    records = []
+    whole = fast.sample_fast(tiny_model, noise, snippets, "sde", 9, gens, options=FastOptions(precision="fp32"),
+                             report=records.append)
     noise, snippets, gens = inputs(2)
-    chunked = fast.sample_fast(tiny_model, noise, snippets, "sde", 9, gens, precision="fp32", modulation_budget=1)
-    assert fast.last_run["modulation_chunk"] == 1
+    chunked = fast.sample_fast(tiny_model, noise, snippets, "sde", 9, gens, report=records.append,
+                               options=FastOptions(precision="fp32", modulation_budget=1))
+    assert [r.modulation_chunk for r in records] == [9, 1]
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)  # other matmul shapes: fp32 rounding only
 
 
@@ -132,6 +146,8 @@ def test_default_routing(tiny_model):
         run(lambda x, t, s: torch.zeros_like(x), fast_mode=True)
     with pytest.raises(ValueError, match="precision"):
         run(tiny_model, fast_mode="fp4")
+    with pytest.raises(TypeError, match="FastOptions"):
+        run(tiny_model, fast_mode=1)
 
 
 def test_bf16_copy_is_cached_and_follows_weight_changes(tiny_model):
@@ -180,8 +196,8 @@ def test_graph_plumbing_with_emulated_graphs(tiny_model, monkeypatch, method):
     seen = {False: [], "fp32": []}
     ref = run(tiny_model, callback=lambda i: seen[False].append(i.x.float().clone()), **kw)
     ReplayedSteps.captures = 0
-    out = run(tiny_model, fast_mode="fp32", callback=lambda i: seen["fp32"].append(i.x), **kw)
-    assert fast.last_run["cuda_graphs"] and ReplayedSteps.captures >= 2  # guided and unguided kinds
+    out, record = run_and_record(tiny_model, fast_mode="fp32", callback=lambda i: seen["fp32"].append(i.x), **kw)
+    assert record.cuda_graphs and ReplayedSteps.captures >= 2  # guided and unguided kinds
     assert rel_l2(out, ref) < 1e-4
     for a, b in zip(seen["fp32"], seen[False]):  # callbacks got their own tensors, not the overwritten buffers
         assert rel_l2(a, b) < 1e-4
@@ -198,8 +214,9 @@ def test_cuda_fast_path_matches(tiny_model):
     ref = sample(model, noise, snippets, "sde", 12, gens, fast=False)
     gens = make_generators(range(4), "cuda")
     noise = initial_noise(gens, SHAPE)
-    out = sample(model, noise, snippets, "sde", 12, gens, fast=True)
-    assert fast.last_run["cuda_graphs"] and rel_l2(out, ref) < 0.02
+    records = []
+    out = sample(model, noise, snippets, "sde", 12, gens, fast=True, fast_report=records.append)
+    assert records[0].cuda_graphs and records[0].compiled and rel_l2(out, ref) < 0.02
 
 
 def smoke_run(script: str, tmp_path) -> dict:
@@ -218,33 +235,36 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert {"a_released", "b_fast_b4", "b_fast_b8", "b_fast_b8_gelu_separate", "c_live_b2"} <= set(result["runs"])
     assert result["runs"]["b_fast_b8"]["error_vs_a"]["max"] < 1e-4  # smoke runs the fp32 path on the CPU
     assert result["runs"]["b_fast_b8_fp8_fa"]["error_vs_a"]["max"] < 0.05  # fp8 products: rounded, not wrong
-    assert result["runs"]["b_fast_b8_fp8_fa"]["fast"]["fp8_static_input_scales"] is False  # unnamed option: off
-    assert result["runs"]["b_fast_b8_fp8-mlp_fa_st"]["fast"]["fp8_static_input_scales"] is True
+    assert result["runs"]["b_fast_b8_fp8_fa"]["fast"]["options"]["fp8_static_scales"] is False  # unnamed: off
+    assert result["runs"]["b_fast_b8_fp8-mlp_fa_st"]["fast"]["options"]["fp8_static_scales"] is True
+    assert result["runs"]["b_fast_b8_gelu_separate"]["fast"]["options"]["fused_gelu"] is False
+    assert result["runs"]["b_fast_b8"]["fast"]["options"]["fused_gelu"] is True
     assert result["cuda_checks"]["batch_independence"]["max_rel_l2"] < 1e-5  # exact up to rounding on the CPU
     assert {10, 20} == {int(k) for k in result["cuda_checks"]["host_syncs_warm_live"]}
     assert result["exact_fp32_vs_strict_reference"]["max"] < 1e-4
     assert "| b_fast_b8 | 8 |" in (tmp_path / "gpu_sampler_cpu-smoke.md").read_text()
 
 
-def test_fp8_error_trained_smoke(tmp_path):
+def test_fp8_error_trained_smoke(tmp_path, capsys):
     """The trained-model FP8 error benchmark runs (2 steps, 2 images) and tables every run against the 2% bound."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import fp8_error_trained
 
-    linear = fp8.linear
     result = fp8_error_trained.main(["--steps", "4", "--images", "2", "--out", str(tmp_path), "--fp8-until", "0.5"])
     half = "fp8 for the first 50% of the steps, then bf16"
-    assert set(result["runs"]) == {label for label, _, _ in fp8_error_trained.RUNS} | {half}
+    assert set(result["runs"]) == {label for label, _ in fp8_error_trained.RUNS} | {half}
     assert all(0 < row["max"] < 0.5 for row in result["runs"].values())  # rounded, not wrong
     runs = result["runs"]  # half the steps in FP8: neither the all-FP8 images nor bf16's
     assert runs[half]["per_image"] != runs["fp8 (static scales, the fp8 default)"]["per_image"]
     assert runs[half]["per_image"] != runs["bf16"]["per_image"]
-    assert fp8.STATIC_INPUT_SCALES is True and fp8.linear is linear  # restored
     table = (tmp_path / "fp8_error_trained.md").read_text()
     assert table.count("\n| ") == 2 + len(fp8_error_trained.RUNS)  # header + one row per run
-    with pytest.raises(SystemExit):  # the step switch only works eagerly: refused on CUDA before anything loads
-        fp8_error_trained.main(["--device", "cuda", "--out", str(tmp_path / "no")])
-    assert not (tmp_path / "no").exists()
+    if not torch.cuda.is_available():  # refused before anything loads
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            fp8_error_trained.main(["--device", "cuda", "--out", str(tmp_path / "no")])
+        assert "no CUDA device here" in capsys.readouterr().err
+        assert not (tmp_path / "no").exists()
 
 
 def test_gpu_profile_smoke(tmp_path):
@@ -267,21 +287,19 @@ def test_linear_gelu_is_fc1_then_tanh_gelu():
     torch.library.opcheck(linear_gelu, (x, w, b))
 
 
-def test_fused_and_separate_gelu_give_the_same_block(tiny_model, monkeypatch):
+def test_fused_and_separate_gelu_give_the_same_block(tiny_model):
     x, snippets, _ = inputs(2)
     blocks, _ = fast.Modulation(tiny_model, snippets, [0.5]).get(0)
     h = tiny_model.x_embedder(x) + tiny_model.pos_embed
     carry = fast.zero_carry(h, blocks[0])
-    fused = fast.block_forward(tiny_model.blocks[0], h, blocks[0], carry)
-    monkeypatch.setattr(fast, "FUSED_GELU", False)
-    separate = fast.block_forward(tiny_model.blocks[0], h, blocks[0], carry)
+    fused = fast.block_forward(tiny_model.blocks[0], h, blocks[0], carry, FastOptions(fused_gelu=True))
+    separate = fast.block_forward(tiny_model.blocks[0], h, blocks[0], carry, FastOptions(fused_gelu=False))
     torch.testing.assert_close(fused, separate, rtol=0, atol=0)
 
 
-def test_fp8_linear_is_the_row_scaled_e4m3_product(monkeypatch):
-    """Per-token scales (STATIC_INPUT_SCALES off): fp8.linear = (x quantised per row) @ (W quantised per output
-    row)^T + b, within 6% of the exact product."""
-    monkeypatch.setattr(fp8, "STATIC_INPUT_SCALES", False)
+def test_fp8_linear_is_the_row_scaled_e4m3_product():
+    """Per-token scales (static_scales off): fp8.linear = (x quantised per row) @ (W quantised per output row)^T + b,
+    within 6% of the exact product."""
     g = torch.Generator().manual_seed(0)
     layer = torch.nn.Linear(32, 48)
     x = torch.randn(2, 5, 32, generator=g)
@@ -289,7 +307,7 @@ def test_fp8_linear_is_the_row_scaled_e4m3_product(monkeypatch):
     x8, sx = fp8.quantize_rows(x.reshape(-1, 32))
     w8, sw = fp8.quantize_rows(layer.weight)
     expected = (x8.float() * sx) @ (w8.float() * sw).T + layer.bias
-    got = fp8.linear(layer, x)
+    got = fp8.linear(layer, x, static_scales=False)
     torch.testing.assert_close(got.reshape(-1, 48), expected.detach(), rtol=1e-5, atol=1e-5)
     exact = layer(x)
     assert 1e-3 < rel_l2(got, exact.detach()) < 0.06  # really rounded, but only by e4m3's 3 mantissa bits
@@ -303,26 +321,25 @@ def test_fp8_modes_quantise_the_named_products_and_stay_close(tiny_model, precis
     assert {name for name, layer in layers.items() if hasattr(layer, "fp8_weight")} == quantised
     assert not hasattr(tiny_model.blocks[0].mlp.fc1, "fp8_weight")  # the user's model is untouched
     ref = run(tiny_model)
-    out = run(tiny_model, fast_mode=precision)
-    assert fast.last_run["precision"] == precision and torch.isfinite(out).all()
+    out, record = run_and_record(tiny_model, fast_mode=precision)
+    assert record.precision == precision and torch.isfinite(out).all()
     assert rel_l2(out, ref) < 0.05
 
 
-def test_fp8_static_input_scale_is_one_fixed_scale_and_saturates(monkeypatch):
-    """With STATIC_INPUT_SCALES every row is divided by the layer's calibrated scale (not its own max), the product
+def test_fp8_static_input_scale_is_one_fixed_scale_and_saturates():
+    """With static scales every row is divided by the layer's calibrated scale (not its own max), the product
     stays within e4m3's error of the exact one, and an input far beyond the calibration saturates at +-448 instead
     of becoming NaN (what a plain cast to e4m3 gives)."""
     g = torch.Generator().manual_seed(0)
     layer = torch.nn.Linear(32, 48)
     fp8.attach_linear(layer)
     layer.fp8_input_scale = torch.tensor(4.0 / fp8.E4M3_MAX)  # inputs up to 4 keep full precision
-    monkeypatch.setattr(fp8, "STATIC_INPUT_SCALES", True)
     x = torch.randn(2, 5, 32, generator=g)
     x[0, 0] *= 1e-2  # a quiet token: per-token scaling would give it a scale of its own
     w8, sw = fp8.quantize_rows(layer.weight)
     x8 = (x.reshape(-1, 32) / layer.fp8_input_scale).to(fp8.E4M3)
     expected = (x8.float() * layer.fp8_input_scale) @ (w8.float() * sw).T + layer.bias
-    got = fp8.linear(layer, x)
+    got = fp8.linear(layer, x, static_scales=True)
     torch.testing.assert_close(got.reshape(-1, 48), expected.detach(), rtol=1e-5, atol=1e-5)
     assert 1e-3 < rel_l2(got, layer(x).detach()) < 0.06
     huge = fp8.linear(layer, torch.full((1, 32), 1e4))
@@ -365,40 +382,40 @@ def test_fp8_calibration_gives_every_quantised_layer_the_largest_input_with_marg
         assert torch.equal(m.fp8_input_scale, first[id(m)])  # same synthetic inputs, same scales
 
 
-def test_fp8_static_scales_keep_the_images(tiny_model, monkeypatch):
+def test_fp8_static_scales_keep_the_images(tiny_model):
     """The whole fast sampler with static FP8 input scales (the default) stays as close to the reference as
     per-token scaling."""
-    assert fp8.STATIC_INPUT_SCALES is True and fp8.FAST_ACCUM is True  # the measured-fastest defaults (H100)
+    assert FastOptions().fp8_static_scales and FastOptions().fp8_fast_accum  # the measured-fastest defaults (H100)
     ref = run(tiny_model)
-    static = run(tiny_model, fast_mode="fp8")
-    assert fast.last_run["fp8_static_input_scales"] is True
-    monkeypatch.setattr(fp8, "STATIC_INPUT_SCALES", False)
-    per_token = run(tiny_model, fast_mode="fp8")
-    assert fast.last_run["fp8_static_input_scales"] is False
+    static, record = run_and_record(tiny_model, fast_mode="fp8")
+    assert record.options.fp8_static_scales is True
+    per_token, record = run_and_record(tiny_model, fast_mode=FastOptions(precision="fp8", fp8_static_scales=False))
+    assert record.options.fp8_static_scales is False
     assert not torch.equal(static, per_token)  # the other scheme really ran
     assert rel_l2(static, ref) < 0.05
 
 
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="inductor's CPU backend needs a C++ compiler")
-def test_fp8_step_compiles_with_inductor_options_and_matches_eager(tiny_model, monkeypatch):
+def test_fp8_step_compiles_with_inductor_options_and_matches_eager(tiny_model):
     """The FP8 block goes through torch.compile (inductor, here its CPU backend) with the options the GPU benchmark
     tries, one compiled set per option set, and the compiled step gives the eager step's images."""
-    monkeypatch.setattr(fast, "COMPILE_OPTIONS", {"triton.multi_kernel": 1})
-    assert fast.compiled_functions() is not fast.compiled_functions({})
-    assert fast.compiled_functions() is fast.compiled_functions({"triton.multi_kernel": 1})
+    options = FastOptions(precision="fp8", inductor={"triton.multi_kernel": 1})
+    assert fast.compiled_functions(options.inductor) is not fast.compiled_functions(())
+    assert fast.compiled_functions(options.inductor) is fast.compiled_functions({"triton.multi_kernel": 1})
     noise, snippets, _ = inputs(2)
-    kw = dict(method="euler", steps=3, precision="fp8")
-    eager = fast.sample_fast(tiny_model, noise, snippets, compile=False, **kw)
+    records = []
+    kw = dict(method="euler", steps=3, report=records.append)
+    eager = fast.sample_fast(tiny_model, noise, snippets, options=dataclasses.replace(options, compile=False), **kw)
     import torch._dynamo as dynamo
     from torch._dynamo.utils import counters
 
     dynamo.reset()  # compile afresh, so that the graphs made below can be counted
     graphs = counters["stats"]["unique_graphs"]
-    compiled = fast.sample_fast(tiny_model, noise, snippets, compile=True, **kw)
-    assert fast.last_run["compiled"] and "fallback" not in fast.last_run
+    compiled = fast.sample_fast(tiny_model, noise, snippets, options=dataclasses.replace(options, compile=True), **kw)
+    assert not records[0].compiled and records[1].compiled and records[1].fallback is None
     # one graph for every block (the first one's zero carry laid out as the others' carries) and one for the tail
     assert counters["stats"]["unique_graphs"] - graphs == 2
-    assert fast.last_run["compile_options"] == {"triton.multi_kernel": 1}
+    assert records[1].as_dict()["options"]["inductor"] == {"triton.multi_kernel": 1}
     assert rel_l2(compiled, eager) < 0.01  # inductor may reorder bf16 arithmetic, nothing more
 
 
@@ -473,8 +490,8 @@ def test_guidance_interval_edges_and_guidance_below_one_match_the_reference(tiny
     and 0.5 and its correctors reaching 0.75 and 0.5."""
     kw = dict(n=2, method=method, steps=4, guidance=guidance, guidance_interval=(0.5, 0.75))
     ref = run(tiny_model, **kw)
-    out = run(tiny_model, fast_mode="fp32", **kw)
-    assert fast.last_run["guided_evaluations"] == guided
+    out, record = run_and_record(tiny_model, fast_mode="fp32", **kw)
+    assert record.guided_evaluations == guided
     assert rel_l2(out, ref) < 1e-4
     assert rel_l2(run(tiny_model, n=2, method=method, steps=4), ref) > 1e-3  # the guidance is visible
 
@@ -484,7 +501,8 @@ def test_fast_steps_follow_the_sampler_formulas_with_the_models_velocity(tiny_mo
     velocity at the previous state, and denoised = x - t v: checked against the model itself, not the reference."""
     noise, snippets, gens = inputs(2)
     seen = []
-    fast.sample_fast(tiny_model, noise, snippets, "sde", 3, gens, precision="fp32", callback=seen.append)
+    fast.sample_fast(tiny_model, noise, snippets, "sde", 3, gens, callback=seen.append,
+                     options=FastOptions(precision="fp32"))
     _, _, gens = inputs(2)
     eps = torch.stack([torch.randn((2, *SHAPE), generator=g) for g in gens])  # after the noise draw, as sample does
     grid = [1.0, 0.52, 0.04, 0.0]
@@ -501,8 +519,10 @@ def test_fast_steps_follow_the_sampler_formulas_with_the_models_velocity(tiny_mo
 def test_heun_fast_path_skips_the_correction_on_the_last_step(tiny_model):
     noise, snippets, _ = inputs(2)
     seen = []
-    out = fast.sample_fast(tiny_model, noise, snippets, "heun", 2, precision="fp32", callback=seen.append)
-    assert fast.last_run["evaluations"] == 3
+    records = []
+    out = fast.sample_fast(tiny_model, noise, snippets, "heun", 2, callback=seen.append, report=records.append,
+                           options=FastOptions(precision="fp32"))
+    assert records[0].evaluations == 3
     with torch.no_grad():
         vel = lambda x, t: tiny_model(x, torch.full((2,), t), snippets)  # noqa: E731
         v0 = vel(noise, 1.0)

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gmem_explore import build_model
-from gmem_explore.sampling import fast
 from gmem_explore.sampling import initial_noise, make_generators, sample, time_grid
 
 from conftest import TINY, randomize
@@ -50,13 +49,13 @@ def inputs(n, zero_rows=(1,)):
     return noise, snippets
 
 
-def run(model, noise, snippets, method, steps, guidance, interval, gens, mode):
+def run(model, noise, snippets, method, steps, guidance, interval, gens, mode, records=None):
     """(final latents, [(step, total, t, x, denoised)]); without generators the SDE noise comes from the global RNG,
-    seeded the same for every path."""
+    seeded the same for every path. The fast path's FastRun record goes to `records` (a list) when given."""
     seen = []
     torch.manual_seed(123)
     out = sample(model, noise, snippets, method, steps, make_generators(range(noise.shape[0]), "cpu") if gens else None,
-                 guidance, interval, fast=mode,
+                 guidance, interval, fast=mode, fast_report=None if records is None else records.append,
                  callback=lambda i: seen.append((i.step, i.total, i.t, i.x.clone(), i.denoised.clone())))
     return out, seen
 
@@ -87,9 +86,10 @@ def test_fast_modes_match_the_reference_on_the_grid(model, method, steps):
         # bf16's velocity error (about 0.6% here) reaches the output undamped in a 1-step SDE, whose final state is
         # -v itself, and strong guidance extrapolates it (4x: 2.6% on this random network); everywhere else 2%
         tol = 0.03 if method == "sde" and steps == 1 and guidance > 1 else BF16_TOL
+        records = []
         worst["bf16"] = max(worst["bf16"], check_against(
-            ref, run(model, noise, snippets, method, steps, guidance, interval, gens, "bf16"), tol))
-        assert fast.last_run["precision"] == "bf16"
+            ref, run(model, noise, snippets, method, steps, guidance, interval, gens, "bf16", records), tol))
+        assert [r.precision for r in records] == ["bf16"]
     assert worst["fp32"] < 1e-5 and worst["bf16"] > 1e-4  # bf16 really ran (fp32 agrees to about 1e-7 here)
 
 
@@ -107,9 +107,10 @@ def test_guided_evaluations_follow_the_interval(model, method):
         rows = []
         probe = lambda x, t, s: rows.append(x.shape[0]) or model(x, t, s)  # noqa: E731  (a callable: reference path)
         sample(probe, noise, snippets, method, 7, None, guidance, interval)
-        sample(model, noise, snippets, method, 7, None, guidance, interval, fast="fp32")
-        assert fast.last_run["guided_evaluations"] == rows.count(6)
-        assert fast.last_run["evaluations"] == len(rows)
+        records = []
+        sample(model, noise, snippets, method, 7, None, guidance, interval, fast="fp32", fast_report=records.append)
+        assert records[0].guided_evaluations == rows.count(6)
+        assert records[0].evaluations == len(rows)
 
 
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])

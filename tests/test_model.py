@@ -175,7 +175,7 @@ def test_unpatchify_follows_dits_pixel_layout(patch):
 
 
 def test_a_shallow_custom_model_builds_without_naming_its_repa_block():
-    """The README's example: depth 2 with the default REPA tap (block 8) takes its last block instead."""
+    """The example in docs/architecture.md: depth 2 with the default REPA tap (block 8) takes its last block instead."""
     model = build_model(input_size=8, patch_size=2, hidden_size=64, depth=2, num_heads=4)
     assert model.config.encoder_depth == 2
     assert build_model(input_size=8, patch_size=2, hidden_size=64, depth=12, num_heads=4).config.encoder_depth == 8

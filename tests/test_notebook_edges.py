@@ -9,6 +9,7 @@ import torch
 
 from gmem_explore.notebook import helpers as nbh
 from gmem_explore.notebook import remix
+from gmem_explore.bank.build import bank_from_images
 from gmem_explore.notebook import finetune as nbt
 
 
@@ -270,8 +271,8 @@ def test_building_a_bank_from_many_images_shows_progress(tqdm_bars):
     bars = tqdm_bars
     images = torch.zeros(5, 4, 4, 3, dtype=torch.uint8)
     data = ImageSet(images, torch.zeros(5, dtype=torch.long), ["g"], [f"i{i}" for i in range(5)])
-    assert len(nbt.bank_from_images(MeanColourEncoder(), data, batch_size=2)) == 5
+    assert len(bank_from_images(MeanColourEncoder(), data, batch_size=2, progress=True)) == 5
     assert [(b.desc, b.total, b.n, b.closed) for b in bars] == [("encoding images", 5, 5, True)]
-    nbt.bank_from_images(MeanColourEncoder(), data)  # one batch: no bar
-    nbt.bank_from_images(MeanColourEncoder(), data, batch_size=2, progress=False)
+    bank_from_images(MeanColourEncoder(), data, progress=True)  # one batch: no bar
+    bank_from_images(MeanColourEncoder(), data, batch_size=2)  # no bar unless asked (the CLI and scripts)
     assert len(bars) == 1

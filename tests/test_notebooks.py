@@ -18,6 +18,7 @@ import torch
 from gmem_explore.notebook import bank_figures
 from gmem_explore.notebook import helpers as nbh
 from gmem_explore.notebook import remix
+from gmem_explore.bank.build import bank_from_images
 from gmem_explore.notebook import finetune as nbt
 
 from conftest import free_port
@@ -246,11 +247,11 @@ def test_image_folder_round_trip_and_bank(tmp_path, tiny_checkpoint):
     assert len(data) == 5 and sorted(data.label_names) == ["Smileys & Emotion", "b-c"]
     assert sorted(map(tuple, data.images.reshape(5, -1)[:, :3].tolist())) == sorted(map(tuple, images.reshape(5, -1)[:, :3].tolist()))
     pipe = GMemPipeline.from_pretrained(str(tiny_checkpoint))
-    bank = nbt.bank_from_images(pipe.encoder, data)
+    bank = bank_from_images(pipe.encoder, data)
     assert len(bank) == 5 and bank.dim == 16 and torch.equal(bank.thumbnails, data.images)
     assert torch.allclose(bank.snippets([2]), pipe.snippets_from_images(data.images[2:3]), atol=1e-5)
     with pytest.raises(RuntimeError, match="encoder"):
-        nbt.bank_from_images(None, data)
+        bank_from_images(None, data)
 
 
 def test_training_monitor_records_through_trainer_callbacks(tiny_model, tiny_bank):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gmem_explore.bank.build import bank_from_images
 from gmem_explore.notebook import finetune as nbt
 from gmem_explore.data import ImageSet
 
@@ -29,4 +30,4 @@ def test_bank_from_images_refuses_a_batch_size_that_is_not_a_count(batch_size):
     data = ImageSet(torch.zeros(3, 4, 4, 3, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), ["g"],
                     ["a", "b", "c"])
     with pytest.raises(ValueError, match=f"batch_size must be a whole number of images, 1 or more; got {batch_size}"):
-        nbt.bank_from_images(Mean(), data, batch_size=batch_size, progress=False)
+        bank_from_images(Mean(), data, batch_size=batch_size)

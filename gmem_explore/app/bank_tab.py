@@ -28,8 +28,11 @@ def stats(ctx: AppContext, session: Session):
 
     bank = ctx.bank(session)
     s = bank.stats()
-    lines = [f"**{s['rows']:,} rows** × **{s['dim']}** dimensions ({s['dtype']}); mean row norm {s['norm_mean']:.3f}"
-             + (f", {s['zero_rows']} zero rows" if s["zero_rows"] else "")]
+    lines = [f"**{s['rows']:,} rows** × **{s['dim']}** dimensions ({s['dtype']})"
+             + (f"; mean row norm {s['norm_mean']:.3f}" if "norm_mean" in s else "")
+             + (f", {s['zero_rows']} zero rows" if s["zero_rows"] else "")
+             + (f", {s['nonfinite_rows']} broken rows (NaN or infinite: never a neighbour; replace or remove them)"
+                if s["nonfinite_rows"] else "")]
     uniform = uniform_frequency(bank) if len(bank) else None
     if uniform:
         lines.append(uniform)
@@ -163,14 +166,19 @@ def row_details(ctx: AppContext, session: Session, row):
     """(source thumbnail, markdown, nearest-neighbour thumbnails, their rows) for one row."""
     bank = ctx.bank(session)
     r = as_int(row, "row", 0, len(bank) - 1)
-    nn, sims = bank.nearest(bank.rows[r:r + 1].float(), NEIGHBOURS + 1)
-    pairs = [(int(i), float(s)) for i, s in zip(nn[0], sims[0]) if int(i) != r][:NEIGHBOURS]
+    try:
+        nn, sims = bank.nearest([r], NEIGHBOURS)  # the row itself left out
+        pairs, why_none = [(int(i), float(s)) for i, s in zip(nn[0], sims[0])], None
+    except ValueError as e:  # a broken row (NaN, infinite, all zeros) or no other row: its details, and why no neighbours
+        pairs, why_none = [], f"no neighbours: {e}"
     # 'row 58 · cos 0.93': the group would not fit under a grid-sized thumbnail, the row's own details say it
     items = [(img, f"row {i} · cos {s:.2f}") for (img, _), (i, s) in zip(thumbnails(bank, [i for i, _ in pairs]), pairs)]
     info = [f"**{row_caption(bank, r)}**"]
     if bank.freq is not None:
         info.append(f"frequency {float(bank.freq[r]):g} (drawn with probability {float(bank.freq[r] / bank.freq.sum()):.2e})")
     info.append(f"norm {float(bank.rows[r].float().norm()):.3f}")
+    if why_none:
+        info.append(why_none)
     thumb = upscale(bank.thumbnails[r], 128) if bank.thumbnails is not None else None
     return thumb, " · ".join(info), items, [i for i, _ in pairs]
 

@@ -7,7 +7,7 @@ import gradio as gr
 import torch
 
 from ..bank.memory import MIX_METHODS, MemoryBank
-from ..bank.tools import partner_row
+from ..bank.search import partner_row
 from ..sampling import METHODS
 from .common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
                         row_range, run_live, stopped, typing_a_seed_unticks_random, upscale)
@@ -20,7 +20,7 @@ GIF_FRAME_MS = 120
 
 
 def default_endpoints(bank: MemoryBank) -> tuple[int, int]:
-    """Rows A and B shown when the tab opens: row 0 and its partner (bank.tools.partner_row), so that the first run
+    """Rows A and B shown when the tab opens: row 0 and its partner (bank.search.partner_row), so that the first run
     shows a visible, smooth change (for emoji-32 a grinning face into a jack-o'-lantern)."""
     return (0, partner_row(bank, 0)) if len(bank) >= 2 else (0, 0)
 

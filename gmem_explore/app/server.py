@@ -14,7 +14,7 @@ from typing import Callable
 import gradio as gr
 
 from . import bank_tab, generate_tab, interpolate_tab, swap_tab
-from ..pipeline import GMemPipeline, parameters
+from ..pipeline import GMemPipeline, parameter_line
 from .common import AppContext, Limits, PipelineStore, Session, friendly, row_range, spaces_gpu
 from ..checkpoints.hub import CheckpointUnavailable, available
 
@@ -80,13 +80,12 @@ def default_factory(device: str = "cpu", revisions: dict | None = None) -> Calla
 
 
 def describe(pipe: GMemPipeline, name: str) -> str:
-    counts = pipe.parameter_counts()  # the parameters that generate; the REPA projector only serves training
-    training_only = f" (+{parameters(counts['projector'])} REPA projector, training only)" if counts["projector"] else ""
-    enc = "yes" if pipe.encoder is not None else "no (uploads are disabled)"
-    sampler = pipe.sampler
-    return (f"**{name}** · {parameters(counts['generating'])} parameters{training_only} · {pipe.image_size} px"
-            f" · bank {len(pipe.bank):,} × {pipe.bank.dim} · snippet encoder: {enc} · default sampler "
-            f"{sampler.get('method', 'sde')}, {sampler.get('steps', 250)} steps · device {pipe.device}")
+    """The Model panel's line: pipe.describe()'s fields, as summary() and `gmem info` show them."""
+    d = pipe.describe()
+    enc = "yes" if d["encoder"] else "no (uploads are disabled)"
+    return (f"**{name}** · {parameter_line(d['parameters'])} · {d['image_size']} px"
+            f" · bank {d['bank']['rows']:,} × {d['bank']['dim']} · snippet encoder: {enc} · default sampler "
+            f"{d['sampler']['method']}, {d['sampler']['steps']} steps · device {d['device']}")
 
 
 def model_label(checkpoint: str) -> str:

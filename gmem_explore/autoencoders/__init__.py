@@ -4,9 +4,11 @@ latent_shape() -> (C, h, w). Images are uint8 tensors (N, H, W, 3) everywhere in
 
 - PixelSpace (pixels.py): pixels in [-1, 1], for the embedded models.
 - SDVAE (sd_vae.py): the SD-VAE of GMem v1 (diffusers).
+- VAVAE (va_vae.py): the VA-VAE f16d32 of GMem v2, pure torch (its LDM networks in ldm.py).
 """
 from .pixels import PixelSpace, from_uint8, released_uint8, to_uint8
 from .sd_vae import SD_VAE_ENV, SD_VAE_REPO, SD_VAE_SCALE, SDVAE
+from .va_vae import VAVAE
 
-__all__ = ["PixelSpace", "SDVAE", "SD_VAE_ENV", "SD_VAE_REPO", "SD_VAE_SCALE", "from_uint8", "released_uint8",
+__all__ = ["PixelSpace", "SDVAE", "SD_VAE_ENV", "SD_VAE_REPO", "SD_VAE_SCALE", "VAVAE", "from_uint8", "released_uint8",
            "to_uint8"]

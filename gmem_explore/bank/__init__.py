@@ -3,9 +3,12 @@
 - memory.py     MemoryBank: rows, choosing rows (by frequency, from noise), edits, saving and loading
 - checks.py     what a bank refuses (shapes, NaN, dtypes that would spoil rows) and the messages
 - snippets.py   normalize and mix (lerp, slerp, concat, mask): snippets as the model sees them
-- tools.py      statistics, nearest-row search, low-rank (SVD) compression
+- build.py      images -> a bank (bank_from_images): one row per image through a snippet encoder
+- search.py     nearest rows by cosine (nearest, behind MemoryBank.nearest) and a partner row to mix with
+- stats.py      statistics (behind MemoryBank.stats): norms, broken rows, frequencies, groups, similarity
+- lowrank.py    low-rank (SVD) compression and its error
 - map2d.py      the 2-D map (UMAP / PCA), cached on disk
-A search index or an edit overlay goes here too.
+A search index goes behind search.nearest; an edit overlay goes here too.
 """
 from .memory import CHOOSE_STRATEGIES, MemoryBank, index_from_noise, load_bank
 from .snippets import MIX_METHODS, mix, normalize

@@ -1,15 +1,21 @@
 """Checks a MemoryBank makes before it acts: snippet rows (shape, dtype, NaN, zero rows), frequencies, labels,
 thumbnails, rows that a narrower dtype would spoil, and the messages that say what is wrong and how to fix it.
 
-They are apart from bank.py so that it holds the bank itself (storage, choice, search, edits, files) and can be read
-in one sitting; pipeline.py, tools.py and notebook/remix.py use check_snippets on their own inputs too. This
-module must not import bank.py (bank.py imports it).
+They are apart from memory.py so that it holds the bank itself (storage, choice, edits, files) and can be read
+in one sitting; pipeline.py, search.py and notebook/remix.py use check_snippets on their own inputs too. This
+module must not import memory.py (memory.py imports it).
 """
 from __future__ import annotations
 
 import torch
 
 CHUNK = 65536  # rows touched at a time, so a memory-mapped 640,000-row bank is never expanded whole
+
+
+def chunks(n: int, chunk: int = CHUNK):
+    """(start, stop) of consecutive row ranges: big banks are read a chunk at a time, never expanded whole."""
+    for a in range(0, n, chunk):
+        yield a, min(a + chunk, n)
 
 
 def refuse_meta(x, what: str) -> None:

@@ -13,8 +13,8 @@ import torch
 from ..devices import check_device
 from ..safefiles import load_tensors, save_tensors
 from ..values import is_whole
-from .checks import LOW_RANK_FORMAT, check_low_rank
-from .memory import MemoryBank, chunks, low_rank_rows
+from .checks import LOW_RANK_FORMAT, check_low_rank, chunks
+from .memory import MemoryBank, low_rank_rows
 from .snippets import normalize
 
 
@@ -70,7 +70,7 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
     its reconstruction (what matters to the model, which renormalises). Frequencies, labels and thumbnails
     are carried over unchanged."""
     n, d = len(bank), bank.dim
-    if not is_whole(rank) or not 1 <= rank <= d:
+    if not is_whole(rank, 1, d):
         raise ValueError(f"rank must be an integer in [1, {d}]; got {rank!r}")
     rank = int(rank)
     if not isinstance(coeff_dtype, torch.dtype) or not coeff_dtype.is_floating_point:

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from .checks import chunks
 from .memory import MemoryBank, normalize
 from ..safefiles import load_tensors, save_tensors
-from ..values import is_whole
+from ..values import as_whole, is_whole
 
 METHODS = ("umap", "pca")
 UMAP_PARAMS = {"n_neighbors": 15, "min_dist": 0.1}
@@ -58,8 +59,8 @@ def cache_key(rows: torch.Tensor, method: str, params: dict) -> str:
     """sha256 of the rows' bytes (in their stored dtype), their shape and the fit's settings."""
     h = hashlib.sha256(f"v{CACHE_VERSION}|{method}|{sorted(params.items())}|{tuple(rows.shape)}|{rows.dtype}".encode())
     rows = rows.contiguous()
-    for start in range(0, rows.shape[0], 65536):  # chunks: a 640k-row bank is never copied whole
-        h.update(rows[start:start + 65536].view(torch.uint8).numpy().tobytes())
+    for start, stop in chunks(rows.shape[0]):  # a 640k-row bank is never copied whole
+        h.update(rows[start:stop].view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
 
 
@@ -100,15 +101,16 @@ def _plan(bank, method, cache_dir, max_rows, seed):
     return rows, idx, chosen, method, params, path
 
 
-def _check_arguments(method, max_rows, seed) -> int:
-    """The seed as an int, after the checks embed_2d and is_cached share (is_cached answers for the same call)."""
+def _check_arguments(method, max_rows, seed) -> tuple[int, int]:
+    """(max_rows, seed) as ints, after the checks embed_2d and is_cached share (is_cached answers for the same
+    call)."""
     if method not in METHODS:
         raise ValueError(f"Unknown map method {method!r}; choose one of {METHODS}")
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
+    if not is_whole(max_rows, 2):
         raise ValueError(f"max_rows must be an integer >= 2; got {max_rows!r}")
     if not is_whole(seed):
         raise ValueError(f"seed must be an integer; got {seed!r}")
-    return int(seed)
+    return as_whole(max_rows), as_whole(seed)
 
 
 def _cached_coords(path: Path | None, rows: int, warn: bool) -> torch.Tensor | None:
@@ -140,7 +142,7 @@ def _cached_coords(path: Path | None, rows: int, warn: bool) -> torch.Tensor | N
 def is_cached(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000, seed: int = 0) -> bool:
     """Whether embed_2d with these arguments would read its cache instead of fitting (UMAP takes a while): a cache
     file that embed_2d would not trust (damaged, or another map's) counts as not cached."""
-    seed = _check_arguments(method, max_rows, seed)
+    max_rows, seed = _check_arguments(method, max_rows, seed)
     _, idx, _, _, _, path = _plan(bank, method, cache_dir, max_rows, seed)
     return _cached_coords(path, len(idx), warn=False) is not None
 
@@ -153,7 +155,7 @@ def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000,
     Banks with fewer than 32 rows are mapped with PCA whatever the method (UMAP needs a neighbourhood).
     A cache file that cannot be trusted is refitted with a warning that names it.
     """
-    seed = _check_arguments(method, max_rows, seed)
+    max_rows, seed = _check_arguments(method, max_rows, seed)
     rows, idx, chosen, method, params, path = _plan(bank, method, cache_dir, max_rows, seed)
     coords = _cached_coords(path, len(idx), warn=True)
     if coords is not None:

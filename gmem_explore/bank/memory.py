@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
+from . import search
 from .checks import (CHUNK, LOW_RANK_FORMAT, as_labels, as_thumbnails, check_bank_rows, check_counts, check_frequencies,
-                          check_low_rank, check_metadata, check_noise, check_snippets, missing_extra_message, refuse_meta, row_indices,
-                          rows_spoiled_by_cast, spoiled_rows_message)
+                     check_low_rank, check_metadata, check_noise, check_snippets, chunks, missing_extra_message, refuse_meta,
+                     row_indices, rows_spoiled_by_cast, spoiled_rows_message)
 from ..safefiles import load_tensors, save_tensors
 from .snippets import MIX_METHODS, mix, normalize
+from .stats import statistics
 from ..values import as_whole
 
 # the public names, including those defined in snippets.py and importable from here as before
@@ -110,9 +112,8 @@ class MemoryBank:
                                             or self.thumbnails.shape[-1] != 3 or self.thumbnails.dtype != torch.uint8):
             raise ValueError(f"thumbnails must be uint8 (N={n}, H, W, 3); got {tuple(self.thumbnails.shape)} {self.thumbnails.dtype}")
         if check_values:
-            for start in range(0, n, CHUNK):
-                chunk = self.rows[start:start + CHUNK]
-                if not torch.isfinite(chunk).all():
+            for start, stop in chunks(n):
+                if not torch.isfinite(self.rows[start:stop]).all():
                     raise ValueError(f"bank rows hold NaN or infinite values (first bad chunk at row {start})")
 
     def _check_index(self, indices) -> torch.Tensor:
@@ -138,9 +139,9 @@ class MemoryBank:
         freq."""
         if strategy not in CHOOSE_STRATEGIES:
             raise ValueError(f"Unknown choice strategy {strategy!r}; choose one of {CHOOSE_STRATEGIES} (or use from_noise)")
-        if as_whole(n) is None or as_whole(n) < 0:
+        if as_whole(n, 0) is None:
             raise ValueError(f"choose needs a whole number of rows n >= 0; got {n!r}")
-        n = int(n)
+        n = as_whole(n)
         if len(self) == 0:
             raise IndexError("the bank is empty: add rows first")
         if n == 0:  # torch.multinomial refuses 0 draws; an empty answer is the same with or without freq
@@ -155,33 +156,12 @@ class MemoryBank:
         """The released rule: rows chosen from the initial noise by frequency."""
         return index_from_noise(noise, self.freq, len(self))
 
-    def nearest(self, query: torch.Tensor, k: int = 5, chunk: int = 131072) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k rows by cosine similarity to each query: (indices (Q, k), similarities (Q, k)), best first.
-
-        Chunked so that 640,000 rows never need a second full-size copy in float32; any chunk >= 1 gives the same
-        answer."""
-        query = normalize(check_snippets(query, self.dim, "query"))
-        if (as_whole(chunk) or 0) < 1:
-            raise ValueError(f"nearest needs chunk >= 1 (rows compared at a time); got {chunk!r}")
-        if len(self) == 0:
-            raise ValueError("nearest: the bank is empty; add rows first")
-        k = min(int(k), len(self))
-        if k < 1:
-            raise ValueError("nearest needs k >= 1 and a non-empty bank")
-        best_s = torch.full((query.shape[0], 0), -2.0)
-        best_i = torch.zeros((query.shape[0], 0), dtype=torch.long)
-        for start in range(0, len(self), int(chunk)):
-            sims = query @ normalize(self.rows[start:start + chunk]).T
-            if sims.isnan().any():  # a NaN or infinite row makes its whole column NaN; cheap to spot here
-                bad = (sims.isnan().any(dim=0).nonzero().flatten() + start).tolist()[:10]
-                raise ValueError(f"bank rows {bad} hold NaN or infinite values; replace or remove them "
-                                 f"(bank.replace / bank.remove) before searching.")
-            s, i = sims.topk(min(k, sims.shape[1]), dim=1)
-            # chunks smaller than k: until k rows have been seen, keep every one of them
-            candidates = torch.cat([best_s, s], 1)
-            best_s, order = candidates.topk(min(k, candidates.shape[1]), dim=1)
-            best_i = torch.cat([best_i, i + start], 1).gather(1, order)
-        return best_i, best_s
+    def nearest(self, queries, k: int = 8, *, exclude_self: bool = True, device="cpu",
+                chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k rows by cosine similarity to row numbers or snippets: (indices (Q, k), similarities (Q, k)), best
+        first; a query row is not its own neighbour unless exclude_self is False. See search.nearest, which this
+        is."""
+        return search.nearest(self, queries, k, exclude_self=exclude_self, device=device, chunk=chunk)
 
     # ---- editing (in place; use copy() for a private edited copy) ---------------------------------------
     def copy(self) -> "MemoryBank":
@@ -330,25 +310,10 @@ class MemoryBank:
         return cls(tensors["rows"], tensors.get("freq"), tensors.get("labels"), label_names,
                    tensors.get("thumbnails"), meta)
 
-    def stats(self) -> dict:
-        """Size, dimension, norms and frequency summary (computed in chunks)."""
-        norms = torch.cat([self.rows[s:s + CHUNK].float().norm(dim=1) for s in range(0, len(self), CHUNK)]) \
-            if len(self) else torch.zeros(0)
-        out = {"rows": len(self), "dim": self.dim, "dtype": str(self.rows.dtype).removeprefix("torch."),
-               "norm_mean": float(norms.mean()) if len(norms) else 0.0,
-               "norm_min": float(norms.min()) if len(norms) else 0.0,
-               "zero_rows": int((norms == 0).sum())}
-        if self.freq is not None and len(self):
-            out.update(freq_total=float(self.freq.sum()), freq_min=float(self.freq.min()), freq_max=float(self.freq.max()))
-        if self.labels is not None and self.label_names:
-            out["groups"] = {name: int((self.labels == i).sum()) for i, name in enumerate(self.label_names)}
-        return out
-
-
-def chunks(n: int, chunk: int = CHUNK):
-    """(start, stop) of consecutive row ranges: big banks are read a chunk at a time, never expanded whole."""
-    for a in range(0, n, chunk):
-        yield a, min(a + chunk, n)
+    def stats(self, sample: int | None = None, seed: int = 0) -> dict:
+        """Size, dimension, norms, frequencies and groups (stats.statistics, which this is); the similarity figures
+        too when `sample` rows are given (they cost a sample x sample product)."""
+        return statistics(self, sample, seed)
 
 
 def low_rank_rows(coeffs: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor, dtype=torch.float16) -> torch.Tensor:

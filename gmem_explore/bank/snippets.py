@@ -1,8 +1,8 @@
 """Snippets as the model sees them: L2-normalised float32 rows (normalize), and mixes of two snippets (mix: lerp,
 slerp, concat, mask) that stay on the unit sphere.
 
-Apart from bank.py, which holds the MemoryBank itself; both names are importable from gmem_explore.bank.memory and from
-gmem_explore as before. This module must not import bank.py (bank.py imports it).
+Apart from memory.py, which holds the MemoryBank itself; both names are importable from gmem_explore.bank.memory and
+from gmem_explore as before. This module must not import memory.py (memory.py imports it).
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ import torch
 from ..bank.memory import MemoryBank
 from ..models.sit import GMemSiT, ModelConfig, load_network_state
 from ..safefiles import load_tensors, save_tensors, write_bytes_atomic
+from ..values import is_whole
 from ..encoders.conv import encoder_from_config
 
 FORMAT = "gmem-explore-1"
@@ -137,7 +138,7 @@ def _check_model_section(path: Path, model) -> None:
     kinds = {f.name: type(f.default).__name__ for f in fields(ModelConfig)}  # "int" or "float"
     for key, value in model.items():
         kind = kinds.get(key)
-        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if kind == "int" and not is_whole(value, 1):
             raise _damaged(path, f"\"model\".{key} is {_short(value)}, not a positive integer")
         if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise _damaged(path, f"\"model\".{key} is {_short(value)}, not a number")

@@ -13,9 +13,10 @@ from __future__ import annotations
 # The package's modules are imported inside run(), not here: `gmem --help` must not wait for torch (cli/main.py).
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from gmem_explore.cli.checks import check_device, int_in, output_file, positive_int
+from gmem_explore.cli.checks import check_device, int_in, non_negative_int, output_file, positive_int
 
 
 STATS = """Print statistics of a bank as JSON: rows, dimension, storage type and size; row norms and zero or
@@ -49,7 +50,7 @@ def add_arguments(p):
     n = sub.add_parser("nearest", help="the k most similar rows (cosine) to a row or to an image",
                        description=NEAREST, formatter_class=raw)
     n.add_argument("bank", metavar="BANK", help="checkpoint name / folder or bank .safetensors")
-    n.add_argument("--row", type=int, nargs="+", default=None, metavar="ROW",
+    n.add_argument("--row", type=non_negative_int, nargs="+", default=None, metavar="ROW",
                    help="query rows, bank indices from 0 (default: none; give --row or --image)")
     n.add_argument("--image", nargs="+", default=None, metavar="FILE",
                    help="query image files, encoded with the checkpoint's snippet encoder (default: none)")
@@ -86,7 +87,9 @@ def open_bank(spec: str, revision=None):
 
 
 def run(args) -> int:
-    from gmem_explore.bank import lowrank, tools as bank_tools
+    from gmem_explore.bank import lowrank
+    from gmem_explore.bank.search import nearest
+    from gmem_explore.bank.stats import statistics
 
     if getattr(args, "out", None):  # before the bank is read and the SVD runs
         output_file(args.out, suffixes=(".safetensors",), kind="a compressed bank")
@@ -97,7 +100,7 @@ def run(args) -> int:
             raise ValueError(f"--image {image} is a folder; give image files (e.g. {Path(image) / '*.png'})")
     bank, folder = open_bank(args.bank, args.revision)
     if args.action == "stats":
-        print(json.dumps(bank_tools.statistics(bank, sample=args.sample), indent=1))
+        print(json.dumps(statistics(bank, sample=args.sample), indent=1))
     elif args.action == "nearest":
         if bool(args.row) == bool(args.image):
             raise ValueError("give query rows (--row) or query images (--image), one of the two")
@@ -115,9 +118,12 @@ def run(args) -> int:
 
             queries = encoder.encode(load_batch(args.image, getattr(encoder, "image_size", 224)))
             labels = list(args.image)
-        idx, sims = bank_tools.nearest_rows(bank, queries, k=args.k, device=args.device)
+        idx, sims = nearest(bank, queries, k=args.k, device=args.device)
         for label, i, s in zip(labels, idx.tolist(), sims.tolist()):
             print(f"{label}: " + ", ".join(f"{a} ({b:.3f})" for a, b in zip(i, s)))
+        if idx.shape[1] < min(args.k, len(bank) - bool(args.row)):  # broken rows were left out
+            print(f"(fewer than --k {args.k}: rows with NaN or infinite values are never neighbours; `gmem bank "
+                  f"stats` counts them as nonfinite_rows)", file=sys.stderr)
     else:
         low = lowrank.compress(bank, rank=args.rank, device=args.device)
         print(json.dumps(low.report, indent=1))

@@ -29,11 +29,11 @@ def add_arguments(p):
 
 
 def build_bank(images: str, checkpoint=None, split="all", thumb_size=32):
-    """(MemoryBank, number of images) from a folder or a named dataset, with the checkpoint's encoder."""
-    from gmem_explore.bank.memory import MemoryBank
+    """A MemoryBank from a folder or a named dataset, with the checkpoint's encoder (bank.build.bank_from_images)."""
+    from gmem_explore.bank.build import bank_from_images
     from gmem_explore.checkpoints.folder import load_checkpoint
-    from gmem_explore.data import TWEMOJI_ATTRIBUTION, load_dataset
     from gmem_explore.checkpoints.hub import resolve_checkpoint
+    from gmem_explore.data import TWEMOJI_ATTRIBUTION, load_dataset
 
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     if ckpt.encoder is None:
@@ -41,13 +41,10 @@ def build_bank(images: str, checkpoint=None, split="all", thumb_size=32):
     data = load_dataset(images, thumb_size, split)
     if len(data) == 0:
         raise ValueError(f"no images in the {split!r} split of {images}; try --split all")
-    rows = ckpt.encoder.encode(data.images)
     meta = {"source": str(images), "split": split, "names": data.names, "encoder": ckpt.encoder.config_dict()}
     if images in ("twemoji", "twemoji-skin"):  # the named data sets, not a folder such as twemoji_fanart/
         meta["attribution"] = TWEMOJI_ATTRIBUTION
-    import torch
-
-    return MemoryBank(rows, torch.ones(len(rows)), data.labels, data.label_names, data.images, meta)
+    return bank_from_images(ckpt.encoder, data, meta=meta)
 
 
 def run(args) -> int:

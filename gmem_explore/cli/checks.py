@@ -1,7 +1,8 @@
 """Checks the commands make before anything slow happens: argparse types for counts, rates and sizes, the output
 paths (written at the end of seconds to hours of work, so tried first) and the torch device.
 
-Only the standard library is imported here (torch inside check_device): `gmem --help` must not wait for torch.
+Only the standard library and gmem_explore.values are imported here (torch inside check_device): `gmem --help`
+must not wait for torch.
 """
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ import os
 import tempfile
 from pathlib import Path
 
+from gmem_explore.values import as_whole
 
-def int_in(low: int, high: int | None = None, unit: str = ""):
-    """argparse type: a whole number in [low, high] (no upper bound when high is None)."""
+
+def int_in(low: int, high: int | None = None, unit: str = "", wanted: str | None = None):
+    """argparse type: a whole number in [low, high] (no upper bound when high is None), the values.as_whole test
+    on the number typed. `wanted` says the range in other words ("0 (never) or a positive number of")."""
     unit = f" {unit}" if unit else ""
+    wanted = wanted or (f"at least {low}" if high is None else f"from {low} to {high}")
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number{unit}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            wanted = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"expected a whole number{' of' if unit else ''}{unit}, got {text!r}") from None
+        if as_whole(value, low, high) is None:
             raise argparse.ArgumentTypeError(f"must be {wanted}{unit}, got {value}")
         return value
 

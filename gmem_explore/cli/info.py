@@ -69,17 +69,7 @@ def describe(checkpoint, revision: str | None = None):
 def run(args) -> int:
     pipe = describe(args.checkpoint, args.revision)
     if args.json:
-        cfg = pipe.model.config
-        print(json.dumps({"name": pipe.info.get("name"), "image_size": pipe.image_size,
-                          "model": {k: getattr(cfg, k) for k in ("input_size", "patch_size", "in_channels",
-                                                                 "hidden_size", "depth", "num_heads", "snippet_dim")},
-                          "parameters": pipe.parameter_counts(),
-                          "bank": {"rows": len(pipe.bank), "dim": pipe.bank.dim,
-                                   "dtype": str(pipe.bank.rows.dtype).replace("torch.", ""),
-                                   "groups": list(pipe.bank.label_names or [])},
-                          "encoder": type(pipe.encoder).__name__ if pipe.encoder is not None else None,
-                          "autoencoder": getattr(pipe.autoencoder, "name", type(pipe.autoencoder).__name__),
-                          "sampler": pipe.sampler, "info": pipe.info}, indent=1, default=str))
+        print(json.dumps(pipe.describe(), indent=1, default=str))
         return 0
     print(pipe.summary())
     lines = origin_lines(pipe.info)

@@ -21,23 +21,13 @@ folder (the pipeline would condition their network on bank rows); sample them wi
 from __future__ import annotations
 
 # The package's modules are imported inside run(), not here: `gmem --help` must not wait for torch (cli/main.py).
-import argparse
 import sys
 from pathlib import Path
 
-from gmem_explore.cli.checks import DATASET_NAMES, float_in, image_source, output_folder, positive_int
+from gmem_explore.cli.checks import DATASET_NAMES, float_in, image_source, int_in, output_folder, positive_int
 
-
-def non_negative_int(text: str) -> int:
-    """argparse type for --checkpoint-every: a count of steps where 0 means "never"."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of steps, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (no periodic saves) or a positive number of steps, got {value}")
-    return value
-
+# --checkpoint-every: a count of steps where 0 means "never"
+every_steps = int_in(0, unit="steps", wanted="0 (no periodic saves) or a positive number of")
 
 # The settings that shape the training itself: a resumed run that changed one would not continue the saved run.
 RESUME_MUST_MATCH = {"batch_size": "--batch-size", "lr": "--lr", "condition": "--condition",
@@ -68,7 +58,7 @@ def add_arguments(p):
     p.add_argument("--split", choices=["train", "held_out", "all"], default="all",
                    help="which images to train on: held_out is about 10%% of them, chosen by a hash of the name, "
                         "train the rest (default: all)")
-    p.add_argument("--checkpoint-every", type=non_negative_int, default=200, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=every_steps, default=200, metavar="STEPS",
                    help="save the training state for --resume every STEPS steps (default 200); 0: no periodic "
                         "saves, only the final state at the end (and at Ctrl-C)")
     p.add_argument("--resume", action="store_true",

@@ -96,9 +96,9 @@ class ConvEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 256) -> torch.Tensor:
-        if (as_whole(batch_size) or 0) < 1:
+        if as_whole(batch_size, 1) is None:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-        batch_size = int(batch_size)
+        batch_size = as_whole(batch_size)
         x = to_model_input(images, self.image_size)
         if not len(x):  # an empty batch has empty snippets (torch.cat of no chunks would fail)
             return torch.zeros(0, self.dim)

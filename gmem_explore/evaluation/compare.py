@@ -112,7 +112,7 @@ def nearest_pairs(sample_images, reference_images, sample_features, reference_fe
     """uint8 (min(count, samples), H, 2W + 2, 3): `count` samples picked at random (seeded), each beside its nearest
     reference image (a 2-pixel white gap between them; references of another size resized to the samples'), ordered
     from the closest pair down: what the samples look like and how near the real images they come."""
-    if not is_whole(count) or count < 1:
+    if not is_whole(count, 1):
         raise ValueError(f"count (how many pairs) must be a whole number >= 1; got {count!r}")
     if not is_whole(seed):
         raise ValueError(f"seed must be an integer; got {seed!r}")

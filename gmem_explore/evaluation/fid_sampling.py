@@ -278,11 +278,11 @@ def check_run_arguments(out_dir, num, base_seed, batch_size, method, steps, choo
     """Every argument of run() that can be judged without the checkpoint, so that a mistake is refused before a
     download, a load (gmem-v1-xl: 4.7 GB) or a write (run.json), not after."""
 
-    if not is_whole(num) or num < 1:
+    if not is_whole(num, 1):
         raise ValueError(f"num must be a positive number of images; got {num!r}")
-    if not is_whole(batch_size) or batch_size < 1:
+    if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be a positive number of images per batch; got {batch_size!r}")
-    if not is_whole(base_seed) or not 0 <= base_seed <= MAX_SEED - (num - 1):
+    if not is_whole(base_seed, 0, MAX_SEED - (num - 1)):
         raise ValueError(f"base_seed must be an integer >= 0 with base_seed + num - 1 <= 2^63 - 1 (image i uses seed "
                          f"base_seed + i); got {base_seed!r}")
     if method is not None or steps is not None:  # the checkpoint's defaults are checked once it has loaded

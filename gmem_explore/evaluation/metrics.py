@@ -40,7 +40,7 @@ def same_dim(a: torch.Tensor, b: torch.Tensor, what_a: str, what_b: str) -> None
 
 def check_k(k, most: int, what: str) -> int:
     """k as an int in [1, most], or a ValueError saying the range and what bounds it."""
-    if not is_whole(k) or not 1 <= k <= most:
+    if not is_whole(k, 1, most):
         raise ValueError(f"k must lie in [1, {most}] ({what}) and be a whole number; got {k!r}")
     return int(k)
 
@@ -118,7 +118,7 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
     real = features_of(real, "the real features").double()
     fake = features_of(fake, "the generated features").double()
     same_dim(fake, real, "generated images", "real ones")
-    if not is_whole(k) or k < 1:
+    if not is_whole(k, 1):
         raise ValueError(f"k (the neighbourhood size) must be a whole number >= 1; got {k!r}")
     k = int(k)
     if min(len(real), len(fake)) <= k:

@@ -44,7 +44,7 @@ class ModelConfig:
     def __post_init__(self):
         sizes = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "snippet_dim",
                  "encoder_depth", "projector_dim", "repa_dim")
-        wrong = [f"{k}={getattr(self, k)!r}" for k in sizes if (as_whole(getattr(self, k)) or 0) < 1]
+        wrong = [f"{k}={getattr(self, k)!r}" for k in sizes if as_whole(getattr(self, k), 1) is None]
         if wrong:  # 0 would divide by zero below, a float fails deep in torch
             raise ValueError(f"Invalid model config: {', '.join(wrong)}; sizes must be positive integers")
         for k in sizes:  # NumPy integers as plain ints, so the config saves as JSON

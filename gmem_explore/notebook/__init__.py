@@ -2,7 +2,7 @@
 
 - helpers.py       the fast-mode switch, figures, progress, the bank explorer widget
 - remix.py         notebook 02: swap a row for a new image, interpolate, compare mixes
-- finetune.py      notebook 03: an image folder to a bank, a live view of training, many GPUs
+- finetune.py      notebook 03: images to a folder, a live view of training, many GPUs (the bank: bank/build.py)
 - bank_figures.py  notebook 01's figures of a bank as a whole
 """
 from .helpers import BankExplorer, fast_mode, figure_png, labelled_grid, short_label, show, with_bank

@@ -47,8 +47,7 @@ def neighbour_agreement(bank: MemoryBank, k: int = 10, queries: int = 2000, seed
     if bank.labels is None:
         raise ValueError("neighbour_agreement needs a bank with labels (groups); this bank has none")
     q = subsample_indices(len(bank), queries, seed)
-    idx, _ = bank.nearest(bank.rows[q].float(), k=k + 1)
-    idx = idx[:, 1:]  # drop the row itself
+    idx, _ = bank.nearest(q, k=k)  # each row itself left out (even when a duplicate row ties with it)
     same = (bank.labels[idx] == bank.labels[q][:, None]).float().mean(1)
     out = {}
     for g in bank.labels[q].unique().tolist():

@@ -1,6 +1,7 @@
-"""Helpers behind notebooks/03_finetune.ipynb: an image folder to a bank, a live view of training, many GPUs.
+"""Helpers behind notebooks/03_finetune.ipynb: images to a folder, a live view of training, many GPUs. The bank
+of the images is built by gmem_explore.bank.build.bank_from_images.
 
-    bank = bank_from_images(pipe.encoder, data)              # one row per image, thumbnails, group labels
+    write_image_folder(images, names, labels, label_names, folder)   # the layout data.load_folder reads back
     monitor = TrainingMonitor().attach(trainer)              # live loss plot + sample grids through callbacks
     trainer.fit()
     launch_on_all_gpus(finetune_worker, folder, out, 500)     # Accelerate's notebook_launcher, skipped on 1 device
@@ -13,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..bank.memory import MemoryBank
+from ..bank.build import bank_from_images
 from .helpers import labelled_grid, problem, show
-from ..values import as_whole
 from ..data import load_folder
 from ..pipeline import GMemPipeline
 from ..train.trainer import TrainConfig, Trainer
@@ -53,35 +53,6 @@ def write_image_folder(images, names, labels, label_names, folder) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.numpy()).save(path)
     return folder
-
-
-def bank_from_images(encoder, data, freq: float = 1.0, batch_size: int = 256, progress: bool = True) -> MemoryBank:
-    """A bank with one row per image of `data` (a data.ImageSet): the encoder's snippet, the image as thumbnail,
-    its group as label and the same frequency for every row (no row is preferred until you say so). `progress`: a
-    bar over the images when there is more than one batch (a large folder through a big encoder takes minutes)."""
-    if encoder is None:
-        raise RuntimeError("building a bank needs the checkpoint's snippet encoder; this checkpoint has none")
-    if len(data) == 0:
-        raise ValueError("no images to build a bank from")
-    if as_whole(batch_size) is None or batch_size < 1:  # 0 failed as "range() arg 3 must not be zero"
-        raise ValueError(f"batch_size must be a whole number of images, 1 or more; got {batch_size!r}")
-    starts = range(0, len(data), batch_size)
-    bar = None
-    if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(data), desc="encoding images", unit="image")
-    parts = []
-    with torch.no_grad():
-        for i in starts:
-            parts.append(encoder.encode(data.images[i:i + batch_size]))
-            if bar is not None:
-                bar.update(len(parts[-1]))
-    if bar is not None:
-        bar.close()
-    rows = torch.cat(parts)
-    return MemoryBank(rows.float(), torch.full((len(data),), float(freq)), data.labels, data.label_names,
-                      data.images, {"source": "bank_from_images", "images": str(len(data))})
 
 
 class TrainingMonitor:

@@ -342,9 +342,8 @@ class BankExplorer:
 
     def nearest(self, row: int):
         """The k rows most similar (cosine) to `row`, itself excluded: (indices, similarities)."""
-        idx, sim = self.bank.nearest(self.bank.rows[row].float(), k=self.k + 1)
-        keep = idx[0] != row
-        self.neighbours = (idx[0][keep][:self.k], sim[0][keep][:self.k])
+        idx, sim = self.bank.nearest([row], k=self.k)  # the row itself left out
+        self.neighbours = (idx[0], sim[0])
         self.nn_out.clear_output(wait=True)
         if self.bank.thumbnails is not None:
             titles = [f"{i} cos {s:.2f}" for i, s in zip(*(t.tolist() for t in self.neighbours))]

@@ -17,6 +17,7 @@ from ..bank.memory import MIX_METHODS, mix
 from ..images import load_rgb
 from .helpers import guarded, labelled_grid, problem, progress_bar, seed_of, show, status_progress, with_bank
 from ..pipeline import Generation, GMemPipeline, check_seeds, resolve_snippet
+from ..values import is_whole
 
 
 def _snippet(pipe: GMemPipeline, x) -> torch.Tensor:
@@ -104,8 +105,9 @@ def seed_sweep(pipe: GMemPipeline, a, b, seeds: Sequence[int] = (0, 1, 2), frame
     `progress`: a progress bar over the images."""
     sa, sb = _snippet(pipe, a), _snippet(pipe, b)
     seeds = check_seeds(_some(seeds, "seeds"), None)
-    if not isinstance(frames, int) or frames < 2:
+    if not is_whole(frames, 2):
         raise ValueError(f"frames must be a whole number of at least 2 (row a, then row b); got {frames!r}")
+    frames = int(frames)
     weights = torch.linspace(0, 1, frames).tolist()
     snippets = torch.cat([mix(sa, sb, w, method, s) for s in seeds for w in weights])
     with progress_bar("seed sweep", progress) as callback:

@@ -11,14 +11,16 @@ Where things live:
 - solvers.py    the reference loop (Euler, Heun, SDE Euler-Maruyama), StepInfo for callbacks
 - sampler.py    sample(): checks, then the reference loop or the fast path
 - settings.py   SamplerSettings: method, steps, guidance, interval; each checkpoint's recipe
-- fast*.py, fp8.py, fused_ops.py   the fast path (bf16 / FP8, compiled, CUDA graphs) and its options
+- fast*.py, fp8.py, fused_ops.py   the fast path (bf16 / FP8, compiled, CUDA graphs); fast_options.py holds its
+                options (FastOptions, passed as sample(..., fast=FastOptions(...))) and its record (FastRun)
 A new solver is a branch of the reference loop (and of the fast path's plan) plus its grid in grids.py.
 """
+from .fast_options import FastOptions, FastRun
 from .grids import MAX_STEPS, METHODS, SDE_LAST_T, check_guidance, check_method_and_steps, evaluations, time_grid
 from .noise import draw_sde_noise, initial_noise, make_generators
 from .sampler import sample
 from .solvers import StepInfo, sample_reference
 
-__all__ = ["MAX_STEPS", "METHODS", "SDE_LAST_T", "StepInfo", "check_guidance", "check_method_and_steps",
-           "draw_sde_noise", "evaluations", "initial_noise", "make_generators", "sample", "sample_reference",
-           "time_grid"]
+__all__ = ["FastOptions", "FastRun", "MAX_STEPS", "METHODS", "SDE_LAST_T", "StepInfo", "check_guidance",
+           "check_method_and_steps", "draw_sde_noise", "evaluations", "initial_noise", "make_generators", "sample",
+           "sample_reference", "time_grid"]

@@ -9,7 +9,7 @@ on the CPU; the CUDA-only parts are switched on by the device):
   width 72 on XL) with a float32 sampler state; precision "fp32": the network as given, float32 state. fp32
   matches the float64 reference within 1e-4 relative L2; bf16 within 2% (tests/test_fast.py, the benchmarks).
   "fp8" / "fp8-mlp", only when asked for: the bf16 copy with e4m3 block products (fp8.py): 10.6 images/s at batch
-  256 on an H100 against bf16's 8.1, but up to 7.9% off the reference on a trained model (see resolve_precision).
+  256 on an H100 against bf16's 8.1, but up to 7.9% off the reference on a trained model (see FastOptions).
 - No host synchronisation inside the loop: the time grid is Python floats, the per-step coefficients a
   device tensor built once, the SDE noise drawn up front from each image's generator exactly as the reference
   does (so the same seed gives the same image at any batch size: exactly on the CPU; on CUDA within 0.24% relative
@@ -20,14 +20,15 @@ on the CPU; the CUDA-only parts are switched on by the device):
 - On CUDA: torch.compile of one step (network + sampler update fused; eager if compile is unavailable) and
   CUDA graphs for small fixed batches (the live case: 4 images), one graph per step kind.
 
-Entry point: `sample_fast(model, noise, snippets, ...)`, reached through `sampling.sample(..., fast=True)`
-(the default on CUDA). `last_run` records which optimisations actually ran (for the benchmarks).
-This file holds the step (one network evaluation fused with the sampler update), its compilation and the loop;
-the network copy and the precomputed modulation live in fast_conditioning.py, the CUDA graphs in fast_graphs.py
-(their names are importable from here too).
+Entry point: `sample_fast(model, noise, snippets, ..., options=FastOptions(...), report=...)`, reached through
+`sampling.sample(..., fast=True or FastOptions(...))` (the default on CUDA); `report` gets a FastRun record of which
+optimisations actually ran. This file holds the step (one network evaluation fused with the sampler update), its
+compilation and the loop; the options and the record live in fast_options.py, the network copy and the precomputed
+modulation in fast_conditioning.py, the CUDA graphs in fast_graphs.py (their names are importable from here too).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import warnings
@@ -38,25 +39,17 @@ import torch
 import torch.nn.functional as F
 
 from . import fp8
-from .fast_conditioning import DEFAULT_MODULATION_BUDGET, Modulation, _fingerprint, network_for
+from .fast_conditioning import Modulation, _fingerprint, network_for
 from .fast_graphs import GraphedSteps, graphs_possible
+from .fast_options import PRECISIONS, FastOptions, FastRun, resolve_precision
 from .fused_ops import linear_gelu
 from ..models.sit import GMemSiT, modulate
 from .grids import check_method_and_steps, time_grid
 from .noise import draw_sde_noise
 from .solvers import StepInfo
 
-PRECISIONS = ("bf16", "fp32", "fp8", "fp8-mlp")  # fp8*: see fp8.py
-GRAPH_MAX_BATCH = 16  # CUDA graphs pay off where launch overhead dominates: small, fixed live batches
-
-last_run: dict = {}  # what the latest sample_fast call used: precision, compiled, graphs, chunking
-FUSED_GELU = True  # fc1 + GELU as one op (fused_ops.linear_gelu); False: two ops (the benchmark's comparison)
-# Inductor options for the compiled step. Candidate, timed by benchmarks/gpu_sampler.py ("+mk" variants) before it
-# becomes a default: {"triton.multi_kernel": 1}. Inductor keeps a row in registers ("persistent reduction") only up
-# to 1,024 elements; XL's LayerNorm rows have 1,152, so each LayerNorm kernel reads its input twice (the H100
-# profile shows `triton_red_...layer_norm` kernels: 14.2 ms of a 131 ms step), and FP8's per-token scale needs a
-# third pass. multi_kernel raises that limit 16-fold and times both variants on the first call, keeping the faster.
-COMPILE_OPTIONS: dict = {}
+__all__ = ["PRECISIONS", "FastOptions", "FastRun", "resolve_precision", "sample_fast", "supports"]
+DEFAULTS = FastOptions()
 
 
 def supports(model) -> bool:
@@ -65,31 +58,37 @@ def supports(model) -> bool:
 
 
 # ---- one network evaluation and one sampler update -----------------------------------------------------------
-def attention(attn, x: torch.Tensor) -> torch.Tensor:
+def linear(layer, x: torch.Tensor, options: FastOptions) -> torch.Tensor:
+    """layer(x); an FP8 product where the layer has FP8 weights (fp8.linear), scaled as the options say."""
+    return fp8.linear(layer, x, options.fp8_static_scales, options.fp8_fast_accum)
+
+
+def attention(attn, x: torch.Tensor, options: FastOptions) -> torch.Tensor:
     """model.Attention.forward with its two products through fp8.linear (plain products without FP8 weights)."""
     n, tokens, dim = x.shape
-    q, k, v = fp8.linear(attn.qkv, x).reshape(n, tokens, 3, attn.heads, dim // attn.heads).permute(2, 0, 3, 1, 4)
+    q, k, v = linear(attn.qkv, x, options).reshape(n, tokens, 3, attn.heads, dim // attn.heads).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v)
-    return fp8.linear(attn.proj, out.transpose(1, 2).reshape(n, tokens, dim))
+    return linear(attn.proj, out.transpose(1, 2).reshape(n, tokens, dim), options)
 
 
-def block_forward(block, h: torch.Tensor, mod: torch.Tensor, carry: tuple) -> tuple:
+def block_forward(block, h: torch.Tensor, mod: torch.Tensor, carry: tuple, options: FastOptions = DEFAULTS) -> tuple:
     """model.SiTBlock.forward with its adaLN modulation given and its closing residual deferred (same maths; tests
     compare the two): returns (h, carry) where the block's output is h + carry[0] * carry[1], and adds the previous
     block's carry first. The add then sits in the same compiled kernel as this block's first LayerNorm, which reads
     h once instead of a separate add writing it and the LayerNorm reading it again (151 MB per block at batch 256
-    on XL, with persistent reductions; see COMPILE_OPTIONS). The first block gets a zero carry (adds exactly 0)."""
+    on XL, with persistent reductions; see FastOptions.inductor). The first block gets a zero carry (adds exactly 0).
+    Compiled, the step is specialised on the option fields it reads (fused_gelu, fp8_*), not on the options object."""
     gate_prev, out_prev = carry
     h = h + gate_prev.unsqueeze(1) * out_prev
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=-1)
-    h = h + gate_a.unsqueeze(1) * attention(block.attn, modulate(block.norm1(h), shift_a, scale_a))
+    h = h + gate_a.unsqueeze(1) * attention(block.attn, modulate(block.norm1(h), shift_a, scale_a), options)
     y = modulate(block.norm2(h), shift_m, scale_m)
     fc1, fc2 = block.mlp.fc1, block.mlp.fc2
-    if FUSED_GELU and not hasattr(fc1, "fp8_weight"):
+    if options.fused_gelu and not hasattr(fc1, "fp8_weight"):
         y = linear_gelu(y, fc1.weight, fc1.bias)
     else:  # the GELU then fuses with fc2's activation quantisation (FP8) in one kernel
-        y = F.gelu(fp8.linear(fc1, y), approximate="tanh")
-    return h, (gate_m, fp8.linear(fc2, y))
+        y = F.gelu(linear(fc1, y, options), approximate="tanh")
+    return h, (gate_m, linear(fc2, y, options))
 
 
 def zero_carry(h: torch.Tensor, mod: torch.Tensor) -> tuple:
@@ -122,14 +121,13 @@ def finish(net, h, carry, final, x_in, x_base, v_prev, eps, coef):
     return out, v, x_in - t * v
 
 
-_compiled: dict = {}  # options -> the compiled block and tail, shared by every network (regional compilation)
+_compiled: dict = {}  # inductor options -> the compiled block and tail, shared by every network (regional compilation)
 
 
-def compiled_functions(options: dict | None = None):
-    """(block_forward, finish) compiled once per process and set of inductor `options` (default COMPILE_OPTIONS),
-    or None where torch.compile cannot run here."""
-    options = dict(COMPILE_OPTIONS if options is None else options)
-    key = tuple(sorted(options.items()))
+def compiled_functions(inductor: tuple = ()):
+    """(block_forward, finish) compiled once per process and set of inductor options (FastOptions.inductor's sorted
+    pairs), or None where torch.compile cannot run here."""
+    key = tuple(sorted(dict(inductor).items()))
     if key not in _compiled:
         try:
             import torch._dynamo as dynamo
@@ -137,7 +135,7 @@ def compiled_functions(options: dict | None = None):
             for name in ("cache_size_limit", "recompile_limit"):  # batch sizes x step kinds x guidance x options
                 if hasattr(dynamo.config, name):
                     setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
-            kw = dict(dynamic=False, options=options or None)
+            kw = dict(dynamic=False, options=dict(key) or None)
             _compiled[key] = (torch.compile(block_forward, **kw), torch.compile(finish, **kw))
         except Exception as e:  # pragma: no cover - depends on the installation
             warnings.warn(f"torch.compile unavailable ({e}); running the fast path eagerly")
@@ -148,13 +146,13 @@ def compiled_functions(options: dict | None = None):
 class Stepper:
     """One sampler step as a function of tensors only: net(x) with given modulation, then the update.
 
-    compile=True uses the compiled block (regional compilation: the 28 XL blocks share one compiled kernel
+    options.compile=True uses the compiled block (regional compilation: the 28 XL blocks share one compiled kernel
     set, so warm-up stays short) and the compiled tail with the sampler arithmetic fused into it.
     """
 
-    def __init__(self, net: GMemSiT, compile: bool = False):
-        self.net, self.block_fn, self.finish_fn, self.compiled = net, block_forward, finish, False
-        fns = compiled_functions() if compile else None
+    def __init__(self, net: GMemSiT, options: FastOptions = DEFAULTS):
+        self.net, self.options, self.block_fn, self.finish_fn, self.compiled = net, options, block_forward, finish, False
+        fns = compiled_functions(options.inductor) if options.compile else None
         if fns is not None:
             (self.block_fn, self.finish_fn), self.compiled = fns, True
 
@@ -164,11 +162,25 @@ class Stepper:
         h = net.x_embedder(x.to(blocks.dtype)) + net.pos_embed
         carry = zero_carry(h, blocks[0])
         for block, mod in zip(net.blocks, blocks):
-            h, carry = self.block_fn(block, h, mod, carry)
+            h, carry = self.block_fn(block, h, mod, carry, self.options)
         return self.finish_fn(net, h, carry, final, x_in, x_base, v_prev, eps, coef)
 
 
-_graphs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # net -> (fingerprint, {compiled: GraphedSteps})
+_graphs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # net -> (fingerprint, {key: GraphedSteps})
+
+
+def runner(net: GMemSiT, options: FastOptions) -> tuple[Stepper, Callable]:
+    """(stepper, the function a step calls): the stepper itself, or its CUDA graphs with options.cuda_graphs. Graphs
+    are kept per network, so the next live call replays without capturing again, and per (compiled, options): every
+    field that changes the step is in the options (one that does not costs at most another capture)."""
+    stepper = Stepper(net, options)
+    if not options.cuda_graphs:
+        return stepper, stepper
+    key = _fingerprint(net)  # graphs read weights by address: recapture when the tensors were replaced
+    if net not in _graphs or _graphs[net][0] != key:
+        _graphs[net] = (key, {})
+    graphed = _graphs[net][1].setdefault((stepper.compiled, options), GraphedSteps())
+    return stepper, lambda *args: graphed(stepper, *args)
 
 
 # ---- the sampler ---------------------------------------------------------------------------------------------
@@ -192,21 +204,9 @@ def _plan(method: str, steps: int, guidance: float, interval) -> list[tuple]:
     return plan
 
 
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """The asked-for precision, checked; None: bf16 on CUDA, fp32 on the CPU (no fast bf16 instructions there).
-    Not FP8, although it is 1.3x faster on an H100 (10.6 against 8.1 images/s at batch 256): on a trained model
-    its final latents are up to 7.9% off the reference (emoji-32, 250 steps, benchmarks/fp8_error_trained.py),
-    past the 2% that "the same images" allows; the 0.92% measured on the H100 was with random weights."""
-    if precision is None:
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-    return precision
-
-
-# One fast CUDA run at a time per process: the captured graphs, their fixed input/output buffers and last_run are
-# shared, so two threads (an app with --concurrency 2, or a stopped run finishing its step beside the next) would
-# overwrite each other's buffers. One run already fills the GPU; CPU runs (no graphs) are not serialised.
+# One fast CUDA run at a time per process: the captured graphs and their fixed input/output buffers are shared, so
+# two threads (an app with --concurrency 2, or a stopped run finishing its step beside the next) would overwrite
+# each other's buffers. One run already fills the GPU; CPU runs (no graphs) are not serialised.
 _CUDA_RUNS = threading.RLock()
 
 
@@ -233,55 +233,41 @@ def sample_fast(
     guidance_interval: tuple[float, float] = (0.0, 1.0),
     callback: Callable[[StepInfo], None] | None = None,
     *,
-    precision: str | None = None,
-    compile: bool | None = None,
-    cuda_graphs: bool | None = None,
-    modulation_budget: int = DEFAULT_MODULATION_BUDGET,
+    options: FastOptions = DEFAULTS,
+    report: Callable[[FastRun], None] | None = None,
 ) -> torch.Tensor:
     """sampling.sample() on the fast path (inputs are checked there); returns the final state in float32.
 
-    precision: "bf16" (default on CUDA), "fp32" (exact mode, default on CPU), "fp8" (all four block products
-    in e4m3; faster, less exact, see resolve_precision) or "fp8-mlp" (fc1 and fc2 only), see fp8.py. compile / cuda_graphs: None =
-    on where they help (CUDA; graphs for batches up to GRAPH_MAX_BATCH), False = off, True = on if possible.
+    options: precision, compilation, CUDA graphs, FP8 settings (FastOptions; the defaults decide by device and batch).
+    report: called once when the run ends, with a FastRun record of what actually ran.
     """
     check_method_and_steps(method, steps)
     if not supports(model):
         raise TypeError(f"the fast path needs a GMemSiT model; got {type(model).__name__} (use fast=False)")
     device, n = noise.device, noise.shape[0]
     model.check_inputs(noise, torch.zeros(n, device=device), snippets)
-    precision = resolve_precision(precision, device)
-    dtype = next(model.parameters()).dtype if precision == "fp32" else torch.bfloat16
-    net = network_for(model, dtype, fp8.LAYER_SETS.get(precision, ()))
+    options = options.resolve(device, n, graphs_possible(device))
+    dtype = next(model.parameters()).dtype if options.precision == "fp32" else torch.bfloat16
+    net = network_for(model, dtype, fp8.LAYER_SETS.get(options.precision, ()))
+    switch_at = options.fp8_steps  # None unless FP8: from this step on, the plain bf16 copy's products
+    plain = network_for(model, dtype) if switch_at is not None else None
 
     grid = time_grid(method, steps).tolist()
     plan = _plan(method, steps, guidance, guidance_interval)
-    mods = Modulation(model, snippets, grid[:steps], net, modulation_budget)
+    mods = Modulation(model, snippets, grid[:steps], net, options.modulation_budget)
     coefs = torch.tensor([p[3:] + (guidance,) for p in plan], dtype=torch.float32).to(device, non_blocking=True)
 
     # the reference's draws, laid out (step, image, ...) so that each step's slice is contiguous
     sde_noise = draw_sde_noise(generators, n, steps, noise.shape[1:], device, dim=1) if method == "sde" else None
 
-    on_cuda = device.type == "cuda"
-    stepper = Stepper(net, compile=bool(compile) if compile is not None else on_cuda)
-    graphs = bool(graphs_possible(device) and (cuda_graphs or (cuda_graphs is None and n <= GRAPH_MAX_BATCH)))
-    run = stepper
-    if graphs:  # graphs are kept per network, so the next live call replays without capturing again
-        key = _fingerprint(net)  # graphs read weights by address: recapture when the tensors were replaced
-        if net not in _graphs or _graphs[net][0] != key:
-            _graphs[net] = (key, {})
-        variant = (stepper.compiled, FUSED_GELU, fp8.FAST_ACCUM, fp8.STATIC_INPUT_SCALES,
-                   tuple(sorted(COMPILE_OPTIONS.items())))
-        graphed = _graphs[net][1].setdefault(variant, GraphedSteps())
-        run = lambda *args: graphed(stepper, *args)  # noqa: E731
-    last_run.clear()
-    last_run.update(precision=precision, fused_gelu=FUSED_GELU, fp8_fast_accum=fp8.FAST_ACCUM,
-                    fp8_static_input_scales=fp8.STATIC_INPUT_SCALES,
-                    compile_options=dict(COMPILE_OPTIONS), compiled=stepper.compiled, cuda_graphs=graphs,
-                    modulation_chunk=mods.chunk, evaluations=len(plan), guided_evaluations=sum(p[2] for p in plan))
+    stepper, run = runner(net, options)
+    graphs, fallback = options.cuda_graphs, None
 
     x = noise.float()
     x_pred = v_pred = denoised_pred = None
     for j, (k, kind, guided, *_coef) in enumerate(plan):
+        if k == switch_at and kind != "correct":  # a Heun corrector finishes its step on the predictor's network
+            net, (stepper, run) = plain, runner(plain, stepper.options)
         blocks, final = mods.get(k, uncond=guided)
         # The last SDE step adds 0 * eps (s = 0): exactly the reference's noiseless step, one compiled variant.
         eps = sde_noise[min(k, steps - 2)] if sde_noise is not None else None
@@ -292,10 +278,9 @@ def sample_fast(
             if not graphs and not stepper.compiled:
                 raise
             warnings.warn(f"compiled/graphed step failed ({type(e).__name__}: {e}); continuing eagerly")
-            stepper, graphs = Stepper(net, compile=False), False
             _graphs.pop(net, None)
-            run = stepper
-            last_run.update(compiled=False, cuda_graphs=False, fallback=f"{type(e).__name__}: {e}")
+            eager = dataclasses.replace(stepper.options, compile=False, cuda_graphs=False)
+            (stepper, run), graphs, fallback = runner(net, eager), False, f"{type(e).__name__}: {e}"
             out, v, denoised = run(*args, eps, blocks, final, coefs[j])
         if kind == "predict":  # keep the predictor's results: graph outputs are overwritten by the next replay
             x_pred, v_pred, denoised_pred = (out.clone(), v.clone(), denoised.clone()) if graphs else (out, v, denoised)
@@ -306,4 +291,6 @@ def sample_fast(
             if kind == "correct":
                 denoised = denoised_pred
             callback(StepInfo(i + 1, steps, grid[i + 1], x, denoised.clone() if graphs else denoised))
+    if report is not None:
+        report(FastRun(options, stepper.compiled, graphs, mods.chunk, len(plan), sum(p[2] for p in plan), fallback))
     return x

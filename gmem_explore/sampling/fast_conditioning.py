@@ -14,9 +14,8 @@ from typing import Sequence
 import torch
 
 from . import fp8
+from .fast_options import DEFAULT_MODULATION_BUDGET
 from ..models.sit import GMemSiT
-
-DEFAULT_MODULATION_BUDGET = 1 << 30  # bytes of precomputed adaLN modulation held at once (chunked above it)
 
 
 # ---- network copies ------------------------------------------------------------------------------------------
@@ -40,7 +39,7 @@ def network_for(model: GMemSiT, dtype: torch.dtype, fp8_layers: tuple = ()) -> G
     net = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
     if fp8_layers:
         fp8.attach(net, fp8_layers)
-        fp8.calibrate(net)  # fixed input scales for fp8.STATIC_INPUT_SCALES (a few small forwards)
+        fp8.calibrate(net)  # fixed input scales for FastOptions.fp8_static_scales (a few small forwards)
     _copies.setdefault(model, {})[(dtype, fp8_layers)] = (key, net)
     return net
 

@@ -9,17 +9,17 @@ the 2% "same images" tolerance is measured, not assumed: 0.92% at most on SiT-XL
 (benchmarks/fp8_error_trained.py). So only used when asked for (precision "fp8" or "fp8-mlp"), never by default.
 
 Scheme: weights quantised once per output row (scale = row max / 448), activations by one calibrated scale per
-layer (STATIC_INPUT_SCALES, below; or, with it off, per token), quantised inside the compiled block so inductor
+layer (FastOptions.fp8_static_scales; or, with it off, per token), quantised inside the compiled block so inductor
 fuses the cast into the LayerNorm / GELU kernel before the product, then torch._scaled_mm with the scales and the
 bias, bf16 out. Runs on the CPU too (for the tests).
 
-STATIC_INPUT_SCALES (the benchmark's "+st"): one fixed scale per layer input instead of per token. The H100 profile
-of the per-token scheme (benchmarks/results/gpu_profile_*_fp8_mk.md) spends 54 of a 119 ms step in the kernels that
-find each token's max and divide by it (a second pass over fc1's 604 MB output at batch 256); a fixed scale makes
-quantisation a plain element-wise cast fused into the GELU / LayerNorm kernel. e4m3 is a floating format, so one
-scale per tensor loses no relative precision across tokens until a value falls 2^15 below the largest; the scale
-comes from `calibrate` (a few forwards on fixed synthetic inputs, CALIBRATION_MARGIN of headroom, saturating
-clamp above it), never from the run's own images, so each image stays independent of its batch.
+Static scales: one fixed scale per layer input instead of per token. The H100 profile of the per-token scheme
+(benchmarks/results/gpu_profile_*_fp8_mk.md) spends 54 of a 119 ms step in the kernels that find each token's max
+and divide by it (a second pass over fc1's 604 MB output at batch 256); a fixed scale makes quantisation a plain
+element-wise cast fused into the GELU / LayerNorm kernel. e4m3 is a floating format, so one scale per tensor loses
+no relative precision across tokens until a value falls 2^15 below the largest; the scale comes from `calibrate` (a
+few forwards on fixed synthetic inputs, CALIBRATION_MARGIN of headroom, saturating clamp above it), never from the
+run's own images, so each image stays independent of its batch.
 """
 from __future__ import annotations
 
@@ -28,13 +28,6 @@ import torch
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 LAYER_SETS = {"fp8": ("qkv", "proj", "fc1", "fc2"), "fp8-mlp": ("fc1", "fc2")}
-# Hopper's FP8 tensor cores can skip the periodic promotion of partial sums to full fp32 ("fast accumulation"):
-# faster, less exact. Measured on an H100 (benchmarks/results/gpu_sampler_*_session9a.md): 8.35 -> 9.01 images/s,
-# final-latent error 0.900% -> 0.901%. The CPU ignores it.
-FAST_ACCUM = True
-# Per-layer calibrated activation scales instead of per-token ones (see above). H100, with fast accumulation:
-# 9.01 -> 10.62 images/s at batch 256, error 0.92% (benchmarks/results/gpu_sampler_*_session9b_static_fp8.md).
-STATIC_INPUT_SCALES = True
 CALIBRATION_MARGIN = 4.0  # headroom over the calibration's largest input: 2 of e4m3's ~15 binades of range
 CALIBRATION_TIMES = (1.0, 0.75, 0.5, 0.25, 0.05)  # the interpolant's time: noise at 1, nearly clean near 0
 CALIBRATION_IMAGES = 4
@@ -97,18 +90,19 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
 
 
-def linear(layer, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), through an FP8 product where attach() gave the layer FP8 weights."""
+def linear(layer, x: torch.Tensor, static_scales: bool = True, fast_accum: bool = True) -> torch.Tensor:
+    """layer(x), through an FP8 product where attach() gave the layer FP8 weights: the input scaled by the layer's
+    calibrated scale (static_scales) or per token; fast_accum lets Hopper skip promoting partial sums to fp32."""
     w8 = getattr(layer, "fp8_weight", None)
     if w8 is None:
         return layer(x)
     flat = x.reshape(-1, x.shape[-1])
-    if STATIC_INPUT_SCALES:  # the input scale moves to the weight side: row-wise products want an (M, 1) scale_a
+    if static_scales:  # the input scale moves to the weight side: row-wise products want an (M, 1) scale_a
         static = layer.fp8_input_scale
         x8, sx, sw = quantize_static(flat, static), flat.new_ones(flat.shape[0], 1, dtype=torch.float32), \
             layer.fp8_scale * static
     else:
         (x8, sx), sw = quantize_rows(flat), layer.fp8_scale
     out = torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw, bias=layer.bias, out_dtype=x.dtype,
-                           use_fast_accum=FAST_ACCUM)
+                           use_fast_accum=fast_accum)
     return out.reshape(*x.shape[:-1], w8.shape[0])

@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import fast as fast_path
+from .fast_options import FastOptions, FastRun
 from .grids import check_guidance, check_method_and_steps
 from .solvers import StepInfo, sample_reference
 
@@ -23,13 +24,17 @@ def sample(
     guidance_interval: tuple[float, float] = (0.0, 1.0),
     callback: Callable[[StepInfo], None] | None = None,
     state_dtype: torch.dtype = torch.float64,
-    fast: bool | str | None = None,
+    fast: bool | str | FastOptions | None = None,
+    fast_report: Callable[[FastRun], None] | None = None,
 ) -> torch.Tensor:
     """Integrate from t = 1 (noise) to t = 0; returns the final state in float32.
 
-    fast: route to gmem_explore.sampling.fast (same noise, same images within 2% in bf16, 1e-4 in fp32; fp8 is faster but
-    not within 2% on a trained model; float32 state): None = on for GMemSiT models on CUDA, off elsewhere; True; False; or a precision of fast.PRECISIONS
-    ("bf16", "fp32", "fp8", "fp8-mlp"). With None or True the precision is fast.resolve_precision's default.
+    fast: route to gmem_explore.sampling.fast (same noise, same images within 2% in bf16, 1e-4 in fp32; fp8 is faster
+    but not within 2% on a trained model; float32 state): None = on for GMemSiT models on CUDA, off elsewhere; False;
+    True (FastOptions()); a precision of PRECISIONS ("bf16", "fp32", "fp8", "fp8-mlp"); or FastOptions(...) for every
+    setting. With None or True the precision is resolve_precision's default (bf16 on CUDA, fp32 on the CPU).
+    fast_report: called with a FastRun record of what the fast path ran (compiled or not, graphs, precision, ...);
+    the reference path does not call it.
     A torch module left in training mode samples as in eval mode (no snippet dropout; see eval_mode).
     """
     check_method_and_steps(method, steps)
@@ -56,9 +61,9 @@ def sample(
 
     if fast is None:
         fast = noise.device.type == "cuda" and fast_path.supports(model)
-    if fast:
+    if fast is not False:
         return fast_path.sample_fast(model, noise, snippets, method, steps, generators, guidance, guidance_interval,
-                                     callback, precision=fast if isinstance(fast, str) else None)
+                                     callback, options=FastOptions.from_fast(fast), report=fast_report)
 
     return sample_reference(model, noise, snippets, method, steps, generators, guidance, guidance_interval, callback,
                             state_dtype)
