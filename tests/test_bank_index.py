@@ -122,3 +122,65 @@ def test_a_damaged_or_foreign_cache_is_rebuilt_with_a_warning(rows, built, cache
 def test_options_that_cannot_work_are_refused(rows):
     with pytest.raises(ValueError, match="must divide the row width"):
         bank_index.RowIndex.build(rows, bank_index.IndexOptions(code_bytes=10), progress=False)
+
+
+# ---- through MemoryBank.nearest ---------------------------------------------------------------------------
+def indexed(bank, queries, k, cache):
+    return bank.nearest(queries, k, index_options=OPTIONS, cache_dir=cache, progress=False)
+
+
+def agreement(a, b):
+    return sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b)) / a.numel()
+
+
+def test_bank_nearest_uses_the_index_and_agrees_with_exact(rows, cache, monkeypatch):
+    from gmem_explore import MemoryBank
+
+    bank = MemoryBank(rows.clone())
+    queries = list(range(0, 6000, 300))
+    fast, _ = indexed(bank, queries, 10, cache)
+    exact, _ = bank.nearest(queries, 10, exact=True)
+    assert agreement(fast, exact) >= 0.95
+    assert bank._search.index is not None  # built once, kept by the bank
+    monkeypatch.setattr(bank_index, "cached_index", lambda *a, **k: pytest.fail("looked the index up again"))
+    again, _ = indexed(bank, queries, 10, cache)
+    assert torch.equal(again, fast)
+    for q, found in zip(queries, fast):
+        assert q not in found.tolist()  # a row is not its own neighbour
+
+
+def test_edits_are_searched_without_rebuilding_the_index(rows, cache, monkeypatch):
+    from gmem_explore import MemoryBank
+
+    original = MemoryBank(rows.clone())
+    indexed(original, [0], 5, cache)  # the index exists before any edit
+    monkeypatch.setattr(bank_index, "cached_index", lambda *a, **k: pytest.fail("rebuilt after an edit"))
+    bank = original.copy()  # a session's copy shares the index
+    target = rows[100].float()
+    bank.replace(7, target)  # row 7 now equals row 100
+    added = bank.add(rows[200:201].float())  # a new row equal to row 200
+    bank.remove([3, 50])  # rows after 3 move down by one, after 50 by two
+    moved_7, moved_100, moved_200 = 6, 98, int(added[0]) - 2
+    found, sims = indexed(bank, [moved_100], 3, cache)
+    assert found[0, 0].item() == moved_7 and sims[0, 0] > 0.999  # the replaced row, found beside the index
+    found, sims = indexed(bank, [moved_200], 3, cache)
+    assert found[0, 0].item() == 198 and sims[0, 0] > 0.999  # the added row finds row 200, now row 198
+    exact, _ = bank.nearest(list(range(0, 5000, 250)), 10, exact=True)
+    fast, _ = indexed(bank, list(range(0, 5000, 250)), 10, cache)
+    assert agreement(fast, exact) >= 0.95
+    assert (fast < len(bank)).all() and (fast >= 0).all()
+    assert torch.equal(original.rows, rows) and len(original) == len(rows)  # the copy's edits stay in the copy
+    before, sims = indexed(original, [100], 3, cache)
+    assert before[0, 0].item() != 7 and sims[0, 0] < 0.999
+
+
+def test_a_broken_row_is_skipped_by_the_indexed_search(rows, cache):
+    from gmem_explore import MemoryBank
+
+    bank = MemoryBank(rows.clone())
+    indexed(bank, [0], 5, cache)
+    bank.replace(9, rows[10].float())
+    bank.rows[9] = float("nan")  # damaged behind the bank's back, as a bad file would
+    bank._search.norms[9] = float("nan")
+    found, _ = indexed(bank, [10], 10, cache)
+    assert 9 not in found[0].tolist()

@@ -156,18 +156,29 @@ class MemoryBank:
         """The released rule: rows chosen from the initial noise by frequency."""
         return index_from_noise(noise, self.freq, len(self))
 
-    def nearest(self, queries, k: int = 8, *, exclude_self: bool = True, device="cpu",
-                chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    def nearest(self, queries, k: int = 8, *, exclude_self: bool = True, device="cpu", chunk: int = CHUNK,
+                exact: bool = False, **index) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k rows by cosine similarity to row numbers or snippets: (indices (Q, k), similarities (Q, k)), best
-        first; a query row is not its own neighbour unless exclude_self is False. See search.nearest, which this
-        is."""
-        return search.nearest(self, queries, k, exclude_self=exclude_self, device=device, chunk=chunk)
+        first; a query row is not its own neighbour unless exclude_self is False. Banks of 100,000 rows or more
+        are searched through an approximate index unless exact=True. See search.nearest, which this is (its
+        index_options, cache_dir and progress pass through)."""
+        return search.nearest(self, queries, k, exclude_self=exclude_self, device=device, chunk=chunk, exact=exact,
+                              **index)
 
     # ---- editing (in place; use copy() for a private edited copy) ---------------------------------------
     def copy(self) -> "MemoryBank":
         clone = lambda t: None if t is None else t.clone()  # noqa: E731
-        return MemoryBank(self.rows.clone(), clone(self.freq), clone(self.labels), self.label_names,
-                          clone(self.thumbnails), dict(self.meta))
+        out = MemoryBank(self.rows.clone(), clone(self.freq), clone(self.labels), self.label_names,
+                         clone(self.thumbnails), dict(self.meta))
+        state = getattr(self, "_search", None)
+        if state is not None and state.rows is self.rows:  # the copy searches with the same index, its own edits
+            out._search = state.copy_for(out.rows)
+        return out
+
+    def _search_state(self):
+        """The search state, if it still describes these rows (edits keep it up to date)."""
+        state = getattr(self, "_search", None)
+        return state if state is not None and state.rows is self.rows else None
 
     def _rows_to_store(self, rows, what: str) -> torch.Tensor:
         """Checked rows in this bank's dtype; rows that a float16 bank cannot hold are refused, not stored as inf."""
@@ -224,7 +235,10 @@ class MemoryBank:
         all_freq = joined(self.freq, freq)
         check_frequencies(all_freq, len(self) + n_new)  # an empty bank given only counts of 0 could draw nothing
         first = len(self)
+        state = self._search_state()
         self.rows, self.freq = torch.cat([self.rows, rows]), all_freq
+        if state is not None:
+            state.added(first, self.rows)
         self.labels, self.thumbnails = joined(self.labels, labels), joined(self.thumbnails, thumbnails)
         return torch.arange(first, first + n_new)
 
@@ -238,8 +252,11 @@ class MemoryBank:
             raise ValueError(f"replace takes one row; got {row.shape[0]} (use add for more rows)")
         thumbnail = None if thumbnail is None else self._new_thumbnails(thumbnail, 1)
         label = None if label is None else self._new_labels([label], 1)
+        state = self._search_state()
         self.rows = self.rows.clone() if not self.rows.is_contiguous() else self.rows
         self.rows[i] = row[0]
+        if state is not None:
+            state.replaced(i, self.rows)
         if thumbnail is not None:
             self.thumbnails[i] = thumbnail[0]
         if label is not None:
@@ -255,7 +272,10 @@ class MemoryBank:
             raise ValueError(f"removing rows {idx.tolist()[:10]} would leave only rows of frequency 0, which could "
                              f"never be drawn; remove fewer rows, raise the others' counts (bank.freq[i] = ...), or "
                              f"drop frequencies for uniform choice (bank.freq = None) first")
+        state = self._search_state()
         self.rows = self.rows[keep]
+        if state is not None:
+            state.removed(keep, self.rows)
         for name in ("freq", "labels", "thumbnails"):
             value = getattr(self, name)
             if value is not None:
