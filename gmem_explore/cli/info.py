@@ -79,7 +79,7 @@ def run(args) -> int:
                                    "groups": list(pipe.bank.label_names or [])},
                           "encoder": type(pipe.encoder).__name__ if pipe.encoder is not None else None,
                           "autoencoder": getattr(pipe.autoencoder, "name", type(pipe.autoencoder).__name__),
-                          "sampler": pipe.sampler, "info": pipe.info}, indent=1, default=str))
+                          "sampler": pipe.sampler.to_config(), "info": pipe.info}, indent=1, default=str))
         return 0
     print(pipe.summary())
     lines = origin_lines(pipe.info)

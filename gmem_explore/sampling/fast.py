@@ -20,14 +20,15 @@ on the CPU; the CUDA-only parts are switched on by the device):
 - On CUDA: torch.compile of one step (network + sampler update fused; eager if compile is unavailable) and
   CUDA graphs for small fixed batches (the live case: 4 images), one graph per step kind.
 
-Entry point: `sample_fast(model, noise, snippets, ...)`, reached through `sampling.sample(..., fast=True)`
-(the default on CUDA). `last_run` records which optimisations actually ran (for the benchmarks).
+Entry points: `iter_fast(model, noise, snippets, ...)` (a generator of steps) and `sample_fast` (it run to its end),
+reached through `sampling.iter_sample` / `sampling.sample(..., fast=True)` (the default on CUDA). `last_run` records which optimisations actually ran (for the benchmarks).
 This file holds the step (one network evaluation fused with the sampler update), its compilation and the loop;
 the network copy and the precomputed modulation live in fast_conditioning.py, the CUDA graphs in fast_graphs.py
 (their names are importable from here too).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import warnings
@@ -42,9 +43,9 @@ from .fast_conditioning import DEFAULT_MODULATION_BUDGET, Modulation, _fingerpri
 from .fast_graphs import GraphedSteps, graphs_possible
 from .fused_ops import linear_gelu
 from ..models.sit import GMemSiT, modulate
-from .grids import check_method_and_steps, time_grid
+from .grids import time_grid
 from .noise import draw_sde_noise
-from .solvers import StepInfo
+from .solvers import StepInfo, run_to_end
 
 PRECISIONS = ("bf16", "fp32", "fp8", "fp8-mlp")  # fp8*: see fp8.py
 GRAPH_MAX_BATCH = 16  # CUDA graphs pay off where launch overhead dominates: small, fixed live batches
@@ -221,8 +222,17 @@ def one_cuda_run_at_a_time(fn: Callable) -> Callable:
 
 
 @one_cuda_run_at_a_time
+def sample_fast(model: GMemSiT, noise: torch.Tensor, snippets: torch.Tensor, method: str = "sde", steps: int = 250,
+                generators: Sequence[torch.Generator] | None = None, guidance: float = 1.0,
+                guidance_interval: tuple[float, float] = (0.0, 1.0),
+                callback: Callable[[StepInfo], None] | None = None, **options) -> torch.Tensor:
+    """iter_fast run to its end, calling callback(StepInfo) after every step; returns the final state in float32."""
+    return run_to_end(iter_fast(model, noise, snippets, method, steps, generators, guidance, guidance_interval,
+                                **options), callback)
+
+
 @torch.no_grad()
-def sample_fast(
+def iter_fast(
     model: GMemSiT,
     noise: torch.Tensor,
     snippets: torch.Tensor,
@@ -231,20 +241,21 @@ def sample_fast(
     generators: Sequence[torch.Generator] | None = None,
     guidance: float = 1.0,
     guidance_interval: tuple[float, float] = (0.0, 1.0),
-    callback: Callable[[StepInfo], None] | None = None,
     *,
     precision: str | None = None,
     compile: bool | None = None,
     cuda_graphs: bool | None = None,
     modulation_budget: int = DEFAULT_MODULATION_BUDGET,
-) -> torch.Tensor:
-    """sampling.sample() on the fast path (inputs are checked there); returns the final state in float32.
+):
+    """sampling.iter_sample() on the fast path (its settings are checked there): a generator of a StepInfo after
+    every step, then the final state in float32. Closing it stops it after the step under way.
 
     precision: "bf16" (default on CUDA), "fp32" (exact mode, default on CPU), "fp8" (all four block products
     in e4m3; faster, less exact, see resolve_precision) or "fp8-mlp" (fc1 and fc2 only), see fp8.py. compile / cuda_graphs: None =
     on where they help (CUDA; graphs for batches up to GRAPH_MAX_BATCH), False = off, True = on if possible.
+    On CUDA each step holds the one-run lock (_CUDA_RUNS) while it fills and reads the graphs' buffers, not the whole
+    run: a consumer may take its time between steps (and resume in another thread, as gradio does).
     """
-    check_method_and_steps(method, steps)
     if not supports(model):
         raise TypeError(f"the fast path needs a GMemSiT model; got {type(model).__name__} (use fast=False)")
     device, n = noise.device, noise.shape[0]
@@ -281,29 +292,31 @@ def sample_fast(
 
     x = noise.float()
     x_pred = v_pred = denoised_pred = None
+    one_run = _CUDA_RUNS if on_cuda else contextlib.nullcontext()
     for j, (k, kind, guided, *_coef) in enumerate(plan):
-        blocks, final = mods.get(k, uncond=guided)
-        # The last SDE step adds 0 * eps (s = 0): exactly the reference's noiseless step, one compiled variant.
-        eps = sde_noise[min(k, steps - 2)] if sde_noise is not None else None
-        args = (x_pred, x, v_pred) if kind == "correct" else (x, x, None)
-        try:
-            out, v, denoised = run(*args, eps, blocks, final, coefs[j])
-        except Exception as e:
-            if not graphs and not stepper.compiled:
-                raise
-            warnings.warn(f"compiled/graphed step failed ({type(e).__name__}: {e}); continuing eagerly")
-            stepper, graphs = Stepper(net, compile=False), False
-            _graphs.pop(net, None)
-            run = stepper
-            last_run.update(compiled=False, cuda_graphs=False, fallback=f"{type(e).__name__}: {e}")
-            out, v, denoised = run(*args, eps, blocks, final, coefs[j])
-        if kind == "predict":  # keep the predictor's results: graph outputs are overwritten by the next replay
-            x_pred, v_pred, denoised_pred = (out.clone(), v.clone(), denoised.clone()) if graphs else (out, v, denoised)
-            continue
-        x = out.clone() if graphs else out
-        if callback is not None:
-            i = k - 1 if kind == "correct" else k
+        with one_run:
+            blocks, final = mods.get(k, uncond=guided)
+            # The last SDE step adds 0 * eps (s = 0): exactly the reference's noiseless step, one compiled variant.
+            eps = sde_noise[min(k, steps - 2)] if sde_noise is not None else None
+            args = (x_pred, x, v_pred) if kind == "correct" else (x, x, None)
+            try:
+                out, v, denoised = run(*args, eps, blocks, final, coefs[j])
+            except Exception as e:
+                if not graphs and not stepper.compiled:
+                    raise
+                warnings.warn(f"compiled/graphed step failed ({type(e).__name__}: {e}); continuing eagerly")
+                stepper, graphs = Stepper(net, compile=False), False
+                _graphs.pop(net, None)
+                run = stepper
+                last_run.update(compiled=False, cuda_graphs=False, fallback=f"{type(e).__name__}: {e}")
+                out, v, denoised = run(*args, eps, blocks, final, coefs[j])
+            if kind == "predict":  # keep the predictor's results: graph outputs are overwritten by the next replay
+                x_pred, v_pred, denoised_pred = (out.clone(), v.clone(), denoised.clone()) if graphs else (out, v, denoised)
+                continue
+            x = out.clone() if graphs else out
             if kind == "correct":
                 denoised = denoised_pred
-            callback(StepInfo(i + 1, steps, grid[i + 1], x, denoised.clone() if graphs else denoised))
-    return x
+            denoised = denoised.clone() if graphs else denoised
+        i = k - 1 if kind == "correct" else k
+        yield StepInfo(i + 1, steps, grid[i + 1], x, denoised)
+    yield x
