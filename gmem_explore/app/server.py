@@ -83,10 +83,9 @@ def describe(pipe: GMemPipeline, name: str) -> str:
     counts = pipe.parameter_counts()  # the parameters that generate; the REPA projector only serves training
     training_only = f" (+{parameters(counts['projector'])} REPA projector, training only)" if counts["projector"] else ""
     enc = "yes" if pipe.encoder is not None else "no (uploads are disabled)"
-    sampler = pipe.sampler
     return (f"**{name}** · {parameters(counts['generating'])} parameters{training_only} · {pipe.image_size} px"
             f" · bank {len(pipe.bank):,} × {pipe.bank.dim} · snippet encoder: {enc} · default sampler "
-            f"{sampler.get('method', 'sde')}, {sampler.get('steps', 250)} steps · device {pipe.device}")
+            f"{pipe.sampler.method}, {pipe.sampler.steps} steps · device {pipe.device}")
 
 
 def model_label(checkpoint: str) -> str:
@@ -151,8 +150,8 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
     ctx = AppContext(PipelineStore(factory, checkpoint), limits or Limits(),
                      spaces_gpu() if use_spaces_gpu else (lambda fn: fn))
     pipe = ctx.store.get()
-    steps_default = int(min(pipe.sampler.get("steps", 50), ctx.limits.max_steps))
-    method_default = pipe.sampler.get("method", "sde")
+    steps_default = min(pipe.sampler.steps, ctx.limits.max_steps)
+    method_default = pipe.sampler.method
 
     # delete_cache: gradio's copies of uploads and returned files older than an hour go, checked hourly (a public
     # Space otherwise keeps every upload, GIF and bank download until it restarts)
