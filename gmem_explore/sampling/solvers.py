@@ -41,11 +41,6 @@ class StepInfo:
     x: torch.Tensor  # current state
     denoised: torch.Tensor  # estimate of the clean sample, x_t - t v (for previews)
 
-    def images_done(self, start: int) -> float:
-        """How many images of a pipeline call are done, counting this batch's share of its steps, when the batch
-        began at image `start` (the callback's second argument): what progress bars show."""
-        return start + self.x.shape[0] * self.step / self.total
-
 
 def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
     """v - 0.5 g^2 s with g^2 = 2t and s = -((1 - t) v + x) / t; it simplifies to (2 - t) v + x."""
