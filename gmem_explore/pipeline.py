@@ -3,13 +3,14 @@
     pipe = GMemPipeline.from_pretrained()            # the embedded default, no download
     out = pipe.generate(8, seeds=range(8))           # rows chosen from the noise by frequency (released rule)
     out.grid().save("grid.png"); out.indices, out.seeds
+    for event in pipe.generate_iter(8, seeds=0):     # the same run as events: Progress per step, then Finished
+        ...
 """
 from __future__ import annotations
 
 import numbers
 import secrets
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -19,8 +20,8 @@ from .bank.memory import mix as mix_snippets  # interpolate's `mix` argument nam
 from .bank.checks import check_snippets
 from .checkpoints.folder import Checkpoint, load_checkpoint
 from .devices import check_device
-from .sampling import StepInfo, check_guidance, check_method_and_steps, initial_noise, make_generators, sample
-from .viz import image_grid, to_pil
+from .events import Finished, Generation, Progress
+from .sampling import SamplerSettings, initial_noise, make_generators, sample_steps
 from .values import as_integer, is_whole
 from .checkpoints import hub
 
@@ -32,24 +33,6 @@ MODEL_FIELDS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth
 is_row_number = is_whole  # a bank row given as a number (not a snippet vector): a whole number in any spelling
 
 
-@dataclass
-class Generation:
-    """Images (uint8, N x H x W x 3) and what made them: bank rows (None for explicit snippets), seeds, snippets."""
-
-    images: torch.Tensor
-    seeds: list[int]
-    indices: list[int | None]
-    snippets: torch.Tensor
-    settings: dict = field(default_factory=dict)
-
-    def pil(self, scale: int = 1):
-        return to_pil(self.images, scale)
-
-    def grid(self, nrow: int | None = None, scale: int = 1):
-        return image_grid(self.images, nrow=nrow, scale=scale)
-
-    def __len__(self):
-        return len(self.seeds)
 
 
 def check_seeds(seeds, n: int | None) -> list[int]:
@@ -96,7 +79,8 @@ def resolve_snippet(pipe: "GMemPipeline", x) -> tuple[int | None, torch.Tensor]:
 
 
 class GMemPipeline:
-    def __init__(self, model, bank: MemoryBank, autoencoder=None, encoder=None, sampler: dict | None = None,
+    def __init__(self, model, bank: MemoryBank, autoencoder=None, encoder=None,
+                 sampler: SamplerSettings | dict | None = None,
                  info: dict | None = None, device="cpu"):
         device = check_device(device)
         if bank.dim != model.config.snippet_dim:
@@ -106,7 +90,8 @@ class GMemPipeline:
         self.bank = bank
         self.autoencoder = autoencoder or PixelSpace(model.config.input_size)
         self.encoder = encoder
-        self.sampler = dict(sampler or {"method": "sde", "steps": 250})
+        # the default sampler settings, checked here once (a dict is a checkpoint config's "sampler" section)
+        self.sampler = SamplerSettings.from_config(sampler)
         self.info = dict(info or {})
         self.device = torch.device(device)
 
@@ -158,7 +143,7 @@ class GMemPipeline:
                          "groups": list(bank.label_names or [])},
                 "encoder": type(self.encoder).__name__ if self.encoder is not None else None,
                 "autoencoder": getattr(self.autoencoder, "name", type(self.autoencoder).__name__),
-                "sampler": {"method": "sde", "steps": 250, **self.sampler},  # what generate() uses when not told
+                "sampler": self.sampler.to_config(),  # what generate() uses when not told
                 "device": str(self.device), "info": self.info}
 
     def summary(self) -> str:
@@ -213,7 +198,7 @@ class GMemPipeline:
         guidance: float = 1.0,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         batch_size: int = 64,
-        callback: Callable[[StepInfo, int, int], None] | None = None,
+        callback: Callable[[Progress, int, int], None] | None = None,
         progress: bool = False,
         fast: bool | str | None = None,
     ) -> Generation:
@@ -223,9 +208,35 @@ class GMemPipeline:
         the initial noise and the SDE noise.
         `choose` picks rows when neither indices nor snippets are given: "noise" (the released rule, rows by
         frequency from the initial noise), "frequency" or "uniform" (seeded by the image's seed).
-        `callback(step_info, first_image_of_batch, total_images)` runs after every sampler step.
+        `method` / `steps` override the pipeline's sampler settings (self.sampler); guidance and its interval too.
+        `callback(event, first_image_of_batch, total_images)` runs after every sampler step, with the step's
+        events.Progress; `progress=True` shows a tqdm bar. This is generate_iter run to its end.
         `fast`: the fast sampling path (see sampling.sample; None = on CUDA only).
         """
+        events = self.generate_iter(n, indices=indices, snippets=snippets, seeds=seeds, choose=choose, method=method,
+                                    steps=steps, guidance=guidance, guidance_interval=guidance_interval,
+                                    batch_size=batch_size, fast=fast)
+        return self._run_to_end(events, callback, progress)
+
+    def generate_iter(
+        self,
+        n: int | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+        snippets: torch.Tensor | None = None,
+        seeds: Sequence[int] | int | None = None,
+        choose: str = "noise",
+        method: str | None = None,
+        steps: int | None = None,
+        guidance: float = 1.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        batch_size: int = 64,
+        fast: bool | str | None = None,
+    ) -> Iterator[Progress | Finished]:
+        """generate() as a stream of events (events.py): a Progress after every sampler step of every batch, then a
+        Finished holding the Generation that generate() returns for the same arguments. The arguments are checked
+        now, before the first event. Stop iterating (break, or .close()) and the sampler stops after the step
+        under way; nothing keeps running in the background."""
         if is_row_number(n):  # a NumPy or 0-d tensor integer counts too, as for indices and seeds
             n = as_integer(n, "n")
         given = [x is not None for x in (indices, snippets)]
@@ -259,18 +270,16 @@ class GMemPipeline:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         seeds = check_seeds(seeds, count)
-        # `is None`, not `or`: steps=0 or method="" must be refused, not silently replaced by the default
-        method = self.sampler.get("method", "sde") if method is None else method
-        steps = self.sampler.get("steps", 250) if steps is None else steps
-        check_method_and_steps(method, steps)
-        guidance, guidance_interval = check_guidance(guidance, guidance_interval)  # before any batch or progress bar
-        steps = int(steps)  # a NumPy integer passes the check; the settings hold a plain int
+        # The one check of the sampler settings in this call. `is None`, not `or`: steps=0 or method="" must be
+        # refused, not silently replaced by the default.
+        settings = SamplerSettings(self.sampler.method if method is None else method,
+                                   self.sampler.steps if steps is None else steps, guidance, guidance_interval)
+        return self._events(count, indices, snippets, seeds, choose, settings, batch_size, fast)
 
+    def _events(self, count: int, indices, snippets, seeds: list[int], choose: str, settings: SamplerSettings,
+                batch_size: int, fast) -> Iterator[Progress | Finished]:
+        """generate_iter's stream, its arguments checked."""
         images, used_idx, used_snip = [], [], []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=count * steps, desc="sampling", unit="step")
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             gens = make_generators(seeds[start:stop], self.device)
@@ -285,34 +294,61 @@ class GMemPipeline:
                 else:
                     rows = torch.cat([self.bank.choose(1, choose, torch.Generator().manual_seed(s)) for s in seeds[start:stop]])
                 batch_idx, batch_snip = rows.tolist(), self.bank.snippets(rows)
-
-            def step_callback(info, _start=start, _n=stop - start):
-                if bar is not None:
-                    bar.update(_n)
-                if callback is not None:
-                    callback(info, _start, count)
-
-            latents = sample(self.model, noise, batch_snip.to(self.device), method=method, steps=steps,
-                             generators=gens, guidance=guidance, guidance_interval=guidance_interval,
-                             callback=step_callback, fast=fast)
-            images.append(self.autoencoder.decode(latents))
+            steps = sample_steps(self.model, noise, batch_snip.to(self.device), settings, gens, fast=fast)
+            try:
+                for item in steps:
+                    if isinstance(item, torch.Tensor):  # the sampler's last item: the final latents
+                        images.append(self.autoencoder.decode(item))
+                        break
+                    yield Progress(item.step, item.total, item.t, start, stop, count, item.x, item.denoised,
+                                   self.autoencoder.decode)
+            finally:  # a consumer that stopped iterating stops the sampler here, after the step under way
+                steps.close()
             used_idx += batch_idx
             used_snip.append(batch_snip.cpu())
-        if bar is not None:
-            bar.close()
-        settings = {"method": method, "steps": steps, "guidance": guidance, "guidance_interval": guidance_interval,
-                    "choose": choose}
-        return Generation(torch.cat(images), seeds, used_idx, torch.cat(used_snip), settings)
+        recorded = {"method": settings.method, "steps": settings.steps, "guidance": settings.guidance,
+                    "guidance_interval": settings.guidance_interval, "choose": choose}
+        yield Finished(Generation(torch.cat(images), seeds, used_idx, torch.cat(used_snip), recorded))
 
-    def decode_preview(self, info: StepInfo) -> torch.Tensor:
-        """uint8 images of a step's denoised estimate, for live previews."""
+    @staticmethod
+    def _run_to_end(events: Iterator, callback=None, progress: bool = False) -> Generation:
+        """Exhaust a stream of events, calling callback(event, start, total images) per Progress and moving a tqdm
+        bar when `progress`; returns the Generation."""
+        bar = None
+        try:
+            for event in events:
+                if isinstance(event, Finished):
+                    return event.generation
+                if progress and bar is None:
+                    from tqdm.auto import tqdm  # optional display dependency, only when a bar is asked for
+
+                    bar = tqdm(total=event.images_total * event.total, desc="sampling", unit="step")
+                if bar is not None:
+                    bar.update(event.stop - event.start)
+                if callback is not None:
+                    callback(event, event.start, event.images_total)
+        finally:
+            events.close()
+            if bar is not None:
+                bar.close()
+        raise RuntimeError("the generation ended without its images")
+
+    def decode_preview(self, info) -> torch.Tensor:
+        """uint8 images of a step's denoised estimate (a StepInfo's or a Progress's), for live previews."""
         return self.autoencoder.decode(info.denoised.float())
 
-    def interpolate(self, a, b, k: int = 8, mix: str = "slerp", seed: int = 0, **generate_kwargs) -> Generation:
+    def interpolate(self, a, b, k: int = 8, mix: str = "slerp", seed: int = 0, callback=None, progress: bool = False,
+                    **generate_kwargs) -> Generation:
         """k images from snippet a to snippet b (bank rows or vectors), all from the same seed.
 
         `mix`: how snippets are blended (lerp, slerp, concat, mask); every other keyword goes to generate(), so
-        `method` and `steps` choose the sampler as they do there. The settings record the mix and the endpoints."""
+        `method` and `steps` choose the sampler as they do there. The settings record the mix and the endpoints.
+        This is interpolate_iter run to its end (callback and progress as in generate)."""
+        return self._run_to_end(self.interpolate_iter(a, b, k, mix, seed, **generate_kwargs), callback, progress)
+
+    def interpolate_iter(self, a, b, k: int = 8, mix: str = "slerp", seed: int = 0,
+                         **generate_kwargs) -> Iterator[Progress | Finished]:
+        """interpolate() as a stream of events, as generate_iter is generate()'s."""
         if is_whole(k):
             k = int(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 256:
@@ -326,9 +362,18 @@ class GMemPipeline:
                                  f"pass seed= for another seed")
         seed = check_seeds([seed], 1)[0]  # one seed for every frame (and the 'mask' mix)
         (row_a, a), (row_b, b) = resolve_snippet(self, a), resolve_snippet(self, b)
-        rows = [row_a, row_b]
         frames = torch.cat([mix_snippets(a, b, w, mix, seed) for w in torch.linspace(0, 1, k).tolist()])
-        out = self.generate(snippets=frames, seeds=[seed] * k, **generate_kwargs)
-        # a frame is a mix, not a bank row (indices stay None); the endpoints' rows are said here (None: a vector)
-        out.settings.update(mix=mix, from_row=rows[0], to_row=rows[1])
-        return out
+        events = self.generate_iter(snippets=frames, seeds=[seed] * k, **generate_kwargs)
+        return self._frames(events, mix, row_a, row_b)
+
+    @staticmethod
+    def _frames(events: Iterator, mix: str, row_a, row_b) -> Iterator[Progress | Finished]:
+        try:
+            for event in events:
+                if isinstance(event, Finished):
+                    # a frame is a mix, not a bank row (indices stay None); the endpoints' rows are said here
+                    # (None: a vector)
+                    event.generation.settings.update(mix=mix, from_row=row_a, to_row=row_b)
+                yield event
+        finally:
+            events.close()

@@ -19,7 +19,7 @@ from gmem_explore import GMemPipeline, MemoryBank
 from gmem_explore.bank import search as bank_search
 from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
 from gmem_explore.app.server import load_checkpoint
-from gmem_explore.app.common import RANDOM_SEEDS, UserError, friendly, spaces_gpu, stopped
+from gmem_explore.app.common import RANDOM_SEEDS, UserError, friendly, spaces_gpu
 from gmem_explore.app.files import upload_to_image
 from gmem_explore.app import bank_tab as ui_bank, generate_tab as ui_generate, interpolate_tab as ui_interpolate, swap_tab as ui_swap
 
@@ -178,13 +178,40 @@ def test_model_events_never_write_the_seed_box(demo):
         assert any(isinstance(o, gr.Number) and o.visible and o.label.startswith("Seed") for o in copies[0].outputs)
 
 
-def test_stop_says_where_it_stopped():
-    seed, text, details = stopped(123, {"status": "step 7/50", "seed": 123})
-    assert seed == 123 and text.startswith("**Stopped at step 7/50** (seed 123)")
-    assert details == {"status": "stopped at step 7/50", "seed": 123}
-    assert "before the first step" in stopped(5, {"status": "starting", "seed": 5})[1]
-    assert all(u == gr.update() for u in stopped(5, {"status": "done"}))  # nothing was running: nothing changes
-    assert all(u == gr.update() for u in stopped(None, None))
+def stop_handler(demo, tab: str):
+    """The Stop button's own handler (queue=False): what a click runs."""
+    (fn,) = [f for f in demo.fns.values()
+             if any(getattr(demo.blocks.get(block), "elem_id", None) == f"{tab}-stop" for block, _ in f.targets)]
+    return fn.fn
+
+
+@pytest.mark.parametrize("tab", ["generate", "interp"])
+def test_stop_ends_the_run_after_the_step_under_way_and_says_which(demo, ctx, monkeypatch, tab):
+    """Stop asks the run to stop; the run stops after the step under way and ends with that step's images, whose
+    captions say the same step as the message (a cancelled handler could not, and the message came from an older
+    preview). The sampler is not called again, and a later run is not stopped by the old request."""
+    s = ctx.new_session()
+    model = ctx.store.get().model
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda *a, f=model.forward: calls.append(1) or f(*a))
+    run = (lambda: ui_generate.generate(ctx, s, RANDOM, 0, None, None, 2, 5, False, 40, "euler", 1.0)) \
+        if tab == "generate" else (lambda: ui_interpolate.interpolate(
+            ctx, s, "bank row", 0, None, "bank row", 1, None, "slerp", 3, 5, False, 40, "euler"))
+    gen = run()
+    next(gen)  # "starting": nothing has run yet
+    next(gen)  # the first preview: one step done
+    assert "Stopping" in stop_handler(demo, tab)(s)  # the click, while the run is under way
+    *_, last = list(gen)
+    details = last[-1]
+    assert details["status"] == "stopped at step 2/40" and len(calls) == 2  # the step under way, and no more
+    assert all(c.endswith("2/40") for _, c in last[0])  # the captions say the step the message says
+    status = ui_generate.done_status(5, details) if tab == "generate" else ui_interpolate.done_status(details)
+    assert status.startswith("**Stopped at step 2/40** (seed 5)")
+    assert s.running == set() and s.stop_requested == set()
+    assert stop_handler(demo, tab)(s) == gr.update()  # nothing under way: nothing to say
+    calls.clear()
+    s.stop_requested.clear()  # what a click on the run button does first
+    assert final(run())[1][-1]["status"] == "done" and len(calls) == 40
 
 
 def test_generate_help_and_row_range_follow_the_choice(demo, ctx):

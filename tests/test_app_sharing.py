@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from app_tiny import tiny_pipeline
 from gmem_explore.app import files as ui_files
-from gmem_explore.sampling import StepInfo
-from gmem_explore.app.common import AppContext, Limits, PipelineStore, run_live
+from gmem_explore.events import Finished, Progress
+from gmem_explore.app.common import AppContext, Limits, PipelineStore, live
 from gmem_explore.app.files import scratch_path
 
 
@@ -60,18 +59,20 @@ def test_model_calls_never_overlap_even_when_their_requests_were_cancelled():
     threads = [threading.Thread(target=held) for _ in range(4)]  # gradio's threads after submit-and-cancel
     for t in threads:
         t.start()
-    # a live run closed at its first preview (Stop, or the browser left) keeps its slot until its thread ends
-    step = StepInfo(step=1, total=2, t=0.5, x=torch.zeros(1), denoised=torch.zeros(1))
-
-    def live_run(callback):
-        callback(step, 0, 1)  # the first sampler step: a preview is due
-        return run()
-
-    pipe = SimpleNamespace(decode_preview=lambda info: "preview image")
-    live = run_live(pipe, live_run, slots=ctx.model_slots)
-    assert next(live) == ("preview", (0, "preview image"), 1, 2)
-    live.close()
-    assert list(run_live(pipe, run, slots=ctx.model_slots)) == [("result", "done")]
+    # a live run holds a slot from its first step until it is closed (gradio closes it when the browser leaves):
+    # the runs waiting above start only then
+    pipe = tiny_pipeline()
+    session = ctx.new_session()
+    first = live(ctx, session, "generate", pipe.generate_iter(1, seeds=0, steps=3))
+    assert isinstance(next(first), Progress)
+    with lock:
+        running[0] += 1  # counted as a model call while it holds its slot
+        most[0] = max(most[0], running[0])
+    time.sleep(0.1)
+    with lock:
+        running[0] -= 1
+    first.close()
+    assert isinstance(list(live(ctx, session, "generate", pipe.generate_iter(1, seeds=0, steps=2)))[-1], Finished)
     for t in threads:
         t.join(10)
     assert most[0] == 1

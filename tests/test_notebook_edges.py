@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from gmem_explore.events import Progress
 from gmem_explore.notebook import helpers as nbh
 from gmem_explore.notebook import remix
 from gmem_explore.bank.build import bank_from_images
@@ -103,17 +104,22 @@ def test_a_bad_seed_is_said_in_the_status_not_raised_into_the_void(ex, seed):
 def test_stopping_a_generation_says_so_and_keeps_the_interrupt(ex, pipe, monkeypatch):
     ex.select_rows("1 2")
 
-    def interrupted(*args, callback=None, **kwargs):
-        callback(type("Info", (), {"step": 1, "total": 2, "images_done": lambda self, start: 1})(), 0, 2)
-        raise KeyboardInterrupt
+    closed = []
 
-    monkeypatch.setattr(pipe, "generate", interrupted)
+    def interrupted(*args, **kwargs):  # Kernel > Interrupt during the second step
+        try:
+            yield Progress(1, 2, 0.5, 0, 2, 2, x=None, denoised=None, decode=None)
+            raise KeyboardInterrupt
+        finally:
+            closed.append(True)
+
+    monkeypatch.setattr(pipe, "generate_iter", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ex.generate()
     assert ex.status.value == ("<span style='color:red'>stopped before it finished (2 rows typed; showing 2 of 2 · "
                                "generating 2 images from seed 0, 2 steps: step 1/2, 1/2 images); nothing new is "
                                "shown: press Generate to run it again</span>")
-    assert ex.generation is None
+    assert ex.generation is None and closed == [True]
 
 
 # ---- interpolation --------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 from gmem_explore import Checkpoint, GMemPipeline, load_checkpoint, save_checkpoint
 from gmem_explore.cli.main import main as gmem
 from gmem_explore.models.sit import GMemSiT
+from gmem_explore.sampling import SamplerSettings
 
 
 def test_generate_by_count_returns_what_was_used(tiny_pipeline):
@@ -158,7 +159,7 @@ def test_checkpoint_folder_round_trip(tmp_path, tiny_pipeline):
                       {"method": "euler", "steps": 3}, {"name": "tiny"})
     save_checkpoint(tmp_path / "ck", ckpt)
     back = load_checkpoint(tmp_path / "ck")
-    assert back.info["name"] == "tiny" and back.sampler == {"method": "euler", "steps": 3}
+    assert back.info["name"] == "tiny" and back.sampler == SamplerSettings("euler", 3)
     pipe = GMemPipeline.from_pretrained(str(tmp_path / "ck"))
     assert torch.equal(pipe.generate(seeds=[5, 6]).images, tiny_pipeline.generate(seeds=[5, 6], steps=3).images)
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from gmem_explore import GMemPipeline
+from gmem_explore.sampling import SamplerSettings
 
 GOLDEN = load_file(Path(__file__).parent / "data" / "emoji32_golden.safetensors")
 
@@ -32,7 +33,7 @@ def assert_same_images(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 def test_default_sampler_on_bank_rows(pipe):
-    assert pipe.sampler == {"method": "heun", "steps": 8}
+    assert pipe.sampler == SamplerSettings("heun", 8)
     assert_same_images(pipe.generate(indices=[0, 5, 123, 1000], seeds=[0, 1, 2, 3]).images, GOLDEN["default"])
 
 

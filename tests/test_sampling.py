@@ -227,10 +227,3 @@ def test_euler_denoised_is_x_minus_t_v():
     torch.testing.assert_close(seen[0].denoised.double(), x0 - f(x0, 1.0), rtol=1e-5, atol=1e-5)
     x1 = x0 - 0.5 * f(x0, 1.0)
     torch.testing.assert_close(seen[1].denoised.double(), x1 - 0.5 * f(x1, 0.5), rtol=1e-5, atol=1e-5)
-
-
-def test_step_info_counts_the_images_done_for_progress_bars():
-    """A batch of 3 images that began at image 5, half-way through its 4 steps: 6.5 images of the call are done."""
-    x = torch.zeros(3, 2)
-    assert StepInfo(step=2, total=4, t=0.5, x=x, denoised=x).images_done(5) == 6.5
-    assert StepInfo(step=4, total=4, t=0.0, x=x, denoised=x).images_done(5) == 8

@@ -12,7 +12,7 @@ import torch
 
 from ..bank.memory import normalize
 from ..bank.map2d import embed_2d, is_cached, scatter_figure, uniform_frequency
-from .common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, step_progress,
+from .common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, run_to_end,
                         thumbnails, upscale)
 from .files import RAW_INPUTS, png_files
 
@@ -199,8 +199,8 @@ def row_generations(ctx: AppContext, session: Session, row, steps, n: int = 4, p
     pipe = ctx.pipeline(session)
     r = as_int(row, "row", 0, len(pipe.bank) - 1)
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
-    out = pipe.generate(indices=[r] * n, seeds=list(range(n)), steps=steps, batch_size=ctx.limits.batch_size,
-                        callback=step_progress(progress))
+    out = run_to_end(pipe.generate_iter(indices=[r] * n, seeds=list(range(n)), steps=steps,
+                                        batch_size=ctx.limits.batch_size), progress)
     return [(upscale(im), f"row {r} · seed {s}") for im, s in zip(out.images, out.seeds)]
 
 

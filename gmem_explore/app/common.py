@@ -10,20 +10,20 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import queue
 import secrets
 import threading
 import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import gradio as gr
 import torch
 from PIL import Image
 
 from ..bank.memory import MemoryBank
+from ..events import Finished, Progress
 from ..images import ImageError
 from ..pipeline import GMemPipeline
 
@@ -35,10 +35,6 @@ class UserError(ValueError):
     """A message for the person using the app (shown by gr.Error); never a crash."""
 
 
-class Cancelled(RuntimeError):
-    """Raised inside the sampler's callback when the browser went away or the user pressed Stop."""
-
-
 @dataclass
 class Session:
     """One browser session's state (kept in gr.State, so it is private to that session)."""
@@ -46,6 +42,8 @@ class Session:
     checkpoint: str
     bank: MemoryBank | None = None  # the session's edited copy; None = the checkpoint's bank, untouched
     edits: list[str] = field(default_factory=list)
+    running: set[str] = field(default_factory=set)  # tabs with a live run under way (live())
+    stop_requested: set[str] = field(default_factory=set)  # tabs whose Stop was pressed (wire_stop)
 
     def __deepcopy__(self, memo):  # gr.State deep-copies its initial value per session; banks copy explicitly
         return Session(self.checkpoint, None if self.bank is None else self.bank.copy(), list(self.edits))
@@ -149,7 +147,7 @@ class AppContext:
 
     def model_call(self, fn: Callable) -> Callable:
         """A plain (non-generator) model handler that runs holding a model slot (on the GPU of a ZeroGPU Space).
-        Generators go through run_live(..., slots=ctx.model_slots) instead: there the worker thread holds it."""
+        Live generators go through live(ctx, ...) instead, which holds a slot while it iterates."""
         on_device = self.gpu(fn)
 
         @functools.wraps(fn)
@@ -205,8 +203,6 @@ def friendly(fn):
     def convert(e: Exception):
         if isinstance(e, gr.Error):
             return e
-        if isinstance(e, Cancelled):
-            return gr.Error("Stopped.")
         return gr.Error(str(e).strip() or type(e).__name__)
 
     if inspect.isgeneratorfunction(fn):
@@ -299,77 +295,65 @@ def thumbnails(bank: MemoryBank, rows, size: int = 64) -> list[tuple[Image.Image
 
 
 # ---- live generation --------------------------------------------------------------------------------------
-def run_live(pipe: GMemPipeline, run: Callable, progress=None, preview_seconds: float = 0.4,
-             slots: threading.Semaphore | None = None):
-    """Run `run(callback)` (a pipeline call) in a worker thread; yield ("preview", uint8 images, done, total)
-    every `preview_seconds` and finally ("result", value). The worker holds one of `slots` (AppContext.model_slots)
-    while it samples, so a run stopped mid-step still counts until its thread ends.
+@dataclass(frozen=True)
+class Stopped:
+    """What live() yields last when Stop was pressed: the step the run stopped after (None: before the first)."""
 
-    The sampler's callback decodes the denoised estimate only when a preview is due (decoding every step
-    would cost as much as sampling for pixel models). Closing this generator (the browser left, Stop pressed)
-    makes the next callback raise Cancelled, which stops the worker after at most one sampler step.
-    """
-    events: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    outcome: dict = {}
-    last = [0.0]
+    at: Progress | None
 
-    def callback(info, start, count):
-        if stop.is_set():
-            raise Cancelled("stopped")
-        done = info.images_done(start)
-        now = time.monotonic()
-        preview = None
-        if now - last[0] >= preview_seconds and info.step < info.total:
-            last[0] = now
-            preview = (start, pipe.decode_preview(info))
-        events.put(("step", done, count, info.step, info.total, preview))
+    def where(self) -> str:
+        return "before the first step" if self.at is None else f"at step {self.at.step}/{self.at.total}"
 
-    def worker():
+
+def live(ctx: AppContext, session: Session, tab: str, events: Iterator, progress=None):
+    """A pipeline's event stream (generate_iter, interpolate_iter) for a live gallery, in a Gradio generator
+    handler: yields the Progress events due for a preview (at most one per limits.preview_seconds), then the
+    Finished; or, when Stop was pressed (session.stop_requested), a Stopped holding the step it stopped after, and
+    the sampler stops there. Every step moves gradio's progress bar. Holds one of ctx.model_slots while it samples;
+    a consumer that stops iterating (gradio closes the handler when the browser leaves) closes the stream, which
+    stops the sampler after the step under way: nothing runs on in the background."""
+    last = 0.0
+    with ctx.model_slots:
+        session.running.add(tab)
         try:
-            if slots is not None:
-                with slots:
-                    outcome["value"] = run(callback)
-            else:
-                outcome["value"] = run(callback)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
-            outcome["error"] = e
+            if tab in session.stop_requested:  # pressed while the run waited in the queue
+                yield Stopped(None)
+                return
+            for event in events:
+                if isinstance(event, Finished):
+                    yield event
+                    return
+                if progress is not None:
+                    progress(event.fraction, desc=f"sampling: step {event.step}/{event.total}")
+                if tab in session.stop_requested:
+                    yield Stopped(event)
+                    return
+                now = time.monotonic()
+                if now - last >= ctx.limits.preview_seconds and event.step < event.total:
+                    last = now
+                    yield event
         finally:
-            events.put(("done",))
-
-    thread = threading.Thread(target=worker, name="gmem-generate", daemon=True)
-    thread.start()
-    try:
-        while True:
-            event = events.get()
-            if event[0] == "done":
-                break
-            _, done, count, step, total, preview = event
-            if progress is not None:
-                progress(min(done / count, 1.0), desc=f"sampling: step {step}/{total}")
-            if preview is not None:
-                yield ("preview", preview, step, total)
-    finally:
-        stop.set()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    yield ("result", outcome["value"])
+            events.close()
+            session.running.discard(tab)
+            session.stop_requested.discard(tab)
 
 
-def step_progress(progress, what: str = "sampling", share: tuple[float, float] = (0.0, 1.0)):
-    """A pipeline callback that moves gradio's progress bar ("what: step k/N"), or None without a progress. For the
-    model calls without live previews (Swap's Generate and compare, the Bank's "Generate 4"), which would otherwise
-    show only a timer: on gmem-v1-xl a compare is 8 images of 250 SDE steps. `share` (from, to): the part of the bar
-    this call fills, so that calls made one after the other (Swap's compare: two) fill it once, not twice."""
-    if progress is None:
-        return None
+def run_to_end(events: Iterator, progress=None, what: str = "sampling", share: tuple[float, float] = (0.0, 1.0)):
+    """The Generation at the end of a pipeline's event stream, moving gradio's progress bar ("what: step k/N") on
+    every step: for the model calls without live previews (Swap's Generate and compare, the Bank's "Generate 4"),
+    which would otherwise show only a timer (on gmem-v1-xl a compare is 8 images of 250 SDE steps). `share`
+    (from, to): the part of the bar this call fills, so that calls made one after the other (Swap's compare: two)
+    fill it once, not twice."""
     low, high = share
-
-    def callback(info, start, count):
-        progress(low + (high - low) * min(info.images_done(start) / count, 1.0),
-                 desc=f"{what}: step {info.step}/{info.total}")
-    return callback
+    try:
+        for event in events:
+            if isinstance(event, Finished):
+                return event.generation
+            if progress is not None:
+                progress(low + (high - low) * event.fraction, desc=f"{what}: step {event.step}/{event.total}")
+    finally:
+        events.close()
+    raise RuntimeError("the generation ended without its images")
 
 
 def row_range(bank, name: str = "Bank row", bounded: bool = True):
@@ -388,17 +372,27 @@ def hidden_seed() -> gr.Number:
     return gr.Number(None, precision=0, visible=False, label="Seed used")
 
 
-def stopped(seed_used, details):
-    """Stop's own handler: gradio's cancel closes the generator, so nothing the run yields could say it stopped.
-    Returns (seed box, status text, details); unchanged when no run was under way."""
-    status = (details or {}).get("status") if isinstance(details, dict) else None
-    if status == "starting":
-        where = "before the first step"
-    elif isinstance(status, str) and status.startswith("step "):
-        where = f"at {status}"
-    else:
-        return gr.update(), gr.update(), gr.update()
+def wire_stop(go: gr.Button, stop: gr.Button, state: gr.State, status: gr.Markdown, tab: str) -> None:
+    """Stop asks the tab's run to stop (live() sees it after the step under way, and the run itself ends with
+    the images of that step and says which step: message and captions come from the same event). Not gradio's
+    cancel: a cancelled handler can yield nothing more, so a separate handler had to guess the step from the last
+    preview the page had shown. A click on the run button first clears an old request and an old status line."""
+    def clear(session: Session):
+        session.stop_requested.discard(tab)
+        return ""
+
+    def request(session: Session):
+        session.stop_requested.add(tab)
+        return "Stopping after the step under way…" if tab in session.running else gr.update()
+
+    go.click(clear, state, status, queue=False, api_visibility="private")
+    stop.click(request, state, status, queue=False, api_visibility="private")
+
+
+def stopped_status(details, seed_used=None) -> str:
+    """The status line of a run that Stop ended ("" for any other): its details say where."""
+    status = details.get("status") if isinstance(details, dict) else None
+    if not isinstance(status, str) or not status.startswith("stopped "):
+        return ""
     seed_note = f" (seed {int(seed_used)})" if seed_used is not None else ""
-    text = f"**Stopped {where}**{seed_note}: the images are the last preview."
-    return (gr.update() if seed_used is None else int(seed_used), text,
-            {**details, "status": f"stopped {where}"})
+    return f"**{status[0].upper()}{status[1:]}**{seed_note}: the images are that step's preview."

@@ -4,9 +4,10 @@ from __future__ import annotations
 import gradio as gr
 import torch
 
+from ..events import Finished
 from ..sampling import METHODS
-from .common import (AppContext, Session, UserError, as_float, as_int, friendly, hidden_seed, pick_seed, row_range,
-                        run_live, stopped, typing_a_seed_unticks_random, upscale)
+from .common import (AppContext, Session, Stopped, UserError, as_float, as_int, friendly, hidden_seed, live, pick_seed,
+                     row_range, stopped_status, typing_a_seed_unticks_random, upscale, wire_stop)
 from .files import RAW_INPUTS, encode_upload, image_upload, png_files
 
 SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
@@ -60,6 +61,9 @@ def captions(generation) -> list[str]:
 
 
 def done_status(seed_used, details) -> str:
+    stopped = stopped_status(details, seed_used)
+    if stopped:
+        return stopped
     if not isinstance(details, dict) or details.get("status") != "done":
         return ""
     n = len(details.get("seeds") or [])
@@ -81,21 +85,22 @@ def generate(ctx: AppContext, session: Session, source, row, group, upload, n, s
     seed = pick_seed(seed, randomize)
     job = plan(ctx, session, source, row, group, upload, n, seed)
     pipe = ctx.pipeline(session)
+    events = pipe.generate_iter(seeds=job["seeds"], method=method, steps=steps, guidance=guidance,
+                                batch_size=limits.batch_size, **job["kwargs"])
     yield [], seed, {"status": "starting", "seed": seed}
 
-    def run(callback):
-        return pipe.generate(seeds=job["seeds"], method=method, steps=steps, guidance=guidance,
-                             batch_size=limits.batch_size, callback=callback, **job["kwargs"])
+    def preview(event):  # the step's images, captioned with that same step
+        return [(upscale(im), f"seed {job['seeds'][event.start + i]} · step {event.step}/{event.total}")
+                for i, im in enumerate(event.preview())]
 
-    for kind, payload, *rest in run_live(pipe, run, progress, limits.preview_seconds, ctx.model_slots):
-        if kind == "preview":
-            start, images = payload
-            step, total = rest
-            items = [(upscale(im), f"seed {job['seeds'][start + i]} · step {step}/{total}")
-                     for i, im in enumerate(images)]
-            yield items, seed, {"status": f"step {step}/{total}", "seed": seed}
+    for event in live(ctx, session, "generate", events, progress):
+        if isinstance(event, Stopped):
+            items = preview(event.at) if event.at is not None else gr.update()
+            yield items, seed, {"status": f"stopped {event.where()}", "seed": seed}
+        elif not isinstance(event, Finished):
+            yield preview(event), seed, {"status": f"step {event.step}/{event.total}", "seed": seed}
         else:
-            out = payload
+            out = event.generation
             items = [(upscale(im), c) for im, c in zip(out.images, captions(out))]
             groups = [pipe.bank.label_of(r) if r is not None else None for r in out.indices]
             details = {"status": "done", "seed": seed, "seeds": out.seeds, "rows": out.indices,
@@ -107,7 +112,7 @@ def generate(ctx: AppContext, session: Session, source, row, group, upload, n, s
 def build(ctx: AppContext, state: gr.State) -> dict:
     pipe = ctx.store.get()
     bank = pipe.bank
-    steps = int(pipe.sampler.get("steps", 50))
+    steps = pipe.sampler.steps
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Snippets from", info=SOURCE_HELP[SOURCES[0]],
@@ -125,7 +130,7 @@ def build(ctx: AppContext, state: gr.State) -> dict:
                 randomize = gr.Checkbox(True, label="Random seed", elem_id="generate-random")
                 typing_a_seed_unticks_random(seed, randomize)
             with gr.Accordion("Sampler", open=False):
-                method = gr.Radio(list(METHODS), value=pipe.sampler.get("method", "sde"), label="Sampler",
+                method = gr.Radio(list(METHODS), value=pipe.sampler.method, label="Sampler",
                                   info="sde: the paper's Euler-Maruyama; euler / heun: ODE")
                 steps_in = gr.Slider(1, ctx.limits.max_steps, value=min(steps, ctx.limits.max_steps), step=1,
                                      label="Steps")
@@ -164,11 +169,9 @@ def build(ctx: AppContext, state: gr.State) -> dict:
                 items = png_files(items, "gmem")
             yield items, used, details
 
-    go.click(lambda: "", None, status, queue=False, api_visibility="private")  # an old "Stopped ..." goes
+    wire_stop(go, stop, state, status, "generate")
     event = go.click(on_generate, [state, source, row, group, upload, n, seed, randomize, steps_in, method, guidance],
                      [gallery, seed_used, details], api_name="generate", **RAW_INPUTS, **ctx.model_queue)
     event.success(lambda used, info: (used, done_status(used, info)), [seed_used, details], [seed, status],
                   queue=False, api_visibility="private")
-    stop.click(stopped, [seed_used, details], [seed, status, details], cancels=[event], queue=False,
-               api_visibility="private")
     return {"group": group, "row": row, "steps": steps_in, "method": method}

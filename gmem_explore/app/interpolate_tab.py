@@ -8,9 +8,10 @@ import torch
 
 from ..bank.memory import MIX_METHODS, MemoryBank
 from ..bank.search import partner_row
+from ..events import Finished
 from ..sampling import METHODS
-from .common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
-                        row_range, run_live, stopped, typing_a_seed_unticks_random, upscale)
+from .common import (AppContext, Session, Stopped, UserError, as_int, friendly, hidden_seed, live, pick_seed,
+                     row_caption, row_range, stopped_status, typing_a_seed_unticks_random, upscale, wire_stop)
 from .files import RAW_INPUTS, encode_upload, file_stem, image_upload, png_files, scratch_path
 from ..viz import image_grid
 
@@ -79,22 +80,23 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
         raise UserError(f"A and B are {what}: all frames would be alike. Pick two different "
                         f"{'rows' if isinstance(a, int) else 'images'}.")
     weights = torch.linspace(0, 1, k).tolist()
+    events = pipe.interpolate_iter(a, b, k, mix=mix, seed=seed, method=method, steps=steps,
+                                   batch_size=ctx.limits.batch_size)
     yield [], None, None, seed, {"status": "starting", "seed": seed}
 
-    def run_with_sampler(callback):
-        return pipe.interpolate(a, b, k, mix=mix, seed=seed, method=method, steps=steps,
-                                batch_size=ctx.limits.batch_size, callback=callback)
+    def preview(event):  # the step's frames, captioned with that same step
+        # 'w 0.14 · 3/8': with the word "step" the caption was cut under a frame (~110 px at 6 columns)
+        return [(upscale(im), f"w {weights[event.start + i]:.2f} · {event.step}/{event.total}")
+                for i, im in enumerate(event.preview())]
 
-    for kind, payload, *rest in run_live(pipe, run_with_sampler, progress, ctx.limits.preview_seconds,
-                                             ctx.model_slots):
-        if kind == "preview":
-            start, images = payload
-            step, total = rest
-            # 'w 0.14 · 3/8': with the word "step" the caption was cut under a frame (~110 px at 6 columns)
-            items = [(upscale(im), f"w {weights[start + i]:.2f} · {step}/{total}") for i, im in enumerate(images)]
-            yield items, None, None, seed, {"status": f"step {step}/{total}", "seed": seed}
+    for event in live(ctx, session, "interpolate", events, progress):
+        if isinstance(event, Stopped):
+            items = preview(event.at) if event.at is not None else gr.update()
+            yield items, None, None, seed, {"status": f"stopped {event.where()}", "seed": seed}
+        elif not isinstance(event, Finished):
+            yield preview(event), None, None, seed, {"status": f"step {event.step}/{event.total}", "seed": seed}
         else:
-            out = payload
+            out = event.generation
             # the seed is the same for every frame: it is said once, in the line above the frames
             items = [(upscale(im), f"w {w:.2f}") for im, w in zip(out.images, weights)]
             strip = image_grid(out.images, nrow=k, scale=max(1, 64 // out.images.shape[1]))
@@ -104,6 +106,9 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
 
 
 def done_status(details) -> str:
+    stopped = stopped_status(details, details.get("seed") if isinstance(details, dict) else None)
+    if stopped:
+        return stopped
     if not isinstance(details, dict) or details.get("status") != "done":
         return ""
     return (f"**{details['frames']} frames from seed {details['seed']}**: {details['from']} → {details['to']}, "
@@ -179,13 +184,11 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
                 (strip, _), = png_files([(strip, "strip")], stem)
             yield frames, strip, gif, used, details
 
-    go.click(lambda: "", None, status, queue=False, api_visibility="private")  # an old "Stopped ..." goes
+    wire_stop(go, stop, state, status, "interpolate")
     event = go.click(on_interpolate, [state, a_source, a_row, a_upload, b_source, b_row, b_upload, mix, k, seed,
                                       randomize, steps, method],
                      [frames, strip, gif, seed_used, details], api_name="interpolate", **RAW_INPUTS,
                      **ctx.model_queue)
     event.success(lambda used, info: (used, done_status(info)), [seed_used, details], [seed, status], queue=False,
                   api_visibility="private")
-    stop.click(stopped, [seed_used, details], [seed, status, details], cancels=[event], queue=False,
-               api_visibility="private")
     return {"rows": {"Row A": a_row, "Row B": b_row}}

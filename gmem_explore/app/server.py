@@ -150,8 +150,8 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
     ctx = AppContext(PipelineStore(factory, checkpoint), limits or Limits(),
                      spaces_gpu() if use_spaces_gpu else (lambda fn: fn))
     pipe = ctx.store.get()
-    steps_default = int(min(pipe.sampler.get("steps", 50), ctx.limits.max_steps))
-    method_default = pipe.sampler.get("method", "sde")
+    steps_default = min(pipe.sampler.steps, ctx.limits.max_steps)
+    method_default = pipe.sampler.method
 
     # delete_cache: gradio's copies of uploads and returned files older than an hour go, checked hourly (a public
     # Space otherwise keeps every upload, GIF and bank download until it restarts)

@@ -14,7 +14,7 @@ import gradio as gr
 import torch
 
 from .common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
-                        row_range, step_progress, typing_a_seed_unticks_random, upscale)
+                        row_range, run_to_end, typing_a_seed_unticks_random, upscale)
 from .files import RAW_INPUTS, encode_upload, file_stem, image_upload, png_files, scratch_path
 
 MAX_EDITS = 1000  # edits (replaced and added rows) a session may make; beyond this a script (gmem build-bank) is
@@ -30,8 +30,8 @@ def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, ran
     snippet, _ = encode_upload(pipe, upload)
     idx, sims = pipe.bank.nearest(snippet, 3)
     near = ", ".join(f"{row_caption(pipe.bank, int(i))} (cos {float(s):.2f})" for i, s in zip(idx[0], sims[0]))
-    out = pipe.generate(snippets=snippet.repeat(n, 1), seeds=[(seed + i) % 2**31 for i in range(n)], steps=steps,
-                        batch_size=ctx.limits.batch_size, callback=step_progress(progress))
+    out = run_to_end(pipe.generate_iter(snippets=snippet.repeat(n, 1), seeds=[(seed + i) % 2**31 for i in range(n)],
+                                        steps=steps, batch_size=ctx.limits.batch_size), progress)
     items = [(upscale(im), f"seed {s}") for im, s in zip(out.images, out.seeds)]
     return items, seed, f"Nearest bank rows to this image: {near}"
 
@@ -95,12 +95,13 @@ def compare_row(ctx: AppContext, session: Session, row, steps, n: int = 4, progr
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
     seeds = list(range(n))
     has_original = r < len(original.bank)  # a row this session added has no original
-    after = mine.generate(indices=[r] * n, seeds=seeds, steps=steps, batch_size=ctx.limits.batch_size,
-                          callback=step_progress(progress, "this session's bank", (0.0, 0.5 if has_original else 1.0)))
+    after = run_to_end(mine.generate_iter(indices=[r] * n, seeds=seeds, steps=steps, batch_size=ctx.limits.batch_size),
+                       progress, "this session's bank", (0.0, 0.5 if has_original else 1.0))
     after_items = [(upscale(im), f"seed {s}") for im, s in zip(after.images, after.seeds)]
     if has_original:
-        before = original.generate(indices=[r] * n, seeds=seeds, steps=steps, batch_size=ctx.limits.batch_size,
-                                   callback=step_progress(progress, "original bank", (0.5, 1.0)))
+        before = run_to_end(original.generate_iter(indices=[r] * n, seeds=seeds, steps=steps,
+                                                   batch_size=ctx.limits.batch_size),
+                            progress, "original bank", (0.5, 1.0))
         before_items = [(upscale(im), f"seed {s}") for im, s in zip(before.images, before.seeds)]
     else:
         before_items = []

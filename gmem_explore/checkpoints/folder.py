@@ -27,6 +27,7 @@ from ..models.sit import GMemSiT, ModelConfig, load_network_state
 from ..safefiles import load_tensors, save_tensors, write_bytes_atomic
 from ..values import is_whole
 from ..encoders.conv import encoder_from_config
+from ..sampling.settings import RECIPES, SamplerSettings
 
 FORMAT = "gmem-explore-1"
 
@@ -37,7 +38,7 @@ class Checkpoint:
     bank: MemoryBank
     autoencoder: dict = field(default_factory=lambda: {"type": "pixels"})
     encoder: object | None = None
-    sampler: dict = field(default_factory=lambda: {"method": "sde", "steps": 250})
+    sampler: SamplerSettings = field(default_factory=lambda: RECIPES["gmem-v1"])  # config.json's "sampler"
     info: dict = field(default_factory=dict)  # name, description, training figures, licence notes
 
 
@@ -117,7 +118,7 @@ def _write_checkpoint_files(folder: Path, ckpt: Checkpoint, bank_dtype) -> None:
         encoder_cfg = ckpt.encoder.config_dict()
         save_tensors(folder / "encoder.safetensors", ckpt.encoder.state_dict())
     config = {"format": FORMAT, "model": ckpt.model.config.to_dict(), "autoencoder": ckpt.autoencoder,
-              "encoder": encoder_cfg, "sampler": ckpt.sampler, **ckpt.info}
+              "encoder": encoder_cfg, "sampler": SamplerSettings.from_config(ckpt.sampler).to_config(), **ckpt.info}
     write_bytes_atomic(folder / "config.json", json.dumps(config, indent=2).encode())
 
 
@@ -220,8 +221,11 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
                          f"put back the bank saved with this model, or one built with its snippet encoder")
     encoder = load_encoder(folder, config)
     info = {k: v for k, v in config.items() if k not in {"format", "model", "autoencoder", "encoder", "sampler"}}
-    return Checkpoint(model, bank, config.get("autoencoder") or {"type": "pixels"}, encoder,
-                      config.get("sampler") or {"method": "sde", "steps": 250}, info)
+    try:  # read into SamplerSettings once, here; what the section leaves out comes from the GMem v1 recipe
+        sampler = SamplerSettings.from_config(config.get("sampler"))
+    except ValueError as e:
+        raise _damaged(folder / "config.json", f"its \"sampler\" section: {e}") from None
+    return Checkpoint(model, bank, config.get("autoencoder") or {"type": "pixels"}, encoder, sampler, info)
 
 
 def load_encoder(folder, config: dict | None = None):

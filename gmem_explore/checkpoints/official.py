@@ -32,6 +32,7 @@ import torch
 from ..bank.checks import check_frequencies
 from .folder import FORMAT
 from ..models.sit import build_model, load_network_state, model_config
+from ..sampling.settings import RECIPES
 from .official_layouts import describe_network, explain_foreign, how_to_convert
 from ..safefiles import STALE_TEMP_SECONDS, write_bytes_atomic
 from .safetensors_stream import write_streaming
@@ -42,7 +43,7 @@ OFFICIAL_MODEL = "SiT-XL/2"
 OFFICIAL_KEYS = ("network", "memorybank", "memoryfreq")
 AUTOENCODER = {"type": "sd-vae", "image_size": 256, "source": "stabilityai/sd-vae-ft-mse"}
 ENCODER = {"type": "dinov2", "source": "facebook/dinov2-base", "image_size": 224, "dim": 768}
-SAMPLER = {"method": "sde", "steps": 250}  # the released recipe: 250-step Euler-Maruyama, no guidance
+SAMPLER = RECIPES["gmem-v1"].to_config()  # the released recipe: 250-step Euler-Maruyama, no guidance
 BANK_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 

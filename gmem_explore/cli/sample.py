@@ -56,6 +56,29 @@ def image_format(path: Path) -> str:
     return fmt
 
 
+def sample_with_bar(events):
+    """The Generation at the end of a pipeline's event stream, under a tqdm bar of images with the sampler step."""
+    from tqdm.auto import tqdm
+
+    from gmem_explore.events import Finished
+
+    bar = None
+    try:
+        for event in events:
+            if isinstance(event, Finished):
+                return event.generation
+            if bar is None:
+                bar = tqdm(total=event.images_total, desc="sampling", unit="image")
+            bar.n = round(event.images_done, 2)
+            bar.set_postfix_str(f"step {event.step}/{event.total}", refresh=False)
+            bar.refresh()
+    finally:
+        events.close()  # Ctrl-C stops the sampler after the step under way
+        if bar is not None:
+            bar.close()
+    raise RuntimeError("the generation ended without its images")
+
+
 def run(args) -> int:
     from gmem_explore import GMemPipeline
     from gmem_explore.safefiles import atomic_path, write_bytes_atomic
@@ -71,10 +94,11 @@ def run(args) -> int:
     # resolve_checkpoint refuses a --revision for the embedded model or a folder (they have none) before a load
     pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device, revision=args.revision)
     count = len(args.rows) if args.rows else args.n
-    out = pipe.generate(None if args.rows else args.n, indices=args.rows or None,
-                        seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
-                        steps=args.steps, guidance=args.guidance,
-                        guidance_interval=tuple(args.guidance_interval), progress=True)
+    events = pipe.generate_iter(None if args.rows else args.n, indices=args.rows or None,
+                                seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
+                                steps=args.steps, guidance=args.guidance,
+                                guidance_interval=tuple(args.guidance_interval))
+    out = sample_with_bar(events)
     with atomic_path(path) as tmp:  # an existing grid is replaced whole or kept, never left half-written
         out.grid(scale=args.scale).save(tmp, format=fmt)
     record = {"seeds": out.seeds, "rows": out.indices, **out.settings,

@@ -349,11 +349,10 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
                              f"its images would be made with that. Drop --bank-dtype, or convert the .pth again: "
                              f"gmem convert FILE.pth OUT/ --bank-dtype {bank_dtype}")
         pipe = GMemPipeline.from_pretrained(str(folder), device=device)
-        if method is None or steps is None:  # given ones were checked before the load (check_run_arguments)
-            # `is None`, not `or`: steps=0 is refused there, not replaced by the default 250
-            method = pipe.sampler.get("method", "sde") if method is None else method
-            steps = pipe.sampler.get("steps", 250) if steps is None else steps
-            check_method_and_steps(method, steps)  # the checkpoint's own sampler settings
+        # given ones were checked before the load (check_run_arguments), the checkpoint's own when it loaded;
+        # `is None`, not `or`: steps=0 is refused there, not replaced by the default
+        method = pipe.sampler.method if method is None else method
+        steps = pipe.sampler.steps if steps is None else steps
         low, high = (float(v) for v in guidance_interval)
         settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance),
                                [low, high], checkpoint_files(folder), folder_bank_dtype, revision)

@@ -21,6 +21,7 @@ import torch
 
 from ..bank.memory import MemoryBank
 from ..bank.map2d import scatter_figure, uniform_frequency
+from ..events import Finished
 from ..pipeline import Generation, GMemPipeline
 
 MAX_SHOWN = 32  # thumbnails / generations per selection: more is unreadable in a notebook cell
@@ -85,13 +86,20 @@ def labelled_grid(images: torch.Tensor, titles: Sequence[str], ncols: int, cell:
     return canvas
 
 
-def status_progress(status, text: str):
-    """A pipeline callback (generate / interpolate's `callback=`) that writes "text: step k/N, i/n images" into an
-    ipywidgets HTML status after every sampler step: a widget's slow button (32 images of 50 steps: ~20 s on a
-    CPU, minutes on the released model) says how far it got instead of one unchanging line."""
-    def callback(info, start, count):
-        status.value = f"{text}: step {info.step}/{info.total}, {int(info.images_done(start))}/{count} images"
-    return callback
+def with_status(events, status, text: str) -> Generation:
+    """Run a pipeline's event stream (generate_iter / interpolate_iter) to its end, writing "text: step k/N, i/n
+    images" into an ipywidgets HTML status after every sampler step: a widget's slow button (32 images of 50 steps:
+    ~20 s on a CPU, minutes on the released model) says how far it got instead of one unchanging line. An interrupt
+    (Kernel > Interrupt) closes the stream, which stops the sampler after the step under way."""
+    try:
+        for event in events:
+            if isinstance(event, Finished):
+                return event.generation
+            status.value = (f"{text}: step {event.step}/{event.total}, "
+                            f"{int(event.images_done)}/{event.images_total} images")
+    finally:
+        events.close()
+    raise RuntimeError("the generation ended without its images")
 
 
 def rows_said(n: int) -> str:
@@ -141,36 +149,29 @@ def parse_rows(text: str, n: int) -> list[int]:
     return rows
 
 
-class progress_bar:
-    """`with progress_bar("mixing") as callback: pipe.generate(..., callback=callback)`: a tqdm bar (a widget in
-    Jupyter, text elsewhere) over the images of one pipeline call, with the sampler step; the notebooks' generating
-    cells otherwise sat silent (the seed sweep's 36 images of 50 steps: ~15 s on a CPU, minutes on the released
-    model). `enabled=False` gives a callback that does nothing."""
+def with_bar(events, desc: str, enabled: bool = True) -> Generation:
+    """Run a pipeline's event stream to its end under a tqdm bar (a widget in Jupyter, text elsewhere) over the
+    images of the call, with the sampler step: the notebooks' generating cells otherwise sat silent (the seed
+    sweep's 36 images of 50 steps: ~15 s on a CPU, minutes on the released model). `enabled=False`: no bar."""
+    bar = None
+    try:
+        for event in events:
+            if isinstance(event, Finished):
+                return event.generation
+            if not enabled:
+                continue
+            if bar is None:
+                from tqdm.auto import tqdm  # a display dependency, loaded when a bar is first shown
 
-    def __init__(self, desc: str, enabled: bool = True):
-        self.desc, self.enabled, self.bar = desc, enabled, None
-
-    def __call__(self, info, start, count):
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=count, desc=self.desc, unit="image")
-        self.bar.n = int(info.images_done(start))
-        self.bar.set_postfix_str(f"step {info.step}/{info.total}", refresh=False)
-        self.bar.refresh()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar, bar = None, self.bar
+                bar = tqdm(total=event.images_total, desc=desc, unit="image")
+            bar.n = int(event.images_done)
+            bar.set_postfix_str(f"step {event.step}/{event.total}", refresh=False)
+            bar.refresh()
+    finally:
+        events.close()
+        if bar is not None:
             bar.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    raise RuntimeError("the generation ended without its images")
 
 
 # ---- the explorer widget -----------------------------------------------------------------------------------
@@ -366,8 +367,8 @@ class BankExplorer:
     def _generate(self, shown: list[int]) -> Generation:
         before, seed = html.escape(self.selection_note), seed_of(self.seed)
         what = f"{len(shown)} images from seed {seed}, {self.steps} steps"
-        self.generation = self.pipe.generate(indices=shown, seeds=[seed] * len(shown), steps=self.steps,
-                                             callback=status_progress(self.status, f"{before} · generating {what}"))
+        self.generation = with_status(self.pipe.generate_iter(indices=shown, seeds=[seed] * len(shown), steps=self.steps),
+                                      self.status, f"{before} · generating {what}")
         # the grid's captions are the rows; the seed they share is said here (the seed box may change later)
         self.status.value = f"{before} · generated {what}"
         show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=THUMB_COLUMNS), self.gen_out)

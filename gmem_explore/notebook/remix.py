@@ -15,7 +15,7 @@ import torch
 
 from ..bank.memory import MIX_METHODS, mix
 from ..images import load_rgb
-from .helpers import guarded, labelled_grid, problem, progress_bar, seed_of, show, status_progress, with_bank
+from .helpers import guarded, labelled_grid, problem, seed_of, show, with_bank, with_bar, with_status
 from ..pipeline import Generation, GMemPipeline, check_seeds, resolve_snippet
 from ..values import is_whole
 
@@ -58,10 +58,10 @@ def swap_and_compare(pipe: GMemPipeline, row: int, image, seeds: Sequence[int] =
     the "before" run (minutes on the released model) rather than after it."""
     seeds = check_seeds(_some(seeds, "seeds"), None)
     edited, _ = swap_row(pipe, row, image)
-    with progress_bar(f"row {row} before", progress) as callback:
-        before = pipe.generate(indices=[row] * len(seeds), seeds=seeds, steps=steps, callback=callback)
-    with progress_bar(f"row {row} after", progress) as callback:
-        after = edited.generate(indices=[row] * len(seeds), seeds=seeds, steps=steps, callback=callback)
+    before = with_bar(pipe.generate_iter(indices=[row] * len(seeds), seeds=seeds, steps=steps), f"row {row} before",
+                      progress)
+    after = with_bar(edited.generate_iter(indices=[row] * len(seeds), seeds=seeds, steps=steps), f"row {row} after",
+                     progress)
     return before, after, edited
 
 
@@ -90,8 +90,8 @@ def mixing_grid(pipe: GMemPipeline, a, b, weights: Sequence[float] = (0, 0.25, 0
     sa, sb = _snippet(pipe, a), _snippet(pipe, b)
     weights, methods = _some(weights, "weights"), _some(methods, "methods")
     snippets = torch.cat([mix(sa, sb, w, m, seed) for m in methods for w in weights])
-    with progress_bar("mixing", progress) as callback:
-        return pipe.generate(snippets=snippets, seeds=[seed] * len(snippets), steps=steps, callback=callback)
+    return with_bar(pipe.generate_iter(snippets=snippets, seeds=[seed] * len(snippets), steps=steps), "mixing",
+                    progress)
 
 
 def mixing_figure(gen: Generation, weights: Sequence[float], methods: Sequence[str] = MIX_METHODS):
@@ -110,9 +110,8 @@ def seed_sweep(pipe: GMemPipeline, a, b, seeds: Sequence[int] = (0, 1, 2), frame
     frames = int(frames)
     weights = torch.linspace(0, 1, frames).tolist()
     snippets = torch.cat([mix(sa, sb, w, method, s) for s in seeds for w in weights])
-    with progress_bar("seed sweep", progress) as callback:
-        return pipe.generate(snippets=snippets, seeds=[s for s in seeds for _ in weights], steps=steps,
-                             callback=callback)
+    return with_bar(pipe.generate_iter(snippets=snippets, seeds=[s for s in seeds for _ in weights], steps=steps),
+                    "seed sweep", progress)
 
 
 def seed_sweep_figure(gen: Generation, seeds: Sequence[int], frames: int):
@@ -181,9 +180,10 @@ class Interpolator:
 
     def _compute(self) -> Generation:
         k, settings = int(self.frames.value), self.settings()
-        generation = self.pipe.interpolate(int(self.a.value), int(self.b.value), k=k, mix=self.method.value,
-                                           seed=seed_of(self.seed), steps=self.steps,
-                                           callback=status_progress(self.status, f"generating {k} frames"))
+        generation = with_status(self.pipe.interpolate_iter(int(self.a.value), int(self.b.value), k=k,
+                                                            mix=self.method.value, seed=seed_of(self.seed),
+                                                            steps=self.steps),
+                                 self.status, f"generating {k} frames")
         self.generation, self.computed, self.weights = generation, settings, torch.linspace(0, 1, k).tolist()
         self.slider.max, self.slider.disabled = k - 1, False
         show(self.generation.grid(nrow=k, scale=2), self.strip_out)

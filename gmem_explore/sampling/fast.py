@@ -20,14 +20,16 @@ on the CPU; the CUDA-only parts are switched on by the device):
 - On CUDA: torch.compile of one step (network + sampler update fused; eager if compile is unavailable) and
   CUDA graphs for small fixed batches (the live case: 4 images), one graph per step kind.
 
-Entry point: `sample_fast(model, noise, snippets, ..., options=FastOptions(...), report=...)`, reached through
-`sampling.sample(..., fast=True or FastOptions(...))` (the default on CUDA); `report` gets a FastRun record of which
-optimisations actually ran. This file holds the step (one network evaluation fused with the sampler update), its
+Entry points: `iter_fast(model, noise, snippets, ..., options=FastOptions(...), report=...)` (a generator of
+steps) and `sample_fast` (it run to its end), reached through `sampling.iter_sample` / `sampling.sample(...,
+fast=True or FastOptions(...))` (the default on CUDA); `report` gets a FastRun record of which optimisations
+actually ran. This file holds the step (one network evaluation fused with the sampler update), its
 compilation and the loop; the options and the record live in fast_options.py, the network copy and the precomputed
 modulation in fast_conditioning.py, the CUDA graphs in fast_graphs.py (their names are importable from here too).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -44,11 +46,11 @@ from .fast_graphs import GraphedSteps, graphs_possible
 from .fast_options import PRECISIONS, FastOptions, FastRun, resolve_precision
 from .fused_ops import linear_gelu
 from ..models.sit import GMemSiT, modulate
-from .grids import check_method_and_steps, time_grid
+from .grids import time_grid
 from .noise import draw_sde_noise
-from .solvers import StepInfo
+from .solvers import StepInfo, run_to_end
 
-__all__ = ["PRECISIONS", "FastOptions", "FastRun", "resolve_precision", "sample_fast", "supports"]
+__all__ = ["PRECISIONS", "FastOptions", "FastRun", "iter_fast", "resolve_precision", "sample_fast", "supports"]
 DEFAULTS = FastOptions()
 
 
@@ -221,8 +223,18 @@ def one_cuda_run_at_a_time(fn: Callable) -> Callable:
 
 
 @one_cuda_run_at_a_time
+def sample_fast(model: GMemSiT, noise: torch.Tensor, snippets: torch.Tensor, method: str = "sde", steps: int = 250,
+                generators: Sequence[torch.Generator] | None = None, guidance: float = 1.0,
+                guidance_interval: tuple[float, float] = (0.0, 1.0),
+                callback: Callable[[StepInfo], None] | None = None, *, options: FastOptions = DEFAULTS,
+                report: Callable[[FastRun], None] | None = None) -> torch.Tensor:
+    """iter_fast run to its end, calling callback(StepInfo) after every step; returns the final state in float32."""
+    return run_to_end(iter_fast(model, noise, snippets, method, steps, generators, guidance, guidance_interval,
+                                options=options, report=report), callback)
+
+
 @torch.no_grad()
-def sample_fast(
+def iter_fast(
     model: GMemSiT,
     noise: torch.Tensor,
     snippets: torch.Tensor,
@@ -231,17 +243,18 @@ def sample_fast(
     generators: Sequence[torch.Generator] | None = None,
     guidance: float = 1.0,
     guidance_interval: tuple[float, float] = (0.0, 1.0),
-    callback: Callable[[StepInfo], None] | None = None,
     *,
     options: FastOptions = DEFAULTS,
     report: Callable[[FastRun], None] | None = None,
-) -> torch.Tensor:
-    """sampling.sample() on the fast path (inputs are checked there); returns the final state in float32.
+):
+    """sampling.iter_sample() on the fast path (its settings are checked there): a generator of a StepInfo after
+    every step, then the final state in float32. Closing it stops it after the step under way.
 
     options: precision, compilation, CUDA graphs, FP8 settings (FastOptions; the defaults decide by device and batch).
     report: called once when the run ends, with a FastRun record of what actually ran.
+    On CUDA each step holds the one-run lock (_CUDA_RUNS) while it fills and reads the graphs' buffers, not the whole
+    run: a consumer may take its time between steps (and resume in another thread, as gradio does).
     """
-    check_method_and_steps(method, steps)
     if not supports(model):
         raise TypeError(f"the fast path needs a GMemSiT model; got {type(model).__name__} (use fast=False)")
     device, n = noise.device, noise.shape[0]
@@ -265,32 +278,35 @@ def sample_fast(
 
     x = noise.float()
     x_pred = v_pred = denoised_pred = None
+    one_run = _CUDA_RUNS if device.type == "cuda" else contextlib.nullcontext()
     for j, (k, kind, guided, *_coef) in enumerate(plan):
-        if k == switch_at and kind != "correct":  # a Heun corrector finishes its step on the predictor's network
-            net, (stepper, run) = plain, runner(plain, stepper.options)
-        blocks, final = mods.get(k, uncond=guided)
-        # The last SDE step adds 0 * eps (s = 0): exactly the reference's noiseless step, one compiled variant.
-        eps = sde_noise[min(k, steps - 2)] if sde_noise is not None else None
-        args = (x_pred, x, v_pred) if kind == "correct" else (x, x, None)
-        try:
-            out, v, denoised = run(*args, eps, blocks, final, coefs[j])
-        except Exception as e:
-            if not graphs and not stepper.compiled:
-                raise
-            warnings.warn(f"compiled/graphed step failed ({type(e).__name__}: {e}); continuing eagerly")
-            _graphs.pop(net, None)
-            eager = dataclasses.replace(stepper.options, compile=False, cuda_graphs=False)
-            (stepper, run), graphs, fallback = runner(net, eager), False, f"{type(e).__name__}: {e}"
-            out, v, denoised = run(*args, eps, blocks, final, coefs[j])
-        if kind == "predict":  # keep the predictor's results: graph outputs are overwritten by the next replay
-            x_pred, v_pred, denoised_pred = (out.clone(), v.clone(), denoised.clone()) if graphs else (out, v, denoised)
-            continue
-        x = out.clone() if graphs else out
-        if callback is not None:
-            i = k - 1 if kind == "correct" else k
+        with one_run:
+            if k == switch_at and kind != "correct":  # a Heun corrector finishes its step on the predictor's network
+                net, (stepper, run) = plain, runner(plain, stepper.options)
+            blocks, final = mods.get(k, uncond=guided)
+            # The last SDE step adds 0 * eps (s = 0): exactly the reference's noiseless step, one compiled variant.
+            eps = sde_noise[min(k, steps - 2)] if sde_noise is not None else None
+            args = (x_pred, x, v_pred) if kind == "correct" else (x, x, None)
+            try:
+                out, v, denoised = run(*args, eps, blocks, final, coefs[j])
+            except Exception as e:
+                if not graphs and not stepper.compiled:
+                    raise
+                warnings.warn(f"compiled/graphed step failed ({type(e).__name__}: {e}); continuing eagerly")
+                _graphs.pop(net, None)
+                eager = dataclasses.replace(stepper.options, compile=False, cuda_graphs=False)
+                (stepper, run), graphs, fallback = runner(net, eager), False, f"{type(e).__name__}: {e}"
+                out, v, denoised = run(*args, eps, blocks, final, coefs[j])
+            if kind == "predict":  # keep the predictor's results: graph outputs are overwritten by the next replay
+                x_pred, v_pred, denoised_pred = ((out.clone(), v.clone(), denoised.clone()) if graphs
+                                                 else (out, v, denoised))
+                continue
+            x = out.clone() if graphs else out
             if kind == "correct":
                 denoised = denoised_pred
-            callback(StepInfo(i + 1, steps, grid[i + 1], x, denoised.clone() if graphs else denoised))
+            denoised = denoised.clone() if graphs else denoised
+        i = k - 1 if kind == "correct" else k
+        yield StepInfo(i + 1, steps, grid[i + 1], x, denoised)
     if report is not None:
         report(FastRun(options, stepper.compiled, graphs, mods.chunk, len(plan), sum(p[2] for p in plan), fallback))
-    return x
+    yield x

@@ -19,8 +19,8 @@ SDE_LAST_T = 0.04  # the released SDE grid stops its noisy steps here
 
 
 def time_grid(method: str, steps: int) -> torch.Tensor:
-    """The float64 times visited, from 1 down to 0 (length steps + 1)."""
-    check_method_and_steps(method, steps)
+    """The float64 times visited, from 1 down to 0 (length steps + 1). Trusts its caller: method and steps come
+    from a SamplerSettings, checked when it was made."""
     if method == "sde":
         return torch.cat([torch.linspace(1.0, SDE_LAST_T, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)

@@ -1,15 +1,41 @@
-"""sample(): the one public entry point of every sampler. It checks what it is given, then runs the reference loop
-(solvers.py) or the fast path (fast.py), which give the same images (within 2% in bf16)."""
+"""iter_sample() and sample(): the public entry points of every sampler. They check what they are given (the sampler
+settings once, as a SamplerSettings), then run the reference loop (solvers.py) or the fast path (fast.py), which give
+the same images (within 2% in bf16). iter_sample is the loop itself, a generator; sample runs it to its end."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from . import fast as fast_path
 from .fast_options import FastOptions, FastRun
-from .grids import check_guidance, check_method_and_steps
-from .solvers import StepInfo, sample_reference
+from .settings import SamplerSettings
+from .solvers import StepInfo, iter_reference, run_to_end
+
+
+def iter_sample(
+    model: Callable,
+    noise: torch.Tensor,
+    snippets: torch.Tensor,
+    method: str = "sde",
+    steps: int = 250,
+    generators: Sequence[torch.Generator] | None = None,
+    guidance: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    state_dtype: torch.dtype = torch.float64,
+    fast: bool | str | FastOptions | None = None,
+    fast_report: Callable[[FastRun], None] | None = None,
+) -> Iterator:
+    """sample() as a generator: a StepInfo after every step (step, total, t, the state x and the denoised estimate),
+    then the final state in float32. The arguments are checked now, before the first step; stop iterating (or
+    .close() it) and the sampler stops after the step under way.
+
+        for item in iter_sample(model, noise, snippets, "heun", 8):
+            if isinstance(item, StepInfo): print(item.step, item.total)
+            else: latents = item
+    """
+    settings = SamplerSettings(method, steps, guidance, guidance_interval)
+    return sample_steps(model, noise, snippets, settings, generators, state_dtype, fast, fast_report)
 
 
 @torch.no_grad()
@@ -27,7 +53,8 @@ def sample(
     fast: bool | str | FastOptions | None = None,
     fast_report: Callable[[FastRun], None] | None = None,
 ) -> torch.Tensor:
-    """Integrate from t = 1 (noise) to t = 0; returns the final state in float32.
+    """Integrate from t = 1 (noise) to t = 0; returns the final state in float32. callback(StepInfo) runs after
+    every step (an exception it raises stops the sampler there).
 
     fast: route to gmem_explore.sampling.fast (same noise, same images within 2% in bf16, 1e-4 in fp32; fp8 is faster
     but not within 2% on a trained model; float32 state): None = on for GMemSiT models on CUDA, off elsewhere; False;
@@ -37,7 +64,16 @@ def sample(
     the reference path does not call it.
     A torch module left in training mode samples as in eval mode (no snippet dropout; see eval_mode).
     """
-    check_method_and_steps(method, steps)
+    return run_to_end(iter_sample(model, noise, snippets, method, steps, generators, guidance, guidance_interval,
+                                  state_dtype, fast, fast_report), callback)
+
+
+def sample_steps(model: Callable, noise: torch.Tensor, snippets: torch.Tensor, settings: SamplerSettings,
+                 generators: Sequence[torch.Generator] | None = None, state_dtype: torch.dtype = torch.float64,
+                 fast: bool | str | FastOptions | None = None,
+                 fast_report: Callable[[FastRun], None] | None = None) -> Iterator:
+    """iter_sample with its settings already made (a SamplerSettings is checked when made, so only the tensors are
+    checked here): what GMemPipeline calls for each batch."""
     for name, x in (("noise", noise), ("snippets", snippets)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__} (use torch.as_tensor(...))")
@@ -52,7 +88,6 @@ def sample(
         raise ValueError("snippets contain NaN or infinite values; choose other rows or re-encode the image")
     if not torch.isfinite(noise).all():
         raise ValueError("noise contains NaN or infinite values")
-    guidance, guidance_interval = check_guidance(guidance, guidance_interval)
     if generators is not None and len(generators) != n:
         raise ValueError(f"need one generator per image: {n} images, {len(generators)} generators")
     if generators is not None and not all(isinstance(g, torch.Generator) for g in generators):
@@ -61,9 +96,11 @@ def sample(
 
     if fast is None:
         fast = noise.device.type == "cuda" and fast_path.supports(model)
-    if fast is not False:
-        return fast_path.sample_fast(model, noise, snippets, method, steps, generators, guidance, guidance_interval,
-                                     callback, options=FastOptions.from_fast(fast), report=fast_report)
-
-    return sample_reference(model, noise, snippets, method, steps, generators, guidance, guidance_interval, callback,
-                            state_dtype)
+    if fast is not False:  # said now, not at the first step
+        options = FastOptions.from_fast(fast)
+        if not fast_path.supports(model):
+            raise TypeError(f"the fast path needs a GMemSiT model; got {type(model).__name__} (use fast=False)")
+        fast_path.resolve_precision(options.precision, noise.device)  # an unusable precision is refused now
+        return fast_path.iter_fast(model, noise, snippets, settings.method, settings.steps, generators,
+                                   settings.guidance, settings.guidance_interval, options=options, report=fast_report)
+    return iter_reference(model, noise, snippets, settings, generators, state_dtype)

@@ -7,8 +7,9 @@ One signature for all of them (k-diffusion style):
 
 `model` is any callable model(x, t, snippet) -> velocity. Randomness comes from one torch.Generator per image
 (the SDE's per-step noise is drawn up front from that image's generator), so an image does not depend on the
-batch it was sampled in or on the number of GPUs. `callback(StepInfo)` runs after every step: progress bars,
-live previews and cancellation (raise) all hang off it.
+batch it was sampled in or on the number of GPUs. The loops are generators (iter_sample): a StepInfo after every
+step, then the final state; progress bars, live previews and cancellation (stop iterating) hang off it, and
+sample(callback=...) is the same loop run to its end.
 
 The released recipes (GMem v1, samplers/samplers.py):
 - "sde": Euler-Maruyama on linspace(1, 0.04, N) then 0; g(t)^2 = 2t; drift v - 0.5 g^2 s with the score
@@ -22,28 +23,23 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .grids import time_grid
 from .noise import draw_sde_noise
+from .settings import SamplerSettings
 
 
 @dataclass
 class StepInfo:
-    """What a callback sees after each step."""
+    """What a sampler loop yields after each step (and what sample's callback sees)."""
 
     step: int  # steps done so far (1..total)
     total: int
     t: float  # time reached by this step
     x: torch.Tensor  # current state
     denoised: torch.Tensor  # estimate of the clean sample, x_t - t v (for previews)
-
-    def images_done(self, start: int) -> float:
-        """How many images of a pipeline call are done, counting this batch's share of its steps, when the batch
-        began at image `start` (the callback's second argument): what progress bars show."""
-        return start + self.x.shape[0] * self.step / self.total
 
 
 def sde_drift(v: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -77,16 +73,17 @@ def eval_mode(model):
 
 
 @torch.no_grad()
-def sample_reference(model: Callable, noise: torch.Tensor, snippets: torch.Tensor, method: str, steps: int,
-                     generators: Sequence[torch.Generator] | None, guidance: float,
-                     guidance_interval: tuple[float, float], callback: Callable[[StepInfo], None] | None,
-                     state_dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The reference loop, written as the released samplers are (float64 state, the model in its own dtype).
-    Its arguments are checked by sampling.sample, the public entry point; returns the final state in float32."""
+def iter_reference(model: Callable, noise: torch.Tensor, snippets: torch.Tensor, settings: SamplerSettings,
+                   generators: Sequence[torch.Generator] | None = None, state_dtype: torch.dtype = torch.float64):
+    """The reference loop, written as the released samplers are (float64 state, the model in its own dtype), as a
+    generator: a StepInfo after every step, then the final state in float32. Its arguments are checked by
+    sampling.iter_sample / sample, the public entry points. Closing it (or dropping it) stops it after the step
+    under way: nothing runs in the background."""
+    method, steps, guidance = settings.method, settings.steps, settings.guidance
     n = noise.shape[0]
-    lo, hi = guidance_interval
+    lo, hi = settings.guidance_interval
     dtype = _model_dtype(model)
-    grid = time_grid(method, steps)
+    grid = settings.time_grid()
     snippets = snippets.to(device=noise.device, dtype=dtype)
     zeros = torch.zeros_like(snippets)
     ones = torch.ones(n, device=noise.device, dtype=dtype)
@@ -119,6 +116,28 @@ def sample_reference(model: Callable, noise: torch.Tensor, snippets: torch.Tenso
                     x = x + dt * 0.5 * (v + v_next)
                 else:
                     x = x_euler
+            yield StepInfo(i + 1, steps, t_next, x, denoised)
+    yield x.float()
+
+
+def run_to_end(steps: Iterator, callback: Callable[[StepInfo], None] | None = None) -> torch.Tensor:
+    """Exhaust a sampler generator (iter_reference, fast.iter_fast), calling callback(StepInfo) after every step;
+    returns its final state. A callback that raises stops the loop there: the generator is closed at once, not when
+    the traceback that holds it is freed."""
+    try:
+        for item in steps:
+            if not isinstance(item, StepInfo):
+                return item
             if callback is not None:
-                callback(StepInfo(i + 1, steps, t_next, x, denoised))
-    return x.float()
+                callback(item)
+    finally:
+        steps.close()
+    raise RuntimeError("the sampler ended without its final state")
+
+
+def sample_reference(model: Callable, noise: torch.Tensor, snippets: torch.Tensor, settings: SamplerSettings,
+                     generators: Sequence[torch.Generator] | None = None,
+                     callback: Callable[[StepInfo], None] | None = None,
+                     state_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """iter_reference run to its end; returns the final state in float32."""
+    return run_to_end(iter_reference(model, noise, snippets, settings, generators, state_dtype), callback)

@@ -19,6 +19,7 @@ import torch
 
 from ..fingerprints import training_data
 from ..safefiles import load_tensors, save_tensors
+from ..sampling.settings import SamplerSettings
 from .checks import check_resume_data
 from .config import TrainConfig
 from ..checkpoints.folder import Checkpoint, save_checkpoint
@@ -101,7 +102,7 @@ class TrainerState:
         self.history = list(meta.get("history", []))
         self._last_save = None  # another state from here on, maybe at the same step: the next save must write
 
-    def export(self, folder, bank, encoder=None, sampler: dict | None = None, info: dict | None = None,
+    def export(self, folder, bank, encoder=None, sampler: SamplerSettings | dict | None = None, info: dict | None = None,
                bank_dtype=None, autoencoder: dict | None = None) -> Path:
         """The EMA network + bank (+ encoder) as a checkpoint folder (see folder.py). Snippet-conditioned runs
         only: a checkpoint's user feeds the network bank rows (see baseline_refusal)."""
@@ -114,7 +115,7 @@ class TrainerState:
         recipe = {**self.config.to_dict(), "out_dir": None, "checkpoint_every": 0}
         info = {"training": {"steps": self.step, "config": recipe}, **(info or {})}
         ckpt = Checkpoint(model, bank, autoencoder or {"type": "pixels"}, encoder,
-                          sampler or {"method": "euler", "steps": 20}, info)
+                          SamplerSettings.from_config(sampler, recipe="gmem-explore-trained"), info)
         if self.is_main:
             save_checkpoint(folder, ckpt, bank_dtype=bank_dtype)
         return Path(folder)
