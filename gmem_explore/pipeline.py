@@ -22,6 +22,7 @@ from .checkpoints.folder import Checkpoint, load_checkpoint
 from .devices import check_device
 from .events import Finished, Generation, Progress
 from .sampling import SamplerSettings, initial_noise, make_generators, sample_steps
+from .sampling.grids import ODE_METHODS
 from .values import as_integer, is_whole
 from .checkpoints import hub
 
@@ -195,8 +196,9 @@ class GMemPipeline:
         choose: str = "noise",
         method: str | None = None,
         steps: int | None = None,
-        guidance: float = 1.0,
-        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        guidance: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        time_shift: float | None = None,
         batch_size: int = 64,
         callback: Callable[[Progress, int, int], None] | None = None,
         progress: bool = False,
@@ -208,13 +210,15 @@ class GMemPipeline:
         the initial noise and the SDE noise.
         `choose` picks rows when neither indices nor snippets are given: "noise" (the released rule, rows by
         frequency from the initial noise), "frequency" or "uniform" (seeded by the image's seed).
-        `method` / `steps` override the pipeline's sampler settings (self.sampler); guidance and its interval too.
+        `method`, `steps`, `guidance`, `guidance_interval` and `time_shift` override the pipeline's sampler settings
+        (self.sampler, the checkpoint's recipe) where given.
         `callback(event, first_image_of_batch, total_images)` runs after every sampler step, with the step's
         events.Progress; `progress=True` shows a tqdm bar. This is generate_iter run to its end.
         `fast`: the fast sampling path (see sampling.sample; None = on CUDA only).
         """
         events = self.generate_iter(n, indices=indices, snippets=snippets, seeds=seeds, choose=choose, method=method,
                                     steps=steps, guidance=guidance, guidance_interval=guidance_interval,
+                                    time_shift=time_shift,
                                     batch_size=batch_size, fast=fast)
         return self._run_to_end(events, callback, progress)
 
@@ -228,8 +232,9 @@ class GMemPipeline:
         choose: str = "noise",
         method: str | None = None,
         steps: int | None = None,
-        guidance: float = 1.0,
-        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        guidance: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        time_shift: float | None = None,
         batch_size: int = 64,
         fast: bool | str | None = None,
     ) -> Iterator[Progress | Finished]:
@@ -272,8 +277,11 @@ class GMemPipeline:
         seeds = check_seeds(seeds, count)
         # The one check of the sampler settings in this call. `is None`, not `or`: steps=0 or method="" must be
         # refused, not silently replaced by the default.
-        settings = SamplerSettings(self.sampler.method if method is None else method,
-                                   self.sampler.steps if steps is None else steps, guidance, guidance_interval)
+        if method is not None and method not in ODE_METHODS and time_shift is None:
+            time_shift = 1.0  # the recipe's ODE shift does not carry over to a method with a fixed grid
+        given = {"method": method, "steps": steps, "guidance": guidance, "guidance_interval": guidance_interval,
+                 "time_shift": time_shift}
+        settings = self.sampler.replace(**{k: v for k, v in given.items() if v is not None})
         return self._events(count, indices, snippets, seeds, choose, settings, batch_size, fast)
 
     def _events(self, count: int, indices, snippets, seeds: list[int], choose: str, settings: SamplerSettings,
@@ -307,7 +315,7 @@ class GMemPipeline:
             used_idx += batch_idx
             used_snip.append(batch_snip.cpu())
         recorded = {"method": settings.method, "steps": settings.steps, "guidance": settings.guidance,
-                    "guidance_interval": settings.guidance_interval, "choose": choose}
+                    "guidance_interval": settings.guidance_interval, "time_shift": settings.time_shift, "choose": choose}
         yield Finished(Generation(torch.cat(images), seeds, used_idx, torch.cat(used_snip), recorded))
 
     @staticmethod

@@ -153,10 +153,31 @@ def test_empty_snippets_are_refused_by_name(tiny_pipeline):
         tiny_pipeline.generate(snippets=torch.zeros(0, 16), **EULER)
 
 
-@pytest.mark.parametrize("interval", [None, 0.5, (0.0, 0.5, 1.0), (0.5,), "ab"])
+@pytest.mark.parametrize("interval", [0.5, (0.0, 0.5, 1.0), (0.5,), "ab"])
 def test_a_guidance_interval_that_is_not_a_pair_is_refused(tiny_pipeline, interval):
     with pytest.raises(ValueError, match=r"guidance_interval must be a pair \(low, high\)"):
         tiny_pipeline.generate(1, seeds=[0], guidance=2.0, guidance_interval=interval, **EULER)
+
+
+def test_settings_not_given_come_from_the_checkpoints_recipe(tiny_pipeline):
+    """None means "the pipeline's own" (pipe.sampler), for guidance and its interval as for method and steps."""
+    from gmem_explore.sampling import RECIPES
+
+    pipe = tiny_pipeline
+    saved = pipe.sampler
+    try:
+        pipe.sampler = RECIPES["gmem-v2-cfg"].replace(steps=3)
+        out = pipe.generate(1, seeds=[0])
+        assert out.settings["method"] == "sde-heun" and out.settings["guidance"] == 7.75
+        assert out.settings["guidance_interval"] == (0.0, 0.11)
+        assert pipe.generate(1, seeds=[0], guidance=1.0).settings["guidance"] == 1.0
+        pipe.sampler = RECIPES["gmem-v2-ode"].replace(steps=3)
+        assert pipe.generate(1, seeds=[0]).settings["time_shift"] == 0.3
+        assert pipe.generate(1, seeds=[0], method="sde").settings["time_shift"] == 1.0  # no shift on a fixed grid
+        with pytest.raises(ValueError, match="time_shift applies to the ODE methods"):
+            pipe.generate(1, seeds=[0], method="sde", time_shift=0.3)
+    finally:
+        pipe.sampler = saved
 
 
 def test_guidance_interval_low_above_high_is_refused_before_sampling(tiny_pipeline):

@@ -54,6 +54,14 @@ __all__ = ["PRECISIONS", "FastOptions", "FastRun", "iter_fast", "resolve_precisi
 DEFAULTS = FastOptions()
 
 
+FAST_METHODS = ("sde", "euler", "heun")  # the step kinds _plan fuses; sde-heun and shifted grids run the reference
+
+
+def handles(settings) -> bool:
+    """Whether the fast path runs these sampler settings (a SamplerSettings)."""
+    return settings.method in FAST_METHODS and settings.time_shift == 1.0
+
+
 def supports(model) -> bool:
     """The fast path needs the GMemSiT layout (blocks with adaLN_modulation); other callables use the reference."""
     return isinstance(model, GMemSiT)

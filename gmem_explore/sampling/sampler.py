@@ -25,6 +25,7 @@ def iter_sample(
     state_dtype: torch.dtype = torch.float64,
     fast: bool | str | FastOptions | None = None,
     fast_report: Callable[[FastRun], None] | None = None,
+    time_shift: float = 1.0,
 ) -> Iterator:
     """sample() as a generator: a StepInfo after every step (step, total, t, the state x and the denoised estimate),
     then the final state in float32. The arguments are checked now, before the first step; stop iterating (or
@@ -34,7 +35,7 @@ def iter_sample(
             if isinstance(item, StepInfo): print(item.step, item.total)
             else: latents = item
     """
-    settings = SamplerSettings(method, steps, guidance, guidance_interval)
+    settings = SamplerSettings(method, steps, guidance, guidance_interval, time_shift)
     return sample_steps(model, noise, snippets, settings, generators, state_dtype, fast, fast_report)
 
 
@@ -52,9 +53,16 @@ def sample(
     state_dtype: torch.dtype = torch.float64,
     fast: bool | str | FastOptions | None = None,
     fast_report: Callable[[FastRun], None] | None = None,
+    time_shift: float = 1.0,
 ) -> torch.Tensor:
     """Integrate from t = 1 (noise) to t = 0; returns the final state in float32. callback(StepInfo) runs after
     every step (an exception it raises stops the sampler there).
+
+    method: "sde" (GMem v1's released sampler), "euler", "heun", or "sde-heun" (GMem v2's); steps: the steps taken,
+    which for "sde-heun" is upstream's num_sampling_steps (50: 99 evaluations) and for an Euler ODE on upstream's
+    N time points is N - 1 (see grids.py). guidance: classifier-free guidance with an all-zero snippet, applied
+    only where t is inside guidance_interval (GMem v2's recipe: 7.75 on (0, 0.11)); the unconditional half runs
+    only on those steps. time_shift: the ODE grid's shift (GMem v2's ODE: 0.3; 1 = none).
 
     fast: route to gmem_explore.sampling.fast (same noise, same images within 2% in bf16, 1e-4 in fp32; fp8 is faster
     but not within 2% on a trained model; float32 state): None = on for GMemSiT models on CUDA, off elsewhere; False;
@@ -65,7 +73,7 @@ def sample(
     A torch module left in training mode samples as in eval mode (no snippet dropout; see eval_mode).
     """
     return run_to_end(iter_sample(model, noise, snippets, method, steps, generators, guidance, guidance_interval,
-                                  state_dtype, fast, fast_report), callback)
+                                  state_dtype, fast, fast_report, time_shift), callback)
 
 
 def sample_steps(model: Callable, noise: torch.Tensor, snippets: torch.Tensor, settings: SamplerSettings,
@@ -95,11 +103,15 @@ def sample_steps(model: Callable, noise: torch.Tensor, snippets: torch.Tensor, s
                         "gmem_explore.sampling.make_generators(seeds, device)")
 
     if fast is None:
-        fast = noise.device.type == "cuda" and fast_path.supports(model)
+        fast = noise.device.type == "cuda" and fast_path.supports(model) and fast_path.handles(settings)
     if fast is not False:  # said now, not at the first step
         options = FastOptions.from_fast(fast)
         if not fast_path.supports(model):
             raise TypeError(f"the fast path needs a GMemSiT model; got {type(model).__name__} (use fast=False)")
+        if not fast_path.handles(settings):
+            raise ValueError(f"the fast path runs {fast_path.FAST_METHODS} without a time shift; method "
+                             f"{settings.method!r} with time_shift {settings.time_shift} runs on the reference loop: "
+                             f"use fast=False")
         fast_path.resolve_precision(options.precision, noise.device)  # an unusable precision is refused now
         return fast_path.iter_fast(model, noise, snippets, settings.method, settings.steps, generators,
                                    settings.guidance, settings.guidance_interval, options=options, report=fast_report)

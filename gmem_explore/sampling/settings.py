@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace as dataclass_replace
 
 import torch
 
-from .grids import check_guidance, check_method_and_steps, evaluations, time_grid
+from .grids import check_guidance, check_method_and_steps, check_time_shift, evaluations, time_grid
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,11 @@ class SamplerSettings:
     steps: int
     guidance: float = 1.0  # classifier-free guidance with a zero snippet; 1 = none
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guided only at times t in [low, high]
+    time_shift: float = 1.0  # the ODE grid's shift (grids.py); 1 = none
 
     def __post_init__(self):
         check_method_and_steps(self.method, self.steps)
+        object.__setattr__(self, "time_shift", check_time_shift(self.time_shift, self.method))
         guidance, interval = check_guidance(self.guidance, self.guidance_interval)
         object.__setattr__(self, "steps", int(self.steps))  # a NumPy integer passes the check; keep a plain int
         object.__setattr__(self, "guidance", guidance)
@@ -36,7 +38,7 @@ class SamplerSettings:
 
     def time_grid(self) -> torch.Tensor:
         """The float64 times visited, from 1 down to 0 (steps + 1 of them)."""
-        return time_grid(self.method, self.steps)
+        return time_grid(self.method, self.steps, self.time_shift)
 
     @property
     def evaluations(self) -> int:
@@ -51,6 +53,8 @@ class SamplerSettings:
             out["guidance"] = self.guidance
         if self.guidance_interval != (0.0, 1.0):
             out["guidance_interval"] = list(self.guidance_interval)
+        if self.time_shift != 1.0:
+            out["time_shift"] = self.time_shift
         return out
 
     @classmethod
@@ -78,4 +82,10 @@ RECIPES = {
     "gmem-v1": SamplerSettings("sde", 250),
     # checkpoints exported by our trainer: a short ODE, enough for small models' previews
     "gmem-explore-trained": SamplerSettings("euler", 20),
+    # GMem v2 (LINs-lab/GMem configs): gmem_sde_xl.yaml, stochastic Heun on 50 time points (99 evaluations)
+    "gmem-v2": SamplerSettings("sde-heun", 50),
+    # gmem_sde_xl_cfg.yaml: guidance 7.75 with a zero snippet where upstream's t >= 0.89, i.e. t <= 0.11 here
+    "gmem-v2-cfg": SamplerSettings("sde-heun", 50, guidance=7.75, guidance_interval=(0.0, 0.11)),
+    # gmem_ode_xl.yaml: Euler on 50 shifted time points (49 steps), timestep_shift 0.3
+    "gmem-v2-ode": SamplerSettings("euler", 49, time_shift=0.3),
 }

@@ -16,6 +16,12 @@ The released recipes (GMem v1, samplers/samplers.py):
   s = -((1 - t) v + x_t) / t; the last step (0.04 -> 0) is deterministic. N network evaluations.
 - "euler": Euler on linspace(1, 0, N + 1). N evaluations.
 - "heun": Euler plus Heun's correction on every step but the last. 2N - 1 evaluations.
+GMem v2's (LINs-lab/GMem transport/, SiT's code; see grids.py for its grid):
+- "sde-heun": each step first adds the step's noise, x_hat = x + sqrt(2t |dt|) eps (upstream's linear diffusion
+  g = 1 - t in its time is t here, the same g^2 = 2t as v1's SDE), then takes a Heun step of the SDE drift
+  (2 - t) v + x from x_hat; the last step (0.004 -> 0) is one deterministic drift step ("Mean"). Upstream calls
+  the network twice per evaluation (once for the drift, once for the score, on the same input); here the one
+  velocity gives both. 2N - 1 evaluations.
 State is kept in float64 as in the reference; the model runs in its own dtype. This module holds the reference
 loop; sampler.sample checks the arguments and picks it or the fast path (fast.py).
 """
@@ -96,16 +102,26 @@ def iter_reference(model: Callable, noise: torch.Tensor, snippets: torch.Tensor,
             return uncond + guidance * (cond - uncond)
         return model(x.to(dtype), t_vec, snippets).to(state_dtype)
 
-    sde_noise = draw_sde_noise(generators, n, steps, noise.shape[1:], noise.device) if method == "sde" else None
+    noisy = method in ("sde", "sde-heun")
+    sde_noise = draw_sde_noise(generators, n, steps, noise.shape[1:], noise.device) if noisy else None
 
     with eval_mode(model):
         x = noise.to(state_dtype)
         for i in range(steps):
             t_cur, t_next = float(grid[i]), float(grid[i + 1])
             dt = t_next - t_cur
+            if method == "sde-heun" and i < steps - 1:  # the step's noise first, then a Heun step from there
+                x = x + (2.0 * t_cur * abs(dt)) ** 0.5 * sde_noise[:, i].to(state_dtype)
             v = velocity(x, t_cur)
             denoised = x - t_cur * v
-            if method == "sde":
+            if method == "sde-heun":
+                drift = sde_drift(v, x, t_cur)
+                if i < steps - 1:
+                    x_pred = x + dt * drift
+                    x = x + 0.5 * dt * (drift + sde_drift(velocity(x_pred, t_next), x_pred, t_next))
+                else:  # the last step (0.004 -> 0): one deterministic drift step, upstream's "Mean"
+                    x = x + dt * drift
+            elif method == "sde":
                 x = x + sde_drift(v, x, t_cur) * dt
                 if i < steps - 1:  # every step but the last adds noise: sqrt(2t) * sqrt(|dt|) * eps
                     x = x + (2.0 * t_cur * abs(dt)) ** 0.5 * sde_noise[:, i].to(state_dtype)
