@@ -169,6 +169,10 @@ def test_convert_command_takes_v2_files(files, tmp_path, capsys):
     wide = {**MODEL, "in_channels": 32}  # latents of f16d32's width: hustvl's VA-VAE, named on the Hub
     torch.save(randomize(build_model(backbone="lightningdit", **wide)).state_dict(), files["network"])
     assert main(args[:5] + ["--model-config", json.dumps(wide)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0  # the VA-VAE named, not loaded: info works before it is downloaded
+    info = capsys.readouterr().out
+    assert "LightningDiT, 64 px images" in info and "va-vae" in info and "sde-heun" in info and "uniformly" in info
     config = json.loads((out / "config.json").read_text())
     assert config["autoencoder"]["checkpoint"] == "hf://hustvl/vavae-imagenet256-f16d32-dinov2/" \
                                                   "vavae-imagenet256-f16d32-dinov2.pt"
@@ -215,7 +219,8 @@ def test_named_v2_from_a_hub_cache_converts_once(files, tmp_path, monkeypatch):
     cache_file(hub, "Tangentone/GMem", gmem, V2_FILES["bank"]["filename"], lambda p: torch.save(files["rows"], p))
     cache_file(hub, "Tangentone/GMem", gmem, "other_bank.pth", lambda p: torch.save(dmd_bank(files["rows"]), p))
     for role, src in (("vavae", files["vavae"]), ("stats", files["stats"])):
-        cache_file(hub, V2_FILES[role]["repo_id"], vae, V2_FILES[role]["filename"], lambda p: p.write_bytes(src.read_bytes()))
+        part = V2_FILES[role]
+        cache_file(hub, part["repo_id"], vae, part["filename"], lambda p, src=src: p.write_bytes(src.read_bytes()))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -100,7 +100,8 @@ def from_dmd(source) -> LowRankBank:
         try:
             source = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated file, code in the pickle, not a torch file: one message, what to do
-            raise ValueError(f"Could not read {source} as upstream's dmd bank (a tensors-only torch file): {e}") from None
+            raise ValueError(f"Could not read {source} as upstream's dmd bank (a tensors-only torch file): "
+                             f"{e}") from None
     missing = [k for k in DMD_KEYS if k not in source] if isinstance(source, dict) else list(DMD_KEYS)
     if missing:
         found = sorted(map(str, source)) if isinstance(source, dict) else type(source).__name__

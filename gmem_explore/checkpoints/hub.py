@@ -258,13 +258,14 @@ def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=No
     if cached is not None and (pinned or offline.is_offline()):
         return cached
     if offline.is_offline():
-        raise CheckpointUnavailable(unavailable(name, f"HF_HUB_OFFLINE is set and revision {revision or 'main'!r} "
-                                                     f"is not in the Hugging Face cache{partial_note(spec, cache_dir)}", spec))
+        why = (f"HF_HUB_OFFLINE is set and revision {revision or 'main'!r} is not in the Hugging Face cache"
+               f"{partial_note(spec, cache_dir)}")
+        raise CheckpointUnavailable(unavailable(name, why, spec))
     if not offline.hub_reachable():
         if cached is not None:
             return cached
-        raise CheckpointUnavailable(unavailable(name, f"the Hugging Face Hub is unreachable and the file is not "
-                                                     f"cached{partial_note(spec, cache_dir)}", spec))
+        why = f"the Hugging Face Hub is unreachable and the file is not cached{partial_note(spec, cache_dir)}"
+        raise CheckpointUnavailable(unavailable(name, why, spec))
     try:
         path = Path(hf_hub_download(spec["repo_id"], spec["filename"], revision=revision, cache_dir=cache_dir))
     except Exception as e:  # network errors, a missing revision, a full disk: all end here with the how-to

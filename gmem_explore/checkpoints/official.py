@@ -151,7 +151,8 @@ def check_official_dict(raw, path="checkpoint") -> dict:
     if "GMem v2" in kind:  # the other generation: say so before any key-by-key detail
         raise ValueError(f"{path} was given as the GMem v1 release but looks like {kind}. A GMem v2 model is a network "
                          f"file and a bank file: convert them together with `gmem convert NETWORK.pth OUT/ --bank "
-                         f"BANK.pth` (convert_official_v2), or load a named one (gmem-v2-xl-160ep). Nothing was written.")
+                         f"BANK.pth` (convert_official_v2), or load a named one (gmem-v2-xl-160ep). Nothing was "
+                         f"written.")
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a {type(raw).__name__}, not the released dict with keys {list(OFFICIAL_KEYS)}")
     missing = [k for k in OFFICIAL_KEYS if k not in raw]

@@ -68,8 +68,8 @@ def read_pth(path, role: str):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
     except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(f"Refused to load {path} (the {role}): it is a pickle that asks to run code or build "
-                                    f"objects that are not plain tensors ({_unpickling_reason(str(e))}). Nothing from "
+        raise UnsafeCheckpointError(f"Refused to load {path} (the {role}): it is a pickle that asks to run code or "
+                                    f"build objects that are not plain tensors ({_unpickling_reason(str(e))}). Nothing from "
                                     f"it was executed; download the file again from {V2_REPO}.") from None
     except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, TypeError) as e:
         raise ValueError(f"Could not read {path} (the {role}) as a torch checkpoint ({e}). The file is truncated or "
@@ -201,6 +201,8 @@ def convert_official_v2(network_pth, bank_pth, out_folder, vavae=None, stats=Non
     if autoencoder_overrides:
         autoencoder["ldm"] = {k: list(v) if isinstance(v, tuple) else v for k, v in autoencoder_overrides.items()}
 
+    # DINOv2-B/14 made the released bank; a bank of another width (a tiny test model) has no known encoder
+    default_encoder = ENCODER if config.snippet_dim == ENCODER["dim"] else None
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out)
     network_bytes = sum(t.numel() * t.element_size() for t in state.values())
@@ -223,7 +225,7 @@ def convert_official_v2(network_pth, bank_pth, out_folder, vavae=None, stats=Non
         write_streaming(work / "bank.safetensors", {"rows": rows}, dtypes={"rows": BANK_DTYPES[bank_dtype]},
                         metadata=bank_meta, progress=step)
         full = {"format": FORMAT, "model": config.to_dict(), "autoencoder": autoencoder,
-                "encoder": encoder if encoder is not None else (ENCODER if config.snippet_dim == ENCODER["dim"] else None),
+                "encoder": encoder if encoder is not None else default_encoder,
                 "sampler": dict(SAMPLER), "choose": CHOOSE, "generation": 2,
                 "name": network_pth.stem,
                 "source": {"repo": V2_REPO, **file_record(network_pth, sha["network"]), "bank_dtype": bank_dtype,

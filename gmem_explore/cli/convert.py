@@ -70,7 +70,8 @@ def run(args) -> int:
     if args.revision is not None:
         raise ValueError(f"--revision picks a version of a Hub name ({', '.join(HUB)}); {args.source} is a local file")
     if args.bank is not None and args.sha256:
-        raise ValueError("--sha256 checks the v1 release; a v2 conversion checks the Hugging Face cache's hashes itself")
+        raise ValueError("--sha256 checks the v1 release; a v2 conversion checks the Hugging Face cache's hashes "
+                         "itself")
     if args.bank is not None:
         from gmem_explore.checkpoints.official_v2 import V2_MODEL, convert_official_v2
 
