@@ -14,7 +14,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .autoencoders import PixelSpace, SDVAE
+from .autoencoders import PixelSpace, SDVAE, VAVAE
+from .autoencoders.ldm import LDMConfig
 from .bank.memory import MIX_METHODS, MemoryBank, normalize
 from .bank.memory import mix as mix_snippets  # interpolate's `mix` argument names the method
 from .bank.checks import check_snippets
@@ -31,6 +32,9 @@ MAX_SEED = 2**63 - 1
 MAX_IMAGES = 100_000  # per call; larger runs belong to `gmem sample`, which shards and resumes
 # the model settings describe() reports
 MODEL_FIELDS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "snippet_dim")
+PROJECTOR_PREFIXES = ("projectors.", "projector.")  # the REPA head: v1's ModuleList name, v2's
+BACKBONE_NAMES = {"sit": "SiT", "lightningdit": "LightningDiT"}
+CHOICE_WORDS = {"noise": "by frequency from the noise", "frequency": "by frequency", "uniform": "uniformly"}
 is_row_number = is_whole  # a bank row given as a number (not a snippet vector): a whole number in any spelling
 
 
@@ -68,6 +72,18 @@ def parameter_line(counts: dict[str, int]) -> str:
     return f"{parameters(counts['generating'])} parameters{projector}"
 
 
+def va_vae_from_config(ae_cfg: dict, folder, device="cpu", **kwargs) -> VAVAE:
+    """The VA-VAE a checkpoint's "autoencoder" section names: its checkpoint and stats as paths (relative ones read
+    from the checkpoint folder) or "hf://REPO/FILE" names (hub.autoencoder_file: the cache, offline fail-fast, or
+    the GMEM_VA_VAE folder); "ldm" holds the decoder's sizes when they are not f16d32's (tests)."""
+    paths = [hub.autoencoder_file(ae_cfg.get(key), key, folder) for key in ("checkpoint", "stats")]
+    options = {"image_size": ae_cfg.get("image_size", 256), "multiplier": ae_cfg.get("multiplier", 1.0),
+               "device": device, **kwargs}
+    if ae_cfg.get("ldm") and "config" not in options:
+        options["config"] = LDMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ae_cfg["ldm"].items()})
+    return VAVAE(*paths, **options)
+
+
 def resolve_snippet(pipe: "GMemPipeline", x) -> tuple[int | None, torch.Tensor]:
     """(bank row or None, normalised snippet (1, D) or (N, D)) for a bank row number or a snippet vector."""
     if is_whole(x):
@@ -82,8 +98,10 @@ def resolve_snippet(pipe: "GMemPipeline", x) -> tuple[int | None, torch.Tensor]:
 class GMemPipeline:
     def __init__(self, model, bank: MemoryBank, autoencoder=None, encoder=None,
                  sampler: SamplerSettings | dict | None = None,
-                 info: dict | None = None, device="cpu"):
+                 info: dict | None = None, device="cpu", choose: str = "noise"):
         device = check_device(device)
+        if choose not in CHOICES:
+            raise ValueError(f"Unknown choice {choose!r}; choose one of {CHOICES}")
         if bank.dim != model.config.snippet_dim:
             raise ValueError(f"the bank's rows have dimension {bank.dim} but the model expects {model.config.snippet_dim}; "
                              f"use the bank (or the snippet encoder) the model was trained with")
@@ -95,6 +113,7 @@ class GMemPipeline:
         self.sampler = SamplerSettings.from_config(sampler)
         self.info = dict(info or {})
         self.device = torch.device(device)
+        self.choose = choose  # generate()'s rule for picking rows when given none: the checkpoint's
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, device="cpu", **autoencoder_kwargs) -> "GMemPipeline":
@@ -106,9 +125,12 @@ class GMemPipeline:
             if ae_cfg.get("source") and "source" not in kwargs:
                 kwargs["source"] = ae_cfg["source"]
             autoencoder = SDVAE(**kwargs)
+        elif ae_cfg["type"] == "va-vae":
+            autoencoder = va_vae_from_config(ae_cfg, ckpt.folder, device, **autoencoder_kwargs)
         else:
-            raise ValueError(f"Unknown autoencoder type {ae_cfg['type']!r} in the checkpoint config")
-        return cls(ckpt.model, ckpt.bank, autoencoder, ckpt.encoder, ckpt.sampler, ckpt.info, device)
+            raise ValueError(f"Unknown autoencoder type {ae_cfg['type']!r} in the checkpoint config; known: "
+                             f"pixels, sd-vae, va-vae")
+        return cls(ckpt.model, ckpt.bank, autoencoder, ckpt.encoder, ckpt.sampler, ckpt.info, device, ckpt.choose)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device="cpu", **kwargs) -> "GMemPipeline":
@@ -122,21 +144,28 @@ class GMemPipeline:
     def parameter_counts(self) -> dict[str, int]:
         """{"generating", "projector", "encoder"} parameters: the REPA projector only serves the training loss
         (emoji-32: 4.3M generate, 0.3M of projector), so it is counted apart."""
-        projector = sum(p.numel() for n, p in self.model.named_parameters() if n.startswith("projectors."))
+        # v1 (SiT) names the head `projectors.`, v2 (LightningDiT) `projector.`
+        projector = sum(p.numel() for n, p in self.model.named_parameters() if n.startswith(PROJECTOR_PREFIXES))
         encoder = sum(p.numel() for p in self.encoder.parameters()) if hasattr(self.encoder, "parameters") else 0
         return {"generating": sum(p.numel() for p in self.model.parameters()) - projector, "projector": projector,
                 "encoder": encoder}
 
     @property
     def image_size(self) -> int:
-        """Pixels per side of the images it makes (the SD-VAE decodes 8 pixels per latent)."""
-        return self.model.config.input_size * (8 if getattr(self.autoencoder, "name", "") == "sd-vae" else 1)
+        """Pixels per side of the images it makes (the SD-VAE decodes 8 pixels per latent, the VA-VAE 16)."""
+        factor = {"sd-vae": 8, "va-vae": getattr(getattr(self.autoencoder, "config", None), "factor", 16)}
+        return self.model.config.input_size * factor.get(getattr(self.autoencoder, "name", ""), 1)
+
+    @property
+    def backbone(self) -> str:
+        """"SiT" (GMem v1) or "LightningDiT" (GMem v2)."""
+        return BACKBONE_NAMES.get(getattr(self.model.config, "backbone", "sit"), type(self.model).__name__)
 
     def describe(self) -> dict:
         """What this pipeline is, as JSON-able fields: summary(), the app's model panel and `gmem info` (whose --json
         prints this) all format these, so they cannot disagree."""
         cfg, bank = self.model.config, self.bank
-        return {"name": self.info.get("name"), "image_size": self.image_size,
+        return {"name": self.info.get("name"), "image_size": self.image_size, "backbone": self.backbone,
                 "model": {k: getattr(cfg, k) for k in MODEL_FIELDS},
                 "parameters": self.parameter_counts(),
                 "bank": {"rows": len(bank), "dim": bank.dim, "dtype": str(bank.rows.dtype).removeprefix("torch."),
@@ -145,6 +174,7 @@ class GMemPipeline:
                 "encoder": type(self.encoder).__name__ if self.encoder is not None else None,
                 "autoencoder": getattr(self.autoencoder, "name", type(self.autoencoder).__name__),
                 "sampler": self.sampler.to_config(),  # what generate() uses when not told
+                "choose": self.choose,  # how generate() picks rows when not told
                 "device": str(self.device), "info": self.info}
 
     def summary(self) -> str:
@@ -155,14 +185,15 @@ class GMemPipeline:
         encoder = (f"{d['encoder']}, {parameters(counts['encoder'])} parameters" if counts["encoder"]
                    else d["encoder"] or "none (snippets of new images cannot be made)")
         lines = [f"GMemPipeline({d['name'] or 'unnamed'!r})",
-                 f"  model        SiT, {d['image_size']} px images, {m['input_size']}x{m['input_size']}x{m['in_channels']} "
+                 f"  model        {d['backbone']}, {d['image_size']} px images, {m['input_size']}x{m['input_size']}x{m['in_channels']} "
                  f"input, patch {m['patch_size']}, width {m['hidden_size']}, depth {m['depth']}: "
                  f"{parameter_line(counts)}",
                  f"  bank         {bank['rows']:,} rows x {bank['dim']} ({bank['dtype']}), "
                  f"with {', '.join(bank['extras']) or 'rows only'}{groups}",
                  f"  encoder      {encoder}",
                  f"  autoencoder  {d['autoencoder']}",
-                 f"  sampler      {d['sampler']['method']}, {d['sampler']['steps']} steps by default",
+                 f"  sampler      {d['sampler']['method']}, {d['sampler']['steps']} steps by default; rows "
+                 f"{CHOICE_WORDS[d['choose']]}",
                  f"  device       {d['device']}"]
         return "\n".join(lines)
 
@@ -193,7 +224,7 @@ class GMemPipeline:
         indices: Sequence[int] | None = None,
         snippets: torch.Tensor | None = None,
         seeds: Sequence[int] | int | None = None,
-        choose: str = "noise",
+        choose: str | None = None,
         method: str | None = None,
         steps: int | None = None,
         guidance: float | None = None,
@@ -208,8 +239,9 @@ class GMemPipeline:
 
         Seeds (one per image, or one first seed s for s, s + 1, ...; random when omitted, and always returned) fix
         the initial noise and the SDE noise.
-        `choose` picks rows when neither indices nor snippets are given: "noise" (the released rule, rows by
-        frequency from the initial noise), "frequency" or "uniform" (seeded by the image's seed).
+        `choose` picks rows when neither indices nor snippets are given: "noise" (v1's released rule, rows by
+        frequency from the initial noise), "frequency" or "uniform" (seeded by the image's seed; v2's rule, upstream's
+        randint). None: the checkpoint's rule (self.choose: "noise" for v1 and the embedded models, "uniform" for v2).
         `method`, `steps`, `guidance`, `guidance_interval` and `time_shift` override the pipeline's sampler settings
         (self.sampler, the checkpoint's recipe) where given.
         `callback(event, first_image_of_batch, total_images)` runs after every sampler step, with the step's
@@ -229,7 +261,7 @@ class GMemPipeline:
         indices: Sequence[int] | None = None,
         snippets: torch.Tensor | None = None,
         seeds: Sequence[int] | int | None = None,
-        choose: str = "noise",
+        choose: str | None = None,
         method: str | None = None,
         steps: int | None = None,
         guidance: float | None = None,
@@ -247,6 +279,7 @@ class GMemPipeline:
         given = [x is not None for x in (indices, snippets)]
         if sum(given) > 1:
             raise ValueError("give either indices or snippets, not both")
+        choose = self.choose if choose is None else choose
         if choose not in CHOICES:
             raise ValueError(f"Unknown choice {choose!r}; choose one of {CHOICES}")
         if indices is not None:

@@ -300,7 +300,7 @@ def test_a_pipeline_says_what_it_is(tiny_pipeline):
         "  bank         20 rows x 16 (float32), with freq, labels, thumbnails, 3 groups",
         "  encoder      none (snippets of new images cannot be made)",
         "  autoencoder  pixels",
-        "  sampler      euler, 4 steps by default",
+        "  sampler      euler, 4 steps by default; rows by frequency from the noise",
         "  device       cpu"]
     default = GMemPipeline.from_pretrained()
     assert default.summary().startswith("GMemPipeline('emoji-32')\n  model        SiT, 32 px images")

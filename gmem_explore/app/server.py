@@ -164,7 +164,8 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
             with gr.Row():
                 ck_name = gr.Dropdown(available(), value=checkpoint if checkpoint in available() else None,
                                       allow_custom_value=True, label="Checkpoint",
-                                      info="emoji-32 is built in; gmem-v1-xl downloads 4.7 GB from the Hub")
+                                      info="emoji-32 is built in; gmem-v1-xl downloads 4.7 GB from the Hub, "
+                                           "gmem-v2-xl-160ep / -600ep about 7.5 GB (network, bank, VA-VAE)")
                 # only where the operator allows paths: elsewhere every path typed here would be refused
                 ck_path = gr.Textbox(label="…or a local checkpoint folder", placeholder="/path/to/checkpoint",
                                      visible=ctx.limits.allow_local_checkpoints)

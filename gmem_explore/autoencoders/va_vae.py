@@ -84,6 +84,34 @@ def read_stats(path, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+def checked_parts(checkpoint, config: LDMConfig | None = None) -> tuple[dict, dict]:
+    """(decoder tensors, encoder tensors) of a VA-VAE file, each checked key by key against the architecture of
+    `config` (f16d32's by default): a ValueError names the first missing, unexpected or mis-shaped keys. The encoder
+    part may be empty (a decoder-only file)."""
+    config = config or LDMConfig()
+    state = checkpoint_state(read_tensors(checkpoint, "VA-VAE checkpoint"), checkpoint)
+    decoder_part = {k: v for k, v in state.items() if k.startswith(DECODER_PREFIXES)}
+    encoder_part = {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
+    with torch.device("meta"):  # shapes only: the real weights come from the file
+        skeleton = KLAutoencoder(config, with_encoder=bool(encoder_part)).state_dict()
+    for label, part, prefixes in (("decoder", decoder_part, DECODER_PREFIXES),
+                                  ("encoder", encoder_part, ENCODER_PREFIXES)):
+        if label == "encoder" and not part:
+            continue
+        problems = part_mismatch({k: v for k, v in skeleton.items() if k.startswith(prefixes)}, part)
+        if problems:
+            raise ValueError(f"{checkpoint} does not hold a VA-VAE {label} of this architecture "
+                             f"(ch {config.ch}, ch_mult {config.ch_mult}, z {config.z_channels}): {problems}")
+    return decoder_part, encoder_part
+
+
+def check_files(checkpoint, stats, config: LDMConfig | None = None) -> None:
+    """The checks VAVAE(checkpoint, stats) makes, without building the autoencoder (a converter's early check)."""
+    config = config or LDMConfig()
+    checked_parts(checkpoint, config)
+    read_stats(stats, config.z_channels)
+
+
 class VAVAE:
     """VA-VAE f16d32 from hustvl's checkpoint and latent statistics; decode(latents) -> uint8 (N, H, W, 3).
 
@@ -99,19 +127,7 @@ class VAVAE:
             raise ValueError(f"image_size {image_size} must be a multiple of the VAE's factor {config.factor}")
         if not multiplier > 0:
             raise ValueError(f"multiplier must be positive; got {multiplier}")
-        state = checkpoint_state(read_tensors(checkpoint, "VA-VAE checkpoint"), checkpoint)
-        decoder_part = {k: v for k, v in state.items() if k.startswith(DECODER_PREFIXES)}
-        encoder_part = {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
-        with torch.device("meta"):  # shapes only: the real weights come from the file
-            skeleton = KLAutoencoder(config, with_encoder=bool(encoder_part)).state_dict()
-        for label, part, prefixes in (("decoder", decoder_part, DECODER_PREFIXES),
-                                      ("encoder", encoder_part, ENCODER_PREFIXES)):
-            if label == "encoder" and not part:
-                continue
-            problems = part_mismatch({k: v for k, v in skeleton.items() if k.startswith(prefixes)}, part)
-            if problems:
-                raise ValueError(f"{checkpoint} does not hold a VA-VAE {label} of this architecture "
-                                 f"(ch {config.ch}, ch_mult {config.ch_mult}, z {config.z_channels}): {problems}")
+        decoder_part, encoder_part = checked_parts(checkpoint, config)
         model = KLAutoencoder(config, with_encoder=bool(encoder_part))
         model.load_state_dict({**decoder_part, **encoder_part}, strict=True)
         self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -2,6 +2,12 @@
 
     low = compress(bank, rank=64)                    # as the v2 code keeps; low.report has the errors
     low.save("bank-r64.safetensors"); LowRankBank.load(...).to_bank()   # or MemoryBank.load(...), the same
+    low.save_dmd("bank-dmd.pth"); LowRankBank.from_dmd("bank-dmd.pth")   # GMem v2 upstream's `dmd` layout
+
+Upstream's `dmd` file (LINs-lab/GMem utils/svd_utils.py DMDMemoryBank) is a torch.save dict {C (N, d), M (D, d),
+S (d,), mean (D,), latent_dim, feature_dim} with row i = C[i] @ M.T + mean, C = U sqrt(S) and M = V sqrt(S) from the
+SVD of the centred rows. Ours keeps orthonormal basis rows: coeffs = C * |M_k| and basis = (M / |M_k|).T give the
+same rows, and |M_k| = sqrt(S_k).
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..devices import check_device
-from ..safefiles import load_tensors, save_tensors
+from ..safefiles import atomic_path, load_tensors, save_tensors
 from ..values import is_whole
 from .checks import LOW_RANK_FORMAT, check_low_rank, chunks
 from .memory import MemoryBank, low_rank_rows
@@ -54,6 +60,15 @@ class LowRankBank:
                 tensors[name] = getattr(self, name)
         save_tensors(path, tensors, {"format": LOW_RANK_FORMAT, "report": self.report, "label_names": self.label_names})
 
+    def save_dmd(self, path) -> None:
+        """Upstream's `dmd` .pth (GMem v2's utils/svd_utils.py); frequencies, labels and thumbnails are not in it."""
+        save_dmd(self, path)
+
+    @classmethod
+    def from_dmd(cls, source) -> "LowRankBank":
+        """Upstream's `dmd` bank (a .pth path or its dict)."""
+        return from_dmd(source)
+
     @classmethod
     def load(cls, path) -> "LowRankBank":
         """A compressed bank file; MemoryBank.load(path) reads the same file as a full bank (its rows rebuilt)."""
@@ -61,6 +76,55 @@ class LowRankBank:
         coeffs, basis, mean = check_low_rank(tensors, meta, path)
         return cls(coeffs, basis, mean, tensors.get("freq"), meta.get("report", {}), tensors.get("labels"),
                    meta.get("label_names"), tensors.get("thumbnails"))
+
+
+DMD_KEYS = ("C", "M", "S", "mean", "latent_dim", "feature_dim")
+
+
+def to_dmd(low: LowRankBank) -> dict:
+    """Upstream's `dmd` dict of a compressed bank: S_k is the norm of coefficient column k (the singular value of
+    the centred rows, since the basis rows are orthonormal), C = coeffs / sqrt(S), M = basis.T * sqrt(S)."""
+    coeffs = low.coeffs.float()
+    singular = torch.zeros(coeffs.shape[1], dtype=torch.float64)
+    for a, b in chunks(len(coeffs)):
+        singular += (coeffs[a:b].double() ** 2).sum(0)
+    singular = singular.sqrt().float()
+    root = singular.clamp_min(torch.finfo(torch.float32).tiny).sqrt()  # a zero column stays zero either way
+    return {"C": coeffs / root, "M": low.basis.float().T * root, "S": singular, "mean": low.mean.float(),
+            "latent_dim": int(coeffs.shape[1]), "feature_dim": int(low.basis.shape[1])}
+
+
+def from_dmd(source) -> LowRankBank:
+    """A LowRankBank of upstream's `dmd` layout: a dict, or a .pth read with weights_only=True (tensors only)."""
+    if not isinstance(source, dict):
+        try:
+            source = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated file, code in the pickle, not a torch file: one message, what to do
+            raise ValueError(f"Could not read {source} as upstream's dmd bank (a tensors-only torch file): "
+                             f"{e}") from None
+    missing = [k for k in DMD_KEYS if k not in source] if isinstance(source, dict) else list(DMD_KEYS)
+    if missing:
+        found = sorted(map(str, source)) if isinstance(source, dict) else type(source).__name__
+        raise ValueError(f"not upstream's dmd bank: {missing} missing (found {found}); a bare (N, D) tensor is the "
+                         f"'full' layout: MemoryBank(torch.load(path)) reads it")
+    coeffs, basis, mean = source["C"], source["M"], source["mean"]
+    if not (coeffs.ndim == 2 and basis.ndim == 2 and coeffs.shape[1] == basis.shape[1]
+            and mean.numel() == basis.shape[0] == int(source["feature_dim"])):
+        raise ValueError(f"upstream's dmd bank does not fit together: C {tuple(coeffs.shape)}, M {tuple(basis.shape)}, "
+                         f"mean {tuple(mean.shape)}, feature_dim {source['feature_dim']} (want C (N, d), M (D, d), "
+                         f"mean (D,))")
+    norms = basis.float().norm(dim=0)  # |M_k| = sqrt(S_k)
+    keep = norms.clamp_min(torch.finfo(torch.float32).tiny)
+    report = {"rank": int(coeffs.shape[1]), "rows": int(coeffs.shape[0]), "dim": int(basis.shape[0]),
+              "centered": True, "origin": "upstream dmd (rows as stored, not normalised)"}
+    return LowRankBank(coeffs.float() * keep, (basis.float() / keep).T.contiguous(), mean.float().reshape(-1),
+                       report=report)
+
+
+def save_dmd(low: LowRankBank, path) -> None:
+    """Write upstream's `dmd` file (torch.save, atomically), which its DMDMemoryBank.from_state_dict reads."""
+    with atomic_path(path) as tmp:
+        torch.save(to_dmd(low), tmp)
 
 
 def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu",

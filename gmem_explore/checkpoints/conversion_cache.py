@@ -2,6 +2,9 @@
 its folder is read-only) and that folder is reused while it is a whole conversion of the file as it is now.
 
     ensure_converted(path)  ->  .../GMem_XL_2Miter_ImageNet-1K_K640000_5epo.gmem-explore-fp16/
+    ensure_converted_v2({"network": ..., "bank": ..., "vavae": ..., "stats": ...})
+                            ->  .../GMem_XL_160Epoch_in1k256_network.gmem-explore-fp16/  (network and bank; the
+                                VA-VAE is checked once and named, not copied)
 
 Inside a Hugging Face cache the folder sits in snapshots/<commit>/, so deleting that revision deletes it too. A lock
 file beside it makes concurrent callers (e.g. 8 torchrun ranks) convert once. A damaged folder (a file lost or cut
@@ -16,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from .official import convert_official, expected_sha256_from_cache
+from .official_v2 import convert_official_v2
 from ..safefiles import read_header
 
 
@@ -53,6 +57,27 @@ def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **con
     src = Path(src).expanduser()
     if not src.is_file():
         raise FileNotFoundError(f"No such checkpoint file: {src}")
+    return _convert_once(src, bank_dtype, lambda recorded: is_conversion_of(recorded, src),
+                         lambda out: convert_official(src, out, bank_dtype, progress=progress, **convert_kwargs))
+
+
+def ensure_converted_v2(files: dict, bank_dtype: str = "fp16", progress: bool = True, **convert_kwargs) -> Path:
+    """ensure_converted for GMem v2's files {"network", "bank", "vavae", "stats"}: the folder sits beside the network
+    file and is reused while it is a whole conversion of the network and the bank as they are now (a new bank file,
+    e.g. $GMEM_V2_BANK_FILE changed, converts again). The VA-VAE files are checked at conversion only."""
+    files = {role: Path(p).expanduser() for role, p in files.items()}
+    network, bank = files["network"], files["bank"]
+
+    def current(recorded: dict) -> bool:
+        return is_conversion_of(recorded, network) and isinstance(recorded.get("bank"), dict) \
+            and recorded["bank"].get("file") == bank.name and is_conversion_of(recorded["bank"], bank)
+
+    return _convert_once(network, bank_dtype, current, lambda out: convert_official_v2(
+        network, bank, out, vavae=files.get("vavae"), stats=files.get("stats"), bank_dtype=bank_dtype,
+        progress=progress, **convert_kwargs))
+
+
+def _convert_once(src: Path, bank_dtype: str, current, convert) -> Path:
     out = converted_folder_for(src, bank_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out.parent / f".{out.name}.lock"
@@ -63,12 +88,12 @@ def ensure_converted(src, bank_dtype: str = "fp16", progress: bool = True, **con
         except ImportError:  # Windows: no flock; concurrent conversions are still atomic, just duplicated
             pass
         if out.exists():
-            if is_conversion_of(recorded_source(out), src) and conversion_is_complete(out):
+            if current(recorded_source(out)) and conversion_is_complete(out):
                 return out
             # the source changed (re-download, re-save), or the folder lost or damaged a file (a cleaned disk, a
             # partial copy of a cache): the folder is ours, so it is converted again rather than left to fail
             shutil.rmtree(out)
-        return convert_official(src, out, bank_dtype, progress=progress, **convert_kwargs)
+        return convert(out)
 
 
 def recorded_source(folder: Path) -> dict:

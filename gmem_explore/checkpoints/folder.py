@@ -1,9 +1,16 @@
 """Our own checkpoint format: a folder of safetensors files plus one JSON config, pickle-free.
 
     config.json          {"format": "gmem-explore-1", "model": {...}, "autoencoder": {...},
-                          "encoder": {...} | null, "sampler": {"method": ..., "steps": ...}, ...}
+                          "encoder": {...} | null, "sampler": {"method": ..., "steps": ...},
+                          "choose": "noise" | "uniform" | "frequency", ...}
     model.safetensors    network weights (EMA weights for trained models)
-    bank.safetensors     the memory bank (see bank.py)
+    bank.safetensors     the memory bank (see bank/memory.py)
+
+"model" is a SiT config (v1, no "backbone" key) or {"backbone": "lightningdit", ...} (v2): models/registry.py builds
+either. "choose" is the checkpoint's rule for picking bank rows when generate() is given none: v1 draws them from the
+initial noise by frequency ("noise", the default when the key is absent), v2 uniformly ("uniform", upstream's
+torch.randint). "autoencoder" is {"type": "pixels"}, {"type": "sd-vae", ...} or {"type": "va-vae", "checkpoint": ...,
+"stats": ...} (paths, relative ones read from the folder, or "hf://REPO/FILE" names; see checkpoints/hub.py).
     encoder.safetensors  the snippet encoder's weights, when the config names one
 
 Every file is written atomically; a folder is complete once config.json (written last) exists. Saving over an
@@ -21,25 +28,30 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..bank.memory import MemoryBank
-from ..models.sit import GMemSiT, ModelConfig, load_network_state
+from ..models.registry import BACKBONES, config_from_dict, network_for
+from ..models.sit import load_network_state
 from ..safefiles import load_tensors, save_tensors, write_bytes_atomic
 from ..values import is_whole
 from ..encoders.conv import encoder_from_config
 from ..sampling.settings import RECIPES, SamplerSettings
 
 FORMAT = "gmem-explore-1"
+CHOOSE_RULES = ("noise", "frequency", "uniform")  # generate()'s `choose` values a checkpoint may default to
 
 
 @dataclass
 class Checkpoint:
-    model: GMemSiT
+    model: nn.Module  # GMemSiT (v1) or LightningDiT (v2)
     bank: MemoryBank
     autoencoder: dict = field(default_factory=lambda: {"type": "pixels"})
     encoder: object | None = None
     sampler: SamplerSettings = field(default_factory=lambda: RECIPES["gmem-v1"])  # config.json's "sampler"
     info: dict = field(default_factory=dict)  # name, description, training figures, licence notes
+    choose: str = "noise"  # config.json's "choose": how generate() picks rows when given none
+    folder: Path | None = None  # where it was loaded from (relative autoencoder paths are read from there)
 
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "bank.safetensors", "encoder.safetensors")
@@ -118,7 +130,8 @@ def _write_checkpoint_files(folder: Path, ckpt: Checkpoint, bank_dtype) -> None:
         encoder_cfg = ckpt.encoder.config_dict()
         save_tensors(folder / "encoder.safetensors", ckpt.encoder.state_dict())
     config = {"format": FORMAT, "model": ckpt.model.config.to_dict(), "autoencoder": ckpt.autoencoder,
-              "encoder": encoder_cfg, "sampler": SamplerSettings.from_config(ckpt.sampler).to_config(), **ckpt.info}
+              "encoder": encoder_cfg, "sampler": SamplerSettings.from_config(ckpt.sampler).to_config(),
+              "choose": ckpt.choose, **{k: v for k, v in ckpt.info.items() if k != "choose"}}
     write_bytes_atomic(folder / "config.json", json.dumps(config, indent=2).encode())
 
 
@@ -132,25 +145,33 @@ def _damaged(path: Path, what: str) -> ValueError:
 
 
 def _check_model_section(path: Path, model) -> None:
-    """Each model size a positive integer and each ratio a number, named by its key; then ModelConfig's own checks
-    (unknown keys, geometry), whose message is kept and said to come from config.json."""
+    """Each model size a positive integer and each ratio a number, named by its key; then the config class's own
+    checks (unknown keys, geometry), whose message is kept and said to come from config.json. The config class is
+    the backbone's ("backbone": "lightningdit"; none: SiT, as every v1 folder)."""
     if not isinstance(model, dict):
         raise _damaged(path, f"its \"model\" entry is {_short(model)}, not an object of model sizes")
-    kinds = {f.name: type(f.default).__name__ for f in fields(ModelConfig)}  # "int" or "float"
+    backbone = model.get("backbone", "sit")
+    if backbone not in BACKBONES:
+        raise ValueError(f"{path} describes a network of backbone {backbone!r}, which this version of gmem-explore "
+                         f"does not know (it knows {sorted(BACKBONES)}): upgrade gmem-explore to load it")
+    config_class = BACKBONES[backbone].config_class
+    kinds = {f.name: type(f.default).__name__ for f in fields(config_class)}  # "int", "float" or "bool"
     for key, value in model.items():
         kind = kinds.get(key)
         if kind == "int" and not is_whole(value, 1):
             raise _damaged(path, f"\"model\".{key} is {_short(value)}, not a positive integer")
         if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise _damaged(path, f"\"model\".{key} is {_short(value)}, not a number")
-    unknown = sorted(set(model) - set(kinds))
+        if kind == "bool" and not isinstance(value, bool):
+            raise _damaged(path, f"\"model\".{key} is {_short(value)}, not true or false")
+    unknown = sorted(set(model) - set(kinds) - {"backbone"})
     if unknown:  # a setting this version cannot build: written by a newer gmem-explore, not damaged
         raise ValueError(f"{path} describes a network with settings this version of gmem-explore does not know "
                          f"(Unknown model config keys {unknown}; known keys: {sorted(kinds)}). It was probably "
                          f"written by a newer gmem-explore: upgrade gmem-explore to load this checkpoint (if no "
                          f"version wrote it, the file is damaged: {AGAIN.lower()}).")
     try:
-        ModelConfig.from_dict(model)
+        config_from_dict(model)
     except (ValueError, TypeError) as e:
         raise _damaged(path, f"its \"model\" entry is not a valid network ({e})") from e
 
@@ -185,6 +206,8 @@ def read_config(folder) -> dict:
     for key in SECTIONS:
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise _damaged(path, f"its \"{key}\" entry is {_short(config[key])}, not an object (or null)")
+    if config.get("choose", "noise") not in CHOOSE_RULES:
+        raise _damaged(path, f"its \"choose\" entry is {_short(config['choose'])}, not one of {list(CHOOSE_RULES)}")
     training = config.get("training") or {}
     if training.get("config") is not None and not isinstance(training["config"], dict):
         raise _damaged(path, f"\"training\".config is {_short(training['config'])}, not an object (or null)")
@@ -204,7 +227,7 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
     # Built on the meta device, then given uninitialised memory on the target device: no random initialisation
     # (SiT-XL/2: 675M parameters, seconds of CPU) and no second copy, since the strict load overwrites every tensor.
     with torch.device("meta"):
-        model = GMemSiT(ModelConfig.from_dict(config["model"]))
+        model = network_for(config_from_dict(config["model"]))
     model = model.to_empty(device=device)
     # Memory-mapped: the weights are copied once into the model, never held twice (2.7 GB for SiT-XL/2).
     state, _ = load_tensors(folder / "model.safetensors", mmap=True)
@@ -220,12 +243,13 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
         raise ValueError(f"{folder}: bank rows have dimension {bank.dim} but the model expects {model.config.snippet_dim}; "
                          f"put back the bank saved with this model, or one built with its snippet encoder")
     encoder = load_encoder(folder, config)
-    info = {k: v for k, v in config.items() if k not in {"format", "model", "autoencoder", "encoder", "sampler"}}
+    info = {k: v for k, v in config.items() if k not in {"format", "model", "autoencoder", "encoder", "sampler", "choose"}}
     try:  # read into SamplerSettings once, here; what the section leaves out comes from the GMem v1 recipe
         sampler = SamplerSettings.from_config(config.get("sampler"))
     except ValueError as e:
         raise _damaged(folder / "config.json", f"its \"sampler\" section: {e}") from None
-    return Checkpoint(model, bank, config.get("autoencoder") or {"type": "pixels"}, encoder, sampler, info)
+    return Checkpoint(model, bank, config.get("autoencoder") or {"type": "pixels"}, encoder, sampler, info,
+                      config.get("choose", "noise"), folder)
 
 
 def load_encoder(folder, config: dict | None = None):

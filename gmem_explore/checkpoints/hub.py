@@ -5,12 +5,19 @@
   huggingface_hub (revision pinnable, HF_HOME / HF_HUB_CACHE honoured, HF_HUB_OFFLINE honoured), checked, and
   converted once into a pickle-free folder beside the downloaded file (official.py converts,
   conversion_cache.py keeps it), then reused.
+- "gmem-v2-xl-160ep", "gmem-v2-xl-600ep": GMem v2 (LightningDiT-XL/1 + the 1.28M-row ImageNet bank + hustvl's
+  VA-VAE f16d32). Four files: the network and the bank from `Tangentone/GMem` (revision pinnable), the VA-VAE and its
+  latent statistics from hustvl (main). The network and bank are converted once into a folder beside the network
+  file (official_v2.py); the folder names the VA-VAE files as "hf://REPO/FILE", found in the cache when the pipeline
+  loads (or in the folder $GMEM_VA_VAE). File names that cannot be confirmed offline are overridable by environment
+  variables (HUB's and V2_FILES' "env").
 - a local folder in our checkpoint format (see folder.py).
 - a local released-format .pth file (e.g. the official file copied from elsewhere): converted once, then reused.
 """
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 from .. import offline
@@ -20,7 +27,31 @@ DEFAULT_NAME = "emoji-32"
 EMBEDDED = {"emoji-32": WEIGHTS / "emoji-32"}
 # name -> where the released file lives on the Hub
 HUB = {"gmem-v1-xl": {"repo_id": "Tangentone/GMem", "filename": "GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth",
-                      "size": "4.7 GB"}}
+                      "size": "4.7 GB"},
+       # v2: "filename" is the network file; the other files are V2_FILES. The 160-epoch name is the model card's
+       # (GMEM.md). The 600-epoch name could not be confirmed offline: it follows the 160-epoch file's pattern and
+       # $GMEM_V2_600EP_NETWORK_FILE replaces it. LightningDiT-XL/1 in fp32: about 2.7 GB.
+       "gmem-v2-xl-160ep": {"repo_id": "Tangentone/GMem", "filename": "GMem_XL_160Epoch_in1k256_network.pth",
+                            "size": "about 2.7 GB", "generation": 2, "env": "GMEM_V2_160EP_NETWORK_FILE"},
+       "gmem-v2-xl-600ep": {"repo_id": "Tangentone/GMem", "filename": "GMem_XL_600Epoch_in1k256_network.pth",
+                            "size": "about 2.7 GB", "generation": 2, "env": "GMEM_V2_600EP_NETWORK_FILE",
+                            "unconfirmed": True}}
+VAVAE_REPO = "hustvl/vavae-imagenet256-f16d32-dinov2"  # hustvl's README and LightningDiT's docs/tutorial.md
+# The other files of a v2 checkpoint, shared by both networks. The bank's name on the Hub could not be confirmed
+# offline: the default is the name upstream's configs/gmem_sde_xl.yaml gives the full 1.28M bank
+# (GMem.bank_path, bank_type 'full'); $GMEM_V2_BANK_FILE replaces it, and either upstream layout (a bare tensor,
+# 'full', or the low-rank dict, 'dmd') is recognised from the file itself. Upstream's README links the VA-VAE to a
+# LightningDiT file by mistake; the VA-VAE and latents_stats.pt live in VAVAE_REPO.
+V2_FILES = {
+    "bank": {"repo_id": "Tangentone/GMem", "filename": "in1k256_Kfull_dim768_init_seed0.pth", "size":
+             "about 3.9 GB (1.28M x 768 fp32)", "env": "GMEM_V2_BANK_FILE", "unconfirmed": True},
+    "vavae": {"repo_id": VAVAE_REPO, "filename": "vavae-imagenet256-f16d32-dinov2.pt", "size": "about 0.8 GB",
+              "env": "GMEM_VAVAE_FILE", "fixed_revision": True},
+    "stats": {"repo_id": VAVAE_REPO, "filename": "latents_stats.pt", "size": "1 kB", "env": "GMEM_VAVAE_STATS_FILE",
+              "fixed_revision": True},
+}
+VA_VAE_ENV = "GMEM_VA_VAE"  # a local folder holding the VA-VAE file and latents_stats.pt, used instead of the Hub
+HF_PREFIX = "hf://"  # how a checkpoint folder names a Hub file: hf://REPO_OWNER/REPO_NAME/FILE
 PTH_SUFFIXES = (".pth", ".pt")
 
 
@@ -45,11 +76,12 @@ def checkpoint_name(name_or_path) -> str:
 
 def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None = None, cache_dir=None,
                        bank_dtype: str = "fp16", progress: bool = True, model_overrides: dict | None = None,
-                       **kwargs) -> Path:
+                       autoencoder_overrides: dict | None = None, **kwargs) -> Path:
     """A local checkpoint folder for a name or a path (downloading and converting the released model once).
 
-    `model_overrides` (keywords of build_model on top of SiT-XL/2) describe a released-format .pth of another
-    size; the tests use it for a tiny model in the official layout."""
+    `model_overrides` (keywords of build_model on top of SiT-XL/2, or LightningDiT-XL/1 for a v2 name) describe a
+    released-format .pth of another size, and `autoencoder_overrides` (LDMConfig keywords) a VA-VAE of another size;
+    the tests use them for tiny models in the official layouts."""
     if kwargs:
         raise TypeError(f"resolve_checkpoint got unknown options {sorted(kwargs)}")
     name = checkpoint_name(name_or_path)
@@ -59,6 +91,13 @@ def resolve_checkpoint(name_or_path: str | None = None, *, revision: str | None 
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"The embedded checkpoint {name!r} is missing from {folder}; reinstall gmem-explore")
         return folder
+    if name in HUB and HUB[name].get("generation") == 2:
+        from .conversion_cache import ensure_converted_v2  # imports torch: hub.py is read by the CLI before torch
+
+        files = download_v2(name, revision=revision, cache_dir=cache_dir)
+        return ensure_converted_v2(files, bank_dtype, progress=progress, model_overrides=model_overrides,
+                                   autoencoder_overrides=autoencoder_overrides, names=vavae_names(name),
+                                   info={"name": name})
     if name in HUB:
         from .conversion_cache import ensure_converted  # imports torch: hub.py is read by the CLI before torch
 
@@ -93,8 +132,11 @@ def check_revision(name_or_path, revision) -> None:
                      f"{name_or_path or name} is {what}, which has none: drop --revision")
 
 
-def how_to_get(name: str, why: str) -> str:
-    spec = HUB[name]
+def how_to_get(name: str, why: str, spec: dict | None = None) -> str:
+    """How to get the file `spec` (default: the name's one file) of a Hub checkpoint without this machine's network."""
+    spec = spec or HUB[name]
+    if HUB[name].get("generation") == 2:
+        return how_to_get_v2(name, why, spec)
     return (
         f"{name}: {why}. The file is {spec['repo_id']}/{spec['filename']} ({spec['size']}). Either\n"
         f"  1. download it where a network exists:\n"
@@ -109,12 +151,106 @@ def how_to_get(name: str, why: str) -> str:
     )
 
 
-def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=None) -> Path:
-    """The local path of a Hub checkpoint file: from the cache when it is there (offline, or pinned to a commit,
-    or the Hub is unreachable), else downloaded and its size (and sha256, for LFS files) checked."""
+def how_to_get_v2(name: str, why: str, spec: dict) -> str:
+    files = v2_specs(name)
+    lines = [f"       hf download {f['repo_id']} {f['filename']} --local-dir DIR" for f in files.values()]
+    unsure = [f"{f['filename']} (set {f['env']} to its real name if the Hub's differs)" for f in files.values()
+              if f.get("unconfirmed")]
+    note = f"\n  File names not confirmed offline: {'; '.join(unsure)}." if unsure else ""
+    return (
+        f"{name}: {why}. The missing file is {spec['repo_id']}/{spec['filename']} ({spec['size']}); a GMem v2 "
+        f"checkpoint is four files. Either\n"
+        f"  1. download them where a network exists:\n" + "\n".join(lines) + "\n"
+        f"     copy DIR here and convert once:\n"
+        f"       gmem convert DIR/{files['network']['filename']} OUT/ --bank DIR/{files['bank']['filename']} "
+        f"--vavae DIR/{files['vavae']['filename']} --stats DIR/{files['stats']['filename']}\n"
+        f"     then pass OUT/ wherever a checkpoint goes (or set {VA_VAE_ENV}=DIR for the VA-VAE files alone); or\n"
+        f"  2. copy a Hugging Face cache that holds them and set HF_HOME (or HF_HUB_CACHE) to it "
+        f"(looked in: {offline.hub_cache_dir()}).{note}"
+    )
+
+
+def v2_specs(name: str) -> dict[str, dict]:
+    """role -> {repo_id, filename, size, ...} of a v2 name's files (network, bank, vavae, stats), the environment's
+    file names applied (read at call time)."""
+    specs = {"network": HUB[name], **V2_FILES}
+    return {role: {**spec, "filename": os.environ.get(spec["env"]) or spec["filename"]} for role, spec in specs.items()}
+
+
+def vavae_names(name: str = "gmem-v2-xl-160ep") -> dict[str, str]:
+    """The "hf://REPO/FILE" names a converted v2 folder records for its VA-VAE files (checkpoint, stats): hustvl's,
+    the environment's file names applied."""
+    specs = v2_specs(name)
+    return {"checkpoint": hf_name(specs["vavae"]), "stats": hf_name(specs["stats"])}
+
+
+def hf_name(spec: dict) -> str:
+    return f"{HF_PREFIX}{spec['repo_id']}/{spec['filename']}"
+
+
+def download_v2(name: str, revision: str | None = None, cache_dir=None) -> dict[str, Path]:
+    """role -> local path of a v2 name's four files: the network and bank at `revision` of Tangentone/GMem, the
+    VA-VAE files at hustvl's main (or from the $GMEM_VA_VAE folder). Each fails fast offline with the how-to."""
+    files = {}
+    for role, spec in v2_specs(name).items():
+        if role in ("vavae", "stats") and os.environ.get(VA_VAE_ENV):
+            files[role] = local_vavae_file(spec["filename"], role)
+        else:
+            files[role] = download(name, None if spec.get("fixed_revision") else revision, cache_dir, spec)
+    return files
+
+
+def local_vavae_file(filename: str, role: str) -> Path:
+    path = Path(os.environ[VA_VAE_ENV]).expanduser() / filename
+    if not path.is_file():
+        what = "latent statistics" if role == "stats" else "checkpoint"
+        raise CheckpointUnavailable(f"{VA_VAE_ENV} is set to {os.environ[VA_VAE_ENV]}, which has no {filename} (the "
+                                    f"VA-VAE {what}): copy it there (hf download {VAVAE_REPO} {filename} --local-dir "
+                                    f"DIR), or unset {VA_VAE_ENV} to use the Hugging Face cache")
+    return path
+
+
+def autoencoder_file(value, role: str, folder=None) -> Path:
+    """A VA-VAE file a checkpoint's "autoencoder" section names: "hf://REPO/FILE" (from $GMEM_VA_VAE when set, else
+    the Hugging Face cache, downloaded when the Hub is reachable; offline it fails at once with the how-to), or a path,
+    a relative one read from the checkpoint folder."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"the checkpoint's autoencoder section names no VA-VAE {role} file (got {value!r}): give a "
+                         f"path or an {HF_PREFIX}OWNER/REPO/FILE name")
+    if value.startswith(HF_PREFIX):
+        parts = value[len(HF_PREFIX):].split("/", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"{value!r} is not a Hub file name: write {HF_PREFIX}OWNER/REPO/FILE")
+        if os.environ.get(VA_VAE_ENV):
+            return local_vavae_file(parts[2], role)
+        spec = {"repo_id": f"{parts[0]}/{parts[1]}", "filename": parts[2], "size": "see the Hub"}
+        return download(f"VA-VAE {role}", None, None, spec)
+    path = Path(value).expanduser()
+    if not path.is_absolute() and folder is not None:
+        path = Path(folder) / path
+    if not path.is_file():
+        raise FileNotFoundError(f"The VA-VAE {role} file {path} named by the checkpoint's config.json is missing: "
+                                f"put it back, or edit config.json's \"autoencoder\".{role} to where it is")
+    return path
+
+
+def unavailable(name: str, why: str, spec: dict) -> str:
+    """how_to_get for a named checkpoint's file; for a VA-VAE file a checkpoint folder names, its own how-to."""
+    if name in HUB:
+        return how_to_get(name, why, spec)
+    return (f"{name} {spec['repo_id']}/{spec['filename']}: {why}. Download it where a network exists "
+            f"(hf download {spec['repo_id']} {spec['filename']} --local-dir DIR), copy DIR here and set "
+            f"{VA_VAE_ENV}=DIR (a folder with the VA-VAE file and latents_stats.pt), or set HF_HOME (or HF_HUB_CACHE) "
+            f"to a Hugging Face cache that holds it (looked in: {offline.hub_cache_dir()}).")
+
+
+def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=None, spec: dict | None = None) -> Path:
+    """The local path of a Hub checkpoint file (`spec`, default the name's one file): from the cache when it is there
+    (offline, or pinned to a commit, or the Hub is unreachable), else downloaded and its size (and sha256, for LFS
+    files) checked."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    spec = HUB[name]
+    spec = spec or HUB[name]
     cache_dir = Path(cache_dir) if cache_dir else offline.hub_cache_dir()
     cached = try_to_load_from_cache(spec["repo_id"], spec["filename"], cache_dir=cache_dir, revision=revision)
     cached = Path(cached) if isinstance(cached, str) else None
@@ -122,13 +258,14 @@ def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=No
     if cached is not None and (pinned or offline.is_offline()):
         return cached
     if offline.is_offline():
-        raise CheckpointUnavailable(how_to_get(name, f"HF_HUB_OFFLINE is set and revision {revision or 'main'!r} "
-                                                     f"is not in the Hugging Face cache{partial_note(spec, cache_dir)}"))
+        why = (f"HF_HUB_OFFLINE is set and revision {revision or 'main'!r} is not in the Hugging Face cache"
+               f"{partial_note(spec, cache_dir)}")
+        raise CheckpointUnavailable(unavailable(name, why, spec))
     if not offline.hub_reachable():
         if cached is not None:
             return cached
-        raise CheckpointUnavailable(how_to_get(name, f"the Hugging Face Hub is unreachable and the file is not "
-                                                     f"cached{partial_note(spec, cache_dir)}"))
+        why = f"the Hugging Face Hub is unreachable and the file is not cached{partial_note(spec, cache_dir)}"
+        raise CheckpointUnavailable(unavailable(name, why, spec))
     try:
         path = Path(hf_hub_download(spec["repo_id"], spec["filename"], revision=revision, cache_dir=cache_dir))
     except Exception as e:  # network errors, a missing revision, a full disk: all end here with the how-to
@@ -138,7 +275,7 @@ def download(name: str = "gmem-v1-xl", revision: str | None = None, cache_dir=No
                 f"{spec['repo_id']}/{spec['filename']} ({spec['size']}, plus about 3.7 GB for its conversion beside "
                 f"it). Free space there and run again (huggingface_hub resumes the partial download), or set "
                 f"HF_HUB_CACHE (or HF_HOME) to a folder on a bigger disk and run again.") from e
-        raise CheckpointUnavailable(how_to_get(name, f"the download failed ({type(e).__name__}: {e})")) from e
+        raise CheckpointUnavailable(unavailable(name, f"the download failed ({type(e).__name__}: {e})", spec)) from e
     verify_download(path, spec["repo_id"], spec["filename"], revision)
     return path
 

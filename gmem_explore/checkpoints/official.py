@@ -33,7 +33,7 @@ from ..bank.checks import check_frequencies
 from .folder import FORMAT
 from ..models.sit import build_model, load_network_state, model_config
 from ..sampling.settings import RECIPES
-from .official_layouts import describe_network, explain_foreign, how_to_convert
+from .official_layouts import describe_network, explain_foreign, how_to_convert, looks_like
 from ..safefiles import STALE_TEMP_SECONDS, write_bytes_atomic
 from .safetensors_stream import write_streaming
 
@@ -147,6 +147,12 @@ def delete_hint(path, sentence: bool = False) -> str:
 
 
 def check_official_dict(raw, path="checkpoint") -> dict:
+    kind = looks_like(raw)
+    if "GMem v2" in kind:  # the other generation: say so before any key-by-key detail
+        raise ValueError(f"{path} was given as the GMem v1 release but looks like {kind}. A GMem v2 model is a network "
+                         f"file and a bank file: convert them together with `gmem convert NETWORK.pth OUT/ --bank "
+                         f"BANK.pth` (convert_official_v2), or load a named one (gmem-v2-xl-160ep). Nothing was "
+                         f"written.")
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a {type(raw).__name__}, not the released dict with keys {list(OFFICIAL_KEYS)}")
     missing = [k for k in OFFICIAL_KEYS if k not in raw]

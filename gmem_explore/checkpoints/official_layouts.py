@@ -20,6 +20,7 @@ import torch
 
 from ..models.sit import PATCHES, SIZES
 
+V1_KEYS = ("network", "memorybank", "memoryfreq")  # the GMem v1 release's dict
 TRAINING_KEYS = ("ema", "model")  # REPA / GMem train.py: {"model", "ema", "opt", "args", "steps"}
 HEAD_WIDTH = 64  # every named SiT size has 64-wide heads; num_heads is not stored in the weights
 
@@ -117,3 +118,22 @@ def explain_foreign(raw: dict) -> str | None:
                      "makes the released layout, which this converts")
         return text
     return None
+
+
+def looks_like(obj) -> str:
+    """What a .pth's contents look like, in words: a v1 or v2 network, a v2 bank of either layout, or neither."""
+    if isinstance(obj, dict) and all(k in obj for k in V1_KEYS):
+        return "the GMem v1 release (a dict of network, memorybank and memoryfreq: SiT-XL/2 with its 640k bank)"
+    if torch.is_tensor(obj):
+        return f"a GMem v2 memory bank in upstream's 'full' layout (a bare {tuple(obj.shape)} tensor)"
+    if isinstance(obj, dict) and {"C", "M", "mean"} <= set(obj):
+        return f"a GMem v2 memory bank in upstream's 'dmd' low-rank layout (keys {sorted(map(str, obj))})"
+    state = obj.get("ema") if isinstance(obj, dict) and isinstance(obj.get("ema"), dict) else obj
+    if isinstance(state, dict):
+        keys = {str(k).removeprefix("module.") for k in state}
+        if any(k.startswith(("feat_rope.", "projector.0.")) or ".mlp.w12." in k for k in keys):
+            return "a GMem v2 LightningDiT network (RoPE buffers, SwiGLU, the singular REPA 'projector')"
+        if any(k.startswith("projectors.") or ".mlp.fc1." in k for k in keys):
+            return "a GMem v1 SiT network (GELU MLP, the plural REPA 'projectors')"
+        return f"a dict of {len(keys)} entries such as {sorted(keys)[:4]}, neither a GMem network nor a bank"
+    return f"a {type(obj).__name__}, neither a GMem network nor a bank"

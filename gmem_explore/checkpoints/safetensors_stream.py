@@ -80,3 +80,33 @@ def _write_tensor(f, name: str, t: torch.Tensor, dtype: torch.dtype, chunk_bytes
         if progress is not None:
             progress(piece.numel() * _itemsize(dtype))
         del piece
+
+
+class LowRankRows:
+    """The (N, D) rows C[i] @ M.T + mean of a low-rank bank (upstream's `dmd` layout), computed slice by slice when
+    write_streaming reads them: a 1.28M x 768 bank is written in full without ever being held whole (only C, about
+    N x 64, is). Slicing gives float32 tensors; the object answers what write_streaming asks of a tensor."""
+
+    ndim = 2
+    dtype = torch.float32
+
+    def __init__(self, coeffs: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor):
+        self.coeffs, self.basis, self.mean = coeffs, basis.float(), mean.float().reshape(-1)
+        self.shape = torch.Size((coeffs.shape[0], basis.shape[0]))
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            return self[index:index + 1][0]
+        return self.coeffs[index].float() @ self.basis.T + self.mean
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def element_size(self) -> int:
+        return 4
+
+    def is_floating_point(self) -> bool:
+        return True
+
+    def detach(self) -> "LowRankRows":
+        return self

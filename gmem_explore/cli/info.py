@@ -63,7 +63,7 @@ def describe(checkpoint, revision: str | None = None):
 
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint, revision=revision))
     return GMemPipeline(ckpt.model, ckpt.bank, NamedAutoencoder(ckpt.autoencoder), ckpt.encoder, ckpt.sampler,
-                        ckpt.info)
+                        ckpt.info, choose=ckpt.choose)
 
 
 def run(args) -> int:

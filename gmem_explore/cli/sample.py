@@ -34,8 +34,9 @@ def add_arguments(p):
                    help="classifier-free guidance scale, 0 or more (default 1: none)")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                    help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step)")
-    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
-                   help="how rows are picked without --rows (default noise: the released rule)")
+    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default=None,
+                   help="how rows are picked without --rows (default: the checkpoint's rule, noise (by frequency from "
+                        "the initial noise) for v1 and the embedded models, uniform for v2)")
     p.add_argument("--scale", type=int_in(1, MAX_SCALE), default=1,
                    help=f"upscale the grid by this whole factor, 1 to {MAX_SCALE} (nearest neighbour; default 1: "
                         f"the model's own pixels)")
