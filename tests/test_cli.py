@@ -461,3 +461,23 @@ def test_the_cli_knows_the_same_data_set_names_as_the_loader():
     from gmem_explore.data import DATASET_NAMES as LOADED
 
     assert DATASET_NAMES == LOADED
+
+
+def test_the_cli_offers_every_sampler_method():
+    """The CLI spells the sampler names out (sampling imports torch, which --help must not); they stay the same."""
+    from gmem_explore.cli.checks import SAMPLER_METHODS
+    from gmem_explore.sampling import METHODS
+
+    assert SAMPLER_METHODS == METHODS
+
+
+def test_sample_takes_v2_settings_and_defaults_to_the_recipe(tmp_path, capsys):
+    out = tmp_path / "g.png"
+    assert main(["sample", "--n", "2", "--method", "sde-heun", "--steps", "3", "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["method"] == "sde-heun"
+    assert main(["sample", "--n", "1", "--method", "euler", "--steps", "3", "--time-shift", "0.3",
+                 "--out", str(out)]) == 0
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["time_shift"] == 0.3 and settings["guidance"] == 1.0
+    assert main(["sample", "--n", "1", "--method", "sde", "--time-shift", "0.3", "--out", str(out)]) == 1
+    assert "time_shift applies to the ODE methods" in capsys.readouterr().err

@@ -105,6 +105,8 @@ def output_folder(path, option: str = "--out") -> Path:
     return path
 
 
+# sampling.METHODS, spelt here: sampling imports torch (--help must not); a test keeps the two equal
+SAMPLER_METHODS = ("sde", "euler", "heun", "sde-heun")
 DATASET_NAMES = ("twemoji", "twemoji-skin", "digits")  # data.DATASET_NAMES, spelt here: data imports torch (--help)
 
 

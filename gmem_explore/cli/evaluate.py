@@ -32,7 +32,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from gmem_explore.cli.checks import check_device, non_negative_int, output_folder, positive_int
+from gmem_explore.cli.checks import SAMPLER_METHODS, check_device, non_negative_int, output_folder, positive_int
 
 DEFAULT_SAMPLES = 1000
 ENCODE_CHUNK = 1000  # images per encoder call: a progress bar that moves, and bounded memory for 50,000 images
@@ -54,7 +54,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the first generated image, and of the measures' random draws and subsets, 0 or more "
                         "(default 0)")
-    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's, heun for emoji-32)")
+    p.add_argument("--method", choices=SAMPLER_METHODS, default=None, help="sampler (default: the checkpoint's, heun for emoji-32)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps, 1 to 5000 (default: the checkpoint's, 8 for emoji-32)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale, 0 or more (default 1: none)")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gmem_explore.cli.checks import check_device, int_in, non_negative_int, output_file, positive_int
+from gmem_explore.cli.checks import (SAMPLER_METHODS, check_device, int_in, non_negative_int, output_file,
+                                     positive_int)
 
 MAX_SCALE = 32  # a 4 x 4 grid of 256 px images at 32x is 32768 px a side (3 GB): more is a typo
 
@@ -27,13 +28,18 @@ def add_arguments(p):
                         "rows are picked by --choose)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the first image, 0 or more; image i uses seed + i (default 0)")
-    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's, heun for emoji-32)")
+    p.add_argument("--method", choices=SAMPLER_METHODS, default=None, help="sampler (default: the checkpoint's, heun for emoji-32)")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps, 1 to 5000 (default: the checkpoint's, 8 for emoji-32)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale, 0 or more (default 1: none)")
-    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
-                   help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 0 or more; 1 is none (default: the checkpoint's recipe, "
+                        "1 for the embedded models and gmem-v1-xl)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default: the checkpoint's, "
+                        "0 1 = every step)")
+    p.add_argument("--time-shift", type=float, default=None,
+                   help="shift of an ODE sampler's time grid (euler, heun), > 0; 1 is none (default: the "
+                        "checkpoint's; GMem v2's ODE recipe uses 0.3)")
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default=None,
                    help="how rows are picked without --rows (default: the checkpoint's rule, noise (by frequency from "
                         "the initial noise) for v1 and the embedded models, uniform for v2)")
@@ -88,7 +94,8 @@ def run(args) -> int:
     path = Path(args.out)
     fmt = image_format(path)
     output_file(path, example="samples.png")  # before the model loads and samples: a typo should not cost a load and a progress bar
-    check_guidance(args.guidance, args.guidance_interval)
+    if args.guidance is not None or args.guidance_interval is not None:
+        check_guidance(1.0 if args.guidance is None else args.guidance, args.guidance_interval or (0.0, 1.0))
     if args.steps is not None:
         check_method_and_steps(args.method or "sde", args.steps)
     check_device(args.device)
@@ -97,8 +104,8 @@ def run(args) -> int:
     count = len(args.rows) if args.rows else args.n
     events = pipe.generate_iter(None if args.rows else args.n, indices=args.rows or None,
                                 seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
-                                steps=args.steps, guidance=args.guidance,
-                                guidance_interval=tuple(args.guidance_interval))
+                                steps=args.steps, guidance=args.guidance, time_shift=args.time_shift,
+                                guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval))
     out = sample_with_bar(events)
     with atomic_path(path) as tmp:  # an existing grid is replaced whole or kept, never left half-written
         out.grid(scale=args.scale).save(tmp, format=fmt)

@@ -20,7 +20,8 @@ Examples:
 from __future__ import annotations
 
 # The package's modules are imported inside run(), not here: `gmem --help` must not wait for torch (cli/main.py).
-from gmem_explore.cli.checks import check_device, non_negative_int, output_file, output_folder, positive_int
+from gmem_explore.cli.checks import (SAMPLER_METHODS, check_device, non_negative_int, output_file, output_folder,
+                                     positive_int)
 
 
 def add_arguments(p):
@@ -39,7 +40,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of image 0, 0 or more; image i uses seed + i (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch on each process; lower it when the GPU runs out of memory (default 64)")
-    p.add_argument("--method", choices=["sde", "euler", "heun"], default=None, help="sampler (default: the checkpoint's)")
+    p.add_argument("--method", choices=SAMPLER_METHODS, default=None, help="sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps, 1 to 5000 (default: the checkpoint's, 250 for gmem-v1-xl)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale, 0 or more (default 1: none; the all-zero snippet is the "
