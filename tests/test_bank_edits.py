@@ -93,7 +93,7 @@ def test_fractional_row_numbers_are_refused_not_cut(tiny_bank):
 def test_a_row_float16_cannot_hold_is_named_by_its_number_beyond_the_first_chunk(tmp_path):
     import pytest
 
-    rows = torch.ones(65_537, 1)  # one more row than a chunk (bank_checks.CHUNK), so the last is in chunk two
+    rows = torch.ones(65_537, 1)  # one more row than a chunk (bank/checks.py CHUNK), so the last is in chunk two
     rows[65_536] = 1e6  # beyond float16's 65504
     with pytest.raises(ValueError, match=r"rows \[65536\] do not fit"):
         MemoryBank(rows).save(tmp_path / "b.safetensors", dtype=torch.float16)

@@ -208,7 +208,7 @@ def test_an_unusable_device_is_refused_before_loading(command, places, capsys, m
 
 
 def test_sample_fid_gives_plain_cuda_its_process_gpu(tmp_path, monkeypatch, capsys):
-    """torch.cuda.set_device refuses 'cuda' without a number: sharded.run makes it cuda:LOCAL_RANK."""
+    """torch.cuda.set_device refuses 'cuda' without a number: fid_sampling.run makes it cuda:LOCAL_RANK."""
     import torch
 
     import gmem_explore.evaluation.fid_sampling
@@ -456,7 +456,7 @@ def test_sample_pins_a_hub_revision_and_refuses_one_for_a_checkpoint_without_ver
 
 
 def test_the_cli_knows_the_same_data_set_names_as_the_loader():
-    """commands/checks spells them out so that --help need not import torch (data.py does): they must not drift."""
+    """cli/checks.py spells them out so that --help need not import torch (data.py does): they must not drift."""
     from gmem_explore.cli.checks import DATASET_NAMES
     from gmem_explore.data import DATASET_NAMES as LOADED
 

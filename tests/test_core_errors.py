@@ -60,7 +60,7 @@ def test_model_config_errors_from_config_json_keep_their_text_and_name_the_file(
     assert isinstance(info.value.__cause__, ValueError)  # ModelConfig's own error, chained
 
 
-# ---- 2. sharded.run ------------------------------------------------------------------------------------------
+# ---- 2. fid_sampling.run ----------------------------------------------------------------------------------------
 class Stop(Exception):
     pass
 

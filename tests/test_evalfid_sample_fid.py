@@ -191,7 +191,7 @@ def test_steps_are_checked_once_and_before_the_checkpoint_is_looked_up(tiny_fold
     calls = []
     check = gmem_explore.sampling.check_method_and_steps
 
-    def counted(*args):  # the argument checks of the command and of sharded.run, not the sampler's own per call
+    def counted(*args):  # the argument checks of the command and of fid_sampling.run, not the sampler's own per call
         caller = sys._getframe(1).f_globals["__name__"]
         if caller in ("gmem_explore.evaluation.fid_sampling", "gmem_explore.cli.sample_fid"):
             calls.append((caller, *args))
@@ -202,7 +202,7 @@ def test_steps_are_checked_once_and_before_the_checkpoint_is_looked_up(tiny_fold
     monkeypatch.setattr(gmem_explore.evaluation.fid_sampling, "check_method_and_steps", counted)
     assert main(["sample-fid", "--checkpoint", str(tiny_folder), "--out", str(tmp_path / "fid"), "--steps", "1",
                  "--method", "euler", "--num-fid-samples", "1", "--no-npz", "--no-progress", "--device", "cpu"]) == 0
-    # was three times: by the command, by sharded.run before the load, and again after it
+    # was three times: by the command, by fid_sampling.run before the load, and again after it
     assert calls == [("gmem_explore.evaluation.fid_sampling", "euler", 1)]
     assert Image.open(png_path(tmp_path / "fid", 0)).size == (8, 8)
 

@@ -1,4 +1,4 @@
-"""notebook_train's helpers (behind notebooks/03_finetune.ipynb) with odd inputs: a refusal that says what was
+"""notebook/finetune.py's helpers (behind notebooks/03_finetune.ipynb) with odd inputs: a refusal that says what was
 wrong instead of a silently wrong folder or a bare Python error."""
 from __future__ import annotations
 

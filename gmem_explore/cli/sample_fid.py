@@ -72,9 +72,9 @@ def run(args) -> int:
     if not args.no_npz:
         output_file(default_npz(args.out) if args.npz == "auto" else args.npz, "--npz", (".npz",),
                     "the evaluator's file")
-    device = check_device(args.device, allow_auto=True)  # "cuda" alone becomes cuda:LOCAL_RANK in sharded.run
+    device = check_device(args.device, allow_auto=True)  # "cuda" alone becomes cuda:LOCAL_RANK in fid_sampling.run
     # --steps, --seed + --num-fid-samples, --guidance-interval, --revision and --bank-dtype are checked by
-    # sharded.run before the checkpoint is resolved, loaded or anything is written
+    # fid_sampling.run before the checkpoint is resolved, loaded or anything is written
     kwargs = {} if args.bank_dtype is None else {"bank_dtype": args.bank_dtype}  # None: resolve_checkpoint's default
     npz = run_sharded(args.checkpoint, args.out, num=args.num, base_seed=args.seed, batch_size=args.batch_size,
                       method=args.method, steps=args.steps, choose=args.choose, precision=args.precision,

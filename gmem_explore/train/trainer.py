@@ -260,7 +260,7 @@ class Trainer(TrainerState):
     def _agree_on_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
         """Every process stops when any process's loss or gradient norm is NaN or infinite, before the optimizer
         applies the step (a finite loss can still give NaN gradients: sqrt or norm at 0, an overflow in backward),
-        and every process stops after this step when Ctrl-C reached any (train_interrupt). One stopping alone would
+        and every process stops after this step when Ctrl-C reached any (interrupt.py). One stopping alone would
         leave the others waiting in the next gradient all-reduce for ever, so the three flags are reduced across
         processes in one call per step (the step's loss.item() synchronises anyway)."""
         asked = self._interrupt is not None and self._interrupt.requested
