@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..bank.memory import MemoryBank
-from ..models.sit import GMemSiT, ModelConfig, load_network_state
+from ..models.registry import BACKBONES, config_from_dict, network_for
+from ..models.sit import GMemSiT, load_network_state
 from ..safefiles import load_tensors, save_tensors, write_bytes_atomic
 from ..encoders.conv import encoder_from_config
 
@@ -32,7 +33,7 @@ FORMAT = "gmem-explore-1"
 
 @dataclass
 class Checkpoint:
-    model: GMemSiT
+    model: GMemSiT  # or another backbone's network (models.registry): its config's to_dict names the family
     bank: MemoryBank
     autoencoder: dict = field(default_factory=lambda: {"type": "pixels"})
     encoder: object | None = None
@@ -130,11 +131,17 @@ def _damaged(path: Path, what: str) -> ValueError:
 
 
 def _check_model_section(path: Path, model) -> None:
-    """Each model size a positive integer and each ratio a number, named by its key; then ModelConfig's own checks
+    """Each model size a positive integer and each ratio a number, named by its key; then the config class's own checks
     (unknown keys, geometry), whose message is kept and said to come from config.json."""
     if not isinstance(model, dict):
         raise _damaged(path, f"its \"model\" entry is {_short(model)}, not an object of model sizes")
-    kinds = {f.name: type(f.default).__name__ for f in fields(ModelConfig)}  # "int" or "float"
+    family = model.get("backbone", "sit")
+    if family not in BACKBONES:
+        raise ValueError(f"{path} describes a {family!r} network, a backbone this version of gmem-explore does not "
+                         f"know (it knows {sorted(BACKBONES)}): upgrade gmem-explore to load this checkpoint")
+    config_class = BACKBONES[family].config_class
+    kinds = {f.name: type(f.default).__name__ for f in fields(config_class)}  # "int", "float" or "bool"
+    kinds["backbone"] = "str"
     for key, value in model.items():
         kind = kinds.get(key)
         if kind == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -148,7 +155,7 @@ def _check_model_section(path: Path, model) -> None:
                          f"written by a newer gmem-explore: upgrade gmem-explore to load this checkpoint (if no "
                          f"version wrote it, the file is damaged: {AGAIN.lower()}).")
     try:
-        ModelConfig.from_dict(model)
+        config_from_dict(model)
     except (ValueError, TypeError) as e:
         raise _damaged(path, f"its \"model\" entry is not a valid network ({e})") from e
 
@@ -202,7 +209,7 @@ def load_checkpoint(folder, device="cpu") -> Checkpoint:
     # Built on the meta device, then given uninitialised memory on the target device: no random initialisation
     # (SiT-XL/2: 675M parameters, seconds of CPU) and no second copy, since the strict load overwrites every tensor.
     with torch.device("meta"):
-        model = GMemSiT(ModelConfig.from_dict(config["model"]))
+        model = network_for(config_from_dict(config["model"]))
     model = model.to_empty(device=device)
     # Memory-mapped: the weights are copied once into the model, never held twice (2.7 GB for SiT-XL/2).
     state, _ = load_tensors(folder / "model.safetensors", mmap=True)
