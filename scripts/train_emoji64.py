@@ -4,12 +4,16 @@ varies the rendering. Needs the Noto Color Emoji font (`make emoji-font`) and tw
     python scripts/train_emoji64.py --out run64 --export emoji-64 --device cuda        # the full run (GPU)
     python scripts/train_emoji64.py --out /tmp/r --export /tmp/e64 --rehearsal         # small CPU rehearsal
 
-The full run, estimated from CPU step times: the rehearsal's generator step (batch 32, width 96, depth 3) and
-benchmarks/emoji64_arch.py's full-size step (batch 32, width 192, depth 6, about 3 s on 2 busy cores) against
-emoji-32's, whose 7,200 steps at batch 512 took 5.8 min on an H100. The full network has about the same FLOPs per
-image as emoji-32's (64 tokens of width 192, depth 6, patch 8 instead of 4 at 32 px: patch embedding and output
-4x wider), so 12,000 steps at batch 512 take about 12,000 / 7,200 x 5.8 = 10 min, plus the encoder (4,000 steps
-at batch 256 on 32 px inputs: about 1 min) and data rendering (about 15 s on one core): about 12 minutes on an H100.
+The full run's time on an H100, estimated from CPU step times: the full network (SiT, patch 8, width 192, depth 6:
+64 tokens) took 2.73 s per step at batch 32 on 2 busy CPU cores (benchmarks/results/emoji64_arch.json), the same
+64 tokens at the same width and depth as emoji-32's network (patch 4 at 32 px), so the same cost per image but for
+the 4x wider patch embedding and output layer (under 3% of the FLOPs). emoji-32 trained 7,200 x 512 images in
+5.8 min on an H100 (about 10,600 images/s), so 12,000 steps at batch 512 (6.1M images: the two styles double the
+data and the augmentations need more passes) take about 10 min; the encoder (4,000 steps of 128 pairs at 32 px;
+150 steps took 413 s on the busy CPU, a small CNN that an H100 runs at well over 50 steps/s) about 1 min; the
+rendering 15 s. In all about 12 minutes on an H100 (the rehearsal: 300 generator steps at 1.2 s/step on the CPU).
+Shipped size at full scale: model 18.0 MB (fp32) + bank 15.0 MB (3,372 rows fp16 + 32 px thumbnails + names) +
+encoder 4.1 MB = 37.1 MB of the 40 MB budget.
 
 Stages (each is skipped when its output already exists in --out, so an interrupted run resumes exactly):
 1. data: Twemoji + Noto renderings at 64 px paired by code point (gmem_explore.emoji_styles), train / held-out
