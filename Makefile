@@ -15,8 +15,14 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+# The second emoji style of emoji-64 (scripts/train_emoji64.py): Debian's Noto Color Emoji font, never downloaded
+# at app start. Tests that need it skip without it.
+emoji-font:
+	@test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf || \
+	  (apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji >/dev/null)
+
 test: .venv/.installed browser
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
 
-.PHONY: app test browser
+.PHONY: app test browser emoji-font

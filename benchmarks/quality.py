@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py                        # both parts, writes benchmarks/results/quality.{json,md}
     python benchmarks/quality.py --skip-ablation        # only part 1 (about 2 minutes on 2 CPU cores)
+    python benchmarks/quality.py --emoji64 --checkpoint FOLDER   # emoji-64's targets (benchmarks/quality_emoji64.py)
 
 Part 1, the shipped model: 2,000 generated images (default sampler, rows chosen from the noise, seeds 0..1999)
 against the 1,697 training emojis: Frechet distance (FD) next to two references, the floor (FD between two random
@@ -188,8 +189,15 @@ def main(argv=None) -> int:
     p.add_argument("--skip-unseen", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    p.add_argument("--emoji64", action="store_true", help="emoji-64's targets instead (two styles, 64 px)")
+    p.add_argument("--rows", type=int, default=32, help="--emoji64: bank rows for the variety measure")
+    p.add_argument("--seeds", type=int, default=8, help="--emoji64: seeds per row")
+    p.add_argument("--fd-samples", type=int, default=2000, help="--emoji64: samples for FD against the held-out set")
+    p.add_argument("--limit", type=int, default=None, help="--emoji64: the --limit the checkpoint was trained with")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.emoji64:
+        return emoji64(args)
     (ROOT / "docs/images").mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +216,22 @@ def main(argv=None) -> int:
     json_path.write_text(json.dumps(res, indent=1))
     (out / "quality.md").write_text(markdown(res))
     print(markdown(res))
+    return 0
+
+
+def emoji64(args) -> int:
+    import quality_emoji64
+    if not args.checkpoint:
+        raise SystemExit("--emoji64 needs --checkpoint FOLDER (a scripts/train_emoji64.py export)")
+    res = quality_emoji64.run(GMemPipeline.from_pretrained(args.checkpoint), args)
+    grid = res.pop("_grid")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "quality_emoji64"
+    image_grid(grid[:8 * args.seeds], nrow=args.seeds, scale=1).save(out / f"{name}_rows.png")  # a row per bank row
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{name}.md").write_text(quality_emoji64.markdown(res))
+    print(quality_emoji64.markdown(res))
     return 0
 
 

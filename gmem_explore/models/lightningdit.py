@@ -282,6 +282,11 @@ class SnippetEmbedder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.mask = None
 
+    @property
+    def mask_features(self) -> int:
+        """The width of `mask`: v2 drops before the Linear, so the snippet's width."""
+        return self.linear.in_features
+
     def forward(self, snippet):
         if self.training:
             snippet = snippet * self.mask.to(snippet.dtype) if self.mask is not None else self.dropout(snippet)

@@ -162,6 +162,11 @@ class SnippetEmbedder(nn.Module):
         # the result does not depend on how many processes share the batch). None: nn.Dropout draws its own.
         self.mask = None
 
+    @property
+    def mask_features(self) -> int:
+        """The width of `mask`: v1 drops after the Linear, so its output width."""
+        return self.linear.out_features
+
     def forward(self, snippet):
         out = self.linear(snippet)
         if self.training and self.mask is not None:

@@ -9,6 +9,7 @@
     trainer.save_state("run/state.safetensors"); trainer.load_state("run/state.safetensors")  # exact resume
     trainer.export("my-model", bank, encoder)   # EMA weights as a checkpoint folder GMemPipeline loads
     Trainer(..., data_source={"--data": "pics/"})  # named in the state, and when load_state refuses other images
+    Trainer(..., augment=ImageAugment(shift=0.06))   # train/augment.py: each target varied, its condition kept
 
 Inputs: `images` uint8 (N, H, W, 3) (or already-encoded latents, float (N, C, h, w), with autoencoder=None);
 `conditions` what each image is conditioned on: config.condition "snippet" -> float (N, D) rows (the image's
@@ -75,8 +76,10 @@ class Trainer(TrainerState):
     state_name = "state.safetensors"  # config.checkpoint_every's file in config.out_dir (gmem train's differs)
 
     def __init__(self, model, images, conditions=None, config: TrainConfig | None = None, autoencoder="auto",
-                 encoder=None, eval_conditions=None, use_accelerate: bool | None = None, data_source: dict | None = None):
+                 encoder=None, eval_conditions=None, use_accelerate: bool | None = None, data_source: dict | None = None,
+                 augment=None):
         self.config = cfg = config or TrainConfig()
+        self.augment = augment  # train.augment.ImageAugment or None: varies each training target, not its condition
         self.callbacks = defaultdict(list)
         self.accelerator = make_accelerator(use_accelerate)
         self.device = self.accelerator.device if self.accelerator else torch.device("cpu")
@@ -90,6 +93,9 @@ class Trainer(TrainerState):
         if autoencoder == "auto":
             autoencoder = PixelSpace(model.config.input_size) if self.images.dtype == torch.uint8 else None
         self.autoencoder = autoencoder
+        if augment is not None and not isinstance(autoencoder, PixelSpace):
+            raise ValueError("augment works on pixels in [-1, 1] (uint8 training images in pixel space); these are "
+                             "latents: augment the images before encoding them, or leave augment out")
         self.data = autoencoder.encode(self.images).float() if autoencoder is not None else self.images.float()
         want = (model.config.in_channels, model.config.input_size, model.config.input_size)
         if tuple(self.data.shape[1:]) != want:
@@ -173,23 +179,28 @@ class Trainer(TrainerState):
         noise = torch.randn((n, *self.data.shape[1:]), generator=g)
         keep = (torch.rand(n, generator=g) >= cfg.snippet_dropout).float()
         part = self._my_part(n)
-        return idx[part], t[part], noise[part], keep[part]
+        if self.augment is None:
+            return idx[part], t[part], noise[part], keep[part]
+        return idx[part], t[part], noise[part], keep[part], self.augment.draw(n, g)[part]
 
     def _my_part(self, n: int) -> slice:
         return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
 
     def _condition_dropout_mask(self, projection):
-        """v1's dropout after the snippet projection, drawn for the global batch on this process's device (what
-        nn.Dropout draws for the whole batch, bit for bit on the CPU), this process's rows; None without dropout."""
+        """The condition dropout's mask (v1: after the snippet projection, v2: on the snippet before it; the width is
+        the projection's mask_features), drawn for the global batch on this process's device (what nn.Dropout draws
+        for the whole batch, bit for bit on the CPU), this process's rows; None without dropout."""
         p, n = projection.dropout.p, self.config.batch_size
         if not p:
             return None
-        mask = torch.empty(n, projection.linear.out_features, device=self.device).bernoulli_(1 - p).div_(1 - p)
+        mask = torch.empty(n, projection.mask_features, device=self.device).bernoulli_(1 - p).div_(1 - p)
         return mask[self._my_part(n)]
 
-    def loss_on(self, idx, t, noise, keep):
+    def loss_on(self, idx, t, noise, keep, augment_params=None):
         cfg = self.config
         x = self.data[idx].to(self.device)
+        if augment_params is not None:
+            x = self.augment(x, augment_params.to(self.device))
         noise, t, keep = noise.to(self.device), t.to(self.device), keep.to(self.device)
         cond = self.conditions[idx].to(self.device)
         t4 = t[:, None, None, None]
