@@ -137,9 +137,11 @@ class MemoryBank:
         """Memory this bank's tensors hold beyond what it shares with the bank it was copied from (or its copies),
         search state included: about 5 MB + 1.5 KB per edited row for an edited copy of the 1.28M x 768 fp16
         bank, its whole size for a bank that shares nothing."""
-        total = sum(c.own_bytes() for c in self._cols.values() if c is not None)
+        tensors = [t for c in self._cols.values() if c is not None for t in c.own_tensors()]
         state = getattr(self, "_search", None)
-        return total + (0 if state is None else state.own_bytes())
+        tensors += [] if state is None else state.own_tensors()
+        unique = {id(t): t for t in tensors}  # parts edited together share one map
+        return sum(t.numel() * t.element_size() for t in unique.values())
 
     # ---- shape and checks -------------------------------------------------------------------------------
     def __len__(self):

@@ -93,11 +93,10 @@ class Column:
             self.delta, self.src, self.shared = self.base[:0], None, False
         return self.base
 
-    def own_bytes(self) -> int:
-        """Bytes of the tensors this column holds beyond what it shares: its map and delta, and its base unless
-        another bank shares it (map and delta shared by a copy not yet edited are counted in both)."""
-        size = lambda t: 0 if t is None else t.numel() * t.element_size()  # noqa: E731
-        return size(self.src) + size(self.delta) + (0 if self.shared else size(self.base))
+    def own_tensors(self) -> list[torch.Tensor]:
+        """The tensors this column holds beyond what it shares: its map and delta, and its base unless another
+        bank shares it (a map and delta still shared with a copy that has not edited since count for both)."""
+        return [t for t in (self.src, self.delta, None if self.shared else self.base) if t is not None]
 
     # ---- copying and editing ----------------------------------------------------------------------------
     def copy(self) -> "Column":

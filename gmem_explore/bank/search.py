@@ -52,8 +52,8 @@ class SearchState:
     def copy_for(self, rows: Column) -> "SearchState":
         return replace(self, rows=rows)
 
-    def own_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.norms, self.row_of_id, self.extra) if t is not None)
+    def own_tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.norms, self.row_of_id, self.extra) if t is not None]
 
     def _ids(self) -> torch.Tensor:
         return self.row_of_id if self.row_of_id is not None else torch.arange(self.index.n, dtype=torch.int32)
