@@ -259,14 +259,14 @@ class MemoryBank:
                 "only uses their direction."))
         return rows
 
-    def _new_frequencies(self, freq, n: int) -> torch.Tensor | None:
-        """Frequencies for n new rows: those given, else the mean of the bank's (1 in an empty bank)."""
-        if self._cols["freq"] is None:
+    def _new_frequencies(self, freq, n: int, current: torch.Tensor | None) -> torch.Tensor | None:
+        """Frequencies for n new rows: those given, else the mean of the bank's (`current`; 1 in an empty bank)."""
+        if current is None:
             if freq is not None:
                 raise ValueError(missing_extra_message("frequencies (rows are drawn uniformly)", "freq"))
             return None
         if freq is None:
-            fill = float(self._read("freq").mean()) if len(self) else 1.0
+            fill = float(current.mean()) if len(current) else 1.0
             return torch.full((n,), fill, dtype=torch.float64)
         freq = torch.as_tensor(freq).double()
         if freq.numel() != n:
@@ -298,11 +298,12 @@ class MemoryBank:
         Everything is checked before the bank changes."""
         rows = self._rows_to_store(rows, "new rows")
         n_new = rows.shape[0]
-        freq = self._new_frequencies(freq, n_new)
+        current = self._read("freq")
+        freq = self._new_frequencies(freq, n_new, current)
         labels = self._new_labels(labels, n_new)
         thumbnails = self._new_thumbnails(thumbnails, n_new)
         if freq is not None:  # an empty bank given only counts of 0 could draw nothing
-            check_frequencies(torch.cat([self._read("freq"), freq]), len(self) + n_new)
+            check_frequencies(torch.cat([current, freq]), len(self) + n_new)
         first = len(self)
         state, maps = self._search_state(), {}
         for name, values in (("rows", rows), ("freq", freq), ("labels", labels), ("thumbnails", thumbnails)):

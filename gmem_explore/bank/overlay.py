@@ -70,15 +70,16 @@ class Column:
         return self._gather(self.src[key])
 
     def _gather(self, positions: torch.Tensor) -> torch.Tensor:
-        n0 = self.base.shape[0]
-        positions = positions.long()
-        in_base = positions < n0
-        if bool(in_base.all()):
-            return self.base[positions]
-        out = self.base.new_empty((*positions.shape, *self.base.shape[1:]))
-        out[in_base] = self.base[positions[in_base]]
-        out[~in_base] = self.delta[positions[~in_base] - n0]
-        return out
+        """Rows at these positions of cat(base, delta), without making that cat: index_select on each (a boolean
+        mask over 1.28M positions costs ten times as much)."""
+        n0, flat = self.base.shape[0], positions.reshape(-1)
+        if not n0:
+            return self.delta.index_select(0, flat).reshape(*positions.shape, *self.base.shape[1:])
+        out = self.base.index_select(0, flat.clamp_max(n0 - 1))
+        new = (flat >= n0).nonzero().flatten()
+        if len(new):
+            out[new] = self.delta.index_select(0, flat[new] - n0)
+        return out.reshape(*positions.shape, *self.base.shape[1:])
 
     def materialise(self) -> torch.Tensor:
         """Every current row as one tensor: the base itself when unedited, else a new tensor (O(rows))."""
