@@ -239,10 +239,10 @@ class MemoryBank:
         state = getattr(self, "_search", None)
         return state if state is not None and state.rows is self._cols["rows"] else None
 
-    def _check_edit(self, index) -> int:
-        """One row number to edit; past the end of a bank that lost rows, the error says rows moved."""
+    def _check_edit(self, indices) -> torch.Tensor:
+        """Row numbers to edit; past the end of a bank that lost rows, the error says rows moved."""
         try:
-            return int(self._check_index([index])[0])
+            return self._check_index(indices)
         except IndexError as e:
             if not self._removed:
                 raise
@@ -317,7 +317,7 @@ class MemoryBank:
         """Overwrite one row (and optionally its thumbnail and label) in place: the bank's tensors are written
         into, so for MemoryBank(r) this changes the caller's r (bank.copy() first to keep r). Everything is
         checked before anything is written; a thumbnail or label for a bank without them is refused."""
-        i = self._check_edit(index)
+        i = int(self._check_edit([index])[0])
         row = self._rows_to_store(row, "replacement row")
         if row.shape[0] != 1:
             raise ValueError(f"replace takes one row; got {row.shape[0]} (use add for more rows)")
@@ -337,13 +337,7 @@ class MemoryBank:
     def remove(self, indices) -> None:
         """Drop rows (with their extras). Refused when the rows left all have frequency 0: such a bank could draw
         no row, and its file could not be loaded."""
-        try:
-            idx = self._check_index(indices)
-        except IndexError as e:
-            if not self._removed:
-                raise
-            raise IndexError(f"{e} ({self._removed} row(s) were removed from this bank already: the rows after a "
-                             f"removed row moved down)") from None
+        idx = self._check_edit(indices)
         keep = torch.ones(len(self), dtype=torch.bool)
         keep[idx] = False
         freq = self._read("freq")
