@@ -184,10 +184,12 @@ def uniform_frequency(bank) -> str | None:
     """The sentence saying rows are drawn uniformly when they are (no frequencies, or all equal), else None:
     a histogram, a colour scale or a 'most frequent' order of equal values would show nothing (a colour bar from
     0.9 to 1.1 with every point the same colour)."""
-    if bank.freq is None:
+    column = bank.column("freq")  # read as stored: a bank shared with its copies is not copied
+    if column is None:
         return "this bank has no frequencies: rows are drawn uniformly"
-    if len(bank) and bool((bank.freq == bank.freq[0]).all()):
-        return f"all rows have frequency {float(bank.freq[0]):g}: rows are drawn uniformly"
+    freq = column[:]
+    if len(bank) and bool((freq == freq[0]).all()):
+        return f"all rows have frequency {float(freq[0]):g}: rows are drawn uniformly"
     return None
 
 
