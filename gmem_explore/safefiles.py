@@ -2,11 +2,17 @@
 
 A file we write is first written to a temporary file in the same folder, flushed to disk, then renamed over
 the target (os.replace is atomic on POSIX and Windows): a crash leaves either the old file or the new one.
+
+Big files are written tensor by tensor, slice by slice (write_streaming): `safetensors.torch.save` builds the
+entire file as one bytes object, for the released 640,000 x 768 bank a second 1.97 GB copy (plus a third during an
+fp32 -> fp16 cast). When the sources are memory-mapped, the pages read are page cache, which the kernel reclaims,
+not process memory.
 """
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import struct
 import tempfile
@@ -114,6 +120,71 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict | None =
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     write_bytes_atomic(path, safetensors_bytes(clean, metadata=meta))
+
+
+STREAM_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def write_streaming(path, tensors: dict, dtypes: dict[str, torch.dtype] | None = None, metadata: dict | None = None,
+                    chunk_bytes: int = 64 << 20, progress=None) -> Path:
+    """Write `tensors` (cast to `dtypes[name]` where given) to `path` atomically, each in slices of at most
+    `chunk_bytes` (64 MB), so the extra memory is one slice whatever the file size. A tensor may be anything with
+    .shape, .dtype and slicing by rows that gives tensors (a bank's overlay Column). Metadata values are
+    JSON-encoded (the convention of save_tensors, so load_tensors decodes them). `progress(nbytes)` is called after
+    every slice (a tqdm bar's update fits). The layout is the safetensors specification: 8-byte little-endian
+    header length, a JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}} padded with
+    spaces to 8 bytes, then the data."""
+    dtypes = {k: v for k, v in (dtypes or {}).items() if v is not None}
+    header, offset, plan = {}, 0, []
+    for name, t in tensors.items():
+        dtype = dtypes.get(name, t.dtype)
+        if dtype not in STREAM_NAMES:
+            raise ValueError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors here")
+        nbytes = math.prod(t.shape) * _itemsize(dtype)
+        header[name] = {"dtype": STREAM_NAMES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        plan.append((name, t, dtype))
+        offset += nbytes
+    header["__metadata__"] = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors itself writes it
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for name, t, dtype in plan:
+                _write_tensor(f, name, t, dtype, chunk_bytes, progress)
+    return path
+
+
+def _write_tensor(f, name: str, t, dtype: torch.dtype, chunk_bytes: int, progress) -> None:
+    if math.prod(t.shape) == 0:
+        return
+    if len(t.shape) == 0:
+        t = t.reshape(1)
+    # a float cast to a narrower float (fp32 -> fp16) overflows to inf above its range: checked slice by slice
+    narrowed = t.dtype.is_floating_point and dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(t.dtype).max
+    row_bytes = max(1, math.prod(t.shape[1:]) * max(_itemsize(dtype), _itemsize(t.dtype)))
+    rows = max(1, chunk_bytes // row_bytes)
+    for start in range(0, t.shape[0], rows):
+        source = t[start:start + rows].detach()
+        piece = source.to(device="cpu", dtype=dtype).contiguous()
+        if narrowed and not torch.isfinite(piece).all() and torch.isfinite(source).all():
+            raise ValueError(f"tensor {name!r} holds values up to {source.abs().max().item():.4g}, which do not fit "
+                             f"{dtype} (largest {torch.finfo(dtype).max:.4g}): they would be stored as infinity. Keep "
+                             f"a wider dtype (a converted bank: `gmem convert --bank-dtype fp32`)")
+        f.write(memoryview(piece.reshape(-1).view(torch.uint8).numpy()))
+        if progress is not None:
+            progress(piece.numel() * _itemsize(dtype))
+        del piece
 
 
 def read_header(path) -> tuple[dict, dict, int]:

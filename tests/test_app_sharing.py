@@ -107,9 +107,9 @@ def test_downloads_and_gifs_are_written_to_the_scratch_folder(writer, tmp_path, 
 def test_edited_banks_together_stay_within_their_memory_limit():
     import gc
 
-    from gmem_explore.app.common import UserError, bank_bytes
+    from gmem_explore.app.common import UserError, copy_bytes
 
-    one = bank_bytes(tiny_pipeline().bank)
+    one = copy_bytes(tiny_pipeline().bank)  # a session's copy: its row map and edits, not a second bank
     ctx = AppContext(PipelineStore(lambda name: tiny_pipeline(), "tiny"), Limits(max_edited_bank_bytes=one * 3 // 2))
     first, second = ctx.new_session(), ctx.new_session()
     mine = ctx.private_bank(first)

@@ -67,12 +67,13 @@ def map_coords(ctx: AppContext, session: Session, method: str):
         return coords, idx, ""
     base = ctx.store.get(session.checkpoint).bank
     coords, idx = embed_2d(base, method, return_indices=True)
-    changed = (bank.rows[idx].float() != base.rows[idx].float()).any(dim=1)
+    mine, theirs = bank.column("rows"), base.column("rows")  # read as stored: neither bank is copied
+    changed = (mine[idx].float() != theirs[idx].float()).any(dim=1)
     moved = torch.cat([idx[changed], torch.arange(len(base), len(bank))])
     if not len(moved) or bool(changed.all()):
         return coords, idx, ""
-    anchors = normalize(base.rows[idx[~changed]])
-    nearest = (normalize(bank.rows[moved]) @ anchors.T).argmax(dim=1)
+    anchors = normalize(theirs[idx[~changed]])
+    nearest = (normalize(mine[moved]) @ anchors.T).argmax(dim=1)
     placed = coords[~changed][nearest]
     span = (coords.max(0).values - coords.min(0).values).clamp_min(1e-6)
     placed = placed + 0.01 * span * torch.randn(placed.shape, generator=torch.Generator().manual_seed(0))
@@ -176,10 +177,11 @@ def row_details(ctx: AppContext, session: Session, row):
     info = [f"**{row_caption(bank, r)}**"]
     if bank.freq is not None:
         info.append(f"frequency {float(bank.freq[r]):g} (drawn with probability {float(bank.freq[r] / bank.freq.sum()):.2e})")
-    info.append(f"norm {float(bank.rows[r].float().norm()):.3f}")
+    info.append(f"norm {float(bank.column('rows')[r].float().norm()):.3f}")
     if why_none:
         info.append(why_none)
-    thumb = upscale(bank.thumbnails[r], 128) if bank.thumbnails is not None else None
+    thumbs = bank.column("thumbnails")
+    thumb = upscale(thumbs[r], 128) if thumbs is not None else None
     return thumb, " · ".join(info), items, [i for i, _ in pairs]
 
 

@@ -63,8 +63,9 @@ class Limits:
     # visitor could make the server read (and convert, writing beside it) whatever path they type.
     allow_local_checkpoints: bool = False
     # Memory for the sessions' edited bank copies, together: a copy is made at a session's first edit and lives
-    # until the session expires (an hour after its last use), and an API client makes sessions for free. emoji-32's
-    # bank is 8 MB (~250 edited sessions); gmem-v1-xl's is ~1 GB (2).
+    # until the session expires (an hour after its last use), and an API client makes sessions for free. A copy
+    # shares the checkpoint's rows and holds its row map and edits (bank/overlay.py), counted as at least 12 bytes
+    # per bank row: 7.7 MB for gmem-v1-xl's 640,000 rows (~270 edited sessions), 15 MB at 1.28M.
     max_edited_bank_bytes: int = 2 << 30
 
 
@@ -136,8 +137,9 @@ class AppContext:
             return session.bank
         base = self.store.get(session.checkpoint).bank
         with self._edit_lock:
-            held = sum(bank_bytes(b) for b in list(self.edited_banks))
-            if held + bank_bytes(base) > self.limits.max_edited_bank_bytes:
+            held = sum(max(bank_bytes(b), copy_bytes(b)) for b in list(self.edited_banks))
+            # a copy shares the checkpoint's rows (bank/overlay.py): what it adds is its row map and its edits
+            if held + copy_bytes(base) > self.limits.max_edited_bank_bytes:
                 raise UserError(f"The server already holds {len(self.edited_banks)} sessions' edited banks "
                                 f"({held / 2**20:.0f} MB), its limit; edits are refused until some expire (an hour "
                                 f"after their last use). Try again later, or run the app yourself (README).")
@@ -178,9 +180,15 @@ class AppContext:
 
 
 def bank_bytes(bank: MemoryBank) -> int:
-    """Memory a bank's tensors take (rows, frequencies, labels, thumbnails)."""
-    return sum(t.numel() * t.element_size() for t in (bank.rows, bank.freq, bank.labels, bank.thumbnails)
-               if t is not None)
+    """Memory a session's edited copy holds of its own: its edits and row map, not the rows it shares with the
+    checkpoint's bank (MemoryBank.own_bytes; about 5 MB + 1.5 KB per edit for gmem-v1-xl's 1.28M-row bank)."""
+    return bank.own_bytes()
+
+
+def copy_bytes(bank: MemoryBank) -> int:
+    """About what a session's copy of `bank` holds once edited: its row map and, once searched, its own row norms
+    and index map (int32 / float32 per row each); its edited rows come on top (MemoryBank.own_bytes)."""
+    return 12 * len(bank)
 
 
 def spaces_gpu(duration: int = 120) -> Callable:
@@ -284,10 +292,11 @@ def row_caption(bank: MemoryBank, row: int) -> str:
 def thumbnails(bank: MemoryBank, rows, size: int = 64) -> list[tuple[Image.Image, str]]:
     """Gallery items for bank rows: the source thumbnail (grey when the bank has none) and 'row N · group'."""
     items = []
+    thumbs = bank.column("thumbnails")  # read as stored: a shared bank's thumbnails are never copied
     for r in rows:
         r = int(r)
-        if bank.thumbnails is not None:
-            img = upscale(bank.thumbnails[r], size)
+        if thumbs is not None:
+            img = upscale(thumbs[r], size)
         else:
             img = Image.new("RGB", (size, size), (200, 200, 200))
         items.append((img, row_caption(bank, r)))

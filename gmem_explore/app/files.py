@@ -107,7 +107,7 @@ def encode_upload(pipe: GMemPipeline, upload) -> tuple[torch.Tensor, torch.Tenso
     snippet = pipe.snippets_from_images(image[None])
     if not torch.isfinite(snippet).all():
         raise UserError("The encoder returned NaN for this image; try another image.")
-    thumbs = pipe.bank.thumbnails
+    thumbs = pipe.bank.column("thumbnails")  # read as stored: never a copy of a shared bank's thumbnails
     size = thumbs.shape[1] if thumbs is not None else pipe.model.config.input_size
     return snippet, load_rgb(image, size)
 

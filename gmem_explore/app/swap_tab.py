@@ -39,7 +39,7 @@ def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, ran
 def upload_label(bank) -> int | None:
     """The label for a row made from an upload: the group UPLOAD_GROUP (added to this session's copy's own
     label_names when missing), -1 (no group) for a bank with numeric labels only, None for a bank without labels."""
-    if bank.labels is None:
+    if bank.column("labels") is None:
         return None
     if not bank.label_names:
         return -1
@@ -62,7 +62,7 @@ def replace_row(ctx: AppContext, session: Session, upload, row):
     snippet, thumb = encode_upload(pipe, upload)
     bank = ctx.private_bank(session)  # copy-on-first-edit: the file stays as it is
     before = row_caption(bank, r)
-    bank.replace(r, snippet[0].to(bank.rows.dtype), thumbnail=thumb if bank.thumbnails is not None else None,
+    bank.replace(r, snippet[0].to(bank.dtype), thumbnail=thumb if bank.column("thumbnails") is not None else None,
                  label=upload_label(bank))
     session.edits.append(f"replaced {before} with the uploaded image")
     return session, r, edit_log(session)
@@ -74,7 +74,7 @@ def add_row(ctx: AppContext, session: Session, upload):
     snippet, thumb = encode_upload(pipe, upload)
     bank = ctx.private_bank(session)  # copy-on-first-edit: the file stays as it is
     label = upload_label(bank)
-    (new,) = bank.add(snippet.to(bank.rows.dtype), thumbnails=thumb[None] if bank.thumbnails is not None else None,
+    (new,) = bank.add(snippet.to(bank.dtype), thumbnails=thumb[None] if bank.column("thumbnails") is not None else None,
                       labels=None if label is None else [label]).tolist()
     session.edits.append(f"added row {new} from the uploaded image")
     return session, new, edit_log(session)
@@ -120,7 +120,7 @@ def compare_note(ctx: AppContext, session: Session, row) -> str:
     if r >= len(original):
         return (f"**Row {r} was added in this session**, so the original bank has no row {r}: "
                 f"only this session's images are shown.")
-    if mine is not original and not torch.equal(mine.rows[r], original.rows[r]):
+    if mine is not original and not torch.equal(mine.column("rows")[r], original.column("rows")[r]):
         return f"**Row {r} was replaced in this session** (it was {row_caption(original, r)}); seeds 0-3 on both sides."
     return f"**{row_caption(mine, r)}** is unchanged in this session; seeds 0-3 on both sides."
 
@@ -163,7 +163,7 @@ def download(ctx: AppContext, session: Session) -> str:
         model = file_stem(os.path.basename(str(session.checkpoint).rstrip("/\\")).removesuffix(".pth"))
         path = scratch_path(f"{model}-bank-edited.safetensors" if session.bank is not None else
                             f"{model}-bank.safetensors")
-        bank.save(path)
+        bank.save(path)  # streamed: an edited copy is written as the shared rows plus its edits, never copied whole
         _downloads[bank] = (edits, str(path))
     return str(path)
 

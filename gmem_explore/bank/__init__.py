@@ -1,14 +1,15 @@
 """The memory bank: N snippets of dimension D (+ frequencies, labels, thumbnails) and what is done with them.
 
 - memory.py     MemoryBank: rows, choosing rows (by frequency, from noise), edits, saving and loading
+- overlay.py    Column: a part of a bank shared with its copies plus its own edits (copies cost O(edits))
 - checks.py     what a bank refuses (shapes, NaN, dtypes that would spoil rows) and the messages
 - snippets.py   normalize and mix (lerp, slerp, concat, mask): snippets as the model sees them
 - build.py      images -> a bank (bank_from_images): one row per image through a snippet encoder
 - search.py     nearest rows by cosine (nearest, behind MemoryBank.nearest) and a partner row to mix with
+- index.py      the approximate index behind search.py (faiss IVF-PQ, cached on disk)
 - stats.py      statistics (behind MemoryBank.stats): norms, broken rows, frequencies, groups, similarity
 - lowrank.py    low-rank (SVD) compression and its error
 - map2d.py      the 2-D map (UMAP / PCA), cached on disk
-A search index goes behind search.nearest; an edit overlay goes here too.
 """
 from .memory import CHOOSE_STRATEGIES, MemoryBank, index_from_noise, load_bank
 from .snippets import MIX_METHODS, mix, normalize

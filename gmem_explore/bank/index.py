@@ -33,6 +33,7 @@ import torch
 
 from ..safefiles import load_tensors, save_tensors
 from .checks import CHUNK
+from .overlay import Column
 
 FORMAT = "gmem-explore-row-index-1"  # bump when the index layout or the build changes
 
@@ -69,7 +70,7 @@ def default_cache_dir() -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "gmem-explore") / "index"
 
 
-def fingerprint(rows: torch.Tensor) -> str:
+def fingerprint(rows) -> str:
     """sha256 of the rows' bytes as stored, their shape and dtype: about 2 s for the 2 GB fp16 bank, once per bank
     object (MemoryBank keeps it until an edit)."""
     h = hashlib.sha256(f"{tuple(rows.shape)}|{rows.dtype}".encode())
@@ -186,15 +187,25 @@ def row_norms(rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def exact_scores(rows: torch.Tensor, norms: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """(Q, N) cosines of unit-norm float32 queries with every row. One query runs as a matrix-vector product in
-    the rows' own dtype (fp16 on CPU: about 50 ms for 1.28M x 768 on two cores, against 1.5 s converting chunks to
-    float32 first); several run chunk by chunk in float32, where a matrix product wins."""
+def exact_scores(rows, norms: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """(Q, N) cosines of unit-norm float32 queries with every row (a tensor or a bank's overlay Column). One query
+    runs as a matrix-vector product in the rows' own dtype (fp16 on CPU: about 50 ms for 1.28M x 768 on two cores,
+    against 1.5 s converting chunks to float32 first); several run chunk by chunk in float32, where a matrix
+    product wins."""
+    return _dot(rows, queries) / norms.clamp_min(1e-12)
+
+
+def _dot(rows, queries: torch.Tensor) -> torch.Tensor:
+    if isinstance(rows, Column):
+        if not rows.edited:
+            return _dot(rows.base, queries)
+        # an edited copy: its shared rows and its own scored apart, then put in the copy's row order
+        return torch.cat([_dot(rows.base, queries), _dot(rows.delta, queries)], dim=1).index_select(1, rows.src)
+    if rows.shape[0] == 0:
+        return torch.zeros(queries.shape[0], 0)
     if queries.shape[0] == 1 and rows.dtype in (torch.float16, torch.bfloat16, torch.float32):
-        scores = (rows @ queries[0].to(rows.dtype)).float()[None]
-    else:
-        scores = torch.cat([queries @ rows[a:a + CHUNK].float().T for a in range(0, rows.shape[0], CHUNK)], dim=1)
-    return scores / norms.clamp_min(1e-12)
+        return (rows @ queries[0].to(rows.dtype)).float()[None]
+    return torch.cat([queries @ rows[a:a + CHUNK].float().T for a in range(0, rows.shape[0], CHUNK)], dim=1)
 
 
 def rerank(rows: torch.Tensor, norms: torch.Tensor, queries: torch.Tensor, candidates: torch.Tensor,

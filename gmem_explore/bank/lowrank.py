@@ -133,7 +133,7 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
     with its error: relative Frobenius norm ||X - X_r|| / ||X|| and the mean / min cosine between each row and
     its reconstruction (what matters to the model, which renormalises). Frequencies, labels and thumbnails
     are carried over unchanged."""
-    n, d = len(bank), bank.dim
+    n, d, rows = len(bank), bank.dim, bank.column("rows")  # read as stored, never copied whole
     if not is_whole(rank, 1, d):
         raise ValueError(f"rank must be an integer in [1, {d}]; got {rank!r}")
     rank = int(rank)
@@ -143,21 +143,21 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
     if n == 0:
         raise ValueError("cannot compress an empty bank")
     device = check_device(device)
-    broken = torch.cat([(~torch.isfinite(bank.rows[a:b]).all(dim=1)).nonzero().flatten() + a for a, b in chunks(n)])
+    broken = torch.cat([(~torch.isfinite(rows[a:b]).all(dim=1)).nonzero().flatten() + a for a, b in chunks(n)])
     if len(broken):  # one NaN row would make the whole SVD fail (or every row NaN)
         raise ValueError(f"bank rows {broken.tolist()[:10]} hold NaN or infinite values ({len(broken)} row(s)); "
                          f"remove or replace them (bank.remove / bank.replace) before compressing")
     mean = torch.zeros(d, dtype=torch.float64, device=device)
     if center:
         for a, b in chunks(n):
-            mean += normalize(bank.rows[a:b].to(device)).double().sum(0)
+            mean += normalize(rows[a:b].to(device)).double().sum(0)
         mean /= n
     gram = torch.zeros(d, d, dtype=torch.float64, device=device)
     total = 0.0
     mean32 = mean.float()
     for a, b in chunks(n):
         # float32 products per chunk (4x faster than float64 on CPUs), summed across chunks in float64
-        x = normalize(bank.rows[a:b].to(device)) - mean32
+        x = normalize(rows[a:b].to(device)) - mean32
         gram += (x.T @ x).double()
         total += float((x * x).sum())
     eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
@@ -168,7 +168,7 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
     cos_min = 1.0
     basis_f = basis.float()
     for a, b in chunks(n):
-        x = normalize(bank.rows[a:b].to(device))
+        x = normalize(rows[a:b].to(device))
         c = (x - mean.float()) @ basis_f.T
         coeffs[a:b] = c.to(coeff_dtype).cpu()
         recon = c.to(coeff_dtype).float() @ basis_f + mean.float()  # what a reader of the stored file gets
@@ -184,7 +184,37 @@ def compress(bank: MemoryBank, rank: int = 64, center: bool = True, device="cpu"
               "mean_cosine": cos_sum / n, "min_cosine": cos_min, "variance_kept": kept,
               "megabytes_fp16_full": round(full_bytes / 2**20, 1), "megabytes_compressed": round(small_bytes / 2**20, 1),
               "compression_ratio": round(full_bytes / small_bytes, 2)}
-    clone = lambda t: None if t is None else t.clone()  # noqa: E731  (the compressed bank owns its extras)
-    return LowRankBank(coeffs, basis_f.cpu(), mean.float().cpu(), clone(bank.freq), report,
-                       clone(bank.labels), None if bank.label_names is None else list(bank.label_names),
-                       clone(bank.thumbnails))
+    clone = lambda name: None if bank.column(name) is None else bank.column(name)[:].clone()  # noqa: E731  (its own)
+    return LowRankBank(coeffs, basis_f.cpu(), mean.float().cpu(), clone("freq"), report,
+                       clone("labels"), None if bank.label_names is None else list(bank.label_names),
+                       clone("thumbnails"))
+
+
+class LowRankRows:
+    """The (N, D) rows C[i] @ M.T + mean of a low-rank bank (upstream's `dmd` layout), computed slice by slice when
+    write_streaming reads them: a 1.28M x 768 bank is written in full without ever being held whole (only C, about
+    N x 64, is). Slicing gives float32 tensors; the object answers what write_streaming asks of a tensor."""
+
+    ndim = 2
+    dtype = torch.float32
+
+    def __init__(self, coeffs: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor):
+        self.coeffs, self.basis, self.mean = coeffs, basis.float(), mean.float().reshape(-1)
+        self.shape = torch.Size((coeffs.shape[0], basis.shape[0]))
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            return self[index:index + 1][0]
+        return self.coeffs[index].float() @ self.basis.T + self.mean
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def element_size(self) -> int:
+        return 4
+
+    def is_floating_point(self) -> bool:
+        return True
+
+    def detach(self) -> "LowRankRows":
+        return self

@@ -49,7 +49,8 @@ def subsample_indices(n: int, max_rows: int, seed: int = 0) -> torch.Tensor:
 
 
 def _rows_of(bank) -> torch.Tensor:
-    rows = bank.rows if isinstance(bank, MemoryBank) else torch.as_tensor(bank)
+    # a bank's rows as stored: a copy edited in a session is read through its overlay, never copied whole
+    rows = bank.column("rows") if isinstance(bank, MemoryBank) else torch.as_tensor(bank)
     if rows.ndim != 2 or not rows.is_floating_point():
         raise ValueError(f"embed_2d needs a MemoryBank or a float (N, D) matrix; got {tuple(rows.shape)} {rows.dtype}")
     return rows
@@ -90,7 +91,7 @@ def umap_2d(x: torch.Tensor, seed: int) -> torch.Tensor:
 def _plan(bank, method, cache_dir, max_rows, seed):
     rows = _rows_of(bank)
     idx = subsample_indices(rows.shape[0], max_rows, seed)
-    chosen = rows if len(idx) == rows.shape[0] else rows[idx]
+    chosen = rows[:] if len(idx) == rows.shape[0] else rows[idx]  # rows[:]: a tensor (a view of a plain one)
     if chosen.shape[0] < MIN_UMAP_ROWS:
         method = "pca"
     params = {"seed": seed, **(UMAP_PARAMS if method == "umap" else {})}
@@ -183,10 +184,12 @@ def uniform_frequency(bank) -> str | None:
     """The sentence saying rows are drawn uniformly when they are (no frequencies, or all equal), else None:
     a histogram, a colour scale or a 'most frequent' order of equal values would show nothing (a colour bar from
     0.9 to 1.1 with every point the same colour)."""
-    if bank.freq is None:
+    column = bank.column("freq")  # read as stored: a bank shared with its copies is not copied
+    if column is None:
         return "this bank has no frequencies: rows are drawn uniformly"
-    if len(bank) and bool((bank.freq == bank.freq[0]).all()):
-        return f"all rows have frequency {float(bank.freq[0]):g}: rows are drawn uniformly"
+    freq = column[:]
+    if len(bank) and bool((freq == freq[0]).all()):
+        return f"all rows have frequency {float(freq[0]):g}: rows are drawn uniformly"
     return None
 
 

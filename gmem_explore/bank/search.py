@@ -17,7 +17,8 @@ neighbours and the notebooks.
     other = partner_row(bank, 12)                # a row to mix or interpolate row 12 with
 
 This module must not import memory.py (memory.py imports it for MemoryBank.nearest): the bank is used through its
-rows, dim, snippets() and _check_index().
+column("rows") (the rows as stored, which an edited copy reads through its overlay without copying), dim, dtype,
+snippets() and _check_index().
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 
 from . import index as row_index
 from .checks import CHUNK, check_snippets, chunks
+from .overlay import Column
 from .snippets import normalize
 from ..devices import check_device
 from ..values import whole
@@ -36,42 +38,49 @@ SIMILAR_BUT_DIFFERENT = 0.5  # cosine of the partner row in a bank without group
 
 @dataclass
 class SearchState:
-    """What a bank keeps between searches. `rows` is the bank.rows tensor it describes: a bank whose rows were
-    assigned anew (not through its edit methods) starts over. The index is shared between a bank and its copies
-    (it never changes); norms, row_of_id and extra are each bank's own, a few MB at 1.28M rows."""
+    """What a bank keeps between searches. `rows` is the bank's rows column (overlay.Column) it describes: a bank
+    whose rows were assigned anew (not through its edit methods) starts over. The index is shared between a bank
+    and its copies (it never changes); norms, row_of_id and extra are each bank's own: 5 + 5 MB at 1.28M rows, and
+    a copy shares its original's until its first edit (every edit makes new ones, never writing shared ones)."""
 
-    rows: torch.Tensor
+    rows: Column
     norms: torch.Tensor  # (N,) float32 norm of every current row; NaN for broken rows
     index: row_index.RowIndex | None = None
-    row_of_id: torch.Tensor | None = None  # index id -> current row; -1 once removed or replaced; None: the same
+    row_of_id: torch.Tensor | None = None  # int32 index id -> current row; -1 once removed or replaced; None: same
     extra: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # rows not in the index
 
-    def copy_for(self, rows: torch.Tensor) -> "SearchState":
-        return replace(self, rows=rows, norms=self.norms.clone(),
-                       row_of_id=None if self.row_of_id is None else self.row_of_id.clone(), extra=self.extra.clone())
+    def copy_for(self, rows: Column) -> "SearchState":
+        return replace(self, rows=rows)
 
-    def replaced(self, row: int, rows: torch.Tensor) -> None:
+    def own_tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.norms, self.row_of_id, self.extra) if t is not None]
+
+    def _ids(self) -> torch.Tensor:
+        return self.row_of_id if self.row_of_id is not None else torch.arange(self.index.n, dtype=torch.int32)
+
+    def replaced(self, row: int, rows: Column) -> None:
         self.rows = rows
+        self.norms = self.norms.clone()
         self.norms[row] = row_index.row_norms(rows[row:row + 1])[0]
         if self.index is not None:
-            ids = self.row_of_id if self.row_of_id is not None else torch.arange(self.index.n)
+            ids = self._ids()
             self.row_of_id = torch.where(ids == row, -1, ids)
             self.extra = torch.cat([self.extra, torch.tensor([row])]).unique()
 
-    def added(self, first: int, rows: torch.Tensor) -> None:
+    def added(self, first: int, rows: Column) -> None:
         self.rows = rows
         self.norms = torch.cat([self.norms, row_index.row_norms(rows[first:])])
         if self.index is not None:
             self.extra = torch.cat([self.extra, torch.arange(first, rows.shape[0])])
 
-    def removed(self, keep: torch.Tensor, rows: torch.Tensor) -> None:
+    def removed(self, keep: torch.Tensor, rows: Column) -> None:
         self.rows, self.norms = rows, self.norms[keep]
         new_number = torch.cumsum(keep.long(), 0) - 1  # old row -> new row (meaningless where not kept)
         if self.index is not None:
-            ids = self.row_of_id if self.row_of_id is not None else torch.arange(self.index.n)
+            ids = self._ids()
             alive = ids >= 0
-            alive[alive.clone()] = keep[ids[alive]]
-            self.row_of_id = torch.where(alive, new_number[ids.clamp_min(0)], -1)
+            alive[alive.clone()] = keep[ids[alive].long()]
+            self.row_of_id = torch.where(alive, new_number[ids.clamp_min(0).long()], -1).to(torch.int32)
             self.extra = new_number[self.extra[keep[self.extra]]]
 
 
@@ -79,15 +88,16 @@ def state_of(bank) -> SearchState:
     """The bank's search state, made (row norms: about 1.5 s at 1.28M rows) when it has none or its rows were
     replaced behind its back."""
     state = getattr(bank, "_search", None)
-    if state is None or state.rows is not bank.rows or state.norms.shape[0] != len(bank):
-        state = SearchState(bank.rows, row_index.row_norms(bank.rows))
+    rows = bank.column("rows")
+    if state is None or state.rows is not rows or state.norms.shape[0] != len(bank):
+        state = SearchState(rows, row_index.row_norms(rows))
         bank._search = state
     return state
 
 
 def _index_of(bank, state: SearchState, options: row_index.IndexOptions, cache_dir, progress: bool):
     if state.index is None:
-        state.index = row_index.cached_index(bank.rows, options, cache_dir=cache_dir, progress=progress)
+        state.index = row_index.cached_index(state.rows, options, cache_dir=cache_dir, progress=progress)
         state.row_of_id, state.extra = None, torch.zeros(0, dtype=torch.long)
     return state.index
 
@@ -118,12 +128,12 @@ def _indexed(bank, state: SearchState, q: torch.Tensor, want: int, self_rows, sk
     """Index candidates (mapped to current rows, edited rows added), re-ranked exactly."""
     index = _index_of(bank, state, options, cache_dir, progress)
     ids = index.candidates(q, max(options.rerank, 2 * want))
-    rows = ids if state.row_of_id is None else torch.where(ids >= 0, state.row_of_id[ids.clamp_min(0)], -1)
+    rows = ids if state.row_of_id is None else torch.where(ids >= 0, state.row_of_id[ids.clamp_min(0)].long(), -1)
     if len(state.extra):
         rows = torch.cat([rows, state.extra.expand(rows.shape[0], -1)], dim=1)
     if skip_self:
         rows = torch.where(rows == self_rows[:, None], -1, rows)
-    return row_index.rerank(bank.rows, state.norms, q, rows, want)
+    return row_index.rerank(state.rows, state.norms, q, rows, want)
 
 
 def nearest(bank, queries, k: int = 8, *, exclude_self: bool = True, device="cpu", chunk: int = CHUNK,
@@ -171,12 +181,13 @@ def nearest(bank, queries, k: int = 8, *, exclude_self: bool = True, device="cpu
         else:
             best_i, best_s = _exact_cpu(state, q, want, self_rows, skip_self)
         return _usable(best_i, best_s)
-    dtype = bank.rows.dtype if bank.rows.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    dtype = bank.dtype if bank.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    stored = bank.column("rows")
     q = q.to(device, dtype)
     best_s = torch.full((q.shape[0], 0), -2.0, device=device)
     best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=device)
     for a, b in chunks(len(bank), chunk):
-        rows = normalize(bank.rows[a:b].to(device)).to(dtype)
+        rows = normalize(stored[a:b].to(device)).to(dtype)
         sims = (q @ rows.T).float()
         sims[torch.isnan(sims)] = float("-inf")  # broken (NaN / infinite) rows: never a neighbour
         if skip_self:
@@ -208,10 +219,11 @@ def partner_row(bank, row: int) -> int:
         raise ValueError("the bank has fewer than two rows: there is no other row to pair with")
     bank._check_index([row])
     state = state_of(bank)  # norms once: a float32 copy of a 1.28M-row bank would be 3.9 GB
-    query = bank.rows[row].float()
+    query = state.rows[row].float()
     sims = torch.nan_to_num(row_index.exact_scores(state.rows, state.norms, (query / query.norm())[None])[0],
                             nan=float("-inf"))
     sims[row] = float("-inf")
-    if bank.labels is not None and (bank.labels != bank.labels[row]).any():
-        return int(torch.where(bank.labels != bank.labels[row], sims, torch.tensor(float("-inf"))).argmax())
+    labels = None if bank.column("labels") is None else bank.column("labels")[:]
+    if labels is not None and (labels != labels[row]).any():
+        return int(torch.where(labels != labels[row], sims, torch.tensor(float("-inf"))).argmax())
     return int((sims - SIMILAR_BUT_DIFFERENT).abs().argmin())

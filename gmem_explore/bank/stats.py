@@ -27,27 +27,29 @@ def statistics(bank, sample: int | None = 4096, seed: int = 0) -> dict:
         raise ValueError(f"sample must be a whole number of rows >= 2 (the similarity figures compare pairs of rows; "
                          f"a bank with fewer rows uses all of them); got {sample!r}")
     seed = whole(seed, "seed")
-    n, d = len(bank), bank.dim
-    out = {"rows": n, "dim": d, "dtype": str(bank.rows.dtype).removeprefix("torch."),
-           "megabytes": round(bank.rows.numel() * bank.rows.element_size() / 2**20, 1)}
-    norms = torch.cat([bank.rows[a:b].float().norm(dim=1) for a, b in chunks(n)]) if n else torch.zeros(0)
+    n, d, rows = len(bank), bank.dim, bank.column("rows")  # read as stored: an edited copy is never copied whole
+    out = {"rows": n, "dim": d, "dtype": str(bank.dtype).removeprefix("torch."),
+           "megabytes": round(n * d * bank.dtype.itemsize / 2**20, 1)}
+    norms = torch.cat([rows[a:b].float().norm(dim=1) for a, b in chunks(n)]) if n else torch.zeros(0)
     finite = torch.isfinite(norms)  # NaN or infinite values (or a norm beyond float32)
     good = norms[finite]
     if len(good):
         out.update(norm_mean=float(good.mean()), norm_std=float(good.std()) if len(good) > 1 else 0.0,
                    norm_min=float(good.min()), norm_max=float(good.max()))
     out.update(zero_rows=int((norms == 0).sum()), nonfinite_rows=int((~finite).sum()))
-    if bank.freq is not None and n:
-        p = bank.freq / bank.freq.sum()
+    freq = None if bank.column("freq") is None else bank.column("freq")[:]
+    if freq is not None and n:
+        p = freq / freq.sum()
         nz = p[p > 0]
         top = max(1, n // 100)
-        out.update(freq_total=float(bank.freq.sum()), freq_min=float(bank.freq.min()), freq_max=float(bank.freq.max()),
-                   never_drawn_rows=int((bank.freq == 0).sum()),
+        out.update(freq_total=float(freq.sum()), freq_min=float(freq.min()), freq_max=float(freq.max()),
+                   never_drawn_rows=int((freq == 0).sum()),
                    # exp(entropy): how many equally likely rows the frequencies amount to (n if uniform)
                    effective_rows=float(torch.exp(-(nz * nz.log()).sum())),
                    top_1pct_share=float(p.sort(descending=True).values[:top].sum()))
-    if bank.labels is not None and bank.label_names:
-        out["groups"] = {name: int((bank.labels == i).sum()) for i, name in enumerate(bank.label_names)}
+    if bank.column("labels") is not None and bank.label_names:
+        labels = bank.column("labels")[:]
+        out["groups"] = {name: int((labels == i).sum()) for i, name in enumerate(bank.label_names)}
     if sample is not None:
         out.update(similarity(bank, finite, int(sample), seed))
     return out
@@ -61,7 +63,7 @@ def similarity(bank, finite: torch.Tensor, sample: int, seed: int) -> dict:
     m = len(pick)
     if m < 2:
         return {}
-    x = normalize(bank.rows[pick])
+    x = normalize(bank.column("rows")[pick])
     off = (x @ x.T)[~torch.eye(m, dtype=torch.bool)].reshape(m, m - 1)
     return {"sample_rows": m, "mean_cosine": float(off.mean()),
             "mean_nearest_cosine": float(off.max(dim=1).values.mean()),

@@ -5,7 +5,6 @@
 - official.py           the released GMem v1 .pth: read safely, check strictly, convert to a folder
 - official_layouts.py   what a foreign .pth holds, in words
 - conversion_cache.py   a released .pth is converted once and the folder reused
-- safetensors_stream.py writing big tensors to safetensors without a whole copy
 A new upstream format is a converter module beside official.py. Nothing is imported here: hub.py is read by the
 CLI before torch is imported.
 """

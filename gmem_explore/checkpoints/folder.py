@@ -20,6 +20,7 @@ new one, never the model of one save with the bank or config of another.
 from __future__ import annotations
 
 import errno
+import math
 import json
 import os
 import shutil
@@ -105,10 +106,11 @@ def checkpoint_bytes(ckpt: Checkpoint, bank_dtype=None) -> int:
         return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
     bank = ckpt.bank
-    rows = bank.rows.numel() * (bank_dtype or bank.rows.dtype).itemsize
+    rows = len(bank) * bank.dim * (bank_dtype or bank.dtype).itemsize
+    parts = [bank.column(name) for name in ("freq", "labels", "thumbnails")]  # as stored: nothing is copied
     encoder = ckpt.encoder.state_dict().values() if ckpt.encoder is not None else ()
     return (sum(map(size, ckpt.model.state_dict().values())) + rows
-            + sum(size(getattr(bank, name, None)) for name in ("freq", "labels", "thumbnails"))
+            + sum(math.prod(p.shape) * p.dtype.itemsize for p in parts if p is not None)
             + sum(map(size, encoder)))
 
 

@@ -6,7 +6,7 @@ The file `GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth` (Hugging Face `Tangentone
     memoryfreq  (640000,) how often each row is drawn
 It is a pickle, so it is read only with torch.load(weights_only=True): a pickle that carries code is refused
 before anything runs. It is read memory-mapped (mmap=True), and conversion streams tensor by tensor, slice by
-slice (safetensors_stream.py), so the 1.97 GB bank is never held twice: the process's own memory stays near
+slice (safefiles.write_streaming), so the 1.97 GB bank is never held twice: the process's own memory stays near
 one 64 MB slice plus the small tensors; the rest is reclaimable page cache (benchmarks/convert_memory.py).
 
     gmem convert GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth gmem-v1-xl/      # or, in Python:
@@ -34,8 +34,7 @@ from .folder import FORMAT
 from ..models.sit import build_model, load_network_state, model_config
 from ..sampling.settings import RECIPES
 from .official_layouts import describe_network, explain_foreign, how_to_convert, looks_like
-from ..safefiles import STALE_TEMP_SECONDS, write_bytes_atomic
-from .safetensors_stream import write_streaming
+from ..safefiles import STALE_TEMP_SECONDS, write_bytes_atomic, write_streaming
 
 OFFICIAL_REPO = "Tangentone/GMem"
 OFFICIAL_FILE = "GMem_XL_2Miter_ImageNet-1K_K640000_5epo.pth"

@@ -41,7 +41,8 @@ from .official_layouts import looks_like
 from .official import (BANK_DTYPES, UnsafeCheckpointError, _not_a_torch_file, _unpickling_reason,
                        check_source_path, expected_sha256_from_cache, file_sha256, no_space, remove_stale_partials,
                        snapshot_commit)
-from .safetensors_stream import LowRankRows, write_streaming
+from ..bank.lowrank import LowRankRows
+from ..safefiles import write_streaming
 
 V2_REPO = "Tangentone/GMem"
 V2_MODEL = "LightningDiT-XL/1"

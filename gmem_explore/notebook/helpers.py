@@ -329,9 +329,10 @@ class BankExplorer:
         for out in (self.thumbs_out, self.gen_out, self.nn_out):
             out.clear_output(wait=bool(shown))
         self.neighbours = self.nearest(shown[0]) if shown else None  # never the previous selection's
-        if shown and self.bank.thumbnails is not None:
+        thumbs = self.bank.column("thumbnails")  # read as stored: a bank shared with a copy is never copied
+        if shown and thumbs is not None:
             titles = self.captions(shown, group_named=one_group)
-            show(labelled_grid(self.bank.thumbnails[shown], titles, ncols=THUMB_COLUMNS), self.thumbs_out)
+            show(labelled_grid(thumbs[shown], titles, ncols=THUMB_COLUMNS), self.thumbs_out)
         self.draw_map()
         return rows
 
@@ -346,9 +347,10 @@ class BankExplorer:
         idx, sim = self.bank.nearest([row], k=self.k)  # the row itself left out
         self.neighbours = (idx[0], sim[0])
         self.nn_out.clear_output(wait=True)
-        if self.bank.thumbnails is not None:
+        thumbs = self.bank.column("thumbnails")
+        if thumbs is not None:
             titles = [f"{i} cos {s:.2f}" for i, s in zip(*(t.tolist() for t in self.neighbours))]
-            show(labelled_grid(self.bank.thumbnails[self.neighbours[0]], titles, ncols=self.k), self.nn_out)
+            show(labelled_grid(thumbs[self.neighbours[0]], titles, ncols=self.k), self.nn_out)
         return self.neighbours
 
     def generate(self) -> Generation | None:

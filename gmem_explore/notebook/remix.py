@@ -45,7 +45,8 @@ def swap_row(pipe: GMemPipeline, row: int, image) -> tuple[GMemPipeline, torch.T
     # the thumbnail (a 64 px thumbnail would feed a 256 px model's encoder a blurred picture); the image is read
     # before the bank is copied, so a bad file fails at once
     snippet = pipe.snippets_from_images(load_rgb(image, pipe.image_size)[None])
-    thumbnail = None if pipe.bank.thumbnails is None else load_rgb(image, pipe.bank.thumbnails.shape[1])
+    thumbs = pipe.bank.column("thumbnails")  # read as stored: the bank and its copy share their thumbnails
+    thumbnail = None if thumbs is None else load_rgb(image, thumbs.shape[1])
     bank = pipe.bank.copy()
     bank.replace(row, snippet[0], thumbnail=thumbnail)
     return with_bank(pipe, bank), snippet
@@ -67,8 +68,9 @@ def swap_and_compare(pipe: GMemPipeline, row: int, image, seeds: Sequence[int] =
 
 def swap_figure(pipe: GMemPipeline, edited: GMemPipeline, row: int, before: Generation, after: Generation):
     """Row thumbnail then its generations, before (top) and after (bottom); columns share a seed."""
-    old = pipe.bank.thumbnails[row] if pipe.bank.thumbnails is not None else before.images[0]
-    new = edited.bank.thumbnails[row] if edited.bank.thumbnails is not None else after.images[0]
+    old, new = (bank.column("thumbnails") for bank in (pipe.bank, edited.bank))  # read as stored, never copied
+    old = old[row] if old is not None else before.images[0]
+    new = new[row] if new is not None else after.images[0]
     images = torch.stack([_fit(old, before.images[0]), *before.images, _fit(new, before.images[0]), *after.images])
     titles = ([f"row {row} before"] + [f"seed {s}" for s in before.seeds] +
               [f"row {row} after"] + [f"seed {s}" for s in after.seeds])
