@@ -441,7 +441,7 @@ CASES = [
     Case("seed-count", "3 seeds for 2 images", _gen(n=2, seeds=[1, 2, 3]), r"3 seeds for 2 images",
          r"one seed per image", None, ValueError),
     Case("sampler-unknown", "sampler 'ddim'", _gen(**GEN_OK, method="ddim"), r"Unknown sampler 'ddim'",
-         r"choose one of \('sde', 'euler', 'heun'\)", None, ValueError),
+         r"choose one of \('sde', 'euler', 'heun', 'sde-heun'\)", None, ValueError),
     Case("sampler-direct-unknown", "sample(method='dpm') called directly",
          lambda env: sample(env.model, torch.randn(1, 3, 8, 8), snip(env), method="dpm"), r"Unknown sampler 'dpm'",
          r"choose one of", None, ValueError),
