@@ -1,7 +1,7 @@
 """An approximate nearest-row index for big banks: candidates from compressed codes, answers from the bank itself.
 
 Exact search over the released 1.28M x 768 bank reads 2 GB per query (about 50 ms with fp16 rows on two cores, 8 s
-when every row is re-normalised on each call). The index answers in about a millisecond:
+when every row is re-normalised on each call). The index answers in about 2 ms:
 
 1. faiss IVF-PQ over the L2-normalised rows: an inner-product coarse quantizer of `lists` centroids (2,048 at
    1.28M rows), each row stored as `code_bytes` bytes of product-quantisation code (96: 118 MB at 1.28M rows,
@@ -41,13 +41,15 @@ FORMAT = "gmem-explore-row-index-1"  # bump when the index layout or the build c
 @dataclass(frozen=True)
 class IndexOptions:
     """How the index is built and searched. The defaults reach recall@10 >= 0.95 against exact search on a
-    clustered 1.28M x 768 bank at about a millisecond per query (benchmarks/bank_scale.py)."""
+    clustered 1.28M x 768 bank at about 2 ms per query on two cores (benchmarks/bank_scale.py)."""
 
     min_rows: int = 100_000  # below this exact search (about 4 ms at 100k x 768 fp16) needs no index
     lists: int | None = None  # IVF lists; None: 2 * sqrt(rows) rounded to a power of two (2,048 at 1.28M)
     code_bytes: int = 96  # PQ bytes per row; must divide the dimension (768 = 96 x 8)
-    probe: int = 16  # lists scanned per query
-    rerank: int = 200  # candidates re-ranked exactly; recall@10 0.97 at 100, 1.0 at 200 on the benchmark's bank
+    probe: int = 16  # lists scanned per query: 32 or 64 find no more of the true top 10 (the codes, not the lists, limit)
+    # candidates re-ranked exactly: on 1.28M clustered rows with fresh queries recall@10 is 0.87 at 200, 0.96 at 400,
+    # 0.98 at 800 (1.3 / 2.0 / 4.0 ms per query; benchmarks/bank_scale.py)
+    rerank: int = 500
     train_rows: int = 100_000  # rows sampled to train the quantizers (faiss wants >= 39 per list)
     seed: int = 0
 

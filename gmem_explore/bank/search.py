@@ -2,7 +2,7 @@
 neighbours and the notebooks.
 
 - Banks of IndexOptions.min_rows rows or more (100,000) are searched through an approximate index (index.py: faiss
-  IVF-PQ candidates re-ranked exactly; about a millisecond per query at 1.28M rows, recall@10 >= 0.95), built on
+  IVF-PQ candidates re-ranked exactly; about 2 ms per query at 1.28M rows, recall@10 >= 0.95), built on
   first use with a progress bar and cached on disk. `exact=True`, smaller banks, GPUs and machines without faiss
   search exactly.
 - Exact search on the CPU divides one matrix-vector product by row norms computed once per bank (about 50 ms per
