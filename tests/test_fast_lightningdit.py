@@ -208,6 +208,7 @@ def test_graph_plumbing_with_emulated_graphs(model, monkeypatch):
     assert ReplayedSteps.captures == 4  # the second run replays the kept graphs
 
 
+@pytest.mark.slow  # inductor compiles the block and the tail on the CPU: about 45 s on 2 busy cores
 def test_the_compiled_step_matches_the_eager_one(model):
     """FastOptions(compile=True) on the CPU: the LightningDiT block and the tail go through torch.compile (regional)
     and give the reference's images."""
