@@ -168,7 +168,7 @@ def test_routing_picks_the_fast_path_only_when_asked_on_the_cpu(model):
     assert [type(s) for s in steps] == [StepInfo] * 4 + [torch.Tensor]  # a generator, streamed as the reference
     assert len(records) == 1 and records[0].precision == "fp32" and not records[0].compiled  # CPU defaults
     assert rel_l2(steps[-1], ref) < FP32_TOL
-    assert fast.supports(model) and all(fast.handles(RECIPES[name]) for name in ("gmem-v2", "gmem-v2-cfg", "gmem-v2-ode"))
+    assert fast.supports(model) and all(fast.handles(RECIPES[r]) for r in ("gmem-v2", "gmem-v2-cfg", "gmem-v2-ode"))
 
 
 def test_what_the_fast_path_refuses(model):

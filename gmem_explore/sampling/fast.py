@@ -45,12 +45,10 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import fp8
+from . import fast_lightningdit, fp8
 from .fast_conditioning import Modulation, _fingerprint, network_for
 from .fast_graphs import GraphedSteps, graphs_possible
-from .fast_options import PRECISIONS, FastOptions, FastRun, resolve_precision
-from . import fast_lightningdit
-from .fast_options import FP8_PRECISIONS
+from .fast_options import FP8_PRECISIONS, PRECISIONS, FastOptions, FastRun, resolve_precision
 from .fused_ops import linear_gelu
 from ..models.sit import GMemSiT, modulate
 from .grids import time_grid
