@@ -17,10 +17,11 @@ In one run, on the same random weights (a network's speed does not depend on its
     (target >= 20) and with guidance 7.75 on t <= 0.11 (target >= 18);
 (c) 4 images end to end (seeds -> noise -> 99 evaluations, CUDA graphs), cold and warm (target <= 0.6 s warm).
 Checks: bf16 against the fast path in fp32 (TF32 off, eager) on seeds 0..3, unguided and guided (target <= 2%
-relative L2 of the final latents; on random weights, so a lower bound for a trained model's: FP8 measured 0.92% on
-random weights and 7.9% on a trained one, benchmarks/README.md); that fp32 run against upstream's algorithm in strict fp32 (1e-4: the samplers are
-the same); seeds 0..3 alone against the same seeds inside the --batch run (batch independence; cuBLAS picks kernels by
-shape); host synchronisations in a warm live run (10 and 20 steps: equal counts mean none inside the loop).
+relative L2 of the final latents; on random weights, so likely below a trained model's: FP8 measured 0.92% on random
+weights and 7.9% on a trained one, benchmarks/README.md); that fp32 run against upstream's algorithm in strict fp32
+(1e-4: the samplers are the same); seeds 0..3 alone against the same seeds inside the --batch run (batch independence;
+cuBLAS picks kernels by shape); host synchronisations in a warm live run (10 and 20 steps: equal counts mean none
+inside the loop).
 Results: <out>/gpu_sampler_v2_<card>.json and .md, rewritten after every section (a timeout keeps what was done).
 """
 from __future__ import annotations
