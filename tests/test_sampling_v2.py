@@ -116,7 +116,10 @@ def test_bad_v2_settings_are_refused_with_what_to_do(tiny_model):
     with pytest.raises(ValueError, match="time_shift must be a finite number > 0"):
         SamplerSettings("euler", 49, time_shift=0.0)
     noise, snippet = torch.randn(1, 3, 8, 8), torch.randn(1, 16)
-    with pytest.raises(ValueError, match="the fast path runs"):
-        sample(tiny_model, noise, snippet, method="sde-heun", steps=4, fast=True)
-    out = sample(tiny_model, noise, snippet, method="sde-heun", steps=4)  # fast=None: the reference loop
+    with pytest.raises(TypeError, match="the fast path needs a GMemSiT \\(v1\\) or LightningDiT \\(v2\\) model"):
+        sample(ours, torch.randn(1, 3, 4, 4), torch.randn(1, 8), method="sde-heun", steps=4, fast=True)
+    kw = dict(method="sde-heun", steps=4)
+    out = sample(tiny_model, noise, snippet, generators=make_generators([0], "cpu"), **kw)  # fast=None: the reference
     assert out.shape == noise.shape and torch.isfinite(out).all()
+    fast = sample(tiny_model, noise, snippet, generators=make_generators([0], "cpu"), fast=True, **kw)  # runs fast too
+    assert torch.allclose(fast, out, rtol=1e-4, atol=1e-5)

@@ -20,6 +20,11 @@ on the CPU; the CUDA-only parts are switched on by the device):
 - On CUDA: torch.compile of one step (network + sampler update fused; eager if compile is unavailable) and
   CUDA graphs for small fixed batches (the live case: 4 images), one graph per step kind.
 
+Both networks: GMem v1's SiT (block_forward here) and GMem v2's LightningDiT (fast_lightningdit.block_forward:
+RMSNorm, RoPE, SwiGLU); every method of grids.py, time-shifted grids included. GMem v2's stochastic Heun
+("sde-heun") adds each step's noise before the step (in the loop, one element-wise op outside the compiled step),
+then runs Heun's two evaluations as "predict" and "correct" steps like the ODE's.
+
 Entry points: `iter_fast(model, noise, snippets, ..., options=FastOptions(...), report=...)` (a generator of
 steps) and `sample_fast` (it run to its end), reached through `sampling.iter_sample` / `sampling.sample(...,
 fast=True or FastOptions(...))` (the default on CUDA); `report` gets a FastRun record of which optimisations
@@ -35,36 +40,48 @@ import functools
 import threading
 import warnings
 import weakref
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import fp8
+from . import fast_lightningdit, fp8
 from .fast_conditioning import Modulation, _fingerprint, network_for
 from .fast_graphs import GraphedSteps, graphs_possible
-from .fast_options import PRECISIONS, FastOptions, FastRun, resolve_precision
+from .fast_options import FP8_PRECISIONS, PRECISIONS, FastOptions, FastRun, resolve_precision
 from .fused_ops import linear_gelu
 from ..models.sit import GMemSiT, modulate
 from .grids import time_grid
 from .noise import draw_sde_noise
 from .solvers import StepInfo, run_to_end
 
-__all__ = ["PRECISIONS", "FastOptions", "FastRun", "iter_fast", "resolve_precision", "sample_fast", "supports"]
+__all__ = ["PRECISIONS", "FastOptions", "FastRun", "check_model", "iter_fast", "resolve_precision", "sample_fast",
+           "supports"]
 DEFAULTS = FastOptions()
 
 
-FAST_METHODS = ("sde", "euler", "heun")  # the step kinds _plan fuses; sde-heun and shifted grids run the reference
+FAST_METHODS = ("sde", "euler", "heun", "sde-heun")  # the methods _plan writes as fused steps (any time shift)
 
 
 def handles(settings) -> bool:
-    """Whether the fast path runs these sampler settings (a SamplerSettings)."""
-    return settings.method in FAST_METHODS and settings.time_shift == 1.0
+    """Whether the fast path runs these sampler settings (a SamplerSettings): every method and grid of grids.py."""
+    return settings.method in FAST_METHODS
 
 
 def supports(model) -> bool:
-    """The fast path needs the GMemSiT layout (blocks with adaLN_modulation); other callables use the reference."""
-    return isinstance(model, GMemSiT)
+    """The fast path needs a network whose layout it knows: GMemSiT (v1) or LightningDiT (v2); other callables use
+    the reference loop."""
+    return isinstance(model, GMemSiT) or fast_lightningdit.supports(model)
+
+
+def check_model(model, precision: str | None) -> None:
+    """A TypeError for a model the fast path cannot run, a ValueError for a precision it does not offer for it."""
+    if not supports(model):
+        raise TypeError(f"the fast path needs a GMemSiT (v1) or LightningDiT (v2) model; got {type(model).__name__} "
+                        f"(use fast=False)")
+    if precision in FP8_PRECISIONS and not isinstance(model, GMemSiT):
+        raise ValueError(f"precision {precision!r} (FP8 products) is offered for SiT models only, where its error was "
+                         f"measured; run {type(model).__name__} with fast='bf16' or 'fp32'")
 
 
 # ---- one network evaluation and one sampler update -----------------------------------------------------------
@@ -103,10 +120,11 @@ def block_forward(block, h: torch.Tensor, mod: torch.Tensor, carry: tuple, optio
 
 def zero_carry(h: torch.Tensor, mod: torch.Tensor) -> tuple:
     """The first block's carry: a zero gate and zero product, laid out as the later blocks' carries are (the gate a
-    strided slice of a modulation row, the product a row-major matrix product; not zeros_like(h): the patch
-    embedding leaves h transposed in memory). Another stride, or inputs that alias, would make dynamo compile the
-    block a second time (tests/test_fast.py counts the graphs)."""
-    return mod.new_zeros(mod.shape).chunk(6, dim=-1)[5], h.new_zeros(h.shape)
+    strided slice of a modulation row, the last of its 6 chunks, or 4 without adaLN shifts; the product a row-major
+    matrix product; not zeros_like(h): the patch embedding leaves h transposed in memory). Another stride, or inputs
+    that alias, would make dynamo compile the block a second time (tests/test_fast.py counts the graphs)."""
+    chunks = mod.shape[-1] // h.shape[-1]
+    return mod.new_zeros(mod.shape).chunk(chunks, dim=-1)[-1], h.new_zeros(h.shape)
 
 
 def finish(net, h, carry, final, x_in, x_base, v_prev, eps, coef):
@@ -115,6 +133,8 @@ def finish(net, h, carry, final, x_in, x_base, v_prev, eps, coef):
 
     coef = (a, b, c, s, t, guidance) as a float32 tensor, so one compiled/graphed step serves every step;
     also returns v and the denoised estimate x_in - t v. Guided when h holds twice the batch (cond, then null).
+    v is the network's own output: for LightningDiT upstream's velocity, -v in our time, which the plan's b, c and t
+    account for (fast_lightningdit.VELOCITY_SIGN; the guidance combination is linear, so the sign passes through it).
     """
     a, b, c, s, t, g = coef.unbind()
     h = h + carry[0].unsqueeze(1) * carry[1]
@@ -131,14 +151,15 @@ def finish(net, h, carry, final, x_in, x_base, v_prev, eps, coef):
     return out, v, x_in - t * v
 
 
-_compiled: dict = {}  # inductor options -> the compiled block and tail, shared by every network (regional compilation)
+_compiled: dict = {}  # (block, inductor options) -> the compiled block and tail, shared by every network (regional)
 
 
-def compiled_functions(inductor: tuple = ()):
-    """(block_forward, finish) compiled once per process and set of inductor options (FastOptions.inductor's sorted
-    pairs), or None where torch.compile cannot run here."""
+def compiled_functions(inductor: tuple = (), block=block_forward):
+    """(block, finish) compiled once per process, block function (SiT's or LightningDiT's) and set of inductor
+    options (FastOptions.inductor's sorted pairs), or None where torch.compile cannot run here."""
     key = tuple(sorted(dict(inductor).items()))
-    if key not in _compiled:
+    cache_key = (block, key)
+    if cache_key not in _compiled:
         try:
             import torch._dynamo as dynamo
 
@@ -146,23 +167,27 @@ def compiled_functions(inductor: tuple = ()):
                 if hasattr(dynamo.config, name):
                     setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
             kw = dict(dynamic=False, options=dict(key) or None)
-            _compiled[key] = (torch.compile(block_forward, **kw), torch.compile(finish, **kw))
+            _compiled[cache_key] = (torch.compile(block, **kw), torch.compile(finish, **kw))
         except Exception as e:  # pragma: no cover - depends on the installation
             warnings.warn(f"torch.compile unavailable ({e}); running the fast path eagerly")
-            _compiled[key] = None
-    return _compiled[key]
+            _compiled[cache_key] = None
+    return _compiled[cache_key]
 
 
 class Stepper:
     """One sampler step as a function of tensors only: net(x) with given modulation, then the update.
 
     options.compile=True uses the compiled block (regional compilation: the 28 XL blocks share one compiled kernel
-    set, so warm-up stays short) and the compiled tail with the sampler arithmetic fused into it.
+    set, so warm-up stays short) and the compiled tail with the sampler arithmetic fused into it. A LightningDiT runs
+    fast_lightningdit.block_forward with its RoPE tables; the rest of the step is the same.
     """
 
-    def __init__(self, net: GMemSiT, options: FastOptions = DEFAULTS):
-        self.net, self.options, self.block_fn, self.finish_fn, self.compiled = net, options, block_forward, finish, False
-        fns = compiled_functions(options.inductor) if options.compile else None
+    def __init__(self, net, options: FastOptions = DEFAULTS):
+        lightning = fast_lightningdit.supports(net)
+        block = fast_lightningdit.block_forward if lightning else block_forward
+        self.extra = fast_lightningdit.rope_tables(net) if lightning else ()  # the block's arguments after options
+        self.net, self.options, self.block_fn, self.finish_fn, self.compiled = net, options, block, finish, False
+        fns = compiled_functions(options.inductor, block) if options.compile else None
         if fns is not None:
             (self.block_fn, self.finish_fn), self.compiled = fns, True
 
@@ -172,7 +197,7 @@ class Stepper:
         h = net.x_embedder(x.to(blocks.dtype)) + net.pos_embed
         carry = zero_carry(h, blocks[0])
         for block, mod in zip(net.blocks, blocks):
-            h, carry = self.block_fn(block, h, mod, carry, self.options)
+            h, carry = self.block_fn(block, h, mod, carry, self.options, *self.extra)
         return self.finish_fn(net, h, carry, final, x_in, x_base, v_prev, eps, coef)
 
 
@@ -194,23 +219,42 @@ def runner(net: GMemSiT, options: FastOptions) -> tuple[Stepper, Callable]:
 
 
 # ---- the sampler ---------------------------------------------------------------------------------------------
-def _plan(method: str, steps: int, guidance: float, interval) -> list[tuple]:
-    """Per network evaluation: (time index, kind, guided, a, b, c, s, t). Pure Python floats: no device syncs."""
-    grid = time_grid(method, steps).tolist()
+class Evaluation(NamedTuple):
+    """One network evaluation of the plan. Pure Python floats: building and reading it never syncs the device."""
+
+    k: int  # time index: the modulation of grid[k] (and, noise_first or kind "sde", the noise drawn for step k)
+    kind: str  # "euler", "sde", "last" (one update), "predict" / "correct" (Heun's two halves)
+    guided: bool
+    coef: tuple  # (a, b, c, s, t): out = a x_base + b v + c v_prev + s eps; denoised = x_in - t v (finish)
+    noise_first: float = 0.0  # sde-heun: x += noise_first * eps before this evaluation
+
+
+def _plan(method: str, grid: Sequence[float], guidance: float, interval) -> list[Evaluation]:
+    """The evaluations of a run on `grid` (time_grid's values as floats: steps + 1 of them)."""
     lo, hi = interval
     guided = lambda t: guidance != 1.0 and lo <= t <= hi  # noqa: E731  (the reference's rule)
-    plan = []
+    steps, plan = len(grid) - 1, []
     for i in range(steps):
         t, t_next = grid[i], grid[i + 1]
         dt = t_next - t
         if method == "sde":  # x + ((2 - t) v + x) dt + sqrt(2 t |dt|) eps; the last step has no noise
             s = (2.0 * t * abs(dt)) ** 0.5 if i < steps - 1 else 0.0
-            plan.append((i, "sde" if s else "last", guided(t), 1.0 + dt, (2.0 - t) * dt, 0.0, s, t))
+            plan.append(Evaluation(i, "sde" if s else "last", guided(t), (1.0 + dt, (2.0 - t) * dt, 0.0, s, t)))
+        elif method == "sde-heun" and i < steps - 1:
+            # x_hat = x + sqrt(2 t |dt|) eps, then Heun on the drift (2 - t) v + x from x_hat: the predictor
+            # x_p = (1 + dt) x_hat + (2 - t) dt v, the corrector x_hat + dt/2 (drift(x_hat) + drift(x_p)), which with
+            # x_p substituted is (1 + dt + dt^2/2) x_hat + dt/2 (2 - t)(1 + dt) v + dt/2 (2 - t_next) v_next
+            plan.append(Evaluation(i, "predict", guided(t), (1.0 + dt, (2.0 - t) * dt, 0.0, 0.0, t),
+                                   (2.0 * t * abs(dt)) ** 0.5))
+            plan.append(Evaluation(i + 1, "correct", guided(t_next), (
+                1.0 + dt + 0.5 * dt * dt, 0.5 * dt * (2.0 - t_next), 0.5 * dt * (2.0 - t) * (1.0 + dt), 0.0, t_next)))
+        elif method == "sde-heun":  # the last step (0.004 -> 0): one deterministic drift step, upstream's "Mean"
+            plan.append(Evaluation(i, "last", guided(t), (1.0 + dt, (2.0 - t) * dt, 0.0, 0.0, t)))
         elif method == "heun" and i < steps - 1:  # predictor x + dt v, then x + dt/2 (v + v_next)
-            plan.append((i, "predict", guided(t), 1.0, dt, 0.0, 0.0, t))
-            plan.append((i + 1, "correct", guided(t_next), 1.0, 0.5 * dt, 0.5 * dt, 0.0, t_next))
+            plan.append(Evaluation(i, "predict", guided(t), (1.0, dt, 0.0, 0.0, t)))
+            plan.append(Evaluation(i + 1, "correct", guided(t_next), (1.0, 0.5 * dt, 0.5 * dt, 0.0, t_next)))
         else:
-            plan.append((i, "euler", guided(t), 1.0, dt, 0.0, 0.0, t))
+            plan.append(Evaluation(i, "euler", guided(t), (1.0, dt, 0.0, 0.0, t)))
     return plan
 
 
@@ -235,10 +279,10 @@ def sample_fast(model: GMemSiT, noise: torch.Tensor, snippets: torch.Tensor, met
                 generators: Sequence[torch.Generator] | None = None, guidance: float = 1.0,
                 guidance_interval: tuple[float, float] = (0.0, 1.0),
                 callback: Callable[[StepInfo], None] | None = None, *, options: FastOptions = DEFAULTS,
-                report: Callable[[FastRun], None] | None = None) -> torch.Tensor:
+                report: Callable[[FastRun], None] | None = None, time_shift: float = 1.0) -> torch.Tensor:
     """iter_fast run to its end, calling callback(StepInfo) after every step; returns the final state in float32."""
     return run_to_end(iter_fast(model, noise, snippets, method, steps, generators, guidance, guidance_interval,
-                                options=options, report=report), callback)
+                                options=options, report=report, time_shift=time_shift), callback)
 
 
 @torch.no_grad()
@@ -254,32 +298,38 @@ def iter_fast(
     *,
     options: FastOptions = DEFAULTS,
     report: Callable[[FastRun], None] | None = None,
+    time_shift: float = 1.0,
 ):
     """sampling.iter_sample() on the fast path (its settings are checked there): a generator of a StepInfo after
     every step, then the final state in float32. Closing it stops it after the step under way.
 
-    options: precision, compilation, CUDA graphs, FP8 settings (FastOptions; the defaults decide by device and batch).
-    report: called once when the run ends, with a FastRun record of what actually ran.
+    model: a GMemSiT or a LightningDiT. options: precision, compilation, CUDA graphs, FP8 settings (FastOptions; the
+    defaults decide by device and batch). report: called once when the run ends, with a FastRun record of what
+    actually ran. time_shift: the ODE grid's shift (grids.time_grid).
     On CUDA each step holds the one-run lock (_CUDA_RUNS) while it fills and reads the graphs' buffers, not the whole
     run: a consumer may take its time between steps (and resume in another thread, as gradio does).
     """
-    if not supports(model):
-        raise TypeError(f"the fast path needs a GMemSiT model; got {type(model).__name__} (use fast=False)")
+    check_model(model, options.precision)
     device, n = noise.device, noise.shape[0]
     model.check_inputs(noise, torch.zeros(n, device=device), snippets)
     options = options.resolve(device, n, graphs_possible(device))
+    lightning = fast_lightningdit.supports(model)
     dtype = next(model.parameters()).dtype if options.precision == "fp32" else torch.bfloat16
     net = network_for(model, dtype, fp8.LAYER_SETS.get(options.precision, ()))
     switch_at = options.fp8_steps  # None unless FP8: from this step on, the plain bf16 copy's products
     plain = network_for(model, dtype) if switch_at is not None else None
 
-    grid = time_grid(method, steps).tolist()
-    plan = _plan(method, steps, guidance, guidance_interval)
-    mods = Modulation(model, snippets, grid[:steps], net, options.modulation_budget)
-    coefs = torch.tensor([p[3:] + (guidance,) for p in plan], dtype=torch.float32).to(device, non_blocking=True)
+    grid = time_grid(method, steps, time_shift).tolist()
+    plan = _plan(method, grid, guidance, guidance_interval)
+    mods = Modulation(model, snippets, grid[:steps], net, options.modulation_budget,
+                      fast_lightningdit.network_time if lightning else None)
+    sign = fast_lightningdit.VELOCITY_SIGN if lightning else 1.0  # on v's coefficients b, c and t (see finish)
+    coefs = torch.tensor([(a, sign * b, sign * c, s, sign * t, guidance) for a, b, c, s, t in (e.coef for e in plan)],
+                         dtype=torch.float32).to(device, non_blocking=True)
 
     # the reference's draws, laid out (step, image, ...) so that each step's slice is contiguous
-    sde_noise = draw_sde_noise(generators, n, steps, noise.shape[1:], device, dim=1) if method == "sde" else None
+    noisy = method in ("sde", "sde-heun")
+    sde_noise = draw_sde_noise(generators, n, steps, noise.shape[1:], device, dim=1) if noisy else None
 
     stepper, run = runner(net, options)
     graphs, fallback = options.cuda_graphs, None
@@ -287,13 +337,15 @@ def iter_fast(
     x = noise.float()
     x_pred = v_pred = denoised_pred = None
     one_run = _CUDA_RUNS if device.type == "cuda" else contextlib.nullcontext()
-    for j, (k, kind, guided, *_coef) in enumerate(plan):
+    for j, (k, kind, guided, _, noise_first) in enumerate(plan):
         with one_run:
             if k == switch_at and kind != "correct":  # a Heun corrector finishes its step on the predictor's network
                 net, (stepper, run) = plain, runner(plain, stepper.options)
             blocks, final = mods.get(k, uncond=guided)
+            if noise_first:  # sde-heun: the step's noise before its evaluations, x_hat = x + sqrt(2 t |dt|) eps
+                x = torch.add(x, sde_noise[k], alpha=noise_first)
             # The last SDE step adds 0 * eps (s = 0): exactly the reference's noiseless step, one compiled variant.
-            eps = sde_noise[min(k, steps - 2)] if sde_noise is not None else None
+            eps = sde_noise[min(k, steps - 2)] if method == "sde" and sde_noise is not None else None
             args = (x_pred, x, v_pred) if kind == "correct" else (x, x, None)
             try:
                 out, v, denoised = run(*args, eps, blocks, final, coefs[j])
@@ -316,5 +368,5 @@ def iter_fast(
         i = k - 1 if kind == "correct" else k
         yield StepInfo(i + 1, steps, grid[i + 1], x, denoised)
     if report is not None:
-        report(FastRun(options, stepper.compiled, graphs, mods.chunk, len(plan), sum(p[2] for p in plan), fallback))
+        report(FastRun(options, stepper.compiled, graphs, mods.chunk, len(plan), sum(e.guided for e in plan), fallback))
     yield x

@@ -22,7 +22,7 @@ class FastOptions:
     """How the fast path runs. None means "where it helps": decided per call from the device and the batch.
 
     precision: "bf16" (default on CUDA), "fp32" (exact mode, default on the CPU), "fp8" (all four block products in
-        e4m3) or "fp8-mlp" (fc1 and fc2 only). FP8 is 1.3x faster on an H100 (10.6 against 8.1 images/s at batch
+        e4m3) or "fp8-mlp" (fc1 and fc2 only); the FP8 ones for SiT models only (fast.check_model). FP8 is 1.3x faster on an H100 (10.6 against 8.1 images/s at batch
         256) but up to 7.9% off the reference on a trained model, past the 2% "same images" allows: never a default.
     compile: torch.compile the step (regional: one block, shared by all blocks, and the tail); None: on CUDA.
     cuda_graphs: one CUDA graph per step kind; None: for batches up to graph_max_batch, where launch overhead

@@ -65,7 +65,8 @@ def sample(
     only on those steps. time_shift: the ODE grid's shift (GMem v2's ODE: 0.3; 1 = none).
 
     fast: route to gmem_explore.sampling.fast (same noise, same images within 2% in bf16, 1e-4 in fp32; fp8 is faster
-    but not within 2% on a trained model; float32 state): None = on for GMemSiT models on CUDA, off elsewhere; False;
+    but not within 2% on a trained model, and SiT's only; float32 state; every method and time shift): None = on for
+    GMemSiT and LightningDiT models on CUDA, off elsewhere; False;
     True (FastOptions()); a precision of PRECISIONS ("bf16", "fp32", "fp8", "fp8-mlp"); or FastOptions(...) for every
     setting. With None or True the precision is resolve_precision's default (bf16 on CUDA, fp32 on the CPU).
     fast_report: called with a FastRun record of what the fast path ran (compiled or not, graphs, precision, ...);
@@ -106,13 +107,12 @@ def sample_steps(model: Callable, noise: torch.Tensor, snippets: torch.Tensor, s
         fast = noise.device.type == "cuda" and fast_path.supports(model) and fast_path.handles(settings)
     if fast is not False:  # said now, not at the first step
         options = FastOptions.from_fast(fast)
-        if not fast_path.supports(model):
-            raise TypeError(f"the fast path needs a GMemSiT model; got {type(model).__name__} (use fast=False)")
+        fast_path.check_model(model, options.precision)
         if not fast_path.handles(settings):
-            raise ValueError(f"the fast path runs {fast_path.FAST_METHODS} without a time shift; method "
-                             f"{settings.method!r} with time_shift {settings.time_shift} runs on the reference loop: "
-                             f"use fast=False")
+            raise ValueError(f"the fast path runs {fast_path.FAST_METHODS}; method {settings.method!r} runs on the "
+                             f"reference loop: use fast=False")
         fast_path.resolve_precision(options.precision, noise.device)  # an unusable precision is refused now
         return fast_path.iter_fast(model, noise, snippets, settings.method, settings.steps, generators,
-                                   settings.guidance, settings.guidance_interval, options=options, report=fast_report)
+                                   settings.guidance, settings.guidance_interval, options=options, report=fast_report,
+                                   time_shift=settings.time_shift)
     return iter_reference(model, noise, snippets, settings, generators, state_dtype)
