@@ -111,9 +111,9 @@ class TrainingMonitor:
             self.status.value, self._said = self._text, now
         if edge or (step % self.plot_every == 0 and now - self._drawn >= self.plot_interval):
             self.draw_loss()
+            self._drawn = now
 
     def draw_loss(self) -> None:
-        self._drawn = self.clock()
         self.loss_out.clear_output(wait=True)
         show(self.loss_figure(), self.loss_out)
 
