@@ -318,14 +318,17 @@ def run_notebook(path, kernel_cache, monkeypatch, tmp_path, settings: dict | Non
                  messages: dict | None = None):
     """Execute a notebook in fast mode on the embedded default; `settings` NAME -> value are typed over the
     notebook's `NAME = ...` lines, as a user edits them. Returns the executed notebook, after checking no cell
-    failed. `messages`, a dict, receives {cell index: number of kernel messages the client processed for it}."""
+    failed. `messages`, a dict, receives {cell index: [(message type, the widget value it sets or "")]} of the
+    kernel messages the client processed for each cell."""
     import nbformat
     from nbclient import NotebookClient
 
     class Client(NotebookClient):
         def process_message(self, msg, cell, cell_index):
             if messages is not None:
-                messages[cell_index] = messages.get(cell_index, 0) + 1
+                value = msg["content"].get("data", {}).get("state", {}).get("value") if msg["msg_type"] == "comm_msg" \
+                    else None
+                messages.setdefault(cell_index, []).append((msg["msg_type"], value if isinstance(value, str) else ""))
             return super().process_message(msg, cell, cell_index)
 
     # the kernel inherits this environment: fast mode, the package importable from the checkout, a private cache,
@@ -403,18 +406,23 @@ def test_notebook_runs_in_fast_mode(path, kernel_cache, monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_finetune_notebook_ends_headless_with_few_widget_messages(kernel_cache, monkeypatch, tmp_path):
     """Notebook 03 once hung headless after its last training step (600/600, the kernel idle, the client waiting 28
-    minutes), its monitor writing the status and a plot at every step. Here 40 fast steps under a per-cell timeout:
-    the run ends, the status says the last step, and the client processes a few messages per second of training
-    (each is a widget update it must apply), not several per step."""
+    minutes). Here 40 steps under a per-cell timeout (so a hang fails the test instead of stalling it): the run
+    ends, and the monitor's widget messages are a few per second of training, not several per step: its status at
+    most 4 a second, its loss plot (clear + display) at most one per 2 s besides the first, the last and the sample
+    grids. Fast mode draws the plot at every step it may (plot_every 1): 80 plot messages in 40 steps before."""
     messages = {}
     book = run_notebook(ROOT / "notebooks" / "03_finetune.ipynb", kernel_cache, monkeypatch, tmp_path,
                         {"TRAIN_STEPS": "40", "EVAL_EVERY": "20"}, messages)
-    index, fit = next((i, c) for i, c in enumerate(book.cells) if "trainer.fit()" in c.source)
     assert "40 steps, last loss" in printed_by(book)
+    index, fit = next((i, c) for i, c in enumerate(book.cells) if "trainer.fit()" in c.source)
     timing = fit.metadata["execution"]
     seconds = (np.datetime64(timing["shell.execute_reply"][:26]) -
                np.datetime64(timing["iopub.execute_input"][:26])) / np.timedelta64(1, "s")
-    assert messages[index] <= 25 * seconds + 40, (messages[index], seconds)
+    said = [value for kind, value in messages[index] if kind == "comm_msg" and value.startswith("step ")]
+    plots = [kind for kind, _ in messages[index] if kind in ("clear_output", "display_data")]
+    assert said[-1].startswith("step 40/40:") and len(said) <= 4 * seconds + 3, (len(said), seconds)
+    # 2 messages a plot: one per 2 s, + first, last step, end of fit, 2 sample grids; + show_figures, tqdm's bar
+    assert len(plots) <= seconds + 2 * 5 + 3, (len(plots), seconds)
 
 
 def test_bank_explorer_notebook_runs_on_a_bank_alone(kernel_cache, monkeypatch, tmp_path):
