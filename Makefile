@@ -10,6 +10,11 @@ PY := .venv/bin/python
 app: .venv/.installed
 	$(PY) app.py
 
+# JupyterLab on the notebooks. Jupyter refuses to start as root (containers, CI, a cloud VM's default user) unless
+# told --allow-root, so it is added for root only. NOTEBOOK_ARGS passes more options (--no-browser --port=8890).
+notebooks: .venv/.installed
+	$(PY) -m jupyterlab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(NOTEBOOK_ARGS)
+
 # Debian's chromium drives the browser tests; never a downloaded browser.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
@@ -25,4 +30,4 @@ test: .venv/.installed browser
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; exit $$rc
 
-.PHONY: app test browser emoji-font
+.PHONY: app notebooks test browser emoji-font

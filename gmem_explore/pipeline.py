@@ -363,9 +363,12 @@ class GMemPipeline:
                 if progress and bar is None:
                     from tqdm.auto import tqdm  # optional display dependency, only when a bar is asked for
 
-                    bar = tqdm(total=event.images_total * event.total, desc="sampling", unit="step")
+                    # images, as a user counts them: 16 images of 8 steps read "128 steps" as a bar of steps
+                    bar = tqdm(total=event.images_total, desc="sampling", unit="image")
                 if bar is not None:
-                    bar.update(event.stop - event.start)
+                    bar.n = round(event.images_done, 2)  # the batch under way counts by its share of steps done
+                    bar.set_postfix_str(f"step {event.step}/{event.total}", refresh=False)
+                    bar.refresh()
                 if callback is not None:
                     callback(event, event.start, event.images_total)
         finally:

@@ -88,6 +88,12 @@ def tqdm_bars(monkeypatch):
         def update(self, k=1):
             self.n += k
 
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+        def refresh(self):
+            pass
+
         def close(self):
             self.closed = True
 

@@ -114,3 +114,24 @@ def test_public_names_are_importable_and_documented():
     for name in ("GMemPipeline", "MemoryBank", "build_model", "sample", "mix", "index_from_noise"):
         assert hasattr(gmem_explore, name), name
         assert f"`{name}" in docs, f"neither README nor docs/ mention {name}"
+
+
+def test_the_gradio_client_example_names_the_endpoints_arguments():
+    """docs/app.md's gradio_client call passes every argument by name (ten positional values could not be read),
+    and the names, in order, are the endpoint's, as the app on a tiny model reports them."""
+    import ast
+
+    import app_tiny
+
+    calls = [node for _, lang, body in fenced_blocks((ROOT / "docs" / "app.md").read_text())
+             if lang == "python" and "gradio_client" in body
+             for node in ast.walk(ast.parse(body))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "predict"]
+    assert calls, "docs/app.md has no gradio_client example"
+    endpoints = app_tiny.tiny_demo().get_api_info()["named_endpoints"]
+    for call in calls:
+        assert not call.args, "an argument passed by position"
+        names = [k.arg for k in call.keywords]
+        endpoint = ast.literal_eval(call.keywords[names.index("api_name")].value)
+        names.remove("api_name")
+        assert names == [p["parameter_name"] for p in endpoints[endpoint]["parameters"]], endpoint

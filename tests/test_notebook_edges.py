@@ -90,6 +90,29 @@ def test_one_selection_at_a_time_so_the_same_choice_can_be_made_again(ex):
     assert ex.selection == [2, 3]
 
 
+def test_a_group_chosen_from_code_shows_in_the_dropdown(ex):
+    """explorer.select_group("b") (notebook 01 drives the panel from code) selected b while the dropdown said (any)."""
+    ex.select_group("b")
+    assert ex.group.value == "b" and ex.selection == [1, 4, 7, 10, 13, 16, 19]
+    ex.select_rows([2, 3])
+    assert ex.group.value == "(any)"
+    ex.select_group("c")
+    assert ex.group.value == "c" and ex.selection == [2, 5, 8, 11, 14, 17]
+
+
+def test_the_explorer_keeps_its_pictures_as_readable_figures(ex):
+    """What a rendered notebook shows of the panel: the map and, once there are, the selected rows, their
+    generations and the neighbours, each image at 128 px (8 px here: 16x) instead of the panel's 72."""
+    assert [title for title, _ in ex.figures()] == ["the map (the selection in full colour)"]
+    ex.select_group("b")
+    ex.generate()
+    titles, figures = zip(*ex.figures())
+    assert titles[1:] == ("selected rows: group b; showing 7 of 7", "generations, one per selected row, seed 0",
+                          f"nearest neighbours of row 1")
+    assert all(fig.width >= 7 * 128 and fig.height >= 128 for fig in figures[1:3])  # 7 images in one row
+    assert figures[3].width >= 3 * 128  # k = 3 neighbours
+
+
 @pytest.mark.parametrize("seed", [-1, 2 ** 63, 10 ** 30])
 def test_a_bad_seed_is_said_in_the_status_not_raised_into_the_void(ex, seed):
     ex.select_rows("1 2")
@@ -257,6 +280,38 @@ def test_monitor_draws_at_once_and_says_finished_stopped_or_failed(tiny_model, t
     monkeypatch.setattr(trainer, "train_step", train_step)
     trainer.fit(steps=2)  # past config.steps: "step 51/50" was said
     assert monitor.status.value.startswith("step 51: loss ") and monitor.status.value.endswith(" · finished")
+
+
+def test_monitor_updates_its_widgets_a_few_times_a_second():
+    """Every status or plot update is a message the front end must process (a headless client too): at 100 steps a
+    second the status was written 600 times and the plot drawn 30 times in 6 s, and a headless run of notebook 03
+    once hung after its last step. Now at most 4 status lines and one plot every 2 s, the first and last steps
+    always, and the status ends on the last step."""
+    now = [0.0]
+    monitor = nbt.TrainingMonitor(plot_every=20, clock=lambda: now[0])
+    monitor.total = 600
+    said, drawn = [], []
+    monitor.status.observe(lambda change: said.append(change["new"]), names="value")
+    monitor.draw_loss = lambda: drawn.append(monitor.steps[-1])
+    for step in range(1, 601):
+        now[0] += 0.01
+        monitor.on_step(None, {"step": step, "loss": 1 / step, "lr": 1e-4})
+    assert len(said) <= 6 / 0.25 + 2 and said[0].startswith("step 1/600:") and said[-1].startswith("step 600/600:")
+    assert drawn[0] == 1 and drawn[-1] == 600 and len(drawn) <= 6 / 2 + 2
+    assert len(monitor.steps) == 600  # every step is recorded for the plot, whether drawn at once or not
+
+
+def test_monitor_keeps_the_loss_and_samples_as_figures(tiny_model, tiny_bank):
+    from gmem_explore.train.trainer import TrainConfig, Trainer
+
+    config = TrainConfig(steps=2, batch_size=4, eval_every=2, eval_images=3, eval_steps=2, progress=False, warmup=1)
+    trainer = Trainer(tiny_model, tiny_bank.thumbnails, conditions=tiny_bank.rows, config=config, use_accelerate=False)
+    monitor = nbt.TrainingMonitor().attach(trainer)
+    assert monitor.figures() == []  # nothing before training
+    trainer.fit()
+    (loss_title, loss), (sample_title, samples) = monitor.figures()
+    assert loss_title == "training loss" and sample_title == "samples at step 2 (EMA weights)"
+    assert loss.get_size_inches()[0] * loss.dpi >= 600 and samples.width >= 3 * 128
 
 
 def test_image_folder_keeps_every_image_inside_the_folder(tmp_path):

@@ -314,12 +314,22 @@ def kernel_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("gmem-cache")
 
 
-def run_notebook(path, kernel_cache, monkeypatch, tmp_path, settings: dict | None = None):
+def run_notebook(path, kernel_cache, monkeypatch, tmp_path, settings: dict | None = None,
+                 messages: dict | None = None):
     """Execute a notebook in fast mode on the embedded default; `settings` NAME -> value are typed over the
     notebook's `NAME = ...` lines, as a user edits them. Returns the executed notebook, after checking no cell
-    failed."""
+    failed. `messages`, a dict, receives {cell index: [(message type, the widget value it sets or "")]} of the
+    kernel messages the client processed for each cell."""
     import nbformat
     from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        def process_message(self, msg, cell, cell_index):
+            if messages is not None:
+                value = msg["content"].get("data", {}).get("state", {}).get("value") if msg["msg_type"] == "comm_msg" \
+                    else None
+                messages.setdefault(cell_index, []).append((msg["msg_type"], value if isinstance(value, str) else ""))
+            return super().process_message(msg, cell, cell_index)
 
     # the kernel inherits this environment: fast mode, the package importable from the checkout, a private cache,
     # and the embedded default (a GMEM_CHECKPOINT left in the environment would point the notebooks elsewhere)
@@ -334,7 +344,7 @@ def run_notebook(path, kernel_cache, monkeypatch, tmp_path, settings: dict | Non
     for cell in book.cells:
         for name, value in (settings or {}).items():
             cell.source = re.sub(rf"^{name} = \S+", f"{name} = {value}", cell.source, flags=re.M)
-    client = NotebookClient(book, timeout=240, kernel_name="python3", allow_errors=False,
+    client = Client(book, timeout=240, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -347,16 +357,72 @@ def printed_by(book) -> str:
                    if o.output_type == "stream")
 
 
+# A notebook rendered without its kernel (GitHub, nbviewer, an HTML export) shows cell outputs, not widgets: the cells
+# that hold widgets also keep their pictures as PNG outputs, this many in the cell whose source holds the key.
+STATIC_FIGURES = {
+    "01_bank_explorer": {"explorer.show_figures()": 4},  # the map, thumbnails, generations, neighbours
+    "02_remix": {"swap_figure(": 1, "interp.show_figures()": 1, "mixing_figure(": 1, "seed_sweep_figure(": 1},
+    "03_finetune": {"monitor.show_figures()": 2, "labelled_grid(torch.cat": 1},  # loss + samples; the comparison
+}
+# Every PNG a notebook keeps is at least this size (px), in fast mode too: 128 px per 32 px image in a grid of three
+# (notebook 02's figures were 232 x 168 px in fast mode, 380 x 160 px in full, with 10 px captions)
+READABLE = (384, 150)
+
+
+def png_sizes(outputs) -> list[tuple[int, int]]:
+    """(width, height) of each image/png output, read from the PNG's IHDR chunk."""
+    import base64
+
+    sizes = []
+    for o in outputs:
+        if "image/png" in o.get("data", {}):
+            head = base64.b64decode(o["data"]["image/png"])[:24]
+            sizes.append((int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")))
+    return sizes
+
+
+def check_static_figures(book, name: str, wanted: dict[str, int]) -> None:
+    code = [c for c in book.cells if c.cell_type == "code"]
+    every = [size for c in code for size in png_sizes(c.outputs)]
+    assert every, f"{name} displayed no picture"
+    small = [size for size in every if size[0] < READABLE[0] or size[1] < READABLE[1]]
+    assert not small, f"{name}: pictures of {small} px, smaller than {READABLE}"
+    for key, count in wanted.items():
+        (cell,) = [c for c in code if key in c.source]
+        assert len(png_sizes(cell.outputs)) >= count, f"{name}: the cell with {key} keeps fewer than {count} PNGs"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_fast_mode(path, kernel_cache, monkeypatch, tmp_path):
     book = run_notebook(path, kernel_cache, monkeypatch, tmp_path)
-    images = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert images, f"{path.name} displayed no picture"
+    check_static_figures(book, path.name, STATIC_FIGURES[path.stem])
     printed = printed_by(book)
     if path.stem == "02_remix":  # the mixing figure's images share one seed, said under it
         assert re.search(r"every image: seed \d+, \d+ \w+ steps", printed)
     if path.stem == "03_finetune":  # the measuring cell prints one line per model
         assert re.search(r"default +FD +[\d.]+ +near copies", printed) and re.search(r"fine-tuned +FD +[\d.]+", printed)
+
+
+@pytest.mark.slow
+def test_finetune_notebook_ends_headless_with_few_widget_messages(kernel_cache, monkeypatch, tmp_path):
+    """Notebook 03 once hung headless after its last training step (600/600, the kernel idle, the client waiting 28
+    minutes). Here 40 steps under a per-cell timeout (so a hang fails the test instead of stalling it): the run
+    ends, and the monitor's widget messages are a few per second of training, not several per step: its status at
+    most 4 a second, its loss plot (clear + display) at most one per 2 s besides the first, the last and the sample
+    grids. Fast mode draws the plot at every step it may (plot_every 1): 80 plot messages in 40 steps before."""
+    messages = {}
+    book = run_notebook(ROOT / "notebooks" / "03_finetune.ipynb", kernel_cache, monkeypatch, tmp_path,
+                        {"TRAIN_STEPS": "40", "EVAL_EVERY": "20"}, messages)
+    assert "40 steps, last loss" in printed_by(book)
+    index, fit = next((i, c) for i, c in enumerate(book.cells) if "trainer.fit()" in c.source)
+    timing = fit.metadata["execution"]
+    seconds = (np.datetime64(timing["shell.execute_reply"][:26]) -
+               np.datetime64(timing["iopub.execute_input"][:26])) / np.timedelta64(1, "s")
+    said = [value for kind, value in messages[index] if kind == "comm_msg" and value.startswith("step ")]
+    plots = [kind for kind, _ in messages[index] if kind in ("clear_output", "display_data")]
+    assert said[-1].startswith("step 40/40:") and len(said) <= 4 * seconds + 3, (len(said), seconds)
+    # 2 messages a plot: one per 2 s, + first, last step, end of fit, 2 sample grids; + show_figures, tqdm's bar
+    assert len(plots) <= seconds + 2 * 5 + 3, (len(plots), seconds)
 
 
 def test_bank_explorer_notebook_runs_on_a_bank_alone(kernel_cache, monkeypatch, tmp_path):
@@ -366,6 +432,7 @@ def test_bank_explorer_notebook_runs_on_a_bank_alone(kernel_cache, monkeypatch, 
                         {"BANK_ONLY": "True"})
     printed = printed_by(book)
     assert "rows selected; nearest neighbours of row" in printed and "generated rows" not in printed
+    check_static_figures(book, "01_bank_explorer", {"explorer.show_figures()": 3})  # no generations
 
 
 def test_strip_script_removes_outputs(tmp_path):
@@ -391,16 +458,20 @@ def test_strip_script_removes_outputs(tmp_path):
     assert strip_notebooks.main(["--check", str(dirty)]) == 0
 
 
-def test_jupyterlab_serves_lab(tmp_path):
-    """`jupyter lab` from this environment starts and answers GET /lab with 200, then stops."""
+def test_make_notebooks_serves_lab_as_documented(tmp_path):
+    """`make notebooks`, the documented command, starts JupyterLab on notebooks/ and answers GET /lab with 200, run
+    as root too (containers, CI: `jupyter lab notebooks/` refused to start there without --allow-root), then stops.
+    `-o .venv/.installed`: the installed environment is taken as it is (this test must not reinstall it)."""
+    import signal
+
     port = free_port()
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")}
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           "--IdentityProvider.token=", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={ROOT / 'notebooks'}"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")  # containers and CI often run as root; Jupyter refuses it otherwise
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    options = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token= --ServerApp.port_retries=0"
+    cmd = ["make", "-s", "-o", ".venv/.installed", "notebooks", f"PY={sys.executable}", f"NOTEBOOK_ARGS={options}"]
+    # a session of its own: make and the JupyterLab it starts are stopped together
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
     try:
         deadline, status, body = time.monotonic() + 60, None, b""
         while time.monotonic() < deadline and proc.poll() is None:
@@ -412,10 +483,13 @@ def test_jupyterlab_serves_lab(tmp_path):
                 time.sleep(0.5)
         assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-2000:]
         assert status == 200 and b"JupyterLab" in body
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=5) as response:
+            names = {item["name"] for item in json.load(response)["content"]}
+        assert {p.name for p in NOTEBOOKS} <= names  # it serves notebooks/
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -112,11 +112,11 @@ def test_callback_and_previews(tiny_pipeline):
     assert seen == [(1, 0, 3), (2, 0, 3), (3, 0, 3), (1, 2, 3), (2, 2, 3), (3, 2, 3)]
 
 
-def test_progress_bar_counts_every_image_step_and_ends_full(tiny_pipeline, tqdm_bars):
-    """progress=True: a bar of images x steps (3 x 2), advanced by the batch's size at each step (batches of 2
-    and 1), so it ends at its total rather than at a third of it."""
+def test_progress_bar_counts_images_and_ends_full(tiny_pipeline, tqdm_bars):
+    """progress=True: a bar of the 3 images (not of images x steps: 16 images of 8 steps read "128 steps"), the
+    sampler step beside it, ending full after batches of 2 and 1."""
     tiny_pipeline.generate(3, seeds=range(3), steps=2, batch_size=2, progress=True)
-    assert [(b.total, b.n, b.closed) for b in tqdm_bars] == [(6, 6, True)]
+    assert [(b.total, b.n, b.postfix, b.closed) for b in tqdm_bars] == [(3, 3, "step 2/2", True)]
 
 
 def test_previews_show_the_denoised_estimate_not_the_noisy_state(tiny_pipeline):
@@ -200,7 +200,8 @@ def test_gmem_sample_writes_a_grid_and_its_record(tmp_path, tiny_pipeline):
     out = tmp_path / "grid.png"
     assert gmem(["sample", "--checkpoint", str(tmp_path / "ck"), "--n", "4", "--seed", "10", "--out", str(out)]) == 0
     from PIL import Image
-    assert Image.open(out).size == (2 + 2 * 10, 2 + 2 * 10)  # 2x2 grid of 8 px images with 2 px padding
+    # a 2x2 grid of 8 px images with 2 px padding, at the default scale that shows each image at 128 px (16x)
+    assert Image.open(out).size == (16 * (2 + 2 * 10), 16 * (2 + 2 * 10))
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["seeds"] == [10, 11, 12, 13] and len(record["rows"]) == 4
     assert gmem(["sample", "--checkpoint", str(tmp_path / "missing"), "--out", str(out)]) == 1

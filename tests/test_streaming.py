@@ -107,7 +107,7 @@ def test_generate_callback_and_progress_are_built_on_the_events(tiny_pipeline, t
                            callback=lambda e, start, total: seen.append((e.step, start, total)))
     assert seen == [(1, 0, 3), (2, 0, 3), (1, 2, 3), (2, 2, 3)]
     (bar,) = tqdm_bars
-    assert bar.total == bar.n == 3 * 2 and bar.closed
+    assert bar.total == bar.n == 3 and bar.closed  # images, not images x steps
 
 
 def test_interpolate_iter_ends_with_interpolates_frames(tiny_pipeline):

@@ -82,8 +82,9 @@ def _try_writing_in(folder: Path, option: str, path) -> None:
 def output_file(path, option: str = "--out", suffixes: tuple[str, ...] = (), kind: str = "",
                 example: str = "") -> Path:
     """Refuse, before any work, an output file that cannot be written: a folder at its place, a file where a folder
-    of its path should be, an unwritable place, or (with `suffixes`) the wrong extension. Missing folders are fine:
-    the writers create them."""
+    of its path should be, an unwritable place, or (with `suffixes`) the wrong extension. The file's own folder may
+    be new (the writers create it); a missing folder above it is refused: `--out smaples/run1/grid.png` made the
+    whole mistyped tree without a word."""
     path = Path(path).expanduser()
     if suffixes and path.suffix.lower() not in suffixes:
         raise ValueError(f"{option} {path}: {kind or 'the output'} must be a {' or '.join(suffixes)} file; end the "
@@ -92,6 +93,11 @@ def output_file(path, option: str = "--out", suffixes: tuple[str, ...] = (), kin
         example = path / (example or f"out{suffixes[0] if suffixes else '.png'}")
         raise ValueError(f"{option} {path} is a folder; give a file name, e.g. {example}")
     _try_writing_in(_existing_ancestor(path.parent), option, path)
+    above = path.parent.parent
+    if not path.parent.exists() and not above.is_dir():
+        raise ValueError(f"{option} {path}: the folder {above} does not exist, and only the file's own folder "
+                         f"({path.parent.name}) is created; check the path, or create the folders first: "
+                         f"mkdir -p {path.parent}")
     return path
 
 

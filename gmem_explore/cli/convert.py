@@ -1,6 +1,8 @@
-"""Convert a released GMem model into a pickle-free checkpoint folder (safetensors + config.json): the v1 .pth, or
-GMem v2's network .pth with its bank .pth (--bank; upstream's 'full' or 'dmd' layout) and VA-VAE files, or a named
-Hub checkpoint (gmem-v1-xl, gmem-v2-xl-160ep, gmem-v2-xl-600ep: downloaded or found in the cache).
+"""Convert a released GMem model (a .pth or a Hub name) into a pickle-free checkpoint folder.
+
+The folder holds safetensors + config.json. The source is the v1 .pth, or GMem v2's network .pth with its bank
+.pth (--bank; upstream's 'full' or 'dmd' layout) and VA-VAE files, or a named Hub checkpoint (gmem-v1-xl,
+gmem-v2-xl-160ep, gmem-v2-xl-600ep: downloaded or found in the cache).
 
 The .pth is read with torch.load(weights_only=True) (a pickle carrying code is refused), memory-mapped, and
 written tensor by tensor, so the 640,000 x 768 bank is never held twice in memory. The folder then loads

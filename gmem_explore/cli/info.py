@@ -1,5 +1,7 @@
-"""Describe a checkpoint: its network, bank, snippet encoder, autoencoder and default sampler, then what its
-config.json records of where it came from (description, data and licence, training recipe).
+"""Describe a checkpoint: its parts, default sampler and where it came from.
+
+The network, bank, snippet encoder, autoencoder and default sampler, then what the checkpoint's config.json
+records of its origin (description, data and licence, training recipe).
 
 CHECKPOINT is a name (default: the embedded 'emoji-32'), a checkpoint folder or a released-format .pth file.
 Nothing is generated; the weights are read once (the released gmem-v1-xl, or a .pth, is downloaded and converted

@@ -1,5 +1,6 @@
 """The `gmem` command. Each subcommand lives in gmem_explore/cli/<name>.py with two functions:
-`add_arguments(parser)` and `run(args) -> int`, plus a module docstring whose first line is the help text.
+`add_arguments(parser)` and `run(args) -> int`, plus a module docstring whose first paragraph, one sentence, is
+the command's line in `gmem --help` (the whole docstring is `gmem COMMAND --help`'s description).
 
 Command modules import torch and the package's heavy modules inside `run`, never at their top: building the
 parser imports every command module, and `gmem --help` should take a fraction of a second, not torch's seconds
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"gmem_explore.cli.{name.replace('-', '_')}")
         doc = (module.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+        p = sub.add_parser(name, help=summary(doc), description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
             # SUPPRESS: a subcommand's default must not overwrite a --debug given before the command
             q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def summary(doc: str) -> str | None:
+    """A command's line in `gmem --help`: its docstring's first paragraph, joined (its first line alone cut a
+    sentence that ran on to the next line)."""
+    return " ".join(doc.split("\n\n")[0].split()) or None
 
 
 def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -16,6 +16,9 @@ from gmem_explore.cli.checks import (SAMPLER_METHODS, check_device, int_in, non_
                                      positive_int)
 
 MAX_SCALE = 32  # a 4 x 4 grid of 256 px images at 32x is 32768 px a side (3 GB): more is a typo
+# the default --scale shows each image at least this wide: emoji-32's images at 1x made a 138 px grid of 16 that an
+# image viewer shows as a stamp; 128 px is 4x for 32 px models, 2x for 64 px, 1x for 256 px (gmem-v1-xl)
+READABLE_PX = 128
 
 
 def add_arguments(p):
@@ -43,9 +46,10 @@ def add_arguments(p):
     p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default=None,
                    help="how rows are picked without --rows (default: the checkpoint's rule, noise (by frequency from "
                         "the initial noise) for v1 and the embedded models, uniform for v2)")
-    p.add_argument("--scale", type=int_in(1, MAX_SCALE), default=1,
-                   help=f"upscale the grid by this whole factor, 1 to {MAX_SCALE} (nearest neighbour; default 1: "
-                        f"the model's own pixels)")
+    p.add_argument("--scale", type=int_in(1, MAX_SCALE), default=None,
+                   help=f"upscale the grid by this whole factor, 1 to {MAX_SCALE} (nearest neighbour; 1: the model's "
+                        f"own pixels; default: the smallest that shows each image {READABLE_PX} px or more, 4 for "
+                        f"emoji-32, 1 for 256 px models)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--out", default="samples.png",
                    help="output image file, .png (lossless), .jpg or .webp (default samples.png); a .json with the seeds "
@@ -61,6 +65,11 @@ def image_format(path: Path) -> str:
         raise ValueError(f"--out {path}: cannot write images of type {path.suffix or '(no extension)'!r}; "
                          f"end the name in .png (lossless), .jpg or .webp")
     return fmt
+
+
+def readable_scale(width: int) -> int:
+    """The default --scale: the smallest whole factor that shows an image `width` px wide at READABLE_PX or more."""
+    return max(1, min(MAX_SCALE, -(-READABLE_PX // width)))
 
 
 def sample_with_bar(events):
@@ -108,7 +117,7 @@ def run(args) -> int:
                                 guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval))
     out = sample_with_bar(events)
     with atomic_path(path) as tmp:  # an existing grid is replaced whole or kept, never left half-written
-        out.grid(scale=args.scale).save(tmp, format=fmt)
+        out.grid(scale=args.scale or readable_scale(out.images.shape[2])).save(tmp, format=fmt)
     record = {"seeds": out.seeds, "rows": out.indices, **out.settings,
               **({"revision": args.revision} if args.revision else {})}
     write_bytes_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())

@@ -1,6 +1,7 @@
 """Helpers behind notebooks/*.ipynb, so the notebooks stay short and their logic is tested:
 
-- helpers.py       the fast-mode switch, figures, progress, the bank explorer widget
+- helpers.py       the fast-mode switch, progress, the bank explorer widget
+- figures.py       captioned image grids and figures at a size a rendered notebook shows readably
 - remix.py         notebook 02: swap a row for a new image, interpolate, compare mixes
 - finetune.py      notebook 03: images to a folder, a live view of training, many GPUs (the bank: bank/build.py)
 - bank_figures.py  notebook 01's figures of a bank as a whole

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import html
+import time
 from pathlib import Path
 
 import torch
 
 from ..bank.build import bank_from_images
-from .helpers import labelled_grid, problem, show
+from .helpers import STATIC_COLUMNS, labelled_grid, problem, show, show_titled
 from ..data import load_folder
 from ..pipeline import GMemPipeline
 from ..train.trainer import TrainConfig, Trainer
@@ -57,12 +58,23 @@ def write_image_folder(images, names, labels, label_names, folder) -> Path:
 
 class TrainingMonitor:
     """A live loss curve (redrawn every `plot_every` steps) and the trainer's evaluation grids, in two
-    ipywidgets Outputs. The Trainer's own tqdm bar shows progress; attach() registers the callbacks."""
+    ipywidgets Outputs. The Trainer's own tqdm bar shows progress; attach() registers the callbacks.
 
-    def __init__(self, plot_every: int = 20):
+    Widget updates are throttled: the status line at most every `status_interval` seconds and the loss plot at most
+    every `plot_interval` seconds (the first and last step always). Every update is a message the front end (a
+    headless client too) must process, and a plot is a PNG: one of each per step is thousands of messages in a run
+    of 10 steps a second (a headless run of notebook 03 once hung after its last step with them). `clock` measures
+    the intervals."""
+
+    def __init__(self, plot_every: int = 20, status_interval: float = 0.25, plot_interval: float = 2.0,
+                 clock=time.monotonic):
         import ipywidgets as W
 
         self.plot_every = max(1, int(plot_every))
+        self.status_interval, self.plot_interval, self.clock = float(status_interval), float(plot_interval), clock
+        self.total: int | None = None
+        self._said = self._drawn = float("-inf")  # when the status was last written and the plot last drawn
+        self._text = ""  # the latest step's status line, written or not
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.samples: list[tuple[int, torch.Tensor]] = []
@@ -86,17 +98,20 @@ class TrainingMonitor:
         return self
 
     def _of(self, step: int) -> str:
-        return f"/{self.total}" if getattr(self, "total", None) and step <= self.total else ""
+        return f"/{self.total}" if self.total and step <= self.total else ""
 
     def on_step(self, trainer, event: dict) -> None:
-        self.steps.append(int(event["step"]))
+        step, now = int(event["step"]), self.clock()
+        self.steps.append(step)
         self.losses.append(float(event["loss"]))
-        self.status.value = (f"step {event['step']}{self._of(event['step'])}: loss {event['loss']:.4f}, "
-                             f"lr {event['lr']:.2e}, {event.get('images_per_s', 0):.0f} images/s")
-        # the first step too: a plot every 20 steps left the cell empty for the first ~20 s
-        step = event["step"]
-        if len(self.steps) == 1 or step % self.plot_every == 0 or step == getattr(self, "total", None):
+        self._text = (f"step {step}{self._of(step)}: loss {event['loss']:.4f}, lr {event['lr']:.2e}, "
+                      f"{event.get('images_per_s', 0):.0f} images/s")
+        edge = len(self.steps) == 1 or step == self.total  # the first step too: the cell was empty for ~20 s
+        if edge or now - self._said >= self.status_interval:
+            self.status.value, self._said = self._text, now
+        if edge or (step % self.plot_every == 0 and now - self._drawn >= self.plot_interval):
             self.draw_loss()
+            self._drawn = now
 
     def draw_loss(self) -> None:
         self.loss_out.clear_output(wait=True)
@@ -117,7 +132,7 @@ class TrainingMonitor:
             self.status.value = html.escape(f"nothing to train: already at step {step} of {self.total} "
                                             f"(config.steps); trainer.fit(steps=N) trains N more")
         else:
-            self.status.value = f"{self.status.value} · finished"
+            self.status.value = f"{self._text} · finished"
 
     def on_eval(self, trainer, event: dict) -> None:
         images = event["images"]
@@ -127,14 +142,27 @@ class TrainingMonitor:
         self.sample_title.value = (f"samples at step {event['step']} (EMA weights; seeds {seeds[0]}–{seeds[-1]} and "
                                    f"the same conditions at every evaluation)")
         self.sample_out.clear_output(wait=True)
-        titles = [f"seed {s}" for s in event["seeds"]]
+        titles = self.sample_titles = [f"seed {s}" for s in event["seeds"]]
         show(labelled_grid(images, titles, ncols=min(8, len(images)), cell=64), self.sample_out)
+
+    def figures(self) -> list[tuple[str, object]]:
+        """The loss curve and the latest sample grid at a readable size, as (title, figure)."""
+        out = [("training loss", self.loss_figure())] if self.steps else []
+        if self.samples:
+            step, images = self.samples[-1]
+            out.append((f"samples at step {step} (EMA weights)",
+                        labelled_grid(images, self.sample_titles, ncols=min(STATIC_COLUMNS, len(images)))))
+        return out
+
+    def show_figures(self) -> None:
+        """The loss curve and the latest samples as ordinary cell outputs (show_titled), for a rendered notebook."""
+        show_titled(self.figures())
 
     def loss_figure(self):
         """Loss per step and its running mean (window 20), log scale."""
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(5, 3), dpi=90)
+        fig = Figure(figsize=(7, 3.5), dpi=100)
         ax = fig.subplots()
         loss, steps = torch.tensor(self.losses, dtype=torch.float64), torch.tensor(self.steps)
         ok = torch.isfinite(loss) & (loss > 0)  # a log axis shows neither NaN, inf nor 0, and one NaN blanked the mean

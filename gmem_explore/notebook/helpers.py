@@ -10,12 +10,9 @@ click does, without a browser.
 """
 from __future__ import annotations
 
-import contextlib
 import html
-import io
 import os
 import re
-from typing import Sequence
 
 import torch
 
@@ -23,9 +20,11 @@ from ..bank.memory import MemoryBank
 from ..bank.map2d import scatter_figure, uniform_frequency
 from ..events import Finished
 from ..pipeline import Generation, GMemPipeline
+from .figures import STATIC_COLUMNS, figure_png, labelled_grid, short_label, show, show_titled  # noqa: F401 (re-exported)
 
 MAX_SHOWN = 32  # thumbnails / generations per selection: more is unreadable in a notebook cell
 THUMB_COLUMNS = 6  # beside the 600 px map: 6 x ~80 px keeps the explorer inside a notebook's width
+WIDGET_CELL = 72  # px per image in the explorer's grids, which sit beside the map
 
 
 def fast_mode() -> bool:
@@ -36,54 +35,6 @@ def fast_mode() -> bool:
 def with_bank(pipe: GMemPipeline, bank: MemoryBank) -> GMemPipeline:
     """The same model, autoencoder and encoder with another bank (the original pipeline is untouched)."""
     return GMemPipeline(pipe.model, bank, pipe.autoencoder, pipe.encoder, pipe.sampler, pipe.info, pipe.device)
-
-
-def figure_png(fig) -> bytes:
-    """PNG bytes of a matplotlib Figure (figures here are built without pyplot: no global state, no window)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
-    return buf.getvalue()
-
-
-def show(obj, out=None):
-    """Display a Figure (as PNG), a PIL image or anything else, into an ipywidgets Output when given."""
-    from IPython import get_ipython
-    from IPython.display import Image, display
-
-    if get_ipython() is None:  # plain Python (tests calling callbacks): nothing can show it, skip the PNG encode
-        return
-    if hasattr(obj, "savefig"):
-        obj = Image(data=figure_png(obj), format="png")
-    with out if out is not None else contextlib.nullcontext():
-        display(obj)
-
-
-def short_label(name: str | None, width: int = 8) -> str:
-    """A caption-sized group name: its first word, cut to `width` characters ("Food & Drink" -> "Food")."""
-    return (name or "").split(" ")[0][:width]
-
-
-def labelled_grid(images: torch.Tensor, titles: Sequence[str], ncols: int, cell: int = 72):
-    """A PIL image: the images upscaled (nearest) to about `cell` pixels, a caption under each, ncols per row.
-
-    Drawn with PIL rather than matplotlib: a 32-image grid takes milliseconds instead of a second of subplots."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    images = torch.as_tensor(images)
-    n, h, w, _ = images.shape
-    scale = max(1, cell // max(h, w))
-    cw, chh, caption, pad = w * scale, h * scale, 14, 4
-    width = max(cw, min(132, 6 * max((len(str(t)) for t in titles), default=0)))  # ~6 px per character
-    nrows = max(1, -(-n // ncols))
-    canvas = Image.new("RGB", (ncols * (width + pad) + pad, nrows * (chh + caption + pad) + pad), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=10)
-    for i, (img, title) in enumerate(zip(images, titles)):
-        r, c = divmod(i, ncols)
-        x, y = pad + c * (width + pad), pad + r * (chh + caption + pad)
-        tile = Image.fromarray(img.numpy()).resize((cw, chh), Image.NEAREST)
-        canvas.paste(tile, (x + (width - cw) // 2, y))
-        draw.text((x, y + chh + 1), str(title)[: width // 6], fill="black", font=font)
-    return canvas
 
 
 def with_status(events, status, text: str) -> Generation:
@@ -298,7 +249,7 @@ class BankExplorer:
             return self.selection
         g = list(self.bank.label_names).index(name)
         self._box = None
-        self._reset_others("group")
+        self._reset_others("group", group=name)  # a group chosen from code shows in the dropdown too
         empty = (f"group {name} has no rows on the map (it shows {len(self.rows):,} of {len(self.bank):,} rows): "
                  f"pick another group, or map more rows")
         return self._select(self.rows[self.bank.labels[self.rows] == g].tolist(), f"group {name}", one_group=True,
@@ -309,11 +260,12 @@ class BankExplorer:
         self.status.value = (html.escape(text) if plain else problem(text)) + html.escape(held)
         return self.selection
 
-    def _reset_others(self, keep: str):
-        """The other selecting controls back to neutral, quietly (a group left shown could not be picked again)."""
+    def _reset_others(self, keep: str, group: str = "(any)"):
+        """The other selecting controls back to neutral, quietly (a group left shown could not be picked again);
+        the group dropdown shows `group` when a group is the selection."""
         self._syncing = True
         try:
-            self.group.value = self.group.value if keep == "group" else "(any)"
+            self.group.value = group if keep == "group" else "(any)"
             self.rows_text.value = self.rows_text.value if keep == "rows" else ""
             for r in () if keep == "region" else (self.x_range, self.y_range):
                 r.value = (r.min, r.max)
@@ -332,7 +284,7 @@ class BankExplorer:
         thumbs = self.bank.column("thumbnails")  # read as stored: a bank shared with a copy is never copied
         if shown and thumbs is not None:
             titles = self.captions(shown, group_named=one_group)
-            show(labelled_grid(thumbs[shown], titles, ncols=THUMB_COLUMNS), self.thumbs_out)
+            show(labelled_grid(thumbs[shown], titles, ncols=THUMB_COLUMNS, cell=WIDGET_CELL), self.thumbs_out)
         self.draw_map()
         return rows
 
@@ -345,12 +297,12 @@ class BankExplorer:
     def nearest(self, row: int):
         """The k rows most similar (cosine) to `row`, itself excluded: (indices, similarities)."""
         idx, sim = self.bank.nearest([row], k=self.k)  # the row itself left out
-        self.neighbours = (idx[0], sim[0])
+        self.neighbours, self.neighbours_of = (idx[0], sim[0]), row
         self.nn_out.clear_output(wait=True)
         thumbs = self.bank.column("thumbnails")
         if thumbs is not None:
             titles = [f"{i} cos {s:.2f}" for i, s in zip(*(t.tolist() for t in self.neighbours))]
-            show(labelled_grid(thumbs[self.neighbours[0]], titles, ncols=self.k), self.nn_out)
+            show(labelled_grid(thumbs[self.neighbours[0]], titles, ncols=self.k, cell=WIDGET_CELL), self.nn_out)
         return self.neighbours
 
     def generate(self) -> Generation | None:
@@ -366,6 +318,27 @@ class BankExplorer:
         self.gen_out.clear_output()
         return guarded(self.status, "Generate", self._generate, shown)
 
+    def figures(self) -> list[tuple[str, object]]:
+        """The panel's pictures at a readable size, as (title, figure): the map, the selected rows' thumbnails,
+        their generations and the nearest neighbours (those that exist)."""
+        shown, thumbs = self.selection[:MAX_SHOWN], self.bank.column("thumbnails")
+        out = [("the map (the selection in full colour)", self.map_figure())]
+        grid = lambda images, titles: labelled_grid(images, titles, ncols=min(STATIC_COLUMNS, len(titles)))  # noqa: E731
+        if shown and thumbs is not None:
+            out.append((f"selected rows: {self.selection_note}", grid(thumbs[shown], self.captions(shown))))
+        if self.generation is not None:
+            out.append((f"generations, one per selected row, seed {self.generation.seeds[0]}",
+                        grid(self.generation.images, [str(r) for r in self.generation.indices])))
+        if self.neighbours is not None and thumbs is not None:
+            idx, sim = (t.tolist() for t in self.neighbours)
+            out.append((f"nearest neighbours of row {self.neighbours_of}",
+                        grid(thumbs[idx], [f"{i} cos {v:.2f}" for i, v in zip(idx, sim)])))
+        return out
+
+    def show_figures(self) -> None:
+        """The panel's pictures as ordinary cell outputs (show_titled), for a rendered notebook."""
+        show_titled(self.figures())
+
     def _generate(self, shown: list[int]) -> Generation:
         before, seed = html.escape(self.selection_note), seed_of(self.seed)
         what = f"{len(shown)} images from seed {seed}, {self.steps} steps"
@@ -373,5 +346,6 @@ class BankExplorer:
                                       self.status, f"{before} · generating {what}")
         # the grid's captions are the rows; the seed they share is said here (the seed box may change later)
         self.status.value = f"{before} · generated {what}"
-        show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=THUMB_COLUMNS), self.gen_out)
+        show(labelled_grid(self.generation.images, [str(r) for r in shown], ncols=THUMB_COLUMNS, cell=WIDGET_CELL),
+             self.gen_out)
         return self.generation

@@ -15,7 +15,7 @@ import torch
 
 from ..bank.memory import MIX_METHODS, mix
 from ..images import load_rgb
-from .helpers import guarded, labelled_grid, problem, seed_of, show, with_bank, with_bar, with_status
+from .helpers import guarded, labelled_grid, problem, seed_of, show, show_titled, with_bank, with_bar, with_status
 from ..pipeline import Generation, GMemPipeline, check_seeds, resolve_snippet
 from ..values import is_whole
 
@@ -188,10 +188,19 @@ class Interpolator:
                                  self.status, f"generating {k} frames")
         self.generation, self.computed, self.weights = generation, settings, torch.linspace(0, 1, k).tolist()
         self.slider.max, self.slider.disabled = k - 1, False
-        show(self.generation.grid(nrow=k, scale=2), self.strip_out)
+        show(self.strip_figure(), self.strip_out)
         self.status.value = html.escape(settings)
         self.show_frame(min(self.slider.value, k - 1))
         return self.generation
+
+    def strip_figure(self):
+        """Every frame in a row, captioned with its weight (a 2x grid made 64 px frames)."""
+        return labelled_grid(self.generation.images, [f"w={w:.2f}" for w in self.weights], ncols=len(self.generation))
+
+    def show_figures(self) -> None:
+        """The frames as an ordinary cell output (show_titled), for a rendered notebook; nothing before Compute."""
+        if self.generation is not None:
+            show_titled([(f"the frames: {self.computed}", self.strip_figure())])
 
     def show_frame(self, i: int):
         """Display precomputed frame i (no generation); returns it, or None before Compute."""
