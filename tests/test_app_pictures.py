@@ -23,6 +23,18 @@ def handler(demo, api_name: str):
     return fn.fn
 
 
+def follow_ups(demo, api_name: str) -> list:
+    """The steps that run after an event, in order."""
+    (fn,) = [f for f in demo.fns.values() if f.api_name == api_name]
+    steps = []
+    while True:
+        nxt = [f for f in demo.fns.values() if f.trigger_after == fn._id]
+        if not nxt:
+            return steps
+        (fn,) = nxt
+        steps.append(fn)
+
+
 def block(demo, elem_id: str):
     (found,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id]
     return found
@@ -100,9 +112,13 @@ def test_an_added_row_has_no_empty_original_gallery(demo, ctx, red):
     s = ctx.new_session()
     s, added, _ = handler(demo, "swap_add")(s, red)
     before, after = handler(demo, "swap_compare")(s, added, 1)
-    assert before["visible"] is False and before["value"] == [] and len(after) == 4
+    assert before == [] and len(after) == 4
+    gallery = block(demo, "swap-before")
+    (step,) = [f for f in follow_ups(demo, "swap_compare") if gallery in f.outputs]
+    note, shown = step.fn(s, added)
+    assert shown["visible"] is False and "added in this session" in note["value"]
     before, after = handler(demo, "swap_compare")(s, 3, 1)  # a row the original bank has: shown again
-    assert before["visible"] is True and len(before["value"]) == 4
+    assert len(before) == 4 and step.fn(s, 3)[1]["visible"] is True
 
 
 def test_the_swap_note_takes_no_room_until_it_has_a_line(demo):
@@ -114,14 +130,7 @@ def test_the_swap_note_takes_no_room_until_it_has_a_line(demo):
 
 def test_a_download_is_saved_by_the_same_click(demo):
     """Download used to show a file box whose link had to be clicked as well: the click now ends by saving it."""
-    (download,) = [f for f in demo.fns.values() if f.api_name == "swap_download"]
-    steps, fn = [], download
-    while True:
-        nxt = [f for f in demo.fns.values() if f.trigger_after == fn._id]
-        if not nxt:
-            break
-        (fn,) = nxt
-        steps.append(fn)
+    steps = follow_ups(demo, "swap_download")
     assert steps[-1].js == swap_tab.SAVE_FILE_JS and [b.elem_id for b in steps[-1].inputs] == ["swap-file"]
 
 

@@ -199,9 +199,9 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
         def show(session, choice):
             # the row's range is re-read when it is shown: the session's bank may have changed model or grown
             if choice == ENDPOINT_SOURCES[0]:
-                return ({**row_range(ctx.bank(session), f"Row {which}"), "visible": True}, gr.update(visible=False),
-                        gr.update(visible=True))
-            return gr.update(visible=False), gr.update(visible=True), gr.update(visible=False)
+                return ({**row_range(ctx.bank(session), f"Row {which}"), "visible": True}, gr.update(visible=True),
+                        gr.update(visible=False))
+            return gr.update(visible=False), gr.update(visible=False), gr.update(visible=True)
         return show
 
     def show_picture(session, row):
@@ -212,7 +212,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
 
     for which, source, row, upload, pic in (("A", a_source, a_row, a_upload, a_picture),
                                             ("B", b_source, b_row, b_upload, b_picture)):
-        source.change(show_endpoint(which), [state, source], [row, upload, pic], queue=False,
+        source.change(show_endpoint(which), [state, source], [row, pic, upload], queue=False,
                       api_visibility="private")
         # queued: for a bank without thumbnails a picture is a generation (it waits for a model slot)
         row.change(show_picture, [state, row], pic, api_visibility="private", show_progress="hidden")

@@ -135,6 +135,13 @@ def compare_note(ctx: AppContext, session: Session, row) -> str:
     return f"**{row_caption(mine, r)}** is unchanged in this session; seeds 0-3 on both sides."
 
 
+def compared(ctx: AppContext, session: Session, row) -> tuple[dict, dict]:
+    """After a compare: the note above the galleries, and the "Original bank" gallery shown only for a row the
+    original bank has (a row added in this session has none: an empty box stood above its images)."""
+    added = as_int(row, "row", 0, 2**62) >= len(ctx.store.get(session.checkpoint).bank)  # compare_row checked it
+    return shown(compare_note(ctx, session, row)), gr.update(visible=not added)
+
+
 def shown(text: str) -> dict:
     """A Markdown's update that shows it only while it has text."""
     return gr.update(value=text, visible=bool(text))
@@ -255,9 +262,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     def on_compare(session, row, steps, progress=gr.Progress()):
         before, after = compare_row(ctx, session, row, steps, progress=progress)
         r = int(float(row))  # compare_row checked it
-        # a row added in this session has no original: its gallery goes, rather than stand empty
-        return (gr.update(value=png_files(before, f"gmem-row{r}-original"), visible=bool(before)),
-                png_files(after, f"gmem-row{r}-edited"))
+        return png_files(before, f"gmem-row{r}-original"), png_files(after, f"gmem-row{r}-edited")
 
     @friendly
     def on_download(session):
@@ -282,8 +287,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     # RAW_INPUTS: compare_row checks the row and steps itself; gradio's checks answered "4" or None with "Could not
     # preprocess input component at index 2 (a `slider` component) ..."
     compare_btn.click(ctx.model_call(on_compare), [state, row, steps], [before, after], api_name="swap_compare",
-                      **RAW_INPUTS, **model).success(lambda session, r: shown(compare_note(ctx, session, r)),
-                                                     [state, row], note, **quiet)
+                      **RAW_INPUTS, **model).success(lambda session, r: compared(ctx, session, r), [state, row],
+                                                     [note, before], **quiet)
     # the file box appears once there is a file (a link to save it again, where a browser blocks the saving)
     download_btn.click(on_download, state, file_out, api_name="swap_download").success(
         lambda: gr.update(visible=True), None, file_out, **quiet).success(None, file_out, None, js=SAVE_FILE_JS,
