@@ -200,6 +200,34 @@ class GMemPipeline:
     def __repr__(self) -> str:
         return self.summary()
 
+    def with_bank(self, bank) -> "GMemPipeline":
+        """The same model, autoencoder, encoder and settings with another bank: a MemoryBank, or a bank file (a
+        .safetensors, e.g. the edited bank the app's Swap tab downloads). This pipeline is untouched. A bank made
+        for another model (its snippets of another width) is refused, naming both widths."""
+        from pathlib import Path
+
+        if isinstance(bank, (str, Path)):
+            path = Path(bank).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such bank file; give a .safetensors bank, such as the one the "
+                                        f"app's Swap tab downloads (\"Download the bank\")")
+            try:
+                bank = MemoryBank.load(path)
+            except ValueError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a file that is not safetensors at all: one plain sentence
+                raise ValueError(f"{path} is not a bank file ({type(e).__name__}: {str(e)[:200]}); give a "
+                                 f".safetensors bank, such as the one the app's Swap tab downloads") from None
+        if not isinstance(bank, MemoryBank):
+            raise TypeError(f"with_bank takes a MemoryBank or a bank file's path; got {type(bank).__name__}")
+        if bank.dim != self.snippet_dim:
+            name = self.info.get("name") or "this checkpoint"
+            raise ValueError(f"the bank's snippets have {bank.dim} values, but {name}'s model takes {self.snippet_dim}: "
+                             f"use a bank made for this model (downloaded from the app's Swap tab while it ran this "
+                             f"model, or built with gmem build-bank --checkpoint {name})")
+        return GMemPipeline(self.model, bank, self.autoencoder, self.encoder, self.sampler, self.info, self.device,
+                            self.choose)
+
     # ---- snippets ---------------------------------------------------------------------------------------
     @property
     def snippet_dim(self) -> int:

@@ -50,3 +50,39 @@ def test_is_cached_refuses_what_embed_2d_refuses():
         is_cached(bank, "pca", cache_dir=False, max_rows=1)
     with pytest.raises(ValueError, match="seed"):
         is_cached(bank, "pca", cache_dir=False, seed=0.5)
+
+
+def test_the_embedded_bank_ships_its_umap_map(tmp_path, monkeypatch):
+    """The Bank tab opens on UMAP for emoji-32 on a fresh install: its map is read from the package (no fit, no
+    umap import: a minute and numba's compilation on 2 cores), from gmem_explore/weights/emoji-32."""
+    import gmem_explore.bank.map2d as map2d
+    from gmem_explore.checkpoints.hub import EMBEDDED
+
+    bank = MemoryBank.load(EMBEDDED["emoji-32"] / "bank.safetensors")
+    empty = tmp_path / "cache"
+    assert is_cached(bank, "umap", cache_dir=empty)
+    monkeypatch.setattr(map2d, "umap_2d", lambda x, seed: pytest.fail("UMAP was fitted"))
+    coords = embed_2d(bank, "umap", cache_dir=empty)
+    assert coords.shape == (len(bank), 2) and coords.dtype == torch.float32 and torch.isfinite(coords).all()
+    assert not empty.exists()  # read from the package, nothing written
+    (shipped,) = (EMBEDDED["emoji-32"]).glob("umap-*.safetensors")
+    assert shipped.stat().st_size < 64_000
+    import tomllib
+
+    pyproject = tomllib.loads((map2d.SHIPPED.parents[1] / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["gmem_explore"]
+    assert any(shipped.relative_to(map2d.SHIPPED.parent).match(pattern) for pattern in data)  # in the wheel
+
+
+def test_ship_map_writes_a_map_embed_2d_reads_without_fitting(tmp_path, monkeypatch):
+    import gmem_explore.bank.map2d as map2d
+
+    bank = make_bank()
+    monkeypatch.setattr(map2d, "SHIPPED", tmp_path / "weights")
+    path = map2d.ship_map(bank, tmp_path / "weights" / "mine", "pca")
+    assert path.parent == tmp_path / "weights" / "mine" and path.name.startswith("pca-")
+    monkeypatch.setattr(map2d, "pca_2d", lambda x: pytest.fail("PCA was fitted"))
+    assert is_cached(bank, "pca", cache_dir=tmp_path / "cache")
+    assert embed_2d(bank, "pca", cache_dir=tmp_path / "cache").shape == (len(bank), 2)
+    assert not is_cached(make_bank(seed=1), "pca", cache_dir=tmp_path / "cache")  # another bank: not its map
+    assert not is_cached(bank, "pca", cache_dir=False)  # no cache at all: nothing read

@@ -45,3 +45,21 @@ def test_frequencies_spanning_more_than_100x_get_a_log_colour_scale():
     narrow = scatter_figure(coords, color_by=torch.linspace(1, 50, 30).double())
     assert isinstance(wide.axes[0].collections[-1].norm, LogNorm)
     assert not isinstance(narrow.axes[0].collections[-1].norm, LogNorm)
+
+
+def test_the_group_legend_is_beside_the_points_not_on_them():
+    """loc="best" put emoji-32's 9-group legend over a corner of the map's points."""
+    coords = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(200) % 9
+    fig = scatter_figure(coords, color_by=labels, label_names=[f"group number {i}" for i in range(9)])
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # as savefig draws it for the app
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    figure = fig.bbox
+    assert legend.x0 >= axes.x1  # right of the map
+    assert legend.x1 <= figure.x1 and legend.y0 >= figure.y0 and legend.y1 <= figure.y1  # and not cut off
+    assert axes.width >= 0.6 * figure.width  # the map keeps most of the figure

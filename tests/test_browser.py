@@ -179,6 +179,10 @@ def test_generate_produces_captioned_images(browser):
     assert all(caption.startswith("seed ") and " · row " in caption for _, caption in items)  # seed first
     first_seed = items[0][1].split(" · ")[0].removeprefix("seed ")
     wait_for(browser, lambda: f"from seed {first_seed}" in css(browser, "#generate-status")[0].text, "the status line")
+    # the rows the images came from, as pictures beside them (once each, in the images' order)
+    rows = list(dict.fromkeys(caption.split(" · ")[1] for _, caption in items))
+    wait_for(browser, lambda: [c for _, c in gallery(browser, "generate-sources")] == rows, "the source rows")
+    assert all(shown(browser, img) for img in css(browser, "#generate-sources .thumbnail-item img"))
     # one row of images, nothing to scroll: no scroll bar beside it, once the images have their size (while they
     # load, the row can overflow for a moment)
     bar = "const g = document.querySelector('#generate-gallery .grid-wrap'); return g.offsetWidth - g.clientWidth;"
@@ -186,8 +190,20 @@ def test_generate_produces_captioned_images(browser):
     screenshot(browser, "generate")
 
 
+def shown(driver, element) -> bool:
+    """Displayed with a size: an image is there for the user to see."""
+    box = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", element)
+    return element.is_displayed() and min(box) > 0
+
+
+def top(driver, selector: str) -> float:
+    return driver.execute_script(f"return document.querySelector('{selector}').getBoundingClientRect().top;")
+
+
 def test_swap_changes_what_a_row_generates(browser, red_png):
     open_tab(browser, "Swap")
+    # the comparison starts level with the row box beside it: an empty note above it left a blank gap
+    assert abs(top(browser, "#swap-before") - top(browser, "#swap-row")) <= 4
     set_number(browser, "swap-row", 2)
     css(browser, "#swap-compare")[0].click()
     before = final_gallery(browser, "swap-before", 4)
@@ -207,7 +223,38 @@ def test_swap_changes_what_a_row_generates(browser, red_png):
     wait_for(browser, changed, "images from the swapped row")
     css(browser, "#swap-generate")[0].click()
     final_gallery(browser, "swap-gallery", 4)
+    # the nearest bank rows are pictures (they were a line of text)
+    near = wait_for(browser, lambda: gallery(browser, "swap-nearest"), "the nearest rows")
+    assert len(near) == 3 and all(re.fullmatch(r"row \d+ · cos -?\d\.\d\d", c) for _, c in near)
+    assert all(shown(browser, img) for img in css(browser, "#swap-nearest .thumbnail-item img"))
     screenshot(browser, "swap")
+
+
+def test_an_added_row_compares_alone_and_the_bank_downloads_in_one_click(browser, tmp_path):
+    """After Add, "Generate from the row" showed an empty "Original bank" box above the new row's images; Download
+    showed a file box whose link was a second click."""
+    open_tab(browser, "Swap")
+    css(browser, "#swap-add")[0].click()  # the red image is still in the upload box
+    log = wait_for(browser, lambda: re.search(r"added row (\d+)", css(browser, "#swap-log")[0].text), "the edit log")
+    added = log.group(1)
+    wait_for(browser, lambda: css(browser, "#swap-row input[type=number]")[0].get_attribute("value") == added,
+             f"row {added} in the row box")
+    css(browser, "#swap-compare")[0].click()
+    wait_for(browser, lambda: "added in this session" in css(browser, "#swap-note")[0].text, "the note")
+    final_gallery(browser, "swap-after", 4)
+    assert not [e for e in css(browser, "#swap-before") if e.is_displayed()]
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    css(browser, "#swap-download")[0].click()
+    saved = wait_for(browser, lambda: not list(tmp_path.glob("*.crdownload")) and list(tmp_path.glob("*-bank-edited"
+                                                                                               ".safetensors")),
+                     "the saved bank", 60)
+    from gmem_explore import MemoryBank
+
+    assert len(MemoryBank.load(saved[0])) == int(added) + 1
+    set_number(browser, "swap-row", 2)  # a row of the original bank: both galleries again
+    css(browser, "#swap-compare")[0].click()
+    wait_for(browser, lambda: [e for e in css(browser, "#swap-before") if e.is_displayed()], "the original gallery")
+    final_gallery(browser, "swap-before", 4)
 
 
 def test_interpolate_yields_k_frames(browser):
@@ -217,8 +264,17 @@ def test_interpolate_yields_k_frames(browser):
     items = final_gallery(browser, "interp-frames", 5)
     assert [c for _, c in items] == ["w 0.00", "w 0.25", "w 0.50", "w 0.75", "w 1.00"]  # the seed is said once:
     wait_for(browser, lambda: "5 frames from seed 0" in css(browser, "#interp-status")[0].text, "the status line")
-    wait_for(browser, lambda: css(browser, "#interp-strip img"), "the strip")
+    (strip,) = wait_for(browser, lambda: css(browser, "#interp-strip img"), "the strip")
     wait_for(browser, lambda: css(browser, "#interp-gif img"), "the GIF")
+    # five frames in one line, each at least 128 px as shown (they were 64 px: too small to read)
+    wait_for(browser, lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", strip),
+             "the strip's pixels")
+    width = browser.execute_script("return arguments[0].getBoundingClientRect().width;", strip)
+    assert width / 5 >= 128, width
+    # rows A and B as pictures beside their boxes
+    for which in "ab":
+        (img,) = wait_for(browser, lambda: css(browser, f"#interp-picture-{which} img"), f"row {which.upper()}'s picture")
+        assert shown(browser, img)
     screenshot(browser, "interpolate")
 
 

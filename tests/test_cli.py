@@ -481,3 +481,47 @@ def test_sample_takes_v2_settings_and_defaults_to_the_recipe(tmp_path, capsys):
     assert settings["time_shift"] == 0.3 and settings["guidance"] == 1.0
     assert main(["sample", "--n", "1", "--method", "sde", "--time-shift", "0.3", "--out", str(out)]) == 1
     assert "time_shift applies to the ODE methods" in capsys.readouterr().err
+
+
+def test_sample_takes_a_bank_downloaded_from_the_app(tmp_path, capsys, monkeypatch):
+    """`gmem sample --bank FILE`: the Swap tab's download (here: the embedded bank with one row added) is sampled
+    from with the same model; a missing file is refused before the model loads, another model's bank (snippets of
+    another width) and a file that is not a bank with one line each."""
+    import torch
+
+    from gmem_explore import GMemPipeline, MemoryBank
+
+    pipe = GMemPipeline.from_pretrained()
+    edited = pipe.bank.copy()
+    (added,) = edited.add(pipe.bank.column("rows")[5][None]).tolist()  # a copy of row 5, as a new row
+    edited.save(tmp_path / "emoji-32-bank-edited.safetensors")
+    out = tmp_path / "mine.png"
+    assert main(["sample", "--bank", str(tmp_path / "emoji-32-bank-edited.safetensors"), "--rows", str(added),
+                 "--scale", "1", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["rows"] == [added] and record["bank"].endswith("emoji-32-bank-edited.safetensors")
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(out) as grid:  # the added row holds row 5's snippet: the file's row made row 5's image
+        cell = torch.from_numpy(np.asarray(grid.convert("RGB")).copy())[2:34, 2:34]  # inside the grid's 2 px pad
+        assert torch.equal(cell, pipe.generate(indices=[5], seeds=[0]).images[0])
+    # the checkpoint's own bank has no such row
+    capsys.readouterr()
+    assert_refused(["sample", "--rows", str(added), "--out", tmp_path / "x.png"], "the bank has rows 0..1696", capsys)
+    import gmem_explore.pipeline as pipeline
+
+    loads = []
+    monkeypatch.setattr(pipeline.GMemPipeline, "from_pretrained", classmethod(lambda *a, **k: loads.append(a)))
+    assert_refused(["sample", "--bank", tmp_path / "nothing.safetensors", "--out", tmp_path / "y.png"],
+                   "--bank " + str(tmp_path / "nothing.safetensors") + ": no such file", capsys)
+    assert not loads  # refused before the model loads
+    monkeypatch.undo()
+    MemoryBank(torch.randn(4, 16)).save(tmp_path / "other.safetensors")
+    err = assert_refused(["sample", "--bank", tmp_path / "other.safetensors", "--out", tmp_path / "z.png"],
+                         "the bank's snippets have 16 values, but emoji-32's model takes 768", capsys)
+    assert err.startswith("gmem sample: error: --bank ")
+    (tmp_path / "notes.safetensors").write_text("not a bank")
+    assert_refused(["sample", "--bank", tmp_path / "notes.safetensors", "--out", tmp_path / "w.png"],
+                   "is not a valid safetensors file", capsys)
+    assert not any((tmp_path / n).exists() for n in ("x.png", "y.png", "z.png", "w.png"))

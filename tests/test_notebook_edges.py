@@ -337,3 +337,24 @@ def test_building_a_bank_from_many_images_shows_progress(tqdm_bars):
     bank_from_images(MeanColourEncoder(), data, progress=True)  # one batch: no bar
     bank_from_images(MeanColourEncoder(), data, batch_size=2)  # no bar unless asked (the CLI and scripts)
     assert len(bars) == 1
+
+
+def test_with_bank_takes_a_downloaded_bank_file(pipe, tmp_path):
+    """The bank the app's Swap tab downloads is used in a notebook by its path: same model, that bank (and the
+    checkpoint's rule for choosing rows, which with_bank used to drop); another model's bank is refused by width."""
+    from gmem_explore import MemoryBank
+
+    pipe.choose = "uniform"
+    edited = pipe.bank.copy()
+    (added,) = edited.add(-pipe.bank.column("rows")[2][None]).tolist()
+    edited.save(tmp_path / "tiny-bank-edited.safetensors")
+    mine = nbh.with_bank(pipe, tmp_path / "tiny-bank-edited.safetensors")
+    assert len(mine.bank) == len(pipe.bank) + 1 and mine.model is pipe.model and mine.choose == "uniform"
+    assert torch.equal(mine.bank.snippets([added]), -pipe.bank.snippets([2]))
+    assert len(mine.generate(indices=[added], seeds=[0], steps=2)) == 1
+    assert nbh.with_bank(pipe, str(tmp_path / "tiny-bank-edited.safetensors")).bank.dim == pipe.bank.dim
+    MemoryBank(torch.randn(3, pipe.bank.dim + 1)).save(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match=rf"snippets have {pipe.bank.dim + 1} values, but .* takes {pipe.bank.dim}"):
+        nbh.with_bank(pipe, tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError, match="no such bank file"):
+        nbh.with_bank(pipe, tmp_path / "missing.safetensors")

@@ -56,6 +56,21 @@ def stats(ctx: AppContext, session: Session):
     return "\n\n".join(lines), fig
 
 
+def colour_choices(bank) -> dict:
+    """The Colour-by radio for this bank: "frequency" only where rows differ in frequency (in emoji-32 every row has
+    frequency 1, and a map in one colour said "nothing to colour by"); the radio's note says why it is missing."""
+    uniform = uniform_frequency(bank) if len(bank) else "the bank is empty"
+    choices = [c for c in COLOR_BY if c != "frequency" or uniform is None]
+    info = "" if uniform is None else f"no colouring by frequency: {uniform}"
+    return {"choices": choices, "info": info}
+
+
+def colour_radio(ctx: AppContext, session: Session, current) -> dict:
+    """The radio's update when the tab opens: the session's bank may be another model's by now."""
+    found = colour_choices(ctx.bank(session))
+    return gr.update(**found, value=current if current in found["choices"] else found["choices"][0])
+
+
 def map_coords(ctx: AppContext, session: Session, method: str):
     """(coords, rows, note). A session's edited bank reuses the checkpoint bank's UMAP map: refitting UMAP for
     one swapped row would take a minute, so edited and added rows are drawn beside their nearest unedited row."""
@@ -175,8 +190,12 @@ def row_details(ctx: AppContext, session: Session, row):
     # 'row 58 · cos 0.93': the group would not fit under a grid-sized thumbnail, the row's own details say it
     items = [(img, f"row {i} · cos {s:.2f}") for (img, _), (i, s) in zip(thumbnails(bank, [i for i, _ in pairs]), pairs)]
     info = [f"**{row_caption(bank, r)}**"]
-    if bank.freq is not None:
-        info.append(f"frequency {float(bank.freq[r]):g} (drawn with probability {float(bank.freq[r] / bank.freq.sum()):.2e})")
+    uniform = uniform_frequency(bank)
+    if uniform is not None:  # a frequency that every row has says nothing about this row
+        info.append(f"drawn uniformly, like every row (1 in {len(bank):,})")
+    else:
+        freq = bank.column("freq")[:]
+        info.append(f"frequency {float(freq[r]):g} (drawn with probability {float(freq[r] / freq.sum()):.2e})")
     info.append(f"norm {float(bank.column('rows')[r].float().norm()):.3f}")
     if why_none:
         info.append(why_none)
@@ -224,7 +243,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             with gr.Row():
                 method = gr.Radio(["umap", "pca"], value=method0, label="Map",
                                   info="UMAP takes 10-60 s the first time on a CPU, then it is read from the cache")
-                color = gr.Radio(list(COLOR_BY), value="group", label="Colour by")
+                color = gr.Radio(value="group", label="Colour by", elem_id="bank-colour", **colour_choices(bank))
             plot = gr.Plot(label="Bank map", elem_id="bank-map")
             with gr.Row():
                 x0 = gr.Slider(0, 100, value=0, step=1, label="box x from %")
@@ -348,4 +367,6 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     prev_btn.click(lambda s, p: on_step(s, p, -1), [state, page_no], page_outputs, api_visibility="private")
     next_btn.click(lambda s, p: on_step(s, p, 1), [state, page_no], page_outputs, api_visibility="private")
     return {"refresh": (on_stats, [state], [stats_md, hist]), "page": (on_page, page_outputs),
+            "colour": {"fn": lambda session, current: colour_radio(ctx, session, current), "inputs": [state, color],
+                       "outputs": color},
             "details": (on_details, details_outputs), "row": row, "page_no": page_no}

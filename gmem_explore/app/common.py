@@ -7,6 +7,7 @@ shared read-only (a session that edited its bank gets a shallow copy of the pipe
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -26,6 +27,7 @@ from ..bank.memory import MemoryBank
 from ..events import Finished, Progress
 from ..images import ImageError
 from ..pipeline import GMemPipeline
+from .pictures import RowPictures
 
 DISPLAY_SIZE = 128  # 32 px images are upscaled (nearest) to at least this for display; pixels stay crisp
 MAX_SEED = 2**31 - 1  # what a browser number box holds exactly
@@ -124,10 +126,13 @@ class AppContext:
     model_slots: threading.BoundedSemaphore = field(init=False)
     # the sessions' edited bank copies still alive (a copy leaves when its session expires or resets)
     edited_banks: weakref.WeakSet = field(init=False)
+    # pictures of the rows of banks without thumbnails, generated on demand (row_pictures)
+    generated_rows: RowPictures = field(init=False)
 
     def __post_init__(self):
         self.model_slots = threading.BoundedSemaphore(self.limits.concurrency)
         self.edited_banks = weakref.WeakSet()
+        self.generated_rows = RowPictures()
         self._edit_lock = threading.Lock()
 
     def private_bank(self, session: Session) -> MemoryBank:
@@ -301,6 +306,34 @@ def thumbnails(bank: MemoryBank, rows, size: int = 64) -> list[tuple[Image.Image
             img = Image.new("RGB", (size, size), (200, 200, 200))
         items.append((img, row_caption(bank, r)))
     return items
+
+
+# ---- pictures of bank rows ----------------------------------------------------------------------------------
+def row_pictures(ctx: AppContext, session: Session, rows, size: int = DISPLAY_SIZE,
+                 holding_slot: bool = False) -> list[Image.Image]:
+    """A picture of each bank row, at least `size` px: its thumbnail, or for a bank without thumbnails its
+    generation from seed 0 (ctx.generated_rows, generated once per row and model). Generating holds a model slot:
+    a caller that already holds one (a model_call handler) says so with holding_slot, as the slots are not
+    reentrant. A row that has no picture (a broken row of a bank without thumbnails) is a grey tile."""
+    pipe = ctx.pipeline(session)
+    rows = [int(r) for r in rows]
+    thumbs = pipe.bank.column("thumbnails")  # read as stored: a shared bank's thumbnails are never copied
+    if thumbs is not None:
+        return [upscale(thumbs[r], size) for r in rows]
+    if not rows:
+        return []
+    images = ctx.generated_rows.get(pipe, rows, contextlib.nullcontext() if holding_slot else ctx.model_slots,
+                                    ctx.gpu, ctx.limits.batch_size)
+    return [upscale(im, size) if im is not None else Image.new("RGB", (size, size), (200, 200, 200))
+            for im in images]
+
+
+def row_items(ctx: AppContext, session: Session, rows, captions=None, size: int = DISPLAY_SIZE,
+              holding_slot: bool = False) -> list[tuple[Image.Image, str]]:
+    """Gallery items for bank rows: row_pictures captioned 'row N' (or with `captions`)."""
+    rows = [int(r) for r in rows]
+    captions = captions or [f"row {r}" for r in rows]
+    return list(zip(row_pictures(ctx, session, rows, size, holding_slot), captions))
 
 
 # ---- live generation --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 from ..events import Finished
 from ..sampling import METHODS
 from .common import (AppContext, Session, Stopped, UserError, as_float, as_int, friendly, hidden_seed, live, pick_seed,
-                     row_range, stopped_status, typing_a_seed_unticks_random, upscale, wire_stop)
+                     row_items, row_range, stopped_status, typing_a_seed_unticks_random, upscale, wire_stop)
 from .files import RAW_INPUTS, encode_upload, image_upload, png_files
 
 SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image")
@@ -109,6 +109,14 @@ def generate(ctx: AppContext, session: Session, source, row, group, upload, n, s
             yield items, seed, details
 
 
+def source_rows(ctx: AppContext, session: Session, details) -> dict:
+    """The Source rows gallery after a run: the picture of each bank row its images came from (once each, in their
+    order); hidden for images from an upload and for a stopped run."""
+    rows = details.get("rows") if isinstance(details, dict) and details.get("status") == "done" else None
+    rows = list(dict.fromkeys(r for r in rows or [] if r is not None))
+    return gr.update(value=row_items(ctx, session, rows) if rows else None, visible=bool(rows))
+
+
 def build(ctx: AppContext, state: gr.State) -> dict:
     pipe = ctx.store.get()
     bank = pipe.bank
@@ -145,6 +153,9 @@ def build(ctx: AppContext, state: gr.State) -> dict:
             gallery = gr.Gallery(label="Images", columns=4, height="fit-content", format="png",
                                  elem_id="generate-gallery", object_fit="contain", elem_classes=["fit-grid"])
             status = gr.Markdown(elem_id="generate-status")
+            # the bank rows the images came from, as pictures (source_rows)
+            sources = gr.Gallery(label="Source rows", columns=8, height="fit-content", format="png", visible=False,
+                                 allow_preview=False, buttons=[], elem_id="generate-sources", elem_classes=["fit-grid"])
             with gr.Accordion("Details", open=False):
                 details = gr.JSON(label="Seeds, rows and settings")
     seed_used = hidden_seed()
@@ -174,4 +185,6 @@ def build(ctx: AppContext, state: gr.State) -> dict:
                      [gallery, seed_used, details], api_name="generate", **RAW_INPUTS, **ctx.model_queue)
     event.success(lambda used, info: (used, done_status(used, info)), [seed_used, details], [seed, status],
                   queue=False, api_visibility="private")
+    event.success(lambda session, info: source_rows(ctx, session, info), [state, details], sources,
+                  api_visibility="private", show_progress="hidden")
     return {"group": group, "row": row, "steps": steps_in, "method": method}

@@ -3,6 +3,8 @@ frames from one seed; shown as a strip, an animated GIF and the frames with thei
 from __future__ import annotations
 
 
+import math
+
 import gradio as gr
 import torch
 
@@ -11,13 +13,37 @@ from ..bank.search import partner_row
 from ..events import Finished
 from ..sampling import METHODS
 from .common import (AppContext, Session, Stopped, UserError, as_int, friendly, hidden_seed, live, pick_seed,
-                     row_caption, row_range, stopped_status, typing_a_seed_unticks_random, upscale, wire_stop)
+                     row_caption, row_pictures, row_range, stopped_status, typing_a_seed_unticks_random, upscale,
+                     wire_stop)
 from .files import RAW_INPUTS, encode_upload, file_stem, image_upload, png_files, scratch_path
 from ..viz import image_grid
 
 ENDPOINT_SOURCES = ("bank row", "uploaded image")
 GIF_SIZE = 128  # frames are enlarged (nearest) to this for the GIF
 GIF_FRAME_MS = 120
+# The strip's frames are at least STRIP_FRAME px (enlarged, nearest), at most STRIP_COLUMNS to a line: shown at its
+# own size in a ~830 px column (1280 px window) a line of 6 fits, where 8 frames of 64 px in one line were too small
+# to read and 48 in one line would be 17 px each once the image is shrunk to the column.
+STRIP_FRAME = 128
+STRIP_COLUMNS = 6
+ENDPOINT_PICTURE = 128  # px of the picture of row A and row B beside their boxes
+
+
+def strip_image(frames: torch.Tensor):
+    """The frames as one image, in even lines of at most STRIP_COLUMNS (8 frames: two lines of 4), each frame at
+    least STRIP_FRAME px."""
+    k, h = frames.shape[0], frames.shape[1]
+    per_line = math.ceil(k / math.ceil(k / STRIP_COLUMNS))
+    return image_grid(frames, nrow=per_line, scale=max(1, math.ceil(STRIP_FRAME / h)))
+
+
+def endpoint_picture(ctx: AppContext, session: Session, row):
+    """The picture of a row box's row (None while the box holds no row of the bank: the run says why)."""
+    try:
+        r = as_int(row, "row", 0, len(ctx.bank(session)) - 1)
+    except UserError:
+        return None
+    return row_pictures(ctx, session, [r], ENDPOINT_PICTURE)[0]
 
 
 def default_endpoints(bank: MemoryBank) -> tuple[int, int]:
@@ -99,7 +125,7 @@ def interpolate(ctx: AppContext, session: Session, a_source, a_row, a_upload, b_
             out = event.generation
             # the seed is the same for every frame: it is said once, in the line above the frames
             items = [(upscale(im), f"w {w:.2f}") for im, w in zip(out.images, weights)]
-            strip = image_grid(out.images, nrow=k, scale=max(1, 64 // out.images.shape[1]))
+            strip = strip_image(out.images)
             details = {"status": "done", "seed": seed, "frames": k, "from": a_name, "to": b_name, "mix": mix,
                        "weights": [round(w, 4) for w in weights], "sampler": method, "steps": steps}
             yield items, strip, write_gif(out.images, file_name(details)), seed, details
@@ -119,6 +145,13 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
     pipe = ctx.store.get()
     last = max(len(pipe.bank) - 1, 0)
     row_a, row_b = default_endpoints(pipe.bank)
+
+    def picture(which: str, row: int) -> gr.Image:
+        # filled now where the bank has thumbnails; a bank without them gets its generated pictures when the tab opens
+        thumbs = pipe.bank.column("thumbnails")
+        value = upscale(thumbs[row], ENDPOINT_PICTURE) if thumbs is not None and len(pipe.bank) else None
+        return gr.Image(value, label=f"Row {which}", height=ENDPOINT_PICTURE + 40, interactive=False, format="png",
+                        buttons=[], elem_id=f"interp-picture-{which.lower()}")
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             with gr.Row():
@@ -127,11 +160,13 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
                     a_row = gr.Number(row_a, precision=0, minimum=0, maximum=last, label=f"Row A (0–{last})",
                                       elem_id="interp-row-a")
                     a_upload = image_upload("Image A", height=140, visible=False, elem_id="interp-upload-a")
+                    a_picture = picture("A", row_a)
                 with gr.Column(min_width=140):
                     b_source = gr.Radio(list(ENDPOINT_SOURCES), value=ENDPOINT_SOURCES[0], label="B from")
                     b_row = gr.Number(row_b, precision=0, minimum=0, maximum=last, label=f"Row B (0–{last})",
                                       elem_id="interp-row-b")
                     b_upload = image_upload("Image B", height=140, visible=False, elem_id="interp-upload-b")
+                    b_picture = picture("B", row_b)
             mix = gr.Radio(list(MIX_METHODS), value="slerp", label="Mix",
                            info="lerp: straight line; slerp: great circle; concat: first dims from A; mask: random dims")
             k = gr.Slider(2, ctx.limits.max_frames, value=8, step=1, label="Frames (k)", elem_id="interp-k")
@@ -164,12 +199,23 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
         def show(session, choice):
             # the row's range is re-read when it is shown: the session's bank may have changed model or grown
             if choice == ENDPOINT_SOURCES[0]:
-                return {**row_range(ctx.bank(session), f"Row {which}"), "visible": True}, gr.update(visible=False)
-            return gr.update(visible=False), gr.update(visible=True)
+                return ({**row_range(ctx.bank(session), f"Row {which}"), "visible": True}, gr.update(visible=True),
+                        gr.update(visible=False))
+            return gr.update(visible=False), gr.update(visible=False), gr.update(visible=True)
         return show
 
-    for which, source, row, upload in (("A", a_source, a_row, a_upload), ("B", b_source, b_row, b_upload)):
-        source.change(show_endpoint(which), [state, source], [row, upload], queue=False, api_visibility="private")
+    def show_picture(session, row):
+        return endpoint_picture(ctx, session, row)
+
+    def show_pictures(session, row_a, row_b):
+        return endpoint_picture(ctx, session, row_a), endpoint_picture(ctx, session, row_b)
+
+    for which, source, row, upload, pic in (("A", a_source, a_row, a_upload, a_picture),
+                                            ("B", b_source, b_row, b_upload, b_picture)):
+        source.change(show_endpoint(which), [state, source], [row, pic, upload], queue=False,
+                      api_visibility="private")
+        # queued: for a bank without thumbnails a picture is a generation (it waits for a model slot)
+        row.change(show_picture, [state, row], pic, api_visibility="private", show_progress="hidden")
 
     @ctx.gpu
     @friendly
@@ -191,4 +237,6 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
                      **ctx.model_queue)
     event.success(lambda used, info: (used, done_status(info)), [seed_used, details], [seed, status], queue=False,
                   api_visibility="private")
-    return {"rows": {"Row A": a_row, "Row B": b_row}}
+    # the pictures follow the session's bank when the tab opens (a row replaced on the Swap tab, another model)
+    return {"rows": {"Row A": a_row, "Row B": b_row},
+            "pictures": {"fn": show_pictures, "inputs": [state, a_row, b_row], "outputs": [a_picture, b_picture]}}

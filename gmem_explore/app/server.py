@@ -208,12 +208,14 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
         generate_page.select(ranges("Bank row"), state, gen["row"], queue=False, api_visibility="private")
         interpolate_page.select(ranges(*interp["rows"]), state, list(interp["rows"].values()), queue=False,
                                api_visibility="private")
+        interpolate_page.select(**interp["pictures"], api_visibility="private", show_progress="hidden")
         swap_page.select(**swap["relabel"])  # its own rule: the box has no maximum (swap_tab.row_box)
 
         stats_fn, stats_in, stats_out = bank["refresh"]
         page_fn, page_out = bank["page"]
         details_fn, details_out = bank["details"]
         bank_page.select(stats_fn, stats_in, stats_out, api_name="bank_stats")
+        bank_page.select(**bank["colour"], queue=False, api_visibility="private")
         bank_page.select(lambda s: page_fn(s, 1), state, page_out, api_visibility="private")
         bank_page.select(details_fn, [state, bank["row"]], details_out, api_visibility="private")
         bank_page.select(None, js="() => { setTimeout(() => document.querySelector('#bank-map-button')?.click(), 50); }",

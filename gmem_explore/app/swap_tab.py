@@ -14,26 +14,36 @@ import gradio as gr
 import torch
 
 from .common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
-                        row_range, run_to_end, typing_a_seed_unticks_random, upscale)
+                        row_items, row_range, run_to_end, typing_a_seed_unticks_random, upscale)
 from .files import RAW_INPUTS, encode_upload, file_stem, image_upload, png_files, scratch_path
 
 MAX_EDITS = 1000  # edits (replaced and added rows) a session may make; beyond this a script (gmem build-bank) is
 # the right tool. Replacements count too: each adds a line to the session's edit log, kept for the session's hour.
 UPLOAD_GROUP = "your upload"  # the group of a row replaced or added here: its old group no longer describes it
+NEAREST = 3  # bank rows shown beside the images from an upload
+# One click on "Download the bank" saves the file: the click's handler writes it (or finds it written) and hands it to
+# the file box, then this asks the browser to save that file, as a click on the box's link would.
+SAVE_FILE_JS = """(f) => { if (f && f.url) { const a = document.createElement('a'); a.href = f.url;
+  a.download = f.orig_name || ''; document.body.appendChild(a); a.click(); a.remove(); } }"""
 
 
-def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, randomize, steps, progress=None):
+def generate_from_upload(ctx: AppContext, session: Session, upload, n, seed, randomize, steps, progress=None,
+                         holding_slot: bool = False):
+    """(images, seed used, nearest rows): the images from an upload's snippet and the NEAREST bank rows to it as
+    gallery items (their pictures, captioned 'row N · cos 0.93')."""
     pipe = ctx.pipeline(session)
     n = as_int(n, "number of images", 1, ctx.limits.max_images)
     steps = as_int(steps, "steps", 1, ctx.limits.max_steps)
     seed = pick_seed(seed, randomize)
     snippet, _ = encode_upload(pipe, upload)
-    idx, sims = pipe.bank.nearest(snippet, 3)
-    near = ", ".join(f"{row_caption(pipe.bank, int(i))} (cos {float(s):.2f})" for i, s in zip(idx[0], sims[0]))
+    idx, sims = pipe.bank.nearest(snippet, NEAREST)
+    rows = [int(i) for i in idx[0]]
     out = run_to_end(pipe.generate_iter(snippets=snippet.repeat(n, 1), seeds=[(seed + i) % 2**31 for i in range(n)],
                                         steps=steps, batch_size=ctx.limits.batch_size), progress)
     items = [(upscale(im), f"seed {s}") for im, s in zip(out.images, out.seeds)]
-    return items, seed, f"Nearest bank rows to this image: {near}"
+    near = row_items(ctx, session, rows, [f"row {r} · cos {float(c):.2f}" for r, c in zip(rows, sims[0])],
+                     holding_slot=holding_slot)
+    return items, seed, near
 
 
 def upload_label(bank) -> int | None:
@@ -125,6 +135,18 @@ def compare_note(ctx: AppContext, session: Session, row) -> str:
     return f"**{row_caption(mine, r)}** is unchanged in this session; seeds 0-3 on both sides."
 
 
+def compared(ctx: AppContext, session: Session, row) -> tuple[dict, dict]:
+    """After a compare: the note above the galleries, and the "Original bank" gallery shown only for a row the
+    original bank has (a row added in this session has none: an empty box stood above its images)."""
+    added = as_int(row, "row", 0, 2**62) >= len(ctx.store.get(session.checkpoint).bank)  # compare_row checked it
+    return shown(compare_note(ctx, session, row)), gr.update(visible=not added)
+
+
+def shown(text: str) -> dict:
+    """A Markdown's update that shows it only while it has text."""
+    return gr.update(value=text, visible=bool(text))
+
+
 def row_box(ctx: AppContext, session: Session, row=None) -> dict:
     """The row box for this session's bank: its range in the label, as on the other tabs ("Bank row (0–1697)" once
     Add made row 1697; back to 0–1696 after Reset), and `row` as its value while it is still a row of the bank.
@@ -188,10 +210,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                 randomize = gr.Checkbox(False, label="Random seed")
                 typing_a_seed_unticks_random(seed, randomize)
             go = gr.Button("Generate from this image", variant="primary", elem_id="swap-generate")
-            nearest_md = gr.Markdown()
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="From your image", columns=4, height="fit-content", format="png",
                                  elem_id="swap-gallery", elem_classes=["fit-grid"])
+            # the rows themselves, as pictures: a row number alone says nothing about what the model draws from it
+            nearest = gr.Gallery(label="Nearest bank rows (cosine)", columns=4, height="fit-content", format="png",
+                                 allow_preview=False, buttons=[], elem_id="swap-nearest", elem_classes=["fit-grid"])
     gr.Markdown("### Put it into the bank (this session's copy)")
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
@@ -209,7 +233,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             reset_btn = gr.Button("Reset to the original bank", variant="stop", elem_id="swap-reset")
             log = gr.Markdown(edit_log(Session(ctx.store.default)), elem_id="swap-log")
         with gr.Column(scale=2):
-            note = gr.Markdown(elem_id="swap-note")
+            # shown once it has a line to say: an empty Markdown still took its height above the galleries
+            note = gr.Markdown(elem_id="swap-note", visible=False)
             # fit-content: a fixed height cut the captions off; the galleries are as tall as their one row. Their
             # seeds are always 0-3 (so edits compare alike), whatever the Seed box above says: the labels say so, as
             # the Bank tab's "Generations (seeds 0-3)" does
@@ -221,8 +246,9 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     @friendly
     def on_generate(session, upload, n, seed, randomize, steps, progress=gr.Progress()):
-        items, used, nearest = generate_from_upload(ctx, session, upload, n, seed, randomize, steps, progress)
-        return png_files(items, "gmem-upload"), used, nearest
+        items, used, near = generate_from_upload(ctx, session, upload, n, seed, randomize, steps, progress,
+                                                 holding_slot=True)  # a model_call holds its slot
+        return png_files(items, "gmem-upload"), used, near
 
     @friendly
     def on_replace(session, upload, row):
@@ -248,7 +274,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     model = ctx.model_queue
     quiet = {"queue": False, "api_visibility": "private"}  # the display-only follow-up steps below
-    go.click(ctx.model_call(on_generate), [state, upload, n, seed, randomize, steps], [gallery, seed_used, nearest_md],
+    go.click(ctx.model_call(on_generate), [state, upload, n, seed, randomize, steps], [gallery, seed_used, nearest],
              api_name="swap_generate", **RAW_INPUTS, **model).success(lambda used: used, seed_used, seed, **quiet)
     # the endpoints return the row as a number (API clients read it); a quiet step then gives the box its range
     relabel = {"fn": lambda session, r: row_box(ctx, session, r), "inputs": [state, row], "outputs": row, **quiet}
@@ -261,10 +287,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     # RAW_INPUTS: compare_row checks the row and steps itself; gradio's checks answered "4" or None with "Could not
     # preprocess input component at index 2 (a `slider` component) ..."
     compare_btn.click(ctx.model_call(on_compare), [state, row, steps], [before, after], api_name="swap_compare",
-                      **RAW_INPUTS, **model).success(lambda session, r: compare_note(ctx, session, r), [state, row],
-                                                     note, **quiet)
+                      **RAW_INPUTS, **model).success(lambda session, r: compared(ctx, session, r), [state, row],
+                                                     [note, before], **quiet)
+    # the file box appears once there is a file (a link to save it again, where a browser blocks the saving)
     download_btn.click(on_download, state, file_out, api_name="swap_download").success(
-        lambda: gr.update(visible=True), None, file_out, **quiet)  # the file box appears once there is a file
+        lambda: gr.update(visible=True), None, file_out, **quiet).success(None, file_out, None, js=SAVE_FILE_JS,
+                                                                          **quiet)
     reset_btn.click(on_reset, state, [state, log], api_name="swap_reset").success(**stale_file).success(
-        lambda: "", None, note, **quiet).success(**relabel)
+        lambda: shown(""), None, note, **quiet).success(**relabel)
     return {"log": log, "row": row, "relabel": relabel}

@@ -9,6 +9,11 @@ The cache key is a hash of the rows' bytes (as stored) plus the method and its p
 new map, an unchanged one is never refitted. Cache files are safetensors under $GMEM_CACHE/maps, or
 ~/.cache/gmem-explore/maps when GMEM_CACHE is unset; an unwritable cache only costs a warning.
 
+Maps shipped with the package: a cache file in a folder of gmem_explore/weights/ (emoji-32's UMAP map, beside its
+bank) is read like one in the cache, so the embedded bank's map opens at once on a fresh install, without fitting
+UMAP (a minute, and numba's compilation, on 2 CPU cores). `ship_map(bank, folder)` writes one; a bank that changed
+no longer matches its key, and its map is fitted (and cached) as any other.
+
 Banks larger than `max_rows` are mapped through a seeded random subsample of `max_rows` rows: UMAP on 50,000
 rows takes about a minute on 2 CPU cores, on the released 640,000 it would take far longer. The coordinates
 then belong to the rows `subsample_indices(len(bank), max_rows, seed)` (sorted), which
@@ -33,6 +38,9 @@ UMAP_PARAMS = {"n_neighbors": 15, "min_dist": 0.1}
 MIN_UMAP_ROWS = 32  # below this UMAP's neighbour graph is degenerate (its spectral init fails); PCA is used
 FADED_ALPHA = 0.12  # points outside a selection: their layout stays visible, their colours recede
 CACHE_VERSION = 1  # bump when the fitting code changes, so old cache files are not reused
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights"  # folders of embedded checkpoints; their maps are read too
 
 
 def default_cache_dir() -> Path:
@@ -114,6 +122,29 @@ def _check_arguments(method, max_rows, seed) -> tuple[int, int]:
     return as_whole(max_rows), as_whole(seed)
 
 
+def _shipped_path(path: Path | None) -> Path | None:
+    """The shipped map of the same name as a cache file (same method and key), if the package has one."""
+    if path is None or not SHIPPED.is_dir():
+        return None
+    return next((p for p in sorted(SHIPPED.glob(f"*/{path.name}")) if p.is_file()), None)
+
+
+def _stored_coords(path: Path | None, rows: int, warn: bool) -> torch.Tensor | None:
+    """The coordinates of this map from a shipped map (read-only, read first), else from the cache."""
+    shipped = _shipped_path(path)
+    coords = None if shipped is None else _cached_coords(shipped, rows, warn=False)
+    return coords if coords is not None else _cached_coords(path, rows, warn)
+
+
+def ship_map(bank, folder, method: str = "umap", max_rows: int = 50_000, seed: int = 0) -> Path:
+    """Fit the bank's map (as embed_2d does, without the cache) and write it into `folder` under its cache name,
+    for a folder of gmem_explore/weights/ to ship it (pyproject's package-data takes weights/*/*.safetensors)."""
+    coords = embed_2d(bank, method, cache_dir=False, max_rows=max_rows, seed=seed)
+    _, _, _, method, _, path = _plan(bank, method, folder, *_check_arguments(method, max_rows, seed)[:2])
+    save_tensors(path, {"coords": coords}, {"method": method, "rows": str(len(bank)), "key": path.stem.split("-", 1)[1]})
+    return path
+
+
 def _cached_coords(path: Path | None, rows: int, warn: bool) -> torch.Tensor | None:
     """The coordinates stored at `path` when the file is this map's, else None (no file, or one not to trust).
 
@@ -145,7 +176,7 @@ def is_cached(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000
     file that embed_2d would not trust (damaged, or another map's) counts as not cached."""
     max_rows, seed = _check_arguments(method, max_rows, seed)
     _, idx, _, _, _, path = _plan(bank, method, cache_dir, max_rows, seed)
-    return _cached_coords(path, len(idx), warn=False) is not None
+    return _stored_coords(path, len(idx), warn=False) is not None
 
 
 def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000, seed: int = 0,
@@ -158,7 +189,7 @@ def embed_2d(bank, method: str = "umap", cache_dir=None, max_rows: int = 50_000,
     """
     max_rows, seed = _check_arguments(method, max_rows, seed)
     rows, idx, chosen, method, params, path = _plan(bank, method, cache_dir, max_rows, seed)
-    coords = _cached_coords(path, len(idx), warn=True)
+    coords = _stored_coords(path, len(idx), warn=True)
     if coords is not None:
         return (coords, idx) if return_indices else coords
     key = None if path is None else path.stem.split("-", 1)[1]
@@ -264,7 +295,11 @@ def scatter_figure(coords, color_by=None, label_names=None, highlight=None, titl
                 m = (values == g).numpy()
                 name = "added" if g < 0 else (label_names[g] if label_names and g < len(label_names) else str(g))
                 draw(m, label=name, color="black" if g < 0 else cmap(g % cmap.N))
-            ax.legend(fontsize=7, markerscale=max(1.0, 6 / point ** 0.5), loc="best", framealpha=0.8)
+            # beside the map, not on it: loc="best" still covered a corner of points (9 groups in emoji-32); the
+            # figure grows by the legend's width so the map keeps its size
+            fig.set_size_inches(size[0] + 1.6, size[1])
+            ax.legend(fontsize=7, markerscale=max(1.0, 6 / point ** 0.5), loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      borderaxespad=0.0, frameon=False)
     if highlight is not None:
         h = torch.as_tensor(highlight, dtype=torch.long).reshape(-1)
         h = h[(h >= 0) & (h < n)].numpy()

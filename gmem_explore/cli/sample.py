@@ -5,6 +5,7 @@ Examples:
   gmem sample --rows 3 17 42 --seed 0 --out rows.png
   gmem sample --checkpoint path/to/folder --method sde --steps 250 --n 8
   gmem sample --checkpoint gmem-v1-xl --revision COMMIT --device cuda --n 8   # a pinned Hub version
+  gmem sample --bank emoji-32-bank-edited.safetensors --rows 1697 --out mine.png   # a bank downloaded from the app
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def add_arguments(p):
     p.add_argument("--checkpoint", default=None, help="checkpoint name, folder or released .pth file (default: the embedded 'emoji-32')")
     p.add_argument("--revision", default=None,
                    help="Hub revision (branch, tag or commit) of a named checkpoint such as gmem-v1-xl (default: main)")
+    p.add_argument("--bank", default=None, metavar="FILE",
+                   help="a bank file (.safetensors) to draw snippets from instead of the checkpoint's own, such as the "
+                        "edited bank the app's Swap tab downloads; its snippets must have the model's width "
+                        "(default: the checkpoint's bank)")
     p.add_argument("--n", type=positive_int, default=16, help="number of images, 1 or more (default 16; ignored with --rows)")
     p.add_argument("--rows", type=int, nargs="+", metavar="ROW",
                    help="bank rows (0 to the bank's size - 1) to generate from, one image each (default: none, "
@@ -108,8 +113,17 @@ def run(args) -> int:
     if args.steps is not None:
         check_method_and_steps(args.method or "sde", args.steps)
     check_device(args.device)
+    bank = None if args.bank is None else Path(args.bank).expanduser()
+    if bank is not None and not bank.is_file():  # before the model loads
+        raise ValueError(f"--bank {args.bank}: no such file; give a .safetensors bank, such as the one the app's Swap "
+                         f"tab downloads (\"Download the bank\")")
     # resolve_checkpoint refuses a --revision for the embedded model or a folder (they have none) before a load
     pipe = GMemPipeline.from_pretrained(args.checkpoint, device=args.device, revision=args.revision)
+    if bank is not None:
+        try:
+            pipe = pipe.with_bank(bank)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"--bank {args.bank}: {e}") from None
     count = len(args.rows) if args.rows else args.n
     events = pipe.generate_iter(None if args.rows else args.n, indices=args.rows or None,
                                 seeds=[args.seed + i for i in range(count)], choose=args.choose, method=args.method,
@@ -118,7 +132,7 @@ def run(args) -> int:
     out = sample_with_bar(events)
     with atomic_path(path) as tmp:  # an existing grid is replaced whole or kept, never left half-written
         out.grid(scale=args.scale or readable_scale(out.images.shape[2])).save(tmp, format=fmt)
-    record = {"seeds": out.seeds, "rows": out.indices, **out.settings,
+    record = {"seeds": out.seeds, "rows": out.indices, **out.settings, **({"bank": str(bank)} if bank else {}),
               **({"revision": args.revision} if args.revision else {})}
     write_bytes_atomic(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
     print(f"wrote {path} ({len(out)} images) and {path.with_suffix('.json')}")

@@ -32,9 +32,15 @@ def fast_mode() -> bool:
     return os.environ.get("GMEM_FAST", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def with_bank(pipe: GMemPipeline, bank: MemoryBank) -> GMemPipeline:
-    """The same model, autoencoder and encoder with another bank (the original pipeline is untouched)."""
-    return GMemPipeline(pipe.model, bank, pipe.autoencoder, pipe.encoder, pipe.sampler, pipe.info, pipe.device)
+def with_bank(pipe: GMemPipeline, bank: MemoryBank | str | os.PathLike) -> GMemPipeline:
+    """The same model, autoencoder and encoder with another bank (the original pipeline is untouched): a MemoryBank
+    or a bank file, such as the edited bank the app's Swap tab downloads:
+
+        mine = with_bank(pipe, "emoji-32-bank-edited.safetensors")
+        mine.generate(indices=[1697], seeds=[0, 1, 2, 3])      # the row added in the app
+
+    A bank made for another model is refused, naming both snippet widths (GMemPipeline.with_bank)."""
+    return pipe.with_bank(bank)
 
 
 def with_status(events, status, text: str) -> Generation:
