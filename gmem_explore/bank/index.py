@@ -1,6 +1,6 @@
 """An approximate nearest-row index for big banks: candidates from compressed codes, answers from the bank itself.
 
-Exact search over the released 1.28M x 768 bank reads 2 GB per query (about 50 ms with fp16 rows on two cores, 8 s
+Exact search over the released 1.28M x 768 bank reads 2 GB per query (about 80 ms with fp16 rows on two cores, 10 s
 when every row is re-normalised on each call). The index answers in about 2 ms:
 
 1. faiss IVF-PQ over the L2-normalised rows: an inner-product coarse quantizer of `lists` centroids (2,048 at

@@ -6,7 +6,7 @@ neighbours and the notebooks.
   first use with a progress bar and cached on disk. `exact=True`, smaller banks, GPUs and machines without faiss
   search exactly.
 - Exact search on the CPU divides one matrix-vector product by row norms computed once per bank (about 50 ms per
-  query over 1.28M x 768 fp16 rows), instead of re-normalising every row on every call (8 s). On a GPU the bank
+  query over 1.28M x 768 fp16 rows), instead of re-normalising every row on every call (10 s). On a GPU the bank
   streams through it in chunks.
 - What a bank keeps between searches (row norms, its index, which rows were edited since) is a SearchState that
   MemoryBank's edits keep up to date: replaced and added rows are searched exactly beside the index, removed ones
