@@ -191,7 +191,7 @@ def row_norms(rows: torch.Tensor) -> torch.Tensor:
 
 def exact_scores(rows, norms: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """(Q, N) cosines of unit-norm float32 queries with every row (a tensor or a bank's overlay Column). One query
-    runs as a matrix-vector product in the rows' own dtype (fp16 on CPU: about 50 ms for 1.28M x 768 on two cores,
+    runs as a matrix-vector product in the rows' own dtype (fp16 on CPU: about 80 ms for 1.28M x 768 on two cores,
     against 1.5 s converting chunks to float32 first); several run chunk by chunk in float32, where a matrix
     product wins."""
     return _dot(rows, queries) / norms.clamp_min(1e-12)

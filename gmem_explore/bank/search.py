@@ -5,7 +5,7 @@ neighbours and the notebooks.
   IVF-PQ candidates re-ranked exactly; about 2 ms per query at 1.28M rows, recall@10 >= 0.95), built on
   first use with a progress bar and cached on disk. `exact=True`, smaller banks, GPUs and machines without faiss
   search exactly.
-- Exact search on the CPU divides one matrix-vector product by row norms computed once per bank (about 50 ms per
+- Exact search on the CPU divides one matrix-vector product by row norms computed once per bank (about 80 ms per
   query over 1.28M x 768 fp16 rows), instead of re-normalising every row on every call (10 s). On a GPU the bank
   streams through it in chunks.
 - What a bank keeps between searches (row norms, its index, which rows were edited since) is a SearchState that
