@@ -21,12 +21,15 @@ from ..checkpoints.hub import CheckpointUnavailable, available
 log = logging.getLogger(__name__)
 
 TITLE = "GMem explorer"
-INTRO = (
-    "GMem generates images from **memory snippets**: feature vectors of real images kept in a memory bank. "
-    "Pick snippets from the bank, swap in your own image, mix two snippets, and watch the sampler work. "
-    "Every image is captioned with its seed and bank row (settings and sources under Details), so any result can "
-    "be reproduced."
-)
+# the header: what GMem is in one line, then what to do here
+TAGLINE = ("**GMem** is a diffusion transformer that draws an image from a *memory snippet*, the feature vector of a "
+           "real image kept in a memory bank, instead of from a class label.")
+INTRO = ("Pick snippets from the bank, mix two, or swap in your own image, and watch the sampler work. Every image is "
+         "captioned with its seed and bank row (settings and sources under Details), so any result can be made again.")
+# a deliberate look: one theme (indigo and pink, the Space card's colours) and the header and the model's note on
+# tinted panels. System fonts only: the themes' Google fonts are a download, and the app runs offline.
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink", neutral_hue="slate",
+                       font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 # .fit-grid (a gallery's elem_classes): gradio gives every gallery column at least 100 px, so a column count that
 # does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
 # captions may use the thumbnail's whole width (gradio stops them at 80%). Without a set height a .fit-grid gallery
@@ -47,6 +50,12 @@ INTRO = (
 # 156 px columns need 320 px, and a 400 px phone's gallery is 318 px wide (360 px: 278): one column of 318 px images
 # made 16 images 5,000 px tall.
 CSS = """
+#header { padding: var(--spacing-lg) var(--spacing-xl); border-radius: var(--radius-lg);
+  background: linear-gradient(90deg, var(--primary-50), var(--secondary-50)); }
+#header h1 { margin: 0 0 var(--spacing-sm) 0; }
+#model-note { padding: var(--spacing-md) var(--spacing-xl); border-left: 4px solid var(--primary-400);
+  background: var(--background-fill-secondary); border-radius: var(--radius-md); }
+#generate-status { min-height: 2.6em; }
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
 #swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
 { image-rendering: pixelated; }
@@ -86,6 +95,17 @@ def describe(pipe: GMemPipeline, name: str) -> str:
     return (f"**{name}** · {parameter_line(d['parameters'])} · {d['image_size']} px"
             f" · bank {d['bank']['rows']:,} × {d['bank']['dim']} · snippet encoder: {enc} · default sampler "
             f"{d['sampler']['method']}, {d['sampler']['steps']} steps · device {d['device']}")
+
+
+def model_note(pipe: GMemPipeline, name: str) -> str:
+    """What the model in use does, in a visitor's words, above the tabs: the checkpoint's own "about" (its config.json;
+    emoji-32's says that it reproduces its rows and where new images come from), else a line made from its size."""
+    d = pipe.describe()
+    about = (d["info"] or {}).get("about")
+    if not isinstance(about, str) or not about.strip():
+        about = (f"{d['image_size']} px images drawn from a memory bank of {d['bank']['rows']:,} snippets; rows give "
+                 f"images like their own source images, mixes and uploads give new ones.")
+    return f"**What {name} does.** {about.strip()}"
 
 
 def model_label(checkpoint: str) -> str:
@@ -158,7 +178,8 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         # Per-session: gr.State deep-copies this for every browser tab; dropped an hour after the last change.
         state = gr.State(ctx.new_session(), time_to_live=3600)
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        gr.Markdown(f"# {TITLE}\n{TAGLINE} {INTRO}", elem_id="header")
+        note = gr.Markdown(model_note(pipe, checkpoint), elem_id="model-note")
         # the label names the model in use, so a visitor sees it without opening the panel
         with gr.Accordion(model_label(checkpoint), open=False, elem_id="model-panel") as model_panel:
             with gr.Row():
@@ -186,7 +207,7 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
 
         # every row box's label and maximum follow the session's bank: after a model load, and when its tab opens
         # (the Swap tab's "add" grows the bank)
-        row_boxes = {"Bank row": gen["row"], **interp["rows"]}
+        row_boxes = {"Bank row": gen["row"], "Second row": gen["row_b"], **interp["rows"]}
 
         def ranges(*names):
             """The row boxes' updates: a list for several outputs, the update itself for one (gradio takes a
@@ -202,10 +223,16 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
             return [gr.update(value=session.checkpoint if session.checkpoint in available() else None),
                     gr.update(label=model_label(session.checkpoint)), *ranges(*row_boxes)(session)]
 
-        ck_btn.click(on_load, [state, ck_name, ck_path],
-                     [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue).then(
-            after_load, state, [ck_name, model_panel, *row_boxes.values()], api_visibility="private")
-        generate_page.select(ranges("Bank row"), state, gen["row"], queue=False, api_visibility="private")
+        def show_note(session):
+            """The note above the tabs says what the model now in use does (each checkpoint its own)."""
+            return model_note(ctx.store.get(session.checkpoint), session.checkpoint)
+
+        loaded = ck_btn.click(on_load, [state, ck_name, ck_path],
+                              [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue)
+        loaded.then(after_load, state, [ck_name, model_panel, *row_boxes.values()], api_visibility="private")
+        loaded.then(show_note, state, note, api_visibility="private")
+        generate_page.select(ranges("Bank row", "Second row"), state, [gen["row"], gen["row_b"]], queue=False,
+                             api_visibility="private")
         interpolate_page.select(ranges(*interp["rows"]), state, list(interp["rows"].values()), queue=False,
                                api_visibility="private")
         swap_page.select(**swap["relabel"])  # its own rule: the box has no maximum (swap_tab.row_box)
@@ -231,7 +258,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, sh
     # footer_links: the footer shows only "Use via API", where the README sends API users (no gradio settings or
     # branding links); so CSS must not hide the footer, or that link goes with it
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
-                       show_error=True, css=CSS, footer_links=["api"], **kwargs)
+                       show_error=True, css=CSS, theme=THEME, footer_links=["api"], **kwargs)
 
 
 __all__ = ["build_app", "launch", "friendly"]
