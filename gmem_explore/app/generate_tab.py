@@ -141,7 +141,7 @@ def build(ctx: AppContext, state: gr.State) -> dict:
     last = max(len(bank) - 1, 0)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
-            with gr.Group():  # what the snippets are: the source and its own inputs
+            with gr.Group(elem_id="generate-snippets"):  # what the snippets are: the source and its own inputs
                 source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Snippets from", info=SOURCE_HELP[SOURCES[0]],
                                   elem_id="generate-source")
                 row = gr.Number(0, precision=0, minimum=0, maximum=last, label=f"Bank row (0–{last})", visible=False,
@@ -155,7 +155,7 @@ def build(ctx: AppContext, state: gr.State) -> dict:
                                     visible=False)
                 upload = image_upload("Image to take the snippet from", visible=False, height=160,
                                       elem_id="generate-upload")
-            with gr.Group():  # how many and which seeds
+            with gr.Group(elem_id="generate-seeds"):  # how many and which seeds
                 n = gr.Slider(1, ctx.limits.max_images, value=4, step=1, label="Number of images")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)",

@@ -28,8 +28,12 @@ INTRO = ("Pick snippets from the bank, mix two, or swap in your own image, and w
          "captioned with its seed and bank row (settings and sources under Details), so any result can be made again.")
 # a deliberate look: one theme (indigo and pink, the Space card's colours) and the header and the model's note on
 # tinted panels. System fonts only: the themes' Google fonts are a download, and the app runs offline.
+# Soft's own primary button (indigo 400 under white text) read as disabled: indigo 600 reads as the one to press.
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink", neutral_hue="slate",
-                       font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+                       font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]).set(
+    button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
+    button_primary_text_color="white", button_cancel_background_fill="*secondary_100",
+    button_cancel_background_fill_hover="*secondary_200", button_cancel_text_color="*secondary_800")
 # .fit-grid (a gallery's elem_classes): gradio gives every gallery column at least 100 px, so a column count that
 # does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
 # captions may use the thumbnail's whole width (gradio stops them at 80%). Without a set height a .fit-grid gallery
@@ -50,6 +54,7 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink", neutral_hue="
 # 156 px columns need 320 px, and a 400 px phone's gallery is 318 px wide (360 px: 278): one column of 318 px images
 # made 16 images 5,000 px tall.
 CSS = """
+.gradio-container { max-width: 1600px !important; margin: 0 auto !important; }
 #header { padding: var(--spacing-lg) var(--spacing-xl); border-radius: var(--radius-lg);
   background: linear-gradient(90deg, var(--primary-50), var(--secondary-50)); }
 #header h1 { margin: 0 0 var(--spacing-sm) 0; }
@@ -175,7 +180,9 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
 
     # delete_cache: gradio's copies of uploads and returned files older than an hour go, checked hourly (a public
     # Space otherwise keeps every upload, GIF and bank download until it restarts)
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    # fill_width: gradio's fixed 1280 px page left a 1440 px window's Generate images at 188 px with empty margins;
+    # the page takes the window's width (CSS keeps it to 1600 px) and the images grow with it
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600), fill_width=True) as demo:
         # Per-session: gr.State deep-copies this for every browser tab; dropped an hour after the last change.
         state = gr.State(ctx.new_session(), time_to_live=3600)
         gr.Markdown(f"# {TITLE}\n{TAGLINE} {INTRO}", elem_id="header")
