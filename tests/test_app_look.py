@@ -173,3 +173,20 @@ def test_app_py_names_its_share_flag(monkeypatch, capsys):
     assert "Running on local URL" in out and "To create a public link, run python app.py --share" in out
     assert "share=True" not in out and sys.stdout is not None and not isinstance(sys.stdout, app.FlagHints)
 
+
+
+# ---- the README's words match the app -------------------------------------------------------------------------
+README_WORDS = {"random (by frequency)": "at random", "bank row": "by bank row", "group": "by group",
+                "uploaded image": "from an uploaded image", "mix two rows": "mixed from two bank rows"}
+
+
+def test_the_readme_names_what_the_generate_tab_offers():
+    """README promised what a visitor could not do (live previews they never saw, choosing on the map): its app
+    bullets name each snippet source the Generate tab offers, and the Bank's box as the sliders it is. Live previews
+    are shown by tests/test_browser.py::test_live_previews_are_visible_mid_run."""
+    readme = (ROOT / "README.md").read_text()
+    bullets = readme.split("## The app", 1)[1].split("\n## ", 1)[0]
+    generate = bullets.split("- **Generate**", 1)[1].split("\n- **", 1)[0].replace("\n  ", " ")
+    bank = bullets.split("- **Bank**", 1)[1].split("\n- **", 1)[0].replace("\n  ", " ")
+    assert [README_WORDS[s] in generate for s in ui_generate.SOURCES] == [True] * len(ui_generate.SOURCES)
+    assert "live" in generate and "four sliders" in bank and "not clicked or dragged" in bank
