@@ -469,7 +469,8 @@ def test_a_large_photo_is_shrunk_on_upload_and_generates(browser, photo_45mp):
 def test_mix_two_rows_is_one_click_from_variety(browser):
     open_tab(browser, "Generate")
     choose(browser, "generate-source", "mix two rows")
-    css(browser, "#generate-pick")[0].click()
+    wait_for(browser, lambda: [b for b in css(browser, "#generate-pick") if b.is_displayed()], "the pair picker")[0] \
+        .click()
     time.sleep(1)  # the pair arrives without the queue
     rows = [css(browser, f"#{i} input[type=number]")[0].get_attribute("value") for i in ("generate-row",
                                                                                           "generate-row-b")]

@@ -33,7 +33,10 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink", neutral_hue="
                        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]).set(
     button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
     button_primary_text_color="white", button_cancel_background_fill="*secondary_100",
-    button_cancel_background_fill_hover="*secondary_200", button_cancel_text_color="*secondary_800")
+    button_cancel_background_fill_hover="*secondary_200", button_cancel_text_color="*secondary_800",
+    # the labels drawn over images (a gallery's, the strip's, the GIF's) at gradio's default size and place: Soft's
+    # larger, inset ones covered the top of the Interpolate strip and ran under the GIF's buttons on a phone
+    block_label_margin="0", block_label_text_size="*text_sm", block_label_padding="*spacing_sm *spacing_lg")
 # .fit-grid (a gallery's elem_classes): gradio gives every gallery column at least 100 px, so a column count that
 # does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
 # captions may use the thumbnail's whole width (gradio stops them at 80%). Without a set height a .fit-grid gallery
@@ -50,7 +53,9 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink", neutral_hue="
 # cropped strips.
 # The strip's frames are as tall as the strip is wide allows (44 px on a phone, 15 px for 48 frames at 1280 px): the
 # label "Strip" and the download buttons, drawn over the image's top 28 px, covered them; the image starts below.
-# Phones (up to 480 px): a caption may wrap onto two lines, so that the Generate gallery shows two columns. Two
+# Phones (up to 480 px): the four tabs' 16 px side padding (in the theme's system font) pushed "Interpolate" into a
+# "More tabs" menu at 400 px; 8 px keeps all four in view (gradio measures the tabs on a hidden copy of the buttons,
+# so the rule is for both). A caption may wrap onto two lines, so that the Generate gallery shows two columns. Two
 # 156 px columns need 320 px, and a 400 px phone's gallery is 318 px wide (360 px: 278): one column of 318 px images
 # made 16 images 5,000 px tall.
 CSS = """
@@ -79,6 +84,7 @@ CSS = """
 .grid-wrap:not(.fixed-height) { overflow-y: auto !important; }
 #interp-strip .image-frame { padding-top: 28px; }
 @media (max-width: 480px) {
+  .tab-container button { padding: 0 var(--size-2) !important; }
   #generate-gallery { --thumb-min: 120px; }
   .fit-grid .caption-label { white-space: normal !important; }
 }
