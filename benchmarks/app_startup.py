@@ -141,8 +141,12 @@ def click_to_images(driver, url: str, method: str, steps: int, timeout: float = 
     while not driver.find_elements("id", "generate-button"):
         time.sleep(0.05)
     driver.find_element("css selector", "#generate-sampler .label-wrap").click()
-    (radio,) = [b for b in driver.find_elements("css selector", "#generate-method label") if b.text.strip() == method]
-    radio.click()
+    radios = []
+    while not radios:  # the accordion draws its content a moment after it opens
+        radios = [b for b in driver.find_elements("css selector", "#generate-method label")
+                  if b.text.strip() == method and b.is_displayed()]
+        time.sleep(0.05)
+    radios[0].click()
     box = driver.find_element("css selector", "#generate-steps input[type=number]")
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(str(steps), Keys.TAB)
