@@ -10,6 +10,7 @@ The app itself lives in gmem_explore/app/; this file only reads flags and launch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -117,6 +118,24 @@ def load_error(checkpoint: str, device: str, error: Exception) -> int:
     return 2
 
 
+class FlagHints:
+    """sys.stdout while gradio launches: gradio's "To create a public link, set `share=True` in `launch()`" names a
+    Python argument, where this app's user passes the --share flag."""
+
+    HINTS = {"set `share=True` in `launch()`": "run python app.py --share"}
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, text: str) -> int:
+        for said, meant in self.HINTS.items():
+            text = text.replace(said, meant)
+        return self.out.write(text)
+
+    def __getattr__(self, name):  # flush, isatty, encoding, ...: the real stream's
+        return getattr(self.out, name)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no telemetry calls
@@ -134,8 +153,10 @@ def main(argv=None) -> None:
         # The loaders' messages already say what to do; a traceback would bury them. Exit status 2 as for a bad
         # flag, since the cause is the command line (a wrong --checkpoint or --device), not the app.
         sys.exit(load_error(args.checkpoint, device, e))
-    launch(demo, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
-           max_file_size=args.max_file_size, inbrowser=args.open)
+    with contextlib.redirect_stdout(FlagHints(sys.stdout)):  # only while gradio prints its start-up lines
+        launch(demo, host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
+               max_file_size=args.max_file_size, inbrowser=args.open, prevent_thread_lock=True)
+    demo.block_thread()  # serves until Ctrl+C, as launch() itself would
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@
    is what our app adds to the floor that Python + torch + gradio set.
 2. A 4-image generation on the CPU with the default model and its default sampler settings: the pipeline called
    directly, against the same request through the running app (gradio_client, /generate): the app's overhead.
+3. What a visitor waits for in the browser: from the click on Generate to the first live preview on screen and to
+   the final images, for the default sampler and for the paper's 250-step SDE (4 images each), against the
+   pipeline's own time for the same images.
 
     .venv/bin/python benchmarks/app_startup.py                      # the embedded default (emoji-32)
     .venv/bin/python benchmarks/app_startup.py --checkpoint DIR     # another checkpoint folder
+    .venv/bin/python benchmarks/app_startup.py --only first-images  # part 3 only (results/app_first_images.*)
 Writes benchmarks/results/app_startup.json and .md. Medians of --repeats runs (launches alternate between
 our app and the baseline so both see the same machine load).
 """
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -127,11 +132,100 @@ def bench_generation(checkpoint: str, repeats: int) -> dict:
             "app_runs_s": [round(x, 3) for x in through_app]}
 
 
+def click_to_images(driver, url: str, method: str, steps: int, timeout: float = 600) -> tuple[float, float]:
+    """(seconds to the first preview shown, seconds to the final images shown) after a click on Generate: a fresh
+    page, 4 images at random, the given sampler. A preview's caption ends in 'step k/N'; the final ones do not."""
+    from selenium.webdriver.common.keys import Keys
+
+    driver.get(url)
+    while not driver.find_elements("id", "generate-button"):
+        time.sleep(0.05)
+    driver.find_element("css selector", "#generate-sampler .label-wrap").click()
+    radios = []
+    while not radios:  # the accordion draws its content a moment after it opens
+        radios = [b for b in driver.find_elements("css selector", "#generate-method label")
+                  if b.text.strip() == method and b.is_displayed()]
+        time.sleep(0.05)
+    radios[0].click()
+    box = driver.find_element("css selector", "#generate-steps input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(steps), Keys.TAB)
+    time.sleep(0.5)  # the slider takes the typed value
+    captions = ("return [...document.querySelectorAll('#generate-gallery .thumbnail-item img')]"
+                ".filter(i => i.complete && i.naturalWidth > 0).map(i => i.alt);")
+    start = time.monotonic()
+    driver.find_element("id", "generate-button").click()
+    first = None
+    while time.monotonic() - start < timeout:
+        shown = driver.execute_script(captions)
+        now = time.monotonic() - start
+        if shown and first is None:
+            first = now  # a preview, or the final images when the run ended before its first preview was due
+        if len(shown) == 4 and not any(re.search(r"step \d+/\d+$", c) for c in shown):
+            return first, now
+        time.sleep(0.02)
+    raise TimeoutError(f"no final images within {timeout} s")
+
+
+def bench_first_images(checkpoint: str, repeats: int) -> dict:
+    from gmem_explore.pipeline import GMemPipeline
+    from gmem_explore.app.server import build_app, launch
+
+    pipe = GMemPipeline.from_pretrained(checkpoint)
+    demo = build_app(lambda name: pipe, checkpoint, use_spaces_gpu=False)
+    launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    driver = chromium()
+    runs = {}
+    try:
+        pipe.generate(1, seeds=[0], steps=2)  # warm-up
+        for method, steps in ((pipe.sampler.method, pipe.sampler.steps), ("sde", 250)):
+            firsts, finals, direct = [], [], []
+            for r in range(repeats):
+                first, final = click_to_images(driver, demo.local_url, method, steps)
+                firsts.append(first)
+                finals.append(final)
+                start = time.monotonic()
+                pipe.generate(4, seeds=range(r, r + 4), method=method, steps=steps)
+                direct.append(time.monotonic() - start)
+            runs[f"{method}_{steps}"] = {
+                "method": method, "steps": steps, "first_preview_s": statistics.median(firsts),
+                "final_images_s": statistics.median(finals), "pipeline_s": statistics.median(direct),
+                "first_preview_runs_s": [round(x, 2) for x in firsts], "final_runs_s": [round(x, 2) for x in finals]}
+    finally:
+        driver.quit()
+        demo.close()
+    return runs
+
+
+def write_first_images(checkpoint: str, repeats: int, runs: dict) -> None:
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = os.getloadavg()[0]
+    result = {"checkpoint": checkpoint, "repeats": repeats, "runs": runs, "preview_every_s": 0.4,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_1min": load},
+              "date": date}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "app_first_images.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = "".join(f"| {r['method']}, {r['steps']} steps | {r['first_preview_s']:.2f} s | {r['final_images_s']:.2f} s "
+                   f"| {r['pipeline_s']:.2f} s |\n" for r in runs.values())
+    md = (f"# Time to first preview and first image in the app ({date}, {os.cpu_count()} CPUs, load {load:.1f})\n\n"
+          f"Headless chromium on the app (checkpoint {checkpoint}, 4 images at random, CPU): from the click on "
+          f"Generate until the first live preview is on screen, and until the final images are. The pipeline's own "
+          f"time for the same 4 images is the floor. Previews come at most every 0.4 s (Limits.preview_seconds).\n\n"
+          f"| sampler | first preview | final images | pipeline alone |\n|---|---|---|---|\n{rows}\n"
+          f"Medians of {repeats} runs.\n")
+    (RESULTS / "app_first_images.md").write_text(md)
+    print(md)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="emoji-32")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", choices=["first-images"], help="run only this part")
     args = p.parse_args()
+    write_first_images(args.checkpoint, args.repeats, bench_first_images(args.checkpoint, args.repeats))
+    if args.only:
+        return
     startup = bench_startup(args.checkpoint, args.repeats)
     print(f"launch -> page: app {startup['app_s']:.1f} s, bare gradio {startup['bare_gradio_s']:.1f} s", flush=True)
     generation = bench_generation(args.checkpoint, args.repeats)

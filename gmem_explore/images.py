@@ -2,7 +2,10 @@
 
 Transparent images are composited over white (emoji and logos have transparent backgrounds; black would
 change their meaning), palette / 16-bit / CMYK / greyscale images are converted, animated images give their
-first frame, and images too small or too large to be sensible are refused before they are decoded in full.
+first frame, and images too small or too large to be sensible are refused before they are decoded in full. A
+caller that needs only a small image (the app: models take 32 to 256 px) passes max_side: a large JPEG is then decoded
+at a reduced scale (PIL's draft mode, 1/2 to 1/8) and any image is shrunk to fit, so a 45 MP photo is accepted
+while the limit on decoded pixels (max_pixels) still holds.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .values import is_whole
 
-MAX_PIXELS = 40_000_000  # about 6300 x 6300; a decompression bomb beyond this is refused, not decoded
+MAX_PIXELS = 40_000_000  # about 6300 x 6300 decoded (120 MB as RGB); a decompression bomb beyond this is refused
 MAX_BYTES = 50 * 1024 * 1024  # uploads larger than 50 MB are refused
 
 
@@ -24,8 +27,12 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message says why and what to do."""
 
 
-def open_image(source) -> Image.Image:
+def open_image(source, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> Image.Image:
     """A PIL image from a path, bytes, file object, PIL image, numpy array or uint8 tensor (H, W, 3).
+
+    An image that would decode to more than `max_pixels` pixels is refused before it is decoded. `max_side`: the
+    largest side the caller needs; a JPEG is then decoded at the smallest of 1/1, 1/2, 1/4, 1/8 scale that still
+    holds it (PIL's draft), so the pixel limit applies to what is decoded, not to what the camera wrote.
 
     Errors about an input that came from a path name that path: in a folder of thousands of images the user has
     to find the one bad file."""
@@ -59,17 +66,20 @@ def open_image(source) -> Image.Image:
             raise ImageError(f"the upload is {len(source) >> 20} MB; images over {MAX_BYTES >> 20} MB are refused")
         source = io.BytesIO(source)
     try:
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        # PIL's own bomb check (its process-wide Image.MAX_IMAGE_PIXELS, left as it is) refuses headers over
+        # about 179M pixels at open; ours, on the pixels actually decoded, follows
         img = Image.open(source)
+        if max_side is not None and img.format == "JPEG":
+            img.draft("RGB", (max_side, max_side))
         width, height = img.size
-        if width * height > MAX_PIXELS:
-            raise ImageError(f"{name or 'the image'} is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are "
+        if width * height > max_pixels:
+            raise ImageError(f"{name or 'the image'} is {width}x{height} pixels; at most {max_pixels:,} pixels are "
                              f"accepted. Resize it first.")
         img.load()
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"{name or 'the image'} has more than {MAX_PIXELS:,} pixels; resize it first") from None
+        raise ImageError(f"{name or 'the image'} has more than {max_pixels:,} pixels; resize it first") from None
     except UnidentifiedImageError:
         # PIL's own text here is "cannot identify image file <_io.BytesIO object at 0x...>": it names our
         # in-memory buffer, not the user's file, so it is left out.
@@ -155,10 +165,13 @@ def check_size(size, allow_none: bool = False):
     return int(size)
 
 
-def load_rgb(source, size: int | None = None) -> torch.Tensor:
-    """uint8 (H, W, 3); resized to size x size (centre-cropped to square, bicubic antialiased) when size is given."""
+def load_rgb(source, size: int | None = None, max_pixels: int = MAX_PIXELS, max_side: int | None = None
+             ) -> torch.Tensor:
+    """uint8 (H, W, 3); resized to size x size (centre-cropped to square, bicubic antialiased) when size is given,
+    else shrunk (aspect kept) to at most `max_side` pixels a side when that is given. `max_pixels`: the most pixels
+    decoded (open_image)."""
     size = check_size(size, allow_none=True)
-    img = open_image(source)
+    img = open_image(source, max_pixels, max_side)
     try:
         img = to_rgb(img)
     except ImageError as e:
@@ -167,6 +180,8 @@ def load_rgb(source, size: int | None = None) -> torch.Tensor:
         raise
     if size is not None:
         img = ImageOps.fit(img, (int(size), int(size)), Image.BICUBIC)
+    elif max_side is not None and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.LANCZOS)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
 
 

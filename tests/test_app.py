@@ -27,7 +27,7 @@ from conftest import free_port, upload_folder
 
 pytest_plugins = ["app_tiny"]  # the demo, ctx and pictures fixtures
 ROOT = Path(__file__).resolve().parents[1]
-RANDOM, ROW, GROUP, UPLOAD = ui_generate.SOURCES
+RANDOM, ROW, GROUP, UPLOAD, MIX = ui_generate.SOURCES
 
 
 def final(gen):
@@ -152,7 +152,7 @@ def test_an_upload_box_shown_by_a_radio_keeps_the_friendly_message(demo, tmp_pat
         show, run = event_named(demo, "show_inputs"), event_named(demo, "generate")
         run_event(demo, state, show, [None, UPLOAD])
         upload = show.outputs[-1]
-        inputs = [None, UPLOAD, 0, None, payload, 2, 0, False, 2, "euler", 1.0]
+        inputs = [None, UPLOAD, 0, None, payload, 2, 0, False, 2, "euler", 1.0, 1, 0.5]
     else:
         show = [f for f in demo.fns.values() if f.name == "show"][0]  # "A from" (the first endpoint radio)
         run = event_named(demo, "interpolate")
@@ -220,11 +220,16 @@ def test_generate_help_and_row_range_follow_the_choice(demo, ctx):
     assert len(set(ui_generate.SOURCE_HELP.values())) == len(ui_generate.SOURCES)
     show = event_named(demo, "show_inputs")
     state = SessionState(demo)
-    info, row, group, upload = run_event(demo, state, show, [None, ROW])["data"]
+    info, row, row_b, weight, pick, group, upload = run_event(demo, state, show, [None, ROW])["data"]
     assert info["info"] == ui_generate.SOURCE_HELP[ROW] and row["visible"] and not upload["visible"]
     assert row["label"] == f"Bank row (0–{ROWS - 1})" and row["maximum"] == ROWS - 1
-    info, row, group, upload = run_event(demo, state, show, [None, GROUP])["data"]
+    info, row, row_b, weight, pick, group, upload = run_event(demo, state, show, [None, GROUP])["data"]
     assert info["info"] == ui_generate.SOURCE_HELP[GROUP] and not row["visible"] and group["visible"]
+    assert not any(box["visible"] for box in (row_b, weight, pick))
+    # a mix shows both row boxes, each with the bank's range, the weight and the pair picker
+    info, row, row_b, weight, pick, group, upload = run_event(demo, state, show, [None, MIX])["data"]
+    assert info["info"] == ui_generate.SOURCE_HELP[MIX] and all(b["visible"] for b in (row, row_b, weight, pick))
+    assert row_b["label"] == f"Second row (0–{ROWS - 1})" and not group["visible"] and not upload["visible"]
 
 
 def test_generate_and_swap_name_their_shared_settings_alike(demo):

@@ -144,7 +144,7 @@ def test_replacing_a_row_counts_against_the_edit_limit(ctx, red, monkeypatch):
 
 
 @pytest.mark.parametrize("name, inputs", [
-    ("generate", [None, "random (by frequency)", 0, None, None, 1, 5, "false", 1, "euler", 1.0]),
+    ("generate", [None, "random (by frequency)", 0, None, None, 1, 5, "false", 1, "euler", 1.0, 1, 0.5]),
     ("swap_generate", [None, "red", 1, 5, "false", 1]),
     ("interpolate", [None, "bank row", 0, None, "bank row", 1, None, "lerp", 2, 5, "false", 1, "euler"]),
 ])

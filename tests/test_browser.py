@@ -32,7 +32,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app_demo():
     from gmem_explore.app.server import build_app, launch
     from gmem_explore.app.common import Limits
 
@@ -48,8 +48,23 @@ def app_url():
 
         demo = build_app(tiny_factory, "tiny", limits=Limits(preview_seconds=0.0), use_spaces_gpu=False)
     launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield demo.local_url
+    yield demo
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(app_demo):
+    return app_demo.local_url
+
+
+@pytest.fixture
+def slow_steps(app_demo, monkeypatch):
+    """Each model call of the app's pipeline takes 30 ms more: a 500-step run lasts 15 s on the server, whatever
+    the machine's load. The tiny model's own steps are so quick that the server finished while the browser was
+    still drawing its early previews: the run was over before the test could look at it or stop it."""
+    model = app_demo.gmem_context.store.get().model
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: time.sleep(0.03) or forward(*a, **k))
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +202,6 @@ def test_generate_produces_captioned_images(browser):
     # load, the row can overflow for a moment)
     bar = "const g = document.querySelector('#generate-gallery .grid-wrap'); return g.offsetWidth - g.clientWidth;"
     wait_for(browser, lambda: browser.execute_script(bar) == 0, "the gallery without a scroll bar", timeout=15)
-    screenshot(browser, "generate")
 
 
 def shown(driver, element) -> bool:
@@ -263,7 +277,9 @@ def test_interpolate_yields_k_frames(browser):
     css(browser, "#interp-button")[0].click()
     items = final_gallery(browser, "interp-frames", 5)
     assert [c for _, c in items] == ["w 0.00", "w 0.25", "w 0.50", "w 0.75", "w 1.00"]  # the seed is said once:
-    wait_for(browser, lambda: "5 frames from seed 0" in css(browser, "#interp-status")[0].text, "the status line")
+    # "Random seed" starts ticked (one rule on every tab): the status says which seed it drew
+    wait_for(browser, lambda: re.search(r"5 frames from seed \d+", css(browser, "#interp-status")[0].text),
+             "the status line")
     (strip,) = wait_for(browser, lambda: css(browser, "#interp-strip img"), "the strip")
     wait_for(browser, lambda: css(browser, "#interp-gif img"), "the GIF")
     # five frames in one line, each at least 128 px as shown (they were 64 px: too small to read)
@@ -370,4 +386,209 @@ def test_a_phone_shows_two_columns_and_uncovered_images(browser):
         assert overlaps == [False, False, False]  # [strip under its label, under its buttons, GIF label under buttons]
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        browser.set_window_size(1280, 1000)
+
+
+# ---- issue 22: what a user sees of a run, an upload and the page ------------------------------------------------
+@pytest.fixture(scope="module")
+def broken_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("broken") / "broken.png"
+    path.write_text("a text file renamed .png")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def photo_45mp(tmp_path_factory):
+    """A phone camera's 45 MP JPEG (8192 x 5464; flat colour, so about a megabyte)."""
+    from PIL import ImageDraw
+
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    img = Image.new("RGB", (8192, 5464), (40, 120, 200))
+    ImageDraw.Draw(img).ellipse((2000, 1000, 6000, 5000), fill=(240, 200, 40))
+    img.save(path, quality=80)
+    return str(path)
+
+
+def choose(driver, elem_id: str, value: str):
+    """Click a radio button by its text (waiting for it: an accordion just opened draws its content a moment later)."""
+    (label,) = wait_for(driver, lambda: [b for b in css(driver, f"#{elem_id} label")
+                                         if b.text.strip() == value and b.is_displayed()], f"{value!r} in #{elem_id}")
+    label.click()
+
+
+def close_toasts(driver):
+    for button in css(driver, ".toast-close"):
+        button.click()
+    wait_for(driver, lambda: not css(driver, ".toast-body"), "the messages to close", timeout=15)
+
+
+def reload(driver):
+    """A fresh page: every box back to its default (a long run's sampler settings would slow the tests after it)."""
+    driver.refresh()
+    wait_for(driver, lambda: driver.find_elements("id", "generate-button"), "the page to load")
+
+
+def start_long_run(driver):
+    """A 500-step SDE run of four images: on the tiny model long enough to look at its previews mid-run."""
+    open_tab(driver, "Generate")
+    choose(driver, "generate-source", "random (by frequency)")
+    if not [b for b in css(driver, "#generate-steps input[type=number]") if b.is_displayed()]:
+        css(driver, "#generate-sampler .label-wrap")[0].click()
+    choose(driver, "generate-method", "sde")
+    set_number(driver, "generate-steps", 500)
+    css(driver, "#generate-button")[0].click()
+
+
+# every preview on top where it is drawn: elementFromPoint at its centre is the image or inside its thumbnail (a
+# progress overlay there answers with itself), with a size; null until the gallery shows step previews
+VISIBLE_PREVIEWS = """
+const imgs = [...document.querySelectorAll('#generate-gallery .thumbnail-item img')];
+if (!imgs.length || !imgs.every(i => /step \\d+\\/\\d+$/.test(i.alt))) return null;
+imgs[0].scrollIntoView({block: 'center'});
+return imgs.map(img => {
+  const r = img.getBoundingClientRect();
+  const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return {width: r.width, height: r.height, onTop: !!top && img.closest('.thumbnail-item').contains(top),
+          covering: top ? top.className : null, caption: img.alt};
+});"""
+
+
+def test_live_previews_are_visible_mid_run(browser, slow_steps):
+    """During a run the gallery lay under gradio's progress overlay ("sampling: step 103/250") for the whole run:
+    the previews were in the page but could not be seen, and Details drew a second progress bar."""
+    start_long_run(browser)
+    try:
+        previews = wait_for(browser, lambda: browser.execute_script(VISIBLE_PREVIEWS), "previews mid-run")
+        assert len(previews) == 4
+        step, total = map(int, re.search(r"step (\d+)/(\d+)$", previews[0]["caption"]).groups())
+        assert step < total == 500  # mid-run
+        assert all(p["width"] > 50 and p["height"] > 50 for p in previews), previews
+        assert all(p["onTop"] for p in previews), previews  # nothing drawn over them
+        # the run's progress shows once, on the status line above the gallery: no tracker text over the gallery or
+        # in Details (each output of the run had its own)
+        # (gradio draws the bar between the run's outputs and blanks it while an output arrives: wait for one)
+        trackers = wait_for(browser, lambda: browser.execute_script("""
+            const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT), found = [];
+            while (walk.nextNode()) {
+              const e = walk.currentNode.parentElement;
+              if (/sampling: step/.test(walk.currentNode.textContent) && e.getBoundingClientRect().width > 0)
+                found.push(e.closest('#generate-status') ? 'status' : (e.closest('[id]') || {}).id);
+            }
+            return found.length ? found : null;"""), "the progress bar", timeout=30)
+        assert set(trackers) == {"status"}, trackers
+    finally:
+        css(browser, "#generate-stop")[0].click()
+        wait_for(browser, lambda: "Stopped at step" in css(browser, "#generate-status")[0].text, "the stop")
+        reload(browser)
+
+
+def test_stop_says_the_step_its_images_show(browser, slow_steps):
+    """Stop said "Stopped at step 132/250" while the captions said step 137."""
+    start_long_run(browser)
+    try:
+        wait_for(browser, lambda: browser.execute_script(VISIBLE_PREVIEWS), "previews mid-run")
+        css(browser, "#generate-stop")[0].click()
+        said = wait_for(browser, lambda: re.search(r"Stopped at step (\d+/500)",
+                                                   css(browser, "#generate-status")[0].text), "the stop message")
+        time.sleep(1)  # the stopped run's last images arrive with the message; nothing may follow them
+        captions = [c for _, c in gallery(browser, "generate-gallery")]
+        assert len(captions) == 4 and all(c.endswith(f"step {said.group(1)}") for c in captions), (said, captions)
+        no_error_toast(browser)
+    finally:
+        reload(browser)
+
+
+def test_a_corrupt_upload_is_refused_on_arrival(browser, broken_png):
+    """A text file named .png showed as a broken picture in the box, refused only when a run read it."""
+    open_tab(browser, "Generate")
+    choose(browser, "generate-source", "uploaded image")
+    wait_for(browser, lambda: css(browser, "#generate-upload input[type=file]"), "the upload box")[0] \
+        .send_keys(broken_png)
+    wait_for(browser, lambda: [t for t in css(browser, ".toast-body.warning")
+                               if "'broken.png' is not an image" in t.text], "the refusal")
+    wait_for(browser, lambda: not css(browser, "#generate-upload img"), "the box emptied")
+    close_toasts(browser)
+
+
+def test_a_failed_run_clears_the_last_results(browser):
+    """A failed run left the last run's images and summary under an "Error" badge, as if they were its own."""
+    open_tab(browser, "Generate")
+    choose(browser, "generate-source", "random (by frequency)")
+    generate_four(browser, seed=5)
+    wait_for(browser, lambda: "from seed 5" in css(browser, "#generate-status")[0].text, "the status line")
+    choose(browser, "generate-source", "uploaded image")  # and no image in the box
+    css(browser, "#generate-button")[0].click()
+    wait_for(browser, lambda: [t for t in css(browser, ".toast-body.error") if "Upload an image first" in t.text],
+             "the error")
+    wait_for(browser, lambda: not gallery(browser, "generate-gallery"), "the old images to go")
+    wait_for(browser, lambda: css(browser, "#generate-status")[0].text.startswith("No images: the run failed"),
+             "the status line to say so")
+    close_toasts(browser)
+
+
+def test_a_large_photo_is_shrunk_on_upload_and_generates(browser, photo_45mp):
+    """A 45 MP photo was refused only after Generate ("Resize it first")."""
+    open_tab(browser, "Generate")
+    choose(browser, "generate-source", "uploaded image")
+    wait_for(browser, lambda: css(browser, "#generate-upload input[type=file]"), "the upload box")[0] \
+        .send_keys(photo_45mp)
+    size = "const i = document.querySelector('#generate-upload img'); return i && [i.naturalWidth, i.naturalHeight];"
+    assert wait_for(browser, lambda: browser.execute_script(size) == [1024, 683] and [1024, 683],
+                    "the shrunk photo in the box")
+    no_error_toast(browser)
+    css(browser, "#generate-button")[0].click()
+    items = final_gallery(browser, "generate-gallery", 4)
+    assert all(c.endswith(" · upload") for _, c in items)
+    close_toasts(browser)  # the note that the photo was shrunk
+    reload(browser)
+
+
+def test_mix_two_rows_is_one_click_from_variety(browser):
+    open_tab(browser, "Generate")
+    choose(browser, "generate-source", "mix two rows")
+    wait_for(browser, lambda: [b for b in css(browser, "#generate-pick") if b.is_displayed()], "the pair picker")[0] \
+        .click()
+    time.sleep(1)  # the pair arrives without the queue
+    rows = [css(browser, f"#{i} input[type=number]")[0].get_attribute("value") for i in ("generate-row",
+                                                                                          "generate-row-b")]
+    assert rows[0] != rows[1]
+    css(browser, "#generate-button")[0].click()
+    items = final_gallery(browser, "generate-gallery", 4)
+    assert all(c.endswith(f" · mix {rows[0]}+{rows[1]}") for _, c in items), (rows, items)
+    reload(browser)
+
+
+def test_the_page_says_what_gmem_and_its_model_are(browser):
+    header, note = css(browser, "#header")[0], css(browser, "#model-note")[0]
+    assert header.is_displayed() and "GMem is a diffusion transformer" in header.text
+    name = "emoji-32" if SHOTS else "tiny"
+    assert note.is_displayed() and note.text.startswith(f"What {name} does.")
+    if SHOTS:
+        assert "1,697 emojis that reproduces its rows" in note.text
+    tabs = css(browser, "button[role=tab]")[0]
+    assert note.rect["y"] + note.rect["height"] <= tabs.rect["y"]  # read before the tabs
+
+
+def test_a_deliberate_look_at_1440_px(browser):
+    """The default theme with dense controls: now one theme (indigo), the snippet controls grouped, and images
+    large enough to see in a 1440 px window."""
+    browser.set_window_size(1440, 1000)
+    try:
+        generate_four(browser, seed=11)
+        widths = browser.execute_script(
+            "return [...document.querySelectorAll('#generate-gallery .thumbnail-item img')]"
+            ".map(i => i.getBoundingClientRect().width);")
+        assert len(widths) == 4 and min(widths) >= 200, widths
+        colour = browser.execute_script(
+            "const s = getComputedStyle(document.querySelector('#generate-button'));"
+            "return s.backgroundImage + ' ' + s.backgroundColor;")
+        # the theme's indigo 600, or 700 under the pointer that just clicked it (gradio's default theme: orange)
+        assert re.search(r"rgb\((79, 70, 229|67, 56, 202)\)", colour), colour
+        grouped = browser.execute_script(  # each control inside its group's box
+            "const inside = (g, c) => document.querySelector(g).contains(document.querySelector(c));"
+            "return [inside('#generate-snippets', '#generate-source'), inside('#generate-seeds', '#generate-seed'),"
+            "        inside('#generate-seeds', '#generate-random')];")
+        assert grouped == [True, True, True]
+        screenshot(browser, "generate")
+    finally:
         browser.set_window_size(1280, 1000)

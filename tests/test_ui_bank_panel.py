@@ -194,12 +194,14 @@ def test_dropdown_is_reset_to_the_model_in_use(demo, ctx, monkeypatch):
     trigger = reset.trigger_after if isinstance(reset.trigger_after, int) else reset.trigger_after[0]
     assert demo.fns[trigger] is load  # runs after every load, failed or not
     assert reset.outputs[0].label == "Checkpoint"
-    assert [o.elem_id for o in reset.outputs[1:]] == ["model-panel", "generate-row", "interp-row-a", "interp-row-b"]
+    assert [o.elem_id for o in reset.outputs[1:]] == ["model-panel", "generate-row", "generate-row-b", "interp-row-a",
+                                                     "interp-row-b"]
     s = ctx.new_session()
     bank = ctx.bank(s)
     _, panel, *rows = reset.fn(s)  # every row box gives the range of the bank now in use
     last = len(bank) - 1
-    assert [r["label"] for r in rows] == [f"Bank row (0–{last})", f"Row A (0–{last})", f"Row B (0–{last})"]
+    assert [r["label"] for r in rows] == [f"Bank row (0–{last})", f"Second row (0–{last})", f"Row A (0–{last})",
+                                          f"Row B (0–{last})"]
     assert all(r["maximum"] == last for r in rows)
     monkeypatch.setattr(ctx, "bank", lambda session: bank)  # the names below are not loaded in this test
     s.checkpoint = "emoji-32"
@@ -216,17 +218,19 @@ def test_the_model_panel_names_the_model_in_use(demo):
     assert ui.model_label("C:\\models\\mine") == "Model: mine"
 
 
+ROW_BOXES = ("generate-row", "generate-row-b", "interp-row-a", "interp-row-b")
+
+
 def test_row_boxes_take_the_grown_bank_when_their_tab_opens(demo, ctx):
-    """The Swap tab's "add" grows the session's bank: the Generate and Interpolate row boxes say so when shown."""
+    """The Swap tab's "add" grows the session's bank: the Generate and Interpolate row boxes say so when shown
+    (Generate's second row box too, for a mix)."""
     s = ctx.new_session()
     s.bank = ctx.bank(s).copy()
     s.bank.add(torch.randn(3, s.bank.dim))
     last = len(s.bank) - 1
     tab_handlers = [f for f in demo.fns.values() if f.targets and f.targets[0][1] == "select" and
-                    f.outputs and all(getattr(o, "elem_id", "") in ("generate-row", "interp-row-a", "interp-row-b")
-                                      for o in f.outputs)]
-    assert sorted(o.elem_id for f in tab_handlers for o in f.outputs) == ["generate-row", "interp-row-a",
-                                                                            "interp-row-b"]
+                    f.outputs and all(getattr(o, "elem_id", "") in ROW_BOXES for o in f.outputs)]
+    assert sorted(o.elem_id for f in tab_handlers for o in f.outputs) == sorted(ROW_BOXES)
     for f in tab_handlers:
         out = f.fn(s)
         updates = out if len(f.outputs) > 1 else [out]  # one output: the update itself, not a list

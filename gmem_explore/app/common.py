@@ -275,9 +275,10 @@ def pick_seed(seed, randomize: bool) -> int:
 
 
 def typing_a_seed_unticks_random(seed: gr.Number, randomize: gr.Checkbox) -> None:
-    """A seed typed into the box is the seed wanted: the "Random seed" box (ticked by default on the Generate tab)
-    is unticked, where the typed seed used to be ignored for a random one. Only a person's typing (.input): the
-    seed a run copies into the box leaves the tick as it is."""
+    """A seed typed into the box is the seed wanted: the "Random seed" box is unticked, where the typed seed used to
+    be ignored for a random one. One rule on every tab: "Random seed" starts ticked (each click shows new images,
+    whose seeds the captions and the seed box then show) and typing a seed unticks it. Only a person's typing
+    (.input): the seed a run copies into the box leaves the tick as it is."""
     seed.input(lambda: False, None, randomize, queue=False, api_visibility="private")
 
 

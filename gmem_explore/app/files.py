@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 import torch
+from PIL import Image
 
 from ..images import MAX_BYTES, ImageError, load_rgb
 from ..pipeline import GMemPipeline
@@ -26,12 +27,45 @@ from .common import UserError
 RAW_INPUTS = {"preprocess": False}
 
 
+# An upload larger than this a side is shrunk on arrival (to a PNG in the box): models take 32 to 256 px, and a
+# 45 MP phone photo (8192 x 5464) was refused only when a run decoded it. Also the side images.load_rgb's JPEG draft
+# aims at, so such a photo is decoded at 1/4 scale (2048 x 1366), never at 45 MP.
+UPLOAD_SIDE = 1024
+
+
 def image_upload(label: str, **kwargs) -> gr.Image:
-    """An upload box; events reading it must pass **RAW_INPUTS and decode it with upload_to_image."""
+    """An upload box; events reading it must pass **RAW_INPUTS and decode it with upload_to_image. Each upload is
+    checked on arrival (checked_upload): an unreadable file is taken out of the box with a warning that says why,
+    where the box showed a broken picture until a run failed on it, and a large image is shrunk."""
     # gradio's "Drop Image Here - or - Click to Upload" is cut off in the 190 px Interpolate boxes, and the text
     # stays on one line (a newline is not shown): at most about 20 characters fit there
     kwargs.setdefault("placeholder", "Drop image or click")
-    return gr.Image(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
+    box = gr.Image(type="filepath", label=label, sources=["upload", "clipboard"], **kwargs)
+    box.upload(checked_upload, box, box, preprocess=False, api_visibility="private")
+    return box
+
+
+def checked_upload(upload):
+    """What an upload box holds after an upload: nothing (and a warning) for a file that is not a readable image,
+    a PNG at most UPLOAD_SIDE a side for a larger image, the upload itself otherwise."""
+    if not upload:
+        return gr.update()
+    try:
+        image = upload_to_image(upload, max_side=UPLOAD_SIDE)
+    except (UserError, ImageError) as e:
+        gr.Warning(f"{e} The upload was removed.")
+        return None
+    path = upload.get("path") if isinstance(upload, dict) else upload
+    if isinstance(path, str) and not path.startswith("data:"):
+        with Image.open(path) as original:  # the header only: its size before shrinking
+            if max(original.size) <= UPLOAD_SIDE:
+                return gr.update()
+    name = Path(str(upload.get("orig_name") if isinstance(upload, dict) else path) or "upload").stem
+    out = scratch_path(f"{file_stem(name)}-{image.shape[1]}x{image.shape[0]}.png")
+    Image.fromarray(image.numpy()).save(out, format="PNG")
+    gr.Info(f"The image was shrunk to {image.shape[1]}x{image.shape[0]} pixels (the model uses at most "
+            f"{UPLOAD_SIDE} a side).")
+    return str(out)
 
 
 # A pasted image arrives as a base64 data URL inside the request: 14 M characters are 10 MB of image, the app's
@@ -49,9 +83,10 @@ def in_upload_folder(path: Path) -> bool:
     return Path(path).resolve().is_relative_to(root)
 
 
-def upload_to_image(upload, size: int | None = None) -> torch.Tensor:
-    """An upload (gradio FileData dict, path, PIL or array) -> uint8 (H, W, 3) through images.load_rgb. Paths are
-    read only inside gradio's upload folder (in_upload_folder).
+def upload_to_image(upload, size: int | None = None, max_side: int | None = UPLOAD_SIDE) -> torch.Tensor:
+    """An upload (gradio FileData dict, path, PIL or array) -> uint8 (H, W, 3) through images.load_rgb, at most
+    `max_side` pixels a side (None: as large as it is). Paths are read only inside gradio's upload folder
+    (in_upload_folder).
 
     A file is read here and decoded from its bytes, so a message names the file the person uploaded
     ('bad.png'), never the server's temporary copy (/tmp/gradio/<hash>/bad.png)."""
@@ -87,7 +122,7 @@ def upload_to_image(upload, size: int | None = None) -> torch.Tensor:
                             f"{MAX_BYTES >> 20} MB are refused. Upload a smaller image.")
         upload = path.read_bytes()
     try:
-        return load_rgb(upload, size)
+        return load_rgb(upload, size, max_side=max_side)
     except ImageError as e:
         text = str(e)
         if name is None:

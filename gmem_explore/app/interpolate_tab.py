@@ -172,7 +172,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int, method_default: 
             k = gr.Slider(2, ctx.limits.max_frames, value=8, step=1, label="Frames (k)", elem_id="interp-k")
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed (shared by all frames)", elem_id="interp-seed")
-                randomize = gr.Checkbox(False, label="Random seed")
+                randomize = gr.Checkbox(True, label="Random seed")
                 typing_a_seed_unticks_random(seed, randomize)
             with gr.Accordion("Sampler", open=False):
                 method = gr.Radio(list(METHODS), value=method_default, label="Sampler")

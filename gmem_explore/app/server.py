@@ -21,12 +21,22 @@ from ..checkpoints.hub import CheckpointUnavailable, available
 log = logging.getLogger(__name__)
 
 TITLE = "GMem explorer"
-INTRO = (
-    "GMem generates images from **memory snippets**: feature vectors of real images kept in a memory bank. "
-    "Pick snippets from the bank, swap in your own image, mix two snippets, and watch the sampler work. "
-    "Every image is captioned with its seed and bank row (settings and sources under Details), so any result can "
-    "be reproduced."
-)
+# the header: what GMem is in one line, then what to do here
+TAGLINE = ("**GMem** is a diffusion transformer that draws an image from a *memory snippet*, the feature vector of a "
+           "real image kept in a memory bank, instead of from a class label.")
+INTRO = ("Pick snippets from the bank, mix two, or swap in your own image, and watch the sampler work. Every image is "
+         "captioned with its seed and bank row (settings and sources under Details), so any result can be made again.")
+# a deliberate look: one theme (indigo and pink, the Space card's colours) and the header and the model's note on
+# tinted panels. System fonts only: the themes' Google fonts are a download, and the app runs offline.
+# Soft's own primary button (indigo 400 under white text) read as disabled: indigo 600 reads as the one to press.
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink", neutral_hue="slate",
+                       font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]).set(
+    button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
+    button_primary_text_color="white", button_cancel_background_fill="*secondary_100",
+    button_cancel_background_fill_hover="*secondary_200", button_cancel_text_color="*secondary_800",
+    # the labels drawn over images (a gallery's, the strip's, the GIF's) at gradio's default size and place: Soft's
+    # larger, inset ones covered the top of the Interpolate strip and ran under the GIF's buttons on a phone
+    block_label_margin="0", block_label_text_size="*text_sm", block_label_padding="*spacing_sm *spacing_lg")
 # .fit-grid (a gallery's elem_classes): gradio gives every gallery column at least 100 px, so a column count that
 # does not fit the width scrolls sideways and cuts the last column off; these columns shrink to fit instead, and
 # captions may use the thumbnail's whole width (gradio stops them at 80%). Without a set height a .fit-grid gallery
@@ -43,10 +53,19 @@ INTRO = (
 # cropped strips.
 # The strip's frames are as tall as the strip is wide allows (44 px on a phone, 15 px for 48 frames at 1280 px): the
 # label "Strip" and the download buttons, drawn over the image's top 28 px, covered them; the image starts below.
-# Phones (up to 480 px): a caption may wrap onto two lines, so that the Generate gallery shows two columns. Two
+# Phones (up to 480 px): the four tabs' 16 px side padding (in the theme's system font) pushed "Interpolate" into a
+# "More tabs" menu at 400 px; 8 px keeps all four in view (gradio measures the tabs on a hidden copy of the buttons,
+# so the rule is for both). A caption may wrap onto two lines, so that the Generate gallery shows two columns. Two
 # 156 px columns need 320 px, and a 400 px phone's gallery is 318 px wide (360 px: 278): one column of 318 px images
 # made 16 images 5,000 px tall.
 CSS = """
+.gradio-container { max-width: 1600px !important; margin: 0 auto !important; }
+#header { padding: var(--spacing-lg) var(--spacing-xl); border-radius: var(--radius-lg);
+  background: linear-gradient(90deg, var(--primary-50), var(--secondary-50)); }
+#header h1 { margin: 0 0 var(--spacing-sm) 0; }
+#model-note { padding: var(--spacing-md) var(--spacing-xl); border-left: 4px solid var(--primary-400);
+  background: var(--background-fill-secondary); border-radius: var(--radius-md); }
+#generate-status { min-height: 2.6em; }
 #generate-gallery img, #swap-gallery img, #interp-frames img, #bank-selection img, #swap-before img,
 #swap-after img, #interp-strip img, #bank-neighbours img, #bank-generations img, #bank-pages img
 { image-rendering: pixelated; }
@@ -65,6 +84,7 @@ CSS = """
 .grid-wrap:not(.fixed-height) { overflow-y: auto !important; }
 #interp-strip .image-frame { padding-top: 28px; }
 @media (max-width: 480px) {
+  .tab-container button { padding: 0 var(--size-2) !important; }
   #generate-gallery { --thumb-min: 120px; }
   .fit-grid .caption-label { white-space: normal !important; }
 }
@@ -86,6 +106,17 @@ def describe(pipe: GMemPipeline, name: str) -> str:
     return (f"**{name}** · {parameter_line(d['parameters'])} · {d['image_size']} px"
             f" · bank {d['bank']['rows']:,} × {d['bank']['dim']} · snippet encoder: {enc} · default sampler "
             f"{d['sampler']['method']}, {d['sampler']['steps']} steps · device {d['device']}")
+
+
+def model_note(pipe: GMemPipeline, name: str) -> str:
+    """What the model in use does, in a visitor's words, above the tabs: the checkpoint's own "about" (its config.json;
+    emoji-32's says that it reproduces its rows and where new images come from), else a line made from its size."""
+    d = pipe.describe()
+    about = (d["info"] or {}).get("about")
+    if not isinstance(about, str) or not about.strip():
+        about = (f"{d['image_size']} px images drawn from a memory bank of {d['bank']['rows']:,} snippets; rows give "
+                 f"images like their own source images, mixes and uploads give new ones.")
+    return f"**What {name} does.** {about.strip()}"
 
 
 def model_label(checkpoint: str) -> str:
@@ -155,10 +186,13 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
 
     # delete_cache: gradio's copies of uploads and returned files older than an hour go, checked hourly (a public
     # Space otherwise keeps every upload, GIF and bank download until it restarts)
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    # fill_width: gradio's fixed 1280 px page left a 1440 px window's Generate images at 188 px with empty margins;
+    # the page takes the window's width (CSS keeps it to 1600 px) and the images grow with it
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600), fill_width=True) as demo:
         # Per-session: gr.State deep-copies this for every browser tab; dropped an hour after the last change.
         state = gr.State(ctx.new_session(), time_to_live=3600)
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        gr.Markdown(f"# {TITLE}\n{TAGLINE} {INTRO}", elem_id="header")
+        note = gr.Markdown(model_note(pipe, checkpoint), elem_id="model-note")
         # the label names the model in use, so a visitor sees it without opening the panel
         with gr.Accordion(model_label(checkpoint), open=False, elem_id="model-panel") as model_panel:
             with gr.Row():
@@ -186,7 +220,7 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
 
         # every row box's label and maximum follow the session's bank: after a model load, and when its tab opens
         # (the Swap tab's "add" grows the bank)
-        row_boxes = {"Bank row": gen["row"], **interp["rows"]}
+        row_boxes = {"Bank row": gen["row"], "Second row": gen["row_b"], **interp["rows"]}
 
         def ranges(*names):
             """The row boxes' updates: a list for several outputs, the update itself for one (gradio takes a
@@ -202,10 +236,16 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
             return [gr.update(value=session.checkpoint if session.checkpoint in available() else None),
                     gr.update(label=model_label(session.checkpoint)), *ranges(*row_boxes)(session)]
 
-        ck_btn.click(on_load, [state, ck_name, ck_path],
-                     [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue).then(
-            after_load, state, [ck_name, model_panel, *row_boxes.values()], api_visibility="private")
-        generate_page.select(ranges("Bank row"), state, gen["row"], queue=False, api_visibility="private")
+        def show_note(session):
+            """The note above the tabs says what the model now in use does (each checkpoint its own)."""
+            return model_note(ctx.store.get(session.checkpoint), session.checkpoint)
+
+        loaded = ck_btn.click(on_load, [state, ck_name, ck_path],
+                              [state, ck_md, gen["group"]], api_name="load_checkpoint", **ctx.model_queue)
+        loaded.then(after_load, state, [ck_name, model_panel, *row_boxes.values()], api_visibility="private")
+        loaded.then(show_note, state, note, api_visibility="private")
+        generate_page.select(ranges("Bank row", "Second row"), state, [gen["row"], gen["row_b"]], queue=False,
+                             api_visibility="private")
         interpolate_page.select(ranges(*interp["rows"]), state, list(interp["rows"].values()), queue=False,
                                api_visibility="private")
         interpolate_page.select(**interp["pictures"], api_visibility="private", show_progress="hidden")
@@ -233,7 +273,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, sh
     # footer_links: the footer shows only "Use via API", where the README sends API users (no gradio settings or
     # branding links); so CSS must not hide the footer, or that link goes with it
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
-                       show_error=True, css=CSS, footer_links=["api"], **kwargs)
+                       show_error=True, css=CSS, theme=THEME, footer_links=["api"], **kwargs)
 
 
 __all__ = ["build_app", "launch", "friendly"]

@@ -207,7 +207,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             steps = gr.Slider(1, ctx.limits.max_steps, value=steps_default, step=1, label="Steps")
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)", elem_id="swap-seed")
-                randomize = gr.Checkbox(False, label="Random seed")
+                randomize = gr.Checkbox(True, label="Random seed")
                 typing_a_seed_unticks_random(seed, randomize)
             go = gr.Button("Generate from this image", variant="primary", elem_id="swap-generate")
         with gr.Column(scale=2):
