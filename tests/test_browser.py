@@ -214,10 +214,12 @@ def top(driver, selector: str) -> float:
     return driver.execute_script(f"return document.querySelector('{selector}').getBoundingClientRect().top;")
 
 
+def bottom(driver, selector: str) -> float:
+    return driver.execute_script(f"return document.querySelector('{selector}').getBoundingClientRect().bottom;")
+
+
 def test_swap_changes_what_a_row_generates(browser, red_png):
     open_tab(browser, "Swap")
-    # the comparison starts level with the row box beside it: an empty note above it left a blank gap
-    assert abs(top(browser, "#swap-before") - top(browser, "#swap-row")) <= 4
     set_number(browser, "swap-row", 2)
     css(browser, "#swap-compare")[0].click()
     before = final_gallery(browser, "swap-before", 4)
@@ -241,6 +243,10 @@ def test_swap_changes_what_a_row_generates(browser, red_png):
     near = wait_for(browser, lambda: gallery(browser, "swap-nearest"), "the nearest rows")
     assert len(near) == 3 and all(re.fullmatch(r"row \d+ · cos -?\d\.\d\d", c) for _, c in near)
     assert all(shown(browser, img) for img in css(browser, "#swap-nearest .thumbnail-item img"))
+    # the comparison follows the nearest rows, with its one-line note between: an empty note, then the taller
+    # controls' row, left a blank band there (about 160 px at this width)
+    assert 0 <= top(browser, "#swap-note") - bottom(browser, "#swap-nearest") <= 24
+    assert 0 <= top(browser, "#swap-before") - bottom(browser, "#swap-note") <= 24
     screenshot(browser, "swap")
 
 

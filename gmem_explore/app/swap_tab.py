@@ -198,6 +198,8 @@ def reset(ctx: AppContext, session: Session):
 
 def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     pipe = ctx.store.get()
+    # one row of two columns (controls | pictures): as two rows, the left column's upload box left a blank band
+    # under the nearest rows, above the before/after comparison, as tall as the controls were taller
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             upload = image_upload("Your image", height=220, elem_id="swap-upload")
@@ -210,15 +212,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                 randomize = gr.Checkbox(True, label="Random seed")
                 typing_a_seed_unticks_random(seed, randomize)
             go = gr.Button("Generate from this image", variant="primary", elem_id="swap-generate")
-        with gr.Column(scale=2):
-            gallery = gr.Gallery(label="From your image", columns=4, height="fit-content", format="png",
-                                 elem_id="swap-gallery", elem_classes=["fit-grid"])
-            # the rows themselves, as pictures: a row number alone says nothing about what the model draws from it
-            nearest = gr.Gallery(label="Nearest bank rows (cosine)", columns=4, height="fit-content", format="png",
-                                 allow_preview=False, buttons=[], elem_id="swap-nearest", elem_classes=["fit-grid"])
-    gr.Markdown("### Put it into the bank (this session's copy)")
-    with gr.Row():
-        with gr.Column(scale=1, min_width=300):
+            gr.Markdown("### Put it into the bank (this session's copy)")
             # no maximum: see row_box
             row = gr.Number(0, precision=0, minimum=0, label=f"Bank row (0–{max(len(pipe.bank) - 1, 0)})",
                             elem_id="swap-row")
@@ -233,6 +227,11 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             reset_btn = gr.Button("Reset to the original bank", variant="stop", elem_id="swap-reset")
             log = gr.Markdown(edit_log(Session(ctx.store.default)), elem_id="swap-log")
         with gr.Column(scale=2):
+            gallery = gr.Gallery(label="From your image", columns=4, height="fit-content", format="png",
+                                 elem_id="swap-gallery", elem_classes=["fit-grid"])
+            # the rows themselves, as pictures: a row number alone says nothing about what the model draws from it
+            nearest = gr.Gallery(label="Nearest bank rows (cosine)", columns=4, height="fit-content", format="png",
+                                 allow_preview=False, buttons=[], elem_id="swap-nearest", elem_classes=["fit-grid"])
             # shown once it has a line to say: an empty Markdown still took its height above the galleries
             note = gr.Markdown(elem_id="swap-note", visible=False)
             # fit-content: a fixed height cut the captions off; the galleries are as tall as their one row. Their
