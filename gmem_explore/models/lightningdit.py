@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..values import as_whole
-from .sit import PatchEmbed, TimestepEmbedder, load_network_state, modulate, sincos_2d
+from .sit import (PatchEmbed, TimestepEmbedder, check_inputs, load_network_state, modulate, projector, sincos_2d,
+                  unpatchify)
 
 # depth, hidden size, heads, patch: upstream's LightningDiT_models table.
 NAMED = {
@@ -293,10 +294,6 @@ class SnippetEmbedder(nn.Module):
         return self.linear(snippet)
 
 
-def projector(dim, hidden, out):
-    return nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out))
-
-
 class LightningDiT(nn.Module):
     """GMem v2's backbone; called as model(x, t, snippet) with t = 1 noise, t = 0 data (see the module docstring:
     v_ours(x, t) = -v_upstream(x, 1 - t))."""
@@ -339,22 +336,10 @@ class LightningDiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def unpatchify(self, x):
-        n, tokens, _ = x.shape
-        p, ch = self.config.patch_size, self.config.in_channels
-        side = int(math.isqrt(tokens))
-        x = x.reshape(n, side, side, p, p, ch).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(n, ch, side * p, side * p)
+        return unpatchify(x, self.config.patch_size, self.config.in_channels)
 
     def check_inputs(self, x, t, snippet):
-        c = self.config
-        want = (c.in_channels, c.input_size, c.input_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"x must have shape (N, {want[0]}, {want[1]}, {want[2]}); got {tuple(x.shape)}")
-        if t.ndim != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(f"t must have shape ({x.shape[0]},) with values in [0, 1]; got {tuple(t.shape)}")
-        if snippet.ndim != 2 or snippet.shape != (x.shape[0], c.snippet_dim):
-            raise ValueError(f"snippet must have shape ({x.shape[0]}, {c.snippet_dim}); got {tuple(snippet.shape)}. "
-                             f"Snippets come from the memory bank or the encoder this model was trained with.")
+        check_inputs(self.config, x, t, snippet)
 
     def forward(self, x, t, snippet):
         """Velocity for t = 1 noise, t = 0 data: -v_upstream(x, 1 - t)."""

@@ -226,6 +226,30 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+def unpatchify(x: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
+    """(N, tokens, p * p * C) patch outputs -> (N, C, H, W) images, tokens in row-major order (every backbone here)."""
+    n, tokens, _ = x.shape
+    p, ch = patch_size, channels
+    side = int(math.isqrt(tokens))
+    x = x.reshape(n, side, side, p, p, ch).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(n, ch, side * p, side * p)
+
+
+def check_inputs(config, x, t, snippet) -> None:
+    """The shapes model(x, t, snippet) takes, for any config with in_channels, input_size and snippet_dim."""
+    c = config
+    want = (c.in_channels, c.input_size, c.input_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+        raise ValueError(f"x must have shape (N, {want[0]}, {want[1]}, {want[2]}); got {tuple(x.shape)}")
+    if t.ndim != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"t must have shape ({x.shape[0]},) with values in [0, 1]; got {tuple(t.shape)}")
+    if snippet.ndim != 2 or snippet.shape != (x.shape[0], c.snippet_dim):
+        raise ValueError(
+            f"snippet must have shape ({x.shape[0]}, {c.snippet_dim}); got {tuple(snippet.shape)}. "
+            f"Snippets come from the memory bank or the encoder this model was trained with."
+        )
+
+
 def projector(dim, hidden, out):
     return nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out))
 
@@ -266,24 +290,10 @@ class GMemSiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def unpatchify(self, x):
-        n, tokens, _ = x.shape
-        p, ch = self.config.patch_size, self.config.in_channels
-        side = int(math.isqrt(tokens))
-        x = x.reshape(n, side, side, p, p, ch).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(n, ch, side * p, side * p)
+        return unpatchify(x, self.config.patch_size, self.config.in_channels)
 
     def check_inputs(self, x, t, snippet):
-        c = self.config
-        want = (c.in_channels, c.input_size, c.input_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"x must have shape (N, {want[0]}, {want[1]}, {want[2]}); got {tuple(x.shape)}")
-        if t.ndim != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(f"t must have shape ({x.shape[0]},) with values in [0, 1]; got {tuple(t.shape)}")
-        if snippet.ndim != 2 or snippet.shape != (x.shape[0], c.snippet_dim):
-            raise ValueError(
-                f"snippet must have shape ({x.shape[0]}, {c.snippet_dim}); got {tuple(snippet.shape)}. "
-                f"Snippets come from the memory bank or the encoder this model was trained with."
-            )
+        check_inputs(self.config, x, t, snippet)
 
     def forward_with_projection(self, x, t, snippet):
         """(velocity, projector output at block `encoder_depth`): the training path for REPA."""
