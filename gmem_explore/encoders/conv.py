@@ -137,6 +137,16 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> 
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+def encoder_optimizer(params, steps: int, lr: float):
+    """AdamW (weight decay 0.05) with a linear warm-up over min(100, steps / 10) steps, then cosine decay to zero:
+    the schedule of every snippet encoder trained here."""
+    warmup = min(100, steps // 10 + 1)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return opt, sched
+
+
 def train_conv_encoder(images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 600,
                        batch_size: int = 64, lr: float = 2e-3, recon_weight: float = 1.0, dim: int = 768,
                        seed: int = 0, progress: bool = True, log_every: int = 100) -> tuple[ConvEncoder, list[dict]]:
@@ -153,10 +163,7 @@ def train_conv_encoder(images: torch.Tensor, labels: torch.Tensor, num_classes: 
     decoder = LinearDecoder(dim=dim, image_size=size)
     classifier = nn.Linear(dim, num_classes)
     params = [*encoder.parameters(), *decoder.parameters(), *classifier.parameters()]
-    warmup = min(100, steps // 10 + 1)  # linear warm-up, then cosine decay to zero
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    opt, sched = encoder_optimizer(params, steps, lr)
     bar = None
     if progress:
         from tqdm.auto import tqdm

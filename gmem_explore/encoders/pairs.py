@@ -14,13 +14,12 @@ Both renderings get the same random shift and flip, so the pair stays aligned.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import ConvEncoder, LinearDecoder, augment, to_model_input
+from .conv import ConvEncoder, LinearDecoder, augment, encoder_optimizer, to_model_input
 
 RECON_SIZE = 16
 
@@ -51,10 +50,7 @@ def train_pair_encoder(style_a: torch.Tensor, style_b: torch.Tensor, labels: tor
     decoder = LinearDecoder(dim=dim, image_size=RECON_SIZE).to(device)
     classifier = nn.Linear(dim, num_classes).to(device)
     params = [*encoder.parameters(), *decoder.parameters(), *classifier.parameters()]
-    warmup = min(100, steps // 10 + 1)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    opt, sched = encoder_optimizer(params, steps, lr)
     bar = None
     if progress:
         from tqdm.auto import tqdm
