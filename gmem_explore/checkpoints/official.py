@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -286,9 +287,7 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
     free = shutil.disk_usage(out.parent).free
     if free < needed:  # refused before a byte is written: a full disk fails late, after minutes of writing
         raise no_space(src, out, needed, free)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    os.chmod(work, 0o755)  # mkdtemp makes it 0700: other users of a shared HF_HOME could not read the conversion
-    try:
+    with assembled_folder(out, src, needed) as work:
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -313,14 +312,6 @@ def convert_official(src, out, bank_dtype: str = "fp16", model: str | None = OFF
                            "bank_dtype": bank_dtype},
                 "licence": "MIT (GMem weights, Tangentone/GMem)", **(info or {})}
         write_bytes_atomic(work / "config.json", json.dumps(full, indent=2).encode())
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename needs the name free
-        os.replace(work, out)
-    except BaseException as e:
-        shutil.rmtree(work, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the disk filled while writing (another writer)
-            raise no_space(src, out, needed, shutil.disk_usage(out.parent).free, while_writing=True) from e
-        raise
     return out
 
 
@@ -346,6 +337,25 @@ def conversion_bytes(raw: dict, bank_dtype: str) -> int:
     network = sum(t.numel() * t.element_size() for t in raw["network"].values())
     bank = raw["memorybank"].numel() * BANK_DTYPES[bank_dtype].itemsize
     return network + bank + raw["memoryfreq"].numel() * raw["memoryfreq"].element_size() + (1 << 20)
+
+
+@contextmanager
+def assembled_folder(out: Path, src: Path, needed: int):
+    """A hidden sibling of `out` (.NAME.xxxxxxxx.partial) to write a conversion into: renamed to `out` when the block
+    ends, removed on any failure (a full disk reported by no_space), so `out` is complete or absent. Every
+    converter (official.py, official_v2.py) writes through it."""
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    os.chmod(work, 0o755)  # mkdtemp makes it 0700: other users of a shared HF_HOME could not read the conversion
+    try:
+        yield work
+        if out.exists():
+            out.rmdir()  # empty (checked by the caller); rename needs the name free
+        os.replace(work, out)
+    except BaseException as e:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the disk filled while writing (another writer)
+            raise no_space(src, out, needed, shutil.disk_usage(out.parent).free, while_writing=True) from e
+        raise
 
 
 def no_space(src: Path, out: Path, needed: int, free: int, while_writing: bool = False) -> OSError:

@@ -18,12 +18,9 @@ for a Hub checkpoint) and the recipe: gmem-v2's sampler and uniform rows (upstre
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
 import pickle
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -39,7 +36,8 @@ from ..sampling.settings import RECIPES
 from .folder import FORMAT
 from .official_layouts import looks_like
 from .official import (BANK_DTYPES, UnsafeCheckpointError, _not_a_torch_file, _unpickling_reason,
-                       check_source_path, expected_sha256_from_cache, file_sha256, no_space, remove_stale_partials,
+                       assembled_folder, check_source_path, expected_sha256_from_cache, file_sha256, no_space,
+                       remove_stale_partials,
                        snapshot_commit)
 from ..bank.lowrank import LowRankRows
 from ..safefiles import write_streaming
@@ -211,36 +209,27 @@ def convert_official_v2(network_pth, bank_pth, out_folder, vavae=None, stats=Non
     free = shutil.disk_usage(out.parent).free
     if free < needed:  # refused before a byte is written
         raise no_space(network_pth, out, needed, free)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    os.chmod(work, 0o755)  # mkdtemp makes it 0700: other users of a shared HF_HOME could not read the conversion
     bar = None
     try:
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=needed - (1 << 20), unit="B", unit_scale=True, desc="converting")
-        step = bar.update if bar is not None else None
-        write_streaming(work / "model.safetensors", state, progress=step)
-        state = raw = None  # drop the mapping of the network before the bank is streamed
-        bank_meta = {"format": "gmem-explore-bank-1", "label_names": None,
-                     "origin": f"{bank_pth.name}, upstream's '{layout}' layout (unnormalised; normalised at use)"}
-        write_streaming(work / "bank.safetensors", {"rows": rows}, dtypes={"rows": BANK_DTYPES[bank_dtype]},
-                        metadata=bank_meta, progress=step)
-        full = {"format": FORMAT, "model": config.to_dict(), "autoencoder": autoencoder,
-                "encoder": encoder if encoder is not None else default_encoder,
-                "sampler": dict(SAMPLER), "choose": CHOOSE, "generation": 2,
-                "name": network_pth.stem,
-                "source": {"repo": V2_REPO, **file_record(network_pth, sha["network"]), "bank_dtype": bank_dtype,
-                           "bank": {**file_record(bank_pth, sha["bank"]), "layout": layout}},
-                "licence": "MIT (GMem weights, Tangentone/GMem); VA-VAE: hustvl's licence", **(info or {})}
-        write_bytes_atomic(work / "config.json", json.dumps(full, indent=2).encode())
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename needs the name free
-        os.replace(work, out)
-    except BaseException as e:
-        shutil.rmtree(work, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise no_space(network_pth, out, needed, shutil.disk_usage(out.parent).free, while_writing=True) from e
-        raise
+        with assembled_folder(out, network_pth, needed) as work:
+            if progress:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=needed - (1 << 20), unit="B", unit_scale=True, desc="converting")
+            step = bar.update if bar is not None else None
+            write_streaming(work / "model.safetensors", state, progress=step)
+            state = raw = None  # drop the mapping of the network before the bank is streamed
+            bank_meta = {"format": "gmem-explore-bank-1", "label_names": None,
+                         "origin": f"{bank_pth.name}, upstream's '{layout}' layout (unnormalised; normalised at use)"}
+            write_streaming(work / "bank.safetensors", {"rows": rows}, dtypes={"rows": BANK_DTYPES[bank_dtype]},
+                            metadata=bank_meta, progress=step)
+            full = {"format": FORMAT, "model": config.to_dict(), "autoencoder": autoencoder,
+                    "encoder": encoder if encoder is not None else default_encoder,
+                    "sampler": dict(SAMPLER), "choose": CHOOSE, "generation": 2,
+                    "name": network_pth.stem,
+                    "source": {"repo": V2_REPO, **file_record(network_pth, sha["network"]), "bank_dtype": bank_dtype,
+                               "bank": {**file_record(bank_pth, sha["bank"]), "layout": layout}},
+                    "licence": "MIT (GMem weights, Tangentone/GMem); VA-VAE: hustvl's licence", **(info or {})}
+            write_bytes_atomic(work / "config.json", json.dumps(full, indent=2).encode())
     finally:
         if bar is not None:
             bar.close()
