@@ -131,7 +131,37 @@ def randomize(net, seed=0, std=0.02):
     return net
 
 
-class Bench:
+class Sections:
+    """What both GPU benchmarks (this one, gpu_sampler_v2.py) share: timing on the device and sections that keep
+    going when one fails. A subclass sets self.cuda and self.results (with an "errors" dict) and defines save()."""
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def timed(self, fn):
+        self.sync()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        out = fn()
+        self.sync()
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
+        return out, seconds, peak
+
+    def section(self, name, fn):
+        start = time.perf_counter()
+        try:
+            fn()
+        except Exception as e:  # keep going: one failing section must not lose the others' numbers
+            self.results["errors"][name] = f"{type(e).__name__}: {e}"
+            print(f"!! {name} failed: {type(e).__name__}: {e}", flush=True)
+        self.results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - start, 1)
+        self.save()
+
+
+class Bench(Sections):
     def __init__(self, args):
         self.args, self.smoke = args, args.smoke
         self.device = torch.device("cpu" if args.smoke else "cuda")
@@ -153,10 +183,6 @@ class Bench:
         self.fast_run: FastRun | None = None  # the latest fast-path run's record of what ran
 
     # ---- helpers -------------------------------------------------------------------------------------------
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
     def inputs(self, n, first_seed=0):
         """Fresh generators per image (seed = index), the initial noise drawn from them, and unit snippets."""
         gens = make_generators(range(first_seed, first_seed + n), self.device)
@@ -165,17 +191,6 @@ class Bench:
         snippets = torch.randn(n, self.cfg.snippet_dim, device=self.device, generator=g)
         snippets = snippets / snippets.norm(dim=1, keepdim=True)
         return noise, snippets, gens
-
-    def timed(self, fn):
-        self.sync()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        out = fn()
-        self.sync()
-        seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
-        return out, seconds, peak
 
     def run(self, n, steps, fast_mode, **kw):
         """sample() on fresh inputs; fast_mode is sample's `fast` (False, True or FastOptions)."""
@@ -209,16 +224,6 @@ class Bench:
         self.results["runs"][name] = row
         print(f"{name:28s} batch {n:4d}: {ips:8.3f} images/s  {tflops:7.1f} TFLOP/s  peak {peak:6.2f} GiB  "
               f"x{row.get('speedup_vs_a', 1.0):.2f}  err {row.get('error_vs_a')}", flush=True)
-        self.save()
-
-    def section(self, name, fn):
-        start = time.perf_counter()
-        try:
-            fn()
-        except Exception as e:  # keep going: one failing section must not lose the others' numbers
-            self.results["errors"][name] = f"{type(e).__name__}: {e}"
-            print(f"!! {name} failed: {type(e).__name__}: {e}", flush=True)
-        self.results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - start, 1)
         self.save()
 
     # ---- sections ------------------------------------------------------------------------------------------

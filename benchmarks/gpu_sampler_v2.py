@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from gpu_sampler import card_name, randomize, relative_l2, tf32  # noqa: E402
+from gpu_sampler import Sections, card_name, randomize, relative_l2, tf32  # noqa: E402
 from gmem_explore.models import build_model  # noqa: E402
 from gmem_explore.safefiles import write_bytes_atomic  # noqa: E402
 from gmem_explore.sampling import RECIPES, FastOptions, draw_sde_noise, initial_noise  # noqa: E402
@@ -90,7 +90,7 @@ def upstream_sample(model, noise, snippets, noises, num_steps, cfg_scale=1.0, cf
     return x + drift(x, grid[-1]) * last_step_size
 
 
-class Bench:
+class Bench(Sections):
     def __init__(self, args):
         self.args, self.smoke = args, args.smoke
         self.device = torch.device("cpu" if args.smoke else "cuda")
@@ -115,10 +115,6 @@ class Bench:
         self.latents, self.fast_run = {}, None
 
     # ---- helpers -------------------------------------------------------------------------------------------
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
     def inputs(self, n):
         """Seeds 0..n-1: generators, the initial noise (their first draw) and unit snippets (fixed seed)."""
         gens = make_generators(range(n), self.device)
@@ -126,16 +122,6 @@ class Bench:
         g = torch.Generator(device=self.device).manual_seed(1234)
         snippets = torch.randn(n, self.model.config.snippet_dim, device=self.device, generator=g)
         return noise, snippets / snippets.norm(dim=1, keepdim=True), gens
-
-    def timed(self, fn):
-        self.sync()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        out = fn()
-        self.sync()
-        peak = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
-        return out, time.perf_counter() - start, peak
 
     def ours(self, n, guided=False, steps=None, mode=None, interval=None):
         noise, snippets, gens = self.inputs(n)
@@ -167,16 +153,6 @@ class Bench:
         self.results["runs"][name] = row
         print(f"{name:20s} batch {n:4d}: {row['images_per_s']:8.3f} images/s  {seconds:8.3f} s  peak {peak:6.2f} GiB  "
               f"{row.get('target', '')} {row.get('meets_target', '')}", flush=True)
-        self.save()
-
-    def section(self, name, fn):
-        start = time.perf_counter()
-        try:
-            fn()
-        except Exception as e:  # keep going: one failing section must not lose the others' numbers
-            self.results["errors"][name] = f"{type(e).__name__}: {e}"
-            print(f"!! {name} failed: {type(e).__name__}: {e}", flush=True)
-        self.results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - start, 1)
         self.save()
 
     # ---- sections ------------------------------------------------------------------------------------------
