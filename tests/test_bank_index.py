@@ -119,9 +119,16 @@ def test_a_damaged_or_foreign_cache_is_rebuilt_with_a_warning(rows, built, cache
         bank_index.cached_index(rows, OPTIONS, cache_dir=folder, progress=False)
 
 
-def test_options_that_cannot_work_are_refused(rows):
-    with pytest.raises(ValueError, match="must divide the row width"):
-        bank_index.RowIndex.build(rows, bank_index.IndexOptions(code_bytes=10), progress=False)
+def test_the_code_width_divides_the_row_width():
+    # product quantisation cuts a row into equal sub-vectors: a 96-byte code cannot cut 8- or 32-wide rows
+    assert bank_index.IndexOptions().code_bytes_for(768) == 96
+    assert bank_index.IndexOptions(code_bytes=10).code_bytes_for(32) == 8
+    assert bank_index.IndexOptions().code_bytes_for(8) == 8
+    narrow = clustered(n=4_000, dim=8, clusters=20)
+    built = bank_index.RowIndex.build(narrow, bank_index.IndexOptions(min_rows=0, lists=16, train_rows=4_000),
+                                      progress=False)  # the default 96 bytes, on rows 8 wide: built, not refused
+    q = normalize(narrow[:3].float())
+    assert [int(i) in c.tolist() for i, c in zip(range(3), built.candidates(q))] == [True] * 3
 
 
 # ---- through MemoryBank.nearest ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Exact search over the released 1.28M x 768 bank reads 2 GB per query (about 80 m
 when every row is re-normalised on each call). The index answers in about 2 ms:
 
 1. faiss IVF-PQ over the L2-normalised rows: an inner-product coarse quantizer of `lists` centroids (2,048 at
-   1.28M rows), each row stored as `code_bytes` bytes of product-quantisation code (96: 118 MB at 1.28M rows,
+   1.28M rows), each row stored as `code_bytes` bytes of product-quantisation code (at most; the largest divisor of the row width) (96: 118 MB at 1.28M rows,
    6% of the fp16 bank). A query scans the `probe` nearest lists' codes for `rerank` candidates.
 2. The candidates are re-ranked exactly against the bank's own rows (memory-mapped, never copied): PQ distances
    are coarse, exact cosines are not, so the order of the answer is the exact order among the candidates.
@@ -45,13 +45,18 @@ class IndexOptions:
 
     min_rows: int = 100_000  # below this exact search (about 4 ms at 100k x 768 fp16) needs no index
     lists: int | None = None  # IVF lists; None: 2 * sqrt(rows) rounded to a power of two (2,048 at 1.28M)
-    code_bytes: int = 96  # PQ bytes per row; must divide the dimension (768 = 96 x 8)
+    code_bytes: int = 96  # PQ bytes per row at most: the largest divisor of the row width up to this (768 = 96 x 8)
     probe: int = 16  # lists scanned per query: 32 or 64 find no more of the true top 10 (the codes, not the lists, limit)
     # candidates re-ranked exactly: on 1.28M clustered rows with fresh queries recall@10 is 0.87 at 200, 0.96 at 400,
     # 0.98 at 800 (1.3 / 2.0 / 4.0 ms per query; benchmarks/bank_scale.py)
     rerank: int = 500
     train_rows: int = 100_000  # rows sampled to train the quantizers (faiss wants >= 39 per list)
     seed: int = 0
+
+    def code_bytes_for(self, dim: int) -> int:
+        """PQ needs sub-vectors of equal width: the largest divisor of `dim` not above code_bytes (8 for 8-wide rows,
+        where a 96-byte code would not divide the row; 96 for GMem's 768)."""
+        return max(b for b in range(1, min(self.code_bytes, dim) + 1) if dim % b == 0)
 
     def lists_for(self, n: int) -> int:
         if self.lists is not None:
@@ -101,12 +106,10 @@ class RowIndex:
         from tqdm.auto import tqdm
 
         n, dim = rows.shape
-        if dim % options.code_bytes:
-            raise ValueError(f"code_bytes={options.code_bytes} must divide the row width {dim}")
         lists = options.lists_for(n)
         rng = np.random.default_rng(options.seed)
         sample = np.sort(rng.choice(n, size=min(n, max(options.train_rows, 39 * lists)), replace=False))
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, options.code_bytes, 8,
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, options.code_bytes_for(dim), 8,
                                  faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = options.seed  # the same rows give the same index
         bar = tqdm(total=n, desc="building the bank index", unit="row", disable=not progress)
