@@ -4,8 +4,8 @@ Exact search over the released 1.28M x 768 bank reads 2 GB per query (about 80 m
 when every row is re-normalised on each call). The index answers in about 2 ms:
 
 1. faiss IVF-PQ over the L2-normalised rows: an inner-product coarse quantizer of `lists` centroids (2,048 at
-   1.28M rows), each row stored as `code_bytes` bytes of product-quantisation code (at most; the largest divisor of the row width) (96: 118 MB at 1.28M rows,
-   6% of the fp16 bank). A query scans the `probe` nearest lists' codes for `rerank` candidates.
+   1.28M rows), each row stored as `code_bytes` bytes of product-quantisation code (96: 118 MB at 1.28M rows,
+   6% of the fp16 bank; narrower rows take the largest divisor of their width). A query scans the `probe` nearest lists' codes for `rerank` candidates.
 2. The candidates are re-ranked exactly against the bank's own rows (memory-mapped, never copied): PQ distances
    are coarse, exact cosines are not, so the order of the answer is the exact order among the candidates.
 Why faiss IVF-PQ and not HNSW (hnswlib): an HNSW graph stores every vector again in float32 (3.9 GB at 1.28M x
