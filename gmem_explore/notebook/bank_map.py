@@ -38,7 +38,11 @@ BLANK = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAA
 def require_jscatter():
     """The jscatter module, or an ImportError that says how to install it."""
     try:
-        import jscatter
+        with warnings.catch_warnings():
+            # jupyter-scatter 1.0.1 calls set_index(inplace=True) at import, which pandas 3.1 deprecates: four
+            # warnings about its code in the notebook, nothing a user can act on
+            warnings.filterwarnings("ignore", message="The inplace keyword", module="jscatter")
+            import jscatter
     except ImportError as e:
         raise ImportError(f"the interactive bank map needs jupyter-scatter and anywidget: {INSTALL} (the static map, "
                           f"bank.map2d.scatter_figure, needs only matplotlib)") from e
@@ -129,8 +133,7 @@ class BankScatter:
         self.data = pd.DataFrame(columns)
         self.base_size = 2 if m > 100_000 else 3 if m > 10_000 else 6
         tooltip = [c for c in ("row", "group", "frequency", "cluster") if c in columns]
-        options = dict(tooltip=True, tooltip_properties=tooltip, size=self.base_size, height=height,
-                       lasso_initiator=True)
+        options = dict(tooltip=True, tooltip_properties=tooltip, size=self.base_size, height=height)
         if self.has_previews:
             options.update(tooltip_preview="preview", tooltip_preview_type="image",
                            tooltip_preview_image_size="contain", tooltip_preview_image_height=PREVIEW_PX)
