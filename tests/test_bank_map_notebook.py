@@ -63,9 +63,17 @@ def test_subsampled_map_translates_points_to_bank_rows_both_ways(bank, sub):
     assert m.widget.selection.tolist() == [1, 8]  # the widget holds points, not rows
     assert m.selected_rows.tolist() == [3, 24]
     assert len(seen) == 1  # select() from Python does not call the callbacks (no loops through them)
-    with pytest.warns(UserWarning, match=r"1 of 2 rows are not on the map .*subsample of 10 of 30 rows.*\[5\]"):
+    with pytest.warns(UserWarning, match=r"1 of 2 rows are not on the map \(it shows 10 of the bank's 30 rows.*\[5\]"):
         assert m.select([5, 6]).tolist() == [6]
     assert m.widget.selection.tolist() == [7]
+
+
+def test_rows_added_after_the_map_are_left_out_not_an_error(bank, coords):
+    m = bm.bank_scatter(bank, coords)
+    (new,) = bank.add(torch.randn(1, 16)).tolist()
+    with pytest.warns(UserWarning, match=rf"1 of 2 rows are not on the map .*30 of the bank's 31 rows.*\[{new}\]"):
+        assert m.select([2, new]).tolist() == [2]
+    assert m.widget.selection.tolist() == [2]
 
 
 def test_select_clears_and_refuses_rows_out_of_range(bank, coords):
@@ -118,6 +126,12 @@ def test_colour_columns_for_group_frequency_and_cluster(bank, coords):
     assert m.widget.color_by is None
     with pytest.raises(ValueError, match="color_by must be one of"):
         m.color("size")
+
+
+def test_groups_of_one_name_and_added_rows_stay_apart(coords):
+    bank = MemoryBank(torch.randn(30, 8), labels=torch.tensor([0, 1, -1] * 10), label_names=["same", "same"])
+    m = bm.bank_scatter(bank, coords)
+    assert m.data["group"].tolist()[:3] == ["same (0)", "same (1)", "added (-1)"]
 
 
 def test_many_clusters_get_a_colour_each(bank, coords):

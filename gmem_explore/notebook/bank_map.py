@@ -108,8 +108,13 @@ class BankScatter:
             ids = labels[rows].long()
             names = bank.label_names or []
             name = lambda g: "added" if g < 0 else (names[g] if g < len(names) else str(g))  # noqa: E731
-            table = {g: name(g) for g in sorted(set(ids.tolist()))}
-            columns["group"] = pd.Categorical([table[g] for g in ids.tolist()], categories=list(table.values()))
+            used = torch.unique(ids)  # sorted
+            table = {g: name(g) for g in used.tolist()}
+            if len(set(table.values())) < len(table):  # two groups of one name: categories must differ
+                table = {g: f"{v} ({g})" for g, v in table.items()}
+            # from codes: a list of 1.28M names took a second
+            codes = torch.searchsorted(used, ids).numpy()
+            columns["group"] = pd.Categorical.from_codes(codes, categories=list(table.values()))
             # the static figure's colours (tab10 / tab20 by group id, "added" black), so both maps agree
             import matplotlib
 
@@ -121,7 +126,7 @@ class BankScatter:
         if clusters is not None:
             cl = clusters.numpy()
             columns["cluster"] = pd.Categorical(cl)
-            used = sorted(set(cl.tolist()))
+            used = np.unique(cl).tolist()
             # jscatter's own palettes stop at 256 colours and refuse more categories: cycle them
             self._colours["cluster"] = _categorical_colours(used, jscatter.glasbey_dark)
         self.has_previews = pictures is not None
@@ -187,12 +192,15 @@ class BankScatter:
         if rows is None:
             return np.zeros(0, dtype=np.uint32), torch.zeros(0, dtype=torch.long)
         rows = _as_rows(rows, len(self.bank), what)
-        points = self._point_of[rows.numpy()]
+        r = rows.numpy()
+        points = np.full(len(r), -1, dtype=np.int64)
+        known = r < len(self._point_of)  # rows added to the bank after the map was drawn are not on it
+        points[known] = self._point_of[r[known]]
         off = rows[torch.from_numpy(points < 0)]
         if len(off):
-            warnings.warn(f"{what}: {len(off)} of {len(rows)} rows are not on the map (it shows a subsample of "
-                          f"{len(self.rows):,} of {len(self.bank):,} rows), e.g. rows {off[:5].tolist()}; they are "
-                          f"left out", stacklevel=3)
+            warnings.warn(f"{what}: {len(off)} of {len(rows)} rows are not on the map (it shows {len(self.rows):,} "
+                          f"of the bank's {len(self.bank):,} rows: a subsample, or rows added since), e.g. rows "
+                          f"{off[:5].tolist()}; they are left out", stacklevel=3)
         points = points[points >= 0]
         return points.astype(np.uint32), self.rows[torch.from_numpy(points.astype(np.int64))]
 
