@@ -50,6 +50,8 @@ def test_browser_selection_fires_on_select_with_bank_rows(bank, coords):
     assert m.selected_rows.tolist() == [4, 2, 7] and m.selected_rows.dtype == torch.long
     browser_selects(m.widget, [])  # the user clears the selection
     assert seen[-1].tolist() == [] and m.selected_rows.tolist() == []
+    data, _ = m._repr_mimebundle_()  # a cell ending in the map displays the widget
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == m.widget.model_id
 
 
 def test_subsampled_map_translates_points_to_bank_rows_both_ways(bank, sub):
