@@ -360,7 +360,8 @@ def printed_by(book) -> str:
 # A notebook rendered without its kernel (GitHub, nbviewer, an HTML export) shows cell outputs, not widgets: the cells
 # that hold widgets also keep their pictures as PNG outputs, this many in the cell whose source holds the key.
 STATIC_FIGURES = {
-    "01_bank_explorer": {"explorer.show_figures()": 4},  # the map, thumbnails, generations, neighbours
+    # the map, thumbnails, generations, neighbours; the interactive map's selection and its static twin
+    "01_bank_explorer": {"explorer.show_figures()": 4, "bank_map.thumbnails_figure()": 1, "bank_map.figure(": 1},
     "02_remix": {"swap_figure(": 1, "interp.show_figures()": 1, "mixing_figure(": 1, "seed_sweep_figure(": 1},
     "03_finetune": {"monitor.show_figures()": 2, "labelled_grid(torch.cat": 1},  # loss + samples; the comparison
 }
@@ -397,6 +398,11 @@ def test_notebook_runs_in_fast_mode(path, kernel_cache, monkeypatch, tmp_path):
     book = run_notebook(path, kernel_cache, monkeypatch, tmp_path)
     check_static_figures(book, path.name, STATIC_FIGURES[path.stem])
     printed = printed_by(book)
+    if path.stem == "01_bank_explorer":  # the interactive map is displayed headless too, and synced to Python
+        (cell,) = [c for c in book.cells if c.cell_type == "code" and "bank_scatter(bank" in c.source]
+        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.outputs)
+        assert re.search(r"\d+ rows selected on the map: \[\d+", printed)
+        assert re.search(r"nearest neighbours of row \d+: \[[\d, ]+\] \(cosine", printed)
     if path.stem == "02_remix":  # the mixing figure's images share one seed, said under it
         assert re.search(r"every image: seed \d+, \d+ \w+ steps", printed)
     if path.stem == "03_finetune":  # the measuring cell prints one line per model

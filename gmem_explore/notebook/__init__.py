@@ -5,6 +5,7 @@
 - remix.py         notebook 02: swap a row for a new image, interpolate, compare mixes
 - finetune.py      notebook 03: images to a folder, a live view of training, many GPUs (the bank: bank/build.py)
 - bank_figures.py  notebook 01's figures of a bank as a whole
+- bank_map.py      notebook 01's interactive map of the whole bank (jupyter-scatter), its selection synced to Python
 """
 from .helpers import BankExplorer, fast_mode, figure_png, labelled_grid, short_label, show, with_bank
 
