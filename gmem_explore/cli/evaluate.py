@@ -137,10 +137,11 @@ def reference_thumbnails(args, folder, bank=None):
     if args.split is not None:
         raise ValueError("--split chooses among --data images; give --data too (the bank's thumbnails have no split)")
     bank = bank if bank is not None else MemoryBank.load(Path(folder) / "bank.safetensors")
-    if bank.thumbnails is None:
+    thumbnails = bank.column("thumbnails")  # read as stored: bank.thumbnails copies a shared bank's for good
+    if thumbnails is None:
         raise ValueError("this checkpoint's bank holds no thumbnails to compare with: give --data, a folder of "
                          "real images (for gmem-v1-xl, e.g. ImageNet validation images)")
-    return bank.thumbnails
+    return thumbnails[:]
 
 
 def enough(images, what: str) -> None:

@@ -1,11 +1,12 @@
 """Sample many images for FID (PNGs + the ADM evaluator's .npz), on one process or many; resumable.
 
 Defaults are the released GMem v1 recipe: checkpoint gmem-v1-xl, 250-step SDE, rows chosen from the noise by
-frequency (each checkpoint's own rule: v2's are drawn uniformly), no guidance, 50,000 images, seeds 0..49999 (image i uses seed --seed + i). Images go to OUT/<seed>.png
-(six digits: OUT/000042.png); a restart skips finished seeds; OUT.npz (arr_0: uint8 N x H x W x 3, 256 x 256 for
-gmem-v1-xl, in seed order: what the ADM evaluator reads) is written at the end. OUT/run.json records the settings,
-the bank's precision, the Hub revision and a fingerprint of the checkpoint's files: a restart with other settings,
-another --revision or --bank-dtype, or retrained weights is refused, not mixed in.
+frequency (each checkpoint's own rule: v2's are drawn uniformly), no guidance, 50,000 images, seeds 0..49999
+(image i uses seed --seed + i). Images go to OUT/<seed>.png (six digits: OUT/000042.png); a restart skips finished
+seeds; OUT.npz (arr_0: uint8 N x H x W x 3, 256 x 256 for gmem-v1-xl, in seed order: what the ADM evaluator reads)
+is written at the end. OUT/run.json records the settings, the bank's precision, the Hub revision and a fingerprint
+of the checkpoint's files: a restart with other settings, another --revision or --bank-dtype, or retrained weights is
+refused, not mixed in.
 
 Examples:
   # the released scripts/sample-gmem-xl.sh: 8 GPUs x 64 images per batch, 50,000 samples, 250-step SDE
