@@ -3,6 +3,7 @@ precision names, the evaluator's view of the .npz, resumes over folders with oth
 paths, and --steps checked once before the checkpoint is looked up."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import zipfile
@@ -15,6 +16,7 @@ from PIL import Image
 import gmem_explore.checkpoints.hub
 from gmem_explore import GMemPipeline
 from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
+from gmem_explore.cli import sample_fid
 from gmem_explore.cli.main import main
 import gmem_explore.evaluation.fid_sampling as sharded
 from gmem_explore.evaluation.fid_sampling import png_path, run, save_png, write_npz
@@ -235,3 +237,35 @@ def test_every_image_is_made_once_by_one_rank_for_odd_sizes(tiny_folder, tmp_pat
     assert sorted(written) == [10, 11, 12, 13, 14]  # each seed once
     many = np.load(npz)["arr_0"]
     assert np.array_equal(many, np.load(one)["arr_0"]) and len({image.tobytes() for image in many}) == 5
+
+
+def test_rows_follow_the_checkpoints_rule_unless_choose_is_given(tiny_model, tiny_bank, tiny_folder, tmp_path,
+                                                                 monkeypatch, capsys):
+    """sample-fid chose rows by the noise rule for every checkpoint; a v2 checkpoint draws them uniformly."""
+    v2_like = save_checkpoint(tmp_path / "uniform", Checkpoint(tiny_model, tiny_bank, {"type": "pixels"}, None,
+                                                               {"method": "euler", "steps": 2}, choose="uniform"))
+    seen = []
+    generate = GMemPipeline.generate
+    monkeypatch.setattr(GMemPipeline, "generate", lambda self, *a, **k: seen.append(self.choose) or
+                        seen.append(k["choose"]) or generate(self, *a, **k))
+    for folder, rule in ((v2_like, "uniform"), (tiny_folder, "noise")):
+        out = tmp_path / f"fid-{rule}"
+        assert main(["sample-fid", "--checkpoint", str(folder), "--out", str(out), "--num-fid-samples", "2",
+                     "--no-npz", "--no-progress", "--device", "cpu"]) == 0
+        assert json.loads((out / "run.json").read_text())["choose"] == rule and seen[-1] == rule
+    # upstream's randint, one generator per image seed
+    pipe = GMemPipeline.from_pretrained(str(v2_like))
+    expect = pipe.generate(seeds=[0], choose="uniform").images[0].numpy()
+    assert np.array_equal(np.asarray(Image.open(png_path(tmp_path / "fid-uniform", 0))), expect)
+    # an explicit rule wins, is recorded, and a resume must name it again
+    out = tmp_path / "fid-explicit"
+    assert main(["sample-fid", "--checkpoint", str(v2_like), "--out", str(out), "--num-fid-samples", "1",
+                 "--choose", "noise", "--no-npz", "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((out / "run.json").read_text())["choose"] == "noise" and seen[-1] == "noise"
+    assert main(["sample-fid", "--checkpoint", str(v2_like), "--out", str(out), "--num-fid-samples", "1",
+                 "--no-npz", "--no-progress", "--device", "cpu"]) == 1
+    assert "'choose': ('noise', 'uniform')" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    sample_fid.add_arguments(parser)
+    said = " ".join(parser.format_help().split())
+    assert parser.parse_args(["--out", "x"]).choose is None and "(default: the checkpoint's rule, noise" in said

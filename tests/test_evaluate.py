@@ -256,3 +256,32 @@ def test_too_few_images_are_refused_before_anything_is_encoded(tiny_with_encoder
     assert main(["evaluate", "--checkpoint", str(tiny_with_encoder), "--samples", "6", "--steps", "1",
                  "--data", str(tmp_path / "refs")]) == 1
     assert "the reference images: 3 images, too few to compare" in capsys.readouterr().err
+
+
+def test_evaluate_picks_rows_by_the_checkpoints_rule_unless_told(tiny_model, tiny_bank, tmp_path, monkeypatch, capsys):
+    """evaluate sampled every checkpoint's rows by the noise rule; a v2 checkpoint draws them uniformly."""
+    import argparse
+
+    from gmem_explore import GMemPipeline
+    from gmem_explore.cli import evaluate
+
+    torch.manual_seed(0)
+    encoder = ConvEncoder(dim=16, image_size=8, widths=(8,), head_channels=8).eval()
+    v2_like = save_checkpoint(tmp_path / "uniform", Checkpoint(tiny_model, tiny_bank, {"type": "pixels"}, encoder,
+                                                               {"method": "euler", "steps": 1}, choose="uniform"))
+    seen = []
+    generate = GMemPipeline.generate
+    monkeypatch.setattr(GMemPipeline, "generate", lambda self, *a, **k: seen.append(k) or generate(self, *a, **k))
+    for extra, rule in (([], "uniform"), (["--choose", "frequency"], "frequency")):
+        out = tmp_path / f"eval-{rule}"
+        assert main(["evaluate", "--checkpoint", str(v2_like), "--samples", "6", "--out", str(out), *extra]) == 0
+        assert json.loads((out / "report.json").read_text())["generated"]["choose"] == rule
+    assert seen[0]["choose"] is None and seen[1]["choose"] == "frequency"  # None: the pipeline takes the checkpoint's
+    np.savez(tmp_path / "s.npz", arr_0=np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    assert main(["evaluate", "--checkpoint", str(v2_like), "--images", str(tmp_path / "s.npz"), "--choose",
+                 "uniform"]) == 1
+    assert "so --choose would change nothing" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    said = " ".join(parser.format_help().split())
+    assert parser.parse_args([]).choose is None and "(default: the checkpoint's rule, noise" in said

@@ -269,4 +269,8 @@ def load_encoder(folder, config: dict | None = None):
         raise FileNotFoundError(f"{folder} is missing encoder.safetensors: its config.json names a {kind!r} snippet "
                                 f"encoder whose weights are kept in that file. {AGAIN}.")
     enc_state = load_tensors(enc_path, mmap=False)[0] if enc_path.is_file() else None
-    return encoder_from_config(config["encoder"], enc_state)
+    cfg = config["encoder"]
+    if kind == "dinov2" and "preprocess" not in cfg and config.get("generation") == 2:
+        # a v2 folder converted before the config recorded it: its bank was made with v2's preparation
+        cfg = {**cfg, "preprocess": "gmem-v2"}
+    return encoder_from_config(cfg, enc_state)

@@ -46,7 +46,8 @@ V2_REPO = "Tangentone/GMem"
 V2_MODEL = "LightningDiT-XL/1"
 DMD_KEYS = ("C", "M", "S", "mean", "latent_dim", "feature_dim")  # utils/svd_utils.py DMDMemoryBank.save
 AUTOENCODER = {"type": "va-vae", "image_size": 256, "multiplier": 1.0}  # configs/gmem_sde_xl.yaml latent_multiplier
-ENCODER = {"type": "dinov2", "source": "facebook/dinov2-base", "image_size": 224, "dim": 768}
+# the bank's encoder and how it read images (encoders/dinov2.py: ADM crop to 256, normalise, then bicubic to 224)
+ENCODER = {"type": "dinov2", "source": "facebook/dinov2-base", "image_size": 224, "dim": 768, "preprocess": "gmem-v2"}
 SAMPLER = RECIPES["gmem-v2"].to_config()  # the released recipe: SDE Heun, 50 time points, 99 evaluations
 CHOOSE = "uniform"  # upstream draws rows with torch.randint
 

@@ -114,9 +114,9 @@ def run(args) -> int:
             encoder = load_encoder(folder)
             if encoder is None:
                 raise ValueError(f"{folder} has no snippet encoder; query by --row instead")
-            from gmem_explore.images import load_batch
-
-            queries = encoder.encode(load_batch(args.image, getattr(encoder, "image_size", 224)))
+            # the files as they are: each encoder prepares them its own way (v2's DINOv2 crops from the whole
+            # picture; the others resize as load_batch at their image_size, as before)
+            queries = encoder.encode(list(args.image))
             labels = list(args.image)
         idx, sims = nearest(bank, queries, k=args.k, device=args.device)
         for label, i, s in zip(labels, idx.tolist(), sims.tolist()):

@@ -60,8 +60,9 @@ def add_arguments(p):
     p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                    help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step), as "
                         "sample-fid's --guidance-interval")
-    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
-                   help="how bank rows are picked (default noise: the released rule)")
+    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default=None,
+                   help="how bank rows are picked (default: the checkpoint's rule, noise (by frequency from the "
+                        "initial noise) for v1 and the embedded models, uniform for v2)")
     p.add_argument("--batch-size", type=positive_int, default=250,
                    help="images per sampler batch (default 250; refused with --images)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default cpu)")
@@ -136,10 +137,11 @@ def reference_thumbnails(args, folder, bank=None):
     if args.split is not None:
         raise ValueError("--split chooses among --data images; give --data too (the bank's thumbnails have no split)")
     bank = bank if bank is not None else MemoryBank.load(Path(folder) / "bank.safetensors")
-    if bank.thumbnails is None:
+    thumbnails = bank.column("thumbnails")  # read as stored: bank.thumbnails copies a shared bank's for good
+    if thumbnails is None:
         raise ValueError("this checkpoint's bank holds no thumbnails to compare with: give --data, a folder of "
                          "real images (for gmem-v1-xl, e.g. ImageNet validation images)")
-    return bank.thumbnails
+    return thumbnails[:]
 
 
 def enough(images, what: str) -> None:
@@ -171,7 +173,7 @@ def run(args) -> int:
     sampling = {"--samples": args.samples is not None, "--method": args.method is not None,
                 "--steps": args.steps is not None, "--guidance": args.guidance != 1.0,
                 "--guidance-interval": tuple(args.guidance_interval) != (0.0, 1.0),
-                "--choose": args.choose != "noise", "--batch-size": args.batch_size != 250}
+                "--choose": args.choose is not None, "--batch-size": args.batch_size != 250}
     if args.images is not None and any(sampling.values()):  # said, not silently ignored
         raise ValueError(f"--images evaluates images already made, so {', '.join(k for k, v in sampling.items() if v)} "
                          f"would change nothing: drop them, or drop --images to generate with them")

@@ -1,11 +1,12 @@
 """Sample many images for FID (PNGs + the ADM evaluator's .npz), on one process or many; resumable.
 
 Defaults are the released GMem v1 recipe: checkpoint gmem-v1-xl, 250-step SDE, rows chosen from the noise by
-frequency, no guidance, 50,000 images, seeds 0..49999 (image i uses seed --seed + i). Images go to OUT/<seed>.png
-(six digits: OUT/000042.png); a restart skips finished seeds; OUT.npz (arr_0: uint8 N x H x W x 3, 256 x 256 for
-gmem-v1-xl, in seed order: what the ADM evaluator reads) is written at the end. OUT/run.json records the settings,
-the bank's precision, the Hub revision and a fingerprint of the checkpoint's files: a restart with other settings,
-another --revision or --bank-dtype, or retrained weights is refused, not mixed in.
+frequency (each checkpoint's own rule: v2's are drawn uniformly), no guidance, 50,000 images, seeds 0..49999
+(image i uses seed --seed + i). Images go to OUT/<seed>.png (six digits: OUT/000042.png); a restart skips finished
+seeds; OUT.npz (arr_0: uint8 N x H x W x 3, 256 x 256 for gmem-v1-xl, in seed order: what the ADM evaluator reads)
+is written at the end. OUT/run.json records the settings, the bank's precision, the Hub revision and a fingerprint
+of the checkpoint's files: a restart with other settings, another --revision or --bank-dtype, or retrained weights is
+refused, not mixed in.
 
 Examples:
   # the released scripts/sample-gmem-xl.sh: 8 GPUs x 64 images per batch, 50,000 samples, 250-step SDE
@@ -47,9 +48,10 @@ def add_arguments(p):
                         "unconditional)")
     p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                    help="guide only at times t in [LOW, HIGH] (t = 1 noise, 0 data; default 0 1: every step)")
-    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default="noise",
-                   help="how bank rows are picked (default noise: the released rule, by frequency from the "
-                        "initial noise)")
+    p.add_argument("--choose", choices=["noise", "frequency", "uniform"], default=None,
+                   help="how bank rows are picked (default: the checkpoint's rule, noise (by frequency from the "
+                        "initial noise) for gmem-v1-xl and the embedded models, uniform for v2, as upstream's "
+                        "randint; the rule used is recorded in OUT/run.json)")
     p.add_argument("--precision", choices=["tf32", "fp32", "bf16", "fp8"], default="tf32",
                    help="arithmetic of the network (default tf32: the released sampler, fp32 weights with TF32 "
                         "matmuls, the reference's setting; fp32: the same with strict fp32 matmuls; bf16: the fast "

@@ -287,7 +287,7 @@ def check_run_arguments(out_dir, num, base_seed, batch_size, method, steps, choo
                          f"base_seed + i); got {base_seed!r}")
     if method is not None or steps is not None:  # the checkpoint's defaults are checked once it has loaded
         check_method_and_steps("sde" if method is None else method, 1 if steps is None else steps)
-    if choose not in CHOICES:
+    if choose is not None and choose not in CHOICES:  # None: the checkpoint's rule, known once it has loaded
         raise ValueError(f"Unknown choice {choose!r}; choose one of {CHOICES}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
@@ -310,13 +310,14 @@ def resolve_device(device, local_rank: int = 0) -> torch.device:
 
 
 def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_size: int = 64,
-        method: str | None = None, steps: int | None = None, choose: str = "noise", precision: str = "tf32",
+        method: str | None = None, steps: int | None = None, choose: str | None = None, precision: str = "tf32",
         device: str = "auto", npz: str | os.PathLike | None = "auto", progress: bool = True,
         guidance: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
         **resolve_kwargs) -> Path | None:
     """Sample `num` images of `checkpoint` into `out_dir` as this process's share, then (rank 0) the .npz.
     Returns the .npz path (rank 0, when npz is not None) or None. `guidance` > 1 applies classifier-free guidance
     for the step times t inside `guidance_interval` (both recorded in run.json: a resume must use the same).
+    `choose` None picks rows by the checkpoint's rule (v1's "noise", v2's "uniform"); run.json records the rule used.
     `device` "auto" or "cuda" means cuda:LOCAL_RANK (see resolve_device). Every argument is checked before the
     checkpoint is downloaded or loaded and before anything is written."""
 
@@ -353,6 +354,7 @@ def run(checkpoint: str, out_dir, num: int = 50_000, base_seed: int = 0, batch_s
         # `is None`, not `or`: steps=0 is refused there, not replaced by the default
         method = pipe.sampler.method if method is None else method
         steps = pipe.sampler.steps if steps is None else steps
+        choose = pipe.choose if choose is None else choose  # recorded as used: a resume naming it matches
         low, high = (float(v) for v in guidance_interval)
         settings = RunSettings(checkpoint_identity(checkpoint), method, int(steps), choose, precision, float(guidance),
                                [low, high], checkpoint_files(folder), folder_bank_dtype, revision)

@@ -1,10 +1,13 @@
 """Figures of a memory bank as a whole, beside its 2-D map (bank/map2d.py): how often rows are drawn, and how the
 snippet encoder keeps Twemoji's groups apart. Notebook 01 shows them; they take a MemoryBank and return a
-matplotlib Figure (or numbers), so they work in any frontend."""
+matplotlib Figure (or numbers), so they work in any frontend. They read the bank's parts as stored
+(bank.column): bank.rows and the other attributes copy an edited or shared bank's part for good (1.9 GB for the rows
+of the 1.28M-row bank)."""
 from __future__ import annotations
 
 import torch
 
+from ..bank.checks import chunks
 from ..bank.memory import MemoryBank, normalize
 from ..bank.map2d import subsample_indices
 
@@ -15,11 +18,11 @@ def frequency_figure(bank: MemoryBank):
 
     fig = Figure(figsize=(9, 3), dpi=90)
     left, right = fig.subplots(1, 2)
-    if bank.freq is None:
+    if bank.column("freq") is None:
         left.text(0.5, 0.5, "this bank has no frequencies:\nrows are drawn uniformly", ha="center", va="center")
         right.axis("off")
         return fig
-    freq = bank.freq.float()
+    freq = bank.column("freq")[:].float()
     left.hist(freq.numpy(), bins=50, color="tab:blue")
     left.set(title=f"frequency of {len(bank):,} rows", xlabel="freq (how often the row is drawn)", ylabel="rows")
     if freq.max() > 0 and freq.max() / max(float(freq[freq > 0].min()), 1e-12) > 100:
@@ -44,16 +47,17 @@ def neighbour_agreement(bank: MemoryBank, k: int = 10, queries: int = 2000, seed
     Uses at most `queries` rows as queries (2,000 x 640,000 similarities take a few seconds) so it scales to the
     released bank. Returns {group: (agreement, chance, rows)}; needs labels.
     """
-    if bank.labels is None:
+    if bank.column("labels") is None:
         raise ValueError("neighbour_agreement needs a bank with labels (groups); this bank has none")
+    labels = bank.column("labels")[:]
     q = subsample_indices(len(bank), queries, seed)
     idx, _ = bank.nearest(q, k=k)  # each row itself left out (even when a duplicate row ties with it)
-    same = (bank.labels[idx] == bank.labels[q][:, None]).float().mean(1)
+    same = (labels[idx] == labels[q][:, None]).float().mean(1)
     out = {}
-    for g in bank.labels[q].unique().tolist():
+    for g in labels[q].unique().tolist():
         name = bank.label_names[g] if bank.label_names and 0 <= g < len(bank.label_names) else str(g)
-        members = bank.labels[q] == g
-        out[name] = (float(same[members].mean()), float((bank.labels == g).float().mean()), int((bank.labels == g).sum()))
+        members = labels[q] == g
+        out[name] = (float(same[members].mean()), float((labels == g).float().mean()), int((labels == g).sum()))
     return out
 
 
@@ -61,11 +65,16 @@ def group_similarity_figure(bank: MemoryBank):
     """Mean cosine similarity between group centroids: which groups the encoder keeps apart."""
     from matplotlib.figure import Figure
 
-    if bank.labels is None:
+    if bank.column("labels") is None:
         raise ValueError("group_similarity_figure needs a bank with labels (groups)")
-    groups = bank.labels.unique().tolist()
-    rows = normalize(bank.rows)
-    centroids = normalize(torch.stack([rows[bank.labels == g].mean(0) for g in groups]))
+    labels, rows = bank.column("labels")[:], bank.column("rows")
+    groups = labels.unique()  # sorted
+    slot = torch.searchsorted(groups, labels)  # each row's group, as a position in `groups`
+    sums = torch.zeros(len(groups), bank.dim)
+    for a, b in chunks(len(bank)):  # unit rows summed chunk by chunk: never all rows in float32 at once
+        sums.index_add_(0, slot[a:b], normalize(rows[a:b]))
+    centroids = normalize(sums)  # the direction of a group's mean is that of its sum
+    groups = groups.tolist()
     sim = (centroids @ centroids.T).numpy()
     names = [bank.label_names[g] if bank.label_names and 0 <= g < len(bank.label_names) else str(g) for g in groups]
     fig = Figure(figsize=(5.5, 4.5), dpi=90)

@@ -192,7 +192,8 @@ def finetune_worker(pipe_name, folder, out_dir, steps: int, batch_size: int = 64
     data = load_folder(folder, size=pipe.model.config.input_size)
     bank = bank_from_images(pipe.encoder, data, progress=False)  # one bar per process would be noise
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps), progress=False)
-    trainer = Trainer(copy.deepcopy(pipe.model), data.images, conditions=bank.rows, config=config, use_accelerate=True)
+    trainer = Trainer(copy.deepcopy(pipe.model), data.images, conditions=bank.column("rows")[:], config=config,
+                      use_accelerate=True)
     trainer.fit()
     trainer.export(out_dir, bank, pipe.encoder, sampler=pipe.sampler, info={"name": "finetuned", "images": str(folder)})
 

@@ -204,11 +204,11 @@ class BankExplorer:
         uniform = uniform_frequency(self.bank)
         if self.color_by.value == "frequency":
             if uniform is None:
-                colour = self.bank.freq[self.rows].float()
+                colour = self.bank.column("freq")[self.rows].float()  # the mapped rows only, as stored
             else:
                 how = f"{uniform.split(':')[0]}: nothing to colour by"
-        elif self.bank.labels is not None:
-            colour = self.bank.labels[self.rows]
+        elif self.bank.column("labels") is not None:
+            colour = self.bank.column("labels")[self.rows]
         else:
             how = "no groups in this bank: nothing to colour by"
         position = {r: i for i, r in enumerate(self.rows.tolist())}
@@ -251,15 +251,15 @@ class BankExplorer:
 
     def select_group(self, name: str) -> list[int]:
         """The mapped rows of one group."""
-        if name == "(any)" or self.bank.labels is None:
+        if name == "(any)" or self.bank.column("labels") is None:
             return self.selection
         g = list(self.bank.label_names).index(name)
         self._box = None
         self._reset_others("group", group=name)  # a group chosen from code shows in the dropdown too
         empty = (f"group {name} has no rows on the map (it shows {len(self.rows):,} of {len(self.bank):,} rows): "
                  f"pick another group, or map more rows")
-        return self._select(self.rows[self.bank.labels[self.rows] == g].tolist(), f"group {name}", one_group=True,
-                            empty=empty)
+        members = self.rows[self.bank.column("labels")[self.rows] == g]
+        return self._select(members.tolist(), f"group {name}", one_group=True, empty=empty)
 
     def _refuse(self, text: str, plain: bool = False) -> list[int]:
         held = f" · still selected: {self.selection_note}" if self.selection else ""
