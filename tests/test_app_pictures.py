@@ -181,7 +181,7 @@ def test_a_bank_of_equal_frequencies_offers_no_colouring_by_frequency(demo):
     assert [c[0] for c in block(demo, "bank-colour").choices] == ["group", "frequency"]
     # a row's details say it is drawn uniformly, not "frequency 1 (drawn with probability 2.50e-02)"
     ctx = app.gmem_context
-    _, text, _, _ = bank_tab.row_details(ctx, ctx.new_session(), 4)
+    _, text, _, _, _ = bank_tab.row_details(ctx, ctx.new_session(), 4)
     assert "drawn uniformly" in text and "probability" not in text
 
 
