@@ -100,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.port is not None and not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
     if args.imagenet_train and not os.path.isdir(os.path.expanduser(args.imagenet_train)):
-        from_env = args.imagenet_train == os.environ.get("GMEM_IMAGENET_TRAIN")
+        from_env = not any(a.startswith("--imagenet-train") for a in (argv if argv is not None else sys.argv))
         p.error(f"{'$GMEM_IMAGENET_TRAIN' if from_env else '--imagenet-train'} is {args.imagenet_train!r}, which is "
                 f"not a folder: give ImageNet's training folder (the one holding a folder per class, n01440764/ ...)")
     from gmem_explore.checkpoints.hub import check_revision  # light: huggingface_hub is imported only when a download starts

@@ -90,3 +90,26 @@ def test_session_edits_a_folder_of_another_size_and_a_bad_file_are_said(tmp_path
 def test_the_app_refuses_a_missing_folder_before_it_starts(tmp_path):
     with pytest.raises(FileNotFoundError, match="not there"):
         app_with(tmp_path / "nowhere")
+
+
+def test_the_folder_comes_from_a_flag_or_the_spaces_variable(tmp_path, monkeypatch, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import app
+
+    monkeypatch.delenv("GMEM_IMAGENET_TRAIN", raising=False)
+    assert app.parse_args([]).imagenet_train is None
+    train = imagenet_like(tmp_path, 4)
+    assert app.parse_args(["--imagenet-train", str(train)]).imagenet_train == str(train)
+    monkeypatch.setenv("GMEM_IMAGENET_TRAIN", str(train))  # a Space passes no flags
+    assert app.parse_args([]).imagenet_train == str(train)
+    monkeypatch.setenv("GMEM_IMAGENET_TRAIN", str(tmp_path / "gone"))
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "$GMEM_IMAGENET_TRAIN is" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        app.parse_args(["--imagenet-train", str(tmp_path / "gone")])
+    err = capsys.readouterr().err
+    assert "--imagenet-train is" in err and "not a folder" in err

@@ -90,6 +90,8 @@ def test_a_file_that_is_not_an_image_is_named(train, tmp_path):
 
 def test_counts_are_kept_and_a_changed_class_folder_is_counted_again(train, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
+    for folder in train.iterdir():  # changed long ago, as a real train folder: counts that are kept are trusted
+        os.utime(folder, ns=(10**18, 10**18))
     assert len(ImageFolderSource(train, cache_dir=cache)) == 8
     (kept,) = cache.glob("*.json")
     assert kept.stat().st_size < 1000
@@ -102,12 +104,20 @@ def test_counts_are_kept_and_a_changed_class_folder_is_counted_again(train, tmp_
         return real(path)
 
     Image.new("RGB", (8, 8)).save(train / "n01" / "n01_7.JPEG")
-    os.utime(train / "n01", ns=(1, 1))  # the folder's time changed (a coarse clock may not show it this fast)
+    os.utime(train / "n01", ns=(15 * 10**17, 15 * 10**17))  # its time changed (set: a coarse clock may not move)
     monkeypatch.setattr(os, "scandir", counting)
     again = ImageFolderSource(train, cache_dir=cache)
     assert len(again) == 9
     monkeypatch.undo()
     assert sorted(calls) == ["n01", "train"]  # the root's classes, then only the changed class counted
+    # a folder changed just before it was counted is counted again next time: its clock may not have moved yet
+    (train / "a" / "x_1.png").unlink()
+    calls.clear()
+    monkeypatch.setattr(os, "scandir", counting)
+    assert len(ImageFolderSource(train, cache_dir=cache)) == 8 and "a" in calls
+    calls.clear()
+    assert len(ImageFolderSource(train, cache_dir=cache)) == 8 and "a" in calls
+    monkeypatch.undo()
     assert [again.row(r).path.name for r in range(4, 7)] == ["n01_12.JPEG", "n01_5.JPEG", "n01_7.JPEG"]
 
 

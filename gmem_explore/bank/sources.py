@@ -17,7 +17,9 @@ Human-readable class names come from a synset list found in the folder or up to 
 Listing 1.28M files takes seconds on a local disk and minutes on a network one, so only counts are kept: a small
 JSON per folder under $GMEM_CACHE/sources (~40 KB for 1,000 classes: each class folder's count and modification
 time), read back and trusted per class while the class folder's time is unchanged (adding or removing a file
-changes it). A row's file comes from listing its one class folder (~1,300 entries).
+changes it; a folder changed in the 2 s before it was counted is counted again, as its clock may not have moved).
+A row's file comes from listing its one class folder (~1,300 entries); a listing whose length is not the count
+(the folder changed since) makes the whole folder counted again.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ NAMES_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "words.txt")
 NAMES_LEVELS = 4  # folders above the train folder searched: Kaggle's ILSVRC/Data/CLS-LOC/train is 4 below its list
 LISTINGS_KEPT = 16  # class folders' sorted listings kept in memory (~1,300 names each)
 CACHE_VERSION = 1
+RACY_NS = 2_000_000_000  # class folders changed less than 2 s before they were counted are counted again next time
 
 
 def default_cache_dir() -> Path:
@@ -143,7 +147,9 @@ class ImageFolderSource:
             mtime = path.stat().st_mtime_ns
             known = kept.get(name)
             count = known[1] if known and known[0] == mtime else sum(1 for _ in os.scandir(path))
-            fresh[name] = (mtime, count)
+            # a folder changed within the last RACY_NS may change again within the same tick of its clock (ext4's
+            # times move in jiffies): its count is kept as untrusted (time -1) and counted again next time
+            fresh[name] = (mtime if time.time_ns() - mtime > RACY_NS else -1, count)
             counts.append(count)
         self._counts = counts
         self._starts = [0]
