@@ -12,10 +12,10 @@ infinite, all zeros) gets None and is not kept.
 On disk: one PNG per picture, `<folder>/<maker>-seed<S>-<size>px/<k[:2]>/<k>.png`, where `maker` is
 fingerprints.image_maker of the network, autoencoder and sampler settings (another model or recipe draws anew) and
 `k` hashes the row's stored bytes and dtype (a row edited anywhere gets a picture of its own; an unedited row's
-picture serves every copy of the bank). The 256 subfolders keep each under ~5,000 files at 1.28M rows. Size: a
-64 px picture of a photograph-like image is a PNG of about 8-11 KB (12 KB of disk with 4 KB blocks): about 12 MB
-per 1,000 rows; emoji-32's 32 px pictures about 2 KB (4 KB of disk): 4 MB per 1,000 rows. Only rows someone looked
-at are kept; deleting the folder at any time costs only their regeneration.
+picture serves every copy of the bank). The 256 subfolders keep each under ~5,000 files at 1.28M rows. Size
+(measured): a photograph shrunk to 64 px is a PNG of 5-9 KB (8-12 KB of disk in 4 KB blocks): about 10 MB per 1,000
+rows; emoji-32's 32 px pictures are about 2 KB (4 KB of disk): 4 MB per 1,000 rows. Only rows someone looked at are
+kept; deleting the folder at any time costs only their regeneration.
 Files are written atomically (safefiles.py): a picture that cannot be read back (damaged, truncated, not RGB) is
 generated again and rewritten, with a warning naming it. A folder that cannot be written keeps the pictures in
 memory only, with one warning. Pictures are also kept in memory (GalleryOptions.memory_rows per model).
