@@ -3,6 +3,7 @@
     python app.py                       # the embedded emoji-32 model on http://127.0.0.1:7860, offline
     python app.py --checkpoint gmem-v1-xl --device cuda
     python app.py --host 0.0.0.0 --port 8080
+    python app.py --checkpoint gmem-v2-xl-160ep --imagenet-train /data/imagenet/train   # rows beside their sources
 
 Also the entry point of the Hugging Face Space (README front matter: sdk gradio, app_file app.py).
 The app itself lives in gmem_explore/app/; this file only reads flags and launches it.
@@ -76,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-file-size", default=os.environ.get("GMEM_MAX_FILE_SIZE") or "10mb",
                    help="largest upload accepted, e.g. 500kb or 10mb (default: $GMEM_MAX_FILE_SIZE if set, else 10mb)")
     p.add_argument("--open", action="store_true", help="open the page in a browser")
+    p.add_argument("--imagenet-train", default=os.environ.get("GMEM_IMAGENET_TRAIN") or None, metavar="DIR",
+                   help="ImageNet's training folder (a folder per class): the Bank tab shows each row's source image "
+                        "and class, for a bank built from it in sorted file order, such as v2's full bank (default: "
+                        "$GMEM_IMAGENET_TRAIN if set, else none)")
     p.add_argument("--allow-local-checkpoints", action="store_true",
                    help="let the Model panel load checkpoint folders or .pth files by server-side path "
                         "(off by default: a visitor could otherwise make the server read any path)")
@@ -94,6 +99,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"{source} is {args.max_file_size!r}: give a whole number and a unit, e.g. 500kb or 10mb")
     if args.port is not None and not 0 < args.port < 65536:
         p.error("--port must be between 1 and 65535")
+    if args.imagenet_train and not os.path.isdir(os.path.expanduser(args.imagenet_train)):
+        from_env = not any(a.startswith("--imagenet-train") for a in (argv if argv is not None else sys.argv))
+        p.error(f"{'$GMEM_IMAGENET_TRAIN' if from_env else '--imagenet-train'} is {args.imagenet_train!r}, which is "
+                f"not a folder: give ImageNet's training folder (the one holding a folder per class, n01440764/ ...)")
     from gmem_explore.checkpoints.hub import check_revision  # light: huggingface_hub is imported only when a download starts
 
     try:
@@ -148,7 +157,8 @@ def main(argv=None) -> None:
     limits = Limits(max_images=args.max_images, max_steps=args.max_steps, max_frames=args.max_frames,
                     concurrency=args.concurrency, allow_local_checkpoints=args.allow_local_checkpoints)
     try:
-        demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device, revision=args.revision)
+        demo = build_app(checkpoint=args.checkpoint, limits=limits, device=device, revision=args.revision,
+                         imagenet_train=args.imagenet_train)
     except (ValueError, OSError, RuntimeError) as e:
         # The loaders' messages already say what to do; a traceback would bury them. Exit status 2 as for a bad
         # flag, since the cause is the command line (a wrong --checkpoint or --device), not the app.

@@ -4,11 +4,14 @@
   another Hub revision, --bank-dtype or retraining would mix two models' images);
 - training_data(images, labels, encoder): what a training run learns from (its train state records it: a resume on
   other images, or on snippets of another encoder, would not continue the run);
-- snippet_encoder(encoder): a snippet encoder's config and weights.
+- snippet_encoder(encoder): a snippet encoder's config and weights;
+- image_maker(model, autoencoder, sampler): what turns a snippet and a seed into an image (the gallery of generated
+  row pictures, bank/gallery.py, keys its files by it: another network, autoencoder or sampler recipe draws anew).
 Each is sha256 over content only (never paths, times or byte layout), cut to 16 hex digits.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -94,3 +97,45 @@ def training_data(images, labels=None, encoder=None) -> dict:
     if encoder is not None:
         record["encoder"] = snippet_encoder(encoder)
     return record
+
+
+def _update_with_module(digest, module) -> None:
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(_bytes_of(tensor))
+
+
+def _update_with_settings(digest, obj) -> None:
+    """An autoencoder's type, plain settings, tensors and modules' weights (its attributes in name order): PixelSpace
+    by its size, the VA-VAE by its config, weights and latent statistics, the SD-VAE by its diffusers module."""
+    digest.update(type(obj).__name__.encode())
+    for name, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else ():
+        if isinstance(value, torch.nn.Module):
+            digest.update(f"{name}:module".encode())
+            _update_with_module(digest, value)
+        elif isinstance(value, torch.Tensor):
+            digest.update(f"{name} {value.dtype} {tuple(value.shape)}".encode())
+            digest.update(_bytes_of(value))
+        elif isinstance(value, (bool, int, float, str, type(None))) or dataclasses.is_dataclass(value):
+            digest.update(f"{name}={value!r}".encode())
+
+
+def image_maker(model, autoencoder=None, sampler=None) -> str:
+    """16 hex digits of sha256 over what turns a snippet and a seed into an image: the network's config and every
+    weight and buffer (name, dtype, shape, bytes, in name order), the autoencoder (_update_with_settings) and the
+    sampler settings (a SamplerSettings or its config dict). The same model loaded twice, on any machine, gives the
+    same string; a fine-tuned, re-converted to another dtype or otherwise changed network gives another. The device
+    is left out: a picture made on the GPU serves the CPU (they differ in the last bits only).
+    Reads every byte: the released 675M-parameter networks (2.7 GB in fp32) take 2-4 s of one core, so callers
+    memoise it per model (bank/gallery.py)."""
+    digest = hashlib.sha256(b"image-maker v1|")
+    config = getattr(model, "config", None)
+    shown = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config)
+    digest.update(json.dumps(shown, sort_keys=True, default=str).encode())
+    _update_with_module(digest, model)
+    if autoencoder is not None:
+        _update_with_settings(digest, autoencoder)
+    if sampler is not None:
+        settings = sampler.to_config() if hasattr(sampler, "to_config") else sampler
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]

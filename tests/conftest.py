@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a network
 # gradio's upload folder, private to this run: the app reads uploads only from there (ui_files.in_upload_folder),
 # so the tests' pictures are written there too (upload_folder below). Set before gradio is imported.
 os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gmem-tests-gradio-")
+# our caches (maps, indexes, the gallery of generated row pictures, folder counts), private to this run: a test that
+# counts generations must not find the last run's pictures, and tests never write into the user's cache
+os.environ["GMEM_CACHE"] = tempfile.mkdtemp(prefix="gmem-tests-cache-")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # property tests draw the same examples on every run: a CI run must not fail on a draw the last one missed

@@ -284,7 +284,8 @@ def test_bank_tab(ctx):
         ui_bank.bank_map(ctx, s, "pca", "group", 60, 40, 0, 100, None)
     items, rows, number, text = ui_bank.page(ctx, s, 1)
     assert rows == list(range(ROWS)) and number == 1 and "page 1 of 1" in text
-    thumb, text, neighbours, neighbour_rows = ui_bank.row_details(ctx, s, 4)
+    thumb, text, neighbours, neighbour_rows, source = ui_bank.row_details(ctx, s, 4)
+    assert source is None and "source" not in text  # no image folder given
     assert [f"row {r} ·" for r in neighbour_rows] == [c[:len(f"row {r} ·")] for r, (_, c) in zip(neighbour_rows, neighbours)]
     assert thumb.size == (128, 128) and text.startswith("**row 4 · green**") and len(neighbours) == ui_bank.NEIGHBOURS
     sims = [float(c.rsplit("cos ", 1)[1]) for _, c in neighbours]

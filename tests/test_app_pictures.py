@@ -14,6 +14,7 @@ from app_tiny import GROUPS, ROWS, tiny_bank, tiny_pipeline
 from gmem_explore import MemoryBank
 from gmem_explore.app import bank_tab, generate_tab, interpolate_tab, swap_tab
 from gmem_explore.app.common import row_items, row_pictures
+from gmem_explore.app.pictures import RowPictures
 
 pytest_plugins = ["app_tiny"]  # the demo, ctx and red fixtures
 
@@ -67,9 +68,10 @@ def test_a_row_picture_is_its_thumbnail_enlarged(ctx):
     assert torch.equal(pixels(picture)[::16, ::16], thumb)  # nearest: every 16th pixel is the thumbnail's
 
 
-def test_rows_without_thumbnails_are_generated_once_per_row_and_model(bare):
+def test_rows_without_thumbnails_are_generated_once_per_row_and_model(bare, tmp_path):
     ctx = bare.gmem_context
-    cache = ctx.generated_rows
+    # a gallery folder of its own: pictures of these rows that other tests kept on disk are not found (and counted)
+    ctx.generated_rows = cache = RowPictures(tmp_path)
     s = ctx.new_session()
     first = row_pictures(ctx, s, [1, 2, 1])
     assert [p.size for p in first] == [(128, 128)] * 3 and cache.generated == 2
@@ -181,7 +183,7 @@ def test_a_bank_of_equal_frequencies_offers_no_colouring_by_frequency(demo):
     assert [c[0] for c in block(demo, "bank-colour").choices] == ["group", "frequency"]
     # a row's details say it is drawn uniformly, not "frequency 1 (drawn with probability 2.50e-02)"
     ctx = app.gmem_context
-    _, text, _, _ = bank_tab.row_details(ctx, ctx.new_session(), 4)
+    _, text, _, _, _ = bank_tab.row_details(ctx, ctx.new_session(), 4)
     assert "drawn uniformly" in text and "probability" not in text
 
 

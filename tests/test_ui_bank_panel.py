@@ -105,7 +105,7 @@ def test_scatter_figure_selected_mask_and_frequency_norm():
 
 # ---- rows: captions, clicks, a bad row -----------------------------------------------------------------------------
 def test_grid_captions_are_short(ctx):
-    _, _, neighbours, rows = ui_bank.row_details(ctx, ctx.new_session(), 4)
+    _, _, neighbours, rows, _ = ui_bank.row_details(ctx, ctx.new_session(), 4)
     assert all(c.startswith("row ") and " · cos " in c and len(c) <= len("row 99999 · cos -1.00")
                for _, c in neighbours)
     assert rows == [int(c.split()[1]) for _, c in neighbours] and 4 not in rows  # the rows a click maps to

@@ -9,11 +9,13 @@ import math
 
 import gradio as gr
 import torch
+from PIL import Image
 
 from ..bank.memory import normalize
 from ..bank.map2d import embed_2d, is_cached, scatter_figure, uniform_frequency
-from .common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, run_to_end,
-                        thumbnails, upscale)
+from ..images import ImageError
+from .common import (DISPLAY_SIZE, AppContext, Session, UserError, as_float, as_int, friendly, row_caption,
+                     row_pictures, run_to_end, thumbnails, upscale)
 from .files import RAW_INPUTS, png_files
 
 PAGE_SIZE = 48
@@ -178,8 +180,42 @@ def page(ctx: AppContext, session: Session, number):
     return thumbnails(bank, rows), rows, number, f"page {number} of {pages} (rows {rows[0]}–{rows[-1]})" if rows else "empty bank"
 
 
+SOURCE_SIDE = 256  # px a side a row's source image is decoded at (a JPEG's draft mode): it is shown 140 px high
+
+
+def row_source(ctx: AppContext, session: Session, r: int):
+    """(source image or None, a markdown line or None) for row r, where the app was given the image folder the bank
+    was built from (python app.py --imagenet-train DIR). Rows this session added or replaced are said to be so; a
+    folder with another number of files than the checkpoint's bank has rows is said to be one (its files may not
+    line up with the rows); an unreadable file is named, never a failed row."""
+    source = ctx.source
+    if source is None:
+        return None, None
+    base = ctx.store.get(session.checkpoint).bank
+    if r >= len(base):
+        return None, "**source**: none (a row added in this session)"
+    notes = []
+    mismatch = source.check_rows(len(base))
+    if mismatch:
+        notes.append(f"⚠ {mismatch}")
+    if session.bank is not None and not torch.equal(session.bank.column("rows")[r], base.column("rows")[r]):
+        notes.append("this row was replaced in this session: the image is the original row's source")
+    image = None
+    try:
+        found = source.row(r)
+        line = f"**source**: {found.caption()} · `{found.path.relative_to(source.folder)}`"
+        image = Image.fromarray(source.image(r, max_side=SOURCE_SIDE).numpy())
+    except ImageError as e:
+        line = f"**source**: {found.caption()}; its file cannot be shown: {e}"
+    except (IndexError, OSError) as e:
+        line = f"**source**: none: {e}"
+    return image, "\n\n".join([line, *notes])
+
+
 def row_details(ctx: AppContext, session: Session, row):
-    """(source thumbnail, markdown, nearest-neighbour thumbnails, their rows) for one row."""
+    """(row picture, markdown, nearest-neighbour thumbnails, their rows, source image) for one row. The picture is
+    the bank's thumbnail, or for a bank without thumbnails the row's generation from seed 0 (row_pictures: kept on
+    disk once made); the source image and its class are there when the app was given the bank's image folder."""
     bank = ctx.bank(session)
     r = as_int(row, "row", 0, len(bank) - 1)
     try:
@@ -199,9 +235,10 @@ def row_details(ctx: AppContext, session: Session, row):
     info.append(f"norm {float(bank.column('rows')[r].float().norm()):.3f}")
     if why_none:
         info.append(why_none)
-    thumbs = bank.column("thumbnails")
-    thumb = upscale(thumbs[r], 128) if thumbs is not None else None
-    return thumb, " · ".join(info), items, [i for i, _ in pairs]
+    picture = row_pictures(ctx, session, [r], DISPLAY_SIZE)[0]
+    source, about_source = row_source(ctx, session, r)
+    text = " · ".join(info) + (f"\n\n{about_source}" if about_source else "")
+    return picture, text, items, [i for i, _ in pairs], source
 
 
 def check_row(ctx: AppContext, session: Session, row) -> int:
@@ -259,8 +296,12 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
             # the clicked row's details sit right under the grid it was picked from
             with gr.Row():
                 # no buttons: on a 64 px thumbnail they covered its label, and the rows' files are not the point
-                thumb = gr.Image(label="Source thumbnail", height=140, interactive=False, format="png", scale=1,
+                thumb = gr.Image(label="Row picture", height=140, interactive=False, format="png", scale=1,
                                  min_width=120, buttons=[], elem_id="bank-thumb")
+                # the row's image in the folder the bank was built from (--imagenet-train), its class in row_md
+                source_image = gr.Image(label="Source image", height=140, interactive=False, format="png", scale=1,
+                                        min_width=120, buttons=[], elem_id="bank-source",
+                                        visible=ctx.source is not None)
                 with gr.Column(scale=2, min_width=160):
                     row = gr.Number(0, precision=0, minimum=0, label="Row (press Enter, or click a thumbnail)",
                                     elem_id="bank-row")
@@ -307,7 +348,9 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     @friendly
     def on_details(session, row):
-        return row_details(ctx, session, row)
+        picture, text, items, rows, source = row_details(ctx, session, row)
+        thumbs = ctx.bank(session).column("thumbnails") is not None
+        return gr.Image(picture, label="Thumbnail" if thumbs else "Generated (seed 0)"), text, items, rows, source
 
     @friendly
     def on_page(session, page_number):
@@ -330,7 +373,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     for slider in (x0, x1, y0, y1):
         slider.release(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS,
                        **ctx.model_queue)
-    details_outputs = [thumb, row_md, neighbours, neighbour_rows]
+    details_outputs = [thumb, row_md, neighbours, neighbour_rows, source_image]
     # the map redrawn with its ring on the row just shown; the old map stays up meanwhile (a progress overlay on
     # every thumbnail click blanked it for about a second)
     ring = dict(fn=ctx.model_call(on_ring), inputs=map_inputs, outputs=plot, api_visibility="private",

@@ -23,7 +23,9 @@ import gradio as gr
 import torch
 from PIL import Image
 
+from ..bank.gallery import GalleryOptions
 from ..bank.memory import MemoryBank
+from ..bank.sources import ImageFolderSource
 from ..events import Finished, Progress
 from ..images import ImageError
 from ..pipeline import GMemPipeline
@@ -121,6 +123,9 @@ class AppContext:
     store: PipelineStore
     limits: Limits = field(default_factory=Limits)
     gpu: Callable = lambda fn: fn  # spaces.GPU on Hugging Face ZeroGPU Spaces, identity elsewhere
+    # the image folder the bank's rows were made from (python app.py --imagenet-train DIR): the Bank tab shows a
+    # row's source image and class beside its picture
+    source: ImageFolderSource | None = None
     # Model runs at once, counted by the runs themselves: gradio frees a queue slot when a request is cancelled,
     # but a plain handler's thread runs on to its end, so submit-and-cancel used to start any number of runs.
     model_slots: threading.BoundedSemaphore = field(init=False)
@@ -132,7 +137,7 @@ class AppContext:
     def __post_init__(self):
         self.model_slots = threading.BoundedSemaphore(self.limits.concurrency)
         self.edited_banks = weakref.WeakSet()
-        self.generated_rows = RowPictures()
+        self.generated_rows = RowPictures(options=GalleryOptions(batch_size=self.limits.batch_size))
         self._edit_lock = threading.Lock()
 
     def private_bank(self, session: Session) -> MemoryBank:
@@ -313,9 +318,9 @@ def thumbnails(bank: MemoryBank, rows, size: int = 64) -> list[tuple[Image.Image
 def row_pictures(ctx: AppContext, session: Session, rows, size: int = DISPLAY_SIZE,
                  holding_slot: bool = False) -> list[Image.Image]:
     """A picture of each bank row, at least `size` px: its thumbnail, or for a bank without thumbnails its
-    generation from seed 0 (ctx.generated_rows, generated once per row and model). Generating holds a model slot:
-    a caller that already holds one (a model_call handler) says so with holding_slot, as the slots are not
-    reentrant. A row that has no picture (a broken row of a bank without thumbnails) is a grey tile."""
+    generation from seed 0 (ctx.generated_rows: generated once per row and model, kept on disk). Generating holds a
+    model slot: a caller that already holds one (a model_call handler) says so with holding_slot, as the slots are
+    not reentrant. A row that has no picture (a broken row of a bank without thumbnails) is a grey tile."""
     pipe = ctx.pipeline(session)
     rows = [int(r) for r in rows]
     thumbs = pipe.bank.column("thumbnails")  # read as stored: a shared bank's thumbnails are never copied
@@ -324,7 +329,7 @@ def row_pictures(ctx: AppContext, session: Session, rows, size: int = DISPLAY_SI
     if not rows:
         return []
     images = ctx.generated_rows.get(pipe, rows, contextlib.nullcontext() if holding_slot else ctx.model_slots,
-                                    ctx.gpu, ctx.limits.batch_size)
+                                    ctx.gpu)
     return [upscale(im, size) if im is not None else Image.new("RGB", (size, size), (200, 200, 200))
             for im in images]
 

@@ -14,6 +14,7 @@ from typing import Callable
 import gradio as gr
 
 from . import bank_tab, generate_tab, interpolate_tab, swap_tab
+from ..bank.sources import ImageFolderSource
 from ..pipeline import GMemPipeline, parameter_line
 from .common import AppContext, Limits, PipelineStore, Session, friendly, row_range, spaces_gpu
 from ..checkpoints.hub import CheckpointUnavailable, available
@@ -170,16 +171,19 @@ def load_checkpoint(ctx: AppContext, session: Session, name: str, path: str):
 
 def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, checkpoint: str = "emoji-32",
               limits: Limits | None = None, device: str = "cpu", use_spaces_gpu: bool = True,
-              revision: str | None = None) -> gr.Blocks:
+              revision: str | None = None, imagenet_train=None) -> gr.Blocks:
     """The app's Blocks. The default checkpoint is loaded now, so a broken one fails before the server starts.
-    `revision` pins `checkpoint` (a Hub name) to a version; it is for the default factory only."""
+    `revision` pins `checkpoint` (a Hub name) to a version; it is for the default factory only. `imagenet_train`:
+    the image folder the bank was built from (ImageNet's train folder for v2's full bank): the Bank tab then shows
+    a row's source image and class (bank/sources.py); a folder that is not there fails here, before the server."""
 
     if revision is not None and pipeline_factory is not None:
         raise ValueError("revision= pins the default factory's checkpoint; a pipeline_factory of your own "
                          "chooses its versions itself")
     factory = pipeline_factory or default_factory(device, {checkpoint: revision})
+    source = ImageFolderSource(imagenet_train) if imagenet_train else None
     ctx = AppContext(PipelineStore(factory, checkpoint), limits or Limits(),
-                     spaces_gpu() if use_spaces_gpu else (lambda fn: fn))
+                     spaces_gpu() if use_spaces_gpu else (lambda fn: fn), source)
     pipe = ctx.store.get()
     steps_default = min(pipe.sampler.steps, ctx.limits.max_steps)
     method_default = pipe.sampler.method

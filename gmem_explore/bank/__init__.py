@@ -10,6 +10,8 @@
 - stats.py      statistics (behind MemoryBank.stats): norms, broken rows, frequencies, groups, similarity
 - lowrank.py    low-rank (SVD) compression and its error
 - map2d.py      the 2-D map (UMAP / PCA), cached on disk
+- gallery.py    a kept gallery of generated row pictures (one per row and model, on disk), for banks without images
+- sources.py    the image folder a bank was built from (ImageNet's train folder for v2's full bank), row by row
 """
 from .memory import CHOOSE_STRATEGIES, MemoryBank, index_from_noise, load_bank
 from .snippets import MIX_METHODS, mix, normalize
