@@ -6,20 +6,22 @@ grid and outlive the next selection) and their captions are short enough to be r
 from __future__ import annotations
 
 import math
+import weakref
 
 import gradio as gr
 import torch
 
 from ..bank.memory import normalize
-from ..bank.map2d import embed_2d, is_cached, scatter_figure, uniform_frequency
-from .common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, run_to_end,
-                        thumbnails, upscale)
+from ..bank.map2d import embed_2d, is_cached, uniform_frequency
+from . import scatter
+from .common import (AppContext, Session, UserError, as_float, as_int, friendly, row_caption, row_pictures,
+                     run_to_end, thumbnails, upscale)
 from .files import RAW_INPUTS, png_files
 
 PAGE_SIZE = 48
 SHOW_SELECTED = 48  # thumbnails shown for a box selection (the most frequent rows first)
 NEIGHBOURS = 8
-COLOR_BY = ("group", "frequency")
+COLOR_BY = ("group", "frequency", "cluster")
 
 
 def stats(ctx: AppContext, session: Session):
@@ -119,54 +121,109 @@ def box_mask(coords: torch.Tensor, box) -> torch.Tensor:
     return (rel[:, 0] >= x0) & (rel[:, 0] <= x1) & (rel[:, 1] >= y0) & (rel[:, 1] <= y1)
 
 
-def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, x1, y0, y1, row=None):
-    """(figure, selected thumbnails, selected rows, summary) for the map with a box selection."""
+def map_colours(bank, idx: torch.Tensor, coords, color_by: str, clusters=None) -> tuple[scatter.Colouring, str]:
+    """(colouring of the mapped rows, a note). `clusters`: a cluster id per mapped row where the map comes with
+    them (bank/whole_map.py); else regions of the map stand in for clusters (scatter.fallback_clusters)."""
+    uniform = uniform_frequency(bank)
+    if color_by == "cluster":
+        found = clusters is not None
+        ids = torch.as_tensor(clusters).numpy() if found else scatter.fallback_clusters(torch.as_tensor(coords).numpy())
+        return scatter.cluster_colours(ids), "" if found else "; clusters are regions of the map (no cluster ids given)"
+    if color_by == "group" and bank.labels is not None:
+        return scatter.group_colours(bank.labels[idx].numpy(), bank.label_names), ""
+    if uniform is None:
+        return scatter.value_colours(bank.freq[idx].double().numpy()), ""
+    # one colour for every point: a scale from 0.9 to 1.1 would say nothing
+    return scatter.one_colour(), (f"; {uniform.split(':')[0]}, so there is nothing to colour by"
+                                  if color_by == "frequency" else "")
+
+
+def map_view(ctx: AppContext, session: Session, method: str, color_by: str, coords=None, rows=None, clusters=None):
+    """(token, header, entry, note) of the session's map, packed once per bank, method and colouring (sessions on
+    the checkpoint's bank share it). `coords`/`rows`/`clusters` give a map computed elsewhere (a whole-bank layout);
+    by default map_coords' (embed_2d's, a subsample for banks over 50,000 rows)."""
     bank = ctx.bank(session)
     if color_by not in COLOR_BY:
         raise UserError(f"Unknown colouring {color_by!r}; choose one of {', '.join(COLOR_BY)}")
-    coords, idx, note = map_coords(ctx, session, method)
-    inside = box_mask(coords, (x0, x1, y0, y1))
-    selected = idx[inside]
-    uniform = uniform_frequency(bank)
-    if uniform is None and len(selected):
+    given = coords is not None
+    key = (session.checkpoint, id(bank), len(bank), len(session.edits), method, color_by, given)
+    token = None if given else ctx.maps.find(key, bank)
+    if token is not None:
+        entry = ctx.maps.get(token)
+        return token, entry.view.header, entry, entry.note
+    if given:
+        note = ""
+        idx = torch.arange(len(coords)) if rows is None else torch.as_tensor(rows)
+    else:
+        coords, idx, note = map_coords(ctx, session, method)
+    colours, colour_note = map_colours(bank, idx, coords, color_by, clusters)
+    subsample = f" (a random {len(idx):,} of {len(bank):,} rows)" if len(idx) < len(bank) else ""
+    try:
+        view = scatter.MapView.build(torch.as_tensor(coords).double().numpy(), colours, idx.numpy(),
+                                     f"{method.upper()} map of {len(idx):,} snippets{subsample}")
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    owner = Session(session.checkpoint, session.bank, list(session.edits))  # for pictures of this bank's rows
+
+    def picture(row: int):
+        return row_pictures(ctx, owner, [row], 64)[0], row_caption(bank, row)
+
+    entry = scatter.Entry(view, picture, len(bank), note + colour_note, weakref.ref(bank))
+    token = ctx.maps.put(key, entry)
+    return token, view.header, entry, entry.note
+
+
+def rings_of(row, neighbours, rows: int) -> dict:
+    return scatter.highlight(ring_row(row, rows), [int(n) for n in neighbours or []], rows)
+
+
+def listing(bank, selected: torch.Tensor, where: str) -> tuple[list, list[int], str]:
+    """(thumbnails, rows, summary) of selected rows: the most frequent first (by row number when every row has the
+    same frequency), SHOW_SELECTED of them."""
+    if uniform_frequency(bank) is None and len(selected):
         selected = selected[bank.freq[selected].argsort(descending=True, stable=True)]
         order = "most frequent"
     else:  # equal frequencies order nothing: list the rows as the pages do
         selected = selected.sort().values
         order = "first (by row number)"
     shown = selected[:SHOW_SELECTED].tolist()
-    note_colour = ""
-    if color_by == "group" and bank.labels is not None:
-        colour = bank.labels[idx]
-    elif uniform is None:
-        colour = bank.freq[idx].float()
-    else:  # one colour for every point and a colour bar from 0.9 to 1.1 would say nothing
-        colour = None
-        if color_by == "frequency":
-            note_colour = f"; {uniform.split(':')[0]}, so there is nothing to colour by"
-    # the box's points stay in their colours and the rest fade (rings on hundreds of points merged into one red
-    # blob); only the row shown in the details is ringed
-    keep = inside if not bool(inside.all()) else None
-    highlight = torch.zeros(0, dtype=torch.long)
-    ringed = ring_row(row, len(bank))
-    if ringed is not None:
-        highlight = (idx == ringed).nonzero().flatten()
-    subsample = f" (a random {len(idx):,} of {len(bank):,} rows)" if len(idx) < len(bank) else ""
-    fig = scatter_figure(coords, colour, bank.label_names if color_by == "group" else None,
-                         highlight=highlight, selected=keep,
-                         title=f"{method.upper()} map of {len(idx):,} snippets{subsample}")
-    ax = fig.axes[0]
-    lo, hi = coords.min(0).values, coords.max(0).values
-    span = hi - lo
-    bx0, bx1 = lo[0] + span[0] * float(x0) / 100, lo[0] + span[0] * float(x1) / 100
-    by0, by1 = lo[1] + span[1] * float(y0) / 100, lo[1] + span[1] * float(y1) / 100
-    if (float(x1) - float(x0)) < 100 or (float(y1) - float(y0)) < 100:
-        from matplotlib.patches import Rectangle
+    summary = f"{len(selected):,} rows {where}" + (f"; the {len(shown)} {order} shown" if len(selected) > len(shown)
+                                                    else "")
+    return thumbnails(bank, shown), shown, summary
 
-        ax.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, edgecolor="red", linestyle="--"))
-    summary = (f"{len(selected):,} rows in the box"
-               + (f"; the {len(shown)} {order} shown" if len(selected) > len(shown) else "") + note + note_colour)
-    return fig, thumbnails(bank, shown), shown, summary
+
+def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, x1, y0, y1, row=None):
+    """(map props, selected thumbnails, selected rows, summary) for the map and the rows in a box given in percent
+    of the map's extent (the API's way to select; in the page, box and lasso are drawn on the map)."""
+    token, header, entry, note = map_view(ctx, session, method, color_by)
+    inside = box_mask(torch.from_numpy(entry.view.coords), (x0, x1, y0, y1))
+    items, shown, summary = listing(ctx.bank(session), torch.from_numpy(entry.view.rows)[inside], "in the box")
+    points = {**header, "token": token}
+    return ({"title": header["title"], "points": points, "rings": rings_of(row, [], len(ctx.bank(session)))},
+            items, shown, summary + note)
+
+
+def region(ctx: AppContext, session: Session, token, polygon) -> tuple[list, list[int], str]:
+    """(thumbnails, rows, summary) of the rows inside a polygon drawn on the map (data coordinates; None: the whole
+    map), tested against the map's float coordinates."""
+    try:
+        entry = ctx.maps.get(token)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from e
+    bank = ctx.bank(session)
+    if not entry.of(bank):
+        raise UserError("This map shows another bank than this session's (a model was loaded or the bank edited "
+                        "since): choose the map or colouring again to redraw it")
+    if polygon is None:
+        inside, where = torch.ones(len(entry.view.rows), dtype=torch.bool), "on the map"
+    else:
+        try:
+            inside = torch.from_numpy(scatter.rows_in_polygon(entry.view.coords, polygon))
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        where = "in the box" if len(polygon) == 4 else "in the lasso"
+    items, shown, summary = listing(bank, torch.from_numpy(entry.view.rows)[inside], where)
+    return items, shown, summary + entry.note
 
 
 def page(ctx: AppContext, session: Session, number):
@@ -244,13 +301,14 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                 method = gr.Radio(["umap", "pca"], value=method0, label="Map",
                                   info="UMAP takes 10-60 s the first time on a CPU, then it is read from the cache")
                 color = gr.Radio(value="group", label="Colour by", elem_id="bank-colour", **colour_choices(bank))
-            plot = gr.Plot(label="Bank map", elem_id="bank-map")
-            with gr.Row():
-                x0 = gr.Slider(0, 100, value=0, step=1, label="box x from %")
-                x1 = gr.Slider(0, 100, value=100, step=1, label="box x to %")
-                y0 = gr.Slider(0, 100, value=0, step=1, label="box y from %")
-                y1 = gr.Slider(0, 100, value=100, step=1, label="box y to %")
-            draw = gr.Button("Draw map / select box", variant="primary", elem_id="bank-map-button")
+            # drawn in the browser (scatter.js): pan, zoom, hover for a row's picture, click for its details, shift+drag
+            # a box or lasso a region for the grid beside it
+            plot = scatter.map_component(ctx.maps, elem_id="bank-map")
+            # the API's box (percent of the map's extent) and its endpoint, /bank_map: hidden, the page selects on
+            # the map itself
+            x0, x1, y0, y1 = [gr.Slider(0, 100, value=v, step=1, label=f"box {a} {e} %", visible=False)
+                              for a, e, v in (("x", "from", 0), ("x", "to", 100), ("y", "from", 0), ("y", "to", 100))]
+            draw = gr.Button("Draw map / select box", visible=False, elem_id="bank-map-button")
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="bank-summary")
             selection = gr.Gallery(label="Selected rows (click one for details)", columns=4, height=300,
@@ -286,15 +344,29 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         page_gallery = gr.Gallery(label="Rows", columns=12, elem_id="bank-pages", **GRID)
         page_rows = gr.State([])
 
-    @friendly
-    def on_map(session, method, color_by, x_from, x_to, y_from, y_to, row):
-        fig, items, shown, summary = bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
-        return fig, short_captions(items), shown, summary
+    def as_update(found: dict) -> gr.HTML:
+        return gr.HTML(value=found["title"], points=found["points"], rings=found["rings"])
 
     @friendly
-    def on_ring(session, method, color_by, x_from, x_to, y_from, y_to, row):
-        """The map alone, redrawn so its red ring follows the row just picked from a grid."""
-        return bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)[0]
+    def on_map(session, method, color_by, x_from, x_to, y_from, y_to, row):
+        found, items, shown, summary = bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
+        return as_update(found), short_captions(items), shown, summary
+
+    @friendly
+    def on_ring(session, row, neighbour_rows):
+        """The rings on the map follow the row just shown and its nearest neighbours (the browser redraws them)."""
+        return gr.HTML(rings=rings_of(row, neighbour_rows, len(ctx.bank(session))))
+
+    @friendly
+    def on_point(session, evt: gr.EventData):
+        """A click on a point of the map: its row goes into the row box (the details follow)."""
+        return check_row(ctx, session, (evt._data or {}).get("row"))
+
+    @friendly
+    def on_region(session, evt: gr.EventData):
+        data = evt._data or {}
+        items, shown, summary = region(ctx, session, data.get("token"), data.get("polygon"))
+        return short_captions(items), shown, summary
 
     @friendly
     def on_stats(session):
@@ -327,17 +399,17 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     draw.click(draw_map, map_inputs, map_outputs, api_name="bank_map", **RAW_INPUTS, **ctx.model_queue)
     for control in (method, color):
         control.change(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS, **ctx.model_queue)
-    for slider in (x0, x1, y0, y1):
-        slider.release(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS,
-                       **ctx.model_queue)
     details_outputs = [thumb, row_md, neighbours, neighbour_rows]
-    # the map redrawn with its ring on the row just shown; the old map stays up meanwhile (a progress overlay on
-    # every thumbnail click blanked it for about a second)
-    ring = dict(fn=ctx.model_call(on_ring), inputs=map_inputs, outputs=plot, api_visibility="private",
-                show_progress="hidden", **RAW_INPUTS, **ctx.model_queue)
+    # the rings follow the row just shown and its neighbours (a prop of the map: nothing is redrawn on the server)
+    ring = dict(fn=on_ring, inputs=[state, row, neighbour_rows], outputs=plot, api_visibility="private",
+                show_progress="hidden", queue=False, **RAW_INPUTS)
     # check first (no outputs), fill only on success: a bad row is one toast, not an error badge per output
     row.submit(on_check, [state, row], None, api_visibility="private", **RAW_INPUTS).success(
         on_details, [state, row], details_outputs, api_name="bank_row", **RAW_INPUTS).then(**ring)
+    # a click on a point and a box or lasso on the map (scatter.js triggers them)
+    plot.select(on_point, state, row, api_visibility="private", show_progress="hidden").success(
+        on_details, [state, row], details_outputs, api_visibility="private").then(**ring)
+    plot.region(on_region, state, [selection, selected_rows, summary], api_visibility="private")
     gen_btn.click(on_check, [state, row], None, api_visibility="private", **RAW_INPUTS).success(
         ctx.model_call(on_row_generate), [state, row], generations, api_name="bank_row_generate", **RAW_INPUTS,
         **ctx.model_queue)
@@ -367,6 +439,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     prev_btn.click(lambda s, p: on_step(s, p, -1), [state, page_no], page_outputs, api_visibility="private")
     next_btn.click(lambda s, p: on_step(s, p, 1), [state, page_no], page_outputs, api_visibility="private")
     return {"refresh": (on_stats, [state], [stats_md, hist]), "page": (on_page, page_outputs),
+            "draw": dict(fn=draw_map, inputs=map_inputs, outputs=map_outputs, api_visibility="private",
+                         **RAW_INPUTS, **ctx.model_queue),
             "colour": {"fn": lambda session, current: colour_radio(ctx, session, current), "inputs": [state, color],
                        "outputs": color},
             "details": (on_details, details_outputs), "row": row, "page_no": page_no}

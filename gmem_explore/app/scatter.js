@@ -1,0 +1,370 @@
+// The Bank tab's map: gr.HTML's js_on_load (element, trigger, props, server, watch in scope), written for
+// scatter.py, which describes the data. Raw WebGL (2, else 1; a 2-D canvas where neither exists): one gl.POINTS
+// draw of every point from uint16 x, y and a uint8 palette index; nothing is loaded from a network.
+// World space: the map's bounding box scaled so its longer side is 1 (aspect kept); view = centre + pixels per unit.
+const root = element.querySelector('.gm-map'), stage = root.querySelector('.gm-stage');
+const glCanvas = root.querySelector('.gm-gl'), over = root.querySelector('.gm-over'), ov = over.getContext('2d');
+const tip = root.querySelector('.gm-tip'), tipImg = tip.querySelector('img'), tipText = tip.querySelector('span');
+const statusEl = root.querySelector('.gm-status'), titleEl = root.querySelector('.gm-title');
+const legendEl = root.querySelector('.gm-legend'), lassoBtn = root.querySelector('.gm-lasso');
+const marks = (window.gmemMapMarks = window.gmemMapMarks || {});
+const Q = 65535, PICK_PX = 7, HOVER_MS = 150, FADED = 0.12;
+const S = { n: 0, qx: null, qy: null, ci: null, rows: null, inverse: null, header: null, token: null, grid: null,
+  ax: 1, ay: 1, cx: 0.5, cy: 0.5, k: 1, W: 0, H: 0, dpr: 1, fitted: false, painted: false, frame: 0,
+  selection: null, mask: null, rings: null, hover: -1, drag: null, lasso: false, loading: null };
+
+// ---- renderer ----------------------------------------------------------------------------------------------------
+const ctxOpts = { antialias: false, premultipliedAlpha: true, alpha: false };
+const gl = glCanvas.getContext('webgl2', ctxOpts) || glCanvas.getContext('webgl', ctxOpts);
+const flat = gl ? null : glCanvas.getContext('2d');
+let prog = null, loc = {}, buf = {}, palTex = null, palRGB = new Uint8Array(256 * 4);
+if (gl) {
+  const vs = `attribute float a_x, a_y, a_c, a_s;
+    uniform vec2 u_aspect, u_center, u_scale; uniform float u_size, u_fade;
+    varying float v_c, v_a;
+    void main() {
+      vec2 w = vec2(a_x, a_y) * u_aspect;
+      gl_Position = vec4((w - u_center) * u_scale, 0.0, 1.0);
+      gl_PointSize = u_size; v_c = a_c; v_a = (u_fade > 0.5 && a_s < 0.5) ? ${FADED} : 1.0;
+    }`;
+  const fs = `precision mediump float; uniform sampler2D u_pal; uniform float u_alpha, u_round; varying float v_c, v_a;
+    void main() {
+      if (u_round > 0.5) { vec2 d = gl_PointCoord - 0.5; if (dot(d, d) > 0.25) discard; }
+      vec4 c = texture2D(u_pal, vec2((v_c + 0.5) / 256.0, 0.5)); float a = u_alpha * v_a;
+      gl_FragColor = vec4(c.rgb * a, a);
+    }`;
+  const shader = (type, src) => { const s = gl.createShader(type); gl.shaderSource(s, src); gl.compileShader(s);
+    if (!gl.getShaderParameter(s, gl.COMPILE_STATUS)) throw new Error(gl.getShaderInfoLog(s)); return s; };
+  prog = gl.createProgram();
+  gl.attachShader(prog, shader(gl.VERTEX_SHADER, vs)); gl.attachShader(prog, shader(gl.FRAGMENT_SHADER, fs));
+  ['a_x', 'a_y', 'a_c', 'a_s'].forEach((a, i) => gl.bindAttribLocation(prog, i, a));
+  gl.linkProgram(prog);
+  for (const u of ['u_aspect', 'u_center', 'u_scale', 'u_size', 'u_fade', 'u_pal', 'u_alpha', 'u_round'])
+    loc[u] = gl.getUniformLocation(prog, u);
+  for (const b of ['x', 'y', 'c', 's']) buf[b] = gl.createBuffer();
+  palTex = gl.createTexture();
+}
+
+function upload() {
+  if (!gl) return;
+  const put = (b, data) => { gl.bindBuffer(gl.ARRAY_BUFFER, buf[b]); gl.bufferData(gl.ARRAY_BUFFER, data, gl.STATIC_DRAW); };
+  put('x', S.qx); put('y', S.qy); put('c', S.ci);
+  gl.bindTexture(gl.TEXTURE_2D, palTex);
+  gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, 256, 1, 0, gl.RGBA, gl.UNSIGNED_BYTE, palRGB);
+  for (const p of [gl.TEXTURE_MIN_FILTER, gl.TEXTURE_MAG_FILTER]) gl.texParameteri(gl.TEXTURE_2D, p, gl.NEAREST);
+  for (const p of [gl.TEXTURE_WRAP_S, gl.TEXTURE_WRAP_T]) gl.texParameteri(gl.TEXTURE_2D, p, gl.CLAMP_TO_EDGE);
+}
+
+function pointSize() {  // big dots for a small bank, specks for a million rows; they grow as you zoom in
+  const base = Math.min(9, Math.max(1.5, 0.9 * Math.sqrt(S.W * S.H / Math.max(S.n, 1))));
+  return Math.min(16, base * Math.sqrt(Math.max(1, S.k / S.fitK)));
+}
+
+function drawGL() {
+  gl.viewport(0, 0, glCanvas.width, glCanvas.height);
+  gl.clearColor(1, 1, 1, 1); gl.clear(gl.COLOR_BUFFER_BIT);
+  if (!S.n) return;
+  gl.useProgram(prog); gl.enable(gl.BLEND); gl.blendFunc(gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
+  const attr = (i, b, type, norm) => { gl.bindBuffer(gl.ARRAY_BUFFER, buf[b]); gl.enableVertexAttribArray(i);
+    gl.vertexAttribPointer(i, 1, type, norm, 0, 0); };
+  attr(0, 'x', gl.UNSIGNED_SHORT, true); attr(1, 'y', gl.UNSIGNED_SHORT, true); attr(2, 'c', gl.UNSIGNED_BYTE, false);
+  if (S.mask) attr(3, 's', gl.UNSIGNED_BYTE, false); else { gl.disableVertexAttribArray(3); gl.vertexAttrib1f(3, 1); }
+  const size = pointSize() * S.dpr;
+  gl.uniform2f(loc.u_aspect, S.ax, S.ay); gl.uniform2f(loc.u_center, S.cx, S.cy);
+  gl.uniform2f(loc.u_scale, 2 * S.k / S.W, 2 * S.k / S.H); gl.uniform1f(loc.u_size, size);
+  gl.uniform1f(loc.u_fade, S.mask ? 1 : 0); gl.uniform1f(loc.u_alpha, S.n > 100000 ? 0.55 : 0.85);
+  gl.uniform1f(loc.u_round, size >= 3 ? 1 : 0);
+  gl.activeTexture(gl.TEXTURE0); gl.bindTexture(gl.TEXTURE_2D, palTex); gl.uniform1i(loc.u_pal, 0);
+  gl.drawArrays(gl.POINTS, 0, S.n);
+}
+
+function draw2D() {  // no WebGL: one pixel per point (two when few), written into an ImageData
+  const w = glCanvas.width, h = glCanvas.height, img = flat.createImageData(w, h), d = img.data;
+  d.fill(255);
+  const r = S.n < 20000 ? 2 : 1, alpha = S.n > 100000 ? 0.55 : 0.85;
+  for (let i = 0; i < S.n; i++) {
+    const [sx, sy] = screenOf(i), px = Math.round(sx * S.dpr), py = Math.round(sy * S.dpr);
+    const a = alpha * (S.mask && !S.mask[i] ? FADED : 1), c = S.ci[i] * 4;
+    for (let y = py; y < py + r; y++) for (let x = px; x < px + r; x++) {
+      if (x < 0 || y < 0 || x >= w || y >= h) continue;
+      const o = (y * w + x) * 4;
+      for (let k = 0; k < 3; k++) d[o + k] = d[o + k] * (1 - a) + palRGB[c + k] * a;
+    }
+  }
+  flat.putImageData(img, 0, 0);
+}
+
+// ---- coordinates -------------------------------------------------------------------------------------------------
+function screenOf(i) {
+  return [(S.qx[i] / Q * S.ax - S.cx) * S.k + S.W / 2, S.H / 2 - (S.qy[i] / Q * S.ay - S.cy) * S.k];
+}
+const toWorld = (px, py) => [(px - S.W / 2) / S.k + S.cx, (S.H / 2 - py) / S.k + S.cy];
+const worldToScreen = (wx, wy) => [(wx - S.cx) * S.k + S.W / 2, S.H / 2 - (wy - S.cy) * S.k];
+function toData(wx, wy) {
+  const h = S.header;
+  return [h.lo[0] + wx / S.ax * h.span[0], h.lo[1] + wy / S.ay * h.span[1]];
+}
+function fit() {
+  S.cx = S.ax / 2; S.cy = S.ay / 2; S.k = S.fitK = 0.92 * Math.min(S.W / S.ax, S.H / S.ay); S.fitted = true;
+}
+function pointOf(row) {  // the point drawing a bank row, or -1 (a row outside a subsampled map)
+  if (!S.header || row === null || row === undefined) return -1;
+  if (!S.rows) return row >= 0 && row < S.n ? row : -1;
+  if (!S.inverse) {
+    let top = 0; for (let i = 0; i < S.n; i++) if (S.rows[i] > top) top = S.rows[i];
+    S.inverse = new Int32Array(top + 1).fill(-1);
+    for (let i = 0; i < S.n; i++) S.inverse[S.rows[i]] = i;
+  }
+  return row >= 0 && row < S.inverse.length ? S.inverse[row] : -1;
+}
+const rowOf = (i) => (S.rows ? S.rows[i] : i);
+
+// ---- nearest point: a grid over the quantised square, built once per map (counting sort) -----------------------
+function buildGrid() {
+  const n = S.n, G = Math.max(1, Math.min(1024, Math.ceil(Math.sqrt(n / 4))));
+  const cell = new Int32Array(n), start = new Int32Array(G * G + 1), order = new Int32Array(n);
+  for (let i = 0; i < n; i++) { const c = ((S.qx[i] * G) >>> 16) + G * ((S.qy[i] * G) >>> 16); cell[i] = c; start[c + 1]++; }
+  for (let c = 0; c < G * G; c++) start[c + 1] += start[c];
+  const fill = start.slice(0, G * G);
+  for (let i = 0; i < n; i++) order[fill[cell[i]]++] = i;
+  S.grid = { G, start, order };
+}
+function nearest(px, py, radius) {
+  if (!S.n) return -1;
+  if (!S.grid) buildGrid();
+  const { G, start, order } = S.grid, [wx, wy] = toWorld(px, py), r = radius / S.k;
+  const span = (w, a) => [Math.max(0, Math.floor((w - r) / a * G)), Math.min(G - 1, Math.floor((w + r) / a * G))];
+  const [x0, x1] = span(wx, S.ax), [y0, y1] = span(wy, S.ay);
+  let best = -1, bd = radius * radius;
+  for (let cy = y0; cy <= y1; cy++) for (let cx = x0; cx <= x1; cx++) {
+    const c = cx + G * cy;
+    for (let j = start[c]; j < start[c + 1]; j++) {
+      const i = order[j], [sx, sy] = screenOf(i), d = (sx - px) ** 2 + (sy - py) ** 2;
+      if (d <= bd) { bd = d; best = i; }
+    }
+  }
+  return best;
+}
+
+// ---- overlay: rings, hover, selection ----------------------------------------------------------------------------
+function ring(i, radius, colour, width) {
+  if (i < 0) return;
+  const [x, y] = screenOf(i);
+  ov.beginPath(); ov.arc(x, y, radius, 0, 2 * Math.PI); ov.lineWidth = width; ov.strokeStyle = colour; ov.stroke();
+}
+function outline(points, closed) {
+  if (points.length < 2) return;
+  ov.beginPath(); points.forEach(([x, y], j) => (j ? ov.lineTo(x, y) : ov.moveTo(x, y)));
+  if (closed) ov.closePath();
+  ov.setLineDash([5, 4]); ov.lineWidth = 1.5; ov.strokeStyle = '#d62728'; ov.stroke(); ov.setLineDash([]);
+}
+function drawOverlay() {
+  ov.setTransform(S.dpr, 0, 0, S.dpr, 0, 0); ov.clearRect(0, 0, S.W, S.H);
+  if (S.selection) outline(S.selection.map(([x, y]) => worldToScreen(x, y)), true);
+  if (S.drag && S.drag.mode === 'box') {
+    const { x0, y0, x, y } = S.drag; outline([[x0, y0], [x, y0], [x, y], [x0, y]], true);
+  }
+  if (S.drag && S.drag.mode === 'lasso') outline(S.drag.path, false);
+  if (S.rings) {
+    for (const r of S.rings.neighbours || []) ring(pointOf(r), 6, '#ff7f0e', 2);
+    ring(pointOf(S.rings.row), 9, '#d62728', 2.5);
+  }
+  ring(S.hover, 5, '#222', 1.5);
+}
+function draw() {
+  S.frame = 0;
+  if (!S.W || !S.H) return;
+  if (gl) drawGL(); else if (flat) draw2D();
+  drawOverlay();
+  if (S.n && !S.painted) {  // the first frame with every point: marks for benchmarks/map_paint.py
+    S.painted = true;
+    if (gl) gl.finish();
+    marks.drawn = performance.now();
+    requestAnimationFrame(() => { marks.firstPaint = marks.firstPaint || performance.now(); marks.lastPaint = performance.now(); });
+  }
+}
+const redraw = () => { if (!S.frame) S.frame = requestAnimationFrame(draw); };
+
+function resize() {
+  const W = stage.clientWidth, H = stage.clientHeight, dpr = window.devicePixelRatio || 1;
+  if (!W || !H) return;  // a hidden tab: drawn when shown
+  S.W = W; S.H = H; S.dpr = dpr;
+  for (const c of [glCanvas, over]) { c.width = Math.round(W * dpr); c.height = Math.round(H * dpr); }
+  if (S.n && (!S.fitted || !S.moved)) fit();  // a map not yet panned or zoomed keeps fitting its box
+  draw();
+}
+new ResizeObserver(resize).observe(stage);
+
+// ---- data --------------------------------------------------------------------------------------------------------
+async function bytesOf(b64) {
+  try { return new Uint8Array(await (await fetch('data:application/octet-stream;base64,' + b64)).arrayBuffer()); }
+  catch (e) { const s = atob(b64), a = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i); return a; }
+}
+const status = (text) => { statusEl.textContent = text; };
+
+function showLegend(h) {
+  legendEl.replaceChildren();
+  const add = (html) => { const s = document.createElement('span'); s.innerHTML = html; legendEl.appendChild(s); };
+  const esc = (t) => String(t).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+  for (const e of h.legend || []) add(`<i style="background:${esc(e.colour)}"></i>${esc(e.name)}`);
+  if (h.scale) {
+    const s = h.scale, fmt = (v) => Number(v).toPrecision(3).replace(/\.?0+$/, '');
+    add(`${esc(s.name)}${s.log ? ' (log)' : ''}: ${fmt(s.min)}<span class="gm-scale" style="background:linear-gradient(` +
+        `to right, ${s.stops.map(esc).join(', ')})"></span>${fmt(s.max)}`);
+  }
+  if (h.note) add(`<em>${esc(h.note)}</em>`);
+}
+
+async function load(points) {
+  if (!points || !points.token || points.token === S.token || points.token === S.loading) return;
+  const token = points.token;
+  S.loading = token; marks.requested = performance.now();
+  status(`loading ${points.count.toLocaleString()} points…`);
+  let b64;
+  try { b64 = await server.map_data(token); }
+  catch (e) { if (S.loading === token) { S.loading = null; status('this map is no longer on the server: choose the map or colouring again'); } return; }
+  if (S.loading !== token) return;  // a newer map was asked for meanwhile
+  const bytes = await bytesOf(b64), n = points.count;
+  if (S.loading !== token) return;
+  marks.decoded = performance.now();
+  S.qx = new Uint16Array(bytes.buffer, 0, n); S.qy = new Uint16Array(bytes.buffer, 2 * n, n);
+  S.ci = new Uint8Array(bytes.buffer, 4 * n, n);
+  S.rows = points.rows ? new Int32Array(bytes.buffer, 5 * n + ((4 - (5 * n) % 4) % 4), n) : null;
+  S.n = n; S.header = points; S.token = token; S.loading = null;
+  S.grid = null; S.inverse = null; S.mask = null; S.selection = null; S.hover = -1; tip.hidden = true;
+  const longest = Math.max(points.span[0], points.span[1]);
+  S.ax = points.span[0] / longest; S.ay = points.span[1] / longest;
+  palRGB.fill(0);
+  for (const [i, c] of Object.entries(points.palette))
+    for (let k = 0; k < 3; k++) palRGB[Number(i) * 4 + k] = parseInt(c.slice(1 + 2 * k, 3 + 2 * k), 16);
+  upload();
+  titleEl.textContent = points.title || ''; showLegend(points);
+  status(n ? `${n.toLocaleString()} points` : 'no rows to map');
+  S.painted = false; S.fitted = false; S.moved = false;
+  if (S.W) fit();
+  draw();
+  setTimeout(() => { if (S.token === token && !S.grid) buildGrid(); }, 0);  // after the first paint, not before it
+}
+
+// ---- selection -----------------------------------------------------------------------------------------------------
+function inside(poly, x, y) {  // even-odd rule, as scatter.rows_in_polygon
+  let c = false;
+  for (let a = 0, b = poly.length - 1; a < poly.length; b = a++) {
+    const [xa, ya] = poly[a], [xb, yb] = poly[b];
+    if ((ya > y) !== (yb > y) && x < xa + (y - ya) * (xb - xa) / (yb - ya)) c = !c;
+  }
+  return c;
+}
+function select(worldPoly) {  // fade what is outside; Python lists the rows inside (rows_in_polygon on floats)
+  S.selection = worldPoly; S.mask = null;
+  if (worldPoly) {
+    const mask = new Uint8Array(S.n), xs = worldPoly.map((p) => p[0]), ys = worldPoly.map((p) => p[1]);
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    for (let i = 0; i < S.n; i++) {
+      const x = S.qx[i] / Q * S.ax, y = S.qy[i] / Q * S.ay;
+      if (x >= x0 && x <= x1 && y >= y0 && y <= y1 && (worldPoly.length === 4 && worldPoly.box || inside(worldPoly, x, y))) mask[i] = 1;
+    }
+    S.mask = mask;
+    if (gl) { gl.bindBuffer(gl.ARRAY_BUFFER, buf.s); gl.bufferData(gl.ARRAY_BUFFER, mask, gl.STATIC_DRAW); }
+  }
+  redraw();
+  trigger('region', { token: S.token, polygon: worldPoly ? worldPoly.map(([x, y]) => toData(x, y)) : null });
+}
+function pick(i) {
+  if (i < 0) return;
+  const row = rowOf(i);
+  S.rings = { row, neighbours: [] }; redraw();  // ringed now; its neighbours come with the details
+  trigger('select', { row, token: S.token });
+}
+function setLasso(on) { S.lasso = on; lassoBtn.setAttribute('aria-pressed', String(on)); }
+
+// ---- hover tooltip -------------------------------------------------------------------------------------------------
+const pictures = new Map();  // row -> reply, the last 300
+let hoverTimer = 0;
+function placeTip(px, py) {
+  const w = tip.offsetWidth || 80, h = tip.offsetHeight || 90;
+  tip.style.left = `${Math.min(S.W - w - 2, px + 12)}px`;
+  tip.style.top = `${py + 12 + h > S.H ? Math.max(0, py - h - 8) : py + 12}px`;
+}
+function showTip(i, px, py) {
+  const row = rowOf(i), known = pictures.get(row);
+  tipText.textContent = known ? known.caption : `row ${row}`;
+  if (known) tipImg.src = known.src; else tipImg.removeAttribute('src');
+  tip.hidden = false; placeTip(px, py);
+  clearTimeout(hoverTimer);
+  if (known) return;
+  hoverTimer = setTimeout(async () => {  // asked for once the pointer rests: no request per passing point
+    try {
+      const reply = await server.row_picture({ token: S.token, row });
+      pictures.set(row, reply);
+      if (pictures.size > 300) pictures.delete(pictures.keys().next().value);
+      if (S.hover >= 0 && rowOf(S.hover) === row) { tipText.textContent = reply.caption; tipImg.src = reply.src; placeTip(px, py); }
+    } catch (e) { /* the tooltip keeps 'row N' */ }
+  }, HOVER_MS);
+}
+function hover(px, py) {
+  const i = nearest(px, py, PICK_PX);
+  if (i !== S.hover) { S.hover = i; redraw(); }
+  if (i < 0) { tip.hidden = true; clearTimeout(hoverTimer); } else showTip(i, px, py);
+}
+
+// ---- pointer: drag pans, shift+drag boxes, alt+drag (or Lasso) lassos, a click picks, the wheel zooms -------------
+const local = (e) => { const r = stage.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; };
+stage.addEventListener('pointerdown', (e) => {
+  if (e.button !== 0 || !S.n) return;
+  const [x, y] = local(e);
+  const mode = e.shiftKey ? 'box' : (e.altKey || S.lasso) ? 'lasso' : 'pan';
+  S.drag = { mode, x0: x, y0: y, x, y, moved: 0, path: [[x, y]] };
+  stage.setPointerCapture(e.pointerId); e.preventDefault();
+});
+stage.addEventListener('pointermove', (e) => {
+  const [x, y] = local(e), d = S.drag;
+  if (!d) { if (S.n) hover(x, y); return; }
+  d.moved = Math.max(d.moved, Math.hypot(x - d.x0, y - d.y0));
+  if (d.mode === 'pan') { S.cx -= (x - d.x) / S.k; S.cy += (y - d.y) / S.k; S.moved = true; tip.hidden = true; }
+  if (d.mode === 'lasso') { const [lx, ly] = d.path[d.path.length - 1]; if (Math.hypot(x - lx, y - ly) >= 3) d.path.push([x, y]); }
+  d.x = x; d.y = y; redraw();
+});
+stage.addEventListener('pointerup', (e) => {
+  const d = S.drag; S.drag = null;
+  if (!d) return;
+  const [x, y] = local(e);
+  if (d.moved < 4) { pick(nearest(x, y, PICK_PX)); redraw(); return; }
+  if (d.mode === 'box') {
+    const [a, b] = [toWorld(d.x0, d.y0), toWorld(x, y)];
+    const poly = [[a[0], a[1]], [b[0], a[1]], [b[0], b[1]], [a[0], b[1]]]; poly.box = true;
+    select(poly);
+  } else if (d.mode === 'lasso' && d.path.length >= 3) {
+    const step = Math.ceil(d.path.length / 256);  // at most 256 corners reach Python
+    select(d.path.filter((_, j) => j % step === 0).map(([px, py]) => toWorld(px, py)));
+  }
+  redraw();
+});
+stage.addEventListener('pointerleave', () => { if (!S.drag) { S.hover = -1; tip.hidden = true; redraw(); } });
+stage.addEventListener('wheel', (e) => {
+  if (!S.n) return;
+  e.preventDefault();
+  const [x, y] = local(e), [wx, wy] = toWorld(x, y);
+  S.k = Math.min(S.fitK * 2000, Math.max(S.fitK / 4, S.k * Math.exp(-e.deltaY * 0.0015)));
+  S.cx = wx - (x - S.W / 2) / S.k; S.cy = wy - (S.H / 2 - y) / S.k; S.moved = true;  // the point under the cursor stays
+  redraw();
+}, { passive: false });
+root.querySelector('.gm-reset').addEventListener('click', () => { if (S.W) fit(); S.moved = false; redraw(); });
+lassoBtn.addEventListener('click', () => setLasso(!S.lasso));
+root.querySelector('.gm-clear').addEventListener('click', () => { if (S.n) select(null); });
+root.addEventListener('keydown', (e) => { if (e.key === 'Escape') { S.drag = null; setLasso(false); redraw(); } });
+
+// ---- Python's props; a hook for tests and benchmarks ---------------------------------------------------------------
+watch('points', () => load(props.points));
+watch('rings', () => { S.rings = props.rings; redraw(); });
+if (props.points) load(props.points);
+if (props.rings) S.rings = props.rings;
+window.gmemMap = {
+  toScreen(row) {  // the page position (CSS px) of a row's point, or null when the map does not show it
+    const i = pointOf(row); if (i < 0 || !S.W) return null;
+    const r = stage.getBoundingClientRect(), [x, y] = screenOf(i);
+    return x < 0 || y < 0 || x > S.W || y > S.H ? null : { x: r.left + x, y: r.top + y };
+  },
+  get token() { return S.token; }, get count() { return S.n; }, get painted() { return S.painted; },
+  get renderer() { return gl ? (typeof WebGL2RenderingContext !== 'undefined' && gl instanceof WebGL2RenderingContext ? 'webgl2' : 'webgl') : '2d'; },
+};
