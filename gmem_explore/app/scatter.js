@@ -366,5 +366,6 @@ window.gmemMap = {
     return x < 0 || y < 0 || x > S.W || y > S.H ? null : { x: r.left + x, y: r.top + y };
   },
   get token() { return S.token; }, get count() { return S.n; }, get painted() { return S.painted; },
+  get rings() { return S.rings; }, get hover() { return S.hover < 0 ? null : rowOf(S.hover); },
   get renderer() { return gl ? (typeof WebGL2RenderingContext !== 'undefined' && gl instanceof WebGL2RenderingContext ? 'webgl2' : 'webgl') : '2d'; },
 };
