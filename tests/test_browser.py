@@ -339,12 +339,29 @@ def point_offset(driver, row: int) -> tuple[float, float]:
     return at["x"] - box[0], at["y"] - box[1]
 
 
-def test_a_click_on_the_map_picks_that_row_and_a_hover_shows_its_picture(browser):
+@pytest.mark.parametrize("renderer", ["auto", "webgl"])
+def test_a_click_on_the_map_picks_that_row_and_a_hover_shows_its_picture(browser, app_url, renderer):
+    """Both drawing paths: auto is WebGL on a GPU and the 2-D canvas on a software WebGL (this headless chromium's
+    SwiftShader), ?gmem_map=webgl forces WebGL."""
+    if renderer != "auto":
+        browser.get(f"{app_url}?gmem_map={renderer}")
+        wait_for(browser, lambda: browser.find_elements("id", "generate-button"), "the page to load")
+    try:
+        click_a_point(browser, renderer)
+    finally:
+        if renderer != "auto":
+            browser.get(app_url)
+            wait_for(browser, lambda: browser.find_elements("id", "generate-button"), "the page to load")
+
+
+def click_a_point(browser, renderer):
     from selenium.webdriver.common.action_chains import ActionChains
 
     open_tab(browser, "Bank")
     assert map_painted(browser) == 40
-    assert browser.execute_script("return gmemMap.renderer") in ("webgl2", "webgl")
+    drawn = browser.execute_script("return gmemMap.renderer")
+    software = browser.execute_script("return gmemMap.softwareGL")
+    assert drawn == ("2d" if renderer == "auto" and software else "webgl2"), (drawn, software)
     browser.execute_script("document.querySelector('#bank-map').scrollIntoView()")
     stage = css(browser, "#bank-map .gm-stage")[0]
     row = 17 if not css(browser, "#bank-row-info")[0].text.startswith("row 17 ") else 23

@@ -226,3 +226,5 @@ def test_the_script_ships_with_the_package_and_names_its_events():
                    "watch('points'", "watch('rings'", "window.gmemMap"):
         assert needed in js, needed
     assert "http" not in js and "import(" not in js  # nothing fetched from a network
+    with pytest.raises(ValueError, match="renderer must be 'auto', 'webgl' or '2d'; got 'gpu'"):
+        scatter.map_component(scatter.MapStore(), renderer="gpu")

@@ -1,6 +1,7 @@
 // The Bank tab's map: gr.HTML's js_on_load (element, trigger, props, server, watch in scope), written for
-// scatter.py, which describes the data. Raw WebGL (2, else 1; a 2-D canvas where neither exists): one gl.POINTS
-// draw of every point from uint16 x, y and a uint8 palette index; nothing is loaded from a network.
+// scatter.py, which describes the data. Raw WebGL (2, else 1): one gl.POINTS draw of every point from uint16 x, y
+// and a uint8 palette index; a 2-D canvas where WebGL is missing or runs on the CPU (see the renderer's note).
+// Nothing is loaded from a network.
 // World space: the map's bounding box scaled so its longer side is 1 (aspect kept); view = centre + pixels per unit.
 const root = element.querySelector('.gm-map'), stage = root.querySelector('.gm-stage');
 const glCanvas = root.querySelector('.gm-gl'), over = root.querySelector('.gm-over'), ov = over.getContext('2d');
@@ -14,8 +15,24 @@ const S = { n: 0, qx: null, qy: null, ci: null, rows: null, inverse: null, heade
   selection: null, mask: null, rings: null, hover: -1, drag: null, lasso: false, loading: null };
 
 // ---- renderer ----------------------------------------------------------------------------------------------------
+// WebGL where a GPU draws it. A software WebGL (SwiftShader, llvmpipe: a browser without a GPU) draws points as
+// triangles on the CPU, about 1 µs each (1.28M points: 0.8-1.3 s a frame, measured in headless chromium), while
+// writing them into an ImageData takes milliseconds: there the 2-D canvas draws. props.renderer or ?gmem_map=
+// in the page's address forces one ('webgl' or '2d'; benchmarks/map_paint.py compares both).
+function softwareGL() {
+  try {
+    const probe = document.createElement('canvas'), g = probe.getContext('webgl2') || probe.getContext('webgl');
+    if (!g) return true;
+    const info = g.getExtension('WEBGL_debug_renderer_info');
+    const name = info ? String(g.getParameter(info.UNMASKED_RENDERER_WEBGL)) : '';
+    const lose = g.getExtension('WEBGL_lose_context'); if (lose) lose.loseContext();
+    return /swiftshader|llvmpipe|softpipe|software/i.test(name);
+  } catch (e) { return false; }
+}
+const asked = new URLSearchParams(location.search).get('gmem_map') || props.renderer || 'auto';
+const wantGL = asked === 'webgl' || (asked !== '2d' && !softwareGL());
 const ctxOpts = { antialias: false, premultipliedAlpha: true, alpha: false };
-const gl = glCanvas.getContext('webgl2', ctxOpts) || glCanvas.getContext('webgl', ctxOpts);
+const gl = wantGL ? (glCanvas.getContext('webgl2', ctxOpts) || glCanvas.getContext('webgl', ctxOpts)) : null;
 const flat = gl ? null : glCanvas.getContext('2d');
 let prog = null, loc = {}, buf = {}, palTex = null, palRGB = new Uint8Array(256 * 4);
 if (gl) {
@@ -78,20 +95,35 @@ function drawGL() {
   gl.drawArrays(gl.POINTS, 0, S.n);
 }
 
-function draw2D() {  // no WebGL: one pixel per point (two when few), written into an ImageData
-  const w = glCanvas.width, h = glCanvas.height, img = flat.createImageData(w, h), d = img.data;
+function draw2D() {  // the CPU path: small maps as round dots, large ones as pixels written into an ImageData
+  const w = glCanvas.width, h = glCanvas.height, dpr = S.dpr, alpha = S.n > 100000 ? 0.55 : 0.85;
+  const fx = S.k * dpr * S.ax / Q, ox = (S.W / 2 - S.cx * S.k) * dpr;
+  const fy = -S.k * dpr * S.ay / Q, oy = (S.H / 2 + S.cy * S.k) * dpr;
+  if (S.n <= 20000) {
+    flat.setTransform(1, 0, 0, 1, 0, 0); flat.fillStyle = '#fff'; flat.fillRect(0, 0, w, h);
+    const r = pointSize() * dpr / 2;
+    for (let i = 0; i < S.n; i++) {
+      const c = S.ci[i] * 4;
+      flat.globalAlpha = alpha * (S.mask && !S.mask[i] ? FADED : 1);
+      flat.fillStyle = `rgb(${palRGB[c]},${palRGB[c + 1]},${palRGB[c + 2]})`;
+      flat.beginPath(); flat.arc(S.qx[i] * fx + ox, S.qy[i] * fy + oy, r, 0, 2 * Math.PI); flat.fill();
+    }
+    flat.globalAlpha = 1;
+    return;
+  }
+  if (!S.img || S.img.width !== w || S.img.height !== h) S.img = flat.createImageData(w, h);
+  const d = S.img.data, size = Math.max(1, Math.round(pointSize() * dpr * 0.7));
   d.fill(255);
-  const r = S.n < 20000 ? 2 : 1, alpha = S.n > 100000 ? 0.55 : 0.85;
   for (let i = 0; i < S.n; i++) {
-    const [sx, sy] = screenOf(i), px = Math.round(sx * S.dpr), py = Math.round(sy * S.dpr);
-    const a = alpha * (S.mask && !S.mask[i] ? FADED : 1), c = S.ci[i] * 4;
-    for (let y = py; y < py + r; y++) for (let x = px; x < px + r; x++) {
-      if (x < 0 || y < 0 || x >= w || y >= h) continue;
-      const o = (y * w + x) * 4;
-      for (let k = 0; k < 3; k++) d[o + k] = d[o + k] * (1 - a) + palRGB[c + k] * a;
+    const px = Math.floor(S.qx[i] * fx + ox), py = Math.floor(S.qy[i] * fy + oy);
+    if (px < 0 || py < 0 || px + size > w || py + size > h) continue;
+    const a = S.mask && !S.mask[i] ? alpha * FADED : alpha, c = S.ci[i] * 4;
+    const r = palRGB[c], g = palRGB[c + 1], b = palRGB[c + 2];
+    for (let y = py; y < py + size; y++) for (let o = (y * w + px) * 4, e = o + size * 4; o < e; o += 4) {
+      d[o] += (r - d[o]) * a; d[o + 1] += (g - d[o + 1]) * a; d[o + 2] += (b - d[o + 2]) * a;
     }
   }
-  flat.putImageData(img, 0, 0);
+  flat.putImageData(S.img, 0, 0);
 }
 
 // ---- coordinates -------------------------------------------------------------------------------------------------
@@ -178,10 +210,14 @@ function draw() {
   drawOverlay();
   if (S.n && !S.painted) {  // the first frame with every point: marks for benchmarks/map_paint.py
     S.painted = true;
-    if (gl) gl.finish();
+    settle();
     marks.drawn = performance.now();
     requestAnimationFrame(() => { marks.firstPaint = marks.firstPaint || performance.now(); marks.lastPaint = performance.now(); });
   }
+}
+const pixel = new Uint8Array(4);
+function settle() {  // wait until the frame is drawn: reading a pixel back cannot run before the draw ends
+  if (gl) gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, pixel);
 }
 const redraw = () => { if (!S.frame) S.frame = requestAnimationFrame(draw); };
 
@@ -367,5 +403,17 @@ window.gmemMap = {
   },
   get token() { return S.token; }, get count() { return S.n; }, get painted() { return S.painted; },
   get rings() { return S.rings; }, get hover() { return S.hover < 0 ? null : rowOf(S.hover); },
+  frameMs(k = 5) {  // one pan frame's cost (drawn and finished), for benchmarks/map_paint.py
+    const t = performance.now();
+    for (let j = 0; j < k; j++) { S.cx += 1e-4; draw(); settle(); }
+    return (performance.now() - t) / k;
+  },
+  pickUs(k = 1000) {  // one nearest-point look-up under the pointer, in microseconds
+    if (!S.grid) buildGrid();
+    const t = performance.now();
+    for (let j = 0; j < k; j++) nearest(((j * 7919) % 1000) / 1000 * S.W, ((j * 104729) % 997) / 997 * S.H, PICK_PX);
+    return (performance.now() - t) / k * 1000;
+  },
   get renderer() { return gl ? (typeof WebGL2RenderingContext !== 'undefined' && gl instanceof WebGL2RenderingContext ? 'webgl2' : 'webgl') : '2d'; },
+  get softwareGL() { return softwareGL(); },
 };

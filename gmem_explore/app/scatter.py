@@ -345,10 +345,13 @@ CSS = """
 """
 
 
-def map_component(store: MapStore, elem_id: str = "bank-map", **kwargs):
+def map_component(store: MapStore, elem_id: str = "bank-map", renderer: str = "auto", **kwargs):
     """The gr.HTML map. Python drives it through two props: `points` (a MapView header plus its token: the
     browser fetches the payload with server.map_data) and `rings` (highlight()); it fires `select` ({row}) on
-    a click and `region` ({token, polygon} in data coordinates, polygon null for the whole map)."""
+    a click and `region` ({token, polygon} in data coordinates, polygon null for the whole map). renderer: "auto"
+    (WebGL, except on a software WebGL, where a 2-D canvas is faster), "webgl" or "2d"."""
+    if renderer not in ("auto", "webgl", "2d"):
+        raise ValueError(f"renderer must be 'auto', 'webgl' or '2d'; got {renderer!r}")
     import gradio as gr
 
     def map_data(token):
@@ -358,5 +361,5 @@ def map_component(store: MapStore, elem_id: str = "bank-map", **kwargs):
         return picture_reply(store, request)
 
     return gr.HTML("", html_template=TEMPLATE, css_template=CSS, js_on_load=JS_FILE.read_text(),
-                   apply_default_css=False, elem_id=elem_id, points=None, rings=None,
+                   apply_default_css=False, elem_id=elem_id, points=None, rings=None, renderer=renderer,
                    server_functions=[map_data, row_picture], **kwargs)
