@@ -1,5 +1,6 @@
 """Time to the first paint of the Bank map in headless Chromium: the WebGL map (app/scatter.py + scatter.js) of
-1,280,000 and of 50,000 synthetic points, against the map it replaces, matplotlib's scatter_figure of a 50,000-row
+1,280,000 and of 50,000 synthetic points, drawn by WebGL and by its 2-D canvas path (what it uses where WebGL runs
+on the CPU, as here), against the map it replaces, matplotlib's scatter_figure of a 50,000-row
 subsample rendered to a PNG and shown by gr.Plot, in the same run.
 
     python benchmarks/map_paint.py                                 # 1,280,000 and 50,000 points, 3 loads each
@@ -200,6 +201,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_280_000, 50_000])
     ap.add_argument("--baseline-rows", type=int, default=50_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--renderers", nargs="+", default=["webgl", "2d"], choices=["webgl", "2d", "auto"])
     args = ap.parse_args()
     os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gmem-bench-gradio-"))
     report = {"machine": machine(), "repeats": args.repeats, "cases": []}
@@ -208,9 +210,11 @@ def main():
     try:
         for n in args.sizes:
             pick = np.random.default_rng(1).permutation(len(full))[:n] if n < len(full) else slice(None)
-            server_s: list = []
-            out = run_case(driver, map_app(full[pick], labels[pick], server_s), True, args.repeats, server_s)
-            report["cases"].append({"name": "WebGL map (this change)", "points": n, **out})
+            for renderer in args.renderers:
+                server_s: list = []
+                out = run_case(driver, map_app(full[pick], labels[pick], server_s, renderer), True, args.repeats,
+                               server_s)
+                report["cases"].append({"name": f"interactive map, {renderer} (this change)", "points": n, **out})
         pick = np.random.default_rng(1).permutation(len(full))[:args.baseline_rows]
         server_s = []
         out = run_case(driver, plot_app(full[pick], labels[pick], server_s), False, args.repeats, server_s)

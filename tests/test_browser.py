@@ -358,7 +358,7 @@ def click_a_point(browser, renderer):
     from selenium.webdriver.common.action_chains import ActionChains
 
     open_tab(browser, "Bank")
-    assert map_painted(browser) == 40
+    assert map_painted(browser) >= 40  # the tiny bank's rows (and those the Swap tests added to this session's bank)
     drawn = browser.execute_script("return gmemMap.renderer")
     software = browser.execute_script("return gmemMap.softwareGL")
     assert drawn == ("2d" if renderer == "auto" and software else "webgl2"), (drawn, software)
@@ -387,10 +387,10 @@ def test_a_box_drawn_on_the_map_selects_the_rows_inside_it(browser):
     from selenium.webdriver.common.keys import Keys
 
     open_tab(browser, "Bank")
-    map_painted(browser)
+    count = map_painted(browser)  # every row of a small bank is on the map
     browser.execute_script("document.querySelector('#bank-map').scrollIntoView()")
     stage = css(browser, "#bank-map .gm-stage")[0]
-    spots = {r: point_offset(browser, r) for r in range(40)}
+    spots = {r: point_offset(browser, r) for r in range(count)}
     xs = sorted(x for x, _ in spots.values())
     cut = (xs[14] + xs[15]) / 2  # between two points: no point on the box's edge
     left = xs[0] - 8

@@ -172,7 +172,9 @@ class MapView:
         header = {"count": n, "rows": not identity, "lo": lo.tolist(), "span": span.tolist(), "title": title,
                   "palette": {str(k): v for k, v in colours.palette.items()}, "legend": colours.legend,
                   "scale": colours.scale, "note": colours.note}
-        return cls(header, base64.b64encode(b"".join(parts)).decode("ascii"), np.asarray(coords, np.float64), rows)
+        # kept as float32 and int32 (what embed_2d gives; bank rows < 2**31): 12 bytes a point, 15 MB for 1.28M
+        return cls(header, base64.b64encode(b"".join(parts)).decode("ascii"), np.asarray(coords, np.float32),
+                   rows.astype(np.int32))
 
 
 def decode_payload(payload: str, header: dict) -> dict:
