@@ -219,9 +219,10 @@ def test_a_click_on_a_point_is_checked_like_the_row_box(demo, ctx):
 
 def test_the_script_ships_with_the_package_and_names_its_events():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gmem_explore"]
-    relative = scatter.JS_FILE.relative_to(ROOT / "gmem_explore").as_posix()
-    assert any(fnmatch.fnmatch(relative, pattern) for pattern in data), (relative, data)
-    js = scatter.JS_FILE.read_text()
+    for path in scatter.JS_FILES:
+        relative = path.relative_to(ROOT / "gmem_explore").as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in data), (relative, data)
+    js = "\n".join(p.read_text() for p in scatter.JS_FILES)
     for needed in ("trigger('select'", "trigger('region'", "server.map_data(", "server.row_picture(", "gl.POINTS",
                    "watch('points'", "watch('rings'", "window.gmemMap"):
         assert needed in js, needed

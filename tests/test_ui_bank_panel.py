@@ -49,16 +49,15 @@ def test_uniform_frequency_gives_a_sentence_not_a_histogram(ctx):
     assert fig is not None and fig.axes[0].patches and "frequency: min" in text
 
 
-def test_colour_by_frequency_when_all_equal(ctx):
+def test_colour_by_frequency_when_all_equal(ctx, monkeypatch):
+    from gmem_explore.app import mapping
+
     s = session_with_freq(ctx, torch.ones(ROWS, dtype=torch.float64))
     found, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "frequency", 0, 100, 0, 100, None)
     assert found["points"]["scale"] is None and found["points"]["legend"] == []  # no scale spanning 0.9-1.1
     assert "all rows have frequency 1, so there is nothing to colour by" in summary
-    ui_bank.SHOW_SELECTED, saved = 10, ui_bank.SHOW_SELECTED
-    try:
-        _, _, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, None)
-    finally:
-        ui_bank.SHOW_SELECTED = saved
+    monkeypatch.setattr(mapping, "SHOW_SELECTED", 10)
+    _, _, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, None)
     assert rows == list(range(10))  # equal frequencies order nothing: the first rows by number
     assert "first (by row number)" in summary and "most frequent" not in summary
     found, *_ = ui_bank.bank_map(ctx, ctx.new_session(), "pca", "frequency", 0, 100, 0, 100, None)

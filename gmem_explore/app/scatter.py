@@ -27,7 +27,8 @@ MAX_LEGEND = 20  # legend entries; more groups share the 20 colours (ImageNet's 
 VALUE_LEVELS = 256  # colour steps of a value scale (frequency)
 ADDED = 255  # the palette slot of label -1 (a row added in this session)
 FALLBACK_CLUSTERS = 12  # regions of the map coloured when no cluster ids are given
-JS_FILE = Path(__file__).with_name("scatter.js")
+# the browser's side, run as one js_on_load: drawing (scatter.js), then data and interaction (scatter_ui.js)
+JS_FILES = (Path(__file__).with_name("scatter.js"), Path(__file__).with_name("scatter_ui.js"))
 
 
 # ---- colours -----------------------------------------------------------------------------------------------------
@@ -362,6 +363,6 @@ def map_component(store: MapStore, elem_id: str = "bank-map", renderer: str = "a
     def row_picture(request):
         return picture_reply(store, request)
 
-    return gr.HTML("", html_template=TEMPLATE, css_template=CSS, js_on_load=JS_FILE.read_text(),
+    return gr.HTML("", html_template=TEMPLATE, css_template=CSS, js_on_load="\n".join(p.read_text() for p in JS_FILES),
                    apply_default_css=False, elem_id=elem_id, points=None, rings=None, renderer=renderer,
                    server_functions=[map_data, row_picture], **kwargs)
