@@ -142,7 +142,8 @@ def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, 
     of the map's extent (the API's way to select; in the page, box and lasso are drawn on the map)."""
     token, header, entry, note = map_view(ctx, session, method, color_by)
     inside = box_mask(torch.from_numpy(entry.view.coords), (x0, x1, y0, y1))
-    items, shown, summary = listing(ctx.bank(session), torch.from_numpy(entry.view.rows)[inside], "in the box")
+    where = "on the map" if bool(inside.all()) else "in the box"  # the page opens on the whole map: no box drawn
+    items, shown, summary = listing(ctx.bank(session), torch.from_numpy(entry.view.rows)[inside], where)
     points = {**header, "token": token}
     return ({"title": header["title"], "points": points, "rings": rings_of(row, [], len(ctx.bank(session)))},
             items, shown, summary + note)

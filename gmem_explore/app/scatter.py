@@ -1,10 +1,10 @@
 """The Bank tab's interactive map: every mapped row drawn in the browser with WebGL (scatter.js, raw WebGL, no
 library and nothing fetched from a network), fed with packed binary coordinates.
 
-    colours = group_colours(labels, names)            # or value_colours(freq) / cluster_colours(ids)
-    view = MapView.build(coords, colours, rows=idx)   # quantised: 5 bytes a point (x, y uint16, colour uint8)
-    token = store.put(key, view, picture)              # the browser fetches view.payload by token
-    inside = rows_in_polygon(coords, [[x0, y0], [x1, y0], [x1, y1]])
+    colours = group_colours(labels, names)               # or value_colours(freq) / cluster_colours(ids)
+    view = MapView.build(coords, colours, rows=idx)      # quantised: 5 bytes a point (x, y uint16, colour uint8)
+    token = store.put(key, Entry(view, picture, len(bank)))   # the browser fetches view.payload by token
+    inside = rows_in_polygon(coords, [[x0, y0], [x1, y0], [x1, y1]])   # a lasso (any polygon) or a box
 
 Python keeps the float coordinates (a region the browser sends is tested against them, not against the quantised
 ones) and answers the browser's two requests: the packed points of a map (`map_data`) and one row's picture for
