@@ -51,8 +51,9 @@ def test_the_map_rings_only_a_row_of_the_bank(ctx):
     """The map's ring reads the row box, which an API client may fill with anything: 2**64 raised OverflowError."""
     s = ctx.new_session()
     for row in (2**64, -3, ROWS, "x", float("inf")):
-        fig, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, row)
-        assert summary.startswith(f"{ROWS} rows in the box") and len(rows) == ROWS
+        found, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, row)
+        assert summary.startswith(f"{ROWS} rows on the map") and len(rows) == ROWS
+        assert found["rings"]["row"] is None
     assert ui_bank.ring_row("7", ROWS) == 7 and ui_bank.ring_row(7.5, ROWS) is None
     assert ui_bank.ring_row(ROWS, ROWS) is None and ui_bank.ring_row(None, ROWS) is None
 

@@ -171,16 +171,16 @@ def test_generate_shows_the_source_rows(demo, ctx):
 
 
 def test_a_bank_of_equal_frequencies_offers_no_colouring_by_frequency(demo):
-    assert bank_tab.colour_choices(tiny_bank()) == {"choices": ["group", "frequency"], "info": ""}
+    assert bank_tab.colour_choices(tiny_bank()) == {"choices": ["group", "frequency", "cluster"], "info": ""}
     uniform = tiny_bank()
     uniform.freq = torch.ones(ROWS, dtype=torch.float64)
     found = bank_tab.colour_choices(uniform)
-    assert found["choices"] == ["group"] and "all rows have frequency 1" in found["info"]
-    assert bank_tab.colour_choices(MemoryBank(uniform.column("rows")[:]))["choices"] == ["group"]
+    assert found["choices"] == ["group", "cluster"] and "all rows have frequency 1" in found["info"]
+    assert bank_tab.colour_choices(MemoryBank(uniform.column("rows")[:]))["choices"] == ["group", "cluster"]
     app = app_on(uniform)
     radio = block(app, "bank-colour")
-    assert [c[0] for c in radio.choices] == ["group"] and "frequency 1" in radio.info
-    assert [c[0] for c in block(demo, "bank-colour").choices] == ["group", "frequency"]
+    assert [c[0] for c in radio.choices] == ["group", "cluster"] and "frequency 1" in radio.info
+    assert [c[0] for c in block(demo, "bank-colour").choices] == ["group", "frequency", "cluster"]
     # a row's details say it is drawn uniformly, not "frequency 1 (drawn with probability 2.50e-02)"
     ctx = app.gmem_context
     _, text, _, _, _ = bank_tab.row_details(ctx, ctx.new_session(), 4)
@@ -190,7 +190,7 @@ def test_a_bank_of_equal_frequencies_offers_no_colouring_by_frequency(demo):
 def test_the_colour_radio_follows_the_sessions_bank(demo, ctx):
     s = ctx.new_session()
     update = bank_tab.colour_radio(ctx, s, "frequency")
-    assert update["choices"] == ["group", "frequency"] and update["value"] == "frequency"
+    assert update["choices"] == ["group", "frequency", "cluster"] and update["value"] == "frequency"
     ctx.private_bank(s).freq = torch.ones(ROWS, dtype=torch.float64)
     update = bank_tab.colour_radio(ctx, s, "frequency")
-    assert update["choices"] == ["group"] and update["value"] == "group"
+    assert update["choices"] == ["group", "cluster"] and update["value"] == "group"

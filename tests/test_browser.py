@@ -77,6 +77,9 @@ def browser(app_url):
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 # WebGL on the CPU (SwiftShader) for the Bank map: chromium warns that its automatic fallback
+                 # is deprecated without this flag (the map draws on a 2-D canvas where WebGL is missing)
+                 "--enable-unsafe-swiftshader",
                  f"--user-data-dir={profile}", "--window-size=1280,1000"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -302,7 +305,7 @@ def test_interpolate_yields_k_frames(browser):
 
 def test_bank_map_and_selection(browser):
     open_tab(browser, "Bank")
-    wait_for(browser, lambda: css(browser, "#bank-map img") or css(browser, "#bank-map svg"), "the bank map")
+    map_painted(browser)
     thumbs = wait_for(browser, lambda: css(browser, "#bank-selection .thumbnail-item"), "selected thumbnails")
     caption = thumbs[1].find_element("css selector", "img").get_attribute("alt")
     thumbs[1].click()
@@ -318,6 +321,87 @@ def test_bank_map_and_selection(browser):
     picked = neighbours[2].find_element("css selector", "img").get_attribute("alt").split(" · ")[0]
     neighbours[2].click()
     wait_for(browser, lambda: css(browser, "#bank-row-info")[0].text.startswith(picked), f"details of {picked}")
+
+
+def map_painted(driver) -> int:
+    """Wait until the Bank map has drawn every point (scatter.js's hook); the number of points."""
+    return wait_for(driver, lambda: driver.execute_script("return window.gmemMap && gmemMap.painted && gmemMap.count"),
+                    "the bank map drawn")
+
+
+def point_offset(driver, row: int) -> tuple[float, float]:
+    """Where the map draws a row, as an offset from the map stage's centre (what ActionChains moves by), read from
+    the page's own transform (gmemMap.toScreen) so a change of layout or zoom cannot make the test miss."""
+    at = driver.execute_script(f"return gmemMap.toScreen({row})")
+    assert at, f"row {row} is not on the map"
+    box = driver.execute_script("const r = document.querySelector('#bank-map .gm-stage').getBoundingClientRect();"
+                                "return [r.left + r.width / 2, r.top + r.height / 2];")
+    return at["x"] - box[0], at["y"] - box[1]
+
+
+@pytest.mark.parametrize("renderer", ["auto", "webgl"])
+def test_a_click_on_the_map_picks_that_row_and_a_hover_shows_its_picture(browser, app_url, renderer):
+    """Both drawing paths: auto is WebGL on a GPU and the 2-D canvas on a software WebGL (this headless chromium's
+    SwiftShader), ?gmem_map=webgl forces WebGL."""
+    if renderer != "auto":
+        browser.get(f"{app_url}?gmem_map={renderer}")
+        wait_for(browser, lambda: browser.find_elements("id", "generate-button"), "the page to load")
+    try:
+        click_a_point(browser, renderer)
+    finally:
+        if renderer != "auto":
+            browser.get(app_url)
+            wait_for(browser, lambda: browser.find_elements("id", "generate-button"), "the page to load")
+
+
+def click_a_point(browser, renderer):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    open_tab(browser, "Bank")
+    assert map_painted(browser) >= 40  # the tiny bank's rows (and those the Swap tests added to this session's bank)
+    drawn = browser.execute_script("return gmemMap.renderer")
+    software = browser.execute_script("return gmemMap.softwareGL")
+    assert drawn == ("2d" if renderer == "auto" and software else "webgl2"), (drawn, software)
+    browser.execute_script("document.querySelector('#bank-map').scrollIntoView()")
+    stage = css(browser, "#bank-map .gm-stage")[0]
+    row = 17 if not css(browser, "#bank-row-info")[0].text.startswith("row 17 ") else 23
+    ActionChains(browser).move_to_element_with_offset(stage, *point_offset(browser, row)).perform()
+    tip = wait_for(browser, lambda: browser.execute_script(
+        "const t = document.querySelector('#bank-map .gm-tip'); const i = t.querySelector('img');"
+        "return !t.hidden && i.src.startsWith('data:image/png') && i.complete && t.textContent.trim();"),
+        "the hover picture")
+    assert tip == f"row {row} · {['red', 'green', 'blue'][row % 3]}"
+    ActionChains(browser).click().perform()
+    wait_for(browser, lambda: css(browser, "#bank-row-info")[0].text.startswith(f"row {row} "), f"details of row {row}")
+    assert css(browser, "#bank-row input[type=number]")[0].get_attribute("value") == str(row)
+    # the row and its nearest neighbours are ringed (the neighbours come with the details)
+    rings = wait_for(browser, lambda: (r := browser.execute_script("return gmemMap.rings")) and r["neighbours"] and r,
+                     "the rings")
+    shown = [int(img.get_attribute("alt").split()[1]) for img in css(browser, "#bank-neighbours .thumbnail-item img")]
+    assert rings["row"] == row and rings["neighbours"] == shown
+    no_error_toast(browser)
+
+
+def test_a_box_drawn_on_the_map_selects_the_rows_inside_it(browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    open_tab(browser, "Bank")
+    count = map_painted(browser)  # every row of a small bank is on the map
+    browser.execute_script("document.querySelector('#bank-map').scrollIntoView()")
+    stage = css(browser, "#bank-map .gm-stage")[0]
+    spots = {r: point_offset(browser, r) for r in range(count)}
+    xs = sorted(x for x, _ in spots.values())
+    cut = (xs[14] + xs[15]) / 2  # between two points: no point on the box's edge
+    left = xs[0] - 8
+    top, bottom = min(y for _, y in spots.values()) - 8, max(y for _, y in spots.values()) + 8
+    ActionChains(browser).move_to_element_with_offset(stage, left, top).key_down(Keys.SHIFT).click_and_hold() \
+        .move_by_offset((cut - left) / 2, (bottom - top) / 2).move_by_offset((cut - left) / 2, (bottom - top) / 2) \
+        .release().key_up(Keys.SHIFT).perform()
+    wait_for(browser, lambda: css(browser, "#bank-summary")[0].text.startswith("15 rows in the box"), "the box's rows")
+    rows = wait_for(browser, lambda: len(items := gallery(browser, "bank-selection")) == 15 and items, "15 thumbnails")
+    assert sorted(int(c.split()[1]) for _, c in rows) == sorted(r for r, (x, _) in spots.items() if x < cut)
+    no_error_toast(browser)
 
 
 def captions_cut(driver, elem_id: str) -> list[str]:

@@ -49,46 +49,38 @@ def test_uniform_frequency_gives_a_sentence_not_a_histogram(ctx):
     assert fig is not None and fig.axes[0].patches and "frequency: min" in text
 
 
-def test_colour_by_frequency_when_all_equal(ctx):
+def test_colour_by_frequency_when_all_equal(ctx, monkeypatch):
+    from gmem_explore.app import mapping
+
     s = session_with_freq(ctx, torch.ones(ROWS, dtype=torch.float64))
-    fig, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "frequency", 0, 100, 0, 100, None)
-    assert len(fig.axes) == 1  # no colour bar spanning 0.9-1.1
+    found, items, rows, summary = ui_bank.bank_map(ctx, s, "pca", "frequency", 0, 100, 0, 100, None)
+    assert found["points"]["scale"] is None and found["points"]["legend"] == []  # no scale spanning 0.9-1.1
     assert "all rows have frequency 1, so there is nothing to colour by" in summary
-    ui_bank.SHOW_SELECTED, saved = 10, ui_bank.SHOW_SELECTED
-    try:
-        _, _, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, None)
-    finally:
-        ui_bank.SHOW_SELECTED = saved
+    monkeypatch.setattr(mapping, "SHOW_SELECTED", 10)
+    _, _, rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, None)
     assert rows == list(range(10))  # equal frequencies order nothing: the first rows by number
     assert "first (by row number)" in summary and "most frequent" not in summary
-    fig, *_ = ui_bank.bank_map(ctx, ctx.new_session(), "pca", "frequency", 0, 100, 0, 100, None)
-    assert len(fig.axes) == 2  # frequencies that differ keep their colour bar
+    found, *_ = ui_bank.bank_map(ctx, ctx.new_session(), "pca", "frequency", 0, 100, 0, 100, None)
+    scale = found["points"]["scale"]  # frequencies that differ keep their colour scale
+    assert (scale["min"], scale["max"], scale["name"]) == (1, ROWS, "frequency")
 
 
-# ---- the box selection on the map --------------------------------------------------------------------------------
-def full_colour_points(fig):
-    return sum(len(c.get_offsets()) for c in fig.axes[0].collections
-               if c.get_alpha() not in (None, FADED_ALPHA) and len(c.get_facecolors()))
-
-
-def red_rings(fig):
-    return sum(len(c.get_offsets()) for c in fig.axes[0].collections
-               if len(c.get_edgecolors()) and tuple(c.get_edgecolors()[0][:3]) == (1.0, 0.0, 0.0))
-
-
-def test_box_selection_fades_the_rest_instead_of_ringing_every_point(ctx):
+# ---- selections on the map -----------------------------------------------------------------------------------------
+def test_the_api_box_and_the_same_box_drawn_on_the_map_select_the_same_rows(ctx):
+    """/bank_map's box (percent of the map's extent) and a box dragged on the map (data coordinates) agree; the
+    points outside it fade in the browser (scatter.js), the rings stay on the row shown in the details."""
     s = ctx.new_session()
-    fig, _, _, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 50, 0, 100, 3)
+    found, _, api_rows, summary = ui_bank.bank_map(ctx, s, "pca", "group", 0, 50, 0, 100, 3)
     inside = int(summary.split()[0])
-    assert 0 < inside < ROWS
-    assert full_colour_points(fig) == inside  # the box's points keep their group colours
-    faded = [c for c in fig.axes[0].collections if c.get_alpha() == FADED_ALPHA]
-    assert sum(len(c.get_offsets()) for c in faded) == ROWS - inside
-    assert red_rings(fig) == 1  # only the row shown in the details is ringed
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ["red", "green", "blue"]  # legend entries come from the full-colour points
-    fig, *_ = ui_bank.bank_map(ctx, s, "pca", "group", 0, 100, 0, 100, None)  # the whole map: nothing faded
-    assert full_colour_points(fig) == ROWS and red_rings(fig) == 0
+    assert 0 < inside < ROWS and found["rings"] == {"row": 3, "neighbours": []}
+    coords = ctx.maps.get(found["points"]["token"]).view.coords
+    lo, hi = coords.min(0), coords.max(0)
+    mid = lo[0] + (hi[0] - lo[0]) * 0.5
+    box = [[lo[0], lo[1]], [mid, lo[1]], [mid, hi[1]], [lo[0], hi[1]]]
+    _, rows, text = ui_bank.region(ctx, s, found["points"]["token"], box)
+    assert rows == api_rows and text.startswith(f"{inside} rows in the box")
+    _, rows, text = ui_bank.region(ctx, s, found["points"]["token"], None)  # "Clear selection": the whole map
+    assert len(rows) == ROWS and text.startswith(f"{ROWS} rows on the map")
 
 
 def test_scatter_figure_selected_mask_and_frequency_norm():
@@ -140,15 +132,16 @@ def test_a_click_in_any_row_grid_picks_its_row_shows_it_and_rings_it_on_the_map(
     assert any(f.inputs[0] is details.outputs[3] for f in picks)  # the neighbours' rows come with the details
     pick = picks[0].fn
     assert pick([7, 9], gr.SelectData(None, {"index": 1, "value": None})) == 9
-    # after the details, the map is redrawn with its red ring on the picked row (row box and every grid)
+    # after the details, the map rings the picked row and its neighbours (row box, every grid and the map's click)
     rings = handlers(demo, "on_ring")
-    assert len(rings) == 4 and all(f.outputs == [component(demo, "bank-map")] for f in rings)
-    assert all(f.show_progress == "hidden" for f in rings)  # the old map stays up while the new one is drawn
+    assert len(rings) == 5 and all(f.outputs == [component(demo, "bank-map")] for f in rings)
+    assert all(f.show_progress == "hidden" for f in rings)  # a prop of the map: nothing is redrawn on the server
+    (point,) = handlers(demo, "on_point")
+    assert point.targets == [(component(demo, "bank-map")._id, "select")] and point.outputs == [component(demo, "bank-row")]
     s = ctx.new_session()
-    fig = rings[0].fn(s, "pca", "group", 0, 100, 0, 100, 6)
-    ring = [c for c in fig.axes[0].collections if len(c.get_edgecolor()) and c.get_facecolor().size == 0]
-    coords, idx, _ = ui_bank.map_coords(ctx, s, "pca")
-    assert len(ring) == 1 and ring[0].get_offsets().tolist() == [coords[(idx == 6).nonzero()[0, 0]].tolist()]
+    update = rings[0].fn(s, 6, [5, 7])
+    assert update.props["rings"] == {"row": 6, "neighbours": [5, 7]}
+    assert rings[0].fn(s, ROWS + 3, [5]).props["rings"] == {"row": None, "neighbours": [5]}  # a row not in the bank
 
 
 def test_bad_row_is_refused_before_any_output(demo, ctx):

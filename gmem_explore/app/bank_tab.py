@@ -1,27 +1,27 @@
-"""Bank tab: the 2-D map (UMAP or PCA, cached), a box selection on it, paging through rows, one row's details
-(thumbnail, nearest neighbours, generations) and statistics (size, dimension, frequency histogram).
+"""Bank tab: the interactive map (UMAP or PCA, cached; mapping.py says what it shows, scatter.py/.js draw it in the
+browser) with its box and lasso selections, paging through rows, one row's details (thumbnail, nearest neighbours,
+generations) and statistics (size, dimension, frequency histogram).
 
 Thumbnail grids here are for picking rows: a click selects the row (no enlarged preview, which would cover the
 grid and outlive the next selection) and their captions are short enough to be read whole at grid size."""
 from __future__ import annotations
 
-import math
-
 import gradio as gr
 import torch
 from PIL import Image
 
-from ..bank.memory import normalize
-from ..bank.map2d import embed_2d, is_cached, scatter_figure, uniform_frequency
+from ..bank.map2d import is_cached, uniform_frequency
 from ..images import ImageError
-from .common import (DISPLAY_SIZE, AppContext, Session, UserError, as_float, as_int, friendly, row_caption,
-                     row_pictures, run_to_end, thumbnails, upscale)
+from . import scatter
+from .common import (DISPLAY_SIZE, AppContext, Session, as_int, friendly, row_caption, row_pictures, run_to_end,
+                     thumbnails, upscale)
 from .files import RAW_INPUTS, png_files
+# the map's logic, named here too for the tab's callers (tests, benchmarks)
+from .mapping import (COLOR_BY, SHOW_SELECTED, bank_map, box_mask, map_colours, map_coords, map_view,  # noqa: F401
+                      region, ring_row, rings_of)
 
 PAGE_SIZE = 48
-SHOW_SELECTED = 48  # thumbnails shown for a box selection (the most frequent rows first)
 NEIGHBOURS = 8
-COLOR_BY = ("group", "frequency")
 
 
 def stats(ctx: AppContext, session: Session):
@@ -71,104 +71,6 @@ def colour_radio(ctx: AppContext, session: Session, current) -> dict:
     """The radio's update when the tab opens: the session's bank may be another model's by now."""
     found = colour_choices(ctx.bank(session))
     return gr.update(**found, value=current if current in found["choices"] else found["choices"][0])
-
-
-def map_coords(ctx: AppContext, session: Session, method: str):
-    """(coords, rows, note). A session's edited bank reuses the checkpoint bank's UMAP map: refitting UMAP for
-    one swapped row would take a minute, so edited and added rows are drawn beside their nearest unedited row."""
-    if method not in ("umap", "pca"):
-        raise UserError(f"Unknown map method {method!r}; choose umap or pca")
-    bank = ctx.bank(session)
-    if session.bank is None or method == "pca" or is_cached(bank, method):
-        coords, idx = embed_2d(bank, method, return_indices=True)
-        return coords, idx, ""
-    base = ctx.store.get(session.checkpoint).bank
-    coords, idx = embed_2d(base, method, return_indices=True)
-    mine, theirs = bank.column("rows"), base.column("rows")  # read as stored: neither bank is copied
-    changed = (mine[idx].float() != theirs[idx].float()).any(dim=1)
-    moved = torch.cat([idx[changed], torch.arange(len(base), len(bank))])
-    if not len(moved) or bool(changed.all()):
-        return coords, idx, ""
-    anchors = normalize(theirs[idx[~changed]])
-    nearest = (normalize(mine[moved]) @ anchors.T).argmax(dim=1)
-    placed = coords[~changed][nearest]
-    span = (coords.max(0).values - coords.min(0).values).clamp_min(1e-6)
-    placed = placed + 0.01 * span * torch.randn(placed.shape, generator=torch.Generator().manual_seed(0))
-    coords = torch.cat([coords[~changed], placed])
-    idx = torch.cat([idx[~changed], moved])
-    note = (f"; {len(moved)} row(s) edited in this session are drawn beside their nearest unedited row "
-            f"(the {method.upper()} map is not refitted for session edits)")
-    return coords, idx, note
-
-
-def ring_row(row, rows: int) -> int | None:
-    """The row to ring on the map: the row box's value when it is a row of the bank, else None (the box may hold
-    anything an API client sends; 2**64 made torch raise an OverflowError)."""
-    try:
-        number = float(row)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if math.isfinite(number) and number == int(number) and 0 <= number < rows else None
-
-
-def box_mask(coords: torch.Tensor, box) -> torch.Tensor:
-    """Points inside a box given in percent of the map's extent: (x from, x to, y from, y to)."""
-    x0, x1, y0, y1 = [as_float(v, "box edge", 0.0, 100.0) / 100 for v in box]
-    if x0 > x1 or y0 > y1:
-        raise UserError("The box's 'from' edges must not exceed its 'to' edges.")
-    lo, hi = coords.min(0).values, coords.max(0).values
-    rel = (coords - lo) / (hi - lo).clamp_min(1e-12)
-    return (rel[:, 0] >= x0) & (rel[:, 0] <= x1) & (rel[:, 1] >= y0) & (rel[:, 1] <= y1)
-
-
-def bank_map(ctx: AppContext, session: Session, method: str, color_by: str, x0, x1, y0, y1, row=None):
-    """(figure, selected thumbnails, selected rows, summary) for the map with a box selection."""
-    bank = ctx.bank(session)
-    if color_by not in COLOR_BY:
-        raise UserError(f"Unknown colouring {color_by!r}; choose one of {', '.join(COLOR_BY)}")
-    coords, idx, note = map_coords(ctx, session, method)
-    inside = box_mask(coords, (x0, x1, y0, y1))
-    selected = idx[inside]
-    uniform = uniform_frequency(bank)
-    if uniform is None and len(selected):
-        selected = selected[bank.freq[selected].argsort(descending=True, stable=True)]
-        order = "most frequent"
-    else:  # equal frequencies order nothing: list the rows as the pages do
-        selected = selected.sort().values
-        order = "first (by row number)"
-    shown = selected[:SHOW_SELECTED].tolist()
-    note_colour = ""
-    if color_by == "group" and bank.labels is not None:
-        colour = bank.labels[idx]
-    elif uniform is None:
-        colour = bank.freq[idx].float()
-    else:  # one colour for every point and a colour bar from 0.9 to 1.1 would say nothing
-        colour = None
-        if color_by == "frequency":
-            note_colour = f"; {uniform.split(':')[0]}, so there is nothing to colour by"
-    # the box's points stay in their colours and the rest fade (rings on hundreds of points merged into one red
-    # blob); only the row shown in the details is ringed
-    keep = inside if not bool(inside.all()) else None
-    highlight = torch.zeros(0, dtype=torch.long)
-    ringed = ring_row(row, len(bank))
-    if ringed is not None:
-        highlight = (idx == ringed).nonzero().flatten()
-    subsample = f" (a random {len(idx):,} of {len(bank):,} rows)" if len(idx) < len(bank) else ""
-    fig = scatter_figure(coords, colour, bank.label_names if color_by == "group" else None,
-                         highlight=highlight, selected=keep,
-                         title=f"{method.upper()} map of {len(idx):,} snippets{subsample}")
-    ax = fig.axes[0]
-    lo, hi = coords.min(0).values, coords.max(0).values
-    span = hi - lo
-    bx0, bx1 = lo[0] + span[0] * float(x0) / 100, lo[0] + span[0] * float(x1) / 100
-    by0, by1 = lo[1] + span[1] * float(y0) / 100, lo[1] + span[1] * float(y1) / 100
-    if (float(x1) - float(x0)) < 100 or (float(y1) - float(y0)) < 100:
-        from matplotlib.patches import Rectangle
-
-        ax.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, edgecolor="red", linestyle="--"))
-    summary = (f"{len(selected):,} rows in the box"
-               + (f"; the {len(shown)} {order} shown" if len(selected) > len(shown) else "") + note + note_colour)
-    return fig, thumbnails(bank, shown), shown, summary
 
 
 def page(ctx: AppContext, session: Session, number):
@@ -281,13 +183,14 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
                 method = gr.Radio(["umap", "pca"], value=method0, label="Map",
                                   info="UMAP takes 10-60 s the first time on a CPU, then it is read from the cache")
                 color = gr.Radio(value="group", label="Colour by", elem_id="bank-colour", **colour_choices(bank))
-            plot = gr.Plot(label="Bank map", elem_id="bank-map")
-            with gr.Row():
-                x0 = gr.Slider(0, 100, value=0, step=1, label="box x from %")
-                x1 = gr.Slider(0, 100, value=100, step=1, label="box x to %")
-                y0 = gr.Slider(0, 100, value=0, step=1, label="box y from %")
-                y1 = gr.Slider(0, 100, value=100, step=1, label="box y to %")
-            draw = gr.Button("Draw map / select box", variant="primary", elem_id="bank-map-button")
+            # drawn in the browser (scatter.js): pan, zoom, hover for a row's picture, click for its details, shift+drag
+            # a box or lasso a region for the grid beside it
+            plot = scatter.map_component(ctx.maps, elem_id="bank-map")
+            # the API's box (percent of the map's extent) and its endpoint, /bank_map: hidden, the page selects on
+            # the map itself
+            x0, x1, y0, y1 = [gr.Slider(0, 100, value=v, step=1, label=f"box {a} {e} %", visible=False)
+                              for a, e, v in (("x", "from", 0), ("x", "to", 100), ("y", "from", 0), ("y", "to", 100))]
+            draw = gr.Button("Draw map / select box", visible=False, elem_id="bank-map-button")
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="bank-summary")
             selection = gr.Gallery(label="Selected rows (click one for details)", columns=4, height=300,
@@ -327,15 +230,29 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
         page_gallery = gr.Gallery(label="Rows", columns=12, elem_id="bank-pages", **GRID)
         page_rows = gr.State([])
 
-    @friendly
-    def on_map(session, method, color_by, x_from, x_to, y_from, y_to, row):
-        fig, items, shown, summary = bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
-        return fig, short_captions(items), shown, summary
+    def as_update(found: dict) -> gr.HTML:
+        return gr.HTML(value=found["title"], points=found["points"], rings=found["rings"])
 
     @friendly
-    def on_ring(session, method, color_by, x_from, x_to, y_from, y_to, row):
-        """The map alone, redrawn so its red ring follows the row just picked from a grid."""
-        return bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)[0]
+    def on_map(session, method, color_by, x_from, x_to, y_from, y_to, row):
+        found, items, shown, summary = bank_map(ctx, session, method, color_by, x_from, x_to, y_from, y_to, row)
+        return as_update(found), short_captions(items), shown, summary
+
+    @friendly
+    def on_ring(session, row, neighbour_rows):
+        """The rings on the map follow the row just shown and its nearest neighbours (the browser redraws them)."""
+        return gr.HTML(rings=rings_of(row, neighbour_rows, len(ctx.bank(session))))
+
+    @friendly
+    def on_point(session, evt: gr.EventData):
+        """A click on a point of the map: its row goes into the row box (the details follow)."""
+        return check_row(ctx, session, (evt._data or {}).get("row"))
+
+    @friendly
+    def on_region(session, evt: gr.EventData):
+        data = evt._data or {}
+        items, shown, summary = region(ctx, session, data.get("token"), data.get("polygon"))
+        return short_captions(items), shown, summary
 
     @friendly
     def on_stats(session):
@@ -370,17 +287,17 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     draw.click(draw_map, map_inputs, map_outputs, api_name="bank_map", **RAW_INPUTS, **ctx.model_queue)
     for control in (method, color):
         control.change(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS, **ctx.model_queue)
-    for slider in (x0, x1, y0, y1):
-        slider.release(draw_map, map_inputs, map_outputs, api_visibility="private", **RAW_INPUTS,
-                       **ctx.model_queue)
     details_outputs = [thumb, row_md, neighbours, neighbour_rows, source_image]
-    # the map redrawn with its ring on the row just shown; the old map stays up meanwhile (a progress overlay on
-    # every thumbnail click blanked it for about a second)
-    ring = dict(fn=ctx.model_call(on_ring), inputs=map_inputs, outputs=plot, api_visibility="private",
-                show_progress="hidden", **RAW_INPUTS, **ctx.model_queue)
+    # the rings follow the row just shown and its neighbours (a prop of the map: nothing is redrawn on the server)
+    ring = dict(fn=on_ring, inputs=[state, row, neighbour_rows], outputs=plot, api_visibility="private",
+                show_progress="hidden", queue=False, **RAW_INPUTS)
     # check first (no outputs), fill only on success: a bad row is one toast, not an error badge per output
     row.submit(on_check, [state, row], None, api_visibility="private", **RAW_INPUTS).success(
         on_details, [state, row], details_outputs, api_name="bank_row", **RAW_INPUTS).then(**ring)
+    # a click on a point and a box or lasso on the map (scatter.js triggers them)
+    plot.select(on_point, state, row, api_visibility="private", show_progress="hidden").success(
+        on_details, [state, row], details_outputs, api_visibility="private").then(**ring)
+    plot.region(on_region, state, [selection, selected_rows, summary], api_visibility="private")
     gen_btn.click(on_check, [state, row], None, api_visibility="private", **RAW_INPUTS).success(
         ctx.model_call(on_row_generate), [state, row], generations, api_name="bank_row_generate", **RAW_INPUTS,
         **ctx.model_queue)
@@ -410,6 +327,8 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
     prev_btn.click(lambda s, p: on_step(s, p, -1), [state, page_no], page_outputs, api_visibility="private")
     next_btn.click(lambda s, p: on_step(s, p, 1), [state, page_no], page_outputs, api_visibility="private")
     return {"refresh": (on_stats, [state], [stats_md, hist]), "page": (on_page, page_outputs),
+            "draw": dict(fn=draw_map, inputs=map_inputs, outputs=map_outputs, api_visibility="private",
+                         **RAW_INPUTS, **ctx.model_queue),
             "colour": {"fn": lambda session, current: colour_radio(ctx, session, current), "inputs": [state, color],
                        "outputs": color},
             "details": (on_details, details_outputs), "row": row, "page_no": page_no}

@@ -30,6 +30,7 @@ from ..events import Finished, Progress
 from ..images import ImageError
 from ..pipeline import GMemPipeline
 from .pictures import RowPictures
+from .scatter import MapStore
 
 DISPLAY_SIZE = 128  # 32 px images are upscaled (nearest) to at least this for display; pixels stay crisp
 MAX_SEED = 2**31 - 1  # what a browser number box holds exactly
@@ -133,11 +134,14 @@ class AppContext:
     edited_banks: weakref.WeakSet = field(init=False)
     # pictures of the rows of banks without thumbnails, generated on demand (row_pictures)
     generated_rows: RowPictures = field(init=False)
+    # the Bank tab's maps as the browsers were sent them, by token (scatter.py)
+    maps: MapStore = field(init=False)
 
     def __post_init__(self):
         self.model_slots = threading.BoundedSemaphore(self.limits.concurrency)
         self.edited_banks = weakref.WeakSet()
         self.generated_rows = RowPictures(options=GalleryOptions(batch_size=self.limits.batch_size))
+        self.maps = MapStore()
         self._edit_lock = threading.Lock()
 
     def private_bank(self, session: Session) -> MemoryBank:

@@ -262,8 +262,7 @@ def build_app(pipeline_factory: Callable[[str], GMemPipeline] | None = None, che
         bank_page.select(**bank["colour"], queue=False, api_visibility="private")
         bank_page.select(lambda s: page_fn(s, 1), state, page_out, api_visibility="private")
         bank_page.select(details_fn, [state, bank["row"]], details_out, api_visibility="private")
-        bank_page.select(None, js="() => { setTimeout(() => document.querySelector('#bank-map-button')?.click(), 50); }",
-                        api_visibility="private")
+        bank_page.select(**bank["draw"])  # the map (packed once per bank and colouring; the browser keeps it)
     demo.gmem_context = ctx  # for tests and benchmarks: the store, limits and sessions' factory
     return demo
 
