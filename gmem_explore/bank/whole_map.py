@@ -1,0 +1,274 @@
+"""A 2-D layout of every row of a bank (1.28M x 768 included), with k-means clusters, computed once and cached.
+
+    m = whole_map(bank)              # WholeMap: coords (N, 2) float32, cluster (N,), fitted rows, method
+    m = whole_map(bank, progress=False, progress_callback=lambda done, total: ...)   # for the app
+
+How: the layout (UMAP or PCA, map2d.embed_2d's own fit and cache) is fitted on a seeded subsample of `fit_rows`
+rows, the one embed_2d maps (map2d.subsample_indices); every other row is then placed from the fit, streaming
+over the bank in chunks (memory-mapped or overlay rows are read a chunk at a time, never copied whole):
+- PCA: the other rows are projected on the same two components (exact: PCA is linear).
+- UMAP: each row is projected onto the fitted rows' first `dims` principal components, its `neighbours` nearest
+  fitted rows there are found (faiss), and it lands at their UMAP coordinates' mean, weighted by a softmax of
+  their distances (PlaceOptions). k-means (faiss) on the same projection of the fitted rows gives the clusters,
+  and every row is assigned to its nearest centre in the same pass.
+Banks of at most `fit_rows` rows are fitted whole: their coordinates are embed_2d's (the shipped emoji-32 map is
+read, not refitted).
+
+Why nearest-neighbour placement and not UMAP's own `transform` (measured by benchmarks/bank_map.py --choose on the
+clustered synthetic bank of benchmarks/bank_scale.py; results in benchmarks/results/bank_map.md):
+MEASURED_CHOICE
+It also needs only the fitted coordinates, so it works from embed_2d's cache or a shipped map; `transform` needs
+the fitted UMAP object (its neighbour graph), which is not cached (only safetensors are written, never pickles).
+
+Rows with NaN or infinite values are left out of the fit and placed nowhere: their coordinates are NaN and their
+cluster is -1 (a scatter plot skips NaN points). A bank with fewer than two usable rows is refused.
+
+The cache: safetensors under map2d.default_cache_dir() (beside embed_2d's maps), named by a hash of the bank's
+fingerprint (search.fingerprint: hashed once per bank and shared with the search index's cache) and every
+setting. A file that is damaged, of another shape or another bank's is recomputed with a warning; a cache that
+cannot be written costs a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import map2d, search
+from .checks import CHUNK
+from .memory import MemoryBank
+from ..safefiles import load_tensors, save_tensors
+from ..values import as_whole
+
+VERSION = 1  # bump when the placement or the clustering changes, so old cache files are not reused
+MIN_FIT_ROWS = map2d.MIN_UMAP_ROWS  # UMAP's neighbour graph needs at least this many rows
+DEFAULT_CLUSTERS = 64  # colours a person can still tell apart on a map, and a few hundred rows per cluster at 50k
+POINTS_PER_CLUSTER = 39  # faiss k-means wants this many training rows per centre (it warns below)
+
+
+@dataclass(frozen=True)
+class PlaceOptions:
+    """How rows outside the fit are placed and clustered (benchmarks/bank_map.py --choose measured these)."""
+
+    dims: int = 64  # principal components of the fitted rows the neighbours are searched in
+    neighbours: int = 10  # fitted rows a row's place is averaged from
+    temperature: float = 1.0  # softmax weights exp(-(d - d_min) / (temperature * d_min)); d = squared distance
+    kmeans_iterations: int = 20
+    chunk: int = CHUNK  # rows read, normalised and placed at a time (65,536 x 768 float32 = 200 MB)
+
+
+@dataclass(frozen=True, eq=False)
+class WholeMap:
+    """Every row's place on the map (the bank's row order). coords float32 (N, 2), NaN for unusable rows;
+    cluster int64 (N,), -1 for them; fitted: the sorted rows the layout was fitted on; method "umap" or "pca";
+    seconds: what each stage took ({"read": s} when read from the cache)."""
+
+    coords: torch.Tensor
+    cluster: torch.Tensor
+    fitted: torch.Tensor
+    method: str
+    seconds: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.coords.shape[0]
+
+
+def _check(bank, method, fit_rows, clusters, seed, options) -> tuple[MemoryBank, int, int | None, int]:
+    if isinstance(bank, torch.Tensor):
+        bank = MemoryBank(bank)  # keeps the tensor, copies nothing
+    if not isinstance(bank, MemoryBank):
+        raise ValueError(f"whole_map needs a MemoryBank or a float (N, D) tensor; got {type(bank).__name__}")
+    if method not in map2d.METHODS:
+        raise ValueError(f"Unknown map method {method!r}; choose one of {map2d.METHODS}")
+    if as_whole(fit_rows, MIN_FIT_ROWS) is None:
+        raise ValueError(f"fit_rows must be a whole number >= {MIN_FIT_ROWS} (UMAP needs a neighbourhood; 50,000 "
+                         f"takes about a minute on 2 cores); got {fit_rows!r}")
+    if clusters is not None and as_whole(clusters, 1) is None:
+        raise ValueError(f"clusters must be a whole number >= 1 (or None: up to {DEFAULT_CLUSTERS}); got {clusters!r}")
+    if as_whole(seed) is None:
+        raise ValueError(f"seed must be an integer; got {seed!r}")
+    if not isinstance(options, PlaceOptions) or min(options.dims, options.neighbours, options.chunk) < 1 \
+            or not options.temperature > 0:
+        raise ValueError(f"options must be a PlaceOptions with dims, neighbours, chunk >= 1 and temperature > 0; "
+                         f"got {options!r}")
+    if len(bank) < 2:
+        raise ValueError(f"a map needs at least 2 rows; this bank has {len(bank)}: add rows first")
+    return bank, as_whole(fit_rows), None if clusters is None else as_whole(clusters), as_whole(seed)
+
+
+def _fitted_rows(usable: torch.Tensor, fit_rows: int, seed: int) -> torch.Tensor:
+    """embed_2d's subsample (map2d.subsample_indices) of the usable rows: with no unusable row, the same rows."""
+    if bool(usable.all()):
+        return map2d.subsample_indices(usable.shape[0], fit_rows, seed)
+    ok = usable.nonzero().flatten()
+    return ok[map2d.subsample_indices(len(ok), fit_rows, seed)]
+
+
+def _cache_path(bank, method, fit_rows, clusters, seed, options, cache_dir) -> Path | None:
+    if cache_dir is False:
+        return None
+    settings = {"version": VERSION, "bank": search.fingerprint(bank), "method": method, "fit_rows": fit_rows,
+                "clusters": clusters, "seed": seed, "umap": map2d.UMAP_PARAMS, **asdict(options)}
+    settings.pop("chunk")  # how many rows are read at a time never changes the map
+    key = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:32]
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else map2d.default_cache_dir()
+    return folder / f"whole-{method}-{key}.safetensors"
+
+
+def _read_cache(path: Path | None, n: int, warn: bool) -> WholeMap | None:
+    """The cached map at `path` when the file is this map's and holds what a computation returns, else None."""
+    if path is None or not path.is_file():
+        return None
+    t = time.perf_counter()
+    key = path.stem.rsplit("-", 1)[1]
+    try:
+        tensors, meta = load_tensors(path, mmap=False)
+        coords, cluster, fitted = tensors["coords"], tensors["cluster"].long(), tensors["fitted"]
+        placed = cluster >= 0
+        why = None
+        if meta.get("key") != key:
+            why = "it was written for another bank or other settings (copied or renamed)"
+        elif coords.shape != (n, 2) or coords.dtype != torch.float32 or cluster.shape != (n,) \
+                or fitted.ndim != 1 or fitted.dtype != torch.int64:
+            why = f"it holds {tuple(coords.shape)} coordinates and {tuple(cluster.shape)} clusters, not ({n}, 2), ({n},)"
+        elif not (bool(torch.isfinite(coords[placed]).all()) and bool(torch.isnan(coords[~placed]).all())
+                  and int(cluster.min()) >= -1 and int(cluster.max()) < int(meta.get("clusters", 0))
+                  and len(fitted) >= 2 and int(fitted.min()) >= 0 and int(fitted.max()) < n
+                  and bool(placed[fitted].all())):
+            why = "its values are out of range (damaged)"
+        if why is None:
+            return WholeMap(coords, cluster, fitted, meta["method"], {"read": round(time.perf_counter() - t, 3)})
+    except Exception as e:  # noqa: BLE001 - any file we cannot read is a cache miss, never a failed map
+        why = f"it cannot be read ({type(e).__name__}: {str(e).replace(str(path), 'the file')[:200]})"
+    if warn:
+        warnings.warn(f"ignoring the whole-bank map cache file {path}: {why}; the map is computed again and the "
+                      f"file rewritten", stacklevel=3)
+    return None
+
+
+def is_cached(bank, method: str = "umap", fit_rows: int = 50_000, clusters: int | None = None, seed: int = 0,
+              cache_dir=None, options: PlaceOptions = PlaceOptions()) -> bool:
+    """Whether whole_map with these arguments would read its cache (a file it would not trust counts as not)."""
+    bank, fit_rows, clusters, seed = _check(bank, method, fit_rows, clusters, seed, options)
+    path = _cache_path(bank, method, fit_rows, clusters, seed, options, cache_dir)
+    return _read_cache(path, len(bank), warn=False) is not None
+
+
+def pca_basis(x: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (D,), components (dims, D)) of float32 rows x, float32; signs fixed as map2d.pca_2d fixes them (the
+    largest |loading| positive), so the first two components project rows where pca_2d put the fitted ones."""
+    mean = x.double().mean(0)
+    centred = x.double() - mean
+    values, vectors = torch.linalg.eigh(centred.T @ centred)  # (D, D): cheaper than an SVD of 50,000 x 768
+    comps = vectors[:, values.argsort(descending=True)[:min(dims, x.shape[1])]].T
+    signs = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True))).clamp_min(0) * 2 - 1
+    return mean.float(), (comps * signs).float()
+
+
+def _normalised(chunk: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    x = chunk.float() / norms[:, None].clamp_min(1e-12)
+    return torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)  # unusable rows: placed nowhere below
+
+
+def place(index, fit_coords: torch.Tensor, queries: np.ndarray, options: PlaceOptions) -> torch.Tensor:
+    """2-D places of projected rows: the softmax-weighted mean of their nearest fitted rows' coordinates."""
+    k = min(options.neighbours, fit_coords.shape[0])
+    dist, ids = index.search(queries, k)
+    d = torch.from_numpy(dist).clamp_min(0)
+    nearest = d[:, :1]
+    w = torch.softmax(-(d - nearest) / (options.temperature * nearest.clamp_min(1e-6)), dim=1)
+    return (w[:, :, None] * fit_coords[torch.from_numpy(ids).long()]).sum(1)
+
+
+def whole_map(bank, method: str = "umap", fit_rows: int = 50_000, clusters: int | None = None, seed: int = 0,
+              cache_dir=None, progress: bool = True, progress_callback=None,
+              options: PlaceOptions = PlaceOptions()) -> WholeMap:
+    """Every row of `bank` (a MemoryBank, edited copies included, or an (N, D) float tensor) on the map.
+
+    method: "umap" or "pca" (map2d.METHODS); banks with fewer than 32 usable rows get PCA. fit_rows (>= 32): rows
+    the layout is fitted on (seeded subsample, as embed_2d's max_rows). clusters: k-means centres (None:
+    min(64, fitted rows / 39)); more than the rows fitted is refused. cache_dir: None for the default cache
+    (beside embed_2d's), False for none. progress: a tqdm bar; progress_callback(done, total) is called as rows
+    are placed (0 before the fit, total at the end)."""
+    bank, fit_rows, clusters, seed = _check(bank, method, fit_rows, clusters, seed, options)
+    t0 = time.perf_counter()
+    state = search.state_of(bank)  # row norms once, NaN for unusable rows (also what search uses)
+    rows, norms, n = state.rows, state.norms, len(bank)
+    usable = torch.isfinite(norms)
+    if int(usable.sum()) < 2:
+        raise ValueError(f"a map needs at least 2 usable rows; this bank has {int(usable.sum())} (the others hold NaN "
+                         f"or infinite values): replace or remove them (bank.replace / bank.remove)")
+    fitted = _fitted_rows(usable, fit_rows, seed)
+    chosen = min(clusters or DEFAULT_CLUSTERS, max(1, len(fitted) // POINTS_PER_CLUSTER)) if clusters is None else clusters
+    if chosen > len(fitted):
+        raise ValueError(f"clusters={clusters} is more than the {len(fitted)} rows the map is fitted on: ask for at "
+                         f"most {len(fitted)} clusters, or raise fit_rows")
+    path = _cache_path(bank, method, fit_rows, clusters, seed, options, cache_dir)
+    seconds = {"fingerprint": round(time.perf_counter() - t0, 2)}
+    cached = _read_cache(path, n, warn=True)
+    if cached is not None:
+        return cached
+    if progress_callback is not None:
+        progress_callback(0, n)
+    from tqdm.auto import tqdm
+
+    used = "pca" if method == "pca" or len(fitted) < MIN_FIT_ROWS else "umap"
+    bar = tqdm(total=n, desc=f"bank map: fitting {used.upper()} on {len(fitted):,} rows", unit="row", unit_scale=True,
+               disable=not progress)
+    t = time.perf_counter()
+    fit_x = _normalised(rows[fitted], norms[fitted])
+    fit_coords = map2d.embed_2d(rows[fitted], method, cache_dir=cache_dir, max_rows=len(fitted), seed=seed)
+    seconds["fit"] = round(time.perf_counter() - t, 2)
+
+    import faiss  # optional dependency (gmem-explore[search]); imported where a map is computed
+
+    t = time.perf_counter()
+    mean, comps = pca_basis(fit_x, options.dims)
+    fit_p = np.ascontiguousarray(((fit_x - mean) @ comps.T).numpy())
+    del fit_x
+    kmeans = faiss.Kmeans(fit_p.shape[1], chosen, niter=options.kmeans_iterations, seed=seed, verbose=False)
+    kmeans.train(fit_p)
+    seconds["cluster_fit"] = round(time.perf_counter() - t, 2)
+    neighbours = faiss.IndexFlatL2(fit_p.shape[1])
+    neighbours.add(fit_p)
+
+    coords = torch.full((n, 2), float("nan"))
+    cluster = torch.full((n,), -1, dtype=torch.int32)
+    is_fit = torch.zeros(n, dtype=torch.bool)
+    is_fit[fitted] = True
+    bar.set_description(f"bank map: placing {n - len(fitted):,} rows by their nearest fitted rows" if used == "umap"
+                        else f"bank map: projecting {n - len(fitted):,} rows")
+    t = time.perf_counter()
+    for a in range(0, n, options.chunk):
+        b = min(a + options.chunk, n)
+        p = ((_normalised(rows[a:b], norms[a:b]) - mean) @ comps.T).numpy()
+        ok = usable[a:b]
+        cluster[a:b][ok] = torch.from_numpy(kmeans.index.search(np.ascontiguousarray(p[ok.numpy()]), 1)[1][:, 0]).int()
+        todo = (ok & ~is_fit[a:b]).numpy()
+        if todo.any():
+            q = np.ascontiguousarray(p[todo])
+            coords[a:b][torch.from_numpy(todo)] = torch.from_numpy(q[:, :2]) if used == "pca" else \
+                place(neighbours, fit_coords, q, options)
+        bar.update(b - a)
+        if progress_callback is not None:
+            progress_callback(b, n)
+    coords[fitted] = fit_coords
+    bar.close()
+    seconds["place"] = round(time.perf_counter() - t, 2)
+    out = WholeMap(coords, cluster.long(), fitted, used, seconds)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_tensors(path, {"coords": coords, "cluster": cluster, "fitted": fitted},
+                         {"key": path.stem.rsplit("-", 1)[1], "method": used, "rows": n, "clusters": chosen,
+                          "version": VERSION})
+        except OSError as e:
+            warnings.warn(f"could not write the whole-bank map cache {path}: {e}; the map will be computed again "
+                          f"next time")
+    return out
