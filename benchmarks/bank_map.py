@@ -220,8 +220,7 @@ def whole(args) -> dict:
 
 def markdown(r: dict) -> str:
     lines = ["# Every row of a bank on the map (whole_map)", ""]
-    c = r.get("choose")
-    if c:
+    for c in r.get("choose", {}).values():
         lines += [f"## Placing the rows outside the fit ({c['rows']:,}-row bank, UMAP fitted on {c['fit_rows']:,}, "
                   f"{c['eval_rows']:,} other rows placed)", "", f"Machine: {c['machine']}. UMAP fit {c['umap_fit_s']} s "
                   f"(+{c['umap_compile_s']} s numba compilation, once per process).", "",
@@ -267,7 +266,10 @@ def main() -> None:
     args.rows = args.rows or (150_000 if args.choose else 1_280_000)
     path = RESULTS / "bank_map.json"
     report = json.loads(path.read_text()) if path.is_file() else {}
-    report["choose" if args.choose else "whole"] = choose(args) if args.choose else whole(args)
+    if args.choose:  # one section per bank and fit size, so a small-fit run sits beside the default one
+        report.setdefault("choose", {})[f"{args.rows} rows, fit {args.fit_rows}"] = choose(args)
+    else:
+        report["whole"] = whole(args)
     RESULTS.mkdir(exist_ok=True)
     write_bytes_atomic(path, (json.dumps(report, indent=1) + "\n").encode())
     notes = RESULTS / "bank_map_notes.md"

@@ -141,6 +141,7 @@ def test_a_cache_file_not_to_trust_is_rebuilt_with_a_warning(bank, tmp_path, dam
         assert set(whole_map(bank, **kw).seconds) == {"read"}  # rewritten
 
 
+@pytest.mark.filterwarnings("ignore:could not write the bank-map cache")  # embed_2d's, for the fit
 def test_an_unwritable_cache_costs_a_warning(bank, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
