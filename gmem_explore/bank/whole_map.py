@@ -30,8 +30,11 @@ clustered synthetic bank of benchmarks/bank_scale.py; results in benchmarks/resu
   of their own place), anchored 0.64 and 98%, as good as the fit's own rows (0.63) and UMAP transform's (0.61).
 The synthetic bank is the hard case for 64 principal components (its 1,000 centres spread evenly over all 768
 dimensions); learned embeddings usually concentrate their variance in fewer directions.
-It also needs only the fitted coordinates, so it works from embed_2d's cache or a shipped map; `transform` needs
-the fitted UMAP object (its neighbour graph), which is not cached (only safetensors are written, never pickles).
+The whole synthetic 1.28M x 768 fp16 bank (memory-mapped) took 116 s on 2 cores: row norms + fingerprint 7 s,
+the 50,000-row UMAP fit 34 s, PCA + k-means 14 s, placing and assigning every row 61 s; peak RSS +0.8 GB (mostly
+the bank's mapped pages); the cache file is 15 MB and reads in 0.07 s. Placement also needs only the fitted
+coordinates, so it works from embed_2d's cache or a shipped map; `transform` needs the fitted UMAP object (its
+neighbour graph), which is not cached (only safetensors are written, never pickles).
 
 Rows with NaN or infinite values are left out of the fit and placed nowhere: their coordinates are NaN and their
 cluster is -1 (a scatter plot skips NaN points). A bank with fewer than two usable rows is refused.
