@@ -309,6 +309,11 @@ def whole_map(bank, method: str = "umap", fit_rows: int = 50_000, clusters: int 
     cached = _read_cache(path, n, warn=True)
     if cached is not None:
         return cached
+    try:
+        import faiss  # optional dependency (gmem-explore[search]); imported where a map is computed
+    except ImportError:
+        raise ImportError("the whole-bank map needs faiss-cpu (k-means and nearest-row search): pip install "
+                          "'gmem-explore[search]' (or faiss-cpu); embed_2d maps a subsample without it") from None
     if progress_callback is not None:
         progress_callback(0, n)
     from tqdm.auto import tqdm
@@ -321,11 +326,6 @@ def whole_map(bank, method: str = "umap", fit_rows: int = 50_000, clusters: int 
     fit_coords = map2d.embed_2d(rows[fitted], method, cache_dir=cache_dir, max_rows=len(fitted), seed=seed)
     seconds["fit"] = round(time.perf_counter() - t, 2)
 
-    try:
-        import faiss  # optional dependency (gmem-explore[search]); imported where a map is computed
-    except ImportError:
-        raise ImportError("the whole-bank map needs faiss-cpu (k-means and nearest-row search): pip install "
-                          "'gmem-explore[search]' (or faiss-cpu); embed_2d maps a subsample without it") from None
     t = time.perf_counter()
     mean, comps = pca_basis(fit_x, max(options.dims, options.cluster_dims))  # the first components of both
     fit_p = ((fit_x - mean) @ comps.T).numpy()
@@ -350,9 +350,8 @@ def whole_map(bank, method: str = "umap", fit_rows: int = 50_000, clusters: int 
         cluster[a:b][ok] = torch.from_numpy(kmeans.index.search(mine, 1)[1][:, 0]).int()
         todo = (ok & ~is_fit[a:b]).numpy()
         if todo.any():
-            q = np.ascontiguousarray(p[todo, :options.dims])
-            coords[a:b][torch.from_numpy(todo)] = torch.from_numpy(q[:, :2]) if used == "pca" else \
-                place(neighbours, fit_coords, q, options, scale)
+            coords[a:b][torch.from_numpy(todo)] = torch.from_numpy(p[todo, :2]) if used == "pca" else \
+                place(neighbours, fit_coords, np.ascontiguousarray(p[todo, :options.dims]), options, scale)
         bar.update(b - a)
         if progress_callback is not None:
             progress_callback(b, n)
