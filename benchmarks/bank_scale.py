@@ -48,15 +48,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DIM, CENTRES, SPREAD = 768, 1000, 0.9  # SPREAD: a row's cosine to its centre is about 0.74
 
 
-def clustered(n: int, seed: int, centres: torch.Tensor) -> torch.Tensor:
-    """fp16 unit rows around the centres, made in chunks so float32 never holds them all."""
+def clustered(n: int, seed: int, centres: torch.Tensor, with_labels: bool = False):
+    """fp16 unit rows around the centres, made in chunks so float32 never holds them all; with_labels, also each
+    row's centre (int64), for benchmarks that score a map against the true clusters."""
     g = torch.Generator().manual_seed(seed)
     out = torch.empty(n, DIM, dtype=torch.float16)
+    labels = torch.empty(n, dtype=torch.long)
     for a in range(0, n, 65536):
         b = min(a + 65536, n)
         pick = torch.randint(0, len(centres), (b - a,), generator=g)
+        labels[a:b] = pick
         out[a:b] = normalize(centres[pick] + SPREAD * torch.randn(b - a, DIM, generator=g) / DIM ** 0.5).half()
-    return out
+    return (out, labels) if with_labels else out
 
 
 def old_nearest(rows: torch.Tensor, query: torch.Tensor, k: int) -> torch.Tensor:

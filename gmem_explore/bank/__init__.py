@@ -9,7 +9,9 @@
 - index.py      the approximate index behind search.py (faiss IVF-PQ, cached on disk)
 - stats.py      statistics (behind MemoryBank.stats): norms, broken rows, frequencies, groups, similarity
 - lowrank.py    low-rank (SVD) compression and its error
-- map2d.py      the 2-D map (UMAP / PCA), cached on disk
+- map2d.py      the 2-D map (UMAP / PCA) of a bank or its subsample, cached on disk
+- whole_map.py  every row on that map (the rest placed from the fit) with k-means clusters, cached on disk
+                (import it from the module: re-exporting the function here would hide the module of its name)
 - gallery.py    a kept gallery of generated row pictures (one per row and model, on disk), for banks without images
 - sources.py    the image folder a bank was built from (ImageNet's train folder for v2's full bank), row by row
 """
