@@ -21,6 +21,7 @@ from gmem_explore.checkpoints.folder import Checkpoint, save_checkpoint
 from gmem_explore.app.server import load_checkpoint
 from gmem_explore.app.common import RANDOM_SEEDS, UserError, friendly, spaces_gpu
 from gmem_explore.app.files import upload_to_image
+from gmem_explore.app import mapping
 from gmem_explore.app import bank_tab as ui_bank, generate_tab as ui_generate, interpolate_tab as ui_interpolate, swap_tab as ui_swap
 
 from conftest import free_port, upload_folder
@@ -616,9 +617,18 @@ def test_edited_bank_reuses_the_umap_map(ctx, pictures, tmp_path, monkeypatch):
     monkeypatch.setattr(bankmap, "umap_2d", lambda x, seed: pytest.fail("refitted UMAP for a session edit"))
     s, _, _ = ui_swap.replace_row(ctx, s, pictures["red"], 4)
     s, new_row, _ = ui_swap.add_row(ctx, s, pictures["blue"])
-    coords, idx, note = ui_bank.map_coords(ctx, s, "umap")
+    coords, idx, note, clusters = ui_bank.map_coords(ctx, s, "umap")
     assert sorted(idx.tolist()) == list(range(ROWS + 1)) and coords.shape == (ROWS + 1, 2)
     assert "2 row(s) edited" in note
+    # the moved rows sit beside (and in the cluster of) a row of the checkpoint's map, not at its origin
+    base, base_idx, base_clusters = mapping.layout(ctx.store.get().bank, "umap")
+    span = float((base.max(0).values - base.min(0).values).norm())
+    for r in (4, new_row):
+        here = coords[idx.tolist().index(r)]
+        gap = (base - here).norm(dim=1)
+        assert float(gap.min()) < 0.05 * span
+        near = base_clusters[gap < 0.05 * span].tolist()
+        assert int(clusters[idx.tolist().index(r)]) in near
     _, _, rows, summary = ui_bank.bank_map(ctx, s, "umap", "group", 0, 100, 0, 100, new_row)
     assert new_row in rows and "not refitted" in summary
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from app_tiny import ROWS
-from gmem_explore.app import bank_tab, scatter
+from gmem_explore.app import bank_tab, mapping, scatter
+from gmem_explore.bank.whole_map import whole_map
 from gmem_explore.app.common import UserError
 
 pytest_plugins = ["app_tiny"]  # the demo and ctx fixtures
@@ -198,9 +199,21 @@ def test_cluster_colouring_takes_given_ids_or_regions_of_the_map(ctx):
     coords = torch.randn(ROWS, 2, generator=torch.Generator().manual_seed(0))
     token, header, _, note = bank_tab.map_view(ctx, s, "pca", "cluster", coords=coords, clusters=torch.arange(ROWS) % 4)
     assert [e["name"] for e in header["legend"]] == [f"cluster {i}" for i in range(4)] and note == ""
+    # by default the bank's own k-means clusters (whole_map), one legend entry each
     _, header, _, note = bank_tab.map_view(ctx, s, "pca", "cluster")
-    assert "clusters are regions of the map" in note and len(header["legend"]) == scatter.FALLBACK_CLUSTERS
+    found = whole_map(bank, "pca", progress=False).cluster
+    assert note == "" and len(header["legend"]) == len(found.unique())  # 40 rows: one cluster (39 rows a centre)
     assert len(bank) == ROWS
+
+
+def test_without_faiss_clusters_are_regions_of_the_map(ctx, monkeypatch):
+    def no_faiss(*args, **kwargs):
+        raise ImportError("the whole-bank map needs faiss-cpu")
+
+    monkeypatch.setattr(mapping, "whole_map", no_faiss)
+    s = ctx.new_session()
+    _, header, _, note = bank_tab.map_view(ctx, s, "umap", "cluster")
+    assert "clusters are regions of the map" in note and len(header["legend"]) == scatter.FALLBACK_CLUSTERS
 
 
 def test_a_click_on_a_point_is_checked_like_the_row_box(demo, ctx):
