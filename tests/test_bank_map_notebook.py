@@ -198,8 +198,25 @@ def test_wrong_coords_and_rows_are_refused(bank, coords):
         bm.bank_scatter(bank, coords, pictures=torch.zeros(29, 8, 8, 3, dtype=torch.uint8))
 
 
-def test_default_coords_come_from_embed_2d_and_keep_its_subsample(bank, tmp_path, monkeypatch):
+def test_default_coords_place_every_row_with_its_cluster(bank, tmp_path, monkeypatch):
     monkeypatch.setenv("GMEM_CACHE", str(tmp_path))
+    m = bm.bank_scatter(bank, method="pca", max_rows=32)  # 30 rows: fitted whole (32 is whole_map's least)
+    from gmem_explore.bank.whole_map import whole_map
+
+    whole = whole_map(bank, "pca", fit_rows=32, progress=False)
+    assert m.rows.tolist() == list(range(len(bank))) and torch.equal(m.coords, whole.coords)
+    browser_selects(m.widget, [0, 11])
+    assert m.selected_rows.tolist() == [0, 11]
+    m.color("cluster")  # whole_map's k-means ids, not a stand-in
+
+
+def test_without_faiss_the_default_map_keeps_embed_2ds_subsample(bank, tmp_path, monkeypatch):
+    monkeypatch.setenv("GMEM_CACHE", str(tmp_path))
+
+    def no_faiss(*args, **kwargs):
+        raise ImportError("the whole-bank map needs faiss-cpu")
+
+    monkeypatch.setattr(bm, "whole_map", no_faiss)
     m = bm.bank_scatter(bank, method="pca", max_rows=12)
     from gmem_explore.bank.map2d import embed_2d
 
@@ -207,6 +224,17 @@ def test_default_coords_come_from_embed_2d_and_keep_its_subsample(bank, tmp_path
     assert m.rows.tolist() == rows.tolist() and torch.equal(m.coords, coords)
     browser_selects(m.widget, [0, 11])
     assert m.selected_rows.tolist() == [int(rows[0]), int(rows[11])]
+
+
+def test_a_whole_map_with_an_unusable_row_leaves_it_off(bank):
+    from types import SimpleNamespace
+
+    coords = torch.randn(len(bank), 2)
+    coords[3] = float("nan")
+    m = bm.bank_scatter(bank, coords=SimpleNamespace(coords=coords, cluster=torch.arange(len(bank)) % 3))
+    assert 3 not in m.rows.tolist() and len(m.rows) == len(bank) - 1
+    browser_selects(m.widget, [3])
+    assert m.selected_rows.tolist() == [4]
 
 
 def answer_hover(m, point):

@@ -1,14 +1,14 @@
 """The whole bank as an interactive scatter in a notebook (jupyter-scatter, WebGL): pan, zoom, lasso, a tooltip with
 the row's number, group and thumbnail; the selection synced to Python both ways.
 
-    bank_map = bank_scatter(bank)                      # coords from embed_2d (cached), coloured by group
+    bank_map = bank_scatter(bank)                      # every row (whole_map, cached), coloured by group
     bank_map.on_select(lambda rows: print(rows))       # called with bank rows when the user lasso-selects
     bank_map.show()                                    # the widget (display it, or end a cell with it)
     bank_map.selected_rows                             # the selection as bank rows (a long tensor)
     bank_map.select([3, 17]); bank_map.highlight_neighbours(3, k=8)
 
-A map point is not always a bank row: banks larger than embed_2d's max_rows are mapped through a subsample, and
-`rows[i]` is the bank row of point i. Every method here speaks bank rows; the widget's `selection` trait holds point
+A map point is not always a bank row (rows holding NaN are on no map; without faiss, banks larger than max_rows
+are mapped through embed_2d's subsample): `rows[i]` is the bank row of point i. Every method here speaks bank rows; the widget's `selection` trait holds point
 indices. The widget needs a live kernel; `figure()` draws the same map (selection in colour, highlights ringed) as
 a static matplotlib figure, which a notebook rendered without its kernel still shows.
 """
@@ -18,11 +18,13 @@ import base64
 import io
 import warnings
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from ..bank.map2d import embed_2d, scatter_figure
+from ..bank.whole_map import whole_map
 from ..bank.memory import MemoryBank
 from .figures import STATIC_COLUMNS, labelled_grid, short_label
 
@@ -321,12 +323,22 @@ class BankScatter:
         return self.show()._repr_mimebundle_(**kwargs)
 
 
+def _whole_or_subsample(bank: MemoryBank, method: str, max_rows: int):
+    """whole_map's map of every row; where faiss is missing, embed_2d's (a subsample beyond max_rows rows)."""
+    try:
+        return whole_map(bank, method, fit_rows=max_rows)
+    except ImportError:
+        coords, rows = embed_2d(bank, method, max_rows=max_rows, return_indices=True)
+        return SimpleNamespace(coords=coords, rows=rows, cluster=None)
+
+
 def bank_scatter(bank: MemoryBank, coords=None, rows=None, color_by: str | None = None, clusters=None,
                  pictures=None, method: str = "umap", max_rows: int = 50_000, height: int = 520) -> BankScatter:
     """An interactive map of `bank` (jupyter-scatter). Returns a BankScatter; display it or its .show().
 
-    coords: None (embed_2d(bank, method, max_rows=max_rows): cached, a subsample beyond max_rows rows), an (M, 2)
-        array, or an object with `.coords` (and `.clusters`, used when `clusters` is None) such as a whole-bank map.
+    coords: None (whole_map(bank, method, fit_rows=max_rows): every row and its k-means cluster, cached; without
+        faiss, embed_2d's subsample of banks over max_rows rows), an (M, 2) array, or a WholeMap (its `.cluster` used
+        when `clusters` is None).
     rows: the bank row of each point when coords cover only some rows (embed_2d(..., return_indices=True)'s
         second value); None when coords has one point per bank row.
     color_by: "group", "frequency" or "cluster"; None picks group, else cluster, else frequency, as the bank has
@@ -340,13 +352,20 @@ def bank_scatter(bank: MemoryBank, coords=None, rows=None, color_by: str | None 
         raise TypeError(f"bank_scatter needs a MemoryBank (a pipeline's is pipe.bank); got {type(bank).__name__}")
     require_jscatter()  # before the map is fitted: a missing package is said in a second, not after a UMAP fit
     n = len(bank)
-    if coords is not None and hasattr(coords, "coords"):
-        clusters = getattr(coords, "clusters", None) if clusters is None else clusters
-        coords = coords.coords
     if coords is None:
         if rows is not None:
-            raise ValueError("rows goes with coords: pass both, or neither (the map is then fitted by embed_2d)")
-        coords, rows = embed_2d(bank, method, max_rows=max_rows, return_indices=True)
+            raise ValueError("rows goes with coords: pass both, or neither (the map is then fitted by whole_map)")
+        coords = _whole_or_subsample(bank, method, max_rows)
+    if hasattr(coords, "coords"):  # a WholeMap: every row, NaN where a row is unusable, and its k-means clusters
+        found = getattr(coords, "cluster", getattr(coords, "clusters", None))
+        clusters = found if clusters is None else clusters
+        if rows is None and getattr(coords, "rows", None) is not None:
+            rows = coords.rows
+        coords = torch.as_tensor(coords.coords)
+        if rows is None and not bool(torch.isfinite(coords).all()):
+            rows = torch.isfinite(coords).all(dim=1).nonzero().squeeze(1)  # rows holding NaN are on no map
+            coords = coords[rows]
+            clusters = None if clusters is None else torch.as_tensor(clusters)[rows]
     coords = torch.as_tensor(np.asarray(coords) if not isinstance(coords, torch.Tensor) else coords).float()
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must be (points, 2); got shape {tuple(coords.shape)}")
