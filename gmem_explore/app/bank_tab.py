@@ -137,6 +137,8 @@ def row_details(ctx: AppContext, session: Session, row):
     info.append(f"norm {float(bank.column('rows')[r].float().norm()):.3f}")
     if why_none:
         info.append(why_none)
+    if bank.column("thumbnails") is None:  # the picture is not the row's image: say what it is
+        info.append("picture: its generation from seed 0")
     picture = row_pictures(ctx, session, [r], DISPLAY_SIZE)[0]
     source, about_source = row_source(ctx, session, r)
     text = " · ".join(info) + (f"\n\n{about_source}" if about_source else "")
@@ -269,9 +271,7 @@ def build(ctx: AppContext, state: gr.State, steps_default: int) -> dict:
 
     @friendly
     def on_details(session, row):
-        picture, text, items, rows, source = row_details(ctx, session, row)
-        thumbs = ctx.bank(session).column("thumbnails") is not None
-        return gr.Image(picture, label="Thumbnail" if thumbs else "Generated (seed 0)"), text, items, rows, source
+        return row_details(ctx, session, row)  # plain values: /bank_row's API answer is the picture's file
 
     @friendly
     def on_page(session, page_number):
