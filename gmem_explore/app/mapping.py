@@ -56,19 +56,22 @@ def changed_rows(mine, theirs) -> torch.Tensor:
     return torch.cat(found) if found else torch.zeros(0, dtype=torch.long)
 
 
-def map_spacing(coords: torch.Tensor, k: int = 10, sample: int = 1000, pool: int = 50_000, seed: int = 0) -> float:
+def map_spacing(coords: torch.Tensor, k: int = 10, sample: int = 256, pool: int = 50_000) -> float:
     """The map's local length: the median distance from `sample` of its points to their k-th nearest among `pool`
-    of them (a seeded choice). About an island's radius: 0.0016 on the 1.28M-row UMAP map of 1,000 clusters, whose
-    span is 37 (0.1 s there)."""
-    pick = torch.randperm(len(coords), generator=torch.Generator().manual_seed(seed))[:pool]
-    points = coords[pick].float()
+    of them, both taken at even strides through the rows (no random draw: a permutation of 1.28M rows alone takes
+    0.1 s). About an island's radius: 0.0016 on the 1.28M-row UMAP map of 1,000 clusters, whose span is 37."""
+    points = coords[::-(-len(coords) // pool)].float() if len(coords) else coords.float()
     if len(points) < 2:
         return 0.0
+    queries = points[::-(-len(points) // sample)]
+    x, y = points[:, 0].contiguous(), points[:, 1].contiguous()
     found = []
-    for a in range(0, min(sample, len(points)), 128):  # (128, pool) distances at a time: 25 MB
-        d = torch.cdist(points[a:min(a + 128, sample)], points)
+    for a in range(0, len(queries), 64):  # (64, pool) squared distances at a time: 13 MB
+        q = queries[a:a + 64]
+        # by coordinate: torch.cdist takes 10x as long on 2-D points (140 ms for 128 x 50,000)
+        d = (q[:, :1] - x).square_() + (q[:, 1:] - y).square_()
         found.append(d.topk(min(k + 1, len(points)), dim=1, largest=False).values[:, -1])  # +1: the point itself
-    return float(torch.cat(found).median())
+    return float(torch.cat(found).median().sqrt())
 
 
 def map_coords(ctx: AppContext, session: Session, method: str, progress=None):
