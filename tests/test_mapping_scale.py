@@ -1,6 +1,6 @@
 """The Bank tab's map of an edited session on a 10,000-row bank of 100 clusters, laid out as UMAP lays out such a bank:
-each cluster a small island, islands close together, one far away (benchmarks/bank_tab_scale.py measured the 1.28M-row
-case: there islands lie ~0.01 of the map's span apart)."""
+each cluster a small island, islands close together, one far away, so that 1% of the map's span is more than half the
+gap between islands (as on the 1.28M-row map of 1,000 clusters: benchmarks/bank_tab_scale.py)."""
 from __future__ import annotations
 
 import numpy as np

@@ -19,9 +19,9 @@ from .common import AppContext, Session, UserError, as_float, row_caption, row_p
 MAP_FIT_ROWS = 50_000  # rows a map is fitted on (whole_map's default): smaller banks are mapped whole, in seconds
 ANCHORS = 16  # nearest rows asked for a session's moved row; the first of them that is on the map is its anchor
 # a moved row's offset from its anchor (Gaussian, per axis): JITTER x the map's local length (map_spacing), at most 1%
-# of the map's span. 1% of the span alone put 33% of moved rows amid another cluster's island on the 1.28M-row map of
-# 1,000 clusters (islands there are ~0.01 of a span of 37 apart: benchmarks/bank_tab_scale.py); half the local
-# length keeps them all in their anchor's island, and small maps (40-1,697 rows) keep 1% of the span.
+# of the map's span. On the 1.28M-row map of 1,000 clusters (span 37) 1% of the span put 33% of 1,000 moved rows amid
+# another cluster's island, 0.5% 3%, 0.25% none (benchmarks/bank_tab_scale.py); half the local length (0.0006 there)
+# none either. On emoji-32's map (1,697 rows) it is 0.3% of the span.
 JITTER = 0.5
 SHOW_SELECTED = 48  # thumbnails shown for a selection (the most frequent rows first)
 COLOR_BY = ("group", "frequency", "cluster")
@@ -59,7 +59,8 @@ def changed_rows(mine, theirs) -> torch.Tensor:
 def map_spacing(coords: torch.Tensor, k: int = 10, sample: int = 256, pool: int = 50_000) -> float:
     """The map's local length: the median distance from `sample` of its points to their k-th nearest among `pool`
     of them, both taken at even strides through the rows (no random draw: a permutation of 1.28M rows alone takes
-    0.1 s). About an island's radius: 0.0016 on the 1.28M-row UMAP map of 1,000 clusters, whose span is 37."""
+    0.1 s). About an island's radius: 0.0012 on the 1.28M-row UMAP map of 1,000 clusters, whose span is 37
+    (0.07 s there); 0.18 on emoji-32's map of 1,697 rows, span 30-36."""
     points = coords[::-(-len(coords) // pool)].float() if len(coords) else coords.float()
     if len(points) < 2:
         return 0.0
