@@ -393,11 +393,13 @@ def markdown(r: dict) -> str:
                     ("before: 50,000-row subsample", b)):
         lines.append(f"| {name} | {x['points']:,} | {x['payload_mb']} | {x['payload_gzip_mb']} | {x['header_kb']} | "
                      f"{'yes' if x['rows_sent'] else 'no'} |")
+    median = pl["median_distance_to_exact_nearest_row_pct_of_span"]
     lines += ["", f"The edited session's map ({r['edits']} edits: {pl['moved_rows']} moved rows, replaced and added): "
               f"{pl['within_5pct_of_exact_nearest_row']:.0%} of them lie within 5% of the map's span of the checkpoint "
-              f"row nearest to their new content by exact search (median {pl['median_distance_to_exact_nearest_row_pct_of_span']}%"
-              f"; the offset from the anchor is half the map's local length, mapping.map_spacing, at most 1% of the span), and {pl['own_cluster_among_10_nearest_points']:.0%} among "
-              f"their own cluster's rows (the true cluster of most of the map's 10 nearest unmoved points).", ""]
+              f"row nearest to their new content by exact search (median {median}%; the offset from the anchor is "
+              f"half the map's local length, mapping.map_spacing, at most 1% of the span), and "
+              f"{pl['own_cluster_among_10_nearest_points']:.0%} among their own cluster's rows (the true cluster of "
+              f"most of the map's 10 nearest unmoved points).", ""]
     return "\n".join(lines) + "\n"
 
 
