@@ -12,12 +12,17 @@ import torch
 from ..bank.checks import CHUNK
 from ..bank.map2d import embed_2d, uniform_frequency
 from ..bank.overlay import Column
-from ..bank.whole_map import is_cached as whole_map_cached, whole_map
+from ..bank.whole_map import whole_map
 from . import scatter
 from .common import AppContext, Session, UserError, as_float, row_caption, row_pictures, thumbnails
 
 MAP_FIT_ROWS = 50_000  # rows a map is fitted on (whole_map's default): smaller banks are mapped whole, in seconds
 ANCHORS = 16  # nearest rows asked for a session's moved row; the first of them that is on the map is its anchor
+# a moved row's offset from its anchor (Gaussian, per axis): JITTER x the map's local length (map_spacing), at most 1%
+# of the map's span. On the 1.28M-row map of 1,000 clusters (span 37) 1% of the span put 33% of 1,000 moved rows amid
+# another cluster's island, 0.5% 3%, 0.25% none (benchmarks/bank_tab_scale.py); half the local length (0.0006 there)
+# none either. On emoji-32's map (1,697 rows) it is 0.3% of the span.
+JITTER = 0.5
 SHOW_SELECTED = 48  # thumbnails shown for a selection (the most frequent rows first)
 COLOR_BY = ("group", "frequency", "cluster")
 
@@ -51,14 +56,35 @@ def changed_rows(mine, theirs) -> torch.Tensor:
     return torch.cat(found) if found else torch.zeros(0, dtype=torch.long)
 
 
+def map_spacing(coords: torch.Tensor, k: int = 10, sample: int = 256, pool: int = 50_000) -> float:
+    """The map's local length: the median distance from `sample` of its points to their k-th nearest among `pool`
+    of them, both taken at even strides through the rows (no random draw: a permutation of 1.28M rows alone takes
+    0.1 s). About an island's radius: 0.0012 on the 1.28M-row UMAP map of 1,000 clusters, whose span is 37
+    (0.07 s there); 0.18 on emoji-32's map of 1,697 rows, span 30-36."""
+    points = coords[::-(-len(coords) // pool)].float() if len(coords) else coords.float()
+    if len(points) < 2:
+        return 0.0
+    queries = points[::-(-len(points) // sample)]
+    x, y = points[:, 0].contiguous(), points[:, 1].contiguous()
+    found = []
+    for a in range(0, len(queries), 64):  # (64, pool) squared distances at a time: 13 MB
+        q = queries[a:a + 64]
+        # by coordinate: torch.cdist takes 10x as long on 2-D points (140 ms for 128 x 50,000)
+        d = (q[:, :1] - x).square_() + (q[:, 1:] - y).square_()
+        found.append(d.topk(min(k + 1, len(points)), dim=1, largest=False).values[:, -1])  # +1: the point itself
+    return float(torch.cat(found).median().sqrt())
+
+
 def map_coords(ctx: AppContext, session: Session, method: str, progress=None):
     """(coords, rows, note, clusters). A session's edited bank reuses the checkpoint bank's map: refitting for one
     swapped row would take a minute (UMAP) to two (1.28M rows), so edited and added rows are drawn beside their
-    nearest unedited row, in its cluster."""
+    nearest unedited row, in its cluster. Only a small edited bank's PCA map is its own (computed in a second): a
+    cached map of the edited rows is not looked for, which would hash every row on each redraw after an edit (2.4 s
+    at 1.28M rows) for a map that only a notebook could have made."""
     if method not in ("umap", "pca"):
         raise UserError(f"Unknown map method {method!r}; choose umap or pca")
     bank = ctx.bank(session)
-    if session.bank is None or whole_map_cached(bank, method) or method == "pca" and len(bank) <= MAP_FIT_ROWS:
+    if session.bank is None or method == "pca" and len(bank) <= MAP_FIT_ROWS:
         coords, idx, clusters = layout(bank, method, progress)
         return coords, idx, "", clusters
     base = ctx.store.get(session.checkpoint).bank
@@ -81,7 +107,9 @@ def map_coords(ctx: AppContext, session: Session, method: str, progress=None):
     if bool((anchor < 0).any()):  # none of its nearest rows is on the map (a subsampled map): the map's middle
         anchor[anchor < 0] = (coords - coords.mean(dim=0)).norm(dim=1).argmin()
     span = (coords.max(0).values - coords.min(0).values).clamp_min(1e-6)
-    placed = coords[anchor] + 0.01 * span * torch.randn(len(moved), 2, generator=torch.Generator().manual_seed(0))
+    spacing = map_spacing(coords)
+    jitter = torch.minimum(0.01 * span, torch.tensor(JITTER * spacing)) if spacing > 0 else 0.01 * span
+    placed = coords[anchor] + jitter * torch.randn(len(moved), 2, generator=torch.Generator().manual_seed(0))
     note = (f"; {len(moved)} row(s) edited in this session are drawn beside their nearest unedited row "
             f"(the {method.upper()} map is not refitted for session edits)")
     out_clusters = None if clusters is None else torch.cat([clusters[keep], clusters[anchor]])
