@@ -191,3 +191,30 @@ def test_a_broken_row_is_skipped_by_the_indexed_search(rows, cache):
     bank._search.norms[9] = float("nan")
     found, _ = indexed(bank, [10], 10, cache)
     assert 9 not in found[0].tolist()
+
+
+# ---- warming the index up before the first search (the app does it when it loads a big bank) ----------------
+def test_warm_index_builds_once_in_the_background_and_searches_share_it(rows, tmp_path, monkeypatch):
+    from gmem_explore import MemoryBank
+    from gmem_explore.bank import search as bank_search
+
+    builds = []
+    real_build = bank_index.RowIndex.build.__func__
+
+    def counted(cls, *args, **kwargs):
+        builds.append(1)
+        return real_build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(bank_index.RowIndex, "build", classmethod(counted))
+    bank = MemoryBank(rows.clone())
+    assert bank_search.warm_index(bank, bank_index.IndexOptions(min_rows=len(rows) + 1)) is None  # a small bank
+    thread = bank_search.warm_index(bank, OPTIONS, cache_dir=tmp_path)
+    # a search made while the warm-up builds waits for it instead of building a second index beside it
+    found, _ = bank.nearest([5], 10, index_options=OPTIONS, cache_dir=tmp_path, progress=False)
+    thread.join(60)
+    assert not thread.is_alive() and len(builds) == 1
+    assert bank._search.index is not None and len(set(found[0].tolist()) & set(exact_top(rows, rows[5:6].float(),
+                                                                                        11)[0].tolist())) >= 9
+    copy = bank.copy()  # a session's copy made after the warm-up shares its index: no build, no cache read
+    copy.nearest([7], 5, index_options=OPTIONS, cache_dir=tmp_path, progress=False)
+    assert len(builds) == 1 and copy._search.index is bank._search.index

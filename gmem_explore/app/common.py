@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..bank.gallery import GalleryOptions
 from ..bank.memory import MemoryBank
+from ..bank.search import warm_index
 from ..bank.sources import ImageFolderSource
 from ..events import Finished, Progress
 from ..images import ImageError
@@ -107,6 +108,8 @@ class PipelineStore:
             if pipe is not None:
                 return pipe
             pipe = self.factory(name)
+            if pipe.bank is not None:  # a big bank's search index builds while the first pages are looked at
+                warm_index(pipe.bank)
             with self._lock:
                 self._pipes[name] = pipe
                 self._loading.pop(name, None)

@@ -22,6 +22,7 @@ snippets() and _check_index().
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -106,13 +107,34 @@ def fingerprint(bank) -> str:
     return state.key
 
 
+# one index build at a time: two sessions' first searches of a 1.28M-row bank (or a search beside warm_index) would
+# otherwise build it twice at once (71 s and both cores each); the second waits, then reads the first one's cache
+_BUILDING = threading.Lock()
+
+
 def _index_of(bank, state: SearchState, options: row_index.IndexOptions, cache_dir, progress: bool):
     if state.index is None:
-        state.index = row_index.cached_index(state.rows, options, key=state.key, cache_dir=cache_dir,
-                                             progress=progress)
-        state.row_of_id, state.extra = None, torch.zeros(0, dtype=torch.long)
-        state.key = state.index.key
+        with _BUILDING:
+            if state.index is None:
+                index = row_index.cached_index(state.rows, options, key=state.key, cache_dir=cache_dir,
+                                               progress=progress)
+                state.row_of_id, state.extra = None, torch.zeros(0, dtype=torch.long)
+                state.key, state.index = index.key, index
     return state.index
+
+
+def warm_index(bank, options: row_index.IndexOptions | None = None, cache_dir=None) -> threading.Thread | None:
+    """Builds (or reads from its cache) the index of a bank of options.min_rows rows or more in a daemon thread, so
+    that the first search does not wait for it (71-84 s at 1.28M rows on 2 cores); copies of the bank made after it
+    is done share it. None (and nothing started) for smaller banks or without faiss."""
+    options = options or row_index.IndexOptions()
+    if len(bank) < options.min_rows or not row_index.available():
+        return None
+    state = state_of(bank)
+    thread = threading.Thread(target=_index_of, args=(bank, state, options, cache_dir, False),
+                              name="gmem-index-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _exact_cpu(state: SearchState, q: torch.Tensor, want: int, self_rows, skip_self: bool):
