@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every command and `gmem bank` action, as typed before --help.
 HELP_COMMANDS = [[], ["sample"], ["sample-fid"], ["convert"], ["info"], ["bank"], ["bank", "stats"], ["bank", "nearest"],
-                 ["bank", "compress"], ["build-bank"], ["train"], ["evaluate"]]
+                 ["bank", "compress"], ["bank", "prepare"], ["build-bank"], ["train"], ["evaluate"]]
 
 # Runs `python -m gmem_explore ARGS` in this interpreter, then says whether torch was imported on the way.
 NO_TORCH = """
@@ -525,3 +525,26 @@ def test_sample_takes_a_bank_downloaded_from_the_app(tmp_path, capsys, monkeypat
     assert_refused(["sample", "--bank", tmp_path / "notes.safetensors", "--out", tmp_path / "w.png"],
                    "is not a valid safetensors file", capsys)
     assert not any((tmp_path / n).exists() for n in ("x.png", "y.png", "z.png", "w.png"))
+
+
+def test_bank_prepare_caches_the_whole_map_and_draws_it(tmp_path, capsys, monkeypatch):
+    import json
+
+    import torch
+
+    from gmem_explore import MemoryBank
+
+    monkeypatch.setenv("GMEM_CACHE", str(tmp_path / "cache"))
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g)
+    rows = centres[torch.arange(300) % 4] + 0.05 * torch.randn(300, 16, generator=g)
+    MemoryBank(rows).save(tmp_path / "bank.safetensors")
+    argv = ["bank", "prepare", str(tmp_path / "bank.safetensors"), "--map", "pca", "--fit-rows", "64"]
+    assert_refused([*argv, "--figure", tmp_path / "map.jpg"], "map figure", capsys)  # refused before any work
+    assert main([*argv, "--figure", str(tmp_path / "map.png")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 300 and report["map"]["rows_on_map"] == 300 and "not needed" in report["index"]
+    assert "read" not in report["map"]["stages"]  # computed this time
+    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(argv) == 0  # the second run reads what the first cached
+    assert "read" in json.loads(capsys.readouterr().out)["map"]["stages"]
