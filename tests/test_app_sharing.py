@@ -12,7 +12,8 @@ import torch
 from app_tiny import tiny_pipeline
 from gmem_explore.app import files as ui_files
 from gmem_explore.events import Finished, Progress
-from gmem_explore.app.common import AppContext, Limits, PipelineStore, live
+from gmem_explore.app.common import AppContext, Limits, PipelineStore
+from gmem_explore.app.runs import live
 from gmem_explore.app.files import scratch_path
 
 

@@ -13,8 +13,9 @@ from PIL import Image
 from ..bank.map2d import is_cached, uniform_frequency
 from ..images import ImageError
 from . import scatter
-from .common import (DISPLAY_SIZE, AppContext, Session, as_int, friendly, row_caption, row_pictures, run_to_end,
-                     thumbnails, upscale)
+from .common import (DISPLAY_SIZE, AppContext, Session, as_int, friendly, row_caption, row_pictures, thumbnails,
+                     upscale)
+from .runs import run_to_end
 from .files import RAW_INPUTS, png_files
 # the map's logic, named here too for the tab's callers (tests, benchmarks)
 from .mapping import (COLOR_BY, SHOW_SELECTED, bank_map, box_mask, map_colours, map_coords, map_view,  # noqa: F401

@@ -9,8 +9,9 @@ import torch
 
 from ..events import Finished
 from ..sampling import METHODS
-from .common import (AppContext, Session, Stopped, UserError, as_float, as_int, friendly, hidden_seed, live, pick_seed,
-                     row_items, row_range, stopped_status, typing_a_seed_unticks_random, upscale, wire_stop)
+from .common import (AppContext, Session, UserError, as_float, as_int, friendly, pick_seed, row_items, row_range,
+                     typing_a_seed_unticks_random, upscale)
+from .runs import hidden_seed, live, Stopped, stopped_status, wire_stop
 from .files import RAW_INPUTS, encode_upload, image_upload, png_files
 
 SOURCES = ("random (by frequency)", "bank row", "group", "uploaded image", "mix two rows")

@@ -12,9 +12,9 @@ from ..bank.memory import MIX_METHODS, MemoryBank
 from ..bank.search import partner_row
 from ..events import Finished
 from ..sampling import METHODS
-from .common import (AppContext, Session, Stopped, UserError, as_int, friendly, hidden_seed, live, pick_seed,
-                     row_caption, row_pictures, row_range, stopped_status, typing_a_seed_unticks_random, upscale,
-                     wire_stop)
+from .common import (AppContext, Session, UserError, as_int, friendly, pick_seed, row_caption, row_pictures,
+                     row_range, typing_a_seed_unticks_random, upscale)
+from .runs import hidden_seed, live, Stopped, stopped_status, wire_stop
 from .files import RAW_INPUTS, encode_upload, file_stem, image_upload, png_files, scratch_path
 from ..viz import image_grid
 

@@ -1,6 +1,6 @@
 """The Bank tab's map, without its layout: which coordinates (map_coords: whole_map's, every row of the bank with
-its k-means cluster, with a session's edited rows placed beside their nearest row of the checkpoint's bank), colours (map_colours), the packed view the browser draws (map_view, kept
-in ctx.maps by token) and the rows a box or lasso selects (bank_map for the API's box, region for the page's). The
+its k-means cluster, with a session's edited rows placed beside their nearest row of the checkpoint's bank),
+colours (map_colours), the packed view the browser draws (map_view, kept in ctx.maps by token) and the rows a box or lasso selects (bank_map for the API's box, region for the page's). The
 packing and drawing are scatter.py's and scatter.js's; bank_tab.py wires the events."""
 from __future__ import annotations
 

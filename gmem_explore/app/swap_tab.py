@@ -13,8 +13,9 @@ import weakref
 import gradio as gr
 import torch
 
-from .common import (AppContext, Session, UserError, as_int, friendly, hidden_seed, pick_seed, row_caption,
-                        row_items, row_range, run_to_end, typing_a_seed_unticks_random, upscale)
+from .common import (AppContext, Session, UserError, as_int, friendly, pick_seed, row_caption, row_items, row_range,
+                     typing_a_seed_unticks_random, upscale)
+from .runs import hidden_seed, run_to_end
 from .files import RAW_INPUTS, encode_upload, file_stem, image_upload, png_files, scratch_path
 
 MAX_EDITS = 1000  # edits (replaced and added rows) a session may make; beyond this a script (gmem build-bank) is
