@@ -44,7 +44,7 @@ search index (banks of 100,000 rows or more; about 71 s for 1.28M rows on 2 core
 with its k-means clusters (about 2 minutes for 1.28M rows: a UMAP fit on --fit-rows rows, the rest placed beside
 their nearest fitted rows). Both are cached under $GMEM_CACHE (or ~/.cache/gmem-explore) keyed by the bank's
 content, where the app and bank_scatter find them; a second run reads them in under a second. Prints what it did
-as JSON; --figure also draws the map (every row, coloured by cluster) to a PNG.
+as JSON; --figure also draws the map (every row; coloured by cluster where there are at most 20) to a PNG.
 
 Example: gmem bank prepare gmem-v1-xl --figure map.png"""
 
