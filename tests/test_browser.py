@@ -453,6 +453,32 @@ def test_a_lasso_drawn_on_the_map_selects_the_rows_inside_it(browser):
     no_error_toast(browser)
 
 
+def test_the_map_decodes_each_points_row_as_python_packs_it(browser):
+    """scatter_ui.js's rowsOf, run in the browser on payloads scatter.py packed: rows 0..N-1, row order with moved
+    rows drawn last (an edited session's map; the tiny bank's own edited map is a PCA of its rows, in row order, so
+    the page's tests above never send one) and every point's row (a subsample)."""
+    import numpy as np
+
+    from gmem_explore.app import scatter
+
+    source = (ROOT / "gmem_explore/app/scatter_ui.js").read_text()
+    rows_of = re.search(r"^function rowsOf\(.*?^}$", source, re.S | re.M).group(0)
+    n = 1_001
+    cases = [None, np.r_[np.setdiff1d(np.arange(n), [500, 3, 999]), [500, 3, 999]], np.arange(n) * 2]
+    for rows in cases:
+        view = scatter.MapView.build(np.random.default_rng(0).normal(size=(n, 2)), scatter.one_colour(), rows)
+        got = browser.execute_script(
+            rows_of + "; const s = atob(arguments[1]), b = new Uint8Array(s.length);"
+            "for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);"
+            "const r = rowsOf(arguments[0], b.buffer, arguments[2]); return r && Array.from(r);",
+            view.header, view.payload, 5 * n + (-(5 * n) % 4))
+        assert view.header["top"] == (3 if rows is cases[1] else 0)
+        if rows is None:
+            assert got is None  # rows 0..N-1: no array, the point is the row
+        else:
+            assert got == rows.tolist() == scatter.decode_payload(view.payload, view.header)["rows"].tolist()
+
+
 def captions_cut(driver, elem_id: str) -> list[str]:
     """The captions of a gallery that do not show whole (gradio ends a cut one with '…')."""
     return driver.execute_script(
