@@ -163,7 +163,8 @@ def payload_figures(entry) -> dict:
     raw = entry.view.payload.encode("ascii")
     return {"points": int(entry.view.header["count"]), "payload_mb": round(len(raw) / 2**20, 2),
             "payload_gzip_mb": round(len(gzip.compress(raw, 6)) / 2**20, 2),
-            "header_kb": round(len(json.dumps(entry.view.header)) / 1024, 1), "rows_sent": entry.view.header["rows"]}
+            "header_kb": round(len(json.dumps(entry.view.header)) / 1024, 1), "rows_sent": entry.view.header["rows"],
+            "drawn_last": entry.view.header["top"]}
 
 
 def machine() -> str:
@@ -387,12 +388,13 @@ def markdown(r: dict) -> str:
               f"{w.get('fit')} s, PCA + k-means {w.get('cluster_fit')} s, placing and clustering every row "
               f"{w.get('place')} s; the rest of the first map_view is colouring and packing.", "",
               "What the browser fetches for the points (scatter.py `map_data`: base64 of x, y uint16 and a colour "
-              "byte per point, plus each point's row as int32 when the points are not rows 0..N-1):", "",
+              "byte per point, plus each point's row as int32 where the points are not every row once, else the "
+              "row of each point drawn last, after row order):", "",
               "| map | points | payload MB | gzip MB | header KB | row numbers sent |", "|---|---|---|---|---|---|"]
     for name, x in (("whole map, checkpoint's bank", p), ("whole map, edited session", e),
                     ("before: 50,000-row subsample", b)):
         lines.append(f"| {name} | {x['points']:,} | {x['payload_mb']} | {x['payload_gzip_mb']} | {x['header_kb']} | "
-                     f"{'yes' if x['rows_sent'] else 'no'} |")
+                     f"{'every point' if x['rows_sent'] else str(x.get('drawn_last', 0)) + ' drawn last'} |")
     median = pl["median_distance_to_exact_nearest_row_pct_of_span"]
     lines += ["", f"The edited session's map ({r['edits']} edits: {pl['moved_rows']} moved rows, replaced and added): "
               f"{pl['within_5pct_of_exact_nearest_row']:.0%} of them lie within 5% of the map's span of the checkpoint "

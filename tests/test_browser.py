@@ -6,6 +6,7 @@ same code runs on the embedded default model and rewrites docs/images/app_<tab>.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -402,6 +403,80 @@ def test_a_box_drawn_on_the_map_selects_the_rows_inside_it(browser):
     rows = wait_for(browser, lambda: len(items := gallery(browser, "bank-selection")) == 15 and items, "15 thumbnails")
     assert sorted(int(c.split()[1]) for _, c in rows) == sorted(r for r, (x, _) in spots.items() if x < cut)
     no_error_toast(browser)
+
+
+def a_ring_around_a_few_points(spots: dict, half: tuple[float, float], corners: int) -> tuple[list, tuple, float]:
+    """(rows, centre, radius): a circle centred on a point, inside the stage, holding 3-8 points, whose inscribed
+    polygon of `corners` corners holds the same points with 3 px to spare on either side (the page rounds the
+    pointer to whole pixels and samples the lasso every 3 px); more than 12 px wide, so each edge is a step of
+    the lasso."""
+    shrink = math.cos(math.pi / corners)  # the polygon's edges lie this much inside the circle, at worst
+    for cx, cy in spots.values():
+        near = sorted((math.dist((cx, cy), xy), r) for r, xy in spots.items())
+        for k in range(3, min(9, len(near))):
+            inner, outer = near[k - 1][0] + 3, near[k][0] - 3  # the k-th nearest inside, the next one outside
+            radius = (inner / shrink + outer) / 2
+            fits = abs(cx) + radius < half[0] - 4 and abs(cy) + radius < half[1] - 4
+            if inner / shrink < outer and radius > 12 and fits:
+                return sorted(r for _, r in near[:k]), (cx, cy), radius
+    pytest.fail("no few points lie apart from the rest on this map")
+
+
+def test_a_lasso_drawn_on_the_map_selects_the_rows_inside_it(browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    open_tab(browser, "Bank")
+    count = map_painted(browser)
+    browser.execute_script("document.querySelector('#bank-map').scrollIntoView()")
+    stage = css(browser, "#bank-map .gm-stage")[0]
+    spots = {r: point_offset(browser, r) for r in range(count)}
+    corners = 16
+    inside, (cx, cy), radius = a_ring_around_a_few_points(spots, (stage.size["width"] / 2, stage.size["height"] / 2),
+                                                          corners)
+    ring = [(cx + radius * math.cos(2 * math.pi * j / corners), cy + radius * math.sin(2 * math.pi * j / corners))
+            for j in range(corners + 1)]  # back to the first corner
+    css(browser, "#bank-map .gm-lasso")[0].click()
+    try:
+        assert css(browser, "#bank-map .gm-lasso")[0].get_attribute("aria-pressed") == "true"
+        chain = ActionChains(browser).move_to_element_with_offset(stage, *map(round, ring[0])).click_and_hold()
+        for x, y in ring[1:]:  # each corner from the stage's centre: rounding errors do not add up along the way
+            chain = chain.move_to_element_with_offset(stage, round(x), round(y))
+        chain.release().perform()
+        wait_for(browser, lambda: css(browser, "#bank-summary")[0].text.startswith(f"{len(inside)} rows in the lasso"),
+                 "the lasso's rows")
+        rows = wait_for(browser, lambda: len(items := gallery(browser, "bank-selection")) == len(inside) and items,
+                        f"{len(inside)} thumbnails")
+        assert sorted(int(c.split()[1]) for _, c in rows) == inside
+    finally:
+        css(browser, "#bank-map .gm-lasso")[0].click()  # off again: later tests drag to pan
+    assert css(browser, "#bank-map .gm-lasso")[0].get_attribute("aria-pressed") == "false"
+    no_error_toast(browser)
+
+
+def test_the_map_decodes_each_points_row_as_python_packs_it(browser):
+    """scatter_ui.js's rowsOf, run in the browser on payloads scatter.py packed: rows 0..N-1, row order with moved
+    rows drawn last (an edited session's map; the tiny bank's own edited map is a PCA of its rows, in row order, so
+    the page's tests above never send one) and every point's row (a subsample)."""
+    import numpy as np
+
+    from gmem_explore.app import scatter
+
+    source = (ROOT / "gmem_explore/app/scatter_ui.js").read_text()
+    rows_of = re.search(r"^function rowsOf\(.*?^}$", source, re.S | re.M).group(0)
+    n = 1_001
+    cases = [None, np.r_[np.setdiff1d(np.arange(n), [500, 3, 999]), [500, 3, 999]], np.arange(n) * 2]
+    for rows in cases:
+        view = scatter.MapView.build(np.random.default_rng(0).normal(size=(n, 2)), scatter.one_colour(), rows)
+        got = browser.execute_script(
+            rows_of + "; const s = atob(arguments[1]), b = new Uint8Array(s.length);"
+            "for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);"
+            "const r = rowsOf(arguments[0], b.buffer, arguments[2]); return r && Array.from(r);",
+            view.header, view.payload, 5 * n + (-(5 * n) % 4))
+        assert view.header["top"] == (3 if rows is cases[1] else 0)
+        if rows is None:
+            assert got is None  # rows 0..N-1: no array, the point is the row
+        else:
+            assert got == rows.tolist() == scatter.decode_payload(view.payload, view.header)["rows"].tolist()
 
 
 def captions_cut(driver, elem_id: str) -> list[str]:

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY
 from gmem_explore import GMemPipeline, MemoryBank, build_model
-from gmem_explore.app import mapping
+from gmem_explore.app import mapping, scatter
 from gmem_explore.app.common import AppContext, PipelineStore, Session
 from gmem_explore.autoencoders import PixelSpace
 from gmem_explore.bank import index as bank_index
@@ -100,6 +100,10 @@ def test_an_edited_sessions_map_does_not_hash_its_rows(scale, island_layout, mon
     token, header, entry, _ = mapping.map_view(ctx, session, "umap", "group")
     assert hashed == [] and header["count"] == ROWS + 20
     assert np.array_equal(np.sort(entry.view.rows), np.arange(ROWS + 20))
+    # sent as row order plus the moved rows drawn last: 4 bytes a moved row, not 4 a point
+    got = scatter.decode_payload(entry.view.payload, header)
+    assert header["rows"] is False and 0 < header["top"] <= len(made) and (got["rows"] == entry.view.rows).all()
+    assert set(got["top"].tolist()) <= set(made) and (entry.view.rows[-len(made):] == idx[-len(made):].numpy()).all()
 
 
 def test_map_spacing_is_the_islands_size_not_the_maps():

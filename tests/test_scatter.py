@@ -31,8 +31,8 @@ def test_quantised_points_come_back_within_half_a_step():
     step = np.array(h["span"]) / scatter.LEVELS
     assert (np.abs(back - coords) <= step / 2 + 1e-9 * np.abs(coords).max()).all()
     assert np.abs(back - coords).max(0)[0] > step[0] / 10  # a real bound, not exact floats passed through
-    assert h["count"] == 10_000 and h["rows"] is False and (got["rows"] == np.arange(10_000)).all()
-    assert len(view.payload) == 4 * -(-(5 * 10_000) // 3)  # 5 bytes a point (base64 of x, y and colour)
+    assert h["count"] == 10_000 and h["rows"] is False and h["top"] == 0 and (got["rows"] == np.arange(10_000)).all()
+    assert len(view.payload) == 4 * -(-(5 * 10_000) // 3)  # 5 bytes a point (base64 of x, y and colour), no rows
 
 
 def test_a_subsample_sends_its_rows_and_a_flat_axis_does_not_divide_by_zero():
@@ -40,8 +40,47 @@ def test_a_subsample_sends_its_rows_and_a_flat_axis_does_not_divide_by_zero():
     view = scatter.MapView.build([[0, 1], [0, 2], [0, 3], [0, 4]], scatter.one_colour(), rows)
     got = scatter.decode_payload(view.payload, view.header)
     assert view.header["rows"] is True and got["rows"].tolist() == rows.tolist()
+    assert len(scatter.base64.b64decode(view.payload)) == 4 * 5 + 0 + 4 * 4  # 5 bytes a point, pad to 20, 4 a row
     assert got["x"].tolist() == [0, 0, 0, 0] and got["y"].tolist() == [0, 21845, 43690, 65535]
     assert (view.rows == rows).all()
+
+
+def test_an_edited_maps_moved_rows_go_as_a_short_tail_and_come_back_as_every_points_row():
+    """An edited session's map: every row once, the moved rows (replaced ones and added ones past the end) drawn
+    last, on top of their island. The payload sends their rows only (4 bytes each), not every point's row."""
+    g = np.random.default_rng(2)
+    n, moved = 5_003, np.array([4_998, 17, 5_001, 250, 3_000])  # 5,001 and 4,998: added and replaced, unsorted
+    rows = np.r_[np.setdiff1d(np.arange(n), moved), moved]
+    coords = g.normal(0, 3, (n, 2))
+    view = scatter.MapView.build(coords, scatter.group_colours(rows % 7), rows)
+    h, got = view.header, scatter.decode_payload(view.payload, view.header)
+    assert h["rows"] is False and h["top"] == 5 and got["top"].tolist() == moved.tolist()
+    assert got["rows"].tolist() == rows.tolist() and (view.rows == rows).all()
+    padded = 5 * n + (-(5 * n) % 4)
+    assert len(view.payload) == 4 * -(-(padded + 4 * 5) // 3)  # 5 bytes a point, 4 a moved row
+    # the points, colours and rows as the explicit column gave them (a subsample's form, built by hand)
+    raw = scatter.base64.b64decode(view.payload)
+    explicit = scatter.base64.b64encode(raw[:padded] + rows.astype("<i4").tobytes()).decode()
+    old = scatter.decode_payload(explicit, {**h, "rows": True})
+    for k in ("x", "y", "colour", "rows"):
+        assert (got[k] == old[k]).all(), k
+    back = scatter.dequantise(np.c_[got["x"], got["y"]], h["lo"], h["span"])
+    assert np.abs(back - coords).max() < max(h["span"]) / scatter.LEVELS
+
+
+@pytest.mark.parametrize("rows", [
+    [0, 1, 2, 5],        # past the points' count: a subsample of a larger bank
+    [0, 2, 2, 3],        # a row twice (and row 1 missing)
+    [3, 2, 1, 0],        # every row, but not row order plus a tail: still the shortest tail (3 rows)
+])
+def test_rows_that_are_not_row_order_plus_a_tail_go_as_they_are(rows):
+    view = scatter.MapView.build(np.arange(8.0).reshape(4, 2), scatter.one_colour(), rows)
+    got = scatter.decode_payload(view.payload, view.header)
+    assert got["rows"].tolist() == rows
+    if len(set(rows)) == 4 and max(rows) < 4:
+        assert view.header["rows"] is False and view.header["top"] == 3
+    else:
+        assert view.header["rows"] is True and view.header["top"] == 0
 
 
 def test_group_colours_index_the_palette_and_name_the_legend():

@@ -21,6 +21,20 @@ function showLegend(h) {
   if (h.note) add(`<em>${esc(h.note)}</em>`);
 }
 
+// each point's bank row, or null for rows 0..N-1: sent as they are (a subsampled map), or as row order plus the
+// `top` rows drawn last (an edited session's moved rows), which scatter.rows_of rebuilds the same way
+function rowsOf(points, buffer, start) {
+  const n = points.count;
+  if (points.rows) return new Int32Array(buffer, start, n);
+  if (!points.top) return null;
+  const top = new Int32Array(buffer, start, points.top), last = new Uint8Array(n), rows = new Int32Array(n);
+  for (let j = 0; j < top.length; j++) last[top[j]] = 1;
+  let i = 0;
+  for (let r = 0; r < n; r++) if (!last[r]) rows[i++] = r;
+  rows.set(top, i);
+  return rows;
+}
+
 async function load(points) {
   if (!points || !points.token || points.token === S.token || points.token === S.loading) return;
   const token = points.token;
@@ -35,7 +49,7 @@ async function load(points) {
   marks.decoded = performance.now();
   S.qx = new Uint16Array(bytes.buffer, 0, n); S.qy = new Uint16Array(bytes.buffer, 2 * n, n);
   S.ci = new Uint8Array(bytes.buffer, 4 * n, n);
-  S.rows = points.rows ? new Int32Array(bytes.buffer, 5 * n + ((4 - (5 * n) % 4) % 4), n) : null;
+  S.rows = rowsOf(points, bytes.buffer, 5 * n + ((4 - (5 * n) % 4) % 4));
   S.n = n; S.header = points; S.token = token; S.loading = null;
   S.grid = null; S.inverse = null; S.mask = null; S.selection = null; S.hover = -1; tip.hidden = true;
   const longest = Math.max(points.span[0], points.span[1]);
