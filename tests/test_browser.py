@@ -340,6 +340,7 @@ def point_offset(driver, row: int) -> tuple[float, float]:
     return at["x"] - box[0], at["y"] - box[1]
 
 
+@pytest.mark.skipif(SHOTS, reason="written for the tiny model's 40-row bank (colours red/green/blue); screenshots run emoji-32")
 @pytest.mark.parametrize("renderer", ["auto", "webgl"])
 def test_a_click_on_the_map_picks_that_row_and_a_hover_shows_its_picture(browser, app_url, renderer):
     """Both drawing paths: auto is WebGL on a GPU and the 2-D canvas on a software WebGL (this headless chromium's
@@ -383,6 +384,7 @@ def click_a_point(browser, renderer):
     no_error_toast(browser)
 
 
+@pytest.mark.skipif(SHOTS, reason="written for the tiny model's 40-row bank (colours red/green/blue); screenshots run emoji-32")
 def test_a_box_drawn_on_the_map_selects_the_rows_inside_it(browser):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
@@ -422,6 +424,7 @@ def a_ring_around_a_few_points(spots: dict, half: tuple[float, float], corners: 
     pytest.fail("no few points lie apart from the rest on this map")
 
 
+@pytest.mark.skipif(SHOTS, reason="written for the tiny model's 40-row bank (colours red/green/blue); screenshots run emoji-32")
 def test_a_lasso_drawn_on_the_map_selects_the_rows_inside_it(browser):
     from selenium.webdriver.common.action_chains import ActionChains
 
