@@ -76,6 +76,12 @@ def test_local_pth_converts_once_and_loads_exactly(official_pth):
     config = json.loads((folder / "config.json").read_text())
     assert config["sampler"] == {"method": "sde", "steps": 250}
     assert config["source"]["bytes"] == path.stat().st_size
+    # the app's note on the model names its bank as converted (its own rows, not the released 640,000)
+    assert f"memory bank of {len(raw['memorybank']):,} DINOv2 snippets" in config["about"]
+    from gmem_explore.app.server import model_note
+
+    assert model_note(GMemPipeline.from_pretrained(str(folder)), "gmem-v1-xl").startswith(
+        "**What gmem-v1-xl does.** GMem's released ImageNet model (v1)")
     # the second resolve reuses the conversion: nothing is rewritten
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert resolve_checkpoint(str(path), bank_dtype="fp32", model_overrides=TINY, progress=False) == folder

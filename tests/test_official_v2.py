@@ -66,6 +66,7 @@ def test_converted_v2_loads_strictly_and_samples_with_its_recipe(files, tmp_path
     assert config["model"]["backbone"] == "lightningdit" and config["choose"] == "uniform"
     assert config["sampler"]["method"] == "sde-heun" and config["autoencoder"]["type"] == "va-vae"
     assert config["source"]["bank"]["layout"] == "full"
+    assert f"memory bank of {ROWS:,} DINOv2 snippets" in config["about"] and "rows drawn uniformly" in config["about"]
     ckpt = load_checkpoint(folder)
     for key in ("pos_embed", "feat_rope.freqs_cos", "projector.0.0.weight", "blocks.1.mlp.w12.weight"):
         assert torch.equal(ckpt.model.state_dict()[key], files["state"][key])
