@@ -79,7 +79,7 @@ def one_client(url: str, i: int, folder: Path, deadline: float, steps: int = 2) 
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    out = {"client": i, "answered": 0, "refused": 0, "failed": [], "latencies": [], "isolated": None}
+    out = {"client": i, "answered": 0, "refused": 0, "failed": [], "retried": [], "latencies": [], "isolated": None}
     picture = folder / f"client{i}.png"
     Image.new("RGB", (16, 16), colour_of(i)).save(picture)
 
@@ -88,14 +88,24 @@ def one_client(url: str, i: int, folder: Path, deadline: float, steps: int = 2) 
             out["failed"].append(f"{api_name}: not sent, the time budget ran out")
             return None
         start = time.monotonic()
-        try:
-            result = client.predict(*args, api_name=api_name)
-        except Exception as e:  # noqa: BLE001 - classified below
-            if refused(e):
-                out["refused"] += 1
+        for attempt in (1, 2):
+            try:
+                result = client.predict(*args, api_name=api_name)
+                break
+            except Exception as e:  # noqa: BLE001 - classified below
+                if refused(e):
+                    out["refused"] += 1
+                    return None
+                # a download of a result file cut short (httpx: "peer closed connection without sending complete
+                # message body (received 0 bytes, expected 153)"): sessions whose results hold the same picture
+                # share one file in gradio's cache, which gradio may be rewriting while another response reads
+                # it (our reading; seen in one clean-clone CI run). Every call here is safe to repeat: it is asked
+                # once more and counted apart, not hidden
+                if attempt == 1 and type(e).__name__ == "RemoteProtocolError":
+                    out["retried"].append(f"{api_name}: {type(e).__name__}")
+                    continue
+                out["failed"].append(f"{api_name}: {type(e).__name__}: {str(e)[:120]}")
                 return None
-            out["failed"].append(f"{api_name}: {type(e).__name__}: {str(e)[:120]}")
-            return None
         out["answered"] += 1
         out["latencies"].append(time.monotonic() - start)
         return result
@@ -154,6 +164,7 @@ def run_load(url: str, clients: int, budget_s: float, server_pid: int | None = N
     return {
         "clients": clients, "wall_s": wall, "answered": sum(r["answered"] for r in results),
         "refused": sum(r["refused"] for r in results), "failed": [f for r in results for f in r["failed"]],
+        "retried": [f for r in results for f in r["retried"]],
         "isolated": sum(r["isolated"] is True for r in results), "leaked": sum(r["isolated"] is False for r in results),
         "checked": sum(r["isolated"] is not None for r in results), "p50_s": pct(0.5), "p95_s": pct(0.95),
         "max_s": latencies[-1] if latencies else float("nan"), "rss_mb": samples,
@@ -187,6 +198,7 @@ def report(summary: dict, args, rss_idle: float) -> str:
         f"| requests answered | {summary['answered']} |",
         f"| requests refused politely (queue full) | {summary['refused']} |",
         f"| requests failed otherwise | {len(summary['failed'])} |",
+        f"| result downloads cut short, asked again | {len(summary['retried'])} |",
         f"| sessions that saw only their own edit | {summary['isolated']} of {summary['checked']} checked |",
         f"| sessions that saw another's edit | {summary['leaked']} |",
         f"| latency p50 / p95 / max (answered) | {summary['p50_s']:.2f} s / {summary['p95_s']:.2f} s / {summary['max_s']:.2f} s |",
