@@ -160,6 +160,27 @@ class Sections:
         self.results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - start, 1)
         self.save()
 
+    def over_budget(self, name: str, elapsed: float) -> bool:
+        """Whether section `name`, about to start `elapsed` s into the run, is skipped for --budget-s (named in the
+        results): past the budget, by default; gpu_sampler's Bench predicts from its longest batch section."""
+        if not self.args.budget_s or elapsed <= self.args.budget_s:
+            return False
+        self.results.setdefault("skipped_for_time", []).append(name)
+        return True
+
+    def run_sections(self, sections, skip: set, stem: str) -> dict:
+        """Runs (name, fn) sections in order (most important first: a timeout keeps what was done), skipping those
+        named in `skip` or over the budget; saves and prints where the results went."""
+        total = time.perf_counter()
+        for name, fn in sections:
+            if name in skip or self.over_budget(name, time.perf_counter() - total):
+                continue
+            self.section(name, fn)
+        self.results["total_seconds"] = round(time.perf_counter() - total, 1)
+        self.save()
+        print(f"done in {self.results['total_seconds']} s -> {self.args.out}/{stem}_{self.card}.json", flush=True)
+        return self.results
+
 
 class Bench(Sections):
     def __init__(self, args):
@@ -441,17 +462,7 @@ def main(argv=None):
     sections += [("live_best", bench.live_with_best_variant), ("checks", bench.cuda_checks), ("exact", bench.exact_mode),
                  ("guided", bench.guided)]
     sections += [(f"fast_b{n}", bench.fast_batch(n)) for n in batches[1:]]
-    total = time.perf_counter()
-    for name, fn in sections:
-        if name in skip:
-            continue
-        if bench.over_budget(name, time.perf_counter() - total):
-            continue
-        bench.section(name, fn)
-    bench.results["total_seconds"] = round(time.perf_counter() - total, 1)
-    bench.save()
-    print(f"done in {bench.results['total_seconds']} s -> {args.out}/gpu_sampler_{bench.card}.json", flush=True)
-    return bench.results
+    return bench.run_sections(sections, skip, "gpu_sampler")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -297,18 +296,7 @@ def main(argv=None):
     sections = [("baseline", bench.baseline(False)), ("fast", bench.fast_batch(False)), ("live", bench.live),
                 ("baseline_guided", bench.baseline(True)), ("fast_guided", bench.fast_batch(True)),
                 ("checks", bench.precision_checks), ("syncs", bench.host_syncs)]
-    skip, start = set(filter(None, args.skip.split(","))), time.perf_counter()
-    for name, fn in sections:
-        if name in skip:
-            continue
-        if args.budget_s and time.perf_counter() - start > args.budget_s:
-            bench.results.setdefault("skipped_for_time", []).append(name)
-            continue
-        bench.section(name, fn)
-    bench.results["total_seconds"] = round(time.perf_counter() - start, 1)
-    bench.save()
-    print(f"done in {bench.results['total_seconds']} s -> {args.out}/gpu_sampler_v2_{bench.card}.json", flush=True)
-    return bench.results
+    return bench.run_sections(sections, set(filter(None, args.skip.split(","))), "gpu_sampler_v2")
 
 
 if __name__ == "__main__":
