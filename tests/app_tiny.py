@@ -109,3 +109,15 @@ def pictures() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def red(pictures) -> str:
     return pictures["red"]
+
+
+def follow_ups(demo, api_name: str) -> list:
+    """The steps that run after an event, in order."""
+    (fn,) = [f for f in demo.fns.values() if f.api_name == api_name]
+    steps = []
+    while True:
+        nxt = [f for f in demo.fns.values() if f.trigger_after == fn._id]
+        if not nxt:
+            return steps
+        (fn,) = nxt
+        steps.append(fn)

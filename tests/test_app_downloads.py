@@ -9,6 +9,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
+from app_tiny import follow_ups
 from gmem_explore.app import swap_tab as ui_swap
 from gmem_explore.app.files import file_stem, png_files
 
@@ -68,18 +69,6 @@ def test_file_names_come_only_from_safe_characters(tmp_path):
     files = png_files([(image, "seed 1"), (image, "seed 1")], "gmem")
     assert names(files) == ["gmem-seed1.png", "gmem-seed1-2.png"]  # equal captions do not overwrite each other
     assert png_files([], "gmem") == []
-
-
-def follow_ups(demo, api_name: str) -> list:
-    """The steps that run after an event, in order."""
-    (fn,) = [f for f in demo.fns.values() if f.api_name == api_name]
-    steps = []
-    while True:
-        nxt = [f for f in demo.fns.values() if f.trigger_after == fn._id]
-        if not nxt:
-            return steps
-        (fn,) = nxt
-        steps.append(fn)
 
 
 @pytest.mark.parametrize("edit", ["swap_replace", "swap_add", "swap_reset"])

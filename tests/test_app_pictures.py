@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app_tiny import GROUPS, ROWS, tiny_bank, tiny_pipeline
+from app_tiny import GROUPS, ROWS, follow_ups, tiny_bank, tiny_pipeline
 from gmem_explore import MemoryBank
 from gmem_explore.app import bank_tab, generate_tab, interpolate_tab, swap_tab
 from gmem_explore.app.common import row_items, row_pictures
@@ -22,18 +22,6 @@ pytest_plugins = ["app_tiny"]  # the demo, ctx and red fixtures
 def handler(demo, api_name: str):
     (fn,) = [f for f in demo.fns.values() if f.api_name == api_name]
     return fn.fn
-
-
-def follow_ups(demo, api_name: str) -> list:
-    """The steps that run after an event, in order."""
-    (fn,) = [f for f in demo.fns.values() if f.api_name == api_name]
-    steps = []
-    while True:
-        nxt = [f for f in demo.fns.values() if f.trigger_after == fn._id]
-        if not nxt:
-            return steps
-        (fn,) = nxt
-        steps.append(fn)
 
 
 def block(demo, elem_id: str):
