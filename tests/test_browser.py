@@ -683,12 +683,16 @@ def test_stop_says_the_step_its_images_show(browser, slow_steps):
         reload(browser)
 
 
-def test_a_corrupt_upload_is_refused_on_arrival(browser, broken_png):
-    """A text file named .png showed as a broken picture in the box, refused only when a run read it."""
+def upload_on_generate(browser, path) -> None:
+    """The Generate tab, its "uploaded image" source, and `path` sent to its upload box."""
     open_tab(browser, "Generate")
     choose(browser, "generate-source", "uploaded image")
-    wait_for(browser, lambda: css(browser, "#generate-upload input[type=file]"), "the upload box")[0] \
-        .send_keys(broken_png)
+    wait_for(browser, lambda: css(browser, "#generate-upload input[type=file]"), "the upload box")[0].send_keys(path)
+
+
+def test_a_corrupt_upload_is_refused_on_arrival(browser, broken_png):
+    """A text file named .png showed as a broken picture in the box, refused only when a run read it."""
+    upload_on_generate(browser, broken_png)
     wait_for(browser, lambda: [t for t in css(browser, ".toast-body.warning")
                                if "'broken.png' is not an image" in t.text], "the refusal")
     wait_for(browser, lambda: not css(browser, "#generate-upload img"), "the box emptied")
@@ -713,10 +717,7 @@ def test_a_failed_run_clears_the_last_results(browser):
 
 def test_a_large_photo_is_shrunk_on_upload_and_generates(browser, photo_45mp):
     """A 45 MP photo was refused only after Generate ("Resize it first")."""
-    open_tab(browser, "Generate")
-    choose(browser, "generate-source", "uploaded image")
-    wait_for(browser, lambda: css(browser, "#generate-upload input[type=file]"), "the upload box")[0] \
-        .send_keys(photo_45mp)
+    upload_on_generate(browser, photo_45mp)
     size = "const i = document.querySelector('#generate-upload img'); return i && [i.naturalWidth, i.naturalHeight];"
     assert wait_for(browser, lambda: browser.execute_script(size) == [1024, 683] and [1024, 683],
                     "the shrunk photo in the box")
