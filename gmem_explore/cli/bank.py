@@ -177,7 +177,10 @@ def prepare(bank, args) -> dict:
         report["index"] = "not built: faiss-cpu is not installed (pip install faiss-cpu); searches are exact"
     else:
         t = time.perf_counter()
-        nearest(bank, [0], k=1, exclude_self=False)  # builds, or reads, the index and keeps it for this bank
+        import torch
+
+        # any query builds (or reads) the index and keeps it for this bank; a snippet, not row 0, which may be broken
+        nearest(bank, torch.ones(1, bank.dim), k=1)
         report["index"] = f"ready in {time.perf_counter() - t:.1f} s"
     t = time.perf_counter()
     found = whole_map(bank, args.map, fit_rows=args.fit_rows)
